@@ -1,0 +1,1 @@
+"""Megatron-style GPT/BERT pretraining with data efficiency (curriculum learning, random-LTD)."""

@@ -1,0 +1,70 @@
+"""The tokenizer interface every Megatron tokenizer implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class MegatronTokenizer(ABC):
+    """Base class: text <-> token ids plus the special ids the datasets need.
+
+    A special id that a tokenizer does not define raises ``NotImplementedError`` naming the
+    tokenizer, so a dataset that needs e.g. ``[MASK]`` fails loudly instead of using a wrong id.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids the tokenizer can produce (before padding for the model)."""
+
+    @property
+    @abstractmethod
+    def vocab(self) -> dict[str, int]:
+        """Token string -> id."""
+
+    @property
+    @abstractmethod
+    def inv_vocab(self) -> dict[int, str]:
+        """Id -> token string."""
+
+    @abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text``."""
+
+    def detokenize(self, token_ids) -> str:
+        """Text of ``token_ids``."""
+        raise NotImplementedError(f"detokenize is not implemented for the {self.name} tokenizer")
+
+    def _missing(self, what: str):
+        raise NotImplementedError(f"the {self.name} tokenizer has no {what} token")
+
+    @property
+    def cls(self) -> int:
+        return self._missing("CLS")
+
+    @property
+    def sep(self) -> int:
+        return self._missing("SEP")
+
+    @property
+    def pad(self) -> int:
+        return self._missing("PAD")
+
+    @property
+    def eod(self) -> int:
+        return self._missing("EOD (end of document)")
+
+    @property
+    def mask(self) -> int:
+        return self._missing("MASK")
+
+    @property
+    def bos(self) -> int:
+        return self._missing("BOS")
+
+    @property
+    def eos(self) -> int:
+        return self._missing("EOS")

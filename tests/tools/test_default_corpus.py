@@ -1,0 +1,61 @@
+"""tools/prepare_default_corpus.py: the stdlib corpus is deterministic, capped and atomic."""
+
+import importlib.util
+import json
+import os
+import sys
+import sysconfig
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so worker processes can unpickle its functions
+    spec.loader.exec_module(module)
+    return module
+
+
+corpus = _load_tool("prepare_default_corpus")
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_corpus_is_sorted_real_source_and_deterministic(tmp_path, capsys):
+    out = str(tmp_path / "c.jsonl")
+    assert corpus.main(["--output", out, "--max-files", "15"]) == 0
+    assert "wrote 15 documents" in capsys.readouterr().out
+    first = open(out, "rb").read()
+    docs = _read(out)
+    paths = [d["path"] for d in docs]
+    assert len(docs) == 15 and paths == sorted(paths) and all(p.endswith(".py") for p in paths)
+    root = sysconfig.get_paths()["stdlib"]
+    for d in docs[:3]:
+        assert d["text"] == open(os.path.join(root, d["path"]), encoding="utf-8").read()
+    corpus.main(["--output", out, "--max-files", "15"])
+    assert open(out, "rb").read() == first
+    assert os.listdir(tmp_path) == ["c.jsonl"]  # no temp file left behind
+
+
+def test_max_bytes_and_skip_tests(tmp_path):
+    out = str(tmp_path / "b.jsonl")
+    s = corpus.write_corpus(out, max_bytes=50_000, skip_tests=True)
+    docs = _read(out)
+    assert s["documents"] == len(docs) >= 1
+    # Stops at the first file that reaches the cap.
+    assert sum(len(d["text"].encode()) for d in docs[:-1]) < 50_000 <= s["text_bytes"]
+    all_paths = corpus.list_sources(sysconfig.get_paths()["stdlib"], skip_tests=True)
+    assert not any("/test/" in "/" + p for p in all_paths)
+
+
+def test_bad_flags(tmp_path):
+    with pytest.raises(SystemExit):
+        corpus.main(["--output", str(tmp_path / "x.jsonl"), "--max-files", "0"])
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        corpus.write_corpus(str(tmp_path / "x.jsonl"), root=str(tmp_path / "nowhere"))

@@ -1,0 +1,152 @@
+"""BertModel: bidirectional pre-LN encoder, masked-LM head (tied) and optional NSP head."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megatron.core import parallel_state, tensor_parallel
+from megatron.model.config import TransformerConfig
+from megatron.model.fused_layer_norm import LayerNorm
+from megatron.model.language_model import Embedding, parallel_lm_logits
+from megatron.model.module import MegatronModule
+from megatron.model.transformer import ParallelTransformer
+
+
+def bert_extended_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Padding mask [b, s] (1 = keep) -> bool [b, 1, s, s], True = masked.
+
+    A pair is masked when either the query or the key is padding (Megatron's rule).
+    """
+    keep = attention_mask.bool()
+    both = keep.unsqueeze(1) & keep.unsqueeze(2)  # [b, s_q, s_k]
+    return (~both).unsqueeze(1)
+
+
+def _replicated_linear(config: TransformerConfig, n_in: int, n_out: int,
+                       sees_split_sequence: bool) -> nn.Linear:
+    """A small replicated layer initialised from the default RNG (equal on all TP ranks).
+
+    ``sees_split_sequence``: it runs on this rank's part of the sequence under
+    --sequence-parallel, so its grads must be summed over the tensor-parallel group.
+    """
+    layer = nn.Linear(n_in, n_out, dtype=config.params_dtype)
+    with torch.no_grad():
+        weight = torch.empty(n_out, n_in, dtype=torch.float32)
+        config.init_method(weight)
+        layer.weight.copy_(weight)
+        layer.bias.zero_()
+    for p in layer.parameters():
+        p.sequence_parallel = config.sequence_parallel and sees_split_sequence
+    return layer
+
+
+class BertLMHead(nn.Module):
+    """dense -> GeLU -> LayerNorm -> logits against the tied embedding + vocab-split bias."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.config = config
+        self.dense = _replicated_linear(config, config.hidden_size, config.hidden_size,
+                                        sees_split_sequence=True)
+        self.layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon,
+                                   config.sequence_parallel, config.params_dtype)
+        self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size // tp,
+                                             dtype=config.params_dtype))
+        tensor_parallel.set_tensor_model_parallel_attributes(self.bias, True, 0, 1)
+
+    def forward(self, hidden: torch.Tensor, word_embeddings_weight: torch.Tensor) -> torch.Tensor:
+        """[s, b, h] -> logits [s, b, v/tp]."""
+        hidden = self.layernorm(F.gelu(self.dense(hidden)))
+        logits = parallel_lm_logits(hidden, word_embeddings_weight, True,
+                                    self.config.sequence_parallel)
+        return logits + self.bias
+
+
+class BertModel(MegatronModule):
+    """BERT pretraining model.
+
+    Args:
+        config: the model config (``position_embedding_type`` learned_absolute).
+        num_tokentypes: segment vocabulary (2 for sentence A/B; 0 for none).
+        add_binary_head: add the pooler + next-sentence (binary) head.
+        parallel_output: keep logits split over the vocabulary (no labels case).
+        pre_process / post_process: pipeline-stage ends, as in GPTModel.
+    """
+
+    def __init__(self, config: TransformerConfig, num_tokentypes: int = 2,
+                 add_binary_head: bool = True, parallel_output: bool = True,
+                 pre_process: bool = True, post_process: bool = True) -> None:
+        super().__init__()
+        if config.position_embedding_type != "learned_absolute":
+            raise ValueError("BertModel supports --position-embedding-type learned_absolute only")
+        if config.untie_embeddings_and_output_weights:
+            raise ValueError("BertModel always ties its output layer to the word embedding; "
+                             "drop --untie-embeddings-and-output-weights")
+        self.config = config
+        self.pre_process, self.post_process = pre_process, post_process
+        self.parallel_output = parallel_output
+        self.embedding = Embedding(config, num_tokentypes) if pre_process else None
+        self.transformer = ParallelTransformer(config, pre_process, post_process)
+        self.lm_head = self.pooler = self.binary_head = None
+        if post_process:
+            self.lm_head = BertLMHead(config)
+            if add_binary_head:
+                # both see the gathered [CLS] row: full grads on every rank
+                self.pooler = _replicated_linear(config, config.hidden_size, config.hidden_size,
+                                                 sees_split_sequence=False)
+                self.binary_head = _replicated_linear(config, config.hidden_size, 2,
+                                                      sees_split_sequence=False)
+        self.setup_output_embedding()
+
+    def set_input_tensor(self, input_tensor) -> None:
+        if isinstance(input_tensor, (list, tuple)):
+            input_tensor = input_tensor[0] if input_tensor else None
+        self.transformer.set_input_tensor(input_tensor)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                tokentype_ids: torch.Tensor | None = None, lm_labels: torch.Tensor | None = None,
+                token_drop_plan=None):
+        """Run this stage.
+
+        Args:
+            input_ids: [b, s] long.
+            attention_mask: [b, s] padding mask, 1 = real token.
+            tokentype_ids: [b, s] long segment ids, or None.
+            lm_labels: [b, s] long; given, the per-token MLM loss is returned.
+            token_drop_plan: random-LTD plan, or None.
+
+        Returns:
+            (lm_loss [b, s] fp32 or logits [b, s, v/tp], binary_logits [b, 2] or None) on
+            the last stage; hidden [s, b, h] elsewhere.
+        """
+        mask = bert_extended_attention_mask(attention_mask)
+        hidden = None
+        if self.pre_process:
+            b, s = input_ids.shape
+            position_ids = torch.arange(s, device=input_ids.device).expand(b, s)
+            hidden = self.embedding(input_ids, position_ids, tokentype_ids)
+        hidden = self.transformer(hidden, mask, None, token_drop_plan)
+        if not self.post_process:
+            return hidden
+        return self._heads(hidden, lm_labels)
+
+    def _heads(self, hidden: torch.Tensor, lm_labels: torch.Tensor | None):
+        logits = self.lm_head(hidden, self.shared_embedding_weight())  # [s, b, v/tp]
+        binary_logits = None
+        if self.binary_head is not None:
+            full = hidden
+            if self.config.sequence_parallel and \
+                    parallel_state.get_tensor_model_parallel_world_size() > 1:
+                full = tensor_parallel.gather_from_sequence_parallel_region(
+                    hidden, tensor_parallel_output_grad=False)
+            pooled = torch.tanh(self.pooler(full[0]))  # [CLS] token: [b, h]
+            binary_logits = self.binary_head(pooled).float()
+        if lm_labels is None:
+            if not self.parallel_output:
+                logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+            return logits.transpose(0, 1).contiguous(), binary_logits
+        loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(),
+                                                            lm_labels.transpose(0, 1))
+        return loss.transpose(0, 1).contiguous(), binary_logits

@@ -1,0 +1,146 @@
+"""GPTModel under TP2 (use_cpu_initialization) equals the TP1 model: loss and gathered
+grads; and a PP2 split (manual send/recv) with the shared word embedding equals it too."""
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state as ps
+from megatron.model import GPTModel, TransformerConfig
+from tests.dist_utils import run_distributed
+
+V, S, B, SEED = 64, 16, 2, 1234
+VARIANTS = [dict(position_embedding_type="learned_absolute"),
+            dict(position_embedding_type="rope", swiglu=True),
+            dict(position_embedding_type="rope", untie_embeddings_and_output_weights=True),
+            dict(position_embedding_type="rope", sequence_parallel=True),
+            dict(recompute_granularity="full", recompute_method="uniform",
+                 recompute_num_layers=1, distribute_saved_activations=True)]
+
+
+def _config(**kw):
+    return TransformerConfig(num_layers=2, hidden_size=32, num_attention_heads=4,
+                             padded_vocab_size=V, max_position_embeddings=S,
+                             use_cpu_initialization=True, hidden_dropout=0.0,
+                             attention_dropout=0.0, **kw)
+
+
+def _batch():
+    gen = torch.Generator().manual_seed(7)
+    tokens = torch.randint(0, V, (B, S), generator=gen)
+    labels = torch.randint(0, V, (B, S), generator=gen)
+    return tokens, labels, torch.arange(S).expand(B, S)
+
+
+def _run(model):
+    tokens, labels, pos = _batch()
+    loss = model(tokens, pos, None, labels=labels)
+    # weight each token differently so the grads check the per-token losses
+    (loss * torch.linspace(0.5, 1.5, B * S).view(B, S)).sum().backward()
+    return loss.detach()
+
+
+def _gather_param(p):
+    """Full TP1-layout grad from this rank's partition (handles partition_stride)."""
+    group = ps.get_tensor_model_parallel_group()
+    if getattr(p, "sequence_parallel", False):
+        # replicated params that saw only this rank's tokens (finalize_model_grads' job)
+        grad = p.grad.clone()
+        dist.all_reduce(grad, group=group)
+        return grad
+    if not getattr(p, "tensor_model_parallel", False):
+        return p.grad.clone()
+    parts = [torch.empty_like(p.grad) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, p.grad.contiguous(), group=group)
+    stride, dim = p.partition_stride, p.partition_dim
+    pieces = [part.chunk(stride, dim=dim) for part in parts]
+    return torch.cat([pieces[r][s] for s in range(stride) for r in range(len(parts))], dim=dim)
+
+
+def _tp2_worker(rank, world_size):
+    ps.initialize_model_parallel(2, 1)
+    out = []
+    for variant in VARIANTS:
+        torch.manual_seed(SEED)
+        model = GPTModel(_config(**variant))
+        loss = _run(model)
+        # numpy, not tensors: tensors cross the result queue as shared memory that dies
+        # with the worker process
+        out.append((loss.numpy(), {n: _gather_param(p).numpy()
+                                   for n, p in model.named_parameters()}))
+    return out
+
+
+def _both_worker(rank, world_size, state):
+    """One spawn for both layouts: starting ranks is the slow part."""
+    tp2 = _tp2_worker(rank, world_size)
+    ps.destroy_model_parallel()
+    return tp2, _pp2_worker(rank, world_size, state)
+
+
+def test_tp2_and_pp2_match_tp1():
+    torch.manual_seed(SEED)
+    state = {k: v.clone() for k, v in GPTModel(_config()).state_dict().items()}
+    both = run_distributed(_both_worker, 2, state)
+    _check_tp2([b[0] for b in both])
+    _check_pp2([b[1] for b in both])
+
+
+def _check_tp2(results):
+    for i, variant in enumerate(VARIANTS):
+        torch.manual_seed(SEED)
+        ref = GPTModel(_config(**variant))
+        ref_loss = _run(ref)
+        for rank in range(2):
+            loss, grads = results[rank][i]
+            assert torch.allclose(torch.from_numpy(loss), ref_loss, atol=1e-5), (variant, rank)
+            for name, p in ref.named_parameters():
+                assert torch.allclose(torch.from_numpy(grads[name]), p.grad, atol=1e-5,
+                                      rtol=1e-4), (variant, name)
+
+
+def _pp2_worker(rank, world_size, state):
+    ps.initialize_model_parallel(1, 2)
+    first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
+    torch.manual_seed(SEED + 100 * rank)  # stages seeded differently, as in training
+    model = GPTModel(_config(), pre_process=first, post_process=last)
+    shared = model.shared_embedding_weight()
+    synced = torch.equal(shared, state["embedding.word_embeddings.weight"])
+    own = {}
+    for name in model.state_dict():
+        src = name.replace("transformer.layers.0.", "transformer.layers.1.") if last else name
+        src = "embedding.word_embeddings.weight" if name == "word_embeddings.weight" else src
+        own[name] = state[src]
+    model.load_state_dict(own)
+    tokens, labels, pos = _batch()
+    if first:
+        hidden = model(tokens, pos, None)
+        dist.send(hidden.detach().contiguous(), ps.get_pipeline_model_parallel_next_rank())
+        grad = torch.empty_like(hidden)
+        dist.recv(grad, ps.get_pipeline_model_parallel_prev_rank())
+        hidden.backward(grad)
+        loss = None
+    else:
+        recv = torch.empty(S, B, 32)
+        dist.recv(recv, ps.get_pipeline_model_parallel_prev_rank())
+        recv.requires_grad_()
+        model.set_input_tensor(recv)
+        loss = model(tokens, pos, None, labels=labels)
+        (loss * torch.linspace(0.5, 1.5, B * S).view(B, S)).sum().backward()
+        dist.send(recv.grad.contiguous(), ps.get_pipeline_model_parallel_next_rank())
+        loss = loss.detach().numpy()
+    # what finalize_model_grads does for the tied embedding
+    shared_grad = shared.grad.clone()
+    dist.all_reduce(shared_grad, group=ps.get_embedding_group())
+    return synced, shared.shared_embedding, loss, shared_grad.numpy()
+
+
+def _check_pp2(results):
+    torch.manual_seed(SEED)
+    ref = GPTModel(_config())
+    ref_loss = _run(ref)
+    # stage 0 is seeded like ref; stage 1's copy must be synchronised at construction
+    (s0, m0, _, g0), (s1, m1, loss, g1) = results
+    assert s0 and s1 and m0 and m1
+    assert torch.allclose(torch.from_numpy(loss), ref_loss, atol=1e-5)
+    ref_grad = ref.embedding.word_embeddings.weight.grad
+    for g in (g0, g1):
+        assert torch.allclose(torch.from_numpy(g), ref_grad, atol=1e-5)

@@ -1,0 +1,344 @@
+"""The map-reduce data analyzer: per-sample metrics -> sorted CSR index files (see index_io).
+
+Map: every rank streams its contiguous block of shards of the token store (bounded-memory
+chunks, no Python loop per sample) and saves each finished shard, so a killed job resumes.
+Reduce: token histograms by an all-reduce; per-sample values by a distributed sample sort
+whose slices every rank writes into the shared output files (sort_write). The outputs are
+byte-identical for any number of ranks.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from megatron.data_efficiency.analyzer import kernels, metrics
+from megatron.data_efficiency.analyzer.comm import Comm, world
+from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint, publish_dir, new_tmp_dir, save_npy
+from megatron.data_efficiency.analyzer.shards import (Progress, ShardStore, my_block, plan_range_shards,
+                                                      plan_unit_shards, run_rounds)
+from megatron.data_efficiency.analyzer.sort_write import write_index_parallel
+from megatron.data_efficiency.analyzer.sources import DocumentSource, GPTSampleSource
+
+
+@dataclass
+class AnalyzerConfig:
+    """What to analyze and where to write it (mirrors tools/analyze_data.py flags)."""
+    data_prefix: str
+    save_path: str
+    metrics: tuple[str, ...] = ("seqlen",)
+    metric_fns: tuple[str, ...] = ()          # "[name=]module:function"
+    granularity: str = "document"             # "document" | "sample"
+    split: str = "969,30,1"
+    seq_length: int | None = None
+    seed: int = 1234
+    train_samples: int | None = None
+    vocab_size: int | None = None
+    pad_token_id: int | None = None
+    shard_tokens: int = 1 << 24
+    chunk_tokens: int = kernels.CHUNK_TOKENS
+    batch_tokens: int = 1 << 20               # tokens per user-metric call
+    force: bool = False
+    keep_work: bool = False
+    cache_dir: str | None = None
+    progress: bool = True
+    fail_after_shards: int | None = None      # test hook: stop after this many new shards
+    stats: dict = field(default_factory=dict)
+
+
+def build_source(cfg: AnalyzerConfig):
+    """The DocumentSource or GPTSampleSource for ``cfg`` (builds the GPT sample index)."""
+    from megatron.data.indexed_dataset import MMapIndexedDataset
+    if cfg.granularity == "document":
+        return DocumentSource(MMapIndexedDataset(cfg.data_prefix))
+    if cfg.granularity != "sample":
+        raise ValueError(f"--granularity must be 'document' or 'sample', got {cfg.granularity!r}")
+    if not cfg.seq_length or not cfg.train_samples:
+        raise ValueError("--granularity sample needs --seq-length and --train-samples")
+    from megatron.data.gpt_dataset import build_train_valid_test_datasets
+    train, _, _ = build_train_valid_test_datasets([cfg.data_prefix], cfg.split, [cfg.train_samples, 0, 0],
+                                                  cfg.seq_length, cfg.seed, cache_dir=cfg.cache_dir)
+    if train is None:
+        raise ValueError(f"--split {cfg.split!r} leaves no training documents in {cfg.data_prefix}")
+    return GPTSampleSource(train.indexed_dataset, train.documents, train.doc_idx, train.sample_idx,
+                           train.shuffle_idx, where=cfg.data_prefix + ".bin")
+
+
+def fingerprint_of(cfg: AnalyzerConfig) -> str:
+    """dataset_fingerprint with this config's sample-index parameters."""
+    return dataset_fingerprint([cfg.data_prefix], cfg.granularity, cfg.split, cfg.seq_length,
+                               cfg.seed, cfg.train_samples)
+
+
+class _Run:
+    """State of one analyzer run on one rank."""
+
+    def __init__(self, cfg: AnalyzerConfig, comm: Comm, source) -> None:
+        self.cfg, self.comm, self.src = cfg, comm, source
+        self.fingerprint = comm.bcast(fingerprint_of(cfg) if comm.rank == 0 else None)
+        self.work = os.path.join(cfg.save_path, ".analyzer_work", f"{self.fingerprint}-{cfg.shard_tokens}")
+        if comm.rank == 0:
+            if cfg.force and os.path.isdir(self.work):
+                shutil.rmtree(self.work)
+            os.makedirs(self.work, exist_ok=True)
+            for stale in glob.glob(os.path.join(cfg.save_path, "*.tmp-" + "[0-9a-f]" * 8)):
+                if os.path.isdir(stale):  # an index folder a killed run never published
+                    shutil.rmtree(stale, ignore_errors=True)
+        comm.barrier()
+        self.store = ShardStore(self.work, cfg.fail_after_shards)
+        self.unit_shards = plan_unit_shards(source.bounds, cfg.shard_tokens)
+        self.my_units = my_block(comm, len(self.unit_shards) - 1)
+        if source.granularity == "sample":
+            per = max(1, cfg.shard_tokens // (cfg.seq_length + 1))
+            self.out_shards = plan_range_shards(source.num_samples, per)
+            self.boundary_unit, self.boundary_off = source.boundary_units()
+            self._check_offsets()
+            self._by_unit = np.argsort(self.boundary_unit, kind="stable")  # boundaries grouped by unit
+            self._units_sorted = self.boundary_unit[self._by_unit]
+        else:
+            self.out_shards = self.unit_shards
+        blk = my_block(comm, len(self.out_shards) - 1)
+        self.my_out = blk
+        self.lo, self.hi = int(self.out_shards[blk.start]), int(self.out_shards[blk.stop])
+
+    def _check_offsets(self) -> None:
+        lengths = np.diff(self.src.bounds)[self.boundary_unit]
+        bad = np.flatnonzero(self.boundary_off > lengths)
+        if len(bad):
+            raise ValueError(f"{self.src.where}: sample_idx boundary {int(bad[0])} has offset "
+                             f"{int(self.boundary_off[bad[0]])} beyond its document")
+
+    def _unit_tokens(self, s: int) -> int:
+        b = self.src.bounds
+        return int(b[self.unit_shards[s + 1]] - b[self.unit_shards[s]])
+
+    # -- pass 1: token histogram ------------------------------------------------------------
+    def counts(self) -> np.ndarray:
+        """Global token histogram, int64 [vocab]."""
+        b, mine = self.src.bounds, []
+
+        def work(s: int) -> int:
+            lo, hi = int(b[self.unit_shards[s]]), int(b[self.unit_shards[s + 1]])
+            mine.append(self.store.get(f"counts-{s}", lambda: {"c": kernels.token_counts(
+                self.src.tokens, lo, hi, self.src.where, self.cfg.chunk_tokens)})["c"])
+            return hi - lo
+
+        run_rounds(self.comm, self.my_units, work, self._progress("token counts"))
+        vocab = self.comm.allreduce_max(max([len(c) for c in mine], default=0))
+        if self.cfg.vocab_size is not None:
+            if vocab > self.cfg.vocab_size:
+                raise ValueError(f"{self.src.where}: token id {vocab - 1} >= --vocab-size {self.cfg.vocab_size}")
+            vocab = self.cfg.vocab_size
+        total = np.zeros(vocab, dtype=np.int64)
+        for c in mine:
+            total[:len(c)] += c
+        return self.comm.sum_arrays_(total)
+
+    def _progress(self, label: str) -> Progress:
+        total = int(self.src.bounds[-1] - self.src.bounds[0]) if self.src.num_units else 0
+        return Progress(self.comm, label, total, enabled=self.cfg.progress)
+
+    # -- pass 2: additive metrics (seqlen, rarity) ------------------------------------------
+    def _unit_shard(self, s: int, lut: np.ndarray) -> dict:
+        """Unit sums of shard s and, for GPT samples, the within-unit prefixes at its boundaries."""
+        ulo, uhi = int(self.unit_shards[s]), int(self.unit_shards[s + 1])
+        b = self.src.bounds
+        pos = [b[ulo:uhi + 1]]
+        out = {}
+        if self.src.granularity == "sample":
+            ks = self._by_unit[np.searchsorted(self._units_sorted, ulo):np.searchsorted(self._units_sorted, uhi)]
+            u, o = self.boundary_unit[ks], self.boundary_off[ks]
+            qs, qe = b[u] + o, b[u] + np.minimum(o + 1, b[u + 1] - b[u])
+            pos += [qs, qe]
+            out["k"] = ks
+        positions = kernels.sorted_unique(np.concatenate(pos))
+        t = kernels.prefix_sums_at(self.src.tokens, int(b[ulo]), int(b[uhi]), positions, lut,
+                                   self.src.where, self.cfg.chunk_tokens)
+        at = lambda x: t[np.searchsorted(positions, x)]  # noqa: E731
+        out["w"] = np.diff(at(b[ulo:uhi + 1]))
+        if self.src.granularity == "sample":
+            out["ps"], out["pe"] = at(qs) - at(b[u]), at(qe) - at(b[u])
+        return out
+
+    def additive(self, tag: str, lut: np.ndarray | None) -> np.ndarray:
+        """Per-sample sums of ``lut[token]`` (token counts if None) for samples lo..hi-1, int64."""
+        shards: dict[int, dict] = {}
+        if lut is not None:
+            def work(s: int) -> int:
+                shards[s] = self.store.get(f"sum-{tag}-{s}", lambda: self._unit_shard(s, lut))
+                return self._unit_tokens(s)
+            run_rounds(self.comm, self.my_units, work, self._progress(f"{tag} sums"))
+        if self.src.granularity == "document":
+            if lut is None:
+                return np.diff(self.src.bounds[self.lo:self.hi + 1]).astype(np.int64)
+            return np.concatenate([shards[s]["w"] for s in self.my_units] + [np.zeros(0, np.int64)])
+        if lut is None:
+            lengths = np.diff(self.src.bounds)
+            w, ps = lengths, self.boundary_off.copy()
+            pe = np.minimum(ps + 1, lengths[self.boundary_unit])
+        else:
+            w = np.zeros(self.src.num_units, np.int64)
+            ps, pe = np.zeros((2, len(self.boundary_unit)), np.int64)
+            for s, sh in shards.items():
+                w[self.unit_shards[s]:self.unit_shards[s + 1]] = sh["w"]
+                ps[sh["k"]], pe[sh["k"]] = sh["ps"], sh["pe"]
+            for arr in (w, ps, pe):
+                self.comm.sum_arrays_(arr)
+        order = self.src.unit_prefix_order(w)
+        return self.src.sample_values(np.arange(self.lo, self.hi, dtype=np.int64), order, ps, pe)
+
+    # -- user metrics -------------------------------------------------------------------------
+    def user_metric(self, name: str, target: str) -> np.ndarray:
+        """Values of a --metric-fn metric for samples lo..hi-1 (int64, or float64 if any rank saw floats)."""
+        fn = metrics.load_metric_fn(target)
+        parts = []
+
+        def work(s: int) -> int:
+            lo, hi = int(self.out_shards[s]), int(self.out_shards[s + 1])
+            parts.append(self.store.get(f"user-{name}-{s}", lambda: {"v": self._user_shard(fn, name, lo, hi)})["v"])
+            return self._sample_tokens(lo, hi)
+
+        total = int(self.src.bounds[-1] - self.src.bounds[0]) if self.src.granularity == "document" \
+            else self.src.num_samples * (self.cfg.seq_length + 1)
+        run_rounds(self.comm, self.my_out, work, Progress(self.comm, f"metric {name}", total, self.cfg.progress))
+        vals = np.concatenate(parts + [np.zeros(0, np.int64)])
+        if self.comm.allreduce_max(int(vals.dtype.kind == "f")):
+            vals = vals.astype(np.float64)
+        return vals
+
+    def _sample_tokens(self, lo: int, hi: int) -> int:
+        if self.src.granularity == "document":
+            return int(self.src.bounds[hi] - self.src.bounds[lo])
+        return (hi - lo) * (self.cfg.seq_length + 1)
+
+    def _user_shard(self, fn, name: str, lo: int, hi: int) -> np.ndarray:
+        """Call the user function on batches of about batch_tokens tokens over samples lo..hi-1."""
+        if self.src.granularity == "document":
+            b = self.src.bounds
+            cuts = np.searchsorted(b, np.arange(int(b[lo]), int(b[hi]), self.cfg.batch_tokens), side="right") - 1
+            cuts = np.unique(np.concatenate(([lo], np.clip(cuts, lo, hi), [hi])))
+        else:
+            cuts = plan_range_shards(hi - lo, max(1, self.cfg.batch_tokens // (self.cfg.seq_length + 1))) + lo
+        out = []
+        for a, z in zip(cuts[:-1], cuts[1:]):
+            tokens, offsets = self.src.batch(int(a), int(z))
+            out.append(metrics.evaluate_user_metric(fn, name, tokens, offsets, int(a)))
+        if any(v.dtype.kind == "f" for v in out):
+            out = [v.astype(np.float64) for v in out]
+        return np.concatenate(out + [np.zeros(0, out[0].dtype if out else np.int64)])
+
+
+def _seqlen_lut(cfg: AnalyzerConfig, src, counts: np.ndarray | None) -> np.ndarray | None:
+    """Per-token seqlen contribution: None (every token counts) unless a pad id is excluded."""
+    if cfg.pad_token_id is None:
+        return None
+    if counts is not None:
+        vocab = len(counts)
+    elif cfg.vocab_size is not None:
+        vocab = cfg.vocab_size
+    elif src.tokens.dtype.itemsize <= 2 and src.tokens.dtype.kind == "u":
+        vocab = 1 << (8 * src.tokens.dtype.itemsize)
+    else:
+        raise ValueError("--pad-token-id with int32 tokens needs --vocab-size")
+    lut = np.ones(max(vocab, cfg.pad_token_id + 1), dtype=np.int64)
+    lut[cfg.pad_token_id] = 0
+    return lut
+
+
+def _lut_tag(name: str, lut: np.ndarray) -> str:
+    return f"{name}-{hashlib.sha256(lut.tobytes()).hexdigest()[:12]}"
+
+
+def _write_counts(run: _Run, counts: np.ndarray) -> None:
+    """DIR/total_vocab_freq/counts.npy (+ meta.json), from rank 0 (it is vocab-sized)."""
+    if run.comm.rank == 0:
+        final = os.path.join(run.cfg.save_path, "total_vocab_freq")
+        tmp = new_tmp_dir(final)
+        save_npy(os.path.join(tmp, "counts.npy"), counts)
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            f.write(f'{{"fingerprint": "{run.fingerprint}", "metric": "total_vocab_freq", '
+                    f'"num_tokens": {int(counts.sum())}, "vocab_size": {len(counts)}}}\n')
+        publish_dir(tmp, final)
+    run.comm.barrier()
+
+
+def _summary(cfg: AnalyzerConfig, name: str) -> str:
+    """One line: sample count, distinct values and percentiles from the index's meta.json."""
+    with open(os.path.join(cfg.save_path, name, "meta.json")) as f:
+        meta = json.load(f)
+    pv = meta["percentile_values"]
+    if not pv:
+        return f"{name}: no samples"
+    fmt = (lambda v: f"{v:.4g}") if meta["dtype"] == "float64" else str
+    cols = ", ".join(f"p{p}={fmt(pv[p])}" for p in (0, 1, 10, 25, 50, 75, 90, 99, 100))
+    return f"{name}: {meta['num_samples']:,} samples, {meta['num_values']:,} distinct values; {cols}"
+
+
+def _builtin_values(run: _Run, wanted: set[str], counts: np.ndarray | None) -> list[tuple[str, np.ndarray, dict]]:
+    """(name, values of samples lo..hi-1, extra meta) of seqlen / voc / seqlen_voc as needed."""
+    cfg, comm, out = run.cfg, run.comm, []
+    if wanted & {"seqlen", "seqlen_voc"}:
+        lut = _seqlen_lut(cfg, run.src, counts)
+        seqlen = run.additive("seqlen" if lut is None else _lut_tag("seqlen", lut), lut)
+        out.append(("seqlen", seqlen, {"pad_token_id": cfg.pad_token_id}))
+    if wanted & {"voc", "seqlen_voc"}:
+        lut = comm.bcast(kernels.voc_lut(counts) if comm.rank == 0 else None)  # one log() for all
+        if run.src.tokens.dtype.kind == "u" and run.src.tokens.dtype.itemsize <= 2:
+            # Every id present was counted, so ids past the histogram never occur: a full-range
+            # table lets the hot loop skip its per-chunk id check.
+            lut = np.pad(lut, (0, max(0, (1 << 8 * run.src.tokens.dtype.itemsize) - len(lut))))
+        voc_acc = run.additive(_lut_tag("voc", lut), lut)
+        out.append(("voc", kernels.voc_from_fixed(voc_acc), {"voc_fraction_bits": kernels.VOC_FRACTION_BITS}))
+    if "seqlen_voc" in wanted:
+        keys, bits, shift = kernels.seqlen_voc_composite(
+            seqlen, voc_acc, comm.allreduce_max(int(seqlen.max(initial=0))),
+            comm.allreduce_max(int(voc_acc.max(initial=0))))
+        out.append(("seqlen_voc", keys, {"voc_bits": bits, "voc_shift": shift,
+                                         "voc_fraction_bits": kernels.VOC_FRACTION_BITS}))
+    return [entry for entry in out if entry[0] in wanted]
+
+
+def run_analyzer(cfg: AnalyzerConfig, comm: Comm | None = None, source=None) -> dict:
+    """Run the whole analysis on this rank (call on every rank). Returns run statistics.
+
+    Args:
+        comm: the ranks taking part (default: MPI COMM_WORLD under mpiexec, else one process).
+        source: a DocumentSource / GPTSampleSource (default: built from ``cfg``).
+    """
+    comm = comm or world()
+    unknown = [m for m in cfg.metrics if m not in metrics.BUILTIN_METRICS]
+    if unknown:
+        raise ValueError(f"--metrics: unknown metric(s) {unknown}; choose from {metrics.BUILTIN_METRICS} "
+                         "or pass --metric-fn module:function")
+    user = [metrics.parse_metric_fn(spec) for spec in cfg.metric_fns]
+    for _, target in user:
+        metrics.load_metric_fn(target)  # fail before any pass over the data
+    run = _Run(cfg, comm, source if source is not None else build_source(cfg))
+    wanted = set(cfg.metrics)
+    counts = run.counts() if wanted & {"voc", "total_vocab_freq", "seqlen_voc"} else None
+    if "total_vocab_freq" in wanted:
+        _write_counts(run, counts)
+    out = _builtin_values(run, wanted, counts)
+    out += [(name, run.user_metric(name, target), {"metric_fn": target}) for name, target in user]
+    base = {"granularity": cfg.granularity, "data_prefix": cfg.data_prefix}
+    for name, values, extra in out:  # nothing is published until every metric is computed
+        write_index_parallel(comm, os.path.join(cfg.save_path, name), name, run.lo, values,
+                             run.fingerprint, {**base, **extra})
+        if comm.rank == 0 and cfg.progress:
+            print(f"[analyzer] {_summary(cfg, name)}", file=sys.stderr, flush=True)
+    comm.barrier()
+    if comm.rank == 0 and not cfg.keep_work:
+        shutil.rmtree(run.work, ignore_errors=True)
+        parent = os.path.dirname(run.work)
+        if os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)
+    cfg.stats.update(shards_computed=comm.allreduce_sum(run.store.computed),
+                     shards_reused=comm.allreduce_sum(run.store.reused))
+    return cfg.stats

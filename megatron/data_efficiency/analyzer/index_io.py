@@ -1,0 +1,253 @@
+"""On-disk metric index written by the data analyzer and read by the curriculum sampler.
+
+Layout of one metric, ``DIR/<metric>/`` (every array is a plain ``.npy`` file, so
+``np.load(path, mmap_mode="r")`` maps it without reading it)::
+
+    sample_to_metric.npy  int64 | float64 [N]   metric value of every sample, in sample-id order
+    sorted_samples.npy    int64 [N]             sample ids sorted by (value, sample id)
+    values.npy            same dtype [V]        the distinct values, ascending
+    offsets.npy           int64 [V + 1]         samples with value values[k] are
+                                                sorted_samples[offsets[k]:offsets[k+1]]
+    meta.json                                   metric, dtype, counts, percentile values,
+                                                fingerprint of the data + sample index
+
+Because ``sorted_samples`` is sorted, "every sample at or below value v" and "the easiest p
+percent" are both prefixes ``sorted_samples[:end]``. The token histogram lives in
+``DIR/total_vocab_freq/counts.npy`` (int64 [vocab]).
+
+A folder is always written under a temporary name and renamed when complete, so a reader
+never sees a half-written index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from fractions import Fraction
+from typing import Any, Sequence
+
+import numpy as np
+
+FORMAT_VERSION = 1
+INDEX_FILES = ("sample_to_metric.npy", "sorted_samples.npy", "values.npy", "offsets.npy", "meta.json")
+
+
+def dataset_fingerprint(data_prefixes: Sequence[str] | str, granularity: str,
+                        split: str | None = None, seq_length: int | None = None,
+                        seed: int | None = None, num_samples: int | None = None) -> str:
+    """Short hash identifying the data an index was built from and how samples were numbered.
+
+    It covers, for every prefix, the whole ``.idx`` file (header, sizes, pointers, doc_idx) and
+    the byte length of the ``.bin`` file; and the sample-index parameters (granularity, and for
+    ``sample`` granularity the split string, seq_length, seed and number of samples). Token
+    contents are not hashed (that would read the whole corpus); a ``.bin`` rewritten in place
+    with the same length and index is not detected.
+
+    Args:
+        data_prefixes: one prefix or a list of prefixes (``path/name`` without ``.bin``/``.idx``).
+        granularity: "document" or "sample".
+        split, seq_length, seed, num_samples: the GPT dataset arguments (ignored for "document").
+
+    Returns:
+        16 hex characters (a truncated sha256).
+    """
+    if isinstance(data_prefixes, str):
+        data_prefixes = [data_prefixes]
+    h = hashlib.sha256()
+    for prefix in data_prefixes:
+        idx_path, bin_path = prefix + ".idx", prefix + ".bin"
+        for path in (idx_path, bin_path):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"dataset file not found: {path}")
+        with open(idx_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        h.update(f"|bin={os.path.getsize(bin_path)}|".encode())
+    params: dict[str, Any] = {"granularity": granularity}
+    if granularity == "sample":
+        params.update(split=split, seq_length=seq_length, seed=seed, num_samples=num_samples)
+    h.update(json.dumps(params, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _load(folder: str, name: str) -> np.ndarray:
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        raise ValueError(f"metric index {folder}: missing file {name} (incomplete or not an index)")
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"metric index {folder}: cannot read {name}: {e}") from e
+
+
+class MetricIndex:
+    """Read-only, memory-mapped view of one ``DIR/<metric>/`` folder (see module docstring)."""
+
+    def __init__(self, path: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.path = path
+        self.meta = meta
+        self.metric: str = meta["metric"]
+        self.sample_to_metric = arrays["sample_to_metric.npy"]
+        self.sorted_samples = arrays["sorted_samples.npy"]
+        self.values = arrays["values.npy"]
+        self.offsets = arrays["offsets.npy"]
+        self.num_samples = int(len(self.sample_to_metric))
+
+    @classmethod
+    def open(cls, path: str, expected_fingerprint: str | None = None) -> "MetricIndex":
+        """Map the index in ``path``; ValueError if it is incomplete, inconsistent or
+        belongs to other data (``expected_fingerprint`` given and different)."""
+        if not os.path.isdir(path):
+            raise ValueError(f"metric index folder not found: {path}")
+        meta_path = os.path.join(path, "meta.json")
+        if not os.path.isfile(meta_path):
+            raise ValueError(f"metric index {path}: missing file meta.json (incomplete or not an index)")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if expected_fingerprint is not None and meta.get("fingerprint") != expected_fingerprint:
+            raise ValueError(
+                f"metric index {path} was built for other data or sample-index parameters: "
+                f"its fingerprint is {meta.get('fingerprint')!r}, the dataset in use has "
+                f"{expected_fingerprint!r}; re-run tools/analyze_data.py for this dataset")
+        arrays = {name: _load(path, name) for name in INDEX_FILES[:4]}
+        n, v = len(arrays["sample_to_metric.npy"]), len(arrays["values.npy"])
+        offsets = arrays["offsets.npy"]
+        problems = []
+        if len(arrays["sorted_samples.npy"]) != n:
+            problems.append(f"sorted_samples has {len(arrays['sorted_samples.npy'])} entries, expected {n}")
+        if len(offsets) != v + 1 or (len(offsets) and (offsets[0] != 0 or offsets[-1] != n)):
+            problems.append(f"offsets must have {v + 1} entries from 0 to {n}")
+        if arrays["values.npy"].dtype != arrays["sample_to_metric.npy"].dtype:
+            problems.append("values and sample_to_metric dtypes differ")
+        if meta.get("num_samples") != n or meta.get("num_values") != v:
+            problems.append(f"meta.json counts ({meta.get('num_samples')}, {meta.get('num_values')}) "
+                            f"do not match the arrays ({n}, {v})")
+        if problems:
+            raise ValueError(f"metric index {path} is inconsistent: " + "; ".join(problems))
+        return cls(path, meta, arrays)
+
+    def samples_at_or_below(self, value: float) -> int:
+        """End of the prefix of ``sorted_samples`` whose values are <= ``value``."""
+        return int(self.offsets[np.searchsorted(self.values, value, side="right")])
+
+    def percentile_end(self, p: float) -> int:
+        """Number of samples in the lowest ``p`` percent (0..100) of the sorted order."""
+        return percentile_end(self.num_samples, p)
+
+    def value_at(self, position: int) -> float | int:
+        """Metric value of the sample at ``position`` of the sorted order."""
+        k = int(np.searchsorted(self.offsets, position, side="right")) - 1
+        return self.values[k].item()
+
+
+def percentile_end(num_samples: int, p: float) -> int:
+    """floor(p * N / 100), computed exactly on the decimal ``p`` as written (12.5 -> 1/8)."""
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {p}")
+    return int(Fraction(repr(float(p))) * num_samples // 100)
+
+
+def _percentile_values(values: np.ndarray, offsets: np.ndarray, n: int) -> list:
+    """Value of the last sample inside the lowest p percent, p = 0..100 (p=0 gives the min)."""
+    if n == 0:
+        return []
+    ends = np.array([max(percentile_end(n, p), 1) for p in range(101)], dtype=np.int64)
+    k = np.searchsorted(offsets, ends - 1, side="right") - 1
+    return [values[i].item() for i in k]
+
+
+def finalize_index_dir(tmp: str, final: str, metric: str, fingerprint: str,
+                       extra_meta: dict | None = None) -> None:
+    """Write meta.json into ``tmp`` (whose four .npy files are complete) and publish it as ``final``."""
+    s2m = np.load(os.path.join(tmp, "sample_to_metric.npy"), mmap_mode="r")
+    values = np.load(os.path.join(tmp, "values.npy"), mmap_mode="r")
+    offsets = np.load(os.path.join(tmp, "offsets.npy"), mmap_mode="r")
+    n = len(s2m)
+    pct = _percentile_values(values, offsets, n)
+    meta = {"format_version": FORMAT_VERSION, "metric": metric, "dtype": str(s2m.dtype),
+            "num_samples": n, "num_values": int(len(values)), "fingerprint": fingerprint,
+            "min": pct[0] if pct else None, "max": pct[-1] if pct else None,
+            "percentile_values": pct}
+    meta.update(extra_meta or {})
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.write("\n")
+    publish_dir(tmp, final)
+
+
+def publish_dir(tmp: str, final: str) -> None:
+    """Rename the complete folder ``tmp`` to ``final``, replacing an older ``final``."""
+    old = None
+    if os.path.exists(final):
+        old = f"{final}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def new_tmp_dir(final: str) -> str:
+    """A fresh temporary folder beside ``final``."""
+    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    os.makedirs(tmp)
+    return tmp
+
+
+def normalize_values(values: np.ndarray) -> np.ndarray:
+    """Metric values as int64 (integer/bool input) or float64 (anything else), -0.0 -> 0.0."""
+    values = np.asarray(values)
+    if values.dtype.kind in "biu":
+        return values.astype(np.int64)
+    out = values.astype(np.float64)
+    return out + 0.0  # adding 0.0 turns -0.0 into 0.0 so equal values have equal bytes
+
+
+def write_metric_index(path: str, metric: str, sample_to_metric: np.ndarray, fingerprint: str,
+                       extra_meta: dict | None = None) -> None:
+    """Build and write the whole index for one metric in this process (small data, tests).
+
+    Args:
+        path: the metric folder, ``DIR/<metric>``.
+        sample_to_metric: [N] value of each sample (int -> int64, float -> float64).
+    """
+    vals = normalize_values(sample_to_metric)
+    if vals.dtype.kind == "f" and not np.all(np.isfinite(vals)):
+        bad = int(np.nonzero(~np.isfinite(vals))[0][0])
+        raise ValueError(f"metric {metric}: sample {bad} has non-finite value {vals[bad]}")
+    order = np.argsort(vals, kind="stable").astype(np.int64)
+    sorted_vals = vals[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_vals[1:] != sorted_vals[:-1]))) \
+        if len(vals) else np.zeros(0, np.int64)
+    offsets = np.append(starts, len(vals)).astype(np.int64)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = new_tmp_dir(path)
+    try:
+        for name, arr in (("sample_to_metric.npy", vals), ("sorted_samples.npy", order),
+                          ("values.npy", sorted_vals[starts]), ("offsets.npy", offsets)):
+            save_npy(os.path.join(tmp, name), arr)
+        finalize_index_dir(tmp, path, metric, fingerprint, extra_meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_npy(path: str, arr: np.ndarray) -> None:
+    """np.save through open_memmap's header, the same bytes the parallel writer produces."""
+    out = create_npy(path, arr.dtype, len(arr))
+    if len(arr):
+        out[:] = arr
+        out.flush()
+    del out
+
+
+def create_npy(path: str, dtype, length: int) -> np.ndarray:
+    """Create a 1-D .npy file of ``length`` items; returns a writable map (or an empty array)."""
+    dtype = np.dtype(dtype)
+    if length == 0:  # mmap cannot map an empty payload; write the header only
+        np.save(path, np.zeros(0, dtype=dtype))
+        return np.zeros(0, dtype=dtype)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(length,))

@@ -1,0 +1,149 @@
+"""Offline data analyzer: index every sample of a token store by difficulty metrics.
+
+    python tools/analyze_data.py --data-path PREFIX --granularity document \\
+        --metrics seqlen voc total_vocab_freq --save-path DIR
+    mpiexec -n 8 python tools/analyze_data.py ...                 # map and reduce over 8 ranks
+    python tools/analyze_data.py --num-workers 2 ...              # same, launching mpiexec itself
+
+For ``--granularity sample`` give the training dataset arguments (``--split --seq-length
+--seed --train-samples``) so the sample ids are the GPTDataset indices the curriculum
+sampler will draw. Output layout: see megatron/data_efficiency/analyzer/index_io.py and the
+README. A killed job restarted with the same arguments reuses every finished shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron.data_efficiency.analyzer import metrics as _metrics  # noqa: E402
+from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig, run_analyzer  # noqa: E402
+from megatron.data_efficiency.analyzer.comm import launched_by_mpi, world  # noqa: E402
+
+_USER_CONTRACT = """user metrics (--metric-fn [name=]module:function):
+  def function(tokens, offsets) -> array-like
+    tokens:  1-D numpy array of token ids holding a batch of n samples back to back
+    offsets: int64 array [n + 1]; sample k is tokens[offsets[k]:offsets[k+1]]
+    return:  n finite real numbers, one per sample (ints stored as int64, floats as float64)
+  It must depend only on each sample's tokens (batching varies with the number of ranks).
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=_USER_CONTRACT,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-path", nargs="+", required=True, help="token store prefix (no .bin/.idx)")
+    p.add_argument("--save-path", required=True, help="output folder")
+    p.add_argument("--granularity", choices=["document", "sample"], default="document")
+    p.add_argument("--metrics", nargs="+", default=["seqlen"],
+                   help=f"built-in metrics, any of {list(_metrics.BUILTIN_METRICS)}")
+    p.add_argument("--metric-fn", nargs="+", action="extend", default=[],
+                   help="user metric(s) as [name=]module:function (contract below)")
+    p.add_argument("--split", default="969,30,1")
+    p.add_argument("--seq-length", type=int)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--train-samples", type=int)
+    p.add_argument("--data-cache-path", default=None)
+    p.add_argument("--vocab-size", type=int, help="vocabulary size (default: largest token id + 1)")
+    p.add_argument("--pad-token-id", type=int, help="token excluded from seqlen")
+    p.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per resumable map shard")
+    p.add_argument("--chunk-tokens", type=int, default=1 << 18, help="tokens per vectorised chunk")
+    p.add_argument("--batch-tokens", type=int, default=1 << 20, help="tokens per --metric-fn call")
+    p.add_argument("--num-workers", type=int, default=1,
+                   help="without mpiexec: launch this many local MPI ranks")
+    p.add_argument("--force", action="store_true", help="recompute finished shards")
+    p.add_argument("--keep-work", action="store_true", help="keep the shard files after success")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--stats-json", help="write wall time and peak memory of every rank to this file")
+    args = p.parse_args(argv)
+    if len(args.data_path) != 1:
+        p.error("--data-path: the analyzer indexes one dataset prefix at a time (blends: run it per prefix)")
+    for name in ("shard_tokens", "chunk_tokens", "batch_tokens", "num_workers"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    return args
+
+
+def _relaunch(num_workers: int, argv: list[str]) -> int:
+    """Re-run this script under mpiexec with ``num_workers`` ranks."""
+    mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if not os.path.exists(mpiexec):
+        print("error: --num-workers > 1 needs mpiexec (mpi4py + MPICH); none found", file=sys.stderr)
+        return 2
+    cmd = [mpiexec, "-n", str(num_workers), sys.executable, os.path.abspath(__file__)] + argv
+    return subprocess.call(cmd)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; counts resident pages of the mapped tokens).
+
+    Read from /proc rather than getrusage, whose ru_maxrss survives exec and so may report the
+    launching parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _abort_others(comm, code: int) -> None:
+    if comm.size > 1:
+        sys.stderr.flush()
+        from mpi4py import MPI
+        MPI.COMM_WORLD.Abort(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.num_workers > 1 and not launched_by_mpi():
+        return _relaunch(args.num_workers, argv)
+    cfg = AnalyzerConfig(
+        data_prefix=args.data_path[0], save_path=args.save_path, metrics=tuple(args.metrics),
+        metric_fns=tuple(args.metric_fn), granularity=args.granularity, split=args.split,
+        seq_length=args.seq_length, seed=args.seed, train_samples=args.train_samples,
+        vocab_size=args.vocab_size, pad_token_id=args.pad_token_id, shard_tokens=args.shard_tokens,
+        chunk_tokens=args.chunk_tokens, batch_tokens=args.batch_tokens, force=args.force,
+        keep_work=args.keep_work, cache_dir=args.data_cache_path, progress=not args.quiet)
+    comm = world()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    try:
+        stats = run_analyzer(cfg, comm)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
+        _abort_others(comm, 2)
+        return 2
+    except BaseException:
+        traceback.print_exc()
+        _abort_others(comm, 1)  # the other ranks would wait forever in the next collective
+        raise
+    ranks = comm.allgather({"rank": comm.rank, "elapsed_s": time.perf_counter() - start,
+                            "cpu_s": time.process_time() - cpu_start, "peak_rss_mb": peak_rss_mb()})
+    if comm.rank == 0:
+        stats.update(elapsed_s=max(r["elapsed_s"] for r in ranks), ranks=ranks)
+        if not args.quiet:
+            print(f"[analyzer] done in {stats['elapsed_s']:.2f} s: {stats['shards_computed']} shards "
+                  f"computed, {stats['shards_reused']} reused from an earlier run; peak RSS per rank "
+                  + ", ".join(f"{r['peak_rss_mb']:.0f} MiB" for r in ranks), file=sys.stderr)
+        if args.stats_json:
+            with open(args.stats_json + ".tmp", "w") as f:
+                json.dump(stats, f, indent=1)
+            os.replace(args.stats_json + ".tmp", args.stats_json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

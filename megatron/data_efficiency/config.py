@@ -1,0 +1,409 @@
+"""Data-efficiency configuration: a DeepSpeed-shaped JSON file or Megatron-style flags.
+
+JSON (``--data-efficiency-config FILE``): either DeepSpeed's ``data_efficiency`` section
+alone or a whole DeepSpeed config holding it; a DeepSpeed config's legacy top-level
+``curriculum_learning`` section (``curriculum_type: seqlen``) is read as ``seqtru``::
+
+    {"enabled": true, "seed": 1234,
+     "data_sampling": {"enabled": true, "num_epochs": 1000, "num_workers": 0,
+       "curriculum_learning": {"enabled": true, "data_cluster_path": "ignored",
+         "curriculum_metrics": {
+           "vocabularyrarity": {"index_path": "DIR/voc", "difficulty_type": "percentile",
+             "clustering_type": "schedule_based", "min_difficulty": 1, "max_difficulty": 100,
+             "schedule_type": "fixed_root",
+             "schedule_config": {"total_curriculum_step": 110000, "difficulty_step": 1,
+                                 "root_degree": 2}},
+           "seqlen_truncate": {"difficulty_type": "value", "clustering_type": "single_cluster",
+             "min_difficulty": 80, "max_difficulty": 2048, "schedule_type": "fixed_linear",
+             "schedule_config": {"total_curriculum_step": 110000, "difficulty_step": 8}}}}},
+     "data_routing": {"enabled": true, "random_ltd": {...}}}
+
+Metric names: ``seqlen_truncate``/``seqtru`` and ``seqlen_reshape``/``seqres`` are batch
+transforms (value-based, in tokens; no index is read, an ``index_*`` path such as
+DeepSpeed's ``"dummy"`` is ignored). Every other name is an index metric read from this
+project's analyzer folder: ``index_path`` (``DIR/<metric>``), or DeepSpeed's
+``index_to_sample_path``/``index_to_metric_path`` when they name files of such a folder
+(``sorted_samples.npy`` / ``sample_to_metric.npy``). ``schedule_config.custom_function``
+(``"module:function"``) is this project's addition for ``schedule_type: custom``.
+``data_cluster_path`` is accepted and unused: no cluster file is ever written.
+Unknown keys and contradictions are errors naming the key path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from megatron.data_efficiency.curriculum.scheduler import SCHEDULE_TYPES, ScheduleConfig
+
+TRANSFORM_ALIASES = {"seqlen_truncate": "seqtru", "seqtru": "seqtru",
+                     "seqlen_reshape": "seqres", "seqres": "seqres"}
+SEQLEN_INDEX_NAMES = ("seqlen", "seqlen_voc", "seqreo", "seqreo_voc")
+
+_DE_KEYS = {"enabled", "seed", "data_sampling", "data_routing"}
+_SAMPLING_KEYS = {"enabled", "num_epochs", "num_workers", "curriculum_learning",
+                  "dynamic_batching"}
+_CL_KEYS = {"enabled", "data_cluster_path", "curriculum_metrics"}
+_METRIC_KEYS = {"index_to_sample_path", "index_to_metric_path", "index_path",
+                "difficulty_type", "clustering_type", "min_difficulty", "max_difficulty",
+                "schedule_type", "schedule_config"}
+_SCHED_KEYS = {"total_curriculum_step", "difficulty_step", "root_degree", "difficulty",
+               "max_step", "custom_function"}
+_LEGACY_KEYS = {"enabled", "curriculum_type", "min_difficulty", "max_difficulty",
+                "schedule_type", "schedule_config"}
+
+
+@dataclass
+class CurriculumMetricConfig:
+    """One curriculum metric.
+
+    Attributes:
+        name: as configured (TensorBoard shows ``curriculum/<name>``).
+        kind: ``"seqtru"``, ``"seqres"`` (batch transforms) or ``"index"`` (sampler).
+        difficulty_type: ``"value"`` or ``"percentile"``.
+        clustering_type: ``"schedule_based"`` or ``"single_cluster"`` (an index metric
+            with ``single_cluster`` is not used to filter, as in DeepSpeed).
+        schedule: the pacing settings.
+        index_path: the analyzer folder of an index metric.
+    """
+    name: str
+    kind: str
+    difficulty_type: str
+    clustering_type: str
+    schedule: ScheduleConfig
+    index_path: str | None = None
+
+    @property
+    def samples(self) -> bool:
+        """Whether the sampler filters on this metric."""
+        return self.kind == "index" and self.clustering_type == "schedule_based"
+
+
+@dataclass
+class CurriculumConfig:
+    enabled: bool = False
+    metrics: list[CurriculumMetricConfig] = field(default_factory=list)
+
+    @property
+    def transform_metric(self) -> CurriculumMetricConfig | None:
+        """The seqtru / seqres metric, if any (at most one)."""
+        found = [m for m in self.metrics if m.kind != "index"]
+        return found[0] if found else None
+
+    @property
+    def sampling_metrics(self) -> list[CurriculumMetricConfig]:
+        return [m for m in self.metrics if m.samples]
+
+    def transform_for(self, model: str) -> str | None:
+        """Batch transform to apply: ``seqtru``/``seqres``; for BERT a ``seqlen``-family
+        index metric without one means ``seqreo``; else None."""
+        t = self.transform_metric
+        if t is not None:
+            return t.kind
+        if model == "bert" and any(m.name in SEQLEN_INDEX_NAMES for m in self.sampling_metrics):
+            return "seqreo"
+        return None
+
+
+@dataclass
+class DataEfficiencyConfig:
+    """Everything data efficiency reads, built once from the file or the flags."""
+    enabled: bool = False
+    seed: int = 1234
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    random_ltd: Any = None          # RandomLTDConfig, or the raw dict if that class is absent
+    source: str = "flags"
+
+
+# -- JSON ------------------------------------------------------------------------------
+def _check_keys(d: Any, known: set[str], where: str) -> dict:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    return d
+
+
+def _number(d: dict, key: str, where: str) -> float:
+    if key not in d:
+        raise ValueError(f"{where}.{key}: required")
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{where}.{key}: expected a number, got {v!r}")
+    return v
+
+
+def _index_dir(m: dict, where: str) -> str | None:
+    """The analyzer folder named by ``index_path`` or DeepSpeed's two file paths."""
+    folders = {}
+    if m.get("index_path") is not None:
+        folders["index_path"] = os.path.normpath(m["index_path"])
+    for key, fname in (("index_to_sample_path", "sorted_samples.npy"),
+                       ("index_to_metric_path", "sample_to_metric.npy")):
+        path = m.get(key)
+        if path is None:
+            continue
+        if os.path.basename(os.path.normpath(path)) == fname:
+            folders[key] = os.path.dirname(os.path.normpath(path))
+        elif os.path.isdir(path):
+            folders[key] = os.path.normpath(path)
+        else:
+            raise ValueError(
+                f"{where}.{key}={path!r}: not this project's analyzer output (expected a "
+                f"folder or its {fname}); DeepSpeed's analyzer files are not read, run "
+                f"tools/analyze_data.py and give index_path")
+    if len(set(folders.values())) > 1:
+        raise ValueError(f"{where}: index paths are contradictory: {folders}")
+    return next(iter(folders.values()), None)
+
+
+def _schedule(m: dict, where: str, d_min: float, d_max: float) -> ScheduleConfig:
+    stype = m.get("schedule_type")
+    if stype not in SCHEDULE_TYPES:
+        raise ValueError(f"{where}.schedule_type={stype!r}: expected one of {SCHEDULE_TYPES}")
+    sc = _check_keys(m.get("schedule_config", {}), _SCHED_KEYS, f"{where}.schedule_config")
+    sw = f"{where}.schedule_config"
+    cfg = ScheduleConfig(stype, d_min, d_max)
+    if stype in ("fixed_linear", "fixed_root"):
+        cfg.total_curriculum_step = int(_number(sc, "total_curriculum_step", sw))
+        cfg.difficulty_step = int(_number(sc, "difficulty_step", sw))
+        if stype == "fixed_root":
+            cfg.root_degree = _number(sc, "root_degree", sw)
+        elif sc.get("root_degree", 1) != 1:
+            raise ValueError(f"{sw}.root_degree={sc['root_degree']}: contradicts "
+                             f"schedule_type fixed_linear (root 1); use fixed_root")
+    elif stype == "fixed_discrete":
+        cfg.difficulty = list(sc.get("difficulty", []))
+        cfg.max_step = [int(x) for x in sc.get("max_step", [])]
+    else:
+        cfg.custom_function = sc.get("custom_function")
+    if stype != "custom" and "custom_function" in sc:
+        raise ValueError(f"{sw}.custom_function: contradicts schedule_type {stype}")
+    cfg.validate(where)
+    return cfg
+
+
+def _metric(name: str, m: dict, where: str) -> CurriculumMetricConfig:
+    _check_keys(m, _METRIC_KEYS, where)
+    kind = TRANSFORM_ALIASES.get(name, "index")
+    default_type = "value" if kind != "index" else "percentile"
+    dtype = m.get("difficulty_type", default_type)
+    if dtype not in ("value", "percentile"):
+        raise ValueError(f"{where}.difficulty_type={dtype!r}: expected value or percentile")
+    if kind != "index" and dtype != "value":
+        raise ValueError(f"{where}.difficulty_type=percentile contradicts {name}, whose "
+                         f"difficulty is a length in tokens (value)")
+    ctype = m.get("clustering_type", "single_cluster" if kind != "index" else "schedule_based")
+    if ctype not in ("schedule_based", "single_cluster"):
+        raise ValueError(f"{where}.clustering_type={ctype!r}: expected schedule_based or "
+                         f"single_cluster")
+    d_min, d_max = _number(m, "min_difficulty", where), _number(m, "max_difficulty", where)
+    if dtype == "percentile" and not 0 <= d_min <= d_max <= 100:
+        raise ValueError(f"{where}: percentile difficulties must satisfy 0 <= min_difficulty "
+                         f"<= max_difficulty <= 100, got {d_min}, {d_max}")
+    index = _index_dir(m, where) if kind == "index" else None
+    if kind == "index" and index is None:
+        raise ValueError(f"{where}: index metric {name!r} needs index_path (this project's "
+                         f"analyzer folder DIR/<metric>)")
+    return CurriculumMetricConfig(name, kind, dtype, ctype,
+                                  _schedule(m, where, d_min, d_max), index)
+
+
+def _curriculum(cl: dict, where: str) -> CurriculumConfig:
+    _check_keys(cl, _CL_KEYS, where)
+    if not cl.get("enabled", False):
+        return CurriculumConfig(False)
+    metrics = cl.get("curriculum_metrics", {})
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{where}.curriculum_metrics must be a JSON object")
+    if not metrics:
+        raise ValueError(f"{where}.curriculum_metrics: enabled but no metric given")
+    out = [_metric(n, m, f"{where}.curriculum_metrics.{n}") for n, m in metrics.items()]
+    transforms = [m.name for m in out if m.kind != "index"]
+    if len(transforms) > 1:
+        raise ValueError(f"{where}.curriculum_metrics: {transforms} are contradictory "
+                         f"(one sequence-length transform at most)")
+    return CurriculumConfig(True, out)
+
+
+def _legacy(cl: dict, where: str) -> CurriculumConfig:
+    _check_keys(cl, _LEGACY_KEYS, where)
+    if not cl.get("enabled", False):
+        return CurriculumConfig(False)
+    if cl.get("curriculum_type", "seqlen") != "seqlen":
+        raise ValueError(f"{where}.curriculum_type={cl['curriculum_type']!r}: only seqlen")
+    m = {k: v for k, v in cl.items() if k not in ("enabled", "curriculum_type")}
+    return CurriculumConfig(True, [_metric("seqtru", m, where)])
+
+
+def config_from_dict(d: dict, source: str = "<dict>",
+                     seq_length: int | None = None) -> DataEfficiencyConfig:
+    """Parse a ``data_efficiency`` section or a whole DeepSpeed config (see module doc)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: top level must be a JSON object")
+    whole = "data_efficiency" in d or "curriculum_learning" in d
+    if not whole and not ({"data_sampling", "data_routing"} & set(d) or set(d) <= _DE_KEYS):
+        raise ValueError(f"{source}: neither a data_efficiency section nor a DeepSpeed config "
+                         f"holding one (keys: {sorted(d)})")
+    de = d.get("data_efficiency", {}) if whole else d
+    where = f"{source}: data_efficiency"
+    _check_keys(de, _DE_KEYS, where)
+    cfg = DataEfficiencyConfig(enabled=bool(de.get("enabled", False)),
+                               seed=int(de.get("seed", 1234)), source=source)
+    sampling = _check_keys(de.get("data_sampling", {}), _SAMPLING_KEYS, f"{where}.data_sampling")
+    if sampling.get("dynamic_batching", {}).get("enabled", False):
+        raise ValueError(f"{where}.data_sampling.dynamic_batching: not supported here")
+    if sampling.get("enabled", False) or "curriculum_learning" in sampling:
+        cfg.curriculum = _curriculum(sampling.get("curriculum_learning", {}),
+                                     f"{where}.data_sampling.curriculum_learning")
+        if cfg.curriculum.enabled and not sampling.get("enabled", False):
+            raise ValueError(f"{where}.data_sampling.enabled is false but its "
+                             f"curriculum_learning is enabled: contradictory")
+    if whole and "curriculum_learning" in d:
+        legacy = _legacy(d["curriculum_learning"], f"{source}: curriculum_learning")
+        if legacy.enabled and cfg.curriculum.enabled:
+            raise ValueError(f"{source}: both the legacy curriculum_learning section and "
+                             f"data_efficiency curriculum learning are enabled")
+        if legacy.enabled:
+            cfg.curriculum, cfg.enabled = legacy, True
+    if cfg.curriculum.enabled and not cfg.enabled:
+        raise ValueError(f"{where}.enabled is false but curriculum learning is enabled: "
+                         f"contradictory")
+    if "data_routing" in de:
+        cfg.random_ltd = _random_ltd(de, seq_length)
+        ltd_on = cfg.random_ltd.get("random_ltd", {}).get("enabled", False) \
+            if isinstance(cfg.random_ltd, dict) else getattr(cfg.random_ltd, "enabled", False)
+        if ltd_on and not cfg.enabled:
+            raise ValueError(f"{where}.enabled is false but data_routing.random_ltd is "
+                             f"enabled: contradictory")
+    return cfg
+
+
+def _random_ltd(de: dict, seq_length: int | None) -> Any:
+    try:
+        from megatron.data_efficiency.random_ltd.config import RandomLTDConfig
+    except ImportError:
+        return de["data_routing"]
+    return RandomLTDConfig.from_deepspeed_dict({"data_routing": de["data_routing"]}, seq_length)
+
+
+def load_config_file(path: str, seq_length: int | None = None) -> DataEfficiencyConfig:
+    """Read ``--data-efficiency-config FILE``."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except OSError as err:
+        raise ValueError(f"--data-efficiency-config {path}: cannot read: {err}") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--data-efficiency-config {path}: not valid JSON: {err}") from err
+    return config_from_dict(d, source=path, seq_length=seq_length)
+
+
+# -- flags ------------------------------------------------------------------------------
+def add_curriculum_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register the curriculum flags.
+
+    Per-metric flags take one value per ``--curriculum-metric`` name, in the same order,
+    or a single value that applies to every metric. ``--curriculum-index-path`` takes one
+    folder per metric (``-`` for seqtru/seqres) or one per index metric. Example
+    (CL_seqtru_voc)::
+
+        --data-efficiency-curriculum-learning --curriculum-metric seqtru voc
+        --curriculum-index-path DIR/voc --curriculum-min-difficulty 80 1
+        --curriculum-max-difficulty 2048 100 --curriculum-schedule-type fixed_linear fixed_root
+        --curriculum-total-steps 1000 --curriculum-difficulty-step 8 1 --curriculum-root-degree 1 2
+    """
+    g = parser.add_argument_group("data efficiency: curriculum learning")
+    g.add_argument("--data-efficiency-config", type=str, default=None, metavar="FILE",
+                   help="DeepSpeed-shaped data_efficiency JSON (section or whole config)")
+    g.add_argument("--data-efficiency-curriculum-learning", action="store_true",
+                   help="enable curriculum learning (metrics from the file or the flags below)")
+    g.add_argument("--curriculum-metric", nargs="+", default=None, metavar="NAME",
+                   help="metrics: seqtru|seqres (transforms) or analyzer metrics (voc, seqlen, ...)")
+    g.add_argument("--curriculum-index-path", nargs="+", default=None, metavar="DIR")
+    g.add_argument("--curriculum-difficulty-type", nargs="+", default=None,
+                   choices=["value", "percentile"])
+    g.add_argument("--curriculum-min-difficulty", nargs="+", type=float, default=None)
+    g.add_argument("--curriculum-max-difficulty", nargs="+", type=float, default=None)
+    g.add_argument("--curriculum-schedule-type", nargs="+", default=None, choices=SCHEDULE_TYPES)
+    g.add_argument("--curriculum-total-steps", nargs="+", type=int, default=None)
+    g.add_argument("--curriculum-difficulty-step", nargs="+", type=int, default=None)
+    g.add_argument("--curriculum-root-degree", nargs="+", type=float, default=None)
+    g.add_argument("--curriculum-custom-function", nargs="+", default=None,
+                   metavar="MODULE:FUNCTION")
+    return parser
+
+
+_PER_METRIC = ("index_path", "difficulty_type", "min_difficulty", "max_difficulty",
+               "schedule_type", "total_steps", "difficulty_step", "root_degree",
+               "custom_function")
+
+
+def _per_metric(args: argparse.Namespace, key: str, names: list[str]) -> list[Any]:
+    vals = getattr(args, f"curriculum_{key}", None)
+    flag = "--curriculum-" + key.replace("_", "-")
+    if vals is None:
+        return [None] * len(names)
+    if key == "index_path" and len(vals) != len(names):
+        index_names = [n for n in names if n not in TRANSFORM_ALIASES]
+        if len(vals) == len(index_names):
+            it = iter(vals)
+            return [None if n in TRANSFORM_ALIASES else next(it) for n in names]
+    if len(vals) == 1:
+        return vals * len(names)
+    if len(vals) != len(names):
+        raise ValueError(f"{flag}: {len(vals)} values for {len(names)} metrics {names}; give "
+                         f"one value or one per --curriculum-metric")
+    return [None if v == "-" else v for v in vals]
+
+
+def _as_int_if_whole(x: float) -> float:
+    return int(x) if float(x).is_integer() else x
+
+
+def config_from_args(args: argparse.Namespace, seq_length: int | None = None
+                     ) -> DataEfficiencyConfig:
+    """Build the config from parsed flags (``--data-efficiency-config`` or per-metric)."""
+    names = getattr(args, "curriculum_metric", None)
+    seed = int(getattr(args, "seed", 1234) or 1234)
+    if getattr(args, "data_efficiency_config", None):
+        if names:
+            raise ValueError("--curriculum-metric and --data-efficiency-config are "
+                             "contradictory: give the metrics in one place")
+        cfg = load_config_file(args.data_efficiency_config, seq_length)
+        if args.data_efficiency_curriculum_learning and not cfg.curriculum.enabled:
+            raise ValueError(f"--data-efficiency-curriculum-learning is set but "
+                             f"{args.data_efficiency_config} does not enable curriculum learning")
+        return cfg
+    if not getattr(args, "data_efficiency_curriculum_learning", False):
+        if names:
+            raise ValueError("--curriculum-metric needs --data-efficiency-curriculum-learning")
+        return DataEfficiencyConfig(seed=seed)
+    if not names:
+        raise ValueError("--data-efficiency-curriculum-learning needs --curriculum-metric "
+                         "or --data-efficiency-config")
+    cols = {k: _per_metric(args, k, names) for k in _PER_METRIC}
+    metrics = {}
+    for i, name in enumerate(names):
+        v = {k: cols[k][i] for k in _PER_METRIC}
+        sc = {"total_curriculum_step": v["total_steps"],
+              "difficulty_step": v["difficulty_step"] or 1}
+        sc = {k: x for k, x in sc.items() if x is not None}
+        if v["root_degree"] is not None:
+            sc["root_degree"] = _as_int_if_whole(v["root_degree"])
+        if v["custom_function"] is not None:
+            sc["custom_function"] = v["custom_function"]
+        m = {"schedule_type": v["schedule_type"] or "fixed_linear", "schedule_config": sc}
+        for key in ("min_difficulty", "max_difficulty"):
+            if v[key] is not None:
+                m[key] = _as_int_if_whole(v[key])
+        for key in ("difficulty_type", "index_path"):
+            if v[key] is not None:
+                m[key] = v[key]
+        metrics[name] = m
+    de = {"enabled": True, "seed": seed, "data_sampling": {"enabled": True,
+          "curriculum_learning": {"enabled": True, "curriculum_metrics": metrics}}}
+    return config_from_dict(de, source="--curriculum-* flags", seq_length=seq_length)

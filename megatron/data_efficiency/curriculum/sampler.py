@@ -1,0 +1,199 @@
+"""Curriculum sampler: draws each global batch from the samples easy enough for the step.
+
+Semantics follow DeepSpeed's data sampler, without its cluster files and broadcast:
+
+* Each sampling metric has an analyzer index and a scheduler. A difficulty admits a
+  prefix of the metric's ``sorted_samples`` (``clusters.prefix_length``). Admitted
+  samples stay admitted (prefixes only grow), as DeepSpeed never drops a cluster.
+  With several metrics a sample must be admitted by all of them.
+* Whenever the admitted set grows, the new samples form a cluster. Each slot of a global
+  batch goes to a cluster with probability proportional to the cluster's size (iid per
+  slot, so the batch order is already shuffled); inside a cluster the ids come in a
+  shuffled order without replacement, reshuffled when used up (``clusters.py``).
+* Every rank computes the same global batch from the seed, the step and the small state,
+  so no broadcast is needed and every pipeline stage and DP rank can build it. This DP
+  rank's micro-batches follow Megatron's order: micro-batch ``m`` of rank ``r`` is
+  ``global[m*mbs*dp + r*mbs : m*mbs*dp + (r+1)*mbs]`` (disjoint, union = global batch).
+* Nothing is ever written; the indexes are only read (memory-mapped).
+
+Steps are 1-based, as the scheduler's: the first global batch is step 1, i.e. Megatron's
+``iteration + 1`` for the step about to run.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from megatron.data_efficiency.curriculum import permutation as perm
+from megatron.data_efficiency.curriculum.clusters import (ClusterStreams, MetricIndexLike,
+                                                          prefix_length)
+from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler
+
+__all__ = ["SamplerMetric", "CurriculumSampler", "prefix_length", "MetricIndexLike"]
+
+
+@dataclass
+class SamplerMetric:
+    """One metric the sampler filters on."""
+    name: str
+    index: MetricIndexLike
+    difficulty_type: str            # "value" | "percentile"
+    scheduler: CurriculumScheduler
+
+
+class CurriculumSampler:
+    """Megatron-style batch sampler: yields this rank's micro-batches of sample ids.
+
+    Args:
+        metrics: the sampling metrics (all indexes over the same ``N`` samples).
+        global_batch_size: samples per optimizer step (all DP ranks and micro-batches).
+        micro_batch_size: samples per micro-batch per rank.
+        data_parallel_rank, data_parallel_size: this rank's DP coordinates (pipeline and
+            tensor ranks do not matter: every stage draws the same batches).
+        seed: shared by all ranks.
+        history: steps of state kept so that ``state_dict(steps_consumed)`` can rewind
+            past batches a data loader fetched ahead.
+        buffer_size: ids buffered per cluster.
+    """
+
+    def __init__(self, metrics: Sequence[SamplerMetric], global_batch_size: int,
+                 micro_batch_size: int, data_parallel_rank: int = 0,
+                 data_parallel_size: int = 1, seed: int = 1234, history: int = 256,
+                 buffer_size: int = 4096):
+        if not metrics:
+            raise ValueError("CurriculumSampler needs at least one metric with an index")
+        sizes = {m.name: int(m.index.num_samples) for m in metrics}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"curriculum metric indexes disagree on the number of "
+                             f"samples: {sizes}")
+        for m in metrics:
+            if m.difficulty_type not in ("value", "percentile"):
+                raise ValueError(f"curriculum metric {m.name}: difficulty_type must be "
+                                 f"'value' or 'percentile', got {m.difficulty_type!r}")
+        per_step = micro_batch_size * data_parallel_size
+        if micro_batch_size < 1 or global_batch_size % per_step:
+            raise ValueError(f"global batch size {global_batch_size} is not divisible by "
+                             f"micro batch size {micro_batch_size} x data-parallel size "
+                             f"{data_parallel_size}")
+        if not 0 <= data_parallel_rank < data_parallel_size:
+            raise ValueError(f"data-parallel rank {data_parallel_rank} outside "
+                             f"0..{data_parallel_size - 1}")
+        self.metrics = list(metrics)
+        self.num_samples = next(iter(sizes.values()))
+        self.global_batch_size = global_batch_size
+        self.micro_batch_size = micro_batch_size
+        self.dp_rank, self.dp_size = data_parallel_rank, data_parallel_size
+        self.num_micro_batches = global_batch_size // per_step
+        self.seed = int(seed)
+        self._streams = ClusterStreams([m.index for m in metrics], self.seed, buffer_size)
+        self._history: collections.deque = collections.deque(maxlen=history)
+        self.step = 0                                    # global batches drawn so far
+        self.current_difficulties: dict[str, float] = {}
+        self._ends = [0] * len(self.metrics)             # admitted prefix per metric
+        self._end_cache: dict[int, tuple[float, int]] = {}
+        self.last_global_batch: np.ndarray | None = None
+
+    @property
+    def num_clusters(self) -> int:
+        return len(self._streams.defs)
+
+    @property
+    def admitted_samples(self) -> int:
+        """Samples eligible so far (the union of all clusters)."""
+        cum = self._streams.cum
+        return int(cum[-1]) if len(cum) else 0
+
+    # -- stepping ------------------------------------------------------------------
+    def _advance_difficulties(self, step: int) -> None:
+        ends = list(self._ends)
+        for i, m in enumerate(self.metrics):
+            d = m.scheduler.update_difficulty(step)
+            self.current_difficulties[m.name] = d
+            cached = self._end_cache.get(i)
+            if cached is None or cached[0] != d:
+                cached = (d, prefix_length(m.index, m.difficulty_type, d))
+                self._end_cache[i] = cached
+            ends[i] = max(ends[i], cached[1])
+        if ends != self._ends:
+            self._streams.add(self._ends, ends)
+            self._ends = ends
+
+    def next_global_batch(self) -> np.ndarray:
+        """Advance one step and return its whole global batch.       # [GBS] int64 ids"""
+        self._history.append(self._snapshot())
+        step = self.step + 1
+        self._advance_difficulties(step)
+        cum = self._streams.cum
+        if not len(cum):
+            raise RuntimeError(
+                f"curriculum step {step}: no sample is admitted at difficulties "
+                f"{self.current_difficulties} (min_difficulty below every metric value?)")
+        draws = perm.uniform_ints(perm.derive_key(self.seed, 0xBA7C, step),
+                                  self.global_batch_size, int(cum[-1]))
+        slots = np.searchsorted(cum, draws, side="right")
+        batch = self._streams.take(slots)
+        self.step = step
+        self.last_global_batch = batch
+        return batch
+
+    def micro_batches(self, batch: np.ndarray) -> list[list[int]]:
+        """This rank's micro-batches of a global batch, in Megatron's order."""
+        mbs, dp, r = self.micro_batch_size, self.dp_size, self.dp_rank
+        return [batch[m * mbs * dp + r * mbs: m * mbs * dp + (r + 1) * mbs].tolist()
+                for m in range(self.num_micro_batches)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            yield from self.micro_batches(self.next_global_batch())
+
+    def metric_values(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Metric value of each id, per metric (for the sampled-difficulty histogram)."""
+        ids = np.asarray(ids)
+        return {m.name: np.asarray(m.index.sample_to_metric[ids]) for m in self.metrics}
+
+    # -- state ---------------------------------------------------------------------
+    def _snapshot(self) -> tuple:
+        return (self.step, list(self._ends), dict(self.current_difficulties),
+                [m.scheduler.state_dict() for m in self.metrics], self._streams.snapshot())
+
+    def state_dict(self, steps_consumed: int | None = None) -> dict[str, Any]:
+        """Small, JSON-able state; resuming from it draws exactly the same ids.
+
+        Args:
+            steps_consumed: global batches the training loop really used. A data loader
+                may have drawn ahead; the state is rewound to that step (kept for the
+                last ``history`` steps). ``None``: the sampler's own step.
+        """
+        snap = self._snapshot()
+        if steps_consumed is not None and steps_consumed != self.step:
+            found = [s for s in self._history if s[0] == steps_consumed]
+            if not found:
+                raise ValueError(f"curriculum sampler: state of step {steps_consumed} is not "
+                                 f"kept (sampler at step {self.step}, "
+                                 f"{len(self._history)} steps of history)")
+            snap = found[0]
+        step, ends, diffs, scheds, streams = snap
+        return {"version": 1, "seed": self.seed, "num_samples": self.num_samples,
+                "metrics": [m.name for m in self.metrics], "step": step, "ends": ends,
+                "difficulties": diffs, "schedulers": scheds,
+                "clusters": self._streams.state_dict(streams)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``; the seed, metrics and sample count must match."""
+        mine = (self.seed, self.num_samples, [m.name for m in self.metrics])
+        theirs = (state["seed"], state["num_samples"], list(state["metrics"]))
+        if mine != theirs:
+            raise ValueError(f"curriculum sampler checkpoint does not match this run: "
+                             f"(seed, num_samples, metrics) is {theirs} there, {mine} here")
+        self.step = int(state["step"])
+        self._ends = [int(e) for e in state["ends"]]
+        self.current_difficulties = dict(state["difficulties"])
+        self._end_cache = {}
+        for m, s in zip(self.metrics, state["schedulers"]):
+            m.scheduler.load_state_dict(s)
+        self._streams.load_state_dict(state["clusters"])
+        self._history.clear()
+        self.last_global_batch = None

@@ -1,0 +1,114 @@
+"""tools/checkpoint_util.py: a TP2 checkpoint written by megatron/checkpointing.py converts
+to TP1 (equal to the single-process model), to TP1xPP2 and back to TP2 (equal to the
+original files), and re-pads the vocabulary when asked."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from argparse import Namespace
+
+import pytest
+import torch
+
+from megatron.checkpointing import load_checkpoint, save_checkpoint
+from megatron.core import parallel_state
+from megatron.core.distributed import checkpoint_layout
+from megatron.core.tensor_parallel.random import model_parallel_seed
+from megatron.model.gpt_model import GPTModel
+from tests.dist_utils import run_distributed
+from tests.parallel.gpt_harness import LAYERS, SEED, Layout, model_config
+
+_TOOL = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "tools", "checkpoint_util.py")
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("checkpoint_util", _TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(tp: int, pp: int) -> Namespace:
+    fields = {f.name: getattr(model_config(Layout()), f.name)
+              for f in dataclasses.fields(model_config(Layout()))}
+    return Namespace(**fields, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                     make_vocab_size_divisible_by=8, vocab_size=None)
+
+
+def _reference_weights() -> tuple[dict, dict]:
+    torch.manual_seed(SEED)
+    model = GPTModel(model_config(Layout()))
+    return model.state_dict(), checkpoint_layout.param_specs(model)
+
+
+def _save_tp2(rank: int, world_size: int, save_dir: str, full: dict, specs: dict) -> None:
+    parallel_state.initialize_model_parallel(2, 1)
+    model_parallel_seed(SEED)
+    model = GPTModel(model_config(Layout()))
+    parts = checkpoint_layout.split_state_dict(full, specs, 2, 1, LAYERS, True)
+    model.load_state_dict(parts[(rank, 0)])
+    save_checkpoint(7, [model], None, None, {"iteration": 7, "consumed_samples": 56},
+                    save_dir=save_dir, args=_args(2, 1))
+    parallel_state.destroy_model_parallel()
+
+
+def _model_file(root: str, name: str) -> dict:
+    return torch.load(os.path.join(root, "iter_0000007", name, "model_optim_rng.pt"),
+                      weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def tp2_checkpoint(tmp_path_factory) -> tuple[str, dict]:
+    """A TP2 checkpoint of the reference weights, saved by 2 ranks (once per module)."""
+    full, specs = _reference_weights()
+    src = str(tmp_path_factory.mktemp("ckpt") / "tp2")
+    run_distributed(_save_tp2, 2, src, full, specs, timeout_s=120)
+    return src, full
+
+
+def test_tp2_checkpoint_converts_to_tp1_and_back(tmp_path, tp2_checkpoint):
+    src, full = tp2_checkpoint
+    tp1, pp2, back = (str(tmp_path / n) for n in ("tp1", "tp1pp2", "back"))
+    tool = _tool()
+
+    tool.main(["--load-dir", src, "--save-dir", tp1, "--target-tensor-parallel-size", "1",
+               "--target-pipeline-parallel-size", "1"])
+    converted = _model_file(tp1, "mp_rank_00")
+    assert converted["optimizer"] is None and converted["extra_state"]["consumed_samples"] == 56
+    model = GPTModel(model_config(Layout()))  # loads through the real checkpoint loader
+    iteration, _ = load_checkpoint([model], None, None, load_dir=tp1, load_optim=False,
+                                   load_rng=False, args=_args(1, 1))
+    assert iteration == 7
+    for key, value in full.items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+    tool.main(["--load-dir", src, "--save-dir", pp2, "--target-tensor-parallel-size", "1",
+               "--target-pipeline-parallel-size", "2"])
+    last = _model_file(pp2, "mp_rank_00_001")["model"]
+    assert "transformer.layers.1.mlp.dense_4h_to_h.weight" in last  # global layer 3
+    assert torch.equal(last[checkpoint_layout.TIED_COPY_KEY],
+                       full[checkpoint_layout.WORD_EMBEDDING_KEY])
+    tool.main(["--load-dir", pp2, "--save-dir", back, "--target-tensor-parallel-size", "2",
+               "--target-pipeline-parallel-size", "1"])
+    for name in ("mp_rank_00", "mp_rank_01"):
+        original, again = _model_file(src, name)["model"], _model_file(back, name)["model"]
+        assert original.keys() == again.keys()
+        for key in original:
+            assert torch.equal(original[key], again[key]), f"{name} {key}"
+
+
+def test_vocab_is_repadded_and_bad_targets_are_rejected(tmp_path, tp2_checkpoint):
+    src, full = tp2_checkpoint
+    tool = _tool()
+    out = str(tmp_path / "tp1")
+    tool.main(["--load-dir", src, "--save-dir", out, "--target-tensor-parallel-size", "1",
+               "--target-pipeline-parallel-size", "1", "--true-vocab-size", "50"])
+    saved = _model_file(out, "mp_rank_00")
+    emb = saved["model"]["embedding.word_embeddings.weight"]
+    assert emb.shape[0] == 56 and saved["args"]["padded_vocab_size"] == 56  # 50 -> mult of 8
+    assert torch.equal(emb, full["embedding.word_embeddings.weight"][:56])
+    with pytest.raises(ValueError, match="does not divide --num-layers 4"):
+        tool.convert(src, str(tmp_path / "bad"), 1, 3)
+    with pytest.raises(FileNotFoundError, match="latest_checkpointed_iteration.txt"):
+        tool.convert(str(tmp_path), str(tmp_path / "bad"), 1, 1)

@@ -1,0 +1,193 @@
+"""Convert a GPT checkpoint to another tensor/pipeline parallel layout.
+
+    python tools/checkpoint_util.py --load-dir ckpt/tp2pp2 --save-dir ckpt/tp1pp1 \\
+        --target-tensor-parallel-size 1 --target-pipeline-parallel-size 1
+
+Reads ``{load-dir}/iter_XXXXXXX/mp_rank_XX[_YYY]/model_optim_rng.pt`` as written by
+``megatron/checkpointing.py`` (the iteration in ``latest_checkpointed_iteration.txt``, or
+``--iteration``), merges every tensor-parallel weight along its ``partition_dim`` and the
+pipeline stages' layers into one model, and splits it again for the target layout.
+
+Model weights only: the optimizer state, the (distributed optimizer) shards and the RNG
+states are laid out per rank and are dropped; the LR scheduler state, the iteration and
+the consumed-samples/tokens counters are kept. Load the result with ``--finetune`` (restart
+the counters) or with ``--no-load-optim --no-load-rng`` (continue the schedule).
+
+The vocabulary padding depends on TP (``--make-vocab-size-divisible-by`` x TP): padding
+rows are trimmed or added (zeros) to fit the target, which needs the real vocabulary size:
+``--true-vocab-size``, else the checkpoint's ``orig_vocab_size`` / ``vocab_size`` args,
+else the rows are kept when they already divide by the target TP.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+from argparse import Namespace
+
+import torch
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
+
+from megatron.core.distributed import checkpoint_layout  # noqa: E402
+
+_RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
+TRACKER = "latest_checkpointed_iteration.txt"
+CKPT_NAME = "model_optim_rng.pt"
+
+
+def _iteration_dir(load_dir: str, iteration: int | None) -> tuple[int, str]:
+    if iteration is None:
+        tracker = os.path.join(load_dir, TRACKER)
+        if not os.path.isfile(tracker):
+            raise FileNotFoundError(f"{tracker} not found: is --load-dir a checkpoint folder?"
+                                    " (or give --iteration)")
+        text = open(tracker).read().strip()
+        if not text.isdigit():
+            raise ValueError(f"{tracker}: expected an iteration number, got {text!r}")
+        iteration = int(text)
+    path = os.path.join(load_dir, f"iter_{iteration:07d}")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    return iteration, path
+
+
+def read_layout(iter_dir: str) -> dict[tuple[int, int], dict]:
+    """Load every ``mp_rank_*`` file of an iteration folder: ``{(tp, pp): checkpoint}``."""
+    found = {}
+    for name in sorted(os.listdir(iter_dir)):
+        match = _RANK_DIR.match(name)
+        if not match:
+            continue
+        path = os.path.join(iter_dir, name, CKPT_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing")
+        key = (int(match.group(1)), int(match.group(2) or 0))
+        found[key] = torch.load(path, map_location="cpu", weights_only=False)
+        found[key]["_path"] = path
+    if not found:
+        raise FileNotFoundError(f"{iter_dir} holds no mp_rank_* folders")
+    tp, pp = 1 + max(t for t, _ in found), 1 + max(p for _, p in found)
+    missing = [(t, p) for t in range(tp) for p in range(pp) if (t, p) not in found]
+    if missing:
+        raise FileNotFoundError(f"{iter_dir}: layout {tp}x{pp} is incomplete, missing "
+                                f"(tp, pp) ranks {missing}")
+    for ckpt in found.values():
+        if "model" not in ckpt:
+            raise ValueError(f"{ckpt['_path']}: no 'model' entry (interleaved checkpoints with "
+                             "model0, model1, ... are not supported by this tool)")
+    return found
+
+
+def template_specs(args: dict) -> dict[str, checkpoint_layout.ParamSpec]:
+    """Split metadata of every parameter, read from a single-rank model of the same shape."""
+    from megatron.arguments import transformer_config_from_args
+    from megatron.model.gpt_model import GPTModel
+    config = transformer_config_from_args(Namespace(**{**args, "use_cpu_initialization": True,
+                                                       "sequence_parallel": False}))
+    try:
+        with torch.device("meta"):  # shapes and attributes only: no memory, no init cost
+            model = GPTModel(config)
+    except (RuntimeError, NotImplementedError):
+        model = GPTModel(config)
+    return checkpoint_layout.param_specs(model)
+
+
+def target_vocab_rows(args: dict, rows: int, target_tp: int, true_vocab: int | None) -> int:
+    """Padded vocabulary rows for the target TP (see the module docstring)."""
+    true_vocab = true_vocab or args.get("orig_vocab_size") or args.get("vocab_size")
+    multiple = int(args.get("make_vocab_size_divisible_by") or 1) * target_tp
+    if true_vocab:
+        return -(-int(true_vocab) // multiple) * multiple
+    if rows % target_tp == 0:
+        return rows
+    raise ValueError(f"the checkpoint's {rows} vocabulary rows do not split over "
+                     f"{target_tp} tensor-parallel ranks and the real vocabulary size is "
+                     "unknown: give --true-vocab-size")
+
+
+def convert(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
+            iteration: int | None = None, true_vocab_size: int | None = None) -> str:
+    """Convert the checkpoint; returns the written iteration folder."""
+    iteration, iter_dir = _iteration_dir(load_dir, iteration)
+    source = read_layout(iter_dir)
+    first = source[(0, 0)]
+    args = dict(first.get("args") or {})
+    if not args:
+        raise ValueError(f"{first['_path']} has no saved args: cannot rebuild the model shape")
+    num_layers = int(args["num_layers"])
+    if num_layers % target_pp != 0:
+        raise ValueError(f"--target-pipeline-parallel-size {target_pp} does not divide "
+                         f"--num-layers {num_layers}")
+    heads = int(args["num_attention_heads"])
+    if heads % target_tp != 0:
+        raise ValueError(f"--target-tensor-parallel-size {target_tp} does not divide "
+                         f"--num-attention-heads {heads}")
+    specs = template_specs(args)
+    full = checkpoint_layout.merge_state_dicts({k: v["model"] for k, v in source.items()},
+                                               specs, num_layers)
+    rows = full[checkpoint_layout.WORD_EMBEDDING_KEY].shape[0]
+    new_rows = target_vocab_rows(args, rows, target_tp, true_vocab_size)
+    checkpoint_layout.resize_vocab(full, rows, new_rows)
+    tied = not args.get("untie_embeddings_and_output_weights", False)
+    parts = checkpoint_layout.split_state_dict(full, specs, target_tp, target_pp,
+                                               num_layers, tied)
+    args.update(tensor_model_parallel_size=target_tp, pipeline_model_parallel_size=target_pp,
+                padded_vocab_size=new_rows)
+    return _write(save_dir, iteration, parts, first, args, target_pp)
+
+
+def _write(save_dir: str, iteration: int, parts: dict, first: dict, args: dict,
+           target_pp: int) -> str:
+    """Write every rank's file into a temp folder, rename it, then update the tracker."""
+    final = os.path.join(save_dir, f"iter_{iteration:07d}")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for (t, p), model in parts.items():
+        name = f"mp_rank_{t:02d}" + (f"_{p:03d}" if target_pp > 1 else "")
+        os.makedirs(os.path.join(tmp, name))
+        state = {"iteration": iteration, "checkpoint_version": first.get("checkpoint_version"),
+                 "args": args, "model": model, "optimizer": None, "rng_state": None,
+                 "opt_param_scheduler": first.get("opt_param_scheduler"),
+                 "extra_state": first.get("extra_state")}
+        torch.save(state, os.path.join(tmp, name, CKPT_NAME))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} already exists; choose an empty --save-dir")
+    os.rename(tmp, final)
+    tracker_tmp = os.path.join(save_dir, TRACKER + ".tmp")
+    with open(tracker_tmp, "w") as f:
+        f.write(str(iteration))
+    os.replace(tracker_tmp, os.path.join(save_dir, TRACKER))
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-type", default="GPT", choices=["GPT"])
+    parser.add_argument("--load-dir", required=True)
+    parser.add_argument("--save-dir", required=True)
+    parser.add_argument("--target-tensor-parallel-size", type=int, required=True)
+    parser.add_argument("--target-pipeline-parallel-size", type=int, required=True)
+    parser.add_argument("--iteration", type=int, default=None,
+                        help="iteration to convert (default: the tracker file's)")
+    parser.add_argument("--true-vocab-size", type=int, default=None,
+                        help="real vocabulary size, to re-pad the embedding for the target TP")
+    a = parser.parse_args(argv)
+    for flag, value in (("--target-tensor-parallel-size", a.target_tensor_parallel_size),
+                        ("--target-pipeline-parallel-size", a.target_pipeline_parallel_size)):
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if os.path.abspath(a.load_dir) == os.path.abspath(a.save_dir):
+        parser.error("--save-dir must differ from --load-dir")
+    os.makedirs(a.save_dir, exist_ok=True)
+    out = convert(a.load_dir, a.save_dir, a.target_tensor_parallel_size,
+                  a.target_pipeline_parallel_size, a.iteration, a.true_vocab_size)
+    print(f" > wrote {out} (TP {a.target_tensor_parallel_size}, PP "
+          f"{a.target_pipeline_parallel_size}); optimizer and RNG state dropped: load with "
+          "--finetune, or --no-load-optim --no-load-rng", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""Megatron-compatible command-line flags, their validation and the config builders.
+
+``parse_args`` only parses; ``validate_args`` checks combinations (every problem is
+reported at once, naming the flags) and fills in derived values. The builders at the
+bottom turn the parsed flags into the explicit config dataclasses that ``megatron/core``,
+``megatron/model`` and ``megatron/optimizer`` take, so nothing below this file reads args.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Callable
+
+import torch
+
+_GLOBAL_ARGS: argparse.Namespace | None = None
+
+
+class ArgumentValidationError(ValueError):
+    """Raised by ``validate_args``; the message lists every bad flag combination."""
+
+
+def parse_args(extra_args_provider: Callable | None = None, ignore_unknown_args: bool = False,
+               args: list[str] | None = None) -> argparse.Namespace:
+    """Parse Megatron's flags (plus any added by ``extra_args_provider``).
+
+    Args:
+        extra_args_provider: ``fn(parser) -> parser`` adding more flags.
+        ignore_unknown_args: if True, unknown flags are dropped instead of failing.
+        args: the argument list; ``None`` reads ``sys.argv[1:]``.
+    """
+    parser = argparse.ArgumentParser(description="Megatron-style pretraining",
+                                     allow_abbrev=False)
+    for add in (_add_model_args, _add_parallel_args, _add_training_args,
+                _add_mixed_precision_args, _add_data_args, _add_logging_args):
+        add(parser)
+    if extra_args_provider is not None:
+        parser = extra_args_provider(parser)
+    if ignore_unknown_args:
+        parsed, _ = parser.parse_known_args(args)
+    else:
+        parsed = parser.parse_args(args)
+    return parsed
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--num-layers", type=int, default=None)
+    g.add_argument("--hidden-size", type=int, default=None)
+    g.add_argument("--ffn-hidden-size", type=int, default=None)
+    g.add_argument("--num-attention-heads", type=int, default=None)
+    g.add_argument("--kv-channels", type=int, default=None)
+    g.add_argument("--seq-length", type=int, default=None)
+    g.add_argument("--max-position-embeddings", type=int, default=None)
+    g.add_argument("--position-embedding-type", default="learned_absolute",
+                   choices=["learned_absolute", "rope"])
+    g.add_argument("--rotary-base", type=float, default=10000.0)
+    g.add_argument("--swiglu", action="store_true")
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    g.add_argument("--init-method-std", type=float, default=0.02)
+    g.add_argument("--hidden-dropout", type=float, default=0.1)
+    g.add_argument("--attention-dropout", type=float, default=0.1)
+    g.add_argument("--layernorm-epsilon", type=float, default=1e-5)
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="vocabulary size when no tokenizer is used (--tokenizer-type NullTokenizer)")
+
+
+def _add_parallel_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--use-cpu-initialization", action="store_true")
+    g.add_argument("--distributed-backend", default=None, choices=["nccl", "gloo"],
+                   help="default: nccl on CUDA, gloo on CPU")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=10)
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, default=None)
+    g.add_argument("--global-batch-size", type=int, default=None)
+    g.add_argument("--train-iters", type=int, default=None)
+    g.add_argument("--train-samples", type=int, default=None)
+    g.add_argument("--train-tokens", type=int, default=None)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", default="linear", choices=["linear", "cosine", "constant"])
+    g.add_argument("--lr-warmup-iters", type=int, default=None)
+    g.add_argument("--lr-warmup-fraction", type=float, default=None)
+    g.add_argument("--lr-warmup-samples", type=int, default=None)
+    g.add_argument("--lr-warmup-tokens", type=int, default=None)
+    g.add_argument("--lr-decay-iters", type=int, default=None)
+    g.add_argument("--lr-decay-samples", type=int, default=None)
+    g.add_argument("--lr-decay-tokens", type=int, default=None)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--sgd-momentum", type=float, default=0.9)
+    g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--recompute-granularity", default=None, choices=["full", "selective"])
+    g.add_argument("--recompute-method", default=None, choices=["uniform", "block"])
+    g.add_argument("--recompute-num-layers", type=int, default=None)
+    g.add_argument("--exit-interval", type=int, default=None)
+    g.add_argument("--exit-duration-in-mins", type=float, default=None)
+
+
+def _add_mixed_precision_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("mixed precision")
+    g.add_argument("--fp16", action="store_true")
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--loss-scale", type=float, default=None,
+                   help="static loss scale; default is dynamic loss scaling under --fp16")
+    g.add_argument("--initial-loss-scale", type=float, default=2.0 ** 32)
+    g.add_argument("--min-loss-scale", type=float, default=1.0)
+    g.add_argument("--loss-scale-window", type=int, default=1000)
+    g.add_argument("--hysteresis", type=int, default=2)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", nargs="*", default=None)
+    g.add_argument("--split", default="969, 30, 1")
+    g.add_argument("--train-data-path", nargs="*", default=None)
+    g.add_argument("--valid-data-path", nargs="*", default=None)
+    g.add_argument("--test-data-path", nargs="*", default=None)
+    g.add_argument("--tokenizer-type", default=None)
+    g.add_argument("--vocab-file", default=None)
+    g.add_argument("--merge-file", default=None)
+    g.add_argument("--tokenizer-model", default=None)
+    g.add_argument("--vocab-extra-ids", type=int, default=0)
+    g.add_argument("--num-workers", type=int, default=2)
+    g.add_argument("--reset-position-ids", action="store_true")
+    g.add_argument("--reset-attention-mask", action="store_true")
+    g.add_argument("--eod-mask-loss", action="store_true")
+    g.add_argument("--data-cache-path", default=None)
+
+
+def _add_logging_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation, logging, checkpoints")
+    g.add_argument("--eval-interval", type=int, default=1000)
+    g.add_argument("--eval-iters", type=int, default=100)
+    g.add_argument("--log-interval", type=int, default=100)
+    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--tensorboard-log-interval", type=int, default=1)
+    g.add_argument("--tensorboard-queue-size", type=int, default=1000)
+    g.add_argument("--log-timers-to-tensorboard", action="store_true")
+    g.add_argument("--save", default=None)
+    g.add_argument("--load", default=None)
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--no-save-optim", action="store_true")
+    g.add_argument("--no-save-rng", action="store_true")
+    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--finetune", action="store_true")
+
+
+def _exactly_one(args: argparse.Namespace, names: list[str], errors: list[str],
+                 required: bool) -> None:
+    given = [n for n in names if getattr(args, n) is not None]
+    flags = " / ".join("--" + n.replace("_", "-") for n in names)
+    if len(given) > 1:
+        errors.append(f"give only one of {flags}; got " +
+                      ", ".join("--" + n.replace("_", "-") for n in given))
+    elif required and not given:
+        errors.append(f"one of {flags} is required")
+
+
+def validate_args(args: argparse.Namespace, defaults: dict | None = None) -> argparse.Namespace:
+    """Check flag combinations and fill derived values (in place; also returned).
+
+    Derived: ``world_size``, ``rank``, ``data_parallel_size``, ``ffn_hidden_size``,
+    ``kv_channels``, ``global_batch_size`` (default MBS x DP), ``num_microbatches``,
+    ``train_iters`` (estimated from samples / tokens), ``params_dtype``,
+    ``virtual_pipeline_model_parallel_size``.
+
+    Raises:
+        ArgumentValidationError: listing every problem, each naming its flags.
+    """
+    for key, value in (defaults or {}).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    errors: list[str] = []
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length",
+                 "micro_batch_size", "lr"):
+        if getattr(args, name) is None:
+            errors.append(f"--{name.replace('_', '-')} is required")
+    _exactly_one(args, ["train_iters", "train_samples", "train_tokens"], errors, required=True)
+    _exactly_one(args, ["lr_warmup_iters", "lr_warmup_fraction", "lr_warmup_samples",
+                        "lr_warmup_tokens"], errors, required=False)
+    _exactly_one(args, ["lr_decay_iters", "lr_decay_samples", "lr_decay_tokens"], errors,
+                 required=False)
+    if args.fp16 and args.bf16:
+        errors.append("--fp16 and --bf16 cannot both be given")
+    if args.lr_warmup_fraction is not None and not 0.0 <= args.lr_warmup_fraction <= 1.0:
+        errors.append(f"--lr-warmup-fraction must be within [0, 1], got {args.lr_warmup_fraction}")
+    if args.lr is not None and args.min_lr > args.lr:
+        errors.append(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr})")
+    _validate_model(args, errors)
+    _derive_parallel(args, errors)
+    if errors:
+        raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors))
+    _derive_training(args)
+    try:   # warmup vs decay span, once both are in one unit
+        schedule_config_from_args(args)
+    except ValueError as exc:
+        raise ArgumentValidationError(f"invalid arguments:\n  {exc}") from exc
+    return args
+
+
+def _validate_model(args: argparse.Namespace, errors: list[str]) -> None:
+    if args.max_position_embeddings is None:
+        args.max_position_embeddings = args.seq_length
+    h, heads = args.hidden_size, args.num_attention_heads
+    if h is not None and heads is not None:
+        if h % heads != 0 and args.kv_channels is None:
+            errors.append(f"--hidden-size ({h}) must be divisible by --num-attention-heads "
+                          f"({heads}) unless --kv-channels is given")
+        if args.kv_channels is None and heads > 0:
+            args.kv_channels = h // heads
+        if args.ffn_hidden_size is None:
+            # SwiGLU keeps the parameter count of a 4h GELU MLP: 2/3 * 4h, rounded to 64.
+            args.ffn_hidden_size = (int(8 * h / 3) // 64 * 64 or 4 * h) if args.swiglu else 4 * h
+    if (args.position_embedding_type == "learned_absolute" and args.seq_length is not None
+            and args.max_position_embeddings < args.seq_length):
+        errors.append(f"--seq-length ({args.seq_length}) exceeds --max-position-embeddings "
+                      f"({args.max_position_embeddings}) under --position-embedding-type "
+                      "learned_absolute")
+    for flag in ("hidden_dropout", "attention_dropout"):
+        if not 0.0 <= getattr(args, flag) < 1.0:
+            errors.append(f"--{flag.replace('_', '-')} must be within [0, 1)")
+    if args.recompute_method is not None and args.recompute_granularity != "full":
+        errors.append("--recompute-method needs --recompute-granularity full")
+    if args.recompute_granularity == "full" and args.recompute_method is None:
+        args.recompute_method = "uniform"
+    if args.recompute_granularity == "full" and args.recompute_num_layers is None:
+        args.recompute_num_layers = 1
+    if args.data_path is None and args.train_data_path is None and args.vocab_size is None:
+        errors.append("give --data-path (or --train-data-path), or --vocab-size for synthetic data")
+    if args.data_path and (args.train_data_path or args.valid_data_path or args.test_data_path):
+        errors.append("give either --data-path (with --split) or --train-data-path / "
+                      "--valid-data-path / --test-data-path, not both")
+
+
+def _derive_parallel(args: argparse.Namespace, errors: list[str]) -> None:
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    args.rank = int(os.environ.get("RANK", "0"))
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    model_parallel = tp * pp
+    if tp < 1 or pp < 1 or args.world_size % model_parallel != 0:
+        errors.append(f"world size {args.world_size} (WORLD_SIZE) is not divisible by "
+                      f"--tensor-model-parallel-size ({tp}) x --pipeline-model-parallel-size ({pp})")
+        args.data_parallel_size = 1
+    else:
+        args.data_parallel_size = args.world_size // model_parallel
+    heads, layers = args.num_attention_heads, args.num_layers
+    if heads is not None and heads % tp != 0:
+        errors.append(f"--num-attention-heads ({heads}) must be divisible by "
+                      f"--tensor-model-parallel-size ({tp})")
+    if layers is not None and layers % pp != 0:
+        errors.append(f"--num-layers ({layers}) must be divisible by "
+                      f"--pipeline-model-parallel-size ({pp})")
+    args.virtual_pipeline_model_parallel_size = None
+    if args.num_layers_per_virtual_pipeline_stage is not None:
+        errors.append("--num-layers-per-virtual-pipeline-stage: the interleaved pipeline "
+                      "schedule is not available in this release")
+    if pp > 2 and (args.reset_position_ids or args.reset_attention_mask):
+        errors.append("--reset-position-ids / --reset-attention-mask need "
+                      "--pipeline-model-parallel-size <= 2 (middle stages read no data)")
+    if args.sequence_parallel and tp == 1:
+        args.sequence_parallel = False   # Megatron turns it off silently without TP
+    if args.use_distributed_optimizer and args.fp16:
+        errors.append("--use-distributed-optimizer does not support --fp16 (use --bf16)")
+    mbs, dp = args.micro_batch_size, args.data_parallel_size
+    if mbs is not None:
+        if args.global_batch_size is None:
+            args.global_batch_size = mbs * dp
+        if args.global_batch_size % (mbs * dp) != 0:
+            errors.append(f"--global-batch-size ({args.global_batch_size}) must be divisible by "
+                          f"--micro-batch-size ({mbs}) x data-parallel size ({dp})")
+        args.num_microbatches = max(1, args.global_batch_size // (mbs * dp))
+
+
+def _derive_training(args: argparse.Namespace) -> None:
+    gbs, seq = args.global_batch_size, args.seq_length
+    if args.train_iters is None:
+        # Iteration count for display and data sizing; the stopping rule uses the given unit.
+        if args.train_samples is not None:
+            args.train_iters = -(-args.train_samples // gbs)
+        else:
+            args.train_iters = -(-args.train_tokens // (gbs * seq))
+    args.params_dtype = torch.float16 if args.fp16 else (
+        torch.bfloat16 if args.bf16 else torch.float32)
+    if args.tokenizer_type is None and args.vocab_size is not None:
+        args.tokenizer_type = "NullTokenizer"
+    args.consumed_train_samples = 0
+    args.consumed_train_tokens = 0
+
+
+def set_args(args: argparse.Namespace) -> None:
+    """Remember the parsed args for ``get_args`` (top-level scripts only)."""
+    global _GLOBAL_ARGS
+    _GLOBAL_ARGS = args
+
+
+def get_args() -> argparse.Namespace:
+    """The args parsed by ``initialize_megatron``; for ``pretrain_*.py`` only."""
+    if _GLOBAL_ARGS is None:
+        raise RuntimeError("get_args() called before initialize_megatron()")
+    return _GLOBAL_ARGS
+
+
+# ---------------------------------------------------------------- config builders
+
+def transformer_config_from_args(args: argparse.Namespace):
+    """Build ``megatron.model.config.TransformerConfig`` from validated args."""
+    from megatron.model.config import TransformerConfig
+    return TransformerConfig(
+        num_layers=args.num_layers, hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        padded_vocab_size=args.padded_vocab_size,
+        max_position_embeddings=args.max_position_embeddings,
+        ffn_hidden_size=args.ffn_hidden_size, kv_channels=args.kv_channels,
+        position_embedding_type=args.position_embedding_type, rotary_base=args.rotary_base,
+        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
+        init_method_std=args.init_method_std, layernorm_epsilon=args.layernorm_epsilon,
+        swiglu=args.swiglu,
+        untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
+        params_dtype=args.params_dtype, use_cpu_initialization=args.use_cpu_initialization,
+        sequence_parallel=args.sequence_parallel,
+        recompute_granularity=args.recompute_granularity,
+        recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers)
+
+
+def optimizer_config_from_args(args: argparse.Namespace):
+    """Build ``megatron.optimizer.OptimizerConfig`` from validated args."""
+    from megatron.optimizer.optimizer_config import OptimizerConfig
+    return OptimizerConfig(
+        optimizer=args.optimizer, lr=args.lr, min_lr=args.min_lr,
+        weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, sgd_momentum=args.sgd_momentum,
+        clip_grad=args.clip_grad, fp16=args.fp16, bf16=args.bf16, loss_scale=args.loss_scale,
+        initial_loss_scale=args.initial_loss_scale, min_loss_scale=args.min_loss_scale,
+        loss_scale_window=args.loss_scale_window, hysteresis=args.hysteresis,
+        use_distributed_optimizer=args.use_distributed_optimizer)
+
+
+def schedule_config_from_args(args: argparse.Namespace):
+    """Build the LR schedule (``ScheduleConfig``) with warmup and decay in one unit."""
+    from megatron.optimizer_param_scheduler import build_schedule_config
+    if args.lr_warmup_fraction is not None:
+        warmup = (args.lr_warmup_fraction, "fraction")
+    else:
+        warmup = next(((v, u) for v, u in ((args.lr_warmup_iters, "steps"),
+                                           (args.lr_warmup_samples, "samples"),
+                                           (args.lr_warmup_tokens, "tokens")) if v is not None),
+                      (0, "steps"))
+    decay = next(((v, u) for v, u in ((args.lr_decay_iters, "steps"),
+                                      (args.lr_decay_samples, "samples"),
+                                      (args.lr_decay_tokens, "tokens")) if v is not None), None)
+    if decay is None:   # decay over the whole run, in the unit the run is measured in
+        decay = next((v, u) for v, u in ((args.train_samples, "samples"),
+                                         (args.train_tokens, "tokens"),
+                                         (args.train_iters, "steps")) if v is not None)
+    return build_schedule_config(
+        max_lr=args.lr, min_lr=args.min_lr, decay_style=args.lr_decay_style,
+        warmup=warmup, decay=decay, samples_per_step=args.global_batch_size,
+        tokens_per_sample=args.seq_length, weight_decay=args.weight_decay)

@@ -1,0 +1,229 @@
+"""Save and load checkpoints in Megatron's layout, atomically, for exact resume.
+
+Layout::
+
+    {save}/latest_checkpointed_iteration.txt
+    {save}/iter_0000100/mp_rank_00/model_optim_rng.pt          # PP == 1
+    {save}/iter_0000100/mp_rank_01_002/model_optim_rng.pt      # PP > 1 (tp 01, pp 002)
+
+Every rank writes into ``iter_XXXXXXX.tmp``; after a barrier rank 0 renames that folder
+to its final name and then replaces the tracker file, so a crash at any point leaves the
+tracker pointing at a complete checkpoint. One file per (TP, PP) rank holds the model,
+optimizer, LR scheduler, RNG states of every DP rank, and ``extra_state`` (iteration,
+consumed samples / tokens, the data-efficiency runtime state).
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from argparse import Namespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.random import get_rng_tracker
+
+TRACKER = "latest_checkpointed_iteration.txt"
+# Flags that must match between the checkpoint and the run that loads it.
+_ARCH_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
+               "padded_vocab_size", "position_embedding_type", "swiglu",
+               "untie_embeddings_and_output_weights", "tensor_model_parallel_size",
+               "pipeline_model_parallel_size")
+
+
+def _dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _barrier() -> None:
+    if _dist():
+        dist.barrier()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _dist() else 0
+
+
+def checkpoint_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def checkpoint_file(iter_dir: str) -> str:
+    """This rank's file inside an iteration folder."""
+    tp = parallel_state.get_tensor_model_parallel_rank()
+    name = f"mp_rank_{tp:02d}"
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        name += f"_{parallel_state.get_pipeline_model_parallel_rank():03d}"
+    return os.path.join(iter_dir, name, "model_optim_rng.pt")
+
+
+def read_tracker(root: str) -> int | None:
+    """The iteration in ``root``'s tracker file, or None when there is none."""
+    path = os.path.join(root, TRACKER)
+    if not os.path.isfile(path):
+        return None
+    text = open(path).read().strip()
+    if not text.isdigit():
+        raise ValueError(f"{path}: expected an iteration number, got {text!r}")
+    return int(text)
+
+
+def unwrap_model(module: torch.nn.Module) -> torch.nn.Module:
+    """Strip wrappers (DDP, Float16Module) that keep the real model in ``.module``."""
+    while isinstance(getattr(module, "module", None), torch.nn.Module):
+        module = module.module
+    return module
+
+
+def _rng_state() -> dict:
+    state = {"random": random.getstate(), "np": np.random.get_state(),
+             "torch": torch.get_rng_state(), "tracker": get_rng_tracker().get_states()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _gather_rng_over_dp() -> list[dict]:
+    """RNG states of every DP rank (index = DP rank); only DP rank 0 writes them."""
+    mine = _rng_state()
+    if not _dist() or parallel_state.get_data_parallel_world_size() == 1:
+        return [mine]
+    states = [None] * parallel_state.get_data_parallel_world_size()
+    dist.all_gather_object(states, mine, group=parallel_state.get_data_parallel_group())
+    return states
+
+
+def _set_rng_state(states: list[dict]) -> None:
+    dp_rank = parallel_state.get_data_parallel_rank()
+    state = states[dp_rank] if dp_rank < len(states) else states[0]
+    random.setstate(state["random"])
+    np.random.set_state(state["np"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    get_rng_tracker().set_states(state["tracker"])
+
+
+def _optim_shard_file(model_file: str, dp_rank: int) -> str:
+    return os.path.join(os.path.dirname(model_file), f"distrib_optim_dp{dp_rank:03d}.pt")
+
+
+def _atomic_save(obj, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def _publish(tmp_dir: str, final_dir: str, root: str, iteration: int) -> None:
+    """Rename the finished folder into place, then point the tracker at it."""
+    old = final_dir + ".old"
+    if os.path.exists(final_dir):       # re-saving the same iteration
+        os.rename(final_dir, old)
+    os.rename(tmp_dir, final_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    tracker_tmp = os.path.join(root, TRACKER + ".tmp")
+    with open(tracker_tmp, "w") as f:
+        f.write(str(iteration))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tracker_tmp, os.path.join(root, TRACKER))
+
+
+def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimizer,
+                    opt_param_scheduler, extra_state: dict, *, save_dir: str,
+                    save_optim: bool = True, save_rng: bool = True,
+                    args: Namespace | None = None) -> str:
+    """Write checkpoint ``iteration`` under ``save_dir`` (collective: every rank calls it).
+
+    Returns:
+        The published iteration folder.
+    """
+    final_dir = checkpoint_dir(save_dir, iteration)
+    tmp_dir = final_dir + ".tmp"
+    if _rank() == 0:
+        os.makedirs(save_dir, exist_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)   # leftovers of a crashed save
+    _barrier()
+    # Collectives first, on every rank.
+    optim_state = optimizer.state_dict() if (save_optim and optimizer is not None) else None
+    rng_states = _gather_rng_over_dp() if save_rng else None
+    path = checkpoint_file(tmp_dir)
+    dp_rank = parallel_state.get_data_parallel_rank()
+    if getattr(optimizer, "sharded_state", False) and optim_state is not None:
+        # ZeRO-1: every DP rank holds a different shard of the optimizer state.
+        _atomic_save(optim_state, _optim_shard_file(path, dp_rank))
+        optim_state = "sharded"
+    if dp_rank == 0:
+        state = {"iteration": iteration, "checkpoint_version": 3.0,
+                 "args": None if args is None else dict(vars(args)),
+                 "optimizer": optim_state, "rng_state": rng_states,
+                 "opt_param_scheduler": (None if opt_param_scheduler is None
+                                         else opt_param_scheduler.state_dict()),
+                 "extra_state": extra_state}
+        chunks = [unwrap_model(m).state_dict() for m in model_chunks]
+        if len(chunks) == 1:
+            state["model"] = chunks[0]
+        else:
+            state.update({f"model{i}": sd for i, sd in enumerate(chunks)})
+        _atomic_save(state, path)
+    _barrier()
+    if _rank() == 0:
+        _publish(tmp_dir, final_dir, save_dir, iteration)
+    _barrier()
+    return final_dir
+
+
+def _check_args(saved: dict | None, args: Namespace | None, path: str) -> None:
+    if saved is None or args is None:
+        return
+    bad = [f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, now {getattr(args, k)!r}"
+           for k in _ARCH_FLAGS if k in saved and hasattr(args, k) and saved[k] != getattr(args, k)]
+    if bad:
+        raise ValueError(f"{path} was saved with a different model layout:\n  " + "\n  ".join(bad))
+
+
+def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_scheduler, *,
+                    load_dir: str, load_optim: bool = True, load_rng: bool = True,
+                    finetune: bool = False, args: Namespace | None = None) -> tuple[int, dict]:
+    """Load the latest checkpoint under ``load_dir`` into the given objects.
+
+    Returns:
+        ``(iteration, extra_state)``; ``(0, {})`` when ``load_dir`` has no tracker file.
+        With ``finetune`` only the model is loaded and the iteration is 0.
+    """
+    iteration = read_tracker(load_dir)
+    if iteration is None:
+        print(f" > no checkpoint tracker in {load_dir}; starting from scratch", flush=True)
+        return 0, {}
+    path = checkpoint_file(checkpoint_dir(load_dir, iteration))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{os.path.join(load_dir, TRACKER)} names iteration {iteration} "
+                                f"but {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    _check_args(state.get("args"), args, path)
+    for i, chunk in enumerate(model_chunks):
+        key = "model" if len(model_chunks) == 1 else f"model{i}"
+        unwrap_model(chunk).load_state_dict(state[key], strict=True)
+    if finetune:
+        return 0, {}
+    if load_optim and optimizer is not None:
+        if state.get("optimizer") is None:
+            raise ValueError(f"{path} has no optimizer state; use --no-load-optim or --finetune")
+        optim_state = state["optimizer"]
+        if optim_state == "sharded":
+            shard = _optim_shard_file(path, parallel_state.get_data_parallel_rank())
+            if not os.path.isfile(shard):
+                raise FileNotFoundError(f"{shard} (distributed optimizer shard) is missing")
+            optim_state = torch.load(shard, map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(optim_state)
+    if load_optim and opt_param_scheduler is not None and state.get("opt_param_scheduler"):
+        opt_param_scheduler.load_state_dict(state["opt_param_scheduler"])
+    if load_rng:
+        if state.get("rng_state") is None:
+            raise ValueError(f"{path} has no RNG state; use --no-load-rng")
+        _set_rng_state(state["rng_state"])
+    print(f" > loaded checkpoint {path} at iteration {iteration}", flush=True)
+    return int(state["iteration"]), state.get("extra_state") or {}

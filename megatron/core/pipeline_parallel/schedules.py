@@ -1,0 +1,65 @@
+"""Forward/backward schedules; the no-pipelining one lives here, 1F1B in
+``pipelined_schedules.py``."""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+from megatron.core import parallel_state
+
+
+def forward_backward_no_pipelining(*, forward_step_func: Callable, data_iterator: Iterator | list,
+                                   model: torch.nn.Module | list[torch.nn.Module],
+                                   num_microbatches: int, seq_length: int, micro_batch_size: int,
+                                   forward_only: bool = False,
+                                   grad_scale_func: Callable | None = None) -> list[dict]:
+    """Run ``num_microbatches`` forward (and backward) passes, accumulating gradients.
+
+    Each micro-batch loss is divided by ``num_microbatches`` so the accumulated gradient
+    is that of the mean loss; ``grad_scale_func`` (the fp16 loss scale) is applied to the
+    loss right before backward.
+
+    Args:
+        forward_step_func: ``fn(data_iterator, model) -> (output_tensor, loss_func)``.
+        data_iterator: the iterator (or a one-element list of it).
+        model: the model (or a one-element list of it).
+        num_microbatches: micro-batches per global batch on this DP rank.
+        seq_length, micro_batch_size: unused here (the pipelined schedule needs them).
+        forward_only: evaluation; no backward.
+        grad_scale_func: ``fn(loss) -> scaled loss``.
+
+    Returns:
+        One loss dict per micro-batch, as returned by ``loss_func``.
+    """
+    del seq_length, micro_batch_size
+    if isinstance(model, list):
+        if len(model) != 1:
+            raise ValueError("forward_backward_no_pipelining takes one model chunk, "
+                             f"got {len(model)}")
+        model = model[0]
+    if isinstance(data_iterator, list):
+        data_iterator = data_iterator[0]
+    losses = []
+    context = torch.no_grad() if forward_only else torch.enable_grad()
+    with context:
+        for _ in range(num_microbatches):
+            output_tensor, loss_func = forward_step_func(data_iterator, model)
+            loss, loss_dict = loss_func(output_tensor)
+            losses.append(loss_dict)
+            if forward_only:
+                continue
+            loss = loss / num_microbatches
+            if grad_scale_func is not None:
+                loss = grad_scale_func(loss)
+            loss.backward()
+    return losses
+
+
+def get_forward_backward_func() -> Callable:
+    """The schedule for this rank's pipeline layout (same keyword signature)."""
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        from megatron.core.pipeline_parallel.pipelined_schedules import (
+            forward_backward_pipelining_without_interleaving)
+        return forward_backward_pipelining_without_interleaving
+    return forward_backward_no_pipelining

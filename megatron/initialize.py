@@ -1,0 +1,122 @@
+"""Process start-up: flags, torch.distributed, parallel groups, tokenizer, seeds."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import random
+import sys
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron.arguments import ArgumentValidationError, parse_args, set_args, validate_args
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.random import model_parallel_seed
+
+_GLOBAL_TOKENIZER = None
+
+
+class NullTokenizer:
+    """No text, just ids ``0 .. vocab_size-1`` (``--vocab-size`` without a tokenizer);
+    the last id is the end-of-document token. For synthetic data and tests."""
+
+    def __init__(self, vocab_size: int) -> None:
+        if vocab_size < 2:
+            raise ValueError(f"--vocab-size must be at least 2, got {vocab_size}")
+        self.vocab_size = vocab_size
+        self.eod = vocab_size - 1
+
+    def tokenize(self, text: str) -> list[int]:
+        return [int(t) for t in text.split()]
+
+    def detokenize(self, ids) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+
+def get_tokenizer():
+    """The tokenizer built by ``initialize_megatron`` (top-level scripts only)."""
+    if _GLOBAL_TOKENIZER is None:
+        raise RuntimeError("get_tokenizer() called before initialize_megatron()")
+    return _GLOBAL_TOKENIZER
+
+
+def _build_tokenizer(args: argparse.Namespace):
+    from megatron.tokenizer import build_tokenizer, vocab_size_with_padding
+    if args.tokenizer_type == "NullTokenizer":
+        tokenizer = NullTokenizer(args.vocab_size)
+    else:
+        tokenizer = build_tokenizer(args.tokenizer_type, vocab_file=args.vocab_file,
+                                    merge_file=args.merge_file,
+                                    tokenizer_model=args.tokenizer_model,
+                                    vocab_extra_ids=args.vocab_extra_ids)
+    args.padded_vocab_size = vocab_size_with_padding(
+        tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+    return tokenizer
+
+
+def _init_distributed(args: argparse.Namespace) -> None:
+    """Join the torchrun process group (env://) if launched that way; else stay local."""
+    timeout = datetime.timedelta(minutes=args.distributed_timeout_minutes)
+    if not dist.is_initialized() and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+        backend = args.distributed_backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, init_method="env://", timeout=timeout)
+    if dist.is_initialized():
+        if dist.get_world_size() != args.world_size:
+            raise RuntimeError(f"WORLD_SIZE={args.world_size} but the process group has "
+                               f"{dist.get_world_size()} ranks")
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()   # a second pretrain() in one process
+        parallel_state.initialize_model_parallel(
+            args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+            args.virtual_pipeline_model_parallel_size, timeout=timeout)
+    elif args.world_size != 1:
+        raise RuntimeError(f"WORLD_SIZE={args.world_size} but no process group: launch with "
+                           "torchrun (MASTER_ADDR / MASTER_PORT unset)")
+
+
+def set_seeds(seed: int) -> None:
+    """Seed python, numpy, torch and the tensor-parallel tracker; each pipeline stage gets
+    ``seed + 100 * pp_rank`` (Megatron's offset) so stages draw different dropout."""
+    seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    model_parallel_seed(seed)
+
+
+def initialize_megatron(extra_args_provider: Callable | None = None,
+                        args_defaults: dict | None = None, ignore_unknown_args: bool = False,
+                        args: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate flags, set up distributed state, tokenizer and seeds.
+
+    Args:
+        extra_args_provider: ``fn(parser) -> parser`` for script-specific flags.
+        args_defaults: values for flags the user did not give.
+        ignore_unknown_args: drop unknown flags instead of failing.
+        args: argument list (default ``sys.argv[1:]``).
+
+    Returns:
+        The validated args (also available through ``megatron.arguments.get_args``).
+    """
+    global _GLOBAL_TOKENIZER
+    parsed = parse_args(extra_args_provider, ignore_unknown_args, args)
+    try:
+        validate_args(parsed, args_defaults)
+    except ArgumentValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from exc
+    _init_distributed(parsed)
+    _GLOBAL_TOKENIZER = _build_tokenizer(parsed)
+    set_seeds(parsed.seed)
+    set_args(parsed)
+    if parsed.rank == 0:
+        print(f" > world size {parsed.world_size}: TP {parsed.tensor_model_parallel_size}, "
+              f"PP {parsed.pipeline_model_parallel_size}, DP {parsed.data_parallel_size}; "
+              f"{parsed.num_microbatches} micro-batches of {parsed.micro_batch_size} per step",
+              flush=True)
+    return parsed

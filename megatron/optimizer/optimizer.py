@@ -1,0 +1,184 @@
+"""Optimizer wrappers: fp32, and mixed precision (fp16/bf16 model, fp32 main params).
+
+``step()`` returns ``(update_successful, grad_norm, num_zeros_in_grad)``. A step is not
+applied when a gradient is not finite: under fp16 that is the loss scaler's overflow
+(skipped and reported), under fp32/bf16 the caller stops training.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state
+from megatron.optimizer.clip_grads import clip_grad_norm
+from megatron.optimizer.grad_scaler import ConstantGradScaler
+
+# Attributes that tell clip_grad_norm how a parameter is laid out across ranks.
+_LAYOUT_ATTRS = ("tensor_model_parallel", "partition_dim", "partition_stride",
+                 "shared_embedding", "shared", "sequence_parallel")
+
+
+def _model_parallel_group():
+    if dist.is_available() and dist.is_initialized():
+        return parallel_state.get_model_parallel_group()
+    return None
+
+
+def _take_grad(param: torch.nn.Parameter) -> torch.Tensor | None:
+    """The gradient the DP reduction left: ``.grad`` or a ``.main_grad`` buffer."""
+    return param.grad if param.grad is not None else getattr(param, "main_grad", None)
+
+
+class MegatronOptimizer:
+    """Base wrapper around a ``torch.optim`` optimizer built on ``main_params``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, clip_grad: float,
+                 model_params: list[torch.nn.Parameter]) -> None:
+        self.optimizer = optimizer
+        self.clip_grad = clip_grad
+        self.model_params = model_params
+        self.grad_scaler: ConstantGradScaler | None = None
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    def get_loss_scale(self) -> float:
+        return 1.0 if self.grad_scaler is None else self.grad_scaler.scale
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The schedule's ``grad_scale_func``: multiply the loss before backward."""
+        return loss if self.grad_scaler is None else loss * self.grad_scaler.scale
+
+    def zero_grad(self) -> None:
+        for p in self.model_params:
+            p.grad = None
+            if getattr(p, "main_grad", None) is not None:
+                p.main_grad.zero_()
+
+    def _clip_and_step(self, params: list[torch.nn.Parameter]) -> tuple[bool, float]:
+        grad_norm = clip_grad_norm(params, self.clip_grad, _model_parallel_group())
+        if not math.isfinite(grad_norm):
+            return False, grad_norm
+        self.optimizer.step()
+        return True, grad_norm
+
+
+class FP32Optimizer(MegatronOptimizer):
+    """Model parameters are the fp32 parameters the optimizer updates."""
+
+    def step(self) -> tuple[bool, float, int | None]:
+        for p in self.model_params:
+            if p.grad is None and getattr(p, "main_grad", None) is not None:
+                p.grad = p.main_grad
+        ok, grad_norm = self._clip_and_step(self.model_params)
+        return ok, grad_norm, None
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class MixedPrecisionOptimizer(MegatronOptimizer):
+    """fp16/bf16 model parameters with fp32 main copies that the optimizer updates.
+
+    ``optimizer`` must already be built on ``main_params`` (same group structure as the
+    model parameters, see ``get_megatron_optimizer``).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, clip_grad: float,
+                 model_params: list[torch.nn.Parameter], main_params: list[torch.nn.Parameter],
+                 grad_scaler: ConstantGradScaler | None) -> None:
+        super().__init__(optimizer, clip_grad, model_params)
+        self.main_params = main_params
+        self.grad_scaler = grad_scaler
+
+    @staticmethod
+    def make_main_params(model_params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+        """fp32 copies carrying the model parameters' layout attributes."""
+        mains = []
+        for p in model_params:
+            main = torch.nn.Parameter(p.detach().clone().float())
+            for attr in _LAYOUT_ATTRS:
+                if hasattr(p, attr):
+                    setattr(main, attr, getattr(p, attr))
+            mains.append(main)
+        return mains
+
+    def _copy_grads_to_main(self) -> None:
+        for model, main in zip(self.model_params, self.main_params):
+            grad = _take_grad(model)
+            main.grad = None if grad is None else grad.detach().float()
+
+    def _unscale_and_check(self) -> bool:
+        """Divide grads by the loss scale; True if any is inf/nan on any MP rank."""
+        grads = [m.grad for m in self.main_params if m.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, self.grad_scaler.inv_scale)
+            maxes = torch.stack(torch._foreach_norm(grads, math.inf))
+            found = (~torch.isfinite(maxes)).any().float().reshape(1)
+        else:
+            found = torch.zeros(1)
+        group = _model_parallel_group()
+        if group is not None:
+            dist.all_reduce(found, op=dist.ReduceOp.MAX, group=group)
+        return bool(found.item() > 0)
+
+    def step(self) -> tuple[bool, float | None, int | None]:
+        self._copy_grads_to_main()
+        if self.grad_scaler is not None:
+            found_inf = self._unscale_and_check()
+            self.grad_scaler.update(found_inf)
+            if found_inf:
+                return False, None, None
+        ok, grad_norm = self._clip_and_step(self.main_params)
+        if ok:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self.model_params],
+                                     [m.data for m in self.main_params])
+        return ok, grad_norm, None
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(),
+                "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
+                "fp32_main_params": [m.detach().clone() for m in self.main_params]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.grad_scaler is not None and state.get("grad_scaler") is not None:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        saved = state["fp32_main_params"]
+        if len(saved) != len(self.main_params):
+            raise ValueError(f"checkpoint has {len(saved)} fp32 main params, model has "
+                             f"{len(self.main_params)}")
+        with torch.no_grad():
+            for main, value in zip(self.main_params, saved):
+                main.copy_(value)
+
+
+class ShardedOptimizer(MegatronOptimizer):
+    """Wraps the ZeRO-1 ``DistributedOptimizer`` (``--use-distributed-optimizer``).
+
+    Its state is this DP rank's shard, so checkpoints store one optimizer file per DP
+    rank (``sharded_state = True`` tells ``megatron.checkpointing`` so).
+    """
+    sharded_state = True
+
+    def __init__(self, distributed_optimizer, model_params: list[torch.nn.Parameter]) -> None:
+        super().__init__(distributed_optimizer, distributed_optimizer.clip_grad, model_params)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    def step(self) -> tuple[bool, float, int | None]:
+        return self.optimizer.step()
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)

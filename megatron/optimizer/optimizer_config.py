@@ -1,0 +1,26 @@
+"""Optimizer settings, built once from the flags by ``megatron.arguments``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class OptimizerConfig:
+    """What ``get_megatron_optimizer`` needs; no global args are read below this."""
+    optimizer: str = "adam"            # "adam" (AdamW) | "sgd"
+    lr: float = 1e-4                   # initial value; the LR scheduler overwrites it
+    min_lr: float = 0.0
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    sgd_momentum: float = 0.9
+    clip_grad: float = 1.0             # 0 disables clipping (the norm is still reported)
+    fp16: bool = False
+    bf16: bool = False
+    loss_scale: float | None = None    # static scale; None = dynamic under fp16
+    initial_loss_scale: float = 2.0 ** 32
+    min_loss_scale: float = 1.0
+    loss_scale_window: int = 1000
+    hysteresis: int = 2
+    use_distributed_optimizer: bool = False

@@ -1,0 +1,282 @@
+"""pretrain(): set up, train, evaluate, checkpoint.
+
+The loop knows nothing about curriculum learning or random-LTD: it asks the
+``DataEfficiencyRuntime`` for the batch sampler, the batch transform, the token-drop plan
+and the tokens each step consumed, every step, unconditionally.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+
+from megatron.arguments import optimizer_config_from_args, schedule_config_from_args
+from megatron.checkpointing import load_checkpoint, save_checkpoint
+from megatron.core import parallel_state
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
+from megatron.data_efficiency.runtime import DataEfficiencyConfig, DataEfficiencyRuntime
+from megatron.initialize import initialize_megatron
+from megatron.optimizer import get_megatron_optimizer
+from megatron.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.training_data import MicrobatchFeed, build_train_valid_test_data_iterators
+from megatron.training_log import StepStats, TrainingLogger
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradients became NaN/inf without fp16 loss scaling to absorb it."""
+
+
+@dataclass
+class TrainState:
+    """Progress counters, saved in every checkpoint."""
+    iteration: int = 0
+    consumed_samples: int = 0
+    consumed_tokens: int = 0
+    history: list[tuple[int, float]] = field(default_factory=list)   # (iteration, lm loss)
+    last_validation: dict[str, float] = field(default_factory=dict)
+
+    def extra_state(self, runtime: DataEfficiencyRuntime) -> dict:
+        return {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
+                "consumed_tokens": self.consumed_tokens,
+                "data_efficiency": runtime.state_dict()}
+
+
+def _is_rank_zero() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def print_rank_0(msg: str) -> None:
+    if _is_rank_zero():
+        print(msg, flush=True)
+
+
+def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torch.nn.Module]:
+    """This rank's model chunk(s), on the accelerator, wrapped for bf16/fp16."""
+    model = model_provider(pre_process=parallel_state.is_pipeline_first_stage(),
+                           post_process=parallel_state.is_pipeline_last_stage())
+    if torch.cuda.is_available():
+        model = model.cuda(torch.cuda.current_device())
+    if args.fp16 or args.bf16:
+        from megatron.model.module import Float16Module
+        model = Float16Module(model, args.params_dtype)
+    n = sum(p.numel() for p in model.parameters())
+    if parallel_state.get_data_parallel_rank() == 0:
+        print(f" > number of parameters on (tensor, pipeline) model parallel rank "
+              f"({parallel_state.get_tensor_model_parallel_rank()}, "
+              f"{parallel_state.get_pipeline_model_parallel_rank()}): {n}", flush=True)
+    return [model]
+
+
+def build_data_efficiency_runtime(args: argparse.Namespace) -> DataEfficiencyRuntime:
+    """The data-efficiency runtime for this run (plain: no curriculum, no random-LTD)."""
+    return DataEfficiencyRuntime(DataEfficiencyConfig(
+        global_batch_size=args.global_batch_size, seq_length=args.seq_length,
+        num_layers=args.num_layers, seed=args.seed))
+
+
+def _run_schedule(forward_step_func, feed, model, args, forward_only, grad_scale_func,
+                  seq_length) -> list[dict]:
+    return get_forward_backward_func()(
+        forward_step_func=forward_step_func, data_iterator=feed, model=model,
+        num_microbatches=args.num_microbatches, seq_length=seq_length,
+        micro_batch_size=args.micro_batch_size, forward_only=forward_only,
+        grad_scale_func=grad_scale_func)
+
+
+def _average_losses(loss_dicts: list[dict]) -> dict[str, float]:
+    """Mean over micro-batches of each (already DP-averaged) loss."""
+    sums: dict[str, float] = {}
+    for d in loss_dicts:
+        for key, value in d.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    return {k: v / len(loss_dicts) for k, v in sums.items()}
+
+
+def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
+               runtime: DataEfficiencyRuntime, state: TrainState,
+               args: argparse.Namespace) -> StepStats:
+    """One optimizer step over ``num_microbatches`` micro-batches."""
+    it = state.iteration
+    optimizer.zero_grad()
+    seq_length = runtime.seq_length_for_step(it)
+    feed = MicrobatchFeed(train_iterator, runtime, it, seq_length)
+    loss_dicts = _run_schedule(forward_step_func, feed, model, args, False, optimizer.scale_loss,
+                               seq_length)
+    finalize_model_grads(model)
+    ok, grad_norm, _ = optimizer.step()
+    losses = _average_losses(loss_dicts) if loss_dicts else {}
+    if not ok and not args.fp16:
+        raise TrainingDivergedError(
+            f"iteration {it + 1}: gradients are NaN/inf (grad norm {grad_norm}, losses {losses}); "
+            "stopping. Lower --lr, use --clip-grad, or resume from the last checkpoint.")
+    if not ok:
+        print(f" > iteration {it + 1}: skipped, inf/nan gradients under fp16 (loss scale now "
+              f"{optimizer.get_loss_scale():.1f})", flush=True)
+    step_tokens = runtime.tokens_for_step(it)
+    if ok:
+        scheduler.step(1, args.global_batch_size, step_tokens)
+    state.iteration += 1
+    state.consumed_samples += args.global_batch_size
+    state.consumed_tokens += step_tokens
+    if "lm loss" in losses:
+        state.history.append((state.iteration, losses["lm loss"]))
+    return StepStats(iteration=state.iteration, consumed_samples=state.consumed_samples,
+                     consumed_tokens=state.consumed_tokens, step_tokens=step_tokens,
+                     learning_rate=scheduler.get_lr(), batch_size=args.global_batch_size,
+                     loss_scale=optimizer.get_loss_scale(), grad_norm=grad_norm,
+                     skipped=not ok, losses=losses)
+
+
+def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], model,
+             args: argparse.Namespace) -> dict[str, float]:
+    """Mean loss over ``--eval-iters`` batches read from a fresh iterator (the same
+    validation batches every time, so the curve is comparable across evaluations)."""
+    for m in model:
+        m.eval()
+    iterator, loss_dicts = make_iterator(), []
+    for _ in range(args.eval_iters):
+        feed = MicrobatchFeed(iterator, None, 0, args.seq_length)
+        loss_dicts += _run_schedule(forward_step_func, feed, model, args, True, None,
+                                    args.seq_length)
+    for m in model:
+        m.train()
+    return _average_losses(loss_dicts) if loss_dicts else {}
+
+
+def _save(state, runtime, model, optimizer, scheduler, args) -> None:
+    save_checkpoint(state.iteration, model, optimizer, scheduler, state.extra_state(runtime),
+                    save_dir=args.save, save_optim=not args.no_save_optim,
+                    save_rng=not args.no_save_rng, args=args)
+    print_rank_0(f" > saved checkpoint at iteration {state.iteration} to {args.save}")
+
+
+def _eval_due(iteration: int, args: argparse.Namespace, make_valid_iterator) -> bool:
+    return bool(make_valid_iterator is not None and args.eval_iters > 0 and args.eval_interval
+                and iteration % args.eval_interval == 0)
+
+
+def _training_done(state: TrainState, args: argparse.Namespace) -> bool:
+    if args.train_samples is not None:
+        return state.consumed_samples >= args.train_samples
+    if args.train_tokens is not None:
+        return state.consumed_tokens >= args.train_tokens
+    return state.iteration >= args.train_iters
+
+
+def _time_is_up(start: float, args: argparse.Namespace) -> bool:
+    """--exit-duration-in-mins, agreed by all ranks (MAX) so they stop together."""
+    if args.exit_duration_in_mins is None:
+        return False
+    device = "cuda" if dist.is_initialized() and dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([float(time.time() - start > args.exit_duration_in_mins * 60.0)],
+                        device=device)
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, state: TrainState,
+          args: argparse.Namespace, logger: TrainingLogger) -> bool:
+    """The training loop: steps, logging, evaluation, checkpoints, exit rules.
+
+    Returns:
+        True when the stopping rule was reached, False on an early exit
+        (``--exit-interval`` / ``--exit-duration-in-mins``).
+    """
+    train_iterator, make_valid_iterator = iterators[0], iterators[1]
+    start = last_log = time.time()
+    first_iteration = state.iteration
+    for m in model:
+        m.train()
+    while not _training_done(state, args):
+        stats = train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
+                           runtime, state, args)
+        now = time.time()
+        logger.record(stats, now - last_log)
+        if state.iteration % logger.log_interval == 0:
+            last_log = time.time()
+        it = state.iteration
+        if _eval_due(it, args, make_valid_iterator):
+            state.last_validation = evaluate(forward_step_func, make_valid_iterator, model, args)
+            logger.validation(it, state.consumed_samples, state.consumed_tokens,
+                              state.last_validation)
+            last_log = time.time()   # evaluation time is not training time
+        saved = False
+        if args.save and args.save_interval and it % args.save_interval == 0:
+            _save(state, runtime, model, optimizer, scheduler, args)
+            saved = True
+        stop = (args.exit_interval and it % args.exit_interval == 0) or _time_is_up(start, args)
+        if stop:
+            if args.save and not saved:
+                _save(state, runtime, model, optimizer, scheduler, args)
+            print_rank_0(f" > exiting at iteration {it} (--exit-interval / "
+                         "--exit-duration-in-mins)")
+            return False
+    saved_last = args.save_interval and state.iteration % args.save_interval == 0
+    if args.save and state.iteration > first_iteration and not saved_last:
+        _save(state, runtime, model, optimizer, scheduler, args)
+    return True
+
+
+def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable,
+             forward_step_func: Callable, extra_args_provider: Callable | None = None,
+             args_defaults: dict | None = None, argv: list[str] | None = None) -> TrainState:
+    """Megatron's entry point: initialise, build everything, load, train, evaluate.
+
+    Args:
+        train_valid_test_datasets_provider: ``fn([n_train, n_valid, n_test]) ->
+            (train_ds, valid_ds, test_ds)``.
+        model_provider: ``fn(pre_process, post_process) -> nn.Module``.
+        forward_step_func: ``fn(data_iterator, model) -> (output, loss_func)``.
+        extra_args_provider, args_defaults: see ``initialize_megatron``.
+        argv: flags to parse instead of ``sys.argv[1:]``.
+
+    Returns:
+        The final ``TrainState`` (iteration, consumed counters, per-step losses, last
+        validation losses).
+    """
+    args = initialize_megatron(extra_args_provider, args_defaults, args=argv)
+    model = build_model(model_provider, args)
+    optimizer = get_megatron_optimizer(model, optimizer_config_from_args(args))
+    scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args))
+    runtime = build_data_efficiency_runtime(args)
+    state = TrainState()
+    if args.load:
+        _, extra = load_checkpoint(model, optimizer, scheduler, load_dir=args.load,
+                                   load_optim=not args.no_load_optim,
+                                   load_rng=not args.no_load_rng, finetune=args.finetune,
+                                   args=args)
+        state.iteration = int(extra.get("iteration", 0))
+        state.consumed_samples = int(extra.get("consumed_samples", 0))
+        state.consumed_tokens = int(extra.get("consumed_tokens", 0))
+        runtime.load_state_dict(extra.get("data_efficiency", {}))
+    iterators = build_train_valid_test_data_iterators(
+        train_valid_test_datasets_provider, args, runtime, state.consumed_samples)
+    logger = TrainingLogger(args.train_iters, args.log_interval, args.tensorboard_dir,
+                            args.tensorboard_log_interval,
+                            is_logging_rank=(not dist.is_initialized()
+                                             or dist.get_rank() == dist.get_world_size() - 1),
+                            extra_scalars=runtime.tensorboard_scalars,
+                            queue_size=args.tensorboard_queue_size)
+    try:
+        print_rank_0(f" > training from iteration {state.iteration} "
+                     f"(consumed samples {state.consumed_samples}, tokens {state.consumed_tokens})")
+        finished = train(forward_step_func, model, optimizer, scheduler, runtime, iterators,
+                         state, args, logger)
+        if (finished and args.eval_iters > 0 and iterators[1] is not None
+                and not _eval_due(state.iteration, args, iterators[1])):
+            state.last_validation = evaluate(forward_step_func, iterators[1], model, args)
+            logger.validation(state.iteration, state.consumed_samples, state.consumed_tokens,
+                              state.last_validation)
+        if finished and args.eval_iters > 0 and iterators[2] is not None:
+            test = evaluate(forward_step_func, iterators[2], model, args)
+            logger.validation(state.iteration, state.consumed_samples, state.consumed_tokens,
+                              test, prefix="test")
+    finally:
+        logger.close()
+    return state

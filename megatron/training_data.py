@@ -1,0 +1,133 @@
+"""Datasets and iterators for pretrain(): sizes, which ranks read data, the micro-batch
+feed that applies the data-efficiency runtime's batch transform and token-drop plan."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state
+from megatron.data.data_loader import build_pretraining_data_loader
+from megatron.data_efficiency.runtime import DataEfficiencyRuntime
+
+
+class MicrobatchFeed:
+    """The iterator a schedule hands to ``forward_step_func`` for one step.
+
+    Each ``next()`` reads one micro-batch from ``iterator`` (nothing on pipeline stages
+    that read no data, where ``iterator`` is None), applies the runtime's batch transform
+    and adds the runtime's ``token_drop_plan`` for that micro-batch, so every stage gets
+    the plan even when it reads no data. ``runtime=None`` (evaluation) means no transform
+    and no dropping. ``seq_length`` tells stages without data the step's sequence length.
+    """
+
+    def __init__(self, iterator: Iterator | None, runtime: DataEfficiencyRuntime | None,
+                 iteration: int, seq_length: int) -> None:
+        self.iterator = iterator
+        self.seq_length = seq_length
+        self.runtime = runtime
+        self.iteration = iteration
+        self.microbatch = 0
+
+    def __iter__(self) -> "MicrobatchFeed":
+        return self
+
+    def __next__(self) -> dict:
+        batch = {} if self.iterator is None else dict(next(self.iterator))
+        plan = None
+        if self.runtime is not None:
+            if self.iterator is not None:
+                batch = self.runtime.transform_batch(batch, self.iteration)
+            plan = self.runtime.token_drop_plan(self.iteration, self.microbatch)
+        batch["token_drop_plan"] = plan
+        batch.setdefault("seq_length", self.seq_length)
+        self.microbatch += 1
+        return batch
+
+
+def train_valid_test_num_samples(args: argparse.Namespace) -> list[int]:
+    """Megatron's dataset sizes: all training samples, and enough validation / test
+    samples for every evaluation."""
+    gbs = args.global_batch_size
+    # train_iters is rounded up from --train-samples / --train-tokens: whole steps only.
+    train = args.train_iters * gbs
+    eval_interval = max(1, args.eval_interval or args.train_iters)
+    valid = (args.train_iters // eval_interval + 1) * args.eval_iters * gbs
+    return [train, valid, args.eval_iters * gbs]
+
+
+def _needs_data() -> bool:
+    """Only the first and the last pipeline stage read batches (tokens / labels)."""
+    return parallel_state.is_pipeline_first_stage() or parallel_state.is_pipeline_last_stage()
+
+
+def _build_datasets(provider: Callable, sizes: list[int]):
+    """Rank 0 builds first (it writes the index caches), then the others read them."""
+    initialized = dist.is_initialized()
+    rank = dist.get_rank() if initialized else 0
+    datasets = (None, None, None)
+    if rank == 0 and _needs_data():
+        datasets = provider(sizes)
+    if initialized:
+        dist.barrier()
+    if rank != 0 and _needs_data():
+        datasets = provider(sizes)
+    return datasets
+
+
+def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Namespace,
+                                          runtime: DataEfficiencyRuntime,
+                                          consumed_samples: int):
+    """Returns ``(train_iterator, make_valid_iterator, make_test_iterator)``.
+
+    The train iterator resumes at ``consumed_samples``; the ``make_*`` callables return a
+    fresh iterator from the start of their split (None on stages without data), and are
+    themselves None when the split is empty.
+    """
+    sizes = train_valid_test_num_samples(args)
+    train_ds, valid_ds, test_ds = _build_datasets(provider, sizes)
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    loader_kwargs = dict(micro_batch_size=args.micro_batch_size, num_workers=args.num_workers,
+                         data_parallel_rank=dp_rank, data_parallel_size=dp_size)
+    train_iterator = None
+    if train_ds is not None:
+        sampler = runtime.train_batch_sampler(train_ds, consumed_samples, args.micro_batch_size,
+                                              dp_rank, dp_size)
+        train_iterator = _iterate(build_pretraining_data_loader(
+            train_ds, consumed_samples, batch_sampler=sampler, **loader_kwargs))
+    elif _needs_data():
+        raise ValueError("the datasets provider returned no training dataset")
+
+    def maker(ds):
+        def make():
+            if ds is None:
+                return None
+            return _iterate(build_pretraining_data_loader(ds, 0, **loader_kwargs))
+        return make
+
+    has_valid = _any_rank_has(valid_ds)
+    has_test = _any_rank_has(test_ds)
+    return (train_iterator, maker(valid_ds) if has_valid else None,
+            maker(test_ds) if has_test else None)
+
+
+def _iterate(loader) -> Iterator:
+    """``iter(loader)`` without touching the global torch RNG: a DataLoader draws its
+    base seed from it, which would shift dropout after a resume (or an evaluation)."""
+    with torch.random.fork_rng(devices=[]):
+        return iter(loader)
+
+
+def _any_rank_has(dataset) -> bool:
+    """Whether any rank holds this split (middle stages hold none but must still run
+    evaluation's schedule in step with the others)."""
+    flag = float(dataset is not None and len(dataset) > 0)
+    if dist.is_initialized():
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([flag], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flag = t.item()
+    return flag > 0

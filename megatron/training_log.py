@@ -1,0 +1,148 @@
+"""The training log line, the validation line and the TensorBoard scalars (Megatron's
+names, plus Megatron-DeepSpeed's ``... vs tokens`` curves with consumed tokens as x)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step reports to the logger."""
+    iteration: int
+    consumed_samples: int
+    consumed_tokens: int
+    step_tokens: int
+    learning_rate: float
+    batch_size: int
+    loss_scale: float
+    grad_norm: float | None
+    skipped: bool
+    losses: dict[str, float] = field(default_factory=dict)   # empty off the last stage
+
+
+class TrainingLogger:
+    """Accumulates losses between log lines, prints them, writes TensorBoard.
+
+    Args:
+        train_iters: the ``M`` of ``iteration N/ M``.
+        log_interval: print every this many iterations.
+        tensorboard_dir: where event files go (None: no TensorBoard).
+        tensorboard_log_interval: write per-step scalars every this many iterations.
+        is_logging_rank: the last rank prints and writes (it holds the loss).
+        extra_scalars: ``fn(iteration) -> dict`` of more scalars (data efficiency).
+    """
+
+    def __init__(self, train_iters: int, log_interval: int, tensorboard_dir: str | None,
+                 tensorboard_log_interval: int = 1, is_logging_rank: bool = True,
+                 extra_scalars=None, queue_size: int = 1000) -> None:
+        self.train_iters = train_iters
+        self.log_interval = max(1, log_interval)
+        self.tb_interval = max(1, tensorboard_log_interval)
+        self.is_logging_rank = is_logging_rank
+        self.extra_scalars = extra_scalars or (lambda it: {})
+        self.writer = None
+        if tensorboard_dir and is_logging_rank:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=queue_size)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sums: dict[str, float] = {}
+        self.advanced = 0
+        self.skipped = 0
+        self.nan = 0
+        self.interval_tokens = 0
+        self.interval_iters = 0
+
+    def record(self, stats: StepStats, elapsed_s: float) -> None:
+        """Account one step; print a line every ``log_interval`` steps.
+
+        Args:
+            stats: the step's numbers.
+            elapsed_s: wall time since the previous log line (only read on log steps).
+        """
+        self.interval_iters += 1
+        self.interval_tokens += stats.step_tokens
+        if stats.skipped:
+            self.skipped += 1
+        else:
+            self.advanced += 1
+        for key, value in stats.losses.items():
+            if not math.isfinite(value):
+                self.nan += 1
+            elif not stats.skipped:
+                self.loss_sums[key] = self.loss_sums.get(key, 0.0) + value
+        if stats.iteration % self.tb_interval == 0:
+            self._write_step_scalars(stats)
+        if stats.iteration % self.log_interval == 0:
+            self._print_line(stats, elapsed_s)
+            self._reset()
+
+    def _write_step_scalars(self, s: StepStats) -> None:
+        if self.writer is None:
+            return
+        it, tok, smp = s.iteration, s.consumed_tokens, s.consumed_samples
+        w = self.writer
+        for name, value in (("learning-rate", s.learning_rate), ("batch-size", s.batch_size),
+                            ("loss-scale", s.loss_scale), ("grad-norm", s.grad_norm),
+                            *s.losses.items()):
+            if value is None or not math.isfinite(value):
+                continue
+            w.add_scalar(name, value, it)
+            w.add_scalar(f"{name} vs samples", value, smp)
+            w.add_scalar(f"{name} vs tokens", value, tok)
+        w.add_scalar("consumed-tokens", tok, it)
+        w.add_scalar("steps-vs-tokens", it, tok)
+        for name, value in self.extra_scalars(it).items():
+            w.add_scalar(name, value, it)
+            w.add_scalar(f"{name} vs tokens", value, tok)
+
+    def _print_line(self, s: StepStats, elapsed_s: float) -> None:
+        per_iter = elapsed_s / max(1, self.interval_iters)
+        tokens_per_s = self.interval_tokens / elapsed_s if elapsed_s > 0 else 0.0
+        if self.writer is not None:
+            self.writer.add_scalar("iteration-time", per_iter, s.iteration)
+            self.writer.add_scalar("tokens-per-second", tokens_per_s, s.iteration)
+            self.writer.add_scalar("tokens-per-second vs tokens", tokens_per_s, s.consumed_tokens)
+        if not self.is_logging_rank:
+            return
+        line = f" iteration {s.iteration:8d}/{self.train_iters:8d} |"
+        line += f" consumed samples: {s.consumed_samples:12d} |"
+        line += f" consumed tokens: {s.consumed_tokens:12d} |"
+        line += f" elapsed time per iteration (ms): {per_iter * 1000.0:.1f} |"
+        line += f" learning rate: {s.learning_rate:.3E} |"
+        line += f" global batch size: {s.batch_size:5d} |"
+        for key, total in self.loss_sums.items():
+            line += f" {key}: {total / max(1, self.advanced):.6E} |"
+        line += f" loss scale: {s.loss_scale:.1f} |"
+        if s.grad_norm is not None:
+            line += f" grad norm: {s.grad_norm:.3f} |"
+        line += f" number of skipped iterations: {self.skipped:3d} |"
+        line += f" number of nan iterations: {self.nan:3d} |"
+        line += f" tokens per second: {tokens_per_s:.1f} |"
+        print(line, flush=True)
+
+    def validation(self, iteration: int, consumed_samples: int, consumed_tokens: int,
+                   losses: dict[str, float], prefix: str = "validation") -> None:
+        """Print Megatron's validation block and write ``<key> validation`` scalars."""
+        if not self.is_logging_rank or not losses:
+            return
+        text = f" {prefix} loss at iteration {iteration} | "
+        for key, value in losses.items():
+            ppl = math.exp(min(20.0, value))
+            text += f"{key} value: {value:.6E} | {key} PPL: {ppl:.6E} | "
+            if self.writer is not None:
+                for suffix, v in (("", value), (" ppl", ppl)):
+                    name = f"{key} {prefix}{suffix}"
+                    self.writer.add_scalar(name, v, iteration)
+                    self.writer.add_scalar(f"{name} vs samples", v, consumed_samples)
+                    self.writer.add_scalar(f"{name} vs tokens", v, consumed_tokens)
+        bar = "-" * (len(text) + 1)
+        print(f"{bar}\n{text}\n{bar}", flush=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None

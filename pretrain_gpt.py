@@ -1,0 +1,109 @@
+"""Pretrain a GPT model (Megatron's entry point and flags).
+
+    python pretrain_gpt.py --num-layers 4 --hidden-size 256 --num-attention-heads 4 \\
+        --seq-length 256 --micro-batch-size 4 --global-batch-size 8 --train-iters 100 \\
+        --lr 1e-3 --data-path my_text_document --tokenizer-type GPTSentencePieceTokenizer \\
+        --tokenizer-model tok.model
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+from megatron.arguments import get_args, transformer_config_from_args
+from megatron.core import parallel_state
+from megatron.initialize import get_tokenizer
+from megatron.training import pretrain, print_rank_0
+from megatron.utils import get_ltor_masks_and_position_ids
+
+
+def model_provider(pre_process: bool = True, post_process: bool = True) -> torch.nn.Module:
+    """A GPT model for this pipeline stage."""
+    from megatron.model.gpt_model import GPTModel
+    config = transformer_config_from_args(get_args())
+    return GPTModel(config, pre_process=pre_process, post_process=post_process,
+                    parallel_output=True)
+
+
+def get_batch(data_iterator) -> dict:
+    """One micro-batch for this stage.
+
+    Returns a dict with ``tokens`` / ``labels`` [b, s] long, ``loss_mask`` [b, s] float,
+    ``attention_mask`` (None = causal, or bool [b, 1, s, s]), ``position_ids`` [b, s] and
+    ``token_drop_plan``. Pipeline middle stages read no data: they get position ids for
+    the step's sequence length and the drop plan only.
+    """
+    args, tokenizer = get_args(), get_tokenizer()
+    batch = next(data_iterator)
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    out = {"token_drop_plan": batch.get("token_drop_plan"), "tokens": None, "labels": None,
+           "loss_mask": None, "attention_mask": None, "position_ids": None}
+    if "text" not in batch:   # a middle pipeline stage
+        s = batch["seq_length"]
+        out["position_ids"] = torch.arange(s, device=device).expand(args.micro_batch_size, s)
+        return out
+    tokens_ = batch["text"].long().to(device)   # [b, s + 1]
+    out["tokens"] = tokens_[:, :-1].contiguous()
+    out["labels"] = tokens_[:, 1:].contiguous()
+    out["attention_mask"], out["loss_mask"], out["position_ids"] = \
+        get_ltor_masks_and_position_ids(out["tokens"], tokenizer.eod, args.reset_position_ids,
+                                        args.reset_attention_mask, args.eod_mask_loss)
+    return out
+
+
+def average_losses_across_data_parallel_group(losses: list[torch.Tensor]) -> torch.Tensor:
+    """Mean of each loss over the data-parallel ranks (for logging only: detached)."""
+    averaged = torch.stack([loss.detach().float().clone() for loss in losses])
+    if dist.is_initialized() and parallel_state.get_data_parallel_world_size() > 1:
+        dist.all_reduce(averaged, group=parallel_state.get_data_parallel_group())
+        averaged /= parallel_state.get_data_parallel_world_size()
+    return averaged
+
+
+def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Mean per-token loss over unmasked tokens.
+
+    Args:
+        loss_mask: [b, s] float, 0 where the loss is ignored.
+        output_tensor: [b, s] per-token loss from the model.
+    """
+    losses = output_tensor.float().reshape(-1)
+    mask = loss_mask.reshape(-1).float()
+    loss = torch.sum(losses * mask) / mask.sum().clamp(min=1.0)
+    averaged = average_losses_across_data_parallel_group([loss])
+    return loss, {"lm loss": averaged[0]}
+
+
+def forward_step(data_iterator, model):
+    """Forward one micro-batch; returns the stage output and the loss function."""
+    b = get_batch(data_iterator)
+    output = model(b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"],
+                   token_drop_plan=b["token_drop_plan"])
+    return output, partial(loss_func, b["loss_mask"])
+
+
+def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
+    """GPT datasets over ``--data-path`` split by ``--split``, or over separate
+    ``--train-data-path`` / ``--valid-data-path`` / ``--test-data-path`` (each whole)."""
+    from megatron.data.gpt_dataset import build_train_valid_test_datasets
+    args = get_args()
+    build = partial(build_train_valid_test_datasets, seq_length=args.seq_length, seed=args.seed,
+                    cache_dir=args.data_cache_path)
+    print_rank_0(" > building train, validation, and test datasets for GPT ...")
+    if args.data_path:
+        datasets = build(args.data_path, args.split, train_val_test_num_samples)
+    else:
+        datasets = []
+        for i, paths in enumerate((args.train_data_path, args.valid_data_path,
+                                   args.test_data_path)):
+            split, sizes = ["0", "0", "0"], [0, 0, 0]
+            split[i], sizes[i] = "100", train_val_test_num_samples[i]
+            datasets.append(build(paths, ",".join(split), sizes)[i] if paths else None)
+    print_rank_0(" > finished creating GPT datasets ...")
+    return tuple(datasets)
+
+
+if __name__ == "__main__":
+    pretrain(train_valid_test_datasets_provider, model_provider, forward_step)

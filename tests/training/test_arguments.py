@@ -1,0 +1,70 @@
+"""Flag validation: bad combinations fail at start with messages naming the flags."""
+import pytest
+
+from megatron.arguments import ArgumentValidationError, parse_args, validate_args
+
+BASE = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4",
+        "--seq-length", "32", "--micro-batch-size", "2", "--lr", "1e-3", "--vocab-size", "100"]
+
+
+def _validate(*extra):
+    return validate_args(parse_args(args=BASE + list(extra)))
+
+
+@pytest.mark.parametrize("extra, flags", [
+    (["--train-iters", "10", "--train-samples", "100"], ["--train-iters", "--train-samples"]),
+    (["--train-iters", "10", "--fp16", "--bf16"], ["--fp16", "--bf16"]),
+    (["--train-iters", "10", "--lr-warmup-iters", "5", "--lr-warmup-fraction", "0.1"],
+     ["--lr-warmup-iters", "--lr-warmup-fraction"]),
+    (["--train-tokens", "1000", "--lr-decay-iters", "5", "--lr-decay-tokens", "100"],
+     ["--lr-decay-iters", "--lr-decay-tokens"]),
+    (["--train-iters", "10", "--max-position-embeddings", "16"],
+     ["--seq-length", "--max-position-embeddings"]),
+    (["--train-iters", "10", "--num-attention-heads", "5"],
+     ["--hidden-size", "--num-attention-heads"]),
+    (["--train-iters", "10", "--global-batch-size", "3"],
+     ["--global-batch-size", "--micro-batch-size"]),
+    ([], ["--train-iters", "--train-samples", "--train-tokens"]),
+    (["--train-iters", "10", "--min-lr", "1"], ["--min-lr", "--lr"]),
+    (["--train-iters", "10", "--lr-warmup-iters", "20"], ["--lr-warmup-", "--lr-decay-"]),
+    (["--train-iters", "10", "--recompute-method", "uniform"],
+     ["--recompute-method", "--recompute-granularity"]),
+])
+def test_errors_name_the_flags(extra, flags):
+    with pytest.raises(ArgumentValidationError) as info:
+        _validate(*extra)
+    for flag in flags:
+        assert flag in str(info.value)
+
+
+def test_every_problem_reported_at_once():
+    with pytest.raises(ArgumentValidationError) as info:
+        _validate("--fp16", "--bf16", "--train-iters", "1", "--train-tokens", "5")
+    msg = str(info.value)
+    assert "--fp16" in msg and "--train-tokens" in msg
+
+
+def test_world_size_divisibility(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "6")
+    with pytest.raises(ArgumentValidationError, match="--tensor-model-parallel-size"):
+        _validate("--train-iters", "10", "--tensor-model-parallel-size", "4")
+
+
+def test_derived_values(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    args = _validate("--train-samples", "1000", "--tensor-model-parallel-size", "2",
+                     "--global-batch-size", "16", "--position-embedding-type", "rope",
+                     "--max-position-embeddings", "8")
+    assert args.data_parallel_size == 4
+    assert args.num_microbatches == 2          # 16 / (2 x 4)
+    assert args.ffn_hidden_size == 256 and args.kv_channels == 16
+    assert args.train_iters == 63              # ceil(1000 / 16), for display and sizing
+    swiglu = _validate("--train-iters", "1", "--swiglu")
+    assert swiglu.ffn_hidden_size == 128       # 2/3 * 4h rounded down to 64
+    assert _validate("--train-iters", "1").global_batch_size == 2 * 8
+
+
+def test_rope_allows_longer_sequences_than_position_table():
+    args = _validate("--train-iters", "1", "--position-embedding-type", "rope",
+                     "--max-position-embeddings", "16")
+    assert args.seq_length == 32

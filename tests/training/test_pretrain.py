@@ -1,0 +1,80 @@
+"""pretrain() end to end on a tiny GPT: log lines, TensorBoard, stopping rules, NaN handling."""
+import re
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import pretrain_gpt
+from megatron.training import TrainingDivergedError, pretrain
+from tests.training.helpers import run_tiny, synthetic_provider, tiny_gpt_flags
+
+LOG_LINE = re.compile(
+    r"^ iteration +(\d+)/ +(\d+) \| consumed samples: +\d+ \| consumed tokens: +(\d+) \| "
+    r"elapsed time per iteration \(ms\): [\d.]+ \| learning rate: [\d.]+E[-+]\d+ \| "
+    r"global batch size: +\d+ \| lm loss: [\d.]+E[-+]\d+ \| loss scale: [\d.]+ \| "
+    r"grad norm: [\d.]+ \| number of skipped iterations: +(\d+) \| "
+    r"number of nan iterations: +(\d+) \| tokens per second: [\d.]+ \|$", re.M)
+
+
+def test_log_lines_and_tensorboard(tmp_path, capsys):
+    tb = str(tmp_path / "tb")
+    state = run_tiny("--tensorboard-dir", tb, iters=6)
+    out = capsys.readouterr().out
+    lines = LOG_LINE.findall(out)
+    assert [int(m[0]) for m in lines] == [1, 2, 3, 4, 5, 6]
+    assert [int(m[2]) for m in lines] == [64 * i for i in range(1, 7)]
+    assert "validation loss at iteration 3 | lm loss value: " in out
+    assert "lm loss PPL: " in out
+    assert " test loss at iteration 6 | lm loss value: " in out
+    acc = EventAccumulator(tb)
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("lm loss", "lm loss vs tokens", "lm loss validation", "lm loss validation vs tokens",
+                "learning-rate", "learning-rate vs tokens", "grad-norm", "loss-scale",
+                "batch-size", "iteration-time", "tokens-per-second", "consumed-tokens",
+                "steps-vs-tokens"):
+        assert tag in tags, tag
+    loss_vs_tokens = acc.Scalars("lm loss vs tokens")
+    assert [e.step for e in loss_vs_tokens] == [64 * i for i in range(1, 7)]
+    assert [e.value for e in loss_vs_tokens] == pytest.approx([l for _, l in state.history])
+    assert [(e.step, e.value) for e in acc.Scalars("steps-vs-tokens")][-1] == (384, 6.0)
+    assert [e.step for e in acc.Scalars("lm loss validation")] == [3, 6]
+
+
+def test_train_tokens_stopping_rule():
+    flags = tiny_gpt_flags("--eval-iters", "0")
+    i = flags.index("--train-iters")
+    flags[i:i + 2] = ["--train-tokens", "200"]
+    state = pretrain(synthetic_provider, pretrain_gpt.model_provider, pretrain_gpt.forward_step,
+                     argv=flags)
+    assert state.iteration == 4 and state.consumed_tokens == 256   # 64 tokens per step
+
+
+def _poisoned_forward(at_call: int):
+    calls = {"n": 0}
+
+    def forward_step(data_iterator, model):
+        output, loss_func = pretrain_gpt.forward_step(data_iterator, model)
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            output = output * float("nan")
+        return output, loss_func
+    return forward_step
+
+
+def test_nan_loss_stops_fp32_naming_the_iteration():
+    # 2 micro-batches per step: call 5 is the first micro-batch of iteration 3.
+    with pytest.raises(TrainingDivergedError, match="iteration 3"):
+        run_tiny("--eval-iters", "0", forward_step=_poisoned_forward(5))
+
+
+def test_nan_loss_under_fp16_skips_the_step(capsys):
+    state = run_tiny("--eval-iters", "0", "--fp16", "--initial-loss-scale", "1024",
+                     forward_step=_poisoned_forward(5))
+    out = capsys.readouterr().out
+    assert state.iteration == 6
+    assert " > iteration 3: skipped" in out
+    lines = {int(m[0]): m for m in LOG_LINE.findall(out)}
+    assert set(lines) == {1, 2, 4, 5, 6}      # no loss to print on the skipped step
+    assert "number of skipped iterations:   1 | number of nan iterations:   1" in out
+    assert lines[4][3] == "0"                  # counters restart each log interval

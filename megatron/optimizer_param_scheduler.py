@@ -1,10 +1,14 @@
 """Learning-rate warmup and decay, measured in steps, samples or consumed tokens.
 
-Warmup and decay may be given in different units (e.g. warmup as a fraction, decay in
-tokens). ``build_schedule_config`` converts both into one unit at construction so the
-schedule is a small pure function of progress (``lr_at``); the reference failed exactly
-on token-based decay with fractional warmup. Conversions use the nominal
-``samples_per_step`` (global batch size) and ``tokens_per_sample`` (sequence length).
+Warmup and decay may be given in different units (e.g. warmup in steps or as a fraction,
+decay in tokens); the reference failed exactly on token-based decay with fractional
+warmup. Warmup is measured in its own unit (a fraction means a fraction of the decay span,
+in the decay's unit), so "warmup 100 steps" ends at step 100 even when curriculum learning
+or random-LTD make early steps consume fewer tokens. Decay is measured in its unit; where
+the units differ the decay starts from the warmup span converted with the nominal
+``samples_per_step`` (global batch size) and ``tokens_per_sample`` (sequence length), and
+the LR holds at its peak until then. The schedule is a small pure function of progress
+(``lr_at``).
 """
 from __future__ import annotations
 
@@ -20,11 +24,21 @@ class ScheduleConfig:
     max_lr: float
     min_lr: float
     decay_style: str          # "linear" | "cosine" | "constant"
-    unit: str                 # "steps" | "samples" | "tokens": what progress counts
-    warmup: float             # warmup length in ``unit``
+    unit: str                 # "steps" | "samples" | "tokens": what decay progress counts
+    warmup: float             # warmup length in ``warmup_unit``
     decay: float              # end of decay in ``unit`` (counted from 0, includes warmup)
     init_lr: float = 0.0
     weight_decay: float = 0.0
+    warmup_unit: str = ""     # unit of ``warmup``; "" means ``unit``
+    decay_start: float = -1.0  # where decay starts, in ``unit``; < 0 means ``warmup``
+
+    @property
+    def warmup_progress_unit(self) -> str:
+        return self.warmup_unit or self.unit
+
+    @property
+    def decay_begin(self) -> float:
+        return self.warmup if self.decay_start < 0 else self.decay_start
 
 
 def _to_samples(value: float, unit: str, samples_per_step: int, tokens_per_sample: int) -> float:
@@ -62,27 +76,36 @@ def build_schedule_config(max_lr: float, min_lr: float, decay_style: str,
         raise ValueError(f"unknown decay unit {unit!r}")
     wvalue, wunit = warmup
     if wunit == "fraction":
-        warm = wvalue * decay_value
-    else:
-        warm = convert(wvalue, wunit, unit, samples_per_step, tokens_per_sample)
-    if decay_style != "constant" and warm > decay_value:
-        raise ValueError(f"LR warmup ({warm:g} {unit}) is longer than the decay span "
-                         f"({decay_value:g} {unit}); check --lr-warmup-* and --lr-decay-*")
+        wvalue, wunit = wvalue * decay_value, unit
+    warm_in_decay_unit = convert(wvalue, wunit, unit, samples_per_step, tokens_per_sample)
+    if decay_style != "constant" and warm_in_decay_unit > decay_value:
+        raise ValueError(f"LR warmup ({warm_in_decay_unit:g} {unit}) is longer than the decay "
+                         f"span ({decay_value:g} {unit}); check --lr-warmup-* and --lr-decay-*")
+    mixed = wunit != unit
     return ScheduleConfig(max_lr=max_lr, min_lr=min_lr, decay_style=decay_style, unit=unit,
-                          warmup=float(warm), decay=float(decay_value), init_lr=init_lr,
-                          weight_decay=weight_decay)
+                          warmup=float(wvalue), decay=float(decay_value), init_lr=init_lr,
+                          weight_decay=weight_decay, warmup_unit=wunit if mixed else "",
+                          decay_start=float(warm_in_decay_unit) if mixed else -1.0)
 
 
-def lr_at(progress: float, cfg: ScheduleConfig) -> float:
-    """The learning rate after ``progress`` units (Megatron's formulas)."""
-    if cfg.warmup > 0 and progress <= cfg.warmup:
-        return cfg.init_lr + (cfg.max_lr - cfg.init_lr) * progress / cfg.warmup
+def lr_at(progress: float, cfg: ScheduleConfig, warmup_progress: float | None = None) -> float:
+    """The learning rate (Megatron's formulas).
+
+    Args:
+        progress: progress in ``cfg.unit`` (drives the decay).
+        warmup_progress: progress in ``cfg.warmup_progress_unit``; None means the units
+            are the same and ``progress`` is used.
+    """
+    wp = progress if warmup_progress is None else warmup_progress
+    if cfg.warmup > 0 and wp <= cfg.warmup:
+        return cfg.init_lr + (cfg.max_lr - cfg.init_lr) * wp / cfg.warmup
     if cfg.decay_style == "constant":
         return cfg.max_lr
     if progress > cfg.decay:
         return cfg.min_lr
-    span = cfg.decay - cfg.warmup
-    ratio = (progress - cfg.warmup) / span if span > 0 else 1.0
+    begin = cfg.decay_begin
+    span = cfg.decay - begin
+    ratio = min(1.0, max(0.0, (progress - begin) / span)) if span > 0 else 1.0
     if cfg.decay_style == "linear":
         coeff = 1.0 - ratio
     else:
@@ -102,14 +125,19 @@ class OptimizerParamScheduler:
         self.num_tokens = 0
         self.step(0, 0, 0)
 
+    def progress_in(self, unit: str) -> float:
+        """Progress so far in ``unit`` (steps, samples or tokens)."""
+        return {"steps": self.num_steps, "samples": self.num_samples,
+                "tokens": self.num_tokens}[unit]
+
     @property
     def progress(self) -> float:
-        """Progress in the schedule's unit."""
-        return {"steps": self.num_steps, "samples": self.num_samples,
-                "tokens": self.num_tokens}[self.config.unit]
+        """Progress in the decay's unit."""
+        return self.progress_in(self.config.unit)
 
     def get_lr(self) -> float:
-        return lr_at(self.progress, self.config)
+        return lr_at(self.progress, self.config,
+                     self.progress_in(self.config.warmup_progress_unit))
 
     def step(self, increment_steps: int = 1, increment_samples: int = 0,
              increment_tokens: int = 0) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class StepStats:
@@ -95,6 +97,9 @@ class TrainingLogger:
         w.add_scalar("consumed-tokens", tok, it)
         w.add_scalar("steps-vs-tokens", it, tok)
         for name, value in self.extra_scalars(it).items():
+            if isinstance(value, torch.Tensor):     # e.g. the sampled samples' metric values
+                w.add_histogram(name, value, it)
+                continue
             w.add_scalar(name, value, it)
             w.add_scalar(f"{name} vs tokens", value, tok)
 

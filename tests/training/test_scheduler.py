@@ -27,7 +27,7 @@ def _sched(warmup, style="linear", decay=(DECAY_TOKENS, "tokens")):
 ])
 def test_warmup_any_unit_with_token_decay(warmup, warmup_tokens):
     cfg, sched, opt = _sched(warmup)
-    assert cfg.unit == "tokens" and cfg.warmup == pytest.approx(warmup_tokens)
+    assert cfg.unit == "tokens" and cfg.decay_begin == pytest.approx(warmup_tokens)
     assert opt.param_groups[0]["lr"] == 0.0
     steps = 0
     while (steps + 1) * 800 <= warmup_tokens:
@@ -59,11 +59,35 @@ def test_decay_styles(style, mid, end):
 
 def test_steps_and_samples_units():
     cfg = build_schedule_config(1.0, 0.0, "linear", (800 * 4, "tokens"), (100, "steps"), GBS, SEQ)
-    assert cfg.unit == "steps" and cfg.warmup == pytest.approx(4)
+    assert cfg.unit == "steps" and cfg.warmup_progress_unit == "tokens"
+    assert cfg.decay_begin == pytest.approx(4)
     assert convert(3, "steps", "samples", GBS, SEQ) == 24
     assert convert(2400, "tokens", "steps", GBS, SEQ) == 3
     cfg = build_schedule_config(1.0, 0.0, "linear", (2, "steps"), (160, "samples"), GBS, SEQ)
-    assert cfg.warmup == 16 and lr_at(8, cfg) == pytest.approx(0.5)
+    assert cfg.warmup == 2 and cfg.decay_begin == 16
+    assert lr_at(8, cfg, warmup_progress=1) == pytest.approx(0.5)
+
+
+class _FakeOptimizer:
+    def __init__(self):
+        self.param_groups = [{"lr": 0.0}]
+
+
+def test_warmup_in_steps_ends_at_its_step_when_steps_consume_fewer_tokens():
+    """Curriculum / random-LTD steps consume fewer tokens than nominal: a warmup given
+    in steps still ends at that step, and the token-driven decay never jumps back up."""
+    decay_tokens = 100 * GBS * SEQ
+    cfg = build_schedule_config(1.0, 0.1, "linear", (10, "steps"), (decay_tokens, "tokens"),
+                                GBS, SEQ)
+    sched = OptimizerParamScheduler(_FakeOptimizer(), cfg)
+    lrs = []
+    for step in range(1, 200):
+        tokens = GBS * SEQ * min(1.0, 0.1 + step / 100)       # short steps early on
+        lrs.append(sched.step(1, GBS, int(tokens)))
+    assert lrs[4] == pytest.approx(0.5)                       # step 5 of a 10-step warmup
+    assert lrs[9] == pytest.approx(1.0)                       # warmup over at step 10
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))    # then never increases
+    assert lrs[-1] == pytest.approx(0.1)                      # decay ends at the token budget
 
 
 def test_warmup_longer_than_decay_is_an_error():

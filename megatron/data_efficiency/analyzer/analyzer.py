@@ -71,10 +71,27 @@ def build_source(cfg: AnalyzerConfig):
                            train.shuffle_idx, where=cfg.data_prefix + ".bin")
 
 
-def fingerprint_of(cfg: AnalyzerConfig) -> str:
-    """dataset_fingerprint with this config's sample-index parameters."""
-    return dataset_fingerprint([cfg.data_prefix], cfg.granularity, cfg.split, cfg.seq_length,
-                               cfg.seed, cfg.train_samples)
+def fingerprint_of(cfg: AnalyzerConfig, source=None) -> str:
+    """dataset_fingerprint of this config's data; for GPT samples it covers the sample
+    maps themselves (``source``, built from ``cfg`` when not given), which is what the
+    training run compares against."""
+    if cfg.granularity != "sample":
+        return dataset_fingerprint([cfg.data_prefix], cfg.granularity)
+    source = source if source is not None else build_source(cfg)
+    if not isinstance(source, GPTSampleSource):
+        return dataset_fingerprint([cfg.data_prefix], cfg.granularity, cfg.split,
+                                   cfg.seq_length, cfg.seed, cfg.train_samples)
+    return gpt_samples_fingerprint(cfg.data_prefix, cfg.split, cfg.seq_length, cfg.seed,
+                                   source.doc_idx, source.sample_idx, source.shuffle_idx)
+
+
+def gpt_samples_fingerprint(data_prefix: str, split: str, seq_length: int, seed: int,
+                            doc_idx: np.ndarray, sample_idx: np.ndarray,
+                            shuffle_idx: np.ndarray) -> str:
+    """The fingerprint of a GPT training set's samples: what the analyzer writes into a
+    sample-granularity index and what training (``megatron.training``) expects."""
+    return dataset_fingerprint([data_prefix], "sample", split, seq_length, seed,
+                               len(shuffle_idx), sample_maps=(doc_idx, sample_idx, shuffle_idx))
 
 
 class _Run:
@@ -82,7 +99,7 @@ class _Run:
 
     def __init__(self, cfg: AnalyzerConfig, comm: Comm, source) -> None:
         self.cfg, self.comm, self.src = cfg, comm, source
-        self.fingerprint = comm.bcast(fingerprint_of(cfg) if comm.rank == 0 else None)
+        self.fingerprint = comm.bcast(fingerprint_of(cfg, source) if comm.rank == 0 else None)
         self.work = os.path.join(cfg.save_path, ".analyzer_work", f"{self.fingerprint}-{cfg.shard_tokens}")
         if comm.rank == 0:
             if cfg.force and os.path.isdir(self.work):

@@ -37,7 +37,8 @@ INDEX_FILES = ("sample_to_metric.npy", "sorted_samples.npy", "values.npy", "offs
 
 def dataset_fingerprint(data_prefixes: Sequence[str] | str, granularity: str,
                         split: str | None = None, seq_length: int | None = None,
-                        seed: int | None = None, num_samples: int | None = None) -> str:
+                        seed: int | None = None, num_samples: int | None = None,
+                        sample_maps: Sequence[np.ndarray] = ()) -> str:
     """Short hash identifying the data an index was built from and how samples were numbered.
 
     It covers, for every prefix, the whole ``.idx`` file (header, sizes, pointers, doc_idx) and
@@ -50,6 +51,10 @@ def dataset_fingerprint(data_prefixes: Sequence[str] | str, granularity: str,
         data_prefixes: one prefix or a list of prefixes (``path/name`` without ``.bin``/``.idx``).
         granularity: "document" or "sample".
         split, seq_length, seed, num_samples: the GPT dataset arguments (ignored for "document").
+        sample_maps: the arrays that number the samples (a GPT dataset's ``doc_idx``,
+            ``sample_idx``, ``shuffle_idx``); hashed whole, so an index is accepted exactly
+            when training would number its samples the same way, whatever ``--train-samples``
+            produced those maps. Pass ``num_samples=len(dataset)`` with them.
 
     Returns:
         16 hex characters (a truncated sha256).
@@ -70,6 +75,12 @@ def dataset_fingerprint(data_prefixes: Sequence[str] | str, granularity: str,
     if granularity == "sample":
         params.update(split=split, seq_length=seq_length, seed=seed, num_samples=num_samples)
     h.update(json.dumps(params, sort_keys=True).encode())
+    for array in sample_maps:
+        array = np.ascontiguousarray(array)
+        h.update(f"|{array.dtype.str}{array.shape}|".encode())
+        flat = array.reshape(-1).view(np.uint8)
+        for start in range(0, len(flat), 1 << 26):       # 64 MiB at a time
+            h.update(flat[start:start + (1 << 26)])
     return h.hexdigest()[:16]
 
 

@@ -1,9 +1,144 @@
-"""BERT pretraining entry point (not in this release)."""
+"""Pretrain a BERT model (Megatron's entry point and flags).
+
+    python pretrain_bert.py --num-layers 4 --hidden-size 256 --num-attention-heads 4 \\
+        --seq-length 128 --max-position-embeddings 128 --micro-batch-size 8 \\
+        --global-batch-size 16 --train-iters 1000 --lr 1e-4 \\
+        --data-path my_text_sentence --vocab-file vocab.txt --split 949,50,1
+
+The data must be sentence-level (``tools/preprocess_data.py --split-sentences``). The loss
+is the masked-LM loss (mean over the predicted positions) plus, unless
+``--bert-no-binary-head``, the sentence-order (``is_random``) loss; both are logged as
+``lm loss`` and ``sop loss``. The tokenizer defaults to ``BertWordPieceLowerCase``.
+
+``args.model_type`` is set to ``"bert"`` (through ``args_defaults``) so the data-efficiency
+runtime picks the BERT batch transforms (seqtru on [b, s] tensors, seqreo).
+"""
 from __future__ import annotations
 
-import sys
+import argparse
+from functools import partial
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from megatron.arguments import get_args, transformer_config_from_args
+from megatron.core import parallel_state
+from megatron.initialize import get_tokenizer
+from megatron.training import pretrain, print_rank_0
+
+
+def add_bert_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """BERT-only flags, with Megatron's names and defaults."""
+    g = parser.add_argument_group("bert")
+    g.add_argument("--bert-no-binary-head", action="store_false", dest="bert_binary_head",
+                   help="no sentence-order (binary) head and loss; one segment per sample")
+    g.add_argument("--mask-prob", type=float, default=0.15,
+                   help="fraction of tokens chosen for masked-LM prediction")
+    g.add_argument("--short-seq-prob", type=float, default=0.1,
+                   help="probability of a shorter random target length per sample")
+    return parser
+
+
+def model_provider(pre_process: bool = True, post_process: bool = True) -> torch.nn.Module:
+    """A BERT model for this pipeline stage (binary head unless --bert-no-binary-head)."""
+    from megatron.model.bert_model import BertModel
+    args = get_args()
+    config = transformer_config_from_args(args)
+    return BertModel(config, num_tokentypes=2 if args.bert_binary_head else 0,
+                     add_binary_head=args.bert_binary_head, parallel_output=True,
+                     pre_process=pre_process, post_process=post_process)
+
+
+def get_batch(data_iterator) -> dict:
+    """One micro-batch for this stage.
+
+    Returns a dict with ``tokens``, ``types``, ``labels`` [b, s] long (``labels`` -1 where
+    nothing is predicted), ``loss_mask`` [b, s] float, ``padding_mask`` [b, s] long (1 = real
+    token), ``is_random`` [b] long (sentence-order label), ``sample_id`` [b] and
+    ``token_drop_plan``. ``types`` is None under --bert-no-binary-head (no token types).
+    """
+    args = get_args()
+    batch = next(data_iterator)
+    if "text" not in batch:
+        # Pipeline middle stages read no data, but BERT needs the padding mask on every
+        # stage; pretrain() gives data to the first and last stages only.
+        raise RuntimeError("pretrain_bert.py: a pipeline stage without data needs the BERT "
+                           "padding mask; use --pipeline-model-parallel-size 1 or 2")
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    out = {"token_drop_plan": batch.get("token_drop_plan")}
+    for key in ("text", "types", "labels", "padding_mask", "is_random", "sample_id"):
+        out[key] = batch[key].long().to(device)
+    out["tokens"] = out.pop("text")
+    out["loss_mask"] = batch["loss_mask"].float().to(device)
+    if not args.bert_binary_head:
+        out["types"] = None
+    return out
+
+
+def average_losses_across_data_parallel_group(losses: list[torch.Tensor]) -> torch.Tensor:
+    """Mean of each loss over the data-parallel ranks (for logging only: detached)."""
+    averaged = torch.stack([loss.detach().float().clone() for loss in losses])
+    if dist.is_initialized() and parallel_state.get_data_parallel_world_size() > 1:
+        dist.all_reduce(averaged, group=parallel_state.get_data_parallel_group())
+        averaged /= parallel_state.get_data_parallel_world_size()
+    return averaged
+
+
+def loss_func(loss_mask: torch.Tensor, sentence_order: torch.Tensor, output_tensor):
+    """Masked-LM loss (mean over predicted positions) + sentence-order loss.
+
+    Args:
+        loss_mask: [b, s] float, 1 at the predicted positions.
+        sentence_order: [b] long, 1 where segments A and B were swapped.
+        output_tensor: (lm_loss [b, s] fp32, binary_logits [b, 2] or None) from the model.
+    """
+    lm_loss_, sop_logits = output_tensor
+    mask = loss_mask.reshape(-1).float()
+    lm_loss = torch.sum(lm_loss_.float().reshape(-1) * mask) / mask.sum().clamp(min=1.0)
+    if sop_logits is None:
+        averaged = average_losses_across_data_parallel_group([lm_loss])
+        return lm_loss, {"lm loss": averaged[0]}
+    sop_loss = F.cross_entropy(sop_logits.view(-1, 2).float(), sentence_order.view(-1),
+                               ignore_index=-1)
+    averaged = average_losses_across_data_parallel_group([lm_loss, sop_loss])
+    return lm_loss + sop_loss, {"lm loss": averaged[0], "sop loss": averaged[1]}
+
+
+def forward_step(data_iterator, model):
+    """Forward one micro-batch; returns the stage output and the loss function."""
+    b = get_batch(data_iterator)
+    output = model(b["tokens"], b["padding_mask"], tokentype_ids=b["types"],
+                   lm_labels=b["labels"], token_drop_plan=b["token_drop_plan"])
+    return output, partial(loss_func, b["loss_mask"], b["is_random"])
+
+
+def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
+    """BERT datasets over ``--data-path`` (sentence-level stores) split by ``--split``."""
+    from megatron.data.bert_dataset import build_train_valid_test_datasets
+    args = get_args()
+    if not args.data_path:
+        raise ValueError("pretrain_bert.py needs --data-path (a --split-sentences token store)")
+    print_rank_0(" > building train, validation, and test datasets for BERT ...")
+    datasets = build_train_valid_test_datasets(
+        data_prefix=args.data_path, splits_string=args.split,
+        train_valid_test_num_samples=train_val_test_num_samples,
+        max_seq_length=args.seq_length, masked_lm_prob=args.mask_prob,
+        short_seq_prob=args.short_seq_prob, seed=args.seed, tokenizer=get_tokenizer(),
+        binary_head=args.bert_binary_head, cache_dir=args.data_cache_path)
+    print_rank_0(" > finished creating BERT datasets ...")
+    return datasets
+
+
+ARGS_DEFAULTS = {"tokenizer_type": "BertWordPieceLowerCase", "model_type": "bert"}
+
+
+def main(argv: list[str] | None = None):
+    """Run pretrain() with BERT's providers; ``argv`` defaults to ``sys.argv[1:]``."""
+    return pretrain(train_valid_test_datasets_provider, model_provider, forward_step,
+                    extra_args_provider=add_bert_args, args_defaults=dict(ARGS_DEFAULTS),
+                    argv=argv)
+
 
 if __name__ == "__main__":
-    print("pretrain_bert.py: BERT pretraining comes in a later release; "
-          "use pretrain_gpt.py for GPT pretraining.", file=sys.stderr)
-    sys.exit(2)
+    main()

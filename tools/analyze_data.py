@@ -9,6 +9,11 @@ For ``--granularity sample`` give the training dataset arguments (``--split --se
 --seed --train-samples``) so the sample ids are the GPTDataset indices the curriculum
 sampler will draw. Output layout: see megatron/data_efficiency/analyzer/index_io.py and the
 README. A killed job restarted with the same arguments reuses every finished shard.
+
+``--granularity sample --model bert`` numbers BertDataset samples instead (a sentence-level
+store from ``preprocess_data.py --split-sentences``; give ``--short-seq-prob`` and
+``--bert-no-binary-head`` as to pretrain_bert.py). Metric definitions and limits:
+megatron/data_efficiency/analyzer/bert_samples.py.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.data_efficiency.analyzer import metrics as _metrics  # noqa: E402
 from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig, run_analyzer  # noqa: E402
+from megatron.data_efficiency.analyzer.bert_samples import BertSampleParams, run_bert_analyzer  # noqa: E402
 from megatron.data_efficiency.analyzer.comm import launched_by_mpi, world  # noqa: E402
 
 _USER_CONTRACT = """user metrics (--metric-fn [name=]module:function):
@@ -48,6 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"built-in metrics, any of {list(_metrics.BUILTIN_METRICS)}")
     p.add_argument("--metric-fn", nargs="+", action="extend", default=[],
                    help="user metric(s) as [name=]module:function (contract below)")
+    p.add_argument("--model", choices=["gpt", "bert"], default="gpt",
+                   help="which training samples --granularity sample numbers (GPTDataset or BertDataset)")
+    p.add_argument("--short-seq-prob", type=float, default=0.1, help="BERT: as in pretrain_bert.py")
+    p.add_argument("--bert-no-binary-head", action="store_false", dest="bert_binary_head",
+                   help="BERT: as in pretrain_bert.py (one segment, two special tokens per sample)")
     p.add_argument("--split", default="969,30,1")
     p.add_argument("--seq-length", type=int)
     p.add_argument("--seed", type=int, default=1234)
@@ -67,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if len(args.data_path) != 1:
         p.error("--data-path: the analyzer indexes one dataset prefix at a time (blends: run it per prefix)")
+    if args.model == "bert" and args.granularity != "sample":
+        p.error("--model bert needs --granularity sample (BERT samples are sentence groups)")
     for name in ("shard_tokens", "chunk_tokens", "batch_tokens", "num_workers"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive")
@@ -121,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     comm = world()
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
-        stats = run_analyzer(cfg, comm)
+        if args.model == "bert":
+            stats = run_bert_analyzer(cfg, BertSampleParams(args.short_seq_prob, args.bert_binary_head), comm)
+        else:
+            stats = run_analyzer(cfg, comm)
     except (ValueError, FileNotFoundError) as e:
         print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
         _abort_others(comm, 2)
@@ -135,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     if comm.rank == 0:
         stats.update(elapsed_s=max(r["elapsed_s"] for r in ranks), ranks=ranks)
         if not args.quiet:
-            print(f"[analyzer] done in {stats['elapsed_s']:.2f} s: {stats['shards_computed']} shards "
-                  f"computed, {stats['shards_reused']} reused from an earlier run; peak RSS per rank "
+            work = (f"{stats['num_samples']} BERT samples" if args.model == "bert" else
+                    f"{stats['shards_computed']} shards computed, {stats['shards_reused']} reused "
+                    "from an earlier run")
+            print(f"[analyzer] done in {stats['elapsed_s']:.2f} s: {work}; peak RSS per rank "
                   + ", ".join(f"{r['peak_rss_mb']:.0f} MiB" for r in ranks), file=sys.stderr)
         if args.stats_json:
             with open(args.stats_json + ".tmp", "w") as f:

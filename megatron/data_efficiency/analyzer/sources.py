@@ -1,4 +1,5 @@
-"""What a "sample" is for the analyzer: documents of the token store, or GPT training samples.
+"""What a "sample" is for the analyzer: documents of the token store, GPT training samples,
+or BERT training samples (``BertSampleSource``, used by ``bert_samples.run_bert_analyzer``).
 
 Both sources describe their data as *units*: contiguous token ranges of the ``.bin`` file,
 ``tokens[bounds[u]:bounds[u+1]]`` (documents of the store, or the sequences of the GPT split).
@@ -123,3 +124,63 @@ class GPTSampleSource:
         flat = gather_spans(self.tokens, ustart + span_lo, span_hi - span_lo)
         seg = np.add.reduceat(span_hi - span_lo, first_span) if len(i) else np.zeros(0, np.int64)
         return flat, np.concatenate(([0], np.cumsum(seg))).astype(np.int64)
+
+
+class BertSampleSource:
+    """Samples are BertDataset indices ``idx`` (rows of its shuffled samples mapping).
+
+    Row ``idx`` of the mapping is ``(first sentence, end sentence, target length)``: the sample
+    is cut from the consecutive sentences ``first .. end-1`` of the sentence-level store, which
+    are one contiguous token range. Its real tokens (``padding_mask`` 1) are the group's tokens
+    truncated to ``target``, plus ``[CLS]`` and one ``[SEP]`` per segment (two with the
+    binary head, one without), so both metrics below come from per-sentence sums by prefix
+    differences, without a loop per sample:
+
+    * ``seqlen = min(group tokens, target) + specials`` (exact);
+    * ``voc = rarity(group) * kept // group tokens``: the rarity (sum of ``-ln p``) of the
+      group's *unmasked* sentence tokens, scaled to the kept length (the group's mean rarity
+      per token times the tokens kept). It is exactly the sample's rarity whenever the pair
+      is not truncated; truncation trims tokens at random ends (the sample's own RNG), which
+      the mapping alone cannot replay. Masking and special tokens do not count.
+    """
+
+    granularity = "bert_sample"
+
+    def __init__(self, ds, samples_mapping: np.ndarray, first_sentence: int, end_sentence: int,
+                 binary_head: bool = True, where: str | None = None) -> None:
+        """
+        Args:
+            ds: the sentence-level MMapIndexedDataset.
+            samples_mapping: int64 [n, 3] BertDataset.samples_mapping.
+            first_sentence, end_sentence: the split's sentences ``first .. end-1``.
+        """
+        self.ds, self.tokens = ds, ds.tokens
+        self.where = where or ds.path_prefix + ".bin"
+        self.first, self.end = int(first_sentence), int(end_sentence)
+        self.bounds = _sequence_bounds(ds)[self.first:self.end + 1]   # [sentences + 1]
+        self.mapping = np.asarray(samples_mapping, dtype=np.int64)
+        self.num_samples = len(self.mapping)
+        self.specials = 3 if binary_head else 2
+        if self.num_samples and (self.mapping[:, 0].min() < self.first
+                                 or self.mapping[:, 1].max() > self.end):
+            raise ValueError(f"{self.where}: the BERT samples mapping refers to sentences "
+                             f"outside the split {self.first}..{self.end - 1}")
+        sizes = np.diff(self.bounds)
+        empty = np.flatnonzero(sizes == 0)
+        if len(empty):
+            raise ValueError(f"{self.where}: sentence {self.first + int(empty[0])} is empty; BERT "
+                             "sample lengths need non-empty sentences (re-run preprocess_data.py)")
+
+    def group_sums(self, sentence_sums: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Sum of ``sentence_sums`` (int64 [sentences of the split]) over the sentence group of
+        each sample lo..hi-1, int64 [hi - lo]."""
+        prefix = np.zeros(len(sentence_sums) + 1, dtype=np.int64)
+        np.cumsum(sentence_sums, out=prefix[1:])
+        rows = self.mapping[lo:hi]
+        return prefix[rows[:, 1] - self.first] - prefix[rows[:, 0] - self.first]
+
+    def seqlen_and_kept(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seqlen, kept sentence tokens, group sentence tokens) of samples lo..hi-1, int64."""
+        group = self.group_sums(np.diff(self.bounds), lo, hi)
+        kept = np.minimum(group, self.mapping[lo:hi, 2])
+        return kept + self.specials, kept, group

@@ -32,7 +32,8 @@ def parse_args(extra_args_provider: Callable | None = None, ignore_unknown_args:
     parser = argparse.ArgumentParser(description="Megatron-style pretraining",
                                      allow_abbrev=False)
     for add in (_add_model_args, _add_parallel_args, _add_training_args,
-                _add_mixed_precision_args, _add_data_args, _add_logging_args):
+                _add_mixed_precision_args, _add_data_args, _add_logging_args,
+                _add_data_efficiency_args):
         add(parser)
     if extra_args_provider is not None:
         parser = extra_args_provider(parser)
@@ -41,6 +42,14 @@ def parse_args(extra_args_provider: Callable | None = None, ignore_unknown_args:
     else:
         parsed = parser.parse_args(args)
     return parsed
+
+
+def _add_data_efficiency_args(p: argparse.ArgumentParser) -> None:
+    """Curriculum learning and random-LTD flags (their modules own the definitions)."""
+    from megatron.data_efficiency.config import add_curriculum_args
+    from megatron.data_efficiency.random_ltd.config import add_random_ltd_args
+    add_curriculum_args(p)
+    add_random_ltd_args(p)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -266,17 +275,12 @@ def _derive_parallel(args: argparse.Namespace, errors: list[str]) -> None:
     if layers is not None and layers % pp != 0:
         errors.append(f"--num-layers ({layers}) must be divisible by "
                       f"--pipeline-model-parallel-size ({pp})")
-    args.virtual_pipeline_model_parallel_size = None
-    if args.num_layers_per_virtual_pipeline_stage is not None:
-        errors.append("--num-layers-per-virtual-pipeline-stage: the interleaved pipeline "
-                      "schedule is not available in this release")
+    _derive_virtual_pipeline(args, errors)
     if pp > 2 and (args.reset_position_ids or args.reset_attention_mask):
         errors.append("--reset-position-ids / --reset-attention-mask need "
                       "--pipeline-model-parallel-size <= 2 (middle stages read no data)")
     if args.sequence_parallel and tp == 1:
         args.sequence_parallel = False   # Megatron turns it off silently without TP
-    if args.use_distributed_optimizer and args.fp16:
-        errors.append("--use-distributed-optimizer does not support --fp16 (use --bf16)")
     mbs, dp = args.micro_batch_size, args.data_parallel_size
     if mbs is not None:
         if args.global_batch_size is None:
@@ -285,6 +289,32 @@ def _derive_parallel(args: argparse.Namespace, errors: list[str]) -> None:
             errors.append(f"--global-batch-size ({args.global_batch_size}) must be divisible by "
                           f"--micro-batch-size ({mbs}) x data-parallel size ({dp})")
         args.num_microbatches = max(1, args.global_batch_size // (mbs * dp))
+        if args.virtual_pipeline_model_parallel_size is not None \
+                and args.num_microbatches % pp != 0:
+            errors.append(f"--num-layers-per-virtual-pipeline-stage: the interleaved schedule "
+                          f"needs the micro-batches per step ({args.num_microbatches} = "
+                          f"--global-batch-size / (--micro-batch-size x data-parallel size)) "
+                          f"to be a multiple of --pipeline-model-parallel-size ({pp})")
+
+
+def _derive_virtual_pipeline(args: argparse.Namespace, errors: list[str]) -> None:
+    """``virtual_pipeline_model_parallel_size`` (model chunks per stage) from
+    ``--num-layers-per-virtual-pipeline-stage``, as Megatron derives it."""
+    args.virtual_pipeline_model_parallel_size = None
+    per_chunk, layers = args.num_layers_per_virtual_pipeline_stage, args.num_layers
+    if per_chunk is None:
+        return
+    pp = args.pipeline_model_parallel_size
+    if pp < 2:
+        errors.append("--num-layers-per-virtual-pipeline-stage needs "
+                      "--pipeline-model-parallel-size >= 2 (interleaved 1F1B)")
+    elif per_chunk < 1 or layers is None or layers % pp != 0 \
+            or (layers // pp) % per_chunk != 0:
+        errors.append(f"--num-layers-per-virtual-pipeline-stage ({per_chunk}) must divide the "
+                      f"layers per pipeline stage (--num-layers {layers} / "
+                      f"--pipeline-model-parallel-size {pp})")
+    else:
+        args.virtual_pipeline_model_parallel_size = layers // pp // per_chunk
 
 
 def _derive_training(args: argparse.Namespace) -> None:

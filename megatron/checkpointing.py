@@ -10,7 +10,11 @@ Every rank writes into ``iter_XXXXXXX.tmp``; after a barrier rank 0 renames that
 to its final name and then replaces the tracker file, so a crash at any point leaves the
 tracker pointing at a complete checkpoint. One file per (TP, PP) rank holds the model,
 optimizer, LR scheduler, RNG states of every DP rank, and ``extra_state`` (iteration,
-consumed samples / tokens, the data-efficiency runtime state).
+consumed samples / tokens, the data-efficiency runtime state). Under the interleaved
+schedule the model chunks are stored as ``model0``, ``model1``, ... (Megatron's names).
+The saved ``args`` always carry the layout (TP, PP, virtual PP) and the vocabulary sizes
+(``orig_vocab_size``, ``padded_vocab_size``) that ``tools/checkpoint_util.py`` needs to
+re-pad the vocabulary for another TP size.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ TRACKER = "latest_checkpointed_iteration.txt"
 _ARCH_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
                "padded_vocab_size", "position_embedding_type", "swiglu",
                "untie_embeddings_and_output_weights", "tensor_model_parallel_size",
-               "pipeline_model_parallel_size")
+               "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size")
 
 
 def _dist() -> bool:
@@ -132,6 +136,26 @@ def _publish(tmp_dir: str, final_dir: str, root: str, iteration: int) -> None:
     os.replace(tracker_tmp, os.path.join(root, TRACKER))
 
 
+def _saved_args(args: Namespace | None) -> dict | None:
+    """The run's flags plus the layout and vocabulary facts a converter needs."""
+    if args is None:
+        return None
+    saved = dict(vars(args))
+    saved.setdefault("tensor_model_parallel_size",
+                     parallel_state.get_tensor_model_parallel_world_size())
+    saved.setdefault("pipeline_model_parallel_size",
+                     parallel_state.get_pipeline_model_parallel_world_size())
+    saved.setdefault("virtual_pipeline_model_parallel_size",
+                     parallel_state.get_virtual_pipeline_model_parallel_world_size())
+    if saved.get("orig_vocab_size") is None and saved.get("vocab_size") is not None:
+        saved["orig_vocab_size"] = saved["vocab_size"]   # --vocab-size (no tokenizer)
+    return saved
+
+
+def _model_keys(num_chunks: int) -> list[str]:
+    return ["model"] if num_chunks == 1 else [f"model{i}" for i in range(num_chunks)]
+
+
 def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimizer,
                     opt_param_scheduler, extra_state: dict, *, save_dir: str,
                     save_optim: bool = True, save_rng: bool = True,
@@ -158,16 +182,13 @@ def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimiz
         optim_state = "sharded"
     if dp_rank == 0:
         state = {"iteration": iteration, "checkpoint_version": 3.0,
-                 "args": None if args is None else dict(vars(args)),
+                 "args": _saved_args(args),
                  "optimizer": optim_state, "rng_state": rng_states,
                  "opt_param_scheduler": (None if opt_param_scheduler is None
                                          else opt_param_scheduler.state_dict()),
                  "extra_state": extra_state}
-        chunks = [unwrap_model(m).state_dict() for m in model_chunks]
-        if len(chunks) == 1:
-            state["model"] = chunks[0]
-        else:
-            state.update({f"model{i}": sd for i, sd in enumerate(chunks)})
+        state.update({key: unwrap_model(m).state_dict()
+                      for key, m in zip(_model_keys(len(model_chunks)), model_chunks)})
         _atomic_save(state, path)
     _barrier()
     if _rank() == 0:
@@ -204,8 +225,13 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
                                 f"but {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=False)
     _check_args(state.get("args"), args, path)
-    for i, chunk in enumerate(model_chunks):
-        key = "model" if len(model_chunks) == 1 else f"model{i}"
+    keys = _model_keys(len(model_chunks))
+    if any(key not in state for key in keys):
+        held = sorted(k for k in state if k.startswith("model"))
+        raise ValueError(f"{path} holds model entries {held} but this run has "
+                         f"{len(model_chunks)} model chunk(s) (expects {keys}): load it with "
+                         "the --num-layers-per-virtual-pipeline-stage it was saved with")
+    for key, chunk in zip(keys, model_chunks):
         unwrap_model(chunk).load_state_dict(state[key], strict=True)
     if finetune:
         return 0, {}

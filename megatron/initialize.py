@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from megatron.arguments import ArgumentValidationError, parse_args, set_args, validate_args
 from megatron.core import parallel_state
+from megatron.core.tensor_parallel.layers import set_initialization_seed
 from megatron.core.tensor_parallel.random import model_parallel_seed
 
 _GLOBAL_TOKENIZER = None
@@ -52,6 +53,7 @@ def _build_tokenizer(args: argparse.Namespace):
                                     merge_file=args.merge_file,
                                     tokenizer_model=args.tokenizer_model,
                                     vocab_extra_ids=args.vocab_extra_ids)
+    args.orig_vocab_size = tokenizer.vocab_size   # saved in checkpoints (re-padding)
     args.padded_vocab_size = vocab_size_with_padding(
         tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
     return tokenizer
@@ -81,12 +83,17 @@ def _init_distributed(args: argparse.Namespace) -> None:
 
 def set_seeds(seed: int) -> None:
     """Seed python, numpy, torch and the tensor-parallel tracker; each pipeline stage gets
-    ``seed + 100 * pp_rank`` (Megatron's offset) so stages draw different dropout."""
-    seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    model_parallel_seed(seed)
+    ``seed + 100 * pp_rank`` (Megatron's offset) so stages draw different dropout.
+
+    Weights built with ``--use-cpu-initialization`` are keyed by the base ``seed`` (and
+    the parameter's global name), so they do not depend on the stage.
+    """
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(stage_seed)
+    np.random.seed(stage_seed)
+    torch.manual_seed(stage_seed)
+    model_parallel_seed(stage_seed)
+    set_initialization_seed(seed)
 
 
 def initialize_megatron(extra_args_provider: Callable | None = None,

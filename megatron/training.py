@@ -17,13 +17,14 @@ import torch.distributed as dist
 from megatron.arguments import optimizer_config_from_args, schedule_config_from_args
 from megatron.checkpointing import load_checkpoint, save_checkpoint
 from megatron.core import parallel_state
+from megatron.core.distributed.errors import collective_context
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
-from megatron.data_efficiency.runtime import DataEfficiencyConfig, DataEfficiencyRuntime
+from megatron.data_efficiency.runtime import DataEfficiencyRuntime, Parallelism, RunShape
 from megatron.initialize import initialize_megatron
 from megatron.optimizer import get_megatron_optimizer
 from megatron.optimizer_param_scheduler import OptimizerParamScheduler
-from megatron.training_data import MicrobatchFeed, build_train_valid_test_data_iterators
+from megatron.training_data import build_train_valid_test_data_iterators, microbatch_feeds
 from megatron.training_log import StepStats, TrainingLogger
 
 
@@ -43,7 +44,7 @@ class TrainState:
     def extra_state(self, runtime: DataEfficiencyRuntime) -> dict:
         return {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
                 "consumed_tokens": self.consumed_tokens,
-                "data_efficiency": runtime.state_dict()}
+                "data_efficiency": runtime.state_dict(self.iteration)}
 
 
 def _is_rank_zero() -> bool:
@@ -56,27 +57,106 @@ def print_rank_0(msg: str) -> None:
 
 
 def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torch.nn.Module]:
-    """This rank's model chunk(s), on the accelerator, wrapped for bf16/fp16."""
-    model = model_provider(pre_process=parallel_state.is_pipeline_first_stage(),
-                           post_process=parallel_state.is_pipeline_last_stage())
-    if torch.cuda.is_available():
-        model = model.cuda(torch.cuda.current_device())
-    if args.fp16 or args.bf16:
-        from megatron.model.module import Float16Module
-        model = Float16Module(model, args.params_dtype)
-    n = sum(p.numel() for p in model.parameters())
+    """This rank's model chunk(s), on the accelerator, wrapped for bf16/fp16.
+
+    Under interleaving (``--num-layers-per-virtual-pipeline-stage``) chunk ``i`` is built
+    with virtual pipeline rank ``i``: only chunk 0 of the first stage holds the embedding
+    and only the last chunk of the last stage the output layer, as in Megatron.
+    """
+    num_chunks = args.virtual_pipeline_model_parallel_size or 1
+    model = []
+    for i in range(num_chunks):
+        if args.virtual_pipeline_model_parallel_size is not None:
+            parallel_state.set_virtual_pipeline_model_parallel_rank(i)
+        chunk = model_provider(pre_process=parallel_state.is_pipeline_first_stage(),
+                               post_process=parallel_state.is_pipeline_last_stage())
+        if torch.cuda.is_available():
+            chunk = chunk.cuda(torch.cuda.current_device())
+        if args.fp16 or args.bf16:
+            from megatron.model.module import Float16Module
+            chunk = Float16Module(chunk, args.params_dtype)
+        model.append(chunk)
+    if args.virtual_pipeline_model_parallel_size is not None:
+        parallel_state.set_virtual_pipeline_model_parallel_rank(0)
+    n = sum(p.numel() for chunk in model for p in chunk.parameters())
     if parallel_state.get_data_parallel_rank() == 0:
         print(f" > number of parameters on (tensor, pipeline) model parallel rank "
               f"({parallel_state.get_tensor_model_parallel_rank()}, "
               f"{parallel_state.get_pipeline_model_parallel_rank()}): {n}", flush=True)
-    return [model]
+    return model
 
 
 def build_data_efficiency_runtime(args: argparse.Namespace) -> DataEfficiencyRuntime:
-    """The data-efficiency runtime for this run (plain: no curriculum, no random-LTD)."""
-    return DataEfficiencyRuntime(DataEfficiencyConfig(
-        global_batch_size=args.global_batch_size, seq_length=args.seq_length,
-        num_layers=args.num_layers, seed=args.seed))
+    """Curriculum learning and random-LTD for this run, from the flags or
+    ``--data-efficiency-config`` (plain runtime when neither is on)."""
+    from megatron.data_efficiency import config as de_config
+    from megatron.data_efficiency import random_ltd
+    cfg = de_config.config_from_args(args, args.seq_length)
+    section = cfg.random_ltd if isinstance(cfg.random_ltd, dict) else None
+    ltd_cfg = cfg.random_ltd if isinstance(cfg.random_ltd, random_ltd.RandomLTDConfig) else \
+        random_ltd.config_from_args(args, args.num_layers, args.seq_length, section)
+    ltd = random_ltd.RandomLTDScheduler(ltd_cfg, args.num_layers, args.seq_length, args.seed)
+    shape = RunShape(global_batch_size=args.global_batch_size, seq_length=args.seq_length,
+                     num_layers=args.num_layers, seed=args.seed,
+                     model_type=getattr(args, "model_type", "gpt"))
+    par = Parallelism(dp_rank=parallel_state.get_data_parallel_rank(),
+                      dp_size=parallel_state.get_data_parallel_world_size(),
+                      pp_size=parallel_state.get_pipeline_model_parallel_world_size())
+    if dist.is_initialized():
+        par.dp_group = parallel_state.get_data_parallel_group()
+        par.pp_group = parallel_state.get_pipeline_model_parallel_group()
+    runtime = DataEfficiencyRuntime(shape, cfg.curriculum, ltd, par,
+                                    index_fingerprint=lambda ds: _index_fingerprint(args, ds),
+                                    index_hint=lambda ds: _analyzer_command(args, ds))
+    _size_run_in_tokens(runtime, args)
+    return runtime
+
+
+def _index_fingerprint(args: argparse.Namespace, dataset) -> str:
+    """The fingerprint an analyzer index must carry to be used with this run's training
+    samples: it covers the data files and the sample maps (GPT: doc / sample / shuffle
+    index; BERT: the samples mapping), so the index numbers the samples as this run does."""
+    from megatron.data_efficiency.analyzer.analyzer import gpt_samples_fingerprint
+    from megatron.data_efficiency.analyzer.bert_samples import bert_samples_fingerprint
+    if not args.data_path or len(args.data_path) != 1:
+        raise ValueError("curriculum sampling over an analyzer index needs a single "
+                         f"--data-path prefix (given: {args.data_path})")
+    prefix = args.data_path[0]
+    if hasattr(dataset, "samples_mapping"):
+        return bert_samples_fingerprint(prefix, args.split, args.seq_length, args.seed,
+                                        dataset.samples_mapping)
+    if not hasattr(dataset, "shuffle_idx"):
+        raise ValueError(f"curriculum sampling needs a GPT or BERT training set, got "
+                         f"{type(dataset).__name__}")
+    return gpt_samples_fingerprint(prefix, args.split, args.seq_length, args.seed,
+                                   dataset.doc_idx, dataset.sample_idx, dataset.shuffle_idx)
+
+
+def _analyzer_command(args: argparse.Namespace, dataset) -> str:
+    """The analyzer run that indexes exactly this run's training samples."""
+    from megatron.training_data import train_valid_test_num_samples
+    bert = ""
+    if hasattr(dataset, "samples_mapping"):
+        bert = f"--model bert --short-seq-prob {args.short_seq_prob} " + \
+            ("--bert-no-binary-head " if args.bert_no_binary_head else "")
+    return (f"this run builds {len(dataset)} training samples; index them with: python "
+            f"tools/analyze_data.py --data-path {args.data_path[0]} --granularity sample "
+            f"{bert}--split {args.split} --seq-length {args.seq_length} --seed {args.seed} "
+            f"--train-samples {train_valid_test_num_samples(args)[0]} --metrics ... "
+            f"--save-path DIR")
+
+
+def _size_run_in_tokens(runtime: DataEfficiencyRuntime, args: argparse.Namespace) -> None:
+    """With ``--train-tokens``, count the steps the schedule really needs (curriculum and
+    random-LTD steps consume fewer tokens than ``global batch x seq length``), so the
+    datasets are sized for the whole run."""
+    if args.train_tokens is None:
+        return
+    steps = runtime.steps_for_tokens(args.train_tokens)
+    if steps is not None and steps != args.train_iters:
+        print_rank_0(f" > --train-tokens {args.train_tokens}: {steps} steps under the data-"
+                     f"efficiency schedule (nominal estimate was {args.train_iters})")
+        args.train_iters = steps
 
 
 def _run_schedule(forward_step_func, feed, model, args, forward_only, grad_scale_func,
@@ -100,15 +180,21 @@ def _average_losses(loss_dicts: list[dict]) -> dict[str, float]:
 def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                runtime: DataEfficiencyRuntime, state: TrainState,
                args: argparse.Namespace) -> StepStats:
-    """One optimizer step over ``num_microbatches`` micro-batches."""
+    """One optimizer step over ``num_microbatches`` micro-batches.
+
+    The collectives (schedule, gradient reductions, optimizer step) run inside
+    ``collective_context``: a failure there, such as a peer rank that died, is raised as
+    ``DistributedStepError("rank R: step N: ...")`` with N the logged iteration number.
+    """
     it = state.iteration
     optimizer.zero_grad()
     seq_length = runtime.seq_length_for_step(it)
-    feed = MicrobatchFeed(train_iterator, runtime, it, seq_length)
-    loss_dicts = _run_schedule(forward_step_func, feed, model, args, False, optimizer.scale_loss,
-                               seq_length)
-    finalize_model_grads(model)
-    ok, grad_norm, _ = optimizer.step()
+    feed = microbatch_feeds(train_iterator, runtime, it, seq_length, len(model))
+    with collective_context(it + 1):
+        loss_dicts = _run_schedule(forward_step_func, feed, model, args, False,
+                                   optimizer.scale_loss, seq_length)
+        finalize_model_grads(model)
+        ok, grad_norm, _ = optimizer.step()
     losses = _average_losses(loss_dicts) if loss_dicts else {}
     if not ok and not args.fp16:
         raise TrainingDivergedError(
@@ -133,16 +219,22 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
 
 
 def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], model,
-             args: argparse.Namespace) -> dict[str, float]:
+             args: argparse.Namespace, iteration: int | None = None) -> dict[str, float]:
     """Mean loss over ``--eval-iters`` batches read from a fresh iterator (the same
-    validation batches every time, so the curve is comparable across evaluations)."""
+    validation batches every time, so the curve is comparable across evaluations).
+
+    ``iteration`` (the training iteration evaluated) only labels errors: a failing
+    collective raises ``DistributedStepError("rank R: step eval ...: ...")``.
+    """
     for m in model:
         m.eval()
     iterator, loss_dicts = make_iterator(), []
-    for _ in range(args.eval_iters):
-        feed = MicrobatchFeed(iterator, None, 0, args.seq_length)
-        loss_dicts += _run_schedule(forward_step_func, feed, model, args, True, None,
-                                    args.seq_length)
+    where = "" if iteration is None else f" at iteration {iteration}"
+    for i in range(args.eval_iters):
+        feed = microbatch_feeds(iterator, None, 0, args.seq_length, len(model))
+        with collective_context(f"eval batch {i + 1}{where}"):
+            loss_dicts += _run_schedule(forward_step_func, feed, model, args, True, None,
+                                        args.seq_length)
     for m in model:
         m.train()
     return _average_losses(loss_dicts) if loss_dicts else {}
@@ -202,7 +294,8 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
             last_log = time.time()
         it = state.iteration
         if _eval_due(it, args, make_valid_iterator):
-            state.last_validation = evaluate(forward_step_func, make_valid_iterator, model, args)
+            state.last_validation = evaluate(forward_step_func, make_valid_iterator, model, args,
+                                             iteration=it)
             logger.validation(it, state.consumed_samples, state.consumed_tokens,
                               state.last_validation)
             last_log = time.time()   # evaluation time is not training time
@@ -242,9 +335,9 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     """
     args = initialize_megatron(extra_args_provider, args_defaults, args=argv)
     model = build_model(model_provider, args)
+    runtime = build_data_efficiency_runtime(args)
     optimizer = get_megatron_optimizer(model, optimizer_config_from_args(args))
     scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args))
-    runtime = build_data_efficiency_runtime(args)
     state = TrainState()
     if args.load:
         _, extra = load_checkpoint(model, optimizer, scheduler, load_dir=args.load,
@@ -270,11 +363,12 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
                          state, args, logger)
         if (finished and args.eval_iters > 0 and iterators[1] is not None
                 and not _eval_due(state.iteration, args, iterators[1])):
-            state.last_validation = evaluate(forward_step_func, iterators[1], model, args)
+            state.last_validation = evaluate(forward_step_func, iterators[1], model, args,
+                                             iteration=state.iteration)
             logger.validation(state.iteration, state.consumed_samples, state.consumed_tokens,
                               state.last_validation)
         if finished and args.eval_iters > 0 and iterators[2] is not None:
-            test = evaluate(forward_step_func, iterators[2], model, args)
+            test = evaluate(forward_step_func, iterators[2], model, args, iteration=state.iteration)
             logger.validation(state.iteration, state.consumed_samples, state.consumed_tokens,
                               test, prefix="test")
     finally:

@@ -40,11 +40,37 @@ class MicrobatchFeed:
         if self.runtime is not None:
             if self.iterator is not None:
                 batch = self.runtime.transform_batch(batch, self.iteration)
-            plan = self.runtime.token_drop_plan(self.iteration, self.microbatch)
+            plan = self.runtime.token_drop_plan(self.iteration, self.microbatch,
+                                                batch.get("seq_length", self.seq_length))
         batch["token_drop_plan"] = plan
         batch.setdefault("seq_length", self.seq_length)
         self.microbatch += 1
         return batch
+
+
+def microbatch_feeds(iterator: Iterator | None, runtime: DataEfficiencyRuntime | None,
+                     iteration: int, seq_length: int,
+                     num_chunks: int = 1) -> MicrobatchFeed | list[MicrobatchFeed]:
+    """The feed(s) for one step: one ``MicrobatchFeed``, or one per model chunk under the
+    interleaved schedule (``num_chunks`` > 1).
+
+    Only the first virtual stage (chunk 0 of the first stage) and the last one (the last
+    chunk of the last stage) read data; with two or more stages a rank holds at most one
+    of them, so this rank's single data iterator goes to that chunk and the other chunks'
+    feeds carry only the token-drop plan and the sequence length.
+    """
+    if num_chunks == 1:
+        return MicrobatchFeed(iterator, runtime, iteration, seq_length)
+    readers = set()
+    if parallel_state.is_pipeline_first_stage(ignore_virtual=True):
+        readers.add(0)
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        readers.add(num_chunks - 1)
+    if len(readers) > 1:
+        raise ValueError("interleaved pipeline: one rank holds both the first and the last "
+                         "virtual stage; use --pipeline-model-parallel-size >= 2")
+    return [MicrobatchFeed(iterator if c in readers else None, runtime, iteration, seq_length)
+            for c in range(num_chunks)]
 
 
 def train_valid_test_num_samples(args: argparse.Namespace) -> list[int]:
@@ -58,21 +84,24 @@ def train_valid_test_num_samples(args: argparse.Namespace) -> list[int]:
     return [train, valid, args.eval_iters * gbs]
 
 
-def _needs_data() -> bool:
-    """Only the first and the last pipeline stage read batches (tokens / labels)."""
-    return parallel_state.is_pipeline_first_stage() or parallel_state.is_pipeline_last_stage()
+def _needs_data(every_stage: bool = False) -> bool:
+    """Only the first and the last pipeline stage read batches (tokens / labels); with
+    interleaving, whatever model chunk is current. ``every_stage``: models whose middle
+    layers need the batch too (BERT's padding mask) read it on every stage."""
+    return (every_stage or parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+            or parallel_state.is_pipeline_last_stage(ignore_virtual=True))
 
 
-def _build_datasets(provider: Callable, sizes: list[int]):
+def _build_datasets(provider: Callable, sizes: list[int], every_stage: bool):
     """Rank 0 builds first (it writes the index caches), then the others read them."""
     initialized = dist.is_initialized()
     rank = dist.get_rank() if initialized else 0
     datasets = (None, None, None)
-    if rank == 0 and _needs_data():
+    if rank == 0 and _needs_data(every_stage):
         datasets = provider(sizes)
     if initialized:
         dist.barrier()
-    if rank != 0 and _needs_data():
+    if rank != 0 and _needs_data(every_stage):
         datasets = provider(sizes)
     return datasets
 
@@ -87,7 +116,8 @@ def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Nam
     themselves None when the split is empty.
     """
     sizes = train_valid_test_num_samples(args)
-    train_ds, valid_ds, test_ds = _build_datasets(provider, sizes)
+    every_stage = getattr(args, "model_type", "gpt") == "bert"
+    train_ds, valid_ds, test_ds = _build_datasets(provider, sizes, every_stage)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     loader_kwargs = dict(micro_batch_size=args.micro_batch_size, num_workers=args.num_workers,
@@ -98,7 +128,7 @@ def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Nam
                                               dp_rank, dp_size)
         train_iterator = _iterate(build_pretraining_data_loader(
             train_ds, consumed_samples, batch_sampler=sampler, **loader_kwargs))
-    elif _needs_data():
+    elif _needs_data(every_stage):
         raise ValueError("the datasets provider returned no training dataset")
 
     def maker(ds):

@@ -15,8 +15,10 @@ the counters) or with ``--no-load-optim --no-load-rng`` (continue the schedule).
 
 The vocabulary padding depends on TP (``--make-vocab-size-divisible-by`` x TP): padding
 rows are trimmed or added (zeros) to fit the target, which needs the real vocabulary size:
-``--true-vocab-size``, else the checkpoint's ``orig_vocab_size`` / ``vocab_size`` args,
-else the rows are kept when they already divide by the target TP.
+``--true-vocab-size``, else the checkpoint's ``orig_vocab_size`` (saved by every run of
+``megatron/checkpointing.py``) / ``vocab_size`` args, else the rows are kept when they
+already divide by the target TP. The converted checkpoint records ``orig_vocab_size``, so
+it can be converted again.
 """
 from __future__ import annotations
 
@@ -95,11 +97,19 @@ def template_specs(args: dict) -> dict[str, checkpoint_layout.ParamSpec]:
     return checkpoint_layout.param_specs(model)
 
 
+def real_vocab_size(args: dict, given: int | None) -> int | None:
+    """The real (unpadded) vocabulary size: the flag, else what the checkpoint recorded."""
+    return given or args.get("orig_vocab_size") or args.get("vocab_size")
+
+
 def target_vocab_rows(args: dict, rows: int, target_tp: int, true_vocab: int | None) -> int:
     """Padded vocabulary rows for the target TP (see the module docstring)."""
-    true_vocab = true_vocab or args.get("orig_vocab_size") or args.get("vocab_size")
+    true_vocab = real_vocab_size(args, true_vocab)
     multiple = int(args.get("make_vocab_size_divisible_by") or 1) * target_tp
     if true_vocab:
+        if int(true_vocab) > rows:
+            raise ValueError(f"the real vocabulary size {true_vocab} exceeds the checkpoint's "
+                             f"{rows} vocabulary rows: check --true-vocab-size")
         return -(-int(true_vocab) // multiple) * multiple
     if rows % target_tp == 0:
         return rows
@@ -135,7 +145,8 @@ def convert(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
     parts = checkpoint_layout.split_state_dict(full, specs, target_tp, target_pp,
                                                num_layers, tied)
     args.update(tensor_model_parallel_size=target_tp, pipeline_model_parallel_size=target_pp,
-                padded_vocab_size=new_rows)
+                virtual_pipeline_model_parallel_size=None, padded_vocab_size=new_rows,
+                orig_vocab_size=real_vocab_size(args, true_vocab_size))
     return _write(save_dir, iteration, parts, first, args, target_pp)
 
 

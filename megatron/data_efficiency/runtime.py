@@ -58,11 +58,14 @@ class DataEfficiencyRuntime:
         parallelism: this rank's DP / PP position and groups.
         index_fingerprint: ``fn(train_dataset) -> str``, the fingerprint the analyzer's
             index must carry for this run's training samples (None: not checked).
+        index_hint: ``fn(train_dataset) -> str``, how to build a matching index (added to
+            the error when the index does not match).
     """
 
     def __init__(self, shape: RunShape, curriculum=None, random_ltd=None,
                  parallelism: Parallelism | None = None,
-                 index_fingerprint: Callable[[Any], str] | None = None) -> None:
+                 index_fingerprint: Callable[[Any], str] | None = None,
+                 index_hint: Callable[[Any], str] | None = None) -> None:
         self.shape = shape
         self.par = parallelism or Parallelism()
         self.curriculum = curriculum if curriculum is not None and curriculum.enabled else None
@@ -72,6 +75,7 @@ class DataEfficiencyRuntime:
             self.transform = None
         self.random_ltd = random_ltd if random_ltd is not None and random_ltd.enabled else None
         self.index_fingerprint = index_fingerprint
+        self.index_hint = index_hint
         self.sampler = None
         self._sampler_state: dict | None = None
         self._observed: dict[int, list[BatchShape]] = {}   # seqreo: shapes seen this step
@@ -143,9 +147,14 @@ class DataEfficiencyRuntime:
             return None
         fingerprint = (self.index_fingerprint(dataset) if self.index_fingerprint is not None
                        else None)
-        self.sampler = build_sampler(self.curriculum, self.shape.global_batch_size,
-                                     micro_batch_size, dp_rank, dp_size, self.shape.seed,
-                                     expected_fingerprint=fingerprint)
+        try:
+            self.sampler = build_sampler(self.curriculum, self.shape.global_batch_size,
+                                         micro_batch_size, dp_rank, dp_size, self.shape.seed,
+                                         expected_fingerprint=fingerprint)
+        except ValueError as err:
+            if self.index_hint is None or "fingerprint" not in str(err):
+                raise
+            raise ValueError(f"{err}\n{self.index_hint(dataset)}") from None
         if self.sampler is not None and self._sampler_state is not None:
             self.sampler.load_state_dict(self._sampler_state)
         return self.sampler

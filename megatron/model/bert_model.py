@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.tensor_parallel.layers import init_scope, init_whole_weight
 from megatron.model.config import TransformerConfig
 from megatron.model.fused_layer_norm import LayerNorm
 from megatron.model.language_model import Embedding, parallel_lm_logits
@@ -25,16 +26,16 @@ def bert_extended_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def _replicated_linear(config: TransformerConfig, n_in: int, n_out: int,
                        sees_split_sequence: bool) -> nn.Linear:
-    """A small replicated layer initialised from the default RNG (equal on all TP ranks).
+    """A small replicated layer, keyed (use_cpu_initialization) or from the default RNG:
+    equal on all TP ranks either way.
 
     ``sees_split_sequence``: it runs on this rank's part of the sequence under
     --sequence-parallel, so its grads must be summed over the tensor-parallel group.
     """
     layer = nn.Linear(n_in, n_out, dtype=config.params_dtype)
     with torch.no_grad():
-        weight = torch.empty(n_out, n_in, dtype=torch.float32)
-        config.init_method(weight)
-        layer.weight.copy_(weight)
+        layer.weight.copy_(init_whole_weight((n_out, n_in), config.init_method,
+                                             keyed=config.use_cpu_initialization))
         layer.bias.zero_()
     for p in layer.parameters():
         p.sequence_parallel = config.sequence_parallel and sees_split_sequence
@@ -91,13 +92,15 @@ class BertModel(MegatronModule):
         self.transformer = ParallelTransformer(config, pre_process, post_process)
         self.lm_head = self.pooler = self.binary_head = None
         if post_process:
-            self.lm_head = BertLMHead(config)
-            if add_binary_head:
-                # both see the gathered [CLS] row: full grads on every rank
-                self.pooler = _replicated_linear(config, config.hidden_size, config.hidden_size,
-                                                 sees_split_sequence=False)
-                self.binary_head = _replicated_linear(config, config.hidden_size, 2,
-                                                      sees_split_sequence=False)
+            with init_scope("heads"):  # keyed like the layers: any stage builds the same
+                self.lm_head = BertLMHead(config)
+                if add_binary_head:
+                    # both see the gathered [CLS] row: full grads on every rank
+                    self.pooler = _replicated_linear(config, config.hidden_size,
+                                                     config.hidden_size,
+                                                     sees_split_sequence=False)
+                    self.binary_head = _replicated_linear(config, config.hidden_size, 2,
+                                                          sees_split_sequence=False)
         self.setup_output_embedding()
 
     def set_input_tensor(self, input_tensor) -> None:

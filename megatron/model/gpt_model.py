@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.tensor_parallel.layers import init_scope
 from megatron.model.config import TransformerConfig
 from megatron.model.language_model import Embedding, parallel_lm_logits
 from megatron.model.module import MegatronModule
@@ -35,9 +36,10 @@ class GPTModel(MegatronModule):
         self.transformer = ParallelTransformer(config, pre_process, post_process)
         self.output_layer = None
         if post_process and config.untie_embeddings_and_output_weights:
-            self.output_layer = tensor_parallel.ColumnParallelLinear(
-                config.hidden_size, config.padded_vocab_size, config=config,
-                init_method=config.init_method, bias=False)
+            with init_scope("output_layer"):
+                self.output_layer = tensor_parallel.ColumnParallelLinear(
+                    config.hidden_size, config.padded_vocab_size, config=config,
+                    init_method=config.init_method, bias=False)
         self.setup_output_embedding()
 
     def set_input_tensor(self, input_tensor) -> None:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.tensor_parallel.layers import init_scope, init_whole_weight
 from megatron.model.config import TransformerConfig
 from megatron.model.transformer import tp_rng_fork
 
@@ -23,22 +24,27 @@ class Embedding(nn.Module):
     def __init__(self, config: TransformerConfig, num_tokentypes: int = 0) -> None:
         super().__init__()
         self.config = config
-        self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
-            config.padded_vocab_size, config.hidden_size, init_method=config.init_method,
-            config=config)
-        self.position_embeddings = None
-        if config.position_embedding_type == "learned_absolute":
-            self.position_embeddings = self._table(config.max_position_embeddings)
-        self.tokentype_embeddings = self._table(num_tokentypes) if num_tokentypes > 0 else None
+        # Keyed by name (with use_cpu_initialization): the last pipeline stage builds its
+        # tied copy under the same scope (MegatronModule.setup_output_embedding).
+        with init_scope("embedding"):
+            self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
+                config.padded_vocab_size, config.hidden_size, init_method=config.init_method,
+                config=config)
+            self.position_embeddings = None
+            if config.position_embedding_type == "learned_absolute":
+                self.position_embeddings = self._table(config.max_position_embeddings)
+            self.tokentype_embeddings = \
+                self._table(num_tokentypes) if num_tokentypes > 0 else None
         self.embedding_dropout = config.hidden_dropout
 
     def _table(self, rows: int) -> nn.Embedding:
-        # Replicated tables use the default RNG, which is equal on all TP ranks.
+        # Replicated: keyed (use_cpu_initialization) or the default RNG, both equal on
+        # all TP ranks.
         table = nn.Embedding(rows, self.config.hidden_size, dtype=self.config.params_dtype)
         with torch.no_grad():
-            init = torch.empty(rows, self.config.hidden_size, dtype=torch.float32)
-            self.config.init_method(init)
-            table.weight.copy_(init)
+            table.weight.copy_(init_whole_weight((rows, self.config.hidden_size),
+                                                 self.config.init_method,
+                                                 keyed=self.config.use_cpu_initialization))
         return table
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None,

@@ -8,6 +8,7 @@ import torch.distributed as dist
 from torch import nn
 
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.tensor_parallel.layers import init_scope
 
 
 class MegatronModule(nn.Module):
@@ -25,9 +26,10 @@ class MegatronModule(nn.Module):
         if config.untie_embeddings_and_output_weights:
             return
         if self.post_process and not self.pre_process:
-            self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
-                config.padded_vocab_size, config.hidden_size, init_method=config.init_method,
-                config=config)
+            with init_scope("embedding"):  # the key of the first stage's table
+                self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
+                    config.padded_vocab_size, config.hidden_size,
+                    init_method=config.init_method, config=config)
             self.word_embeddings.weight.shared_embedding = True
         if self.pre_process and not self.post_process:
             self.embedding.word_embeddings.weight.shared_embedding = True

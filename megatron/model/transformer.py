@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.tensor_parallel.layers import init_scope
 from megatron.core.tensor_parallel.utils import divide
 from megatron.model.config import TransformerConfig
 from megatron.model.fused_layer_norm import LayerNorm
@@ -129,10 +130,12 @@ class ParallelTransformerLayer(nn.Module):
         self.sequence_parallel = config.sequence_parallel
         eps, sp = config.layernorm_epsilon, config.sequence_parallel
         self.input_layernorm = LayerNorm(config.hidden_size, eps, sp, config.params_dtype)
-        self.self_attention = ParallelAttention(config)
-        self.post_attention_layernorm = LayerNorm(config.hidden_size, eps, sp,
-                                                  config.params_dtype)
-        self.mlp = ParallelMLP(config)
+        # keyed by the global layer id: the same weights whichever stage builds the layer
+        with init_scope(f"layers.{layer_id}"):
+            self.self_attention = ParallelAttention(config)
+            self.post_attention_layernorm = LayerNorm(config.hidden_size, eps, sp,
+                                                      config.params_dtype)
+            self.mlp = ParallelMLP(config)
 
     def _dropout_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         # Sequence-parallel ranks hold different tokens: give them different masks.

@@ -75,12 +75,9 @@ def get_megatron_optimizer(model_chunks: list[torch.nn.Module],
     groups = get_param_groups(model_chunks)
     model_params = [p for g in groups for p in g["params"]]
     if config.use_distributed_optimizer:
-        if config.fp16:
-            raise ValueError("--use-distributed-optimizer does not support --fp16 loss scaling; "
-                             "use --bf16 or fp32")
         from megatron.core.distributed.distributed_optimizer import DistributedOptimizer
         inner = DistributedOptimizer(groups, lambda g, **_: _torch_optimizer(g, config),
-                                     clip_grad=config.clip_grad)
+                                     clip_grad=config.clip_grad, grad_scaler=_grad_scaler(config))
         return ShardedOptimizer(inner, model_params)
     if not (config.fp16 or config.bf16):
         return FP32Optimizer(_torch_optimizer(groups, config), config.clip_grad, model_params)

@@ -170,6 +170,7 @@ class ShardedOptimizer(MegatronOptimizer):
 
     def __init__(self, distributed_optimizer, model_params: list[torch.nn.Parameter]) -> None:
         super().__init__(distributed_optimizer, distributed_optimizer.clip_grad, model_params)
+        self.grad_scaler = distributed_optimizer.grad_scaler    # fp16: the shards share one scale
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()

@@ -4,6 +4,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.core import parallel_state as ps
+from megatron.initialize import set_seeds
 from megatron.model import GPTModel, TransformerConfig
 from tests.dist_utils import run_distributed
 
@@ -100,16 +101,14 @@ def _check_tp2(results):
 def _pp2_worker(rank, world_size, state):
     ps.initialize_model_parallel(1, 2)
     first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
-    torch.manual_seed(SEED + 100 * rank)  # stages seeded differently, as in training
+    set_seeds(SEED)  # torch seeded SEED + 100 * stage, as in training
     model = GPTModel(_config(), pre_process=first, post_process=last)
     shared = model.shared_embedding_weight()
     synced = torch.equal(shared, state["embedding.word_embeddings.weight"])
-    own = {}
-    for name in model.state_dict():
+    for name, value in model.state_dict().items():  # keyed init: the TP1 model's weights
         src = name.replace("transformer.layers.0.", "transformer.layers.1.") if last else name
         src = "embedding.word_embeddings.weight" if name == "word_embeddings.weight" else src
-        own[name] = state[src]
-    model.load_state_dict(own)
+        synced = synced and torch.equal(value, state[src])
     tokens, labels, pos = _batch()
     if first:
         hidden = model(tokens, pos, None)
@@ -137,7 +136,7 @@ def _check_pp2(results):
     torch.manual_seed(SEED)
     ref = GPTModel(_config())
     ref_loss = _run(ref)
-    # stage 0 is seeded like ref; stage 1's copy must be synchronised at construction
+    # each stage builds exactly its part of ref (and the same tied embedding)
     (s0, m0, _, g0), (s1, m1, loss, g1) = results
     assert s0 and s1 and m0 and m1
     assert torch.allclose(torch.from_numpy(loss), ref_loss, atol=1e-5)

@@ -2,9 +2,11 @@
 
 Both sides drive the same parts directly (no pretrain()): GPTModel, the schedule from
 ``get_forward_backward_func``, ``finalize_model_grads`` and ``get_megatron_optimizer``.
-The partitioned model is loaded with the single-process model's initial weights (split
-with ``checkpoint_layout``), so any difference afterwards comes from the parallel code.
-Dropout is off: dropout masks legitimately differ between layouts.
+Each rank builds its part of the model itself, seeded as training seeds it
+(``set_seeds``: torch seed + 100 x pipeline rank) with ``use_cpu_initialization``, and
+reports its initial weights, which must equal the single-process model's: the layout
+changes nothing about the starting point. Dropout is off: dropout masks legitimately
+differ between layouts.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from megatron.core import parallel_state
 from megatron.core.distributed import checkpoint_layout
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
-from megatron.core.tensor_parallel.random import model_parallel_seed
+from megatron.initialize import set_seeds
 from megatron.model.config import TransformerConfig
 from megatron.model.gpt_model import GPTModel
 from megatron.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -34,11 +36,13 @@ class Layout:
     micro_batch_size: int = 2
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
+    vp: int | None = None   # model chunks per stage (interleaved 1F1B)
 
     @property
     def name(self) -> str:
         extra = ("+SP" if self.sequence_parallel else "") + \
-            ("+distopt" if self.distributed_optimizer else "")
+            ("+distopt" if self.distributed_optimizer else "") + \
+            (f"xV{self.vp}" if self.vp else "")
         return f"TP{self.tp}xPP{self.pp}xDP{self.dp}/{self.num_microbatches}mb{extra}"
 
 
@@ -86,20 +90,22 @@ def forward_step(data_iterator, model):
     return output, loss_func
 
 
-def train(model, layout: Layout, dp_rank: int) -> tuple[list[list[float]], list[float]]:
+def train(chunks: list, layout: Layout, dp_rank: int) -> tuple[list[list[float]], list[float]]:
     """STEPS training steps; returns (per-micro-batch losses per step, grad norms)."""
-    optimizer = get_megatron_optimizer([model], optimizer_config(layout))
+    optimizer = get_megatron_optimizer(chunks, optimizer_config(layout))
     schedule = get_forward_backward_func()
     losses, norms = [], []
     per_rank = layout.micro_batch_size * layout.num_microbatches
     for step in range(STEPS):
         tokens = global_batch(step, layout)[dp_rank * per_rank:(dp_rank + 1) * per_rank]
         optimizer.zero_grad()
+        # one iterator per chunk (each yields the step's micro-batches), as Megatron does
+        feeds = [iter(microbatches(tokens, layout.micro_batch_size)) for _ in chunks]
         loss_dicts = schedule(forward_step_func=forward_step,
-                              data_iterator=iter(microbatches(tokens, layout.micro_batch_size)),
-                              model=[model], num_microbatches=layout.num_microbatches,
+                              data_iterator=feeds if layout.vp else feeds[0],
+                              model=chunks, num_microbatches=layout.num_microbatches,
                               seq_length=SEQ, micro_batch_size=layout.micro_batch_size)
-        finalize_model_grads([model])
+        finalize_model_grads(chunks)
         ok, norm, _ = optimizer.step()
         if not ok:
             raise RuntimeError(f"{layout.name}: optimizer step {step} was skipped")
@@ -115,33 +121,57 @@ def reference(layout: Layout) -> dict:
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     whole = Layout(num_microbatches=layout.num_microbatches * layout.dp,
                    micro_batch_size=layout.micro_batch_size)
-    losses, norms = train(model, whole, 0)
+    losses, norms = train([model], whole, 0)
     return {"initial": initial, "specs": checkpoint_layout.param_specs(model),
             "losses": losses, "norms": norms, "final": model.state_dict()}
 
 
-def run_layout(layout: Layout, initial: dict, specs: dict) -> dict:
-    """On one rank: build this rank's part of the model from ``initial`` and train it."""
-    parallel_state.initialize_model_parallel(layout.tp, layout.pp)
+def _build_chunks(layout: Layout) -> list[GPTModel]:
+    """This rank's model chunk(s), built as ``megatron.training.build_model`` builds them."""
+    if layout.vp is None:
+        return [GPTModel(model_config(layout), pre_process=parallel_state.is_pipeline_first_stage(),
+                         post_process=parallel_state.is_pipeline_last_stage())]
+    chunks = []
+    for i in range(layout.vp):
+        parallel_state.set_virtual_pipeline_model_parallel_rank(i)
+        chunks.append(GPTModel(model_config(layout),
+                               pre_process=parallel_state.is_pipeline_first_stage(),
+                               post_process=parallel_state.is_pipeline_last_stage()))
+    parallel_state.set_virtual_pipeline_model_parallel_rank(0)
+    return chunks
+
+
+def stage_states(result: dict, layout: Layout, key: str) -> dict:
+    """``{(tp, virtual stage): state dict}`` of one rank's chunks (virtual stage
+    ``c * PP + pp``), so interleaved layouts merge like a ``PP x V``-stage pipeline."""
+    return {(result["tp"], c * layout.pp + result["pp"]): sd
+            for c, sd in enumerate(result[key])}
+
+
+def run_layout(layout: Layout) -> dict:
+    """On one rank: build this rank's part of the model, seeded as training does, and
+    train it; returns its initial and final weights, losses and grad norms."""
+    parallel_state.initialize_model_parallel(layout.tp, layout.pp, layout.vp)
     try:
-        model_parallel_seed(SEED)
-        tp_rank = parallel_state.get_tensor_model_parallel_rank()
-        pp_rank = parallel_state.get_pipeline_model_parallel_rank()
-        model = GPTModel(model_config(layout),
-                         pre_process=parallel_state.is_pipeline_first_stage(),
-                         post_process=parallel_state.is_pipeline_last_stage())
-        parts = checkpoint_layout.split_state_dict(initial, specs, layout.tp, layout.pp,
-                                                   LAYERS, tied_embeddings=True)
-        model.load_state_dict(parts[(tp_rank, pp_rank)], strict=True)
+        set_seeds(SEED)
+        chunks = _build_chunks(layout)
+        initial = [{k: v.clone() for k, v in c.state_dict().items()} for c in chunks]
         dp_rank = parallel_state.get_data_parallel_rank()
-        losses, norms = train(model, layout, dp_rank)
-        return {"tp": tp_rank, "pp": pp_rank, "dp": dp_rank, "rank": dist.get_rank(),
-                "losses": losses, "norms": norms,
-                "state": {k: v.clone() for k, v in model.state_dict().items()}}
+        losses, norms = train(chunks, layout, dp_rank)
+        return {"tp": parallel_state.get_tensor_model_parallel_rank(),
+                "pp": parallel_state.get_pipeline_model_parallel_rank(), "dp": dp_rank,
+                "rank": dist.get_rank(), "losses": losses, "norms": norms, "initial": initial,
+                "state": [{k: v.clone() for k, v in c.state_dict().items()} for c in chunks]}
     finally:
         parallel_state.destroy_model_parallel()
 
 
-def layouts_worker(rank: int, world_size: int, cases: list[tuple[Layout, dict, dict]]) -> list:
-    """Run every (layout, initial weights, specs) case in turn on this rank."""
-    return [run_layout(layout, initial, specs) for layout, initial, specs in cases]
+def layouts_worker(rank: int, world_size: int, layouts: list[Layout]) -> list:
+    """Run every layout in turn on this rank."""
+    return [run_layout(layout) for layout in layouts]
+
+
+def jobs_worker(rank: int, world_size: int, jobs: list[tuple]) -> list:
+    """Run several ``(worker, *args)`` jobs in one spawn (starting ranks is the slow part):
+    ``worker(rank, world_size, *args)`` each, results in order."""
+    return [worker(rank, world_size, *args) for worker, *args in jobs]

@@ -16,7 +16,6 @@ from megatron.core import parallel_state
 from megatron.core.distributed import checkpoint_layout
 from megatron.core.tensor_parallel.random import model_parallel_seed
 from megatron.model.gpt_model import GPTModel
-from tests.dist_utils import run_distributed
 from tests.parallel.gpt_harness import LAYERS, SEED, Layout, model_config
 
 _TOOL = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "tools", "checkpoint_util.py")
@@ -36,13 +35,13 @@ def _args(tp: int, pp: int) -> Namespace:
                      make_vocab_size_divisible_by=8, vocab_size=None)
 
 
-def _reference_weights() -> tuple[dict, dict]:
+def reference_weights() -> tuple[dict, dict]:
     torch.manual_seed(SEED)
     model = GPTModel(model_config(Layout()))
     return model.state_dict(), checkpoint_layout.param_specs(model)
 
 
-def _save_tp2(rank: int, world_size: int, save_dir: str, full: dict, specs: dict) -> None:
+def save_tp2(rank: int, world_size: int, save_dir: str, full: dict, specs: dict) -> None:
     parallel_state.initialize_model_parallel(2, 1)
     model_parallel_seed(SEED)
     model = GPTModel(model_config(Layout()))
@@ -58,13 +57,11 @@ def _model_file(root: str, name: str) -> dict:
                       weights_only=False)
 
 
-@pytest.fixture(scope="module")
-def tp2_checkpoint(tmp_path_factory) -> tuple[str, dict]:
-    """A TP2 checkpoint of the reference weights, saved by 2 ranks (once per module)."""
-    full, specs = _reference_weights()
-    src = str(tmp_path_factory.mktemp("ckpt") / "tp2")
-    run_distributed(_save_tp2, 2, src, full, specs, timeout_s=120)
-    return src, full
+@pytest.fixture
+def tp2_checkpoint(two_rank_spawn) -> tuple[str, dict]:
+    """A TP2 checkpoint of the reference weights, saved by save_tp2 on 2 ranks (in the
+    shared spawn, conftest.py)."""
+    return two_rank_spawn["tp2_checkpoint"]
 
 
 def test_tp2_checkpoint_converts_to_tp1_and_back(tmp_path, tp2_checkpoint):
@@ -112,3 +109,34 @@ def test_vocab_is_repadded_and_bad_targets_are_rejected(tmp_path, tp2_checkpoint
         tool.convert(src, str(tmp_path / "bad"), 1, 3)
     with pytest.raises(FileNotFoundError, match="latest_checkpointed_iteration.txt"):
         tool.convert(str(tmp_path), str(tmp_path / "bad"), 1, 1)
+
+
+def test_saved_orig_vocab_size_repads_without_the_flag(tmp_path):
+    """A run with a real tokenizer (no --vocab-size) of 50 tokens pads to 56 rows under
+    TP1 and to 64 under TP2 (--make-vocab-size-divisible-by 8). The checkpoint's args carry
+    ``orig_vocab_size``, so TP1 -> TP2 -> TP1 re-pads with no --true-vocab-size."""
+    from megatron.initialize import _build_tokenizer
+    run = Namespace(tokenizer_type="NullTokenizer", vocab_size=50,
+                    make_vocab_size_divisible_by=8, tensor_model_parallel_size=1)
+    _build_tokenizer(run)
+    assert (run.orig_vocab_size, run.padded_vocab_size) == (50, 56)
+    config = dataclasses.replace(model_config(Layout()), padded_vocab_size=56)
+    torch.manual_seed(SEED)
+    model = GPTModel(config)
+    args = vars(_args(1, 1)) | {"padded_vocab_size": 56, "orig_vocab_size": 50,
+                                "vocab_size": None}   # as a tokenizer run leaves them
+    src, tp2, back = (str(tmp_path / n) for n in ("tp1", "tp2", "back"))
+    save_checkpoint(7, [model], None, None, {}, save_dir=src, args=Namespace(**args))
+    saved = _model_file(src, "mp_rank_00")["args"]
+    assert (saved["orig_vocab_size"], saved["tensor_model_parallel_size"]) == (50, 1)
+    tool = _tool()
+    tool.main(["--load-dir", src, "--save-dir", tp2, "--target-tensor-parallel-size", "2",
+               "--target-pipeline-parallel-size", "1"])
+    emb = _model_file(tp2, "mp_rank_01")["model"]["embedding.word_embeddings.weight"]
+    assert emb.shape[0] == 32 and not emb[56 - 32:].any()     # rows 56..63: zero padding
+    tool.main(["--load-dir", tp2, "--save-dir", back, "--target-tensor-parallel-size", "1",
+               "--target-pipeline-parallel-size", "1"])
+    again = _model_file(back, "mp_rank_00")
+    assert again["args"]["padded_vocab_size"] == 56 and again["args"]["orig_vocab_size"] == 50
+    for key, value in model.state_dict().items():
+        assert torch.equal(again["model"][key], value), key

@@ -18,7 +18,6 @@ from megatron.core import parallel_state
 from megatron.core.distributed.distributed_optimizer import DistributedOptimizer
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.optimizer.grad_scaler import ConstantGradScaler
-from tests.dist_utils import run_distributed
 
 OPT = dict(lr=0.05, betas=(0.9, 0.95), eps=1e-8)
 CLIP, STEPS, BATCH = 0.5, 3, 8
@@ -77,7 +76,7 @@ def _train(model, opt, rank, steps):
     return weights, norms
 
 
-def _worker(rank: int, world_size: int) -> dict:
+def worker(rank: int, world_size: int) -> dict:
     parallel_state.initialize_model_parallel(1, 1)
     model = _model()
     opt = DistributedOptimizer(_groups(model), _adamw, clip_grad=CLIP)
@@ -115,8 +114,8 @@ def _worker(rank: int, world_size: int) -> dict:
             "scaled": scaled_weights, "skipped": skipped and unchanged}
 
 
-def test_distributed_optimizer_matches_adamw_and_resumes_exactly():
-    results = run_distributed(_worker, 2)
+def test_distributed_optimizer_matches_adamw_and_resumes_exactly(two_rank_spawn):
+    results = two_rank_spawn["distopt"]  # worker() on DP2, in the shared spawn (conftest.py)
     ref_weights, ref_norms = _reference()
     for result in results:
         for step in range(STEPS):

@@ -1,9 +1,11 @@
 """GPT under TP / PP / DP layouts matches the single-process model, step by step.
 
-For each layout: 3 optimizer steps from the same initial weights and the same global
-batches; the loss of every micro-batch at every step, the (clipped) global gradient norm,
-and all weights after the last step must equal the single-process run to fp32 tolerance.
-The layouts of one world size share one spawn (starting ranks is the slow part).
+For each layout: every rank builds its part with the same seed (--use-cpu-initialization)
+and must hold exactly the single-process model's initial weights; then 3 optimizer steps
+over the same global batches: the loss of every micro-batch at every step, the (clipped)
+global gradient norm, and all weights after the last step must equal the single-process
+run to fp32 tolerance. The layouts of one world size share one spawn (starting ranks is
+the slow part).
 """
 from __future__ import annotations
 
@@ -12,16 +14,20 @@ import torch
 
 from megatron.core.distributed import checkpoint_layout
 from tests.dist_utils import run_distributed
-from tests.parallel.gpt_harness import LAYERS, Layout, layouts_worker, reference
+from tests.parallel.gpt_harness import (LAYERS, Layout, jobs_worker, layouts_worker, reference,
+                                        stage_states)
+from tests.parallel.test_pipeline_toy import check_interleaved, interleaved_worker
 
 RTOL, ATOL = 1e-4, 1e-5
 
-TWO_RANKS = [Layout(tp=2), Layout(pp=2, num_microbatches=4), Layout(dp=2),
+TWO_RANKS = [Layout(tp=2), Layout(pp=2, num_microbatches=4), Layout(pp=2, vp=2, num_microbatches=4),
+             Layout(dp=2),
              Layout(dp=2, distributed_optimizer=True), Layout(tp=2, sequence_parallel=True)]
 FOUR_RANKS = [Layout(tp=2, pp=2), Layout(tp=2, dp=2),
               Layout(tp=2, dp=2, distributed_optimizer=True),
               Layout(pp=2, dp=2, num_microbatches=3, distributed_optimizer=True),
-              Layout(tp=2, pp=2, sequence_parallel=True)]
+              Layout(tp=2, pp=2, sequence_parallel=True),
+              Layout(tp=2, pp=2, vp=2, num_microbatches=4)]
 
 
 def _check(layout: Layout, ref: dict, results: list[dict]) -> None:
@@ -38,36 +44,52 @@ def _check(layout: Layout, ref: dict, results: list[dict]) -> None:
                                    rtol=RTOL, atol=ATOL, msg=lambda m: f"{name} losses: {m}")
     for r in results:  # data-parallel replicas hold identical weights
         twin = next(o for o in results if o["tp"] == r["tp"] and o["pp"] == r["pp"])
-        for key, value in r["state"].items():
-            assert torch.equal(value, twin["state"][key]), f"{name}: DP replicas differ at {key}"
-    parts = {(r["tp"], r["pp"]): r["state"] for r in results if r["dp"] == 0}
+        for chunk, twin_chunk in zip(r["state"], twin["state"]):
+            for key, value in chunk.items():
+                assert torch.equal(value, twin_chunk[key]), f"{name}: DP replicas differ at {key}"
+    expected = checkpoint_layout.split_state_dict(
+        ref["initial"], ref["specs"], layout.tp, layout.pp * (layout.vp or 1), LAYERS,
+        tied_embeddings=True)
+    for r in results:  # the layout changes nothing about the starting point
+        for (tp, stage), part in stage_states(r, layout, "initial").items():
+            full = expected[(tp, stage)]
+            assert part.keys() == full.keys(), name
+            for key, value in part.items():
+                assert torch.equal(value, full[key]), f"{name}: initial {key} (stage {stage})"
+    parts = {k: v for r in results if r["dp"] == 0
+             for k, v in stage_states(r, layout, "state").items()}
     merged = checkpoint_layout.merge_state_dicts(parts, ref["specs"], LAYERS)
     assert merged.keys() == ref["final"].keys()
     for key, value in ref["final"].items():
         torch.testing.assert_close(merged[key], value, rtol=RTOL, atol=ATOL,
                                    msg=lambda m: f"{name} weight {key}: {m}")
         if layout.pp > 1 and key == checkpoint_layout.WORD_EMBEDDING_KEY:
-            last = parts[(0, layout.pp - 1)][checkpoint_layout.TIED_COPY_KEY]
+            last = parts[(0, max(parts)[1])][checkpoint_layout.TIED_COPY_KEY]
             first = parts[(0, 0)][checkpoint_layout.WORD_EMBEDDING_KEY]
             torch.testing.assert_close(last, first, rtol=0, atol=0,
                                        msg=lambda m: f"{name}: tied embedding copies drifted: {m}")
 
 
-def _run(layouts: list[Layout], world_size: int) -> None:
-    refs = [reference(layout) for layout in layouts]
-    for ref in refs:  # the weights really moved, so matching them means something
+def _check_all(layouts: list[Layout], per_rank: list[list[dict]]) -> None:
+    """``per_rank[rank][i]``: layout ``i``'s result on ``rank``."""
+    for i, layout in enumerate(layouts):
+        ref = reference(layout)
+        # the weights really moved, so matching them means something
         moved = max((ref["final"][k] - ref["initial"][k]).abs().max().item() for k in ref["final"])
         assert moved > 100 * ATOL
-    cases = [(layout, ref["initial"], ref["specs"]) for layout, ref in zip(layouts, refs)]
-    per_rank = run_distributed(layouts_worker, world_size, cases, timeout_s=240)
-    for i, (layout, ref) in enumerate(zip(layouts, refs)):
         _check(layout, ref, [results[i] for results in per_rank])
 
 
-def test_two_rank_layouts_match_single_process():
-    _run(TWO_RANKS, 2)
+def test_two_rank_layouts_match_single_process(two_rank_spawn):
+    _check_all(TWO_RANKS, two_rank_spawn["layouts"])  # run in the shared spawn (conftest.py)
 
 
 @pytest.mark.slow
 def test_four_rank_layouts_match_single_process():
-    _run(FOUR_RANKS, 4)
+    """Also, in the same spawn, the toy interleaved 1F1B over 4 stages (test_pipeline_toy),
+    where the activation sent by the last stage wraps around to the first."""
+    counts = [8, 4]
+    jobs = [(layouts_worker, FOUR_RANKS), (interleaved_worker, counts)]
+    per_rank = run_distributed(jobs_worker, 4, jobs, timeout_s=240)
+    _check_all(FOUR_RANKS, [r[0] for r in per_rank])
+    check_interleaved(4, counts, [r[1] for r in per_rank])

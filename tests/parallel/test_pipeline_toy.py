@@ -1,17 +1,19 @@
 """1F1B schedule, p2p exchange and gradient finalisation on a toy model (no GPTModel).
 
-One spawn of 2 gloo ranks runs three checks, each against a single-process reference
-computed in the parent with the same seed:
+On 2 gloo ranks (in the spawn shared through conftest.py) these checks run, each against
+a single-process reference computed in the parent with the same seed:
 * PP2 with 4 micro-batches under 1F1B: per-micro-batch losses and every gradient;
 * DP2: the bucketed data-parallel all-reduce gives the full-batch gradient;
-* PP2: the tied-embedding all-reduce sums the copies of the first and last stage.
-Then interleaved 1F1B (2 chunks per stage) on 2 and 4 ranks, training and forward-only.
+* PP2: the tied-embedding all-reduce sums the copies of the first and last stage;
+* interleaved 1F1B (2 chunks per stage) with 4, 2 and 6 micro-batches, training and
+  forward-only.
+Interleaving over 4 stages (``check_interleaved(4, ...)``) runs in the 4-rank spawn of
+test_gpt_layouts.py.
 """
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-import pytest
 import torch
 from torch import nn
 
@@ -19,7 +21,6 @@ from megatron.core import parallel_state
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.pipelined_schedules import (
     forward_backward_pipelining_without_interleaving)
-from tests.dist_utils import run_distributed
 
 HIDDEN, SEQ, MBS, NUM_MB, LAYERS = 8, 5, 3, 4, 4
 
@@ -113,13 +114,17 @@ def _check_embedding(rank: int) -> torch.Tensor:
     return torch.stack([weight.grad, model.layers[1].weight.grad])
 
 
-def _worker(rank: int, world_size: int) -> dict:
+TWO_STAGE_INTERLEAVED = [4, 2, 6]
+
+
+def worker(rank: int, world_size: int) -> dict:
     return {"pipeline": _check_pipeline(rank), "dp": _check_data_parallel(rank),
-            "embedding": _check_embedding(rank)}
+            "embedding": _check_embedding(rank),
+            "interleaved": interleaved_worker(rank, world_size, TWO_STAGE_INTERLEAVED)}
 
 
-def test_1f1b_data_parallel_and_embedding_grads_match_single_process():
-    results = run_distributed(_worker, 2)
+def test_1f1b_data_parallel_and_embedding_grads_match_single_process(two_rank_spawn):
+    results = two_rank_spawn["pipeline"]  # the worker above, in the shared spawn (conftest.py)
     ref_losses, ref_grads = _reference()
 
     # 1F1B: the last stage reports every micro-batch's loss; each stage owns half the grads.
@@ -142,6 +147,8 @@ def test_1f1b_data_parallel_and_embedding_grads_match_single_process():
     for rank, result in enumerate(results):
         assert torch.all(result["embedding"][0] == 3.0)
         assert torch.all(result["embedding"][1] == rank + 1)
+
+    check_interleaved(2, TWO_STAGE_INTERLEAVED, [r["interleaved"] for r in results])
 
 
 def _interleaved_run(stages: int, num_microbatches: int) -> dict:
@@ -167,7 +174,8 @@ def _interleaved_run(stages: int, num_microbatches: int) -> dict:
             "eval": [d["lm loss"].item() for d in eval_losses], "grads": grads}
 
 
-def _interleaved_worker(rank: int, world_size: int, microbatch_counts: list[int]) -> list[dict]:
+def interleaved_worker(rank: int, world_size: int,
+                       microbatch_counts: list[int]) -> list[dict]:
     return [_interleaved_run(world_size, m) for m in microbatch_counts]
 
 
@@ -186,10 +194,8 @@ def _reference_for(num_layers: int, num_microbatches: int):
     return losses, [[p.grad.clone() for p in layer.parameters()] for layer in layers]
 
 
-@pytest.mark.parametrize("stages, microbatch_counts", [(2, [4, 2, 6]), (4, [8, 4])])
-def test_interleaved_1f1b_matches_single_process(stages, microbatch_counts):
+def check_interleaved(stages: int, microbatch_counts: list[int], per_rank: list) -> None:
     """M > P (steady state), M == P (all warmup); P = 2 (next == prev) and P = 4 (wrap)."""
-    per_rank = run_distributed(_interleaved_worker, stages, microbatch_counts)
     for i, num_microbatches in enumerate(microbatch_counts):
         results = [r[i] for r in per_rank]
         ref_losses, ref_grads = _reference_for(2 * stages, num_microbatches)
@@ -201,3 +207,4 @@ def test_interleaved_1f1b_matches_single_process(stages, microbatch_counts):
             for layer_id, grads in result["grads"].items():
                 for got, ref in zip(grads, ref_grads[layer_id]):
                     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+

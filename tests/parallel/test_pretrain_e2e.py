@@ -1,16 +1,20 @@
 """pretrain_gpt.py's real pretrain() on 2 gloo ranks (torchrun-style env) against 1 rank.
 
-A tiny random-token corpus, dropout off, --use-cpu-initialization: TP2 and DP2 (with the
-distributed optimizer) must log the same per-step lm loss as the single-process run, and
-PP2 (1F1B over 4 micro-batches) must train and report its losses on the last stage.
+A tiny random-token corpus, dropout off, --use-cpu-initialization (so every layout starts
+from the single-process weights): TP2, DP2 (with the distributed optimizer), PP2 (1F1B over
+4 micro-batches) and PP2 x V2 (interleaved 1F1B, --num-layers-per-virtual-pipeline-stage 1)
+must log the same per-step lm loss as the single-process run; the interleaved run's
+checkpoint stores the two model chunks as model0 / model1 and resumes from them.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import torch
 
 from megatron.data.indexed_dataset import MMapIndexedDatasetBuilder
-from tests.dist_utils import run_distributed
 
 ITERS = 3
 
@@ -29,15 +33,15 @@ def _flags(prefix: str, extra: list[str]) -> list[str]:
             "--seq-length", "16", "--max-position-embeddings", "16", "--vocab-size", "64",
             "--make-vocab-size-divisible-by", "32",
             "--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "3e-3",
-            "--adam-eps", "1e-3", "--train-iters", str(ITERS), "--eval-iters", "0",
+            "--adam-eps", "1e-3", "--train-iters", str(ITERS), "--eval-iters", "1",
             "--log-interval", "1", "--hidden-dropout", "0", "--attention-dropout", "0",
             "--use-cpu-initialization", "--distributed-timeout-minutes", "1",
-            "--data-path", prefix, "--split", "100,0,0", "--seed", "7", "--num-workers", "0",
+            "--data-path", prefix, "--split", "80,20,0", "--seed", "7", "--num-workers", "0",
             *extra]
 
 
 def _pretrain_worker(rank: int, world_size: int, prefix: str,
-                     runs: list[list[str]]) -> list[list[tuple[int, float]]]:
+                     runs: list[list[str]]) -> list[tuple[list, dict]]:
     import pretrain_gpt  # the real entry point's providers
     from megatron.training import pretrain
     histories = []
@@ -45,25 +49,44 @@ def _pretrain_worker(rank: int, world_size: int, prefix: str,
         state = pretrain(pretrain_gpt.train_valid_test_datasets_provider,
                          pretrain_gpt.model_provider, pretrain_gpt.forward_step,
                          argv=_flags(prefix, extra))
-        histories.append(state.history)
+        histories.append((state.history, state.last_validation))
     return histories
 
 
-@pytest.mark.slow
-def test_pretrain_gpt_two_ranks_matches_one(tmp_path):
-    prefix = str(tmp_path / "corpus")
+def two_rank_job(folder: str) -> tuple:
+    """The 2-rank job (run in the shared spawn, conftest.py): writes the corpus under
+    ``folder``; the interleaved run checkpoints into ``folder/ckpt`` and is resumed."""
+    prefix, ckpt = os.path.join(folder, "corpus"), os.path.join(folder, "ckpt")
     _corpus(prefix)
-    (reference,) = run_distributed(_pretrain_worker, 1, prefix, [[]], timeout_s=180)[0]
+    interleaved = ["--pipeline-model-parallel-size", "2",
+                   "--num-layers-per-virtual-pipeline-stage", "1"]
     runs = [["--tensor-model-parallel-size", "2"], ["--use-distributed-optimizer"],
-            ["--pipeline-model-parallel-size", "2"]]
-    per_rank = run_distributed(_pretrain_worker, 2, prefix, runs, timeout_s=240)
+            ["--pipeline-model-parallel-size", "2"], [*interleaved, "--save", ckpt],
+            [*interleaved, "--load", ckpt, "--train-iters", str(ITERS + 1)]]
+    return (_pretrain_worker, prefix, runs)
+
+
+@pytest.mark.slow
+def test_pretrain_gpt_two_ranks_matches_one(two_rank_spawn):
+    folder = two_rank_spawn["e2e_folder"]
+    per_rank = two_rank_spawn["e2e"]
+    # the single-process reference runs here, in the test process (no process group)
+    ((reference, ref_valid),) = _pretrain_worker(0, 1, os.path.join(folder, "corpus"), [[]])
+    ckpt = os.path.join(folder, "ckpt")
     assert [it for it, _ in reference] == list(range(1, ITERS + 1))
     ref_losses = np.array([loss for _, loss in reference])
-    for name, i in (("TP2", 0), ("DP2+distopt", 1)):
-        last_rank = per_rank[-1][i]
+    for name, i in (("TP2", 0), ("DP2+distopt", 1), ("PP2", 2), ("PP2xV2", 3)):
+        last_rank, valid = per_rank[-1][i]
+        assert valid["lm loss"] == pytest.approx(ref_valid["lm loss"], rel=1e-5), name
+        assert [it for it, _ in last_rank] == list(range(1, ITERS + 1)), name
         np.testing.assert_allclose([loss for _, loss in last_rank], ref_losses, rtol=1e-5,
                                    err_msg=name)
-    pipeline_last = per_rank[1][2]
-    assert [it for it, _ in pipeline_last] == list(range(1, ITERS + 1))
-    assert np.all(np.isfinite([loss for _, loss in pipeline_last]))
-    assert per_rank[0][2] == []  # the first stage computes no loss
+    assert per_rank[0][2] == per_rank[0][3] == ([], {})  # the first stage computes no loss
+    stage_file = os.path.join(ckpt, f"iter_{ITERS:07d}", "mp_rank_00_001", "model_optim_rng.pt")
+    saved = torch.load(stage_file, weights_only=False)
+    assert "model" not in saved and saved["args"]["virtual_pipeline_model_parallel_size"] == 2
+    # stage 1's chunks: virtual stages 1 and 3 (global layers 1 and 3; 3 ends the model)
+    assert "transformer.final_layernorm.weight" in saved["model1"]
+    assert "transformer.final_layernorm.weight" not in saved["model0"]
+    resumed = per_rank[-1][4][0]
+    assert [it for it, _ in resumed] == [ITERS + 1] and np.isfinite(resumed[0][1])

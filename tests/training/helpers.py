@@ -1,14 +1,10 @@
 """Tiny GPT runs through pretrain() for the training tests (CPU, fp32, synthetic data)."""
 from __future__ import annotations
 
-import re
-import zlib
-
 import numpy as np
 import torch
 
 import pretrain_gpt
-from megatron.core import parallel_state
 
 VOCAB = 60          # NullTokenizer: ids 0..59, 59 is EOD
 
@@ -42,30 +38,15 @@ def tiny_gpt_flags(*extra: str, iters: int = 6) -> list[str]:
             "--min-lr", "3e-4", "--lr-warmup-iters", "2", "--lr-decay-style", "cosine",
             "--vocab-size", str(VOCAB), "--make-vocab-size-divisible-by", "8",
             "--num-workers", "0", "--log-interval", "1", "--eval-interval", "3",
-            "--eval-iters", "2", "--seed", "7", *extra]
+            "--eval-iters", "2", "--seed", "7", "--use-cpu-initialization", *extra]
 
 
-def layout_independent_model_provider(pre_process: bool = True, post_process: bool = True):
-    """GPT whose matrices are drawn from a seed of their *global* name, so a pipeline
-    stage holds exactly the weights the single-process model has (GPTModel's own init
-    depends on the stage's RNG stream). 1-D params keep their constant init."""
-    model = pretrain_gpt.model_provider(pre_process, post_process)
-    per_stage = pretrain_gpt.get_args().num_layers // \
-        parallel_state.get_pipeline_model_parallel_world_size()
-    offset = parallel_state.get_pipeline_model_parallel_rank() * per_stage
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim < 2:
-                continue
-            name = re.sub(r"layers\.(\d+)\.", lambda m: f"layers.{int(m[1]) + offset}.", name)
-            if name == "word_embeddings.weight":   # the last stage's tied copy
-                name = "embedding.word_embeddings.weight"
-            gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
-    return model
+# --use-cpu-initialization (in tiny_gpt_flags) gives every (TP, PP) layout the weights of
+# the single-process model with the same seed, so pretrain_gpt's own provider serves all.
 
 
 def run_tiny(*extra: str, iters: int = 6, forward_step=None, model_provider=None):
     from megatron.training import pretrain
     return pretrain(synthetic_provider, model_provider or pretrain_gpt.model_provider,
-                    forward_step or pretrain_gpt.forward_step, argv=tiny_gpt_flags(*extra, iters=iters))
+                    forward_step or pretrain_gpt.forward_step,
+                    argv=tiny_gpt_flags(*extra, iters=iters))

@@ -5,20 +5,19 @@ import os
 import pytest
 
 from tests.dist_utils import run_distributed
-from tests.training.helpers import layout_independent_model_provider, run_tiny
+from tests.training.helpers import run_tiny
 
 FLAGS = ("--hidden-dropout", "0", "--attention-dropout", "0", "--eval-iters", "1")
 
 
 def _worker(rank, world_size, ckpt):
     state = run_tiny(*FLAGS, "--pipeline-model-parallel-size", "2",
-                     "--use-distributed-optimizer", "--save", ckpt, iters=4,
-                     model_provider=layout_independent_model_provider)
+                     "--use-distributed-optimizer", "--save", ckpt, iters=4)
     return state.history, state.last_validation
 
 
 def test_pipeline_and_data_parallel_match_single_process(tmp_path):
-    reference = run_tiny(*FLAGS, iters=4, model_provider=layout_independent_model_provider)
+    reference = run_tiny(*FLAGS, iters=4)
     ckpt = str(tmp_path / "ckpt")
     results = run_distributed(_worker, 4, ckpt, timeout_s=300)
     # Ranks 0, 1: first stage (no loss); ranks 2, 3: last stage, DP-averaged loss.

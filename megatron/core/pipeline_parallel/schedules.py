@@ -57,9 +57,12 @@ def forward_backward_no_pipelining(*, forward_step_func: Callable, data_iterator
 
 
 def get_forward_backward_func() -> Callable:
-    """The schedule for this rank's pipeline layout (same keyword signature)."""
+    """The schedule for this rank's pipeline layout (same keyword signature): interleaved
+    1F1B when a virtual pipeline size is set (``model`` and ``data_iterator`` are then
+    lists, one per chunk), plain 1F1B for PP > 1, else no pipelining."""
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        from megatron.core.pipeline_parallel.pipelined_schedules import (
-            forward_backward_pipelining_without_interleaving)
-        return forward_backward_pipelining_without_interleaving
+        from megatron.core.pipeline_parallel import pipelined_schedules
+        if parallel_state.get_virtual_pipeline_model_parallel_world_size() is not None:
+            return pipelined_schedules.forward_backward_pipelining_with_interleaving
+        return pipelined_schedules.forward_backward_pipelining_without_interleaving
     return forward_backward_no_pipelining

@@ -3,13 +3,19 @@
 Every split weight carries ``tensor_model_parallel=True``, ``partition_dim`` and
 ``partition_stride`` so optimizers, grad-norm code and checkpoint converters know how it
 is split. With ``config.use_cpu_initialization`` the whole weight is initialised on CPU
-with the global torch RNG and each rank keeps its slice, so a model built under any
-tensor-parallel layout holds the same weights as a single-rank model with the same seed.
-Otherwise each rank initialises its own partition under the tensor-parallel RNG tracker.
+and each rank keeps its slice. Inside an :func:`init_scope` (the models open one per
+transformer layer, embedding and head) that whole weight is drawn from a generator keyed
+by (seed, scope name, position in the scope), so it does not depend on which other
+weights this process built before it: a model built under any tensor *and pipeline*
+layout holds the same weights as the single-process model with the same seed. Outside a
+scope the global torch RNG stream is used. Without ``use_cpu_initialization`` each rank
+initialises its own partition under the tensor-parallel RNG tracker (as Megatron does).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import hashlib
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -53,14 +59,82 @@ def param_is_not_tensor_parallel_duplicate(param: torch.Tensor) -> bool:
             or parallel_state.get_tensor_model_parallel_rank() == 0)
 
 
+# ---------------------------------------------------------------- keyed CPU initialisation
+
+_INIT_SCOPES: list[list] = []          # stack of [name, weights initialised in it so far]
+_INIT_SEED: tuple[int, int] | None = None   # (base seed, torch seed when it was set)
+
+
+def set_initialization_seed(seed: int) -> None:
+    """Key scoped initialisation by ``seed`` rather than by the torch seed.
+
+    ``megatron.initialize.set_seeds`` seeds torch with ``seed + 100 * pp_rank`` (different
+    dropout per stage) and registers the base seed here, so every stage draws its weights
+    from the same keys. The registration lapses as soon as torch is reseeded.
+    """
+    global _INIT_SEED
+    _INIT_SEED = (int(seed), torch.initial_seed())
+
+
+def initialization_seed() -> int:
+    """The registered base seed, or ``torch.initial_seed()`` when torch was seeded since."""
+    if _INIT_SEED is not None and _INIT_SEED[1] == torch.initial_seed():
+        return _INIT_SEED[0]
+    return torch.initial_seed()
+
+
+@contextlib.contextmanager
+def init_scope(name: str) -> Iterator[None]:
+    """Weights initialised inside get keys ``outer.name#k`` (k counts within the scope).
+
+    Args:
+        name: a layout-independent name, e.g. ``layers.7`` with the *global* layer id.
+    """
+    _INIT_SCOPES.append([name, 0])
+    try:
+        yield
+    finally:
+        _INIT_SCOPES.pop()
+
+
+def _next_init_key() -> str | None:
+    if not _INIT_SCOPES:
+        return None
+    top = _INIT_SCOPES[-1]
+    top[1] += 1
+    return ".".join(name for name, _ in _INIT_SCOPES) + f"#{top[1] - 1}"
+
+
+def init_whole_weight(shape: tuple[int, ...], init_method: Callable,
+                      keyed: bool = True) -> torch.Tensor:
+    """A whole fp32 weight of ``shape``, filled by ``init_method`` on CPU.
+
+    Args:
+        shape: the full (unsplit) shape.
+        init_method: callable filling a tensor in place from the torch RNG.
+        keyed: inside an :func:`init_scope`, draw from a generator seeded by
+            (initialization_seed(), scope key), leaving the global RNG untouched;
+            otherwise (or outside any scope) draw from the global RNG stream.
+    """
+    master = torch.empty(shape, dtype=torch.float32)
+    key = _next_init_key() if keyed else None
+    if key is None:
+        init_method(master)
+        return master
+    digest = hashlib.sha256(f"{initialization_seed()}/{key}".encode()).digest()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        init_method(master)
+    return master
+
+
 def _init_weight(weight: nn.Parameter, full_shape: tuple[int, int], partition_dim: int,
                  init_method: Callable, config: Any, stride: int = 1) -> None:
     """Initialise this rank's partition ``weight`` of a ``full_shape`` weight."""
     set_tensor_model_parallel_attributes(weight, True, partition_dim, stride)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     if config.use_cpu_initialization:
-        master = torch.empty(full_shape, dtype=torch.float32)
-        init_method(master)
+        master = init_whole_weight(full_shape, init_method)
         rank = parallel_state.get_tensor_model_parallel_rank()
         chunk = divide(divide(full_shape[partition_dim], tp), stride)
         pieces = torch.split(master, chunk, dim=partition_dim)[rank::tp]

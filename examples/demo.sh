@@ -93,7 +93,10 @@ if [[ -s $OUT/train.log ]]; then
   last=$(grep -o 'lm loss: [0-9.E+-]*' "$OUT/train.log" | tail -1 || true)
   val=$(grep -o 'validation loss at iteration [0-9]* | lm loss value: [0-9.E+-]*' \
         "$OUT/train.log" | tail -1 || true)
+  tokens=$(grep -o 'consumed tokens: *[0-9]*' "$OUT/train.log" | tail -1 | grep -o '[0-9]*$' || true)
   echo "training loss, first logged: ${first#lm loss: }   last logged: ${last#lm loss: }"
+  echo "consumed tokens: ${tokens:-?} of $((TRAIN_ITERS * GBS * SEQ)) that $TRAIN_ITERS full" \
+       "steps would take (curriculum + random-LTD, layer-weighted; DEMO_PLAIN=1 for none)"
   echo "${val:-no validation line found}"
 fi
 echo "training log:      $OUT/train.log"

@@ -92,9 +92,15 @@ def build_data_efficiency_runtime(args: argparse.Namespace) -> DataEfficiencyRun
     from megatron.data_efficiency import config as de_config
     from megatron.data_efficiency import random_ltd
     cfg = de_config.config_from_args(args, args.seq_length)
-    section = cfg.random_ltd if isinstance(cfg.random_ltd, dict) else None
-    ltd_cfg = cfg.random_ltd if isinstance(cfg.random_ltd, random_ltd.RandomLTDConfig) else \
-        random_ltd.config_from_args(args, args.num_layers, args.seq_length, section)
+    from_file = cfg.random_ltd
+    if isinstance(from_file, dict):
+        from_file = random_ltd.RandomLTDConfig.from_deepspeed_dict(from_file, args.seq_length)
+    from_flags = random_ltd.config_from_args(args, args.num_layers, args.seq_length)
+    if from_file is not None and from_file.enabled and from_flags.enabled:
+        raise ValueError(f"random-LTD is set both in --data-efficiency-config "
+                         f"{args.data_efficiency_config} (data_routing.random_ltd) and by the "
+                         "--random-ltd flags; give it in one place")
+    ltd_cfg = from_file if from_file is not None and from_file.enabled else from_flags
     ltd = random_ltd.RandomLTDScheduler(ltd_cfg, args.num_layers, args.seq_length, args.seed)
     shape = RunShape(global_batch_size=args.global_batch_size, seq_length=args.seq_length,
                      num_layers=args.num_layers, seed=args.seed,

@@ -132,3 +132,26 @@ def test_index_for_other_samples_is_refused(indexed_corpus):
     with pytest.raises(ValueError, match="fingerprint"):
         pretrain(pretrain_gpt.train_valid_test_datasets_provider, pretrain_gpt.model_provider,
                  pretrain_gpt.forward_step, argv=flags)
+
+
+def test_deepspeed_json_config_drives_random_ltd_and_conflicts_with_flags(indexed_corpus,
+                                                                         tmp_path):
+    """A Megatron-DeepSpeed user's data_efficiency JSON works unchanged; the same setting
+    also given by flags is refused, naming both places."""
+    import json
+    prefix, _ = indexed_corpus
+    config = tmp_path / "ds_config.json"
+    config.write_text(json.dumps({"train_batch_size": GBS, "data_efficiency": {
+        "enabled": True, "seed": SEED, "data_routing": {"enabled": True, "random_ltd": {
+            "enabled": True, "total_layer_num": LAYERS, "random_ltd_layer_num": 2,
+            "random_ltd_layer_id": [1, 2], "model_mask_name": "attention_mask",
+            "model_type": "decoder", "hidden_state_order": "seq_batch_dim",
+            "random_ltd_schedule": {"min_value": 8, "max_value": SEQ,
+                                    "schedule_type": "fixed_linear",
+                                    "schedule_config": {"require_steps": 4,
+                                                        "seq_per_step": 8}}}}}}))
+    state = _run(prefix, "--data-efficiency-config", str(config))
+    kept = [8, 14 // 8 * 8, 20 // 8 * 8, 26 // 8 * 8, 32, 32]
+    assert state.consumed_tokens == sum(tokens_per_step(GBS, SEQ, LAYERS, 2, r) for r in kept)
+    with pytest.raises(ValueError, match="give it in one place"):
+        _run(prefix, "--data-efficiency-config", str(config), *LTD)

@@ -1,0 +1,223 @@
+"""Random-LTD settings: one dataclass, built from flags or a DeepSpeed-shaped JSON section.
+
+Flags (Megatron-DeepSpeed names)::
+
+    --random-ltd                    turn it on
+    --random-ltd-layer-num N        the N middle layers drop tokens
+    --random-ltd-layer-ids I [I..]  exactly these global 0-based layers drop tokens
+    --random-ltd-min-seqlen r_s     kept length at step 0 (default 128)
+    --random-ltd-total-steps T_r    steps until the full length is kept (required)
+    --random-ltd-seq-per-step k     kept length is a multiple of k (default 16)
+
+DeepSpeed's ``data_efficiency.data_routing.random_ltd`` section maps onto the same fields
+(see :meth:`RandomLTDConfig.from_deepspeed_dict`).
+
+Layer choice: explicit ids win; ``layer_num`` alone picks the ``N`` layers centred in
+the stack, ``(L - N) // 2 .. (L - N) // 2 + N - 1``, which for DeepSpeed's recipes
+(``N = L - 2``, ids ``1 .. L-2``) is every layer but the first and the last. DeepSpeed
+itself requires ``random_ltd_layer_num == len(random_ltd_layer_id)``; when both are
+given the same check is made here. Neither given: all layers but the first and last.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+DEFAULT_MIN_SEQLEN = 128
+DEFAULT_SEQ_PER_STEP = 16
+
+_DS_KEYS = {"enabled", "total_layer_num", "random_ltd_layer_num", "random_ltd_layer_id",
+            "model_mask_name", "model_type", "hidden_state_order", "random_ltd_schedule",
+            "layer_token_lr_schedule"}
+_DS_SCHEDULE_KEYS = {"min_value", "max_value", "schedule_type", "schedule_config"}
+_DS_SCHEDULE_CONFIG_KEYS = {"require_steps", "seq_per_step"}
+_FLAGS = ("random_ltd_layer_num", "random_ltd_layer_ids", "random_ltd_min_seqlen",
+          "random_ltd_total_steps", "random_ltd_seq_per_step")
+
+
+@dataclass(frozen=True)
+class RandomLTDConfig:
+    """Random layerwise token dropping settings.
+
+    Attributes:
+        enabled: whether any layer drops tokens.
+        layer_ids: explicit global 0-based dropping layers, or ``None``.
+        layer_num: number of (centred) dropping layers, or ``None``.
+        min_seqlen: ``r_s``, kept length at step 0.
+        max_seqlen: ``S_max``, the length the schedule grows to (``None``: the model's
+            sequence length, filled in by :func:`config_from_args`).
+        total_steps: ``T_r``, steps for the kept length to reach ``max_seqlen``.
+        seq_per_step: the kept length is rounded down to a multiple of this.
+    """
+
+    enabled: bool = False
+    layer_ids: tuple[int, ...] | None = None
+    layer_num: int | None = None
+    min_seqlen: int = DEFAULT_MIN_SEQLEN
+    max_seqlen: int | None = None
+    total_steps: int | None = None
+    seq_per_step: int = DEFAULT_SEQ_PER_STEP
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        problems = []
+        if self.total_steps is None or self.total_steps < 0:
+            problems.append(f"total steps T_r (--random-ltd-total-steps / require_steps) must "
+                            f"be given and >= 0, got {self.total_steps}")
+        if self.min_seqlen < 1:
+            problems.append(f"min seqlen r_s (--random-ltd-min-seqlen / min_value) must be "
+                            f">= 1, got {self.min_seqlen}")
+        if self.seq_per_step < 1:
+            problems.append(f"--random-ltd-seq-per-step / seq_per_step must be >= 1, got "
+                            f"{self.seq_per_step}")
+        if self.max_seqlen is not None and self.max_seqlen < self.min_seqlen:
+            problems.append(f"max seqlen {self.max_seqlen} (max_value / --seq-length) is below "
+                            f"min seqlen {self.min_seqlen} (--random-ltd-min-seqlen / min_value)")
+        if (self.layer_ids is not None and self.layer_num is not None
+                and len(self.layer_ids) != self.layer_num):
+            problems.append(f"--random-ltd-layer-num / random_ltd_layer_num = {self.layer_num} "
+                            f"contradicts {len(self.layer_ids)} ids in --random-ltd-layer-ids "
+                            f"/ random_ltd_layer_id")
+        if problems:
+            raise ValueError("random-LTD config: " + "; ".join(problems))
+
+    def resolve_layer_ids(self, num_layers: int) -> tuple[int, ...]:
+        """The global ids of the dropping layers in a model of ``num_layers`` layers."""
+        if not self.enabled:
+            return ()
+        if self.layer_ids is not None:
+            ids = tuple(sorted(set(self.layer_ids)))
+            if len(ids) != len(self.layer_ids):
+                raise ValueError(f"--random-ltd-layer-ids {list(self.layer_ids)} repeats a layer")
+            bad = [i for i in ids if not 0 <= i < num_layers]
+            if bad:
+                raise ValueError(f"--random-ltd-layer-ids {bad} outside 0..{num_layers - 1} "
+                                 f"(--num-layers {num_layers})")
+            return ids
+        if self.layer_num is not None:
+            if not 1 <= self.layer_num <= num_layers:
+                raise ValueError(f"--random-ltd-layer-num {self.layer_num} must be within "
+                                 f"1..{num_layers} (--num-layers)")
+            start = (num_layers - self.layer_num) // 2
+            return tuple(range(start, start + self.layer_num))
+        if num_layers < 3:
+            raise ValueError(f"random-LTD by default drops in every layer but the first and "
+                             f"last, and --num-layers {num_layers} leaves none; give "
+                             f"--random-ltd-layer-ids")
+        return tuple(range(1, num_layers - 1))
+
+    @classmethod
+    def from_deepspeed_dict(cls, d: dict, seq_length: int | None = None) -> RandomLTDConfig:
+        """Reads DeepSpeed's ``data_routing.random_ltd`` section.
+
+        Args:
+            d: the ``random_ltd`` dict (or a whole ``data_efficiency`` dict containing
+                ``data_routing.random_ltd``).
+            seq_length: the model's sequence length, used when ``max_value`` is absent.
+
+        Returns:
+            The config. ``layer_token_lr_schedule`` is accepted for compatibility and
+            ignored: the consumed-token LR schedule here is set by the LR flags.
+        """
+        if "data_routing" in d:
+            routing = d["data_routing"]
+            if routing.get("enabled", True) is False:
+                return cls(enabled=False)
+            d = routing.get("random_ltd", {})
+        _reject_unknown(d, _DS_KEYS, "data_routing.random_ltd")
+        if not d.get("enabled", False):
+            return cls(enabled=False)
+        if d.get("hidden_state_order", "seq_batch_dim") != "seq_batch_dim":
+            raise ValueError(f"data_routing.random_ltd.hidden_state_order "
+                             f"{d['hidden_state_order']!r}: only 'seq_batch_dim' is supported "
+                             f"(hidden states here are [s, b, h])")
+        if d.get("model_type", "decoder") not in ("decoder", "encoder"):
+            raise ValueError(f"data_routing.random_ltd.model_type {d['model_type']!r} must be "
+                             f"'decoder' or 'encoder'")
+        sched = d.get("random_ltd_schedule", {})
+        _reject_unknown(sched, _DS_SCHEDULE_KEYS, "data_routing.random_ltd.random_ltd_schedule")
+        if sched.get("schedule_type", "fixed_linear") != "fixed_linear":
+            raise ValueError(f"data_routing.random_ltd.random_ltd_schedule.schedule_type "
+                             f"{sched['schedule_type']!r}: only 'fixed_linear' is supported")
+        sconf = sched.get("schedule_config", {})
+        _reject_unknown(sconf, _DS_SCHEDULE_CONFIG_KEYS,
+                        "data_routing.random_ltd.random_ltd_schedule.schedule_config")
+        ids = d.get("random_ltd_layer_id")
+        max_value = sched.get("max_value", seq_length)
+        return cls(enabled=True,
+                   layer_ids=None if ids is None else tuple(int(i) for i in ids),
+                   layer_num=d.get("random_ltd_layer_num"),
+                   min_seqlen=int(sched.get("min_value", DEFAULT_MIN_SEQLEN)),
+                   max_seqlen=None if max_value is None else int(max_value),
+                   total_steps=sconf.get("require_steps"),
+                   seq_per_step=int(sconf.get("seq_per_step", DEFAULT_SEQ_PER_STEP)))
+
+
+def _reject_unknown(d: dict, known: set[str], where: str) -> None:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+def add_random_ltd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Registers the random-LTD flags (defaults ``None`` so that conflicts are detectable)."""
+    group = parser.add_argument_group("random-LTD", "random layerwise token dropping")
+    group.add_argument("--random-ltd", action="store_true",
+                       help="Enable random layerwise token dropping.")
+    group.add_argument("--random-ltd-layer-num", type=int, default=None,
+                       help="Number of middle layers that drop tokens (centred).")
+    group.add_argument("--random-ltd-layer-ids", type=int, nargs="+", default=None,
+                       help="Global 0-based ids of the layers that drop tokens "
+                            "(default: all but the first and the last).")
+    group.add_argument("--random-ltd-min-seqlen", type=int, default=None,
+                       help=f"Kept length r_s at step 0 (default {DEFAULT_MIN_SEQLEN}).")
+    group.add_argument("--random-ltd-total-steps", type=int, default=None,
+                       help="Steps T_r for the kept length to reach the full sequence.")
+    group.add_argument("--random-ltd-seq-per-step", type=int, default=None,
+                       help=f"Kept length granularity (default {DEFAULT_SEQ_PER_STEP}).")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, num_layers: int, seq_length: int,
+                     deepspeed_section: dict | None = None) -> RandomLTDConfig:
+    """Builds the config from parsed flags or from a DeepSpeed JSON section (not both).
+
+    Args:
+        args: parsed flags (from :func:`add_random_ltd_args`).
+        num_layers: ``--num-layers``, to check the layer ids.
+        seq_length: ``--seq-length``, the default ``max_seqlen``.
+        deepspeed_section: the ``data_efficiency`` (or ``random_ltd``) dict of
+            ``--data-efficiency-config``, or ``None``.
+    """
+    given = [f"--{name.replace('_', '-')}" for name in _FLAGS
+             if getattr(args, name, None) is not None]
+    enabled = bool(getattr(args, "random_ltd", False))
+    if deepspeed_section is not None:
+        config = RandomLTDConfig.from_deepspeed_dict(deepspeed_section, seq_length)
+        if config.enabled and (enabled or given):
+            raise ValueError(f"random-LTD is set both in --data-efficiency-config "
+                             f"(data_routing.random_ltd) and by flags "
+                             f"{['--random-ltd'] * enabled + given}; use one of them")
+        if config.enabled:
+            config.resolve_layer_ids(num_layers)
+            return config
+    if not enabled:
+        if given:
+            raise ValueError(f"{given} given without --random-ltd")
+        return RandomLTDConfig(enabled=False)
+    config = RandomLTDConfig(
+        enabled=True, layer_ids=(None if args.random_ltd_layer_ids is None
+                                 else tuple(args.random_ltd_layer_ids)),
+        layer_num=args.random_ltd_layer_num,
+        min_seqlen=_default(args.random_ltd_min_seqlen, DEFAULT_MIN_SEQLEN),
+        max_seqlen=seq_length, total_steps=args.random_ltd_total_steps,
+        seq_per_step=_default(args.random_ltd_seq_per_step, DEFAULT_SEQ_PER_STEP))
+    config.resolve_layer_ids(num_layers)  # errors early, naming the flag
+    return config
+
+
+def _default(value, default):
+    return default if value is None else value

@@ -1,0 +1,173 @@
+"""MSLG schedule, token-drop plans, and config parsing of random-LTD."""
+import argparse
+
+import pytest
+import torch
+
+from megatron.data_efficiency.random_ltd.config import (RandomLTDConfig, add_random_ltd_args,
+                                                        config_from_args)
+from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
+from megatron.data_efficiency.random_ltd.scheduler import RandomLTDScheduler, mslg_kept_length
+
+
+def _scheduler(num_layers=24, seq=2048, **kw):
+    cfg = RandomLTDConfig(enabled=True, min_seqlen=kw.pop("min_seqlen", 128), max_seqlen=seq,
+                          total_steps=kw.pop("total_steps", 200000), **kw)
+    return RandomLTDScheduler(cfg, num_layers, seq, seed=1234)
+
+
+def test_reference_values():
+    s = _scheduler()
+    got = {t: s.kept_length(t) for t in (0, 50000, 100000, 199999, 200000, 10 ** 6)}
+    assert got == {0: 128, 50000: 608, 100000: 1088, 199999: 2032, 200000: 2048, 10 ** 6: 2048}
+
+
+def test_rounding_and_minimum():
+    assert mslg_kept_length(0, 8, 64, 100, 16) == 16  # raised to the first multiple >= r_s
+    assert mslg_kept_length(0, 10, 64, 100, 8) == 16
+    assert mslg_kept_length(1, 128, 2048, 200000, 16) == 128
+    assert all(mslg_kept_length(t, 100, 1000, 77, 16) % 16 == 0 for t in range(0, 77))
+    assert mslg_kept_length(76, 100, 1000, 77, 16) <= 1000
+
+
+def test_cap_by_curriculum_length_and_no_drop():
+    s = _scheduler()
+    assert s.kept_length(100000, seq_length=512) == 512
+    assert s.plan_for(100000, 0, 512, 0) is None  # r >= S: nothing to drop
+    plan = s.plan_for(50000, 3, 1024, 2)
+    assert plan.kept_length == 608 and plan.microbatch == 3 and plan.dp_rank == 2
+    assert plan.layer_ids == frozenset(range(1, 23)) and not plan.drops(0) and not plan.drops(23)
+    off = RandomLTDScheduler(RandomLTDConfig(enabled=False), 24, 2048, 1)
+    assert off.plan_for(0, 0, 2048, 0) is None and off.dropping_layers == 0
+
+
+def test_layer_choice():
+    assert RandomLTDConfig(enabled=True, total_steps=1, layer_num=4).resolve_layer_ids(12) == \
+        (4, 5, 6, 7)
+    assert RandomLTDConfig(enabled=True, total_steps=1, layer_num=22).resolve_layer_ids(24) == \
+        tuple(range(1, 23))
+    assert RandomLTDConfig(enabled=True, total_steps=1,
+                           layer_ids=(5, 2)).resolve_layer_ids(8) == (2, 5)
+    with pytest.raises(ValueError, match="--random-ltd-layer-ids"):
+        RandomLTDConfig(enabled=True, total_steps=1, layer_ids=(9,)).resolve_layer_ids(8)
+    with pytest.raises(ValueError, match="contradicts"):
+        RandomLTDConfig(enabled=True, total_steps=1, layer_ids=(1, 2), layer_num=3)
+
+
+def test_state_dict_round_trip():
+    a = _scheduler()
+    a.plan_for(777, 0, 2048, 0)
+    b = _scheduler()
+    b.load_state_dict(a.state_dict())
+    assert b.state_dict() == a.state_dict() and b.last_kept_length == a.kept_length(777)
+
+
+def _plan(**kw):
+    base = dict(layer_ids=frozenset({1, 2}), kept_length=6, seed=7, iteration=3, microbatch=0,
+                dp_rank=0)
+    base.update(kw)
+    return TokenDropPlan(**base)
+
+
+def test_plan_draws_sorted_distinct_reproducible():
+    idx = _plan().kept_indices(1, 4, 16, "cpu")
+    assert idx.shape == (4, 6) and idx.dtype == torch.long
+    for row in idx:
+        assert torch.all(row[1:] > row[:-1]) and row.min() >= 0 and row.max() < 16
+    assert torch.equal(idx, _plan().kept_indices(1, 4, 16, "cpu"))
+    assert not torch.equal(idx[0], idx[1])  # samples draw independently
+
+
+@pytest.mark.parametrize("change", [dict(iteration=4), dict(microbatch=1), dict(dp_rank=1),
+                                    dict(seed=8)])
+def test_plan_draws_differ_per_key(change):
+    a = _plan().kept_indices(1, 4, 64, "cpu")
+    assert not torch.equal(a, _plan(**change).kept_indices(1, 4, 64, "cpu"))
+    assert not torch.equal(a, _plan().kept_indices(2, 4, 64, "cpu"))
+
+
+def test_plan_leaves_global_rng_alone():
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    _plan().kept_indices(1, 8, 32, "cpu")
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_plan_draws_are_uniform():
+    counts = torch.zeros(8)
+    pairs = torch.zeros(8, 8)
+    n = 800
+    for it in range(n):
+        idx = _plan(iteration=it, kept_length=2).kept_indices(1, 1, 8, "cpu")[0]
+        counts[idx] += 1
+        pairs[idx[0], idx[1]] += 1
+    # Each position is kept with probability 2/8: expect 200 +- ~3 sigma (sigma ~12).
+    assert torch.all((counts - 200).abs() < 45), counts
+    # Each of the 28 pairs has probability 1/28: expect ~28.6 each.
+    upper = pairs[torch.triu(torch.ones(8, 8, dtype=torch.bool), 1)]
+    assert torch.all(upper > 8) and torch.all(upper < 55), upper
+
+
+def _parse(argv):
+    return add_random_ltd_args(argparse.ArgumentParser()).parse_args(argv)
+
+
+def test_config_from_args():
+    cfg = config_from_args(_parse(["--random-ltd", "--random-ltd-total-steps", "70",
+                                   "--random-ltd-min-seqlen", "32"]), 6, 256)
+    assert cfg.enabled and cfg.min_seqlen == 32 and cfg.max_seqlen == 256
+    assert cfg.resolve_layer_ids(6) == (1, 2, 3, 4) and cfg.seq_per_step == 16
+    assert not config_from_args(_parse([]), 6, 256).enabled
+    with pytest.raises(ValueError, match="--random-ltd-min-seqlen.*without --random-ltd"):
+        config_from_args(_parse(["--random-ltd-min-seqlen", "8"]), 6, 256)
+    with pytest.raises(ValueError, match="--random-ltd-total-steps"):
+        config_from_args(_parse(["--random-ltd"]), 6, 256)
+    with pytest.raises(ValueError, match="--random-ltd-layer-num"):
+        config_from_args(_parse(["--random-ltd", "--random-ltd-total-steps", "5",
+                                 "--random-ltd-layer-num", "2",
+                                 "--random-ltd-layer-ids", "1"]), 6, 256)
+
+
+DS = {"data_routing": {"enabled": True, "random_ltd": {
+    "enabled": True, "total_layer_num": 24, "random_ltd_layer_num": 22,
+    "random_ltd_layer_id": list(range(1, 23)), "model_mask_name": "attention_mask",
+    "model_type": "decoder", "hidden_state_order": "seq_batch_dim",
+    "random_ltd_schedule": {"min_value": 128, "max_value": 2048, "schedule_type": "fixed_linear",
+                            "schedule_config": {"require_steps": 200000, "seq_per_step": 16}}}}}
+
+
+def test_from_deepspeed_dict():
+    cfg = RandomLTDConfig.from_deepspeed_dict(DS)
+    assert (cfg.min_seqlen, cfg.max_seqlen, cfg.total_steps, cfg.seq_per_step) == \
+        (128, 2048, 200000, 16)
+    assert cfg.resolve_layer_ids(24) == tuple(range(1, 23))
+    bad = {"enabled": True, "random_ltd_schedule": {"min_valu": 3}}
+    with pytest.raises(ValueError, match="min_valu"):
+        RandomLTDConfig.from_deepspeed_dict(bad)
+    with pytest.raises(ValueError, match="both"):
+        config_from_args(_parse(["--random-ltd"]), 24, 2048, deepspeed_section=DS)
+
+
+def test_resume_reproduces_draws():
+    """A scheduler rebuilt from a checkpoint gives the plans the uninterrupted run gives."""
+    first = _scheduler(num_layers=6, seq=256, min_seqlen=32, total_steps=100)
+    draws = {}
+    for t in range(6):
+        plan = first.plan_for(t, 1, 256, 0)
+        draws[t] = plan.kept_indices(3, 2, 256, "cpu")
+        if t == 2:
+            saved = first.state_dict()
+    torch.manual_seed(99)  # the resumed process has another global RNG state
+    resumed = _scheduler(num_layers=6, seq=256, min_seqlen=32, total_steps=100)
+    resumed.load_state_dict(saved)
+    for t in range(3, 6):
+        assert torch.equal(resumed.plan_for(t, 1, 256, 0).kept_indices(3, 2, 256, "cpu"),
+                           draws[t])
+
+
+def test_consumed_tokens_and_tensorboard():
+    s = _scheduler(num_layers=24, seq=2048)
+    # GBS 4, 22 of 24 layers at r = 608: 4 * (2048 * 2 + 608 * 22) / 24
+    assert s.consumed_tokens(50000, 4, 2048) == 4 * (2048 * 2 + 608 * 22) // 24
+    assert s.consumed_tokens(50000, 4, 512) == 4 * 512  # curriculum shorter than r
+    assert s.tensorboard_scalars(50000, 2048) == {"seqlen/random_ltd_reserved_length": 608.0}

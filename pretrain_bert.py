@@ -19,13 +19,12 @@ import argparse
 from functools import partial
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from megatron.arguments import get_args, transformer_config_from_args
-from megatron.core import parallel_state
 from megatron.initialize import get_tokenizer
 from megatron.training import pretrain, print_rank_0
+from megatron.utils import average_losses_across_data_parallel_group
 
 
 def add_bert_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -61,10 +60,10 @@ def get_batch(data_iterator) -> dict:
     args = get_args()
     batch = next(data_iterator)
     if "text" not in batch:
-        # Pipeline middle stages read no data, but BERT needs the padding mask on every
-        # stage; pretrain() gives data to the first and last stages only.
-        raise RuntimeError("pretrain_bert.py: a pipeline stage without data needs the BERT "
-                           "padding mask; use --pipeline-model-parallel-size 1 or 2")
+        # BERT needs the padding mask on every stage; pretrain() feeds every stage of a
+        # BERT run, but under the interleaved schedule only the chunks that read data.
+        raise RuntimeError("pretrain_bert.py: a model chunk without data needs the BERT "
+                           "padding mask; interleaved pipelines are not supported for BERT")
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     out = {"token_drop_plan": batch.get("token_drop_plan")}
     for key in ("text", "types", "labels", "padding_mask", "is_random", "sample_id"):
@@ -74,15 +73,6 @@ def get_batch(data_iterator) -> dict:
     if not args.bert_binary_head:
         out["types"] = None
     return out
-
-
-def average_losses_across_data_parallel_group(losses: list[torch.Tensor]) -> torch.Tensor:
-    """Mean of each loss over the data-parallel ranks (for logging only: detached)."""
-    averaged = torch.stack([loss.detach().float().clone() for loss in losses])
-    if dist.is_initialized() and parallel_state.get_data_parallel_world_size() > 1:
-        dist.all_reduce(averaged, group=parallel_state.get_data_parallel_group())
-        averaged /= parallel_state.get_data_parallel_world_size()
-    return averaged
 
 
 def loss_func(loss_mask: torch.Tensor, sentence_order: torch.Tensor, output_tensor):

@@ -10,13 +10,12 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-import torch.distributed as dist
 
 from megatron.arguments import get_args, transformer_config_from_args
-from megatron.core import parallel_state
 from megatron.initialize import get_tokenizer
 from megatron.training import pretrain, print_rank_0
-from megatron.utils import get_ltor_masks_and_position_ids
+from megatron.utils import (average_losses_across_data_parallel_group,
+                            get_ltor_masks_and_position_ids)
 
 
 def model_provider(pre_process: bool = True, post_process: bool = True) -> torch.nn.Module:
@@ -51,15 +50,6 @@ def get_batch(data_iterator) -> dict:
         get_ltor_masks_and_position_ids(out["tokens"], tokenizer.eod, args.reset_position_ids,
                                         args.reset_attention_mask, args.eod_mask_loss)
     return out
-
-
-def average_losses_across_data_parallel_group(losses: list[torch.Tensor]) -> torch.Tensor:
-    """Mean of each loss over the data-parallel ranks (for logging only: detached)."""
-    averaged = torch.stack([loss.detach().float().clone() for loss in losses])
-    if dist.is_initialized() and parallel_state.get_data_parallel_world_size() > 1:
-        dist.all_reduce(averaged, group=parallel_state.get_data_parallel_group())
-        averaged /= parallel_state.get_data_parallel_world_size()
-    return averaged
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state
 
 
 def get_ltor_masks_and_position_ids(data: torch.Tensor, eod_token: int,
@@ -46,3 +49,12 @@ def get_ltor_masks_and_position_ids(data: torch.Tensor, eod_token: int,
         other_doc = doc.unsqueeze(2) != doc.unsqueeze(1)  # [b, s_q, s_k]
         attention_mask = (future.unsqueeze(0) | other_doc).unsqueeze(1)
     return attention_mask, loss_mask, position_ids
+
+
+def average_losses_across_data_parallel_group(losses: list[torch.Tensor]) -> torch.Tensor:
+    """Mean of each loss over the data-parallel ranks (for logging only: detached)."""
+    averaged = torch.stack([loss.detach().float().clone() for loss in losses])
+    if dist.is_initialized() and parallel_state.get_data_parallel_world_size() > 1:
+        dist.all_reduce(averaged, group=parallel_state.get_data_parallel_group())
+        averaged /= parallel_state.get_data_parallel_world_size()
+    return averaged

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from megatron.data_efficiency.curriculum.scheduler import SCHEDULE_TYPES, ScheduleConfig
+from megatron.data_efficiency.json_keys import check_keys
 
 TRANSFORM_ALIASES = {"seqlen_truncate": "seqtru", "seqtru": "seqtru",
                      "seqlen_reshape": "seqres", "seqres": "seqres"}
@@ -118,15 +119,6 @@ class DataEfficiencyConfig:
 
 
 # -- JSON ------------------------------------------------------------------------------
-def _check_keys(d: Any, known: set[str], where: str) -> dict:
-    if not isinstance(d, dict):
-        raise ValueError(f"{where} must be a JSON object, got {type(d).__name__}")
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
-    return d
-
-
 def _number(d: dict, key: str, where: str) -> float:
     if key not in d:
         raise ValueError(f"{where}.{key}: required")
@@ -164,7 +156,7 @@ def _schedule(m: dict, where: str, d_min: float, d_max: float) -> ScheduleConfig
     stype = m.get("schedule_type")
     if stype not in SCHEDULE_TYPES:
         raise ValueError(f"{where}.schedule_type={stype!r}: expected one of {SCHEDULE_TYPES}")
-    sc = _check_keys(m.get("schedule_config", {}), _SCHED_KEYS, f"{where}.schedule_config")
+    sc = check_keys(m.get("schedule_config", {}), _SCHED_KEYS, f"{where}.schedule_config")
     sw = f"{where}.schedule_config"
     cfg = ScheduleConfig(stype, d_min, d_max)
     if stype in ("fixed_linear", "fixed_root"):
@@ -187,7 +179,7 @@ def _schedule(m: dict, where: str, d_min: float, d_max: float) -> ScheduleConfig
 
 
 def _metric(name: str, m: dict, where: str) -> CurriculumMetricConfig:
-    _check_keys(m, _METRIC_KEYS, where)
+    check_keys(m, _METRIC_KEYS, where)
     kind = TRANSFORM_ALIASES.get(name, "index")
     default_type = "value" if kind != "index" else "percentile"
     dtype = m.get("difficulty_type", default_type)
@@ -213,7 +205,7 @@ def _metric(name: str, m: dict, where: str) -> CurriculumMetricConfig:
 
 
 def _curriculum(cl: dict, where: str) -> CurriculumConfig:
-    _check_keys(cl, _CL_KEYS, where)
+    check_keys(cl, _CL_KEYS, where)
     if not cl.get("enabled", False):
         return CurriculumConfig(False)
     metrics = cl.get("curriculum_metrics", {})
@@ -230,7 +222,7 @@ def _curriculum(cl: dict, where: str) -> CurriculumConfig:
 
 
 def _legacy(cl: dict, where: str) -> CurriculumConfig:
-    _check_keys(cl, _LEGACY_KEYS, where)
+    check_keys(cl, _LEGACY_KEYS, where)
     if not cl.get("enabled", False):
         return CurriculumConfig(False)
     if cl.get("curriculum_type", "seqlen") != "seqlen":
@@ -250,10 +242,10 @@ def config_from_dict(d: dict, source: str = "<dict>",
                          f"holding one (keys: {sorted(d)})")
     de = d.get("data_efficiency", {}) if whole else d
     where = f"{source}: data_efficiency"
-    _check_keys(de, _DE_KEYS, where)
+    check_keys(de, _DE_KEYS, where)
     cfg = DataEfficiencyConfig(enabled=bool(de.get("enabled", False)),
                                seed=int(de.get("seed", 1234)), source=source)
-    sampling = _check_keys(de.get("data_sampling", {}), _SAMPLING_KEYS, f"{where}.data_sampling")
+    sampling = check_keys(de.get("data_sampling", {}), _SAMPLING_KEYS, f"{where}.data_sampling")
     if sampling.get("dynamic_batching", {}).get("enabled", False):
         raise ValueError(f"{where}.data_sampling.dynamic_batching: not supported here")
     if sampling.get("enabled", False) or "curriculum_learning" in sampling:

@@ -115,18 +115,6 @@ class BertWordPieceTokenizer(MegatronTokenizer):
         self.additional_special_tokens_ids = [self._vocab[f"<extra_id_{i}>"]
                                               for i in range(vocab_extra_ids)]
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    @property
-    def vocab(self) -> dict[str, int]:
-        return self._vocab
-
-    @property
-    def inv_vocab(self) -> dict[int, str]:
-        return self._inv_vocab
-
     def text_to_tokens(self, text: str) -> list[str]:
         return [p for w in basic_tokenize(text, self.lower_case) for p in wordpiece(w, self._vocab)]
 

@@ -120,18 +120,7 @@ class GPT2BPETokenizer(MegatronTokenizer):
         if "<|endoftext|>" not in self.tokenizer.encoder:
             raise ValueError(f"{vocab_file}: the vocabulary has no <|endoftext|> token")
         self.eod_id = self.tokenizer.encoder["<|endoftext|>"]
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer.encoder)
-
-    @property
-    def vocab(self) -> dict[str, int]:
-        return self.tokenizer.encoder
-
-    @property
-    def inv_vocab(self) -> dict[int, str]:
-        return self.tokenizer.decoder
+        self._vocab, self._inv_vocab = self.tokenizer.encoder, self.tokenizer.decoder
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

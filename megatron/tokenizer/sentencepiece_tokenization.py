@@ -61,18 +61,6 @@ class SentencePieceTokenizer(MegatronTokenizer):
         self._special[token] = self._vocab[token]
         return self._vocab[token]
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    @property
-    def vocab(self) -> dict[str, int]:
-        return self._vocab
-
-    @property
-    def inv_vocab(self) -> dict[int, str]:
-        return self._inv_vocab
-
     def tokenize(self, text: str) -> list[int]:
         ids, pos = [], 0
         for m in self._special_re.finditer(text):
@@ -140,18 +128,6 @@ class GPTSentencePieceTokenizer(MegatronTokenizer):
         if self._eod < 0:  # model trained with eos disabled: give documents an end marker anyway
             self._eod = len(self._vocab)
             self._vocab["<eod>"], self._inv_vocab[self._eod] = self._eod, "<eod>"
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    @property
-    def vocab(self) -> dict[str, int]:
-        return self._vocab
-
-    @property
-    def inv_vocab(self) -> dict[int, str]:
-        return self._inv_vocab
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode_as_ids(text)

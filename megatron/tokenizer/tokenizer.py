@@ -14,21 +14,23 @@ class MegatronTokenizer(ABC):
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._vocab: dict[str, int] = {}       # filled by the subclass
+        self._inv_vocab: dict[int, str] = {}
 
     @property
-    @abstractmethod
     def vocab_size(self) -> int:
         """Number of ids the tokenizer can produce (before padding for the model)."""
+        return len(self._vocab)
 
     @property
-    @abstractmethod
     def vocab(self) -> dict[str, int]:
         """Token string -> id."""
+        return self._vocab
 
     @property
-    @abstractmethod
     def inv_vocab(self) -> dict[int, str]:
         """Id -> token string."""
+        return self._inv_vocab
 
     @abstractmethod
     def tokenize(self, text: str) -> list[int]:

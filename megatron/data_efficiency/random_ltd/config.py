@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from megatron.data_efficiency.json_keys import check_keys
+
 DEFAULT_MIN_SEQLEN = 128
 DEFAULT_SEQ_PER_STEP = 16
 
@@ -125,7 +127,7 @@ class RandomLTDConfig:
             if routing.get("enabled", True) is False:
                 return cls(enabled=False)
             d = routing.get("random_ltd", {})
-        _reject_unknown(d, _DS_KEYS, "data_routing.random_ltd")
+        check_keys(d, _DS_KEYS, "data_routing.random_ltd")
         if not d.get("enabled", False):
             return cls(enabled=False)
         if d.get("hidden_state_order", "seq_batch_dim") != "seq_batch_dim":
@@ -136,12 +138,12 @@ class RandomLTDConfig:
             raise ValueError(f"data_routing.random_ltd.model_type {d['model_type']!r} must be "
                              f"'decoder' or 'encoder'")
         sched = d.get("random_ltd_schedule", {})
-        _reject_unknown(sched, _DS_SCHEDULE_KEYS, "data_routing.random_ltd.random_ltd_schedule")
+        check_keys(sched, _DS_SCHEDULE_KEYS, "data_routing.random_ltd.random_ltd_schedule")
         if sched.get("schedule_type", "fixed_linear") != "fixed_linear":
             raise ValueError(f"data_routing.random_ltd.random_ltd_schedule.schedule_type "
                              f"{sched['schedule_type']!r}: only 'fixed_linear' is supported")
         sconf = sched.get("schedule_config", {})
-        _reject_unknown(sconf, _DS_SCHEDULE_CONFIG_KEYS,
+        check_keys(sconf, _DS_SCHEDULE_CONFIG_KEYS,
                         "data_routing.random_ltd.random_ltd_schedule.schedule_config")
         ids = d.get("random_ltd_layer_id")
         max_value = sched.get("max_value", seq_length)
@@ -152,14 +154,6 @@ class RandomLTDConfig:
                    max_seqlen=None if max_value is None else int(max_value),
                    total_steps=sconf.get("require_steps"),
                    seq_per_step=int(sconf.get("seq_per_step", DEFAULT_SEQ_PER_STEP)))
-
-
-def _reject_unknown(d: dict, known: set[str], where: str) -> None:
-    if not isinstance(d, dict):
-        raise ValueError(f"{where} must be a JSON object, got {type(d).__name__}")
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
 
 
 def add_random_ltd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

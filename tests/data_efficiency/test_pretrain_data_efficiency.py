@@ -94,9 +94,11 @@ def test_every_curriculum_trains_and_counts_its_tokens(indexed_corpus, kind):
     assert state.consumed_tokens == expect
 
 
-def test_resume_reproduces_ids_drops_and_losses(indexed_corpus, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "1"])   # 1: a loader that prefetches ahead
+def test_resume_reproduces_ids_drops_and_losses(indexed_corpus, tmp_path, workers):
     prefix, index = indexed_corpus
-    flags = [*_curriculum("seqtru_voc", index), *LTD, "--hidden-dropout", "0.1"]
+    flags = [*_curriculum("seqtru_voc", index), *LTD, "--hidden-dropout", "0.1",
+             "--num-workers", workers]
     straight = _run(prefix, *flags)
     save = str(tmp_path / "ckpt")
     first = _run(prefix, *flags, "--save", save, "--save-interval", "3", "--exit-interval", "3")

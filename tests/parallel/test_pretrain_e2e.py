@@ -5,6 +5,9 @@ from the single-process weights): TP2, DP2 (with the distributed optimizer), PP2
 4 micro-batches) and PP2 x V2 (interleaved 1F1B, --num-layers-per-virtual-pipeline-stage 1)
 must log the same per-step lm loss as the single-process run; the interleaved run's
 checkpoint stores the two model chunks as model0 / model1 and resumes from them.
+With the seqtru curriculum and random-LTD on, TP2 and PP2 (each stage dropping in its own
+layers, with the sequence length changing between steps) match the single-process run too:
+the token-drop draws need no communication.
 """
 from __future__ import annotations
 
@@ -17,6 +20,12 @@ import torch
 from megatron.data.indexed_dataset import MMapIndexedDatasetBuilder
 
 ITERS = 3
+# seqtru 8 -> 16 tokens and random-LTD (layers 1 and 2 keep 8 tokens, then all) over 2 steps
+DATA_EFFICIENCY = ["--data-efficiency-curriculum-learning", "--curriculum-metric", "seqtru",
+                   "--curriculum-min-difficulty", "8", "--curriculum-max-difficulty", "16",
+                   "--curriculum-total-steps", "2", "--curriculum-difficulty-step", "8",
+                   "--random-ltd", "--random-ltd-min-seqlen", "8",
+                   "--random-ltd-total-steps", "2", "--random-ltd-seq-per-step", "8"]
 
 
 def _corpus(prefix: str) -> None:
@@ -62,7 +71,9 @@ def two_rank_job(folder: str) -> tuple:
                    "--num-layers-per-virtual-pipeline-stage", "1"]
     runs = [["--tensor-model-parallel-size", "2"], ["--use-distributed-optimizer"],
             ["--pipeline-model-parallel-size", "2"], [*interleaved, "--save", ckpt],
-            [*interleaved, "--load", ckpt, "--train-iters", str(ITERS + 1)]]
+            [*interleaved, "--load", ckpt, "--train-iters", str(ITERS + 1)],
+            ["--tensor-model-parallel-size", "2", *DATA_EFFICIENCY],
+            ["--pipeline-model-parallel-size", "2", *DATA_EFFICIENCY]]
     return (_pretrain_worker, prefix, runs)
 
 
@@ -90,3 +101,17 @@ def test_pretrain_gpt_two_ranks_matches_one(two_rank_spawn):
     assert "transformer.final_layernorm.weight" not in saved["model0"]
     resumed = per_rank[-1][4][0]
     assert [it for it, _ in resumed] == [ITERS + 1] and np.isfinite(resumed[0][1])
+
+
+@pytest.mark.slow
+def test_curriculum_and_random_ltd_under_tp2_and_pp2_match_one(two_rank_spawn):
+    folder = two_rank_spawn["e2e_folder"]
+    per_rank = two_rank_spawn["e2e"]
+    ((reference, _),) = _pretrain_worker(0, 1, os.path.join(folder, "corpus"),
+                                         [DATA_EFFICIENCY])
+    ref_losses = [loss for _, loss in reference]
+    assert len(ref_losses) == ITERS
+    for name, i in (("TP2", 5), ("PP2", 6)):
+        last_rank, _ = per_rank[-1][i]
+        np.testing.assert_allclose([loss for _, loss in last_rank], ref_losses, rtol=1e-5,
+                                   err_msg=name)

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         chunk_tokens=args.chunk_tokens, batch_tokens=args.batch_tokens, force=args.force,
         keep_work=args.keep_work, cache_dir=args.data_cache_path, progress=not args.quiet)
     comm = world()
+    # Ranks start (interpreter, imports, MPI init) at different moments; without this barrier
+    # the first rank would count its wait for the last one's start-up as analysis time.
+    comm.barrier()
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
         if args.model == "bert":
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         _abort_others(comm, 1)  # the other ranks would wait forever in the next collective
         raise
     ranks = comm.allgather({"rank": comm.rank, "elapsed_s": time.perf_counter() - start,
-                            "cpu_s": time.process_time() - cpu_start, "peak_rss_mb": peak_rss_mb()})
+                            "cpu_s": time.process_time() - cpu_start, "peak_rss_mb": peak_rss_mb(),
+                            "phases_s": stats.pop("phases_s", {})})
     if comm.rank == 0:
         stats.update(elapsed_s=max(r["elapsed_s"] for r in ranks), ranks=ranks)
         if not args.quiet:

@@ -15,15 +15,17 @@ import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from megatron.data.indexed_dataset import MMapIndexedDataset
 from megatron.data_efficiency.analyzer import kernels, metrics
 from megatron.data_efficiency.analyzer.comm import Comm, world
 from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint, publish_dir, new_tmp_dir, save_npy
-from megatron.data_efficiency.analyzer.shards import (Progress, ShardStore, my_block, plan_range_shards,
-                                                      plan_unit_shards, run_rounds)
+from megatron.data_efficiency.analyzer.shards import (Progress, ShardStore, my_block, my_weighted_block,
+                                                      plan_range_shards, plan_unit_shards, run_rounds)
 from megatron.data_efficiency.analyzer.sort_write import write_index_parallel
 from megatron.data_efficiency.analyzer.sources import DocumentSource, GPTSampleSource
 
@@ -55,7 +57,6 @@ class AnalyzerConfig:
 
 def build_source(cfg: AnalyzerConfig):
     """The DocumentSource or GPTSampleSource for ``cfg`` (builds the GPT sample index)."""
-    from megatron.data.indexed_dataset import MMapIndexedDataset
     if cfg.granularity == "document":
         return DocumentSource(MMapIndexedDataset(cfg.data_prefix))
     if cfg.granularity != "sample":
@@ -111,7 +112,7 @@ class _Run:
         comm.barrier()
         self.store = ShardStore(self.work, cfg.fail_after_shards)
         self.unit_shards = plan_unit_shards(source.bounds, cfg.shard_tokens)
-        self.my_units = my_block(comm, len(self.unit_shards) - 1)
+        self.my_units = my_weighted_block(comm, np.diff(source.bounds[self.unit_shards]))
         if source.granularity == "sample":
             per = max(1, cfg.shard_tokens // (cfg.seq_length + 1))
             self.out_shards = plan_range_shards(source.num_samples, per)
@@ -119,9 +120,9 @@ class _Run:
             self._check_offsets()
             self._by_unit = np.argsort(self.boundary_unit, kind="stable")  # boundaries grouped by unit
             self._units_sorted = self.boundary_unit[self._by_unit]
+            blk = my_block(comm, len(self.out_shards) - 1)
         else:
-            self.out_shards = self.unit_shards
-        blk = my_block(comm, len(self.out_shards) - 1)
+            self.out_shards, blk = self.unit_shards, self.my_units  # values follow the map blocks
         self.my_out = blk
         self.lo, self.hi = int(self.out_shards[blk.start]), int(self.out_shards[blk.stop])
 
@@ -337,25 +338,44 @@ def run_analyzer(cfg: AnalyzerConfig, comm: Comm | None = None, source=None) -> 
     user = [metrics.parse_metric_fn(spec) for spec in cfg.metric_fns]
     for _, target in user:
         metrics.load_metric_fn(target)  # fail before any pass over the data
+    clock = _PhaseClock()
     run = _Run(cfg, comm, source if source is not None else build_source(cfg))
+    clock.mark("setup")
     wanted = set(cfg.metrics)
     counts = run.counts() if wanted & {"voc", "total_vocab_freq", "seqlen_voc"} else None
+    clock.mark("count_pass")
     if "total_vocab_freq" in wanted:
         _write_counts(run, counts)
     out = _builtin_values(run, wanted, counts)
     out += [(name, run.user_metric(name, target), {"metric_fn": target}) for name, target in user]
+    clock.mark("value_pass")
     base = {"granularity": cfg.granularity, "data_prefix": cfg.data_prefix}
     for name, values, extra in out:  # nothing is published until every metric is computed
         write_index_parallel(comm, os.path.join(cfg.save_path, name), name, run.lo, values,
                              run.fingerprint, {**base, **extra})
         if comm.rank == 0 and cfg.progress:
             print(f"[analyzer] {_summary(cfg, name)}", file=sys.stderr, flush=True)
+    clock.mark("sort_write")
     comm.barrier()
     if comm.rank == 0 and not cfg.keep_work:
         shutil.rmtree(run.work, ignore_errors=True)
         parent = os.path.dirname(run.work)
         if os.path.isdir(parent) and not os.listdir(parent):
             os.rmdir(parent)
+    clock.mark("cleanup")
     cfg.stats.update(shards_computed=comm.allreduce_sum(run.store.computed),
-                     shards_reused=comm.allreduce_sum(run.store.reused))
+                     shards_reused=comm.allreduce_sum(run.store.reused), phases_s=clock.phases)
     return cfg.stats
+
+
+class _PhaseClock:
+    """Wall seconds of this rank's phases (including its waits in that phase's collectives)."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(now - self._last, 6)
+        self._last = now

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import sys
 import time
+import zipfile  # noqa: F401  np.savez / np.load(.npz) import it lazily: keep that out of the first shard
 from typing import Callable
 
 import numpy as np
 
 from megatron.data_efficiency.analyzer.comm import Comm
+from megatron.data_efficiency.analyzer.kernels import sorted_unique
 
 
 class ShardLimitReached(RuntimeError):
@@ -34,17 +36,38 @@ def plan_unit_shards(bounds: np.ndarray, shard_tokens: int) -> np.ndarray:
     total = int(bounds[-1] - bounds[0]) if units else 0
     targets = bounds[0] + np.arange(1, max(1, -(-total // shard_tokens)), dtype=np.int64) * shard_tokens
     cuts = np.searchsorted(bounds, targets, side="left")
-    return np.unique(np.concatenate(([0], cuts, [units]))).astype(np.int64)
+    return sorted_unique(np.concatenate(([0], cuts, [units])).astype(np.int64))  # np.unique loads numpy.ma
 
 
 def plan_range_shards(n: int, per_shard: int) -> np.ndarray:
     """Boundaries [S+1] of shards of ``per_shard`` ids over 0..n-1."""
-    return np.unique(np.append(np.arange(0, n, max(1, per_shard), dtype=np.int64), n))
+    return sorted_unique(np.append(np.arange(0, n, max(1, per_shard), dtype=np.int64), n))
 
 
 def my_block(comm: Comm, num_shards: int) -> range:
-    """The contiguous block of shard numbers this rank owns."""
+    """The contiguous block of shard numbers this rank owns (equal shard counts)."""
     return range(comm.rank * num_shards // comm.size, (comm.rank + 1) * num_shards // comm.size)
+
+
+def my_weighted_block(comm: Comm, weights: np.ndarray) -> range:
+    """The contiguous block of shards this rank owns, balanced by ``weights`` (tokens per shard).
+
+    Block boundaries are the shard boundaries nearest to r/P of the total weight, so a rank
+    does at most 1/P of the work plus half a shard either side, whatever S mod P (equal
+    shard counts would give some ranks a whole extra shard). Shards themselves do not depend
+    on P, so resuming with another rank count still reuses them.
+
+    Args:
+        weights: int64 [S] work of every shard.
+    """
+    cum = np.concatenate(([0], np.cumsum(np.asarray(weights, dtype=np.int64))))
+    targets = np.arange(comm.size + 1, dtype=np.int64) * int(cum[-1]) // comm.size
+    hi = np.searchsorted(cum, targets, side="left")          # first boundary >= target
+    lo = np.maximum(hi - 1, 0)
+    ends = np.where(targets - cum[lo] < cum[hi] - targets, lo, hi)
+    ends[0], ends[-1] = 0, len(weights)
+    ends = np.maximum.accumulate(ends)
+    return range(int(ends[comm.rank]), int(ends[comm.rank + 1]))
 
 
 class ShardStore:
@@ -106,9 +129,16 @@ class Progress:
 def run_rounds(comm: Comm, shard_ids: range, work: Callable[[int], int], progress: Progress) -> None:
     """Run ``work(shard)`` over this rank's shards in lock-step rounds, reporting progress.
 
-    ``work`` returns the tokens the shard covered. Ranks with fewer shards take part in the
-    remaining rounds' progress reduction with nothing to do.
+    ``work`` returns the tokens the shard covered. With progress enabled, ranks with fewer
+    shards take part in the remaining rounds' progress reduction with nothing to do;
+    ``progress.enabled`` must be the same on every rank.
     """
+    if not progress.enabled:
+        # No reports, so no lock-step: a collective per shard would make every round wait
+        # for the slowest rank's shard (the sum of per-round maxima instead of the maximum).
+        for s in shard_ids:
+            work(s)
+        return
     rounds = comm.allreduce_max(len(shard_ids))
     done = 0
     for t in range(rounds):

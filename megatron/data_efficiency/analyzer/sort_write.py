@@ -16,7 +16,7 @@ import numpy as np
 
 from megatron.data_efficiency.analyzer.comm import Comm
 from megatron.data_efficiency.analyzer.index_io import (create_npy, finalize_index_dir,
-                                                         new_tmp_dir)
+                                                         new_tmp_dir, write_npy_at)
 
 _SAMPLES_PER_RANK = 64  # splitter candidates each rank contributes
 
@@ -106,9 +106,4 @@ def write_index_parallel(comm: Comm, final_dir: str, metric: str, first_id: int,
 
 def _write_slice(folder: str, name: str, start: int, arr: np.ndarray) -> None:
     """Write ``arr`` at item ``start`` of the .npy file ``folder/name``."""
-    if len(arr) == 0:
-        return
-    out = np.load(os.path.join(folder, name), mmap_mode="r+")
-    out[start:start + len(arr)] = arr
-    out.flush()
-    del out
+    write_npy_at(os.path.join(folder, name), start, arr)

@@ -131,10 +131,12 @@ class DataEfficiencyRuntime:
         steps depend on the data)."""
         if self._data_dependent:
             return None
+        saved = self.state_dict()     # walking the schedule must not advance its state
         total, step = 0, 0
         while total < train_tokens and step < limit:
             total += self.tokens_for_step(step)
             step += 1
+        self.load_state_dict(saved)
         return step
 
     # -- data ----------------------------------------------------------------------------

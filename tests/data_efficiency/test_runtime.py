@@ -101,3 +101,10 @@ def test_state_round_trip_keeps_the_schedules():
     other.load_state_dict(state)
     assert [other.tokens_for_step(i) for i in range(5, 12)] == \
         [rt.tokens_for_step(i) for i in range(5, 12)]
+
+
+def test_sizing_a_run_in_tokens_leaves_the_schedules_where_they_were():
+    rt = DataEfficiencyRuntime(RunShape(GBS, SEQ, LAYERS), _seqtru(), _ltd())
+    before = rt.state_dict()
+    assert rt.steps_for_tokens(50 * GBS * SEQ) > 50
+    assert rt.state_dict() == before

@@ -1,25 +1,14 @@
 """tools/prepare_default_corpus.py: the stdlib corpus is deterministic, capped and atomic."""
 
-import importlib.util
 import json
 import os
-import sys
 import sysconfig
 
 import pytest
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+from tests.tools.tool_loader import load_tool
 
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # so worker processes can unpickle its functions
-    spec.loader.exec_module(module)
-    return module
-
-
-corpus = _load_tool("prepare_default_corpus")
+corpus = load_tool("prepare_default_corpus")
 
 
 def _read(path):

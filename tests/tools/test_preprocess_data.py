@@ -1,9 +1,7 @@
 """tools/preprocess_data.py and tools/train_tokenizer.py on a slice of the real default corpus."""
 
-import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -11,18 +9,9 @@ import pytest
 from megatron.data.indexed_dataset import MMapIndexedDataset
 from megatron.tokenizer import build_tokenizer
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+from tests.tools.tool_loader import load_tool
 
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # so worker processes can unpickle its functions
-    spec.loader.exec_module(module)
-    return module
-
-
-corpus, trainer, prep = (_load_tool(n) for n in
+corpus, trainer, prep = (load_tool(n) for n in
                          ("prepare_default_corpus", "train_tokenizer", "preprocess_data"))
 
 

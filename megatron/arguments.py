@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from megatron.core import parallel_state
+
 _GLOBAL_ARGS: argparse.Namespace | None = None
 
 
@@ -261,20 +263,12 @@ def _derive_parallel(args: argparse.Namespace, errors: list[str]) -> None:
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args.rank = int(os.environ.get("RANK", "0"))
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    model_parallel = tp * pp
-    if tp < 1 or pp < 1 or args.world_size % model_parallel != 0:
-        errors.append(f"world size {args.world_size} (WORLD_SIZE) is not divisible by "
-                      f"--tensor-model-parallel-size ({tp}) x --pipeline-model-parallel-size ({pp})")
-        args.data_parallel_size = 1
-    else:
-        args.data_parallel_size = args.world_size // model_parallel
-    heads, layers = args.num_attention_heads, args.num_layers
-    if heads is not None and heads % tp != 0:
-        errors.append(f"--num-attention-heads ({heads}) must be divisible by "
-                      f"--tensor-model-parallel-size ({tp})")
-    if layers is not None and layers % pp != 0:
-        errors.append(f"--num-layers ({layers}) must be divisible by "
-                      f"--pipeline-model-parallel-size ({pp})")
+    # The layout rules live in parallel_state (one pure function); the batch-size rule is
+    # checked below, after the default global batch size is filled in.
+    problems, dp = parallel_state.parallel_layout_problems(
+        args.world_size, tp, pp, args.num_layers, args.num_attention_heads)
+    errors.extend(problems)
+    args.data_parallel_size = dp or 1
     _derive_virtual_pipeline(args, errors)
     if pp > 2 and (args.reset_position_ids or args.reset_attention_mask):
         errors.append("--reset-position-ids / --reset-attention-mask need "

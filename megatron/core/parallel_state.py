@@ -43,18 +43,16 @@ class ParallelLayout:
     data_parallel_size: int
 
 
-def validate_parallel_layout(world_size: int, tensor_model_parallel_size: int,
+def parallel_layout_problems(world_size: int, tensor_model_parallel_size: int,
                              pipeline_model_parallel_size: int,
                              num_layers: int | None = None,
                              num_attention_heads: int | None = None,
                              global_batch_size: int | None = None,
-                             micro_batch_size: int | None = None) -> ParallelLayout:
-    """Check that a parallel layout fits the world and the model; pure function.
+                             micro_batch_size: int | None = None) -> tuple[list[str], int | None]:
+    """Every inconsistency of a parallel layout, naming the flags; pure function.
 
-    Every problem found is reported at once, naming the flags involved.
-
-    Raises:
-        ValueError: listing every inconsistency.
+    Returns:
+        ``(problems, data_parallel_size)``; the size is None when the world does not divide.
     """
     tp, pp = tensor_model_parallel_size, pipeline_model_parallel_size
     problems: list[str] = []
@@ -64,7 +62,7 @@ def validate_parallel_layout(world_size: int, tensor_model_parallel_size: int,
         if not isinstance(value, int) or value < 1:
             problems.append(f"{name} must be a positive integer, got {value!r}")
     if problems:
-        raise ValueError("invalid parallel layout:\n  " + "\n  ".join(problems))
+        return problems, None
     dp = None
     if world_size % (tp * pp) != 0:
         problems.append(
@@ -84,9 +82,29 @@ def validate_parallel_layout(world_size: int, tensor_model_parallel_size: int,
                 f"--global-batch-size {global_batch_size} is not divisible by "
                 f"--micro-batch-size {micro_batch_size} x data-parallel size {dp} "
                 f"= {micro_batch_size * dp}")
+    return problems, dp
+
+
+def validate_parallel_layout(world_size: int, tensor_model_parallel_size: int,
+                             pipeline_model_parallel_size: int,
+                             num_layers: int | None = None,
+                             num_attention_heads: int | None = None,
+                             global_batch_size: int | None = None,
+                             micro_batch_size: int | None = None) -> ParallelLayout:
+    """Check that a parallel layout fits the world and the model; pure function.
+
+    Every problem found is reported at once, naming the flags involved.
+
+    Raises:
+        ValueError: listing every inconsistency.
+    """
+    problems, dp = parallel_layout_problems(
+        world_size, tensor_model_parallel_size, pipeline_model_parallel_size, num_layers,
+        num_attention_heads, global_batch_size, micro_batch_size)
     if problems:
         raise ValueError("invalid parallel layout:\n  " + "\n  ".join(problems))
-    return ParallelLayout(world_size, tp, pp, dp)
+    return ParallelLayout(world_size, tensor_model_parallel_size, pipeline_model_parallel_size,
+                          dp)
 
 
 def _as_timedelta(timeout) -> datetime.timedelta | None:

@@ -315,12 +315,18 @@ def _builtin_values(run: _Run, wanted: set[str], counts: np.ndarray | None) -> l
         voc_acc = run.additive(_lut_tag("voc", lut), lut)
         out.append(("voc", kernels.voc_from_fixed(voc_acc), {"voc_fraction_bits": kernels.VOC_FRACTION_BITS}))
     if "seqlen_voc" in wanted:
-        keys, bits, shift = kernels.seqlen_voc_composite(
-            seqlen, voc_acc, comm.allreduce_max(int(seqlen.max(initial=0))),
-            comm.allreduce_max(int(voc_acc.max(initial=0))))
-        out.append(("seqlen_voc", keys, {"voc_bits": bits, "voc_shift": shift,
-                                         "voc_fraction_bits": kernels.VOC_FRACTION_BITS}))
+        out.append(seqlen_voc_entry(comm, seqlen, voc_acc))
     return [entry for entry in out if entry[0] in wanted]
+
+
+def seqlen_voc_entry(comm: Comm, seqlen: np.ndarray, voc_acc: np.ndarray) -> tuple:
+    """The ``seqlen_voc`` output ``(name, keys, meta)``: one int64 key per sample ordering
+    by seqlen, then rarity, with the key layout agreed over all ranks."""
+    keys, bits, shift = kernels.seqlen_voc_composite(
+        seqlen, voc_acc, comm.allreduce_max(int(seqlen.max(initial=0))),
+        comm.allreduce_max(int(voc_acc.max(initial=0))))
+    return ("seqlen_voc", keys, {"voc_bits": bits, "voc_shift": shift,
+                                 "voc_fraction_bits": kernels.VOC_FRACTION_BITS})
 
 
 def run_analyzer(cfg: AnalyzerConfig, comm: Comm | None = None, source=None) -> dict:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from megatron.data_efficiency.analyzer import kernels
-from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig, _summary, _write_counts
+from megatron.data_efficiency.analyzer.analyzer import (AnalyzerConfig, _summary, _write_counts,
+                                                        seqlen_voc_entry)
 from megatron.data_efficiency.analyzer.comm import Comm, world
 from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint
 from megatron.data_efficiency.analyzer.sort_write import write_index_parallel
@@ -128,11 +129,7 @@ def _values(src, comm, cfg, wanted, counts, lo, hi) -> list[tuple[str, np.ndarra
                     {"voc_fraction_bits": kernels.VOC_FRACTION_BITS,
                      "voc_definition": "unmasked sentence tokens, scaled by kept/group tokens"}))
         if "seqlen_voc" in wanted:
-            keys, bits, shift = kernels.seqlen_voc_composite(
-                seqlen, acc, comm.allreduce_max(int(seqlen.max(initial=0))),
-                comm.allreduce_max(int(acc.max(initial=0))))
-            out.append(("seqlen_voc", keys, {"voc_bits": bits, "voc_shift": shift,
-                                             "voc_fraction_bits": kernels.VOC_FRACTION_BITS}))
+            out.append(seqlen_voc_entry(comm, seqlen, acc))
     return [entry for entry in out if entry[0] in wanted]
 
 

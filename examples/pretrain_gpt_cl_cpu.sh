@@ -6,6 +6,7 @@
 #   CL=voc         bash examples/pretrain_gpt_cl_cpu.sh   # easiest 1% -> 100% by vocabulary rarity
 #   CL=seqtru_voc  bash examples/pretrain_gpt_cl_cpu.sh   # both (the paper's best GPT setting)
 #   CL=seqres_voc  bash examples/pretrain_gpt_cl_cpu.sh
+#   CL=none        bash examples/pretrain_gpt_cl_cpu.sh   # no curriculum (a baseline)
 # The voc curricula first index every training sample with the offline analyzer
 # (tools/analyze_data.py, sample granularity, the same --split/--seq-length/--seed/number of
 # samples as training so sample ids match). Pacing follows the paper's GPT preset: seqtru /
@@ -36,6 +37,7 @@ fi
 
 # 2. The curriculum flags (see megatron/data_efficiency/config.py: one value per metric).
 case "$CL" in
+  none) CL_ARGS=() ;;
   seqtru|seqres)
     CL_ARGS=(--curriculum-metric "$CL" --curriculum-min-difficulty 16
              --curriculum-max-difficulty $SEQ --curriculum-schedule-type fixed_linear
@@ -53,8 +55,10 @@ case "$CL" in
              --curriculum-schedule-type fixed_linear fixed_root
              --curriculum-total-steps $CL_STEPS --curriculum-difficulty-step 8 1
              --curriculum-root-degree 1 2) ;;
-  *) echo "CL must be one of seqtru seqres voc seqtru_voc seqres_voc, got '$CL'" >&2; exit 2 ;;
+  *) echo "CL must be one of none seqtru seqres voc seqtru_voc seqres_voc, got '$CL'" >&2
+     exit 2 ;;
 esac
+[ "$CL" != none ] && CL_ARGS=(--data-efficiency-curriculum-learning "${CL_ARGS[@]}")
 
 # 3. Offline index for the voc curricula (skipped when already there).
 if [[ "$CL" == *voc* && ! -f "$OUT/index/voc/meta.json" ]]; then
@@ -74,4 +78,4 @@ $PY pretrain_gpt.py \
     --data-path "$DATA/stdlib_text_document" --split $SPLIT \
     --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$DATA/stdlib_sp.model" \
     --save "$OUT/checkpoints" --save-interval 50 --tensorboard-dir "$OUT/tensorboard" \
-    --data-efficiency-curriculum-learning "${CL_ARGS[@]}" "$@"
+    "${CL_ARGS[@]}" "$@"

@@ -10,8 +10,10 @@ is the masked-LM loss (mean over the predicted positions) plus, unless
 ``--bert-no-binary-head``, the sentence-order (``is_random``) loss; both are logged as
 ``lm loss`` and ``sop loss``. The tokenizer defaults to ``BertWordPieceLowerCase``.
 
-``args.model_type`` is set to ``"bert"`` (through ``args_defaults``) so the data-efficiency
-runtime picks the BERT batch transforms (seqtru on [b, s] tensors, seqreo).
+``pretrain()`` is given ``ModelType.encoder`` so that every pipeline stage reads the batch
+(the padding mask) and the data-efficiency runtime picks the BERT batch transforms (seqtru
+on [b, s] tensors, seqreo). The losses returned per micro-batch are this rank's; the
+training loop averages them over micro-batches and data-parallel ranks once a step.
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from megatron.arguments import get_args, transformer_config_from_args
+from megatron.core.enums import ModelType
 from megatron.initialize import get_tokenizer
 from megatron.training import pretrain, print_rank_0
-from megatron.utils import average_losses_across_data_parallel_group
 
 
 def add_bert_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -87,12 +89,10 @@ def loss_func(loss_mask: torch.Tensor, sentence_order: torch.Tensor, output_tens
     mask = loss_mask.reshape(-1).float()
     lm_loss = torch.sum(lm_loss_.float().reshape(-1) * mask) / mask.sum().clamp(min=1.0)
     if sop_logits is None:
-        averaged = average_losses_across_data_parallel_group([lm_loss])
-        return lm_loss, {"lm loss": averaged[0]}
+        return lm_loss, {"lm loss": lm_loss.detach()}
     sop_loss = F.cross_entropy(sop_logits.view(-1, 2).float(), sentence_order.view(-1),
                                ignore_index=-1)
-    averaged = average_losses_across_data_parallel_group([lm_loss, sop_loss])
-    return lm_loss + sop_loss, {"lm loss": averaged[0], "sop loss": averaged[1]}
+    return lm_loss + sop_loss, {"lm loss": lm_loss.detach(), "sop loss": sop_loss.detach()}
 
 
 def forward_step(data_iterator, model):
@@ -120,12 +120,13 @@ def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
     return datasets
 
 
-ARGS_DEFAULTS = {"tokenizer_type": "BertWordPieceLowerCase", "model_type": "bert"}
+ARGS_DEFAULTS = {"tokenizer_type": "BertWordPieceLowerCase"}
 
 
 def main(argv: list[str] | None = None):
     """Run pretrain() with BERT's providers; ``argv`` defaults to ``sys.argv[1:]``."""
-    return pretrain(train_valid_test_datasets_provider, model_provider, forward_step,
+    return pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder,
+                    forward_step,
                     extra_args_provider=add_bert_args, args_defaults=dict(ARGS_DEFAULTS),
                     argv=argv)
 

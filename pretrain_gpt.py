@@ -12,10 +12,10 @@ from functools import partial
 import torch
 
 from megatron.arguments import get_args, transformer_config_from_args
+from megatron.core.enums import ModelType
 from megatron.initialize import get_tokenizer
 from megatron.training import pretrain, print_rank_0
-from megatron.utils import (average_losses_across_data_parallel_group,
-                            get_ltor_masks_and_position_ids)
+from megatron.utils import get_ltor_masks_and_position_ids
 
 
 def model_provider(pre_process: bool = True, post_process: bool = True) -> torch.nn.Module:
@@ -53,7 +53,8 @@ def get_batch(data_iterator) -> dict:
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Mean per-token loss over unmasked tokens.
+    """Mean per-token loss over unmasked tokens (this rank's; the training loop averages
+    it over micro-batches and data-parallel ranks once a step).
 
     Args:
         loss_mask: [b, s] float, 0 where the loss is ignored.
@@ -62,8 +63,7 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     losses = output_tensor.float().reshape(-1)
     mask = loss_mask.reshape(-1).float()
     loss = torch.sum(losses * mask) / mask.sum().clamp(min=1.0)
-    averaged = average_losses_across_data_parallel_group([loss])
-    return loss, {"lm loss": averaged[0]}
+    return loss, {"lm loss": loss.detach()}
 
 
 def forward_step(data_iterator, model):
@@ -96,4 +96,5 @@ def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
 
 
 if __name__ == "__main__":
-    pretrain(train_valid_test_datasets_provider, model_provider, forward_step)
+    pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder,
+             forward_step)

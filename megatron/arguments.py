@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from megatron.core import parallel_state
+from megatron.tokenizer import vocab_size_with_padding
 
 _GLOBAL_ARGS: argparse.Namespace | None = None
 
@@ -183,13 +184,18 @@ def _exactly_one(args: argparse.Namespace, names: list[str], errors: list[str],
         errors.append(f"one of {flags} is required")
 
 
-def validate_args(args: argparse.Namespace, defaults: dict | None = None) -> argparse.Namespace:
-    """Check flag combinations and fill derived values (in place; also returned).
+def validate_args(args: argparse.Namespace, defaults: dict | None = None,
+                  tokenizer_vocab_size: int | None = None) -> argparse.Namespace:
+    """Check flag combinations and fill derived values (in place; also returned). Nothing
+    changes ``args`` afterwards.
 
     Derived: ``world_size``, ``rank``, ``data_parallel_size``, ``ffn_hidden_size``,
     ``kv_channels``, ``global_batch_size`` (default MBS x DP), ``num_microbatches``,
-    ``train_iters`` (estimated from samples / tokens), ``params_dtype``,
-    ``virtual_pipeline_model_parallel_size``.
+    ``train_iters`` (the nominal estimate from samples / tokens; ``run_plan.plan_run``
+    counts the steps under the data-efficiency schedule), ``params_dtype``,
+    ``virtual_pipeline_model_parallel_size``, ``orig_vocab_size`` / ``padded_vocab_size``
+    (from ``tokenizer_vocab_size``, the built tokenizer's, or ``--vocab-size``) and
+    ``data_efficiency`` (the typed ``DataEfficiencyConfig``).
 
     Raises:
         ArgumentValidationError: listing every problem, each naming its flags.
@@ -217,7 +223,8 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None) -> arg
     _derive_parallel(args, errors)
     if errors:
         raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors))
-    _derive_training(args)
+    _derive_training(args, tokenizer_vocab_size)
+    _build_data_efficiency(args)
     try:   # warmup vs decay span, once both are in one unit
         schedule_config_from_args(args)
     except ValueError as exc:
@@ -311,7 +318,31 @@ def _derive_virtual_pipeline(args: argparse.Namespace, errors: list[str]) -> Non
         args.virtual_pipeline_model_parallel_size = layers // pp // per_chunk
 
 
-def _derive_training(args: argparse.Namespace) -> None:
+def _build_data_efficiency(args: argparse.Namespace) -> None:
+    """The typed data-efficiency config, and the conflicts it has with other flags."""
+    from megatron.data_efficiency.config import config_from_args
+    try:
+        args.data_efficiency = config_from_args(args)
+    except ValueError as exc:
+        raise ArgumentValidationError(f"invalid arguments:\n  {exc}") from exc
+    errors = []
+    cfg = args.data_efficiency
+    if cfg.random_ltd.enabled and args.sequence_parallel:
+        errors.append("--random-ltd (or data_routing.random_ltd) cannot be combined with "
+                      "--sequence-parallel at --tensor-model-parallel-size > 1: the kept "
+                      "tokens are gathered along the sequence, which sequence parallelism "
+                      "splits across tensor-parallel ranks")
+    transform = cfg.curriculum.transform_metric if cfg.curriculum.enabled else None
+    if transform is not None and transform.kind == "seqres" \
+            and args.pipeline_model_parallel_size > 1:
+        errors.append("curriculum metric seqres changes the micro-batch shape per batch, "
+                      "which pipeline stages cannot agree on without reading data; use "
+                      "seqtru with --pipeline-model-parallel-size > 1")
+    if errors:
+        raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors))
+
+
+def _derive_training(args: argparse.Namespace, tokenizer_vocab_size: int | None) -> None:
     gbs, seq = args.global_batch_size, args.seq_length
     if args.train_iters is None:
         # Iteration count for display and data sizing; the stopping rule uses the given unit.
@@ -323,8 +354,10 @@ def _derive_training(args: argparse.Namespace) -> None:
         torch.bfloat16 if args.bf16 else torch.float32)
     if args.tokenizer_type is None and args.vocab_size is not None:
         args.tokenizer_type = "NullTokenizer"
-    args.consumed_train_samples = 0
-    args.consumed_train_tokens = 0
+    vocab = tokenizer_vocab_size if tokenizer_vocab_size is not None else args.vocab_size
+    args.orig_vocab_size = vocab          # saved in checkpoints (re-padding)
+    args.padded_vocab_size = None if vocab is None else vocab_size_with_padding(
+        vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
 
 
 def set_args(args: argparse.Namespace) -> None:

@@ -44,19 +44,16 @@ def get_tokenizer():
     return _GLOBAL_TOKENIZER
 
 
-def _build_tokenizer(args: argparse.Namespace):
-    from megatron.tokenizer import build_tokenizer, vocab_size_with_padding
-    if args.tokenizer_type == "NullTokenizer":
-        tokenizer = NullTokenizer(args.vocab_size)
-    else:
-        tokenizer = build_tokenizer(args.tokenizer_type, vocab_file=args.vocab_file,
-                                    merge_file=args.merge_file,
-                                    tokenizer_model=args.tokenizer_model,
-                                    vocab_extra_ids=args.vocab_extra_ids)
-    args.orig_vocab_size = tokenizer.vocab_size   # saved in checkpoints (re-padding)
-    args.padded_vocab_size = vocab_size_with_padding(
-        tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
-    return tokenizer
+def _build_tokenizer(args: argparse.Namespace, defaults: dict | None):
+    """The tokenizer the flags (or the script's defaults) name; reads ``args`` only, so
+    ``validate_args`` can derive the padded vocabulary from it."""
+    from megatron.tokenizer import build_tokenizer
+    tokenizer_type = args.tokenizer_type or (defaults or {}).get("tokenizer_type")
+    if tokenizer_type in (None, "NullTokenizer") and args.vocab_size is not None:
+        return NullTokenizer(args.vocab_size)
+    return build_tokenizer(tokenizer_type, vocab_file=args.vocab_file,
+                           merge_file=args.merge_file, tokenizer_model=args.tokenizer_model,
+                           vocab_extra_ids=args.vocab_extra_ids)
 
 
 def _init_distributed(args: argparse.Namespace) -> None:
@@ -112,13 +109,14 @@ def initialize_megatron(extra_args_provider: Callable | None = None,
     """
     global _GLOBAL_TOKENIZER
     parsed = parse_args(extra_args_provider, ignore_unknown_args, args)
+    tokenizer = _build_tokenizer(parsed, args_defaults)
     try:
-        validate_args(parsed, args_defaults)
+        validate_args(parsed, args_defaults, tokenizer_vocab_size=tokenizer.vocab_size)
     except ArgumentValidationError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from exc
     _init_distributed(parsed)
-    _GLOBAL_TOKENIZER = _build_tokenizer(parsed)
+    _GLOBAL_TOKENIZER = tokenizer
     set_seeds(parsed.seed)
     set_args(parsed)
     if parsed.rank == 0:

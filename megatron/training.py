@@ -1,8 +1,10 @@
 """pretrain(): set up, train, evaluate, checkpoint.
 
-The loop knows nothing about curriculum learning or random-LTD: it asks the
-``DataEfficiencyRuntime`` for the batch sampler, the batch transform, the token-drop plan
-and the tokens each step consumed, every step, unconditionally.
+The loop knows nothing about curriculum learning or random-LTD: every step it asks the
+``DataEfficiencyRuntime`` for the step's ``StepPlan`` (one frozen value: shapes, kept
+length, consumed tokens, TensorBoard scalars), runs the micro-batches through a feed that
+applies and checks it, and hands the finished plan to the LR scheduler, the counters and
+the logger. The run's length comes from ``run_plan.plan_run`` (nothing writes ``args``).
 """
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ from megatron.core import parallel_state
 from megatron.core.distributed.errors import collective_context
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
-from megatron.data_efficiency.runtime import DataEfficiencyRuntime, Parallelism, RunShape
+from megatron.core.enums import ModelType
+from megatron.data_efficiency.runtime import (DataEfficiencyRuntime, Parallelism, RunShape,
+                                              StepPlan)
 from megatron.initialize import initialize_megatron
 from megatron.optimizer import get_megatron_optimizer
 from megatron.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.run_plan import RunPlan, plan_run
 from megatron.training_data import build_train_valid_test_data_iterators, microbatch_feeds
 from megatron.training_log import StepStats, TrainingLogger
 
@@ -86,36 +91,23 @@ def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torc
     return model
 
 
-def build_data_efficiency_runtime(args: argparse.Namespace) -> DataEfficiencyRuntime:
-    """Curriculum learning and random-LTD for this run, from the flags or
-    ``--data-efficiency-config`` (plain runtime when neither is on)."""
-    from megatron.data_efficiency import config as de_config
-    from megatron.data_efficiency import random_ltd
-    cfg = de_config.config_from_args(args, args.seq_length)
-    from_file = cfg.random_ltd
-    if isinstance(from_file, dict):
-        from_file = random_ltd.RandomLTDConfig.from_deepspeed_dict(from_file, args.seq_length)
-    from_flags = random_ltd.config_from_args(args, args.num_layers, args.seq_length)
-    if from_file is not None and from_file.enabled and from_flags.enabled:
-        raise ValueError(f"random-LTD is set both in --data-efficiency-config "
-                         f"{args.data_efficiency_config} (data_routing.random_ltd) and by the "
-                         "--random-ltd flags; give it in one place")
-    ltd_cfg = from_file if from_file is not None and from_file.enabled else from_flags
-    ltd = random_ltd.RandomLTDScheduler(ltd_cfg, args.num_layers, args.seq_length, args.seed)
+def build_data_efficiency_runtime(args: argparse.Namespace,
+                                  model_type: ModelType) -> DataEfficiencyRuntime:
+    """Curriculum learning and random-LTD for this run from ``args.data_efficiency`` (the
+    config ``validate_args`` built; the plain runtime when nothing is on)."""
     shape = RunShape(global_batch_size=args.global_batch_size, seq_length=args.seq_length,
-                     num_layers=args.num_layers, seed=args.seed,
-                     model_type=getattr(args, "model_type", "gpt"))
+                     num_layers=args.num_layers, seed=args.seed, model=model_type.data_model,
+                     num_microbatches=args.num_microbatches,
+                     pipeline_stages=args.pipeline_model_parallel_size)
     par = Parallelism(dp_rank=parallel_state.get_data_parallel_rank(),
                       dp_size=parallel_state.get_data_parallel_world_size(),
                       pp_size=parallel_state.get_pipeline_model_parallel_world_size())
     if dist.is_initialized():
         par.dp_group = parallel_state.get_data_parallel_group()
         par.pp_group = parallel_state.get_pipeline_model_parallel_group()
-    runtime = DataEfficiencyRuntime(shape, cfg.curriculum, ltd, par,
-                                    index_fingerprint=lambda ds: _index_fingerprint(args, ds),
-                                    index_hint=lambda ds: _analyzer_command(args, ds))
-    _size_run_in_tokens(runtime, args)
-    return runtime
+    return DataEfficiencyRuntime(args.data_efficiency, shape, par,
+                                 index_fingerprint=lambda ds: _index_fingerprint(args, ds),
+                                 index_hint=lambda ds: _analyzer_command(args, ds))
 
 
 def _index_fingerprint(args: argparse.Namespace, dataset) -> str:
@@ -140,53 +132,65 @@ def _index_fingerprint(args: argparse.Namespace, dataset) -> str:
 
 def _analyzer_command(args: argparse.Namespace, dataset) -> str:
     """The analyzer run that indexes exactly this run's training samples."""
-    from megatron.training_data import train_valid_test_num_samples
     bert = ""
     if hasattr(dataset, "samples_mapping"):
         bert = f"--model bert --short-seq-prob {args.short_seq_prob} " + \
-            ("--bert-no-binary-head " if args.bert_no_binary_head else "")
+            ("" if args.bert_binary_head else "--bert-no-binary-head ")
+    train_samples = plan_run(args).train_valid_test_num_samples[0]
     return (f"this run builds {len(dataset)} training samples; index them with: python "
             f"tools/analyze_data.py --data-path {args.data_path[0]} --granularity sample "
             f"{bert}--split {args.split} --seq-length {args.seq_length} --seed {args.seed} "
-            f"--train-samples {train_valid_test_num_samples(args)[0]} --metrics ... "
-            f"--save-path DIR")
+            f"--train-samples {train_samples} --metrics ... --save-path DIR")
 
 
-def _size_run_in_tokens(runtime: DataEfficiencyRuntime, args: argparse.Namespace) -> None:
-    """With ``--train-tokens``, count the steps the schedule really needs (curriculum and
-    random-LTD steps consume fewer tokens than ``global batch x seq length``), so the
-    datasets are sized for the whole run."""
-    if args.train_tokens is None:
-        return
-    steps = runtime.steps_for_tokens(args.train_tokens)
-    if steps is not None and steps != args.train_iters:
-        print_rank_0(f" > --train-tokens {args.train_tokens}: {steps} steps under the data-"
-                     f"efficiency schedule (nominal estimate was {args.train_iters})")
-        args.train_iters = steps
-
-
-def _run_schedule(forward_step_func, feed, model, args, forward_only, grad_scale_func,
+def _run_schedule(forward_step_func, feeds, model, args, forward_only, grad_scale_func,
                   seq_length) -> list[dict]:
     return get_forward_backward_func()(
-        forward_step_func=forward_step_func, data_iterator=feed, model=model,
-        num_microbatches=args.num_microbatches, seq_length=seq_length,
+        forward_step_func=forward_step_func, data_iterator=feeds[0] if len(feeds) == 1 else feeds,
+        model=model, num_microbatches=args.num_microbatches, seq_length=seq_length,
         micro_batch_size=args.micro_batch_size, forward_only=forward_only,
         grad_scale_func=grad_scale_func)
 
 
-def _average_losses(loss_dicts: list[dict]) -> dict[str, float]:
-    """Mean over micro-batches of each (already DP-averaged) loss."""
-    sums: dict[str, float] = {}
-    for d in loss_dicts:
-        for key, value in d.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
-    return {k: v / len(loss_dicts) for k, v in sums.items()}
+def _reduce_losses(loss_dicts: list[dict]) -> dict[str, float]:
+    """Mean over micro-batches and data-parallel ranks of each loss, with one all-reduce
+    and one device-to-host copy for the whole step (not one per micro-batch)."""
+    if not loss_dicts:
+        return {}
+    keys = list(loss_dicts[0])
+    rows = [torch.stack([torch.as_tensor(d[k], dtype=torch.float32).reshape(())
+                         .to(_loss_device(loss_dicts)) for d in loss_dicts]).mean()
+            for k in keys]
+    means = torch.stack(rows)                                  # [keys]
+    if dist.is_initialized() and parallel_state.get_data_parallel_world_size() > 1:
+        dist.all_reduce(means, group=parallel_state.get_data_parallel_group())
+        means = means / parallel_state.get_data_parallel_world_size()
+    return dict(zip(keys, means.tolist()))
+
+
+def _loss_device(loss_dicts: list[dict]) -> torch.device:
+    first = next(iter(loss_dicts[0].values()))
+    return first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
+
+
+def _run_plan_of_step(train_iterator, runtime, plan: StepPlan, model, forward_step_func,
+                      optimizer, args):
+    feeds = microbatch_feeds(train_iterator, runtime, plan, args.seq_length,
+                             args.micro_batch_size, len(model))
+    loss_dicts = _run_schedule(forward_step_func, feeds, model, args, False,
+                               optimizer.scale_loss, plan.seq_length)
+    finalize_model_grads(model)
+    ok, grad_norm, _ = optimizer.step()
+    observed = [shape for feed in feeds for shape in feed.observed]
+    return loss_dicts, ok, grad_norm, observed
 
 
 def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                runtime: DataEfficiencyRuntime, state: TrainState,
                args: argparse.Namespace) -> StepStats:
-    """One optimizer step over ``num_microbatches`` micro-batches.
+    """One optimizer step over ``num_microbatches`` micro-batches, driven by the step's
+    ``StepPlan`` (computed once here; the feed, the schedule's shapes, the LR scheduler,
+    the counters and the logger read it).
 
     The collectives (schedule, gradient reductions, optimizer step) run inside
     ``collective_context``: a failure there, such as a peer rank that died, is raised as
@@ -194,14 +198,12 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     """
     it = state.iteration
     optimizer.zero_grad()
-    seq_length = runtime.seq_length_for_step(it)
-    feed = microbatch_feeds(train_iterator, runtime, it, seq_length, len(model))
+    plan = runtime.plan_step(it)
     with collective_context(it + 1):
-        loss_dicts = _run_schedule(forward_step_func, feed, model, args, False,
-                                   optimizer.scale_loss, seq_length)
-        finalize_model_grads(model)
-        ok, grad_norm, _ = optimizer.step()
-    losses = _average_losses(loss_dicts) if loss_dicts else {}
+        loss_dicts, ok, grad_norm, observed = _run_plan_of_step(
+            train_iterator, runtime, plan, model, forward_step_func, optimizer, args)
+        plan = runtime.finish_step(plan, observed)
+        losses = _reduce_losses(loss_dicts)
     if not ok and not args.fp16:
         raise TrainingDivergedError(
             f"iteration {it + 1}: gradients are NaN/inf (grad norm {grad_norm}, losses {losses}); "
@@ -209,19 +211,19 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     if not ok:
         print(f" > iteration {it + 1}: skipped, inf/nan gradients under fp16 (loss scale now "
               f"{optimizer.get_loss_scale():.1f})", flush=True)
-    step_tokens = runtime.tokens_for_step(it)
     if ok:
-        scheduler.step(1, args.global_batch_size, step_tokens)
+        scheduler.step(1, args.global_batch_size, plan.consumed_tokens)
     state.iteration += 1
     state.consumed_samples += args.global_batch_size
-    state.consumed_tokens += step_tokens
+    state.consumed_tokens += plan.consumed_tokens
     if "lm loss" in losses:
         state.history.append((state.iteration, losses["lm loss"]))
     return StepStats(iteration=state.iteration, consumed_samples=state.consumed_samples,
-                     consumed_tokens=state.consumed_tokens, step_tokens=step_tokens,
+                     consumed_tokens=state.consumed_tokens, step_tokens=plan.consumed_tokens,
                      learning_rate=scheduler.get_lr(), batch_size=args.global_batch_size,
                      loss_scale=optimizer.get_loss_scale(), grad_norm=grad_norm,
-                     skipped=not ok, losses=losses)
+                     skipped=not ok, losses=losses,
+                     extra_scalars={**plan.scalars(), **plan.sampled_values})
 
 
 def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], model,
@@ -237,13 +239,16 @@ def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], mo
     iterator, loss_dicts = make_iterator(), []
     where = "" if iteration is None else f" at iteration {iteration}"
     for i in range(args.eval_iters):
-        feed = microbatch_feeds(iterator, None, 0, args.seq_length, len(model))
+        feeds = microbatch_feeds(iterator, None, None, args.seq_length, args.micro_batch_size,
+                                 len(model))
         with collective_context(f"eval batch {i + 1}{where}"):
-            loss_dicts += _run_schedule(forward_step_func, feed, model, args, True, None,
+            loss_dicts += _run_schedule(forward_step_func, feeds, model, args, True, None,
                                         args.seq_length)
+    with collective_context(f"eval losses{where}"):
+        losses = _reduce_losses(loss_dicts)
     for m in model:
         m.train()
-    return _average_losses(loss_dicts) if loss_dicts else {}
+    return losses
 
 
 def _save(state, runtime, model, optimizer, scheduler, args) -> None:
@@ -258,12 +263,12 @@ def _eval_due(iteration: int, args: argparse.Namespace, make_valid_iterator) -> 
                 and iteration % args.eval_interval == 0)
 
 
-def _training_done(state: TrainState, args: argparse.Namespace) -> bool:
+def _training_done(state: TrainState, args: argparse.Namespace, run: RunPlan) -> bool:
     if args.train_samples is not None:
         return state.consumed_samples >= args.train_samples
     if args.train_tokens is not None:
         return state.consumed_tokens >= args.train_tokens
-    return state.iteration >= args.train_iters
+    return state.iteration >= run.train_iters
 
 
 def _time_is_up(start: float, args: argparse.Namespace) -> bool:
@@ -279,7 +284,7 @@ def _time_is_up(start: float, args: argparse.Namespace) -> bool:
 
 
 def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, state: TrainState,
-          args: argparse.Namespace, logger: TrainingLogger) -> bool:
+          args: argparse.Namespace, logger: TrainingLogger, run: RunPlan) -> bool:
     """The training loop: steps, logging, evaluation, checkpoints, exit rules.
 
     Returns:
@@ -291,7 +296,7 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
     first_iteration = state.iteration
     for m in model:
         m.train()
-    while not _training_done(state, args):
+    while not _training_done(state, args, run):
         stats = train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                            runtime, state, args)
         now = time.time()
@@ -323,14 +328,17 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
 
 
 def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable,
-             forward_step_func: Callable, extra_args_provider: Callable | None = None,
-             args_defaults: dict | None = None, argv: list[str] | None = None) -> TrainState:
+             model_type: ModelType, forward_step_func: Callable,
+             extra_args_provider: Callable | None = None, args_defaults: dict | None = None,
+             argv: list[str] | None = None) -> TrainState:
     """Megatron's entry point: initialise, build everything, load, train, evaluate.
 
     Args:
         train_valid_test_datasets_provider: ``fn([n_train, n_valid, n_test]) ->
             (train_ds, valid_ds, test_ds)``.
         model_provider: ``fn(pre_process, post_process) -> nn.Module``.
+        model_type: ``ModelType.encoder_or_decoder`` (GPT) or ``ModelType.encoder``
+            (BERT: every pipeline stage reads the batch, BERT curriculum transforms).
         forward_step_func: ``fn(data_iterator, model) -> (output, loss_func)``.
         extra_args_provider, args_defaults: see ``initialize_megatron``.
         argv: flags to parse instead of ``sys.argv[1:]``.
@@ -340,11 +348,15 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         validation losses).
     """
     args = initialize_megatron(extra_args_provider, args_defaults, args=argv)
+    run = plan_run(args, model_type)
+    if run.train_iters != run.nominal_train_iters:
+        print_rank_0(f" > --train-tokens {args.train_tokens}: {run.train_iters} steps under the "
+                     f"data-efficiency schedule (nominal estimate was {run.nominal_train_iters})")
     model = build_model(model_provider, args)
-    runtime = build_data_efficiency_runtime(args)
+    runtime = build_data_efficiency_runtime(args, model_type)
     optimizer = get_megatron_optimizer(model, optimizer_config_from_args(args))
     scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args))
-    state = TrainState()
+    state, de_state = TrainState(), {}
     if args.load:
         _, extra = load_checkpoint(model, optimizer, scheduler, load_dir=args.load,
                                    load_optim=not args.no_load_optim,
@@ -353,20 +365,22 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         state.iteration = int(extra.get("iteration", 0))
         state.consumed_samples = int(extra.get("consumed_samples", 0))
         state.consumed_tokens = int(extra.get("consumed_tokens", 0))
-        runtime.load_state_dict(extra.get("data_efficiency", {}))
+        de_state = extra.get("data_efficiency", {})
+        runtime.check_resumed_state(de_state)
     iterators = build_train_valid_test_data_iterators(
-        train_valid_test_datasets_provider, args, runtime, state.consumed_samples)
-    logger = TrainingLogger(args.train_iters, args.log_interval, args.tensorboard_dir,
+        train_valid_test_datasets_provider, args, runtime, run.train_valid_test_num_samples,
+        every_stage=model_type is ModelType.encoder, consumed_samples=state.consumed_samples,
+        iteration=state.iteration, data_efficiency_state=de_state)
+    logger = TrainingLogger(run.train_iters, args.log_interval, args.tensorboard_dir,
                             args.tensorboard_log_interval,
                             is_logging_rank=(not dist.is_initialized()
                                              or dist.get_rank() == dist.get_world_size() - 1),
-                            extra_scalars=runtime.tensorboard_scalars,
                             queue_size=args.tensorboard_queue_size)
     try:
         print_rank_0(f" > training from iteration {state.iteration} "
                      f"(consumed samples {state.consumed_samples}, tokens {state.consumed_tokens})")
         finished = train(forward_step_func, model, optimizer, scheduler, runtime, iterators,
-                         state, args, logger)
+                         state, args, logger, run)
         if (finished and args.eval_iters > 0 and iterators[1] is not None
                 and not _eval_due(state.iteration, args, iterators[1])):
             state.last_validation = evaluate(forward_step_func, iterators[1], model, args,

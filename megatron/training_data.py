@@ -10,57 +10,75 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 from megatron.data.data_loader import build_pretraining_data_loader
-from megatron.data_efficiency.runtime import DataEfficiencyRuntime
+from megatron.data_efficiency.curriculum.transforms import BatchShape
+from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
 
 
 class MicrobatchFeed:
     """The iterator a schedule hands to ``forward_step_func`` for one step.
 
     Each ``next()`` reads one micro-batch from ``iterator`` (nothing on pipeline stages
-    that read no data, where ``iterator`` is None), applies the runtime's batch transform
-    and adds the runtime's ``token_drop_plan`` for that micro-batch, so every stage gets
-    the plan even when it reads no data. ``runtime=None`` (evaluation) means no transform
-    and no dropping. ``seq_length`` tells stages without data the step's sequence length.
+    that read no data, where ``iterator`` is None), has the runtime transform it to the
+    step's ``plan`` and check it against the plan, and adds the micro-batch's
+    ``token_drop_plan`` (its indices drawn now for every dropping layer and moved to
+    ``device`` in one non-blocking copy), so every stage gets the plan even when it reads
+    no data. ``plan=None`` (evaluation) means no transform and no dropping, at
+    ``seq_length``. ``observed`` collects the shapes the transform produced.
     """
 
     def __init__(self, iterator: Iterator | None, runtime: DataEfficiencyRuntime | None,
-                 iteration: int, seq_length: int) -> None:
+                 plan: StepPlan | None, seq_length: int, micro_batch_size: int,
+                 device: torch.device | str = "cpu") -> None:
         self.iterator = iterator
-        self.seq_length = seq_length
         self.runtime = runtime
-        self.iteration = iteration
+        self.plan = plan
+        self.seq_length = plan.seq_length if plan is not None else seq_length
+        self.micro_batch_size = micro_batch_size
+        self.device = device
         self.microbatch = 0
+        self.observed: list[BatchShape] = []
 
     def __iter__(self) -> "MicrobatchFeed":
         return self
 
     def __next__(self) -> dict:
         batch = {} if self.iterator is None else dict(next(self.iterator))
-        plan = None
-        if self.runtime is not None:
-            if self.iterator is not None:
-                batch = self.runtime.transform_batch(batch, self.iteration)
-            plan = self.runtime.token_drop_plan(self.iteration, self.microbatch,
-                                                batch.get("seq_length", self.seq_length))
-        batch["token_drop_plan"] = plan
-        batch.setdefault("seq_length", self.seq_length)
+        seq, rows = self.seq_length, self.micro_batch_size
+        if self.plan is not None and self.iterator is not None:
+            batch, shape = self.runtime.prepare_microbatch(batch, self.plan, self.microbatch,
+                                                           self.micro_batch_size)
+            self.observed.append(shape)
+            seq, rows = shape.seq_length, shape.rows
+        elif self.plan is not None:
+            rows = self.micro_batch_size * self.plan.rows // self.plan.global_batch_size
+        batch["token_drop_plan"] = (None if self.plan is None else self.runtime.token_drop_plan(
+            self.plan, self.microbatch, rows, seq, self.device))
+        batch.setdefault("seq_length", seq)
         self.microbatch += 1
         return batch
 
 
+def model_device() -> torch.device:
+    """Where the model runs (the token-drop indices are moved there)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def microbatch_feeds(iterator: Iterator | None, runtime: DataEfficiencyRuntime | None,
-                     iteration: int, seq_length: int,
-                     num_chunks: int = 1) -> MicrobatchFeed | list[MicrobatchFeed]:
-    """The feed(s) for one step: one ``MicrobatchFeed``, or one per model chunk under the
-    interleaved schedule (``num_chunks`` > 1).
+                     plan: StepPlan | None, seq_length: int, micro_batch_size: int,
+                     num_chunks: int = 1) -> list[MicrobatchFeed]:
+    """The feeds for one step: one ``MicrobatchFeed`` per model chunk (one without the
+    interleaved schedule).
 
     Only the first virtual stage (chunk 0 of the first stage) and the last one (the last
     chunk of the last stage) read data; with two or more stages a rank holds at most one
     of them, so this rank's single data iterator goes to that chunk and the other chunks'
     feeds carry only the token-drop plan and the sequence length.
     """
+    device = model_device()
     if num_chunks == 1:
-        return MicrobatchFeed(iterator, runtime, iteration, seq_length)
+        return [MicrobatchFeed(iterator, runtime, plan, seq_length, micro_batch_size, device)]
     readers = set()
     if parallel_state.is_pipeline_first_stage(ignore_virtual=True):
         readers.add(0)
@@ -69,19 +87,8 @@ def microbatch_feeds(iterator: Iterator | None, runtime: DataEfficiencyRuntime |
     if len(readers) > 1:
         raise ValueError("interleaved pipeline: one rank holds both the first and the last "
                          "virtual stage; use --pipeline-model-parallel-size >= 2")
-    return [MicrobatchFeed(iterator if c in readers else None, runtime, iteration, seq_length)
-            for c in range(num_chunks)]
-
-
-def train_valid_test_num_samples(args: argparse.Namespace) -> list[int]:
-    """Megatron's dataset sizes: all training samples, and enough validation / test
-    samples for every evaluation."""
-    gbs = args.global_batch_size
-    # train_iters is rounded up from --train-samples / --train-tokens: whole steps only.
-    train = args.train_iters * gbs
-    eval_interval = max(1, args.eval_interval or args.train_iters)
-    valid = (args.train_iters // eval_interval + 1) * args.eval_iters * gbs
-    return [train, valid, args.eval_iters * gbs]
+    return [MicrobatchFeed(iterator if c in readers else None, runtime, plan, seq_length,
+                           micro_batch_size, device) for c in range(num_chunks)]
 
 
 def _needs_data(every_stage: bool = False) -> bool:
@@ -108,24 +115,30 @@ def _build_datasets(provider: Callable, sizes: list[int], every_stage: bool):
 
 def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Namespace,
                                           runtime: DataEfficiencyRuntime,
-                                          consumed_samples: int):
+                                          sizes: tuple[int, int, int], every_stage: bool,
+                                          consumed_samples: int, iteration: int,
+                                          data_efficiency_state: dict | None = None):
     """Returns ``(train_iterator, make_valid_iterator, make_test_iterator)``.
 
-    The train iterator resumes at ``consumed_samples``; the ``make_*`` callables return a
-    fresh iterator from the start of their split (None on stages without data), and are
-    themselves None when the split is empty.
+    Args:
+        sizes: samples each split must hold (``RunPlan.train_valid_test_num_samples``).
+        every_stage: every pipeline stage reads the batches (BERT's padding mask).
+        consumed_samples, iteration: where the run resumes; the default sampler starts at
+            ``consumed_samples``, the curriculum sampler at ``iteration``, from the
+            checkpoint's ``data_efficiency_state``.
+
+    The ``make_*`` callables return a fresh iterator from the start of their split (None
+    on stages without data), and are themselves None when the split is empty.
     """
-    sizes = train_valid_test_num_samples(args)
-    every_stage = getattr(args, "model_type", "gpt") == "bert"
-    train_ds, valid_ds, test_ds = _build_datasets(provider, sizes, every_stage)
+    train_ds, valid_ds, test_ds = _build_datasets(provider, list(sizes), every_stage)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     loader_kwargs = dict(micro_batch_size=args.micro_batch_size, num_workers=args.num_workers,
                          data_parallel_rank=dp_rank, data_parallel_size=dp_size)
     train_iterator = None
     if train_ds is not None:
-        sampler = runtime.train_batch_sampler(train_ds, consumed_samples, args.micro_batch_size,
-                                              dp_rank, dp_size)
+        sampler = runtime.train_batch_sampler(train_ds, args.micro_batch_size, iteration,
+                                              data_efficiency_state)
         train_iterator = _iterate(build_pretraining_data_loader(
             train_ds, consumed_samples, batch_sampler=sampler, **loader_kwargs))
     elif _needs_data(every_stage):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -21,6 +22,8 @@ class StepStats:
     grad_norm: float | None
     skipped: bool
     losses: dict[str, float] = field(default_factory=dict)   # empty off the last stage
+    # the step plan's TensorBoard values (curriculum/*, seqlen/*; tensors: histograms)
+    extra_scalars: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainingLogger:
@@ -32,17 +35,15 @@ class TrainingLogger:
         tensorboard_dir: where event files go (None: no TensorBoard).
         tensorboard_log_interval: write per-step scalars every this many iterations.
         is_logging_rank: the last rank prints and writes (it holds the loss).
-        extra_scalars: ``fn(iteration) -> dict`` of more scalars (data efficiency).
     """
 
     def __init__(self, train_iters: int, log_interval: int, tensorboard_dir: str | None,
                  tensorboard_log_interval: int = 1, is_logging_rank: bool = True,
-                 extra_scalars=None, queue_size: int = 1000) -> None:
+                 queue_size: int = 1000) -> None:
         self.train_iters = train_iters
         self.log_interval = max(1, log_interval)
         self.tb_interval = max(1, tensorboard_log_interval)
         self.is_logging_rank = is_logging_rank
-        self.extra_scalars = extra_scalars or (lambda it: {})
         self.writer = None
         if tensorboard_dir and is_logging_rank:
             from torch.utils.tensorboard import SummaryWriter
@@ -96,7 +97,7 @@ class TrainingLogger:
             w.add_scalar(f"{name} vs tokens", value, tok)
         w.add_scalar("consumed-tokens", tok, it)
         w.add_scalar("steps-vs-tokens", it, tok)
-        for name, value in self.extra_scalars(it).items():
+        for name, value in s.extra_scalars.items():    # the step's own plan, never a later one
             if isinstance(value, torch.Tensor):     # e.g. the sampled samples' metric values
                 w.add_histogram(name, value, it)
                 continue

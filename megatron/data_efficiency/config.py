@@ -38,6 +38,8 @@ from typing import Any
 
 from megatron.data_efficiency.curriculum.scheduler import SCHEDULE_TYPES, ScheduleConfig
 from megatron.data_efficiency.json_keys import check_keys
+from megatron.data_efficiency.random_ltd import config as random_ltd_config
+from megatron.data_efficiency.random_ltd.config import RandomLTDConfig
 
 TRANSFORM_ALIASES = {"seqlen_truncate": "seqtru", "seqtru": "seqtru",
                      "seqlen_reshape": "seqres", "seqres": "seqres"}
@@ -110,11 +112,13 @@ class CurriculumConfig:
 
 @dataclass
 class DataEfficiencyConfig:
-    """Everything data efficiency reads, built once from the file or the flags."""
+    """Everything data efficiency reads, built once (in ``validate_args``) from the file
+    or the flags, then passed in: the curriculum (sampling metrics and batch transform),
+    random-LTD, and through both the token accounting of every step."""
     enabled: bool = False
     seed: int = 1234
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-    random_ltd: Any = None          # RandomLTDConfig, or the raw dict if that class is absent
+    random_ltd: RandomLTDConfig = field(default_factory=RandomLTDConfig)
     source: str = "flags"
 
 
@@ -265,21 +269,12 @@ def config_from_dict(d: dict, source: str = "<dict>",
         raise ValueError(f"{where}.enabled is false but curriculum learning is enabled: "
                          f"contradictory")
     if "data_routing" in de:
-        cfg.random_ltd = _random_ltd(de, seq_length)
-        ltd_on = cfg.random_ltd.get("random_ltd", {}).get("enabled", False) \
-            if isinstance(cfg.random_ltd, dict) else getattr(cfg.random_ltd, "enabled", False)
-        if ltd_on and not cfg.enabled:
+        cfg.random_ltd = RandomLTDConfig.from_deepspeed_dict(
+            {"data_routing": de["data_routing"]}, seq_length)
+        if cfg.random_ltd.enabled and not cfg.enabled:
             raise ValueError(f"{where}.enabled is false but data_routing.random_ltd is "
                              f"enabled: contradictory")
     return cfg
-
-
-def _random_ltd(de: dict, seq_length: int | None) -> Any:
-    try:
-        from megatron.data_efficiency.random_ltd.config import RandomLTDConfig
-    except ImportError:
-        return de["data_routing"]
-    return RandomLTDConfig.from_deepspeed_dict({"data_routing": de["data_routing"]}, seq_length)
 
 
 def load_config_file(path: str, seq_length: int | None = None) -> DataEfficiencyConfig:
@@ -356,9 +351,30 @@ def _as_int_if_whole(x: float) -> float:
     return int(x) if float(x).is_integer() else x
 
 
-def config_from_args(args: argparse.Namespace, seq_length: int | None = None
-                     ) -> DataEfficiencyConfig:
-    """Build the config from parsed flags (``--data-efficiency-config`` or per-metric)."""
+def config_from_args(args: argparse.Namespace) -> DataEfficiencyConfig:
+    """The whole data-efficiency config from the parsed flags: the curriculum from
+    ``--data-efficiency-config`` or the ``--curriculum-*`` flags, random-LTD from the
+    file's ``data_routing.random_ltd`` or the ``--random-ltd*`` flags (one place only).
+
+    Raises:
+        ValueError: naming the contradictory or bad flags / keys.
+    """
+    cfg = _curriculum_from_args(args, args.seq_length)
+    from_flags = random_ltd_config.config_from_args(args, args.num_layers, args.seq_length)
+    if cfg.random_ltd.enabled and from_flags.enabled:
+        raise ValueError(f"random-LTD is set both in --data-efficiency-config "
+                         f"{args.data_efficiency_config} (data_routing.random_ltd) and by the "
+                         "--random-ltd flags; give it in one place")
+    if cfg.random_ltd.enabled:
+        cfg.random_ltd.resolve_layer_ids(args.num_layers)
+    else:
+        cfg.random_ltd = from_flags
+    return cfg
+
+
+def _curriculum_from_args(args: argparse.Namespace, seq_length: int | None
+                          ) -> DataEfficiencyConfig:
+    """The config of ``--data-efficiency-config`` or of the per-metric flags."""
     names = getattr(args, "curriculum_metric", None)
     seed = int(getattr(args, "seed", 1234) or 1234)
     if getattr(args, "data_efficiency_config", None):

@@ -1,15 +1,16 @@
 """The training loop's one handle on data efficiency.
 
 The loop calls every method here unconditionally, each step; it never asks which
-curriculum or whether random-LTD is on. This class composes the parts:
+curriculum or whether random-LTD is on. Each step it asks for the step's ``StepPlan``
+(``plan_step``, pure), hands it to the micro-batch feed (``prepare_microbatch``: the
+check that the batch is the one the curriculum sampler drew for this step, the curriculum
+transform, the check that its shape matches the plan; ``token_drop_plan``: the random-LTD
+plan with its indices drawn), and completes it after the micro-batches ran
+(``finish_step``: seqreo's measured length, the sampled samples' metric values). The LR
+scheduler, the consumed-token counters and the logger read the finished plan.
 
-* the curriculum sampler (which samples a step draws; analyzer index metrics such as voc),
-* the curriculum batch transform (seqtru / seqres / seqreo: what the model sees),
-* the random-LTD scheduler (which layers keep how many tokens),
-* token accounting (``token_accounting.tokens_per_step``): the tokens a step consumed.
-
-With none of them configured it is the plain behaviour: Megatron's sampler, full
-sequences, every layer sees every token, ``global_batch_size * seq_length`` tokens a step.
+With nothing configured it is the plain behaviour: Megatron's sampler, full sequences,
+every layer sees every token, ``global_batch_size * seq_length`` tokens a step.
 
 Iterations are 0-based here (the step about to run); the curriculum's own 1-based step
 numbering is converted in ``curriculum.build``.
@@ -22,20 +23,13 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from megatron.data_efficiency.curriculum.build import (CurriculumTransform, build_sampler,
-                                                       sampled_values_histogram, sampler_scalars)
+from megatron.data_efficiency.config import DataEfficiencyConfig
+from megatron.data_efficiency.curriculum.build import build_sampler, sampled_values_histogram
 from megatron.data_efficiency.curriculum.transforms import BatchShape
-from megatron.data_efficiency.token_accounting import tokens_per_step
+from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
+from megatron.data_efficiency.step_plan import RunShape, StepPlan, StepPlanner, batch_mismatch
 
-
-@dataclass(frozen=True)
-class RunShape:
-    """Sizes the runtime needs; built once from the flags."""
-    global_batch_size: int
-    seq_length: int
-    num_layers: int
-    seed: int = 1234
-    model_type: str = "gpt"            # "gpt" | "bert": which batch transforms apply
+__all__ = ["DataEfficiencyRuntime", "Parallelism", "RunShape", "StepPlan"]
 
 
 @dataclass
@@ -49,12 +43,11 @@ class Parallelism:
 
 
 class DataEfficiencyRuntime:
-    """Curriculum sampler + batch transform + random-LTD + token accounting.
+    """Step plans + curriculum sampler + batch transform + random-LTD draws.
 
     Args:
+        config: the validated ``DataEfficiencyConfig``.
         shape: global sizes of the run.
-        curriculum: a ``config.CurriculumConfig`` (None or disabled: no curriculum).
-        random_ltd: a ``random_ltd.RandomLTDScheduler`` (None or disabled: no dropping).
         parallelism: this rank's DP / PP position and groups.
         index_fingerprint: ``fn(train_dataset) -> str``, the fingerprint the analyzer's
             index must carry for this run's training samples (None: not checked).
@@ -62,175 +55,152 @@ class DataEfficiencyRuntime:
             the error when the index does not match).
     """
 
-    def __init__(self, shape: RunShape, curriculum=None, random_ltd=None,
+    def __init__(self, config: DataEfficiencyConfig, shape: RunShape,
                  parallelism: Parallelism | None = None,
                  index_fingerprint: Callable[[Any], str] | None = None,
                  index_hint: Callable[[Any], str] | None = None) -> None:
+        self.config = config
         self.shape = shape
         self.par = parallelism or Parallelism()
-        self.curriculum = curriculum if curriculum is not None and curriculum.enabled else None
-        self.transform = (CurriculumTransform(self.curriculum, shape.model_type, self.par.dp_group)
-                          if self.curriculum is not None else None)
-        if self.transform is not None and self.transform.kind is None:
-            self.transform = None
-        self.random_ltd = random_ltd if random_ltd is not None and random_ltd.enabled else None
+        self.planner = StepPlanner(config, shape)
         self.index_fingerprint = index_fingerprint
         self.index_hint = index_hint
         self.sampler = None
-        self._sampler_state: dict | None = None
-        self._observed: dict[int, list[BatchShape]] = {}   # seqreo: shapes seen this step
-        self._last_seq_length = shape.seq_length
-        self._check_pipeline()
 
-    # -- what the step looks like --------------------------------------------------------
-    @property
-    def _data_dependent(self) -> bool:
-        """seqreo's length depends on the batch, so it is measured, not scheduled."""
-        return self.transform is not None and self.transform.kind == "seqreo"
+    # -- the step ------------------------------------------------------------------------
+    def plan_step(self, iteration: int) -> StepPlan:
+        """The plan of the optimizer step ``iteration`` (0-based); pure."""
+        return self.planner.plan(iteration)
 
-    def _check_pipeline(self) -> None:
-        if self.par.pp_size > 1 and self.transform is not None \
-                and self.transform.kind in ("seqres", "seqreo"):
-            raise ValueError(f"curriculum transform {self.transform.kind} changes the micro-batch "
-                             "shape per batch, which pipeline stages cannot agree on without "
-                             "reading data; use seqtru with --pipeline-model-parallel-size > 1")
+    def prepare_microbatch(self, batch: dict, plan: StepPlan, microbatch: int,
+                           micro_batch_size: int) -> tuple[dict, BatchShape]:
+        """Check one collated *training* micro-batch against the plan and transform it.
 
-    def _scheduled_shape(self, iteration: int) -> BatchShape:
-        """Rows and length of the global batch at ``iteration`` from the schedule alone."""
-        if self.transform is None or self._data_dependent:
-            return BatchShape(self.shape.global_batch_size, self.shape.seq_length)
-        return self.transform.shape_for_step(iteration, self.shape.global_batch_size,
-                                             self.shape.seq_length)
+        Returns:
+            The batch (with ``seq_length``) and the rows / length it has.
 
-    def seq_length_for_step(self, iteration: int) -> int:
-        """Sequence length the model sees at step ``iteration`` (pipeline buffer shapes)."""
-        return self._scheduled_shape(iteration).seq_length
-
-    def _layer_tokens(self, iteration: int, rows: int, seq_length: int) -> int:
-        if self.random_ltd is None:
-            return tokens_per_step(rows, seq_length, self.shape.num_layers)
-        return self.random_ltd.consumed_tokens(iteration, rows, seq_length)
-
-    def tokens_for_step(self, iteration: int) -> int:
-        """Tokens the optimizer step ``iteration`` (0-based) consumed, layer-weighted.
-
-        Called after the step's micro-batches ran. The same number on every rank: from
-        the schedule where it fixes the shapes, else (seqreo) from the shapes this rank
-        saw, summed over DP and agreed over the pipeline stages.
+        Raises:
+            RuntimeError: the batch is not the plan's: sample ids the curriculum sampler
+                did not draw for this step, or rows / length other than planned.
         """
-        if not self._data_dependent:
-            s = self._scheduled_shape(iteration)
-            return self._layer_tokens(iteration, s.rows, s.seq_length)
-        local = sum(self._layer_tokens(iteration, s.rows, s.seq_length)
-                    for s in self._observed.pop(iteration, []))
-        self._observed = {k: v for k, v in self._observed.items() if k > iteration}
-        return _agree_total(local, self.par)
+        problem = self._ids_mismatch(batch, plan, microbatch)
+        if problem is not None:
+            raise RuntimeError(problem)
+        if self.planner.transform is not None:
+            batch, shape = self.planner.transform.apply(batch, plan.transform_difficulty,
+                                                        self.par.dp_group)
+        else:
+            text = batch["text"]
+            batch = dict(batch)
+            shape = BatchShape(text.shape[0], text.shape[1] - (self.shape.model == "gpt"))
+        problem = batch_mismatch(plan, shape, micro_batch_size)
+        if problem is not None:
+            raise RuntimeError(problem)
+        batch["seq_length"] = shape.seq_length
+        return batch, shape
 
-    def steps_for_tokens(self, train_tokens: int, limit: int = 100_000_000) -> int | None:
-        """Steps needed to consume ``train_tokens`` under the schedule (None: seqreo, whose
-        steps depend on the data)."""
-        if self._data_dependent:
+    def _ids_mismatch(self, batch: dict, plan: StepPlan, microbatch: int) -> str | None:
+        """The curriculum sampler's ids for (step, micro-batch) must be the batch's: the
+        loader and the loop are on the same step (CPU tensors of the loader: no sync)."""
+        if self.sampler is None or "sample_id" not in batch:
             return None
-        saved = self.state_dict()     # walking the schedule must not advance its state
-        total, step = 0, 0
-        while total < train_tokens and step < limit:
-            total += self.tokens_for_step(step)
-            step += 1
-        self.load_state_dict(saved)
-        return step
+        expected = self.sampler.micro_batch_ids(plan.curriculum_step, microbatch)
+        got = batch["sample_id"]
+        if expected is not None and torch.equal(got, torch.as_tensor(expected, dtype=got.dtype)):
+            return None
+        return (f"iteration {plan.iteration + 1}, micro-batch {microbatch}: the data loader's "
+                f"sample ids are not the curriculum sampler's for this step (sampler at "
+                f"step {self.sampler.step})")
+
+    def token_drop_plan(self, plan: StepPlan, microbatch: int, batch_size: int,
+                        seq_length: int, device: torch.device | str = "cpu"
+                        ) -> TokenDropPlan | None:
+        """The random-LTD plan of one training micro-batch (indices drawn now), or None."""
+        return plan.token_drop_plan(microbatch, batch_size, seq_length, self.par.dp_rank,
+                                    device)
+
+    def finish_step(self, plan: StepPlan, observed: list[BatchShape]) -> StepPlan:
+        """The step's plan completed after its micro-batches ran: for seqreo the length
+        and tokens this rank saw, summed over DP and agreed over the pipeline stages; for
+        a curriculum sampler the metric values of the global batch the step trained on.
+        The same consumed tokens on every rank."""
+        seq, tokens = plan.seq_length, plan.consumed_tokens
+        if plan.data_dependent:
+            local = sum(plan.tokens_for(s.rows, s.seq_length) for s in observed)
+            longest = max((s.seq_length for s in observed), default=0)
+            tokens, seq = _agree(local, longest, self.par)
+        return plan.measured(seq, tokens, sampled_values_histogram(self.sampler, plan.iteration))
+
+    def steps_for_tokens(self, train_tokens: int) -> int | None:
+        """Steps needed to consume ``train_tokens`` (None: seqreo)."""
+        return self.planner.steps_for_tokens(train_tokens)
 
     # -- data ----------------------------------------------------------------------------
-    def train_batch_sampler(self, dataset, consumed_samples: int, micro_batch_size: int,
-                            dp_rank: int, dp_size: int):
-        """The curriculum sampler over the analyzer's index, or None for the default
-        ``MegatronPretrainingSampler`` starting at ``consumed_samples``."""
-        del consumed_samples
-        if self.curriculum is None or not self.curriculum.sampling_metrics:
+    def train_batch_sampler(self, dataset, micro_batch_size: int, first_iteration: int,
+                            state: dict | None = None):
+        """The curriculum sampler over the analyzer's index, positioned at the loop's
+        ``first_iteration`` (from the checkpoint's ``state`` when given), or None for the
+        default ``MegatronPretrainingSampler``.
+
+        Raises:
+            ValueError: the index does not describe this run's samples (with the analyzer
+                command that builds one that does), or the checkpoint's sampler is at
+                another step than the loop.
+        """
+        cl = self.config.curriculum
+        if not cl.enabled or not cl.sampling_metrics:
             return None
         fingerprint = (self.index_fingerprint(dataset) if self.index_fingerprint is not None
                        else None)
         try:
-            self.sampler = build_sampler(self.curriculum, self.shape.global_batch_size,
-                                         micro_batch_size, dp_rank, dp_size, self.shape.seed,
-                                         expected_fingerprint=fingerprint)
+            self.sampler = build_sampler(cl, self.shape.global_batch_size, micro_batch_size,
+                                         self.par.dp_rank, self.par.dp_size, self.shape.seed,
+                                         expected_fingerprint=fingerprint,
+                                         first_step=first_iteration)
         except ValueError as err:
             if self.index_hint is None or "fingerprint" not in str(err):
                 raise
             raise ValueError(f"{err}\n{self.index_hint(dataset)}") from None
-        if self.sampler is not None and self._sampler_state is not None:
-            self.sampler.load_state_dict(self._sampler_state)
+        saved = (state or {}).get("curriculum_sampler")
+        if saved is not None:
+            if int(saved["step"]) != first_iteration:
+                raise ValueError(f"curriculum sampler checkpoint is at step {saved['step']}, "
+                                 f"the run resumes at iteration {first_iteration}")
+            self.sampler.load_state_dict(saved)
         return self.sampler
 
-    def transform_batch(self, batch: dict, iteration: int) -> dict:
-        """Apply the curriculum transform to a collated *training* micro-batch."""
-        if self.transform is None:
-            return batch
-        batch, shape = self.transform.apply(batch, iteration)
-        batch["seq_length"] = shape.seq_length
-        self._last_seq_length = shape.seq_length
-        if self._data_dependent:
-            # rows of the whole DP group: every DP rank runs this micro-batch's length
-            self._observed.setdefault(iteration, []).append(shape)
-        return batch
-
-    def token_drop_plan(self, iteration: int, microbatch: int, seq_length: int | None = None):
-        """The random-LTD plan of one training micro-batch, or None (no dropping)."""
-        if self.random_ltd is None:
-            return None
-        s = seq_length if seq_length is not None else self.seq_length_for_step(iteration)
-        return self.random_ltd.plan_for(iteration, microbatch, s, self.par.dp_rank)
-
-    # -- logging -------------------------------------------------------------------------
-    def tensorboard_scalars(self, steps_done: int) -> dict[str, Any]:
-        """Scalars (and histogram tensors) for the step just finished (``steps_done`` is
-        the 1-based count of steps done, as the logger passes it)."""
-        it = max(0, steps_done - 1)
-        out: dict[str, Any] = {}
-        if self.transform is not None:
-            out.update(self.transform.tensorboard_scalars(it, self.shape.seq_length))
-        out.update(sampler_scalars(self.sampler))
-        out.update(sampled_values_histogram(self.sampler))
-        actual = (self._last_seq_length if self._data_dependent
-                  else self.seq_length_for_step(it))
-        if self.transform is not None:
-            out["seqlen/actual_seq_length"] = float(actual)
-        if self.random_ltd is not None:
-            out.update(self.random_ltd.tensorboard_scalars(it, actual))
-        return out
-
     # -- checkpoint ----------------------------------------------------------------------
-    def state_dict(self, steps_done: int | None = None) -> dict:
-        """Small state; ``steps_done`` rewinds a sampler that a prefetching loader ran ahead."""
+    def state_dict(self, iteration: int) -> dict:
+        """The sampler's state after ``iteration`` steps (rewound past the batches a
+        prefetching loader drew ahead) and the random-LTD settings (to warn on change).
+        Schedules are pure functions of the iteration: nothing else is saved."""
         state: dict = {}
-        if self.transform is not None:
-            state["curriculum_transform"] = self.transform.state_dict()
         if self.sampler is not None:
-            state["curriculum_sampler"] = self.sampler.state_dict(steps_consumed=steps_done)
-        elif self._sampler_state is not None:
-            state["curriculum_sampler"] = self._sampler_state
-        if self.random_ltd is not None:
-            state["random_ltd"] = self.random_ltd.state_dict()
+            state["curriculum_sampler"] = self.sampler.state_dict(steps_consumed=iteration)
+        if self.planner.random_ltd is not None:
+            state["random_ltd"] = self.planner.random_ltd.settings()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        if self.transform is not None and "curriculum_transform" in state:
-            self.transform.load_state_dict(state["curriculum_transform"])
-        self._sampler_state = state.get("curriculum_sampler")
-        if self.sampler is not None and self._sampler_state is not None:
-            self.sampler.load_state_dict(self._sampler_state)
-        if self.random_ltd is not None and "random_ltd" in state:
-            self.random_ltd.load_state_dict(state["random_ltd"])
+    def check_resumed_state(self, state: dict) -> None:
+        """Warn when the checkpoint's random-LTD settings differ from this run's."""
+        if self.planner.random_ltd is not None and "random_ltd" in state:
+            self.planner.random_ltd.warn_if_changed(state["random_ltd"])
 
 
-def _agree_total(local: int, par: Parallelism) -> int:
-    """Sum over the data-parallel group, then the same value on every pipeline stage
-    (stages without data saw nothing, so MAX picks the stages that did)."""
+def _agree(local_tokens: int, longest: int, par: Parallelism) -> tuple[int, int]:
+    """Tokens summed over the data-parallel group and the longest length (MAX), then the
+    same values on every pipeline stage (stages without data saw nothing, so MAX picks the
+    stages that did); one device-to-host copy for the step."""
     if not dist.is_initialized() or (par.dp_size == 1 and par.pp_size == 1):
-        return int(local)
+        return int(local_tokens), int(longest)
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([local], dtype=torch.long, device=device)
+    tokens = torch.tensor([local_tokens], dtype=torch.long, device=device)
+    length = torch.tensor([longest], dtype=torch.long, device=device)
     if par.dp_size > 1:
-        dist.all_reduce(t, group=par.dp_group)
+        dist.all_reduce(tokens, group=par.dp_group)
+        dist.all_reduce(length, op=dist.ReduceOp.MAX, group=par.dp_group)
     if par.pp_size > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=par.pp_group)
-    return int(t.item())
+        for t in (tokens, length):
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=par.pp_group)
+    values = torch.cat([tokens, length]).tolist()
+    return int(values[0]), int(values[1])

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from megatron.data_efficiency.random_ltd import add_random_ltd_args
 from megatron.data_efficiency.config import (add_curriculum_args, config_from_args,
                                              config_from_dict, load_config_file)
 
@@ -101,7 +102,10 @@ def test_deepspeed_analyzer_files_are_refused_with_advice():
 def parse(argv):
     p = argparse.ArgumentParser()
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seq-length", type=int, default=2048)
+    p.add_argument("--num-layers", type=int, default=24)
     add_curriculum_args(p)
+    add_random_ltd_args(p)
     return p.parse_args(argv)
 
 
@@ -131,3 +135,18 @@ def test_flag_errors():
     with pytest.raises(ValueError, match="needs --data-efficiency-curriculum-learning"):
         config_from_args(parse(["--curriculum-metric", "seqtru"]))
     assert not config_from_args(parse([])).curriculum.enabled
+
+
+def test_random_ltd_in_the_file_and_by_flags_is_refused_once(tmp_path):
+    import json
+    path = tmp_path / "de.json"
+    path.write_text(json.dumps({"enabled": True, "data_routing": {"enabled": True, "random_ltd": {
+        "enabled": True, "random_ltd_schedule": {"min_value": 128, "max_value": 2048,
+        "schedule_config": {"require_steps": 10, "seq_per_step": 16}}}}}))
+    cfg = config_from_args(parse(["--data-efficiency-config", str(path)]))
+    assert cfg.random_ltd.enabled and cfg.random_ltd.total_steps == 10
+    with pytest.raises(ValueError, match="give it in one place"):
+        config_from_args(parse(["--data-efficiency-config", str(path), "--random-ltd",
+                                "--random-ltd-total-steps", "5"]))
+    flags = config_from_args(parse(["--random-ltd", "--random-ltd-total-steps", "5"]))
+    assert flags.random_ltd.enabled and not flags.curriculum.enabled

@@ -3,8 +3,10 @@ indexed by the analyzer: every curriculum variant runs, tokens are counted as DE
 section 3 says, TensorBoard shows the curves, and a resumed run reproduces the
 uninterrupted one exactly (same sample ids, same token drops, same losses)."""
 import numpy as np
+import torch
 import pytest
 
+from megatron.core.enums import ModelType
 import pretrain_gpt
 from megatron.data.indexed_dataset import MMapIndexedDatasetBuilder
 from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig, run_analyzer
@@ -34,7 +36,9 @@ def indexed_corpus(tmp_path_factory):
     return prefix, str(root / "index" / "voc")
 
 
-def _flags(prefix, *extra, iters=ITERS):
+def _flags(prefix, *extra, iters=ITERS, workers="0"):
+    """``workers=None`` leaves --num-workers at its default (2: a prefetching loader)."""
+    loader = [] if workers is None else ["--num-workers", workers]
     return ["--num-layers", str(LAYERS), "--hidden-size", "32", "--num-attention-heads", "2",
             "--seq-length", str(SEQ), "--max-position-embeddings", str(SEQ),
             "--position-embedding-type", "rope", "--micro-batch-size", "2",
@@ -42,7 +46,7 @@ def _flags(prefix, *extra, iters=ITERS):
             "--min-lr", "3e-4", "--lr-warmup-iters", "2", "--lr-decay-style", "cosine",
             "--vocab-size", str(VOCAB), "--make-vocab-size-divisible-by", "8",
             "--data-path", prefix, "--split", "90,10,0", "--seed", str(SEED),
-            "--num-workers", "0", "--log-interval", "1", "--eval-interval", "100",
+            *loader, "--log-interval", "1", "--eval-interval", "100",
             "--eval-iters", "1", *extra]
 
 
@@ -71,9 +75,10 @@ LTD = ["--random-ltd", "--random-ltd-min-seqlen", "8", "--random-ltd-total-steps
        "--random-ltd-seq-per-step", "8"]
 
 
-def _run(prefix, *extra, iters=ITERS):
+def _run(prefix, *extra, iters=ITERS, workers="0", forward_step=pretrain_gpt.forward_step):
     return pretrain(pretrain_gpt.train_valid_test_datasets_provider, pretrain_gpt.model_provider,
-                    pretrain_gpt.forward_step, argv=_flags(prefix, *extra, iters=iters))
+                    ModelType.encoder_or_decoder, forward_step,
+                    argv=_flags(prefix, *extra, iters=iters, workers=workers))
 
 
 @pytest.mark.parametrize("kind", ["seqtru", "seqres", "voc", "seqtru_voc", "seqres_voc"])
@@ -94,34 +99,75 @@ def test_every_curriculum_trains_and_counts_its_tokens(indexed_corpus, kind):
     assert state.consumed_tokens == expect
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])   # 1: a loader that prefetches ahead
+@pytest.mark.parametrize("workers", ["0", None])   # None: the default, 2 prefetching workers
 def test_resume_reproduces_ids_drops_and_losses(indexed_corpus, tmp_path, workers):
     prefix, index = indexed_corpus
-    flags = [*_curriculum("seqtru_voc", index), *LTD, "--hidden-dropout", "0.1",
-             "--num-workers", workers]
-    straight = _run(prefix, *flags)
+    flags = [*_curriculum("seqtru_voc", index), *LTD, "--hidden-dropout", "0.1"]
+    straight = _run(prefix, *flags, workers=workers)
     save = str(tmp_path / "ckpt")
-    first = _run(prefix, *flags, "--save", save, "--save-interval", "3", "--exit-interval", "3")
+    first = _run(prefix, *flags, "--save", save, "--save-interval", "3", "--exit-interval", "3",
+                 workers=workers)
     assert first.iteration == 3
-    resumed = _run(prefix, *flags, "--load", save, "--save", save, "--save-interval", "100")
+    resumed = _run(prefix, *flags, "--load", save, "--save", save, "--save-interval", "100",
+                   workers=workers)
     assert resumed.iteration == ITERS and resumed.consumed_tokens == straight.consumed_tokens
     assert [loss for _, loss in resumed.history] == [loss for _, loss in straight.history[3:]]
 
 
-def test_tensorboard_shows_curriculum_and_random_ltd(indexed_corpus, tmp_path):
+def test_tensorboard_shows_the_trained_steps_values_with_a_prefetching_loader(indexed_corpus,
+                                                                             tmp_path):
+    """Default --num-workers (2): the loader runs ahead of the loop, yet every step's
+    curriculum/*, seqlen/* and the sampled-values histogram are that step's own, equal to
+    the pacing functions and to the metric values of the samples the step trained on."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from megatron.data_efficiency.analyzer.index_io import MetricIndex
+    from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler, ScheduleConfig
+    from megatron.data_efficiency.random_ltd import mslg_kept_length
     prefix, index = indexed_corpus
     tb = str(tmp_path / "tb")
-    _run(prefix, *_curriculum("seqtru_voc", index), *LTD, "--tensorboard-dir", tb, iters=3)
+    trained: list[list[int]] = []      # sample ids of each training step, in step order
+    microbatches = GBS // 2
+
+    def forward_step(data_iterator, model):
+        def batches():
+            for batch in data_iterator:
+                if model.training:
+                    if not trained or len(trained[-1]) == GBS:
+                        trained.append([])
+                    trained[-1].extend(batch["sample_id"].tolist())
+                yield batch
+        return pretrain_gpt.forward_step(batches(), model)
+
+    _run(prefix, *_curriculum("seqtru_voc", index), *LTD, "--tensorboard-dir", tb,
+         workers=None, forward_step=forward_step)
+    assert len(trained) == ITERS and microbatches == 2
     acc = EventAccumulator(tb, size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ("curriculum/voc", "curriculum/seqtru", "seqlen/curriculum_seqlen",
-                "seqlen/actual_seq_length", "seqlen/random_ltd_reserved_length",
-                "consumed-tokens", "steps-vs-tokens", "lm loss"):
+    for tag in ("consumed-tokens", "steps-vs-tokens", "lm loss"):
         assert tag in tags, (tag, sorted(tags))
-    assert [e.value for e in acc.Scalars("seqlen/curriculum_seqlen")] == [8, 16, 24]
-    assert "curriculum/voc_sampled" in acc.Tags()["histograms"]
+
+    def series(tag):
+        return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    steps = range(1, ITERS + 1)                   # logged step k trained iteration k - 1
+    seqtru = CurriculumScheduler(ScheduleConfig("fixed_linear", 8, SEQ, 4, 8))
+    voc = CurriculumScheduler(ScheduleConfig("fixed_root", 10, 100, 4, 1, 2))
+    seq = [min(seqtru.difficulty_at(k), SEQ) for k in steps]
+    assert series("curriculum/seqtru") == [(k, seqtru.difficulty_at(k)) for k in steps]
+    assert series("curriculum/voc") == [(k, voc.difficulty_at(k)) for k in steps]
+    assert series("seqlen/curriculum_seqlen") == list(zip(steps, seq))
+    assert series("seqlen/actual_seq_length") == list(zip(steps, seq))
+    assert series("seqlen/random_ltd_reserved_length") == \
+        [(k, min(mslg_kept_length(k - 1, 8, SEQ, 4, 8), s)) for k, s in zip(steps, seq)]
+    values = np.asarray(MetricIndex.open(index).sample_to_metric, dtype=np.float64)
+    hist = {e.step: e.histogram_value for e in acc.Histograms("curriculum/voc_sampled")}
+    assert sorted(hist) == list(steps)
+    for k in steps:
+        got = values[trained[k - 1]]
+        h = hist[k]
+        assert (h.num, h.min, h.max) == (GBS, got.min(), got.max()), k
+        assert h.sum == pytest.approx(got.sum()), k
 
 
 def test_index_for_other_samples_is_refused(indexed_corpus):
@@ -131,13 +177,14 @@ def test_index_for_other_samples_is_refused(indexed_corpus):
     prefix, index = indexed_corpus
     flags = _flags(prefix, *_curriculum("voc", index))
     flags[flags.index("--seed") + 1] = str(SEED + 1)
-    with pytest.raises(ValueError, match="fingerprint"):
+    with pytest.raises(ValueError, match="fingerprint(.|\n)*tools/analyze_data.py"):
         pretrain(pretrain_gpt.train_valid_test_datasets_provider, pretrain_gpt.model_provider,
+                 ModelType.encoder_or_decoder,
                  pretrain_gpt.forward_step, argv=flags)
 
 
 def test_deepspeed_json_config_drives_random_ltd_and_conflicts_with_flags(indexed_corpus,
-                                                                         tmp_path):
+                                                                         tmp_path, capsys):
     """A Megatron-DeepSpeed user's data_efficiency JSON works unchanged; the same setting
     also given by flags is refused, naming both places."""
     import json
@@ -155,5 +202,39 @@ def test_deepspeed_json_config_drives_random_ltd_and_conflicts_with_flags(indexe
     state = _run(prefix, "--data-efficiency-config", str(config))
     kept = [8, 14 // 8 * 8, 20 // 8 * 8, 26 // 8 * 8, 32, 32]
     assert state.consumed_tokens == sum(tokens_per_step(GBS, SEQ, LAYERS, 2, r) for r in kept)
-    with pytest.raises(ValueError, match="give it in one place"):
+    with pytest.raises(SystemExit):
         _run(prefix, "--data-efficiency-config", str(config), *LTD)
+    assert "give it in one place" in capsys.readouterr().err
+
+
+def _recording_drops(drops: dict):
+    """``forward_step`` that records every training micro-batch's token-drop indices."""
+    def forward_step(data_iterator, model):
+        def batches():
+            for batch in data_iterator:
+                plan = batch["token_drop_plan"]
+                if model.training and plan is not None:
+                    drops[(plan.iteration, plan.microbatch)] = plan.indices.clone()
+                yield batch
+        return pretrain_gpt.forward_step(batches(), model)
+    return forward_step
+
+
+def test_resume_mid_schedule_reproduces_the_token_drops(indexed_corpus, tmp_path):
+    """Random-LTD alone, resumed at iteration 2 of a kept length that grows over 4 steps,
+    with the default prefetching loader: the resumed run drops exactly the tokens the
+    uninterrupted run dropped, step by step and micro-batch by micro-batch."""
+    prefix, _ = indexed_corpus
+    straight, first, resumed = {}, {}, {}
+    _run(prefix, *LTD, workers=None, forward_step=_recording_drops(straight))
+    save = str(tmp_path / "ckpt")
+    _run(prefix, *LTD, "--save", save, "--save-interval", "2", "--exit-interval", "2",
+         workers=None, forward_step=_recording_drops(first))
+    _run(prefix, *LTD, "--load", save, "--save", save, "--save-interval", "100", workers=None,
+         forward_step=_recording_drops(resumed))
+    assert sorted(straight) == [(it, m) for it in range(4) for m in range(2)]   # r < 32
+    assert sorted(first) == sorted(k for k in straight if k[0] < 2)
+    assert sorted(resumed) == sorted(k for k in straight if k[0] >= 2)
+    for key, indices in {**first, **resumed}.items():
+        assert torch.equal(indices, straight[key]), key
+    assert not torch.equal(straight[(2, 0)], straight[(2, 1)])

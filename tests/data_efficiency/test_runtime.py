@@ -1,13 +1,16 @@
-"""The data-efficiency runtime: curriculum transform + random-LTD + token accounting composed
-behind the one interface the training loop calls."""
+"""Step plans and the data-efficiency runtime: one frozen plan per step, pure in
+(config, iteration), composing the curriculum transform, random-LTD and token accounting."""
+import dataclasses
+
 import pytest
 import torch
 
 from megatron.data_efficiency.config import (CurriculumConfig, CurriculumMetricConfig,
-                                             config_from_dict)
+                                             DataEfficiencyConfig, config_from_dict)
 from megatron.data_efficiency.curriculum.scheduler import ScheduleConfig
-from megatron.data_efficiency.random_ltd import RandomLTDConfig, RandomLTDScheduler
-from megatron.data_efficiency.runtime import DataEfficiencyRuntime, Parallelism, RunShape
+from megatron.data_efficiency.random_ltd import RandomLTDConfig, mslg_kept_length
+from megatron.data_efficiency.runtime import DataEfficiencyRuntime
+from megatron.data_efficiency.step_plan import RunShape, StepPlanner
 from megatron.data_efficiency.token_accounting import tokens_per_step
 
 GBS, SEQ, LAYERS = 8, 128, 6
@@ -21,90 +24,113 @@ def _seqtru(d_min=16, steps=10, kind="seqtru") -> CurriculumConfig:
     return cfg.curriculum
 
 
-def _ltd(r_s=32, steps=20) -> RandomLTDScheduler:
-    cfg = RandomLTDConfig(enabled=True, min_seqlen=r_s, max_seqlen=SEQ, total_steps=steps,
-                          seq_per_step=16)
-    return RandomLTDScheduler(cfg, LAYERS, SEQ, seed=3)
+def _ltd(r_s=32, steps=20) -> RandomLTDConfig:
+    return RandomLTDConfig(enabled=True, min_seqlen=r_s, max_seqlen=SEQ, total_steps=steps,
+                           seq_per_step=16)
 
 
-def test_plain_runtime_counts_full_batches():
-    rt = DataEfficiencyRuntime(RunShape(GBS, SEQ, LAYERS))
-    assert [rt.tokens_for_step(i) for i in (0, 50)] == [GBS * SEQ] * 2
-    assert rt.token_drop_plan(0, 0, SEQ) is None and rt.tensorboard_scalars(1) == {}
-    assert rt.steps_for_tokens(10 * GBS * SEQ) == 10
+def _config(curriculum=None, random_ltd=None) -> DataEfficiencyConfig:
+    return DataEfficiencyConfig(enabled=True, curriculum=curriculum or CurriculumConfig(),
+                                random_ltd=random_ltd or RandomLTDConfig())
 
 
-def test_seqtru_with_random_ltd_counts_layer_tokens_of_the_truncated_length():
-    rt = DataEfficiencyRuntime(RunShape(GBS, SEQ, LAYERS), _seqtru(), _ltd())
-    for it in range(0, 25):
-        d = rt.seq_length_for_step(it)
-        assert d == min(SEQ, rt.transform.difficulty(it))
-        r = min(rt.random_ltd.kept_length(it), d)
-        assert rt.tokens_for_step(it) == tokens_per_step(GBS, d, LAYERS, LAYERS - 2, r)
-        plan = rt.token_drop_plan(it, 0, d)
-        assert (plan is None) == (r >= d)
-        if plan is not None:
-            assert plan.kept_length == r and plan.layer_ids == frozenset(range(1, LAYERS - 1))
-    # iteration 0 is DeepSpeed's curriculum step 1: floor(1/10 * 112 + 16) = 27 -> 24 tokens,
-    # and every layer keeps them all (r_s = 32 > 24)
-    assert rt.seq_length_for_step(0) == 24 and rt.tokens_for_step(0) == GBS * 24
-    assert rt.tokens_for_step(30) == GBS * SEQ            # both schedules finished
-    nominal = 30 * GBS * SEQ
-    assert rt.steps_for_tokens(nominal) > 30              # short early steps: more of them
+def _planner(curriculum=None, random_ltd=None, **shape) -> StepPlanner:
+    shape = {"global_batch_size": GBS, "seq_length": SEQ, "num_layers": LAYERS, "seed": 3,
+             "num_microbatches": 2, **shape}
+    return StepPlanner(_config(curriculum, random_ltd), RunShape(**shape))
 
 
-def test_transform_truncates_training_batches_and_logs_the_names_users_know():
-    rt = DataEfficiencyRuntime(RunShape(GBS, SEQ, LAYERS), _seqtru(), _ltd())
-    batch = rt.transform_batch({"text": torch.arange(2 * (SEQ + 1)).view(2, SEQ + 1)}, 0)
-    assert batch["text"].shape == (2, 25) and batch["seq_length"] == 24
-    scalars = rt.tensorboard_scalars(1)
-    assert scalars["curriculum/seqtru"] == 24 and scalars["seqlen/curriculum_seqlen"] == 24
-    assert scalars["seqlen/actual_seq_length"] == 24
-    assert scalars["seqlen/random_ltd_reserved_length"] == 24
+def test_plain_plan_counts_full_batches_and_logs_nothing():
+    planner = _planner()
+    for it in (0, 50):
+        plan = planner.plan(it)
+        assert (plan.rows, plan.seq_length, plan.consumed_tokens) == (GBS, SEQ, GBS * SEQ)
+        assert plan.scalars() == {} and plan.token_drop_plan(0, 4, SEQ, 0) is None
+    assert planner.steps_for_tokens(10 * GBS * SEQ) == 10
+
+
+def test_seqtru_with_random_ltd_plans_every_step_from_the_pure_schedules():
+    planner = _planner(_seqtru(), _ltd())
+    for it in range(25):
+        plan = planner.plan(it)
+        d = min(SEQ, max(16, (16 + (it + 1) * 112 // 10) // 8 * 8))   # curriculum step it + 1
+        r = min(mslg_kept_length(it, 32, SEQ, 20, 16), d)
+        assert (plan.seq_length, plan.kept_length is not None) == (d, True)
+        assert plan.consumed_tokens == tokens_per_step(GBS, d, LAYERS, LAYERS - 2, r)
+        assert plan.scalars() == {"curriculum/seqtru": d, "seqlen/curriculum_seqlen": d,
+                                  "seqlen/actual_seq_length": d,
+                                  "seqlen/random_ltd_reserved_length": r}
+        drop = plan.token_drop_plan(1, 4, d, dp_rank=0)
+        assert (drop is None) == (r >= d)
+        if drop is not None:
+            assert drop.kept_length == r and drop.layer_ids == frozenset(range(1, LAYERS - 1))
+            assert drop.indices.shape == (LAYERS - 2, 4, r) and drop.iteration == it
+    assert planner.plan(0).seq_length == 24 and planner.plan(0).consumed_tokens == GBS * 24
+    assert planner.plan(30).consumed_tokens == GBS * SEQ            # both schedules finished
+    assert planner.steps_for_tokens(30 * GBS * SEQ) > 30            # short early steps
+
+
+def test_plans_are_pure_in_the_iteration():
+    """No schedule state: any order of asking gives the same frozen plans."""
+    a, b = _planner(_seqtru(), _ltd()), _planner(_seqtru(), _ltd())
+    forward = [a.plan(it) for it in range(30)]
+    backward = [b.plan(it) for it in reversed(range(30))][::-1]
+    assert forward == backward
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        forward[0].seq_length = 5
 
 
 def test_seqres_counts_the_real_rows():
-    rt = DataEfficiencyRuntime(RunShape(GBS, SEQ, LAYERS), _seqtru(kind="seqres"))
-    assert rt.seq_length_for_step(0) == 24
-    assert rt.tokens_for_step(0) == GBS * (SEQ // 24) * 24
+    plan = _planner(_seqtru(kind="seqres")).plan(0)
+    assert (plan.seq_length, plan.rows) == (24, GBS * (SEQ // 24))
+    assert plan.consumed_tokens == GBS * (SEQ // 24) * 24
 
 
 def test_pipeline_refuses_shape_changing_transforms():
     with pytest.raises(ValueError, match="seqres"):
-        DataEfficiencyRuntime(RunShape(GBS, SEQ, LAYERS), _seqtru(kind="seqres"),
-                              parallelism=Parallelism(pp_size=2))
-    DataEfficiencyRuntime(RunShape(GBS, SEQ, LAYERS), _seqtru(), parallelism=Parallelism(pp_size=2))
+        _planner(_seqtru(kind="seqres"), pipeline_stages=2)
+    _planner(_seqtru(), pipeline_stages=2)
 
 
-def test_seqreo_counts_the_lengths_it_saw():
+def _seqreo_runtime() -> DataEfficiencyRuntime:
     metric = CurriculumMetricConfig(name="seqlen", kind="index", difficulty_type="value",
                                     clustering_type="schedule_based", index_path="unused",
                                     schedule=ScheduleConfig("fixed_linear", 8, SEQ, 10, 8))
     cl = CurriculumConfig(enabled=True, metrics=[metric])
-    rt = DataEfficiencyRuntime(RunShape(4, SEQ, LAYERS, model_type="bert"), cl)
-    assert rt.transform.kind == "seqreo"
-    for real in (10, 30):                       # two micro-batches of 2 rows
+    return DataEfficiencyRuntime(_config(cl), RunShape(4, SEQ, LAYERS, model="bert",
+                                                       num_microbatches=2))
+
+
+def test_seqreo_plan_is_completed_from_the_lengths_it_saw():
+    rt = _seqreo_runtime()
+    plan = rt.plan_step(0)
+    assert plan.data_dependent and plan.transform == "seqreo"
+    shapes = []
+    for m, real in enumerate((10, 30)):                 # two micro-batches of 2 rows
         mask = torch.zeros(2, SEQ, dtype=torch.long)
         mask[:, :real] = 1
-        batch = rt.transform_batch({"text": torch.ones(2, SEQ, dtype=torch.long),
-                                    "padding_mask": mask}, 0)
-        assert batch["text"].shape[1] == -(-real // 8) * 8
-    assert rt.tokens_for_step(0) == 2 * 16 + 2 * 32
+        batch, shape = rt.prepare_microbatch({"text": torch.ones(2, SEQ, dtype=torch.long),
+                                              "padding_mask": mask}, plan, m, 2)
+        assert batch["text"].shape[1] == -(-real // 8) * 8 == shape.seq_length
+        shapes.append(shape)
+    done = rt.finish_step(plan, shapes)
+    assert done.consumed_tokens == 2 * 16 + 2 * 32 and done.seq_length == 32
+    assert done.scalars()["seqlen/actual_seq_length"] == 32
+    assert rt.steps_for_tokens(10 ** 6) is None
 
 
-def test_state_round_trip_keeps_the_schedules():
-    rt = DataEfficiencyRuntime(RunShape(GBS, SEQ, LAYERS), _seqtru(), _ltd())
-    for it in range(5):
-        rt.tokens_for_step(it)
-    state = rt.state_dict(5)
-    other = DataEfficiencyRuntime(RunShape(GBS, SEQ, LAYERS), _seqtru(), _ltd())
-    other.load_state_dict(state)
-    assert [other.tokens_for_step(i) for i in range(5, 12)] == \
-        [rt.tokens_for_step(i) for i in range(5, 12)]
+def test_feed_check_refuses_a_batch_that_is_not_the_plans():
+    rt = DataEfficiencyRuntime(_config(_seqtru()), RunShape(GBS, SEQ, LAYERS))
+    plan = rt.plan_step(0)                                 # 24 tokens
+    ok, shape = rt.prepare_microbatch({"text": torch.zeros(4, SEQ + 1, dtype=torch.long)},
+                                      plan, 0, 4)
+    assert ok["text"].shape == (4, 25) and ok["seq_length"] == 24 == shape.seq_length
+    with pytest.raises(RuntimeError, match="step plan says 4 x 24"):
+        rt.prepare_microbatch({"text": torch.zeros(2, SEQ + 1, dtype=torch.long)}, plan, 0, 4)
 
 
-def test_sizing_a_run_in_tokens_leaves_the_schedules_where_they_were():
-    rt = DataEfficiencyRuntime(RunShape(GBS, SEQ, LAYERS), _seqtru(), _ltd())
-    before = rt.state_dict()
-    assert rt.steps_for_tokens(50 * GBS * SEQ) > 50
-    assert rt.state_dict() == before
+def test_state_is_only_what_cannot_be_recomputed():
+    rt = DataEfficiencyRuntime(_config(_seqtru(), _ltd()), RunShape(GBS, SEQ, LAYERS))
+    assert set(rt.state_dict(5)) == {"random_ltd"}        # no sampler: schedules are pure
+    plain = DataEfficiencyRuntime(_config(), RunShape(GBS, SEQ, LAYERS))
+    assert plain.state_dict(5) == {} and plain.train_batch_sampler(None, 2, 0) is None

@@ -52,11 +52,12 @@ def _flags(prefix: str, extra: list[str]) -> list[str]:
 def _pretrain_worker(rank: int, world_size: int, prefix: str,
                      runs: list[list[str]]) -> list[tuple[list, dict]]:
     import pretrain_gpt  # the real entry point's providers
+    from megatron.core.enums import ModelType
     from megatron.training import pretrain
     histories = []
     for extra in runs:
         state = pretrain(pretrain_gpt.train_valid_test_datasets_provider,
-                         pretrain_gpt.model_provider, pretrain_gpt.forward_step,
+                         pretrain_gpt.model_provider, ModelType.encoder_or_decoder, pretrain_gpt.forward_step,
                          argv=_flags(prefix, extra))
         histories.append((state.history, state.last_validation))
     return histories

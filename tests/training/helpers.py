@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from megatron.core.enums import ModelType
 import pretrain_gpt
 
 VOCAB = 60          # NullTokenizer: ids 0..59, 59 is EOD
@@ -47,6 +48,6 @@ def tiny_gpt_flags(*extra: str, iters: int = 6) -> list[str]:
 
 def run_tiny(*extra: str, iters: int = 6, forward_step=None, model_provider=None):
     from megatron.training import pretrain
-    return pretrain(synthetic_provider, model_provider or pretrain_gpt.model_provider,
+    return pretrain(synthetic_provider, model_provider or pretrain_gpt.model_provider, ModelType.encoder_or_decoder,
                     forward_step or pretrain_gpt.forward_step,
                     argv=tiny_gpt_flags(*extra, iters=iters))

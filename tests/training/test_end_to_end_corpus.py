@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from megatron.core.enums import ModelType
 import pretrain_gpt
 from megatron.training import pretrain
 
@@ -37,7 +38,7 @@ def test_loss_falls_on_stdlib_slice(tmp_path, capsys):
              "--data-cache-path", str(tmp_path / "cache"), "--num-workers", "0",
              "--log-interval", "10", "--eval-interval", "20", "--eval-iters", "2"]
     state = pretrain(pretrain_gpt.train_valid_test_datasets_provider,
-                     pretrain_gpt.model_provider, pretrain_gpt.forward_step, argv=flags)
+                     pretrain_gpt.model_provider, ModelType.encoder_or_decoder, pretrain_gpt.forward_step, argv=flags)
     losses = [loss for _, loss in state.history]
     assert len(losses) == 40
     first, last = losses[0], sum(losses[-5:]) / 5
@@ -52,5 +53,5 @@ def test_loss_falls_on_stdlib_slice(tmp_path, capsys):
     flags[flags.index("--train-iters") + 1] = "2"
     flags[flags.index("--lr-warmup-iters") + 1] = "1"
     state = pretrain(pretrain_gpt.train_valid_test_datasets_provider,
-                     pretrain_gpt.model_provider, pretrain_gpt.forward_step, argv=flags)
+                     pretrain_gpt.model_provider, ModelType.encoder_or_decoder, pretrain_gpt.forward_step, argv=flags)
     assert state.iteration == 2 and state.last_validation["lm loss"] > 0

@@ -5,6 +5,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import pretrain_gpt
+from megatron.core.enums import ModelType
 from megatron.training import TrainingDivergedError, pretrain
 from tests.training.helpers import run_tiny, synthetic_provider, tiny_gpt_flags
 
@@ -45,7 +46,8 @@ def test_train_tokens_stopping_rule():
     flags = tiny_gpt_flags("--eval-iters", "0")
     i = flags.index("--train-iters")
     flags[i:i + 2] = ["--train-tokens", "200"]
-    state = pretrain(synthetic_provider, pretrain_gpt.model_provider, pretrain_gpt.forward_step,
+    state = pretrain(synthetic_provider, pretrain_gpt.model_provider,
+                     ModelType.encoder_or_decoder, pretrain_gpt.forward_step,
                      argv=flags)
     assert state.iteration == 4 and state.consumed_tokens == 256   # 64 tokens per step
 

@@ -1,45 +1,47 @@
-"""The data-efficiency seam: the plain runtime and the micro-batch feed the loop builds."""
+"""The micro-batch feed the loop builds for one step: it applies the step plan, checks the
+batch against it, and gives every stage the token-drop plan and the sequence length."""
 import torch
 
+from megatron.data_efficiency.config import DataEfficiencyConfig
+from megatron.data_efficiency.random_ltd import RandomLTDConfig
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, RunShape
 from megatron.training_data import MicrobatchFeed
 
-
-class _Recording(DataEfficiencyRuntime):
-    """Records what the loop asks, to check the feed calls every hook."""
-
-    def transform_batch(self, batch, iteration):
-        return {**batch, "text": batch["text"][:, :5], "seen_iteration": iteration}
-
-    def token_drop_plan(self, iteration, microbatch, seq_length=None):
-        return ("plan", iteration, microbatch, seq_length)
+LTD = RandomLTDConfig(enabled=True, min_seqlen=4, max_seqlen=8, total_steps=100, seq_per_step=2,
+                      layer_ids=(1,))
 
 
-def test_plain_runtime():
-    rt = DataEfficiencyRuntime(RunShape(global_batch_size=8, seq_length=128,
-                                                    num_layers=4))
-    assert rt.tokens_for_step(0) == rt.tokens_for_step(99) == 8 * 128
-    assert rt.seq_length_for_step(3) == 128
-    assert rt.train_batch_sampler(None, 0, 2, 0, 1) is None
-    batch = {"text": torch.zeros(2, 9)}
-    assert rt.transform_batch(batch, 5) is batch
-    assert rt.token_drop_plan(5, 0) is None and rt.tensorboard_scalars(5) == {}
-    rt.load_state_dict(rt.state_dict())
+def _runtime(random_ltd=LTD):
+    cfg = DataEfficiencyConfig(enabled=True, random_ltd=random_ltd)
+    return DataEfficiencyRuntime(cfg, RunShape(global_batch_size=4, seq_length=8, num_layers=3,
+                                               num_microbatches=2))
 
 
-def test_feed_applies_transform_and_plan_per_microbatch():
-    rt = _Recording(RunShape(global_batch_size=4, seq_length=8, num_layers=2))
+def test_feed_adds_each_microbatchs_drop_plan_drawn_at_once():
+    rt = _runtime()
+    plan = rt.plan_step(7)
     data = iter([{"text": torch.arange(18).view(2, 9)}] * 2)
-    feed = MicrobatchFeed(data, rt, iteration=7, seq_length=8)
+    feed = MicrobatchFeed(data, rt, plan, seq_length=8, micro_batch_size=2)
     first, second = next(feed), next(feed)
-    assert first["text"].shape == (2, 5) and first["seen_iteration"] == 7
-    assert first["token_drop_plan"] == ("plan", 7, 0, 8)
-    assert second["token_drop_plan"] == ("plan", 7, 1, 8)
+    assert first["text"].shape == (2, 9) and first["seq_length"] == 8
+    for m, batch in enumerate((first, second)):
+        drop = batch["token_drop_plan"]
+        assert (drop.iteration, drop.microbatch, drop.kept_length) == (7, m, 4)
+        assert drop.indices.shape == (1, 2, 4)
+    assert [s.seq_length for s in feed.observed] == [8, 8]
 
 
 def test_feed_without_data_gives_plan_and_length_only():
-    rt = _Recording(RunShape(global_batch_size=4, seq_length=8, num_layers=2))
-    batch = next(MicrobatchFeed(None, rt, iteration=2, seq_length=8))
-    assert batch == {"token_drop_plan": ("plan", 2, 0, 8), "seq_length": 8}
-    evaluation = next(MicrobatchFeed(iter([{"text": torch.zeros(1, 9)}]), None, 0, 8))
+    rt = _runtime()
+    batch = next(MicrobatchFeed(None, rt, rt.plan_step(2), seq_length=8, micro_batch_size=2))
+    assert batch["seq_length"] == 8 and batch["token_drop_plan"].indices.shape == (1, 2, 4)
+    assert set(batch) == {"seq_length", "token_drop_plan"}
+    evaluation = next(MicrobatchFeed(iter([{"text": torch.zeros(1, 9)}]), None, None, 8, 1))
     assert evaluation["token_drop_plan"] is None and evaluation["text"].shape == (1, 9)
+
+
+def test_plain_runtime_feeds_the_batch_unchanged():
+    rt = _runtime(RandomLTDConfig())
+    text = torch.zeros(2, 9)
+    batch = next(MicrobatchFeed(iter([{"text": text}]), rt, rt.plan_step(5), 8, 2))
+    assert batch["text"] is text and batch["token_drop_plan"] is None

@@ -57,12 +57,15 @@ class CurriculumSampler:
         history: steps of state kept so that ``state_dict(steps_consumed)`` can rewind
             past batches a data loader fetched ahead.
         buffer_size: ids buffered per cluster.
+        first_step: global batches the training loop has already run (its iteration);
+            the next batch drawn is for step ``first_step + 1``. ``load_state_dict``
+            sets it from a checkpoint instead.
     """
 
     def __init__(self, metrics: Sequence[SamplerMetric], global_batch_size: int,
                  micro_batch_size: int, data_parallel_rank: int = 0,
                  data_parallel_size: int = 1, seed: int = 1234, history: int = 256,
-                 buffer_size: int = 4096):
+                 buffer_size: int = 4096, first_step: int = 0):
         if not metrics:
             raise ValueError("CurriculumSampler needs at least one metric with an index")
         sizes = {m.name: int(m.index.num_samples) for m in metrics}
@@ -90,11 +93,11 @@ class CurriculumSampler:
         self.seed = int(seed)
         self._streams = ClusterStreams([m.index for m in metrics], self.seed, buffer_size)
         self._history: collections.deque = collections.deque(maxlen=history)
-        self.step = 0                                    # global batches drawn so far
+        self._batches: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self.step = int(first_step)                      # last step drawn (1-based)
         self.current_difficulties: dict[str, float] = {}
         self._ends = [0] * len(self.metrics)             # admitted prefix per metric
         self._end_cache: dict[int, tuple[float, int]] = {}
-        self.last_global_batch: np.ndarray | None = None
 
     @property
     def num_clusters(self) -> int:
@@ -110,7 +113,7 @@ class CurriculumSampler:
     def _advance_difficulties(self, step: int) -> None:
         ends = list(self._ends)
         for i, m in enumerate(self.metrics):
-            d = m.scheduler.update_difficulty(step)
+            d = m.scheduler.difficulty_at(step)
             self.current_difficulties[m.name] = d
             cached = self._end_cache.get(i)
             if cached is None or cached[0] != d:
@@ -136,8 +139,20 @@ class CurriculumSampler:
         slots = np.searchsorted(cum, draws, side="right")
         batch = self._streams.take(slots)
         self.step = step
-        self.last_global_batch = batch
+        self._batches[step] = batch
+        while len(self._batches) > self._history.maxlen:
+            self._batches.popitem(last=False)
         return batch
+
+    def global_batch(self, step: int) -> np.ndarray | None:
+        """The global batch drawn for 1-based ``step``, if still kept (the last
+        ``history`` steps), else None.                                  # [GBS] int64 ids"""
+        return self._batches.get(step)
+
+    def micro_batch_ids(self, step: int, microbatch: int) -> list[int] | None:
+        """This rank's ids of micro-batch ``microbatch`` of ``step`` (None: not kept)."""
+        batch = self.global_batch(step)
+        return None if batch is None else self.micro_batches(batch)[microbatch]
 
     def micro_batches(self, batch: np.ndarray) -> list[list[int]]:
         """This rank's micro-batches of a global batch, in Megatron's order."""
@@ -157,7 +172,7 @@ class CurriculumSampler:
     # -- state ---------------------------------------------------------------------
     def _snapshot(self) -> tuple:
         return (self.step, list(self._ends), dict(self.current_difficulties),
-                [m.scheduler.state_dict() for m in self.metrics], self._streams.snapshot())
+                self._streams.snapshot())
 
     def state_dict(self, steps_consumed: int | None = None) -> dict[str, Any]:
         """Small, JSON-able state; resuming from it draws exactly the same ids.
@@ -175,11 +190,10 @@ class CurriculumSampler:
                                  f"kept (sampler at step {self.step}, "
                                  f"{len(self._history)} steps of history)")
             snap = found[0]
-        step, ends, diffs, scheds, streams = snap
-        return {"version": 1, "seed": self.seed, "num_samples": self.num_samples,
+        step, ends, diffs, streams = snap
+        return {"version": 2, "seed": self.seed, "num_samples": self.num_samples,
                 "metrics": [m.name for m in self.metrics], "step": step, "ends": ends,
-                "difficulties": diffs, "schedulers": scheds,
-                "clusters": self._streams.state_dict(streams)}
+                "difficulties": diffs, "clusters": self._streams.state_dict(streams)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()``; the seed, metrics and sample count must match."""
@@ -192,8 +206,6 @@ class CurriculumSampler:
         self._ends = [int(e) for e in state["ends"]]
         self.current_difficulties = dict(state["difficulties"])
         self._end_cache = {}
-        for m, s in zip(self.metrics, state["schedulers"]):
-            m.scheduler.load_state_dict(s)
         self._streams.load_state_dict(state["clusters"])
         self._history.clear()
-        self.last_global_batch = None
+        self._batches.clear()

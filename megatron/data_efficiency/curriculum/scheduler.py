@@ -17,14 +17,17 @@ exactly as DeepSpeed calls ``update_difficulty(global_steps)``. In a Megatron lo
 ``iteration`` counts completed steps, the step about to run is ``iteration + 1``.
 
 Once ``d_max`` has been reached the difficulty stays there (DeepSpeed's latch), even if a
-discrete or custom schedule would go down again afterwards.
+discrete or custom schedule would go down again afterwards. The scheduler is pure: the
+difficulty of a step is a function of the config and the step, so nothing is checkpointed.
 """
 from __future__ import annotations
 
 import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
+
+from megatron.data_efficiency.pacing import paced_value
 
 SCHEDULE_TYPES = ("fixed_linear", "fixed_root", "fixed_discrete", "custom")
 
@@ -101,7 +104,14 @@ def load_callable(path: str) -> Callable[[int], float]:
 
 
 class CurriculumScheduler:
-    """Stateful pacing function of one metric (DeepSpeed-compatible).
+    """Pacing function of one metric (DeepSpeed-compatible), pure in the step.
+
+    ``difficulty_at(step)`` is the difficulty DeepSpeed's stateful scheduler holds after
+    ``update_difficulty`` was called for every step ``1 .. step`` (as the training loop
+    does), latch included, computed without state: the fixed schedules imply the latch in
+    their formula or their levels, and for ``custom`` the first step that reaches ``d_max``
+    is found by a forward scan whose result is cached (a cache of a pure function: calling
+    it never changes what any step gets).
 
     Args:
         config: the metric's ``ScheduleConfig``.
@@ -114,20 +124,8 @@ class CurriculumScheduler:
         self._fn = custom_fn
         if config.schedule_type == "custom" and self._fn is None:
             self._fn = load_callable(config.custom_function)
-        self.current_difficulty = config.min_difficulty
-        self.step = 0
-
-    # -- pure formula --------------------------------------------------------------
-    def _root(self, step: int, root: float) -> float:
-        c = self.config
-        frac = (float(step) / c.total_curriculum_step) ** (1.0 / root)
-        d = math.floor(frac * (c.max_difficulty - c.min_difficulty) + c.min_difficulty)
-        d_step = c.difficulty_step
-        d -= d % d_step
-        if d < c.min_difficulty:
-            # Current DeepSpeed: raise to the first multiple of difficulty_step >= d_min.
-            d = math.ceil(c.min_difficulty / d_step) * d_step
-        return d
+        self._scanned = 0                      # custom: steps 1.._scanned checked for d_max
+        self._max_from: int | None = None      # custom: first step whose value is d_max
 
     def _discrete(self, step: int) -> float:
         c = self.config
@@ -139,11 +137,11 @@ class CurriculumScheduler:
     def get_difficulty(self, step: int) -> float:
         """Difficulty of the formula at 1-based ``step``, capped at ``d_max`` (no latch)."""
         c = self.config
-        if c.schedule_type == "fixed_linear":
-            d = self._root(step, 1.0)
-        elif c.schedule_type == "fixed_root":
-            d = self._root(step, c.root_degree)
-        elif c.schedule_type == "fixed_discrete":
+        if c.schedule_type in ("fixed_linear", "fixed_root"):
+            root = 1.0 if c.schedule_type == "fixed_linear" else c.root_degree
+            return paced_value(step, c.total_curriculum_step, c.min_difficulty,
+                               c.max_difficulty, c.difficulty_step, root, clamp=False)
+        if c.schedule_type == "fixed_discrete":
             d = self._discrete(step)
         else:
             d = self._fn(step)
@@ -152,24 +150,18 @@ class CurriculumScheduler:
                                  f"{d!r} at step {step}; expected a finite number")
         return min(d, c.max_difficulty)
 
-    # -- stateful use --------------------------------------------------------------
-    def update_difficulty(self, step: int) -> float:
-        """Advance to 1-based ``step`` and return the difficulty in force for it.
-
-        Mirrors DeepSpeed: the value only changes while the current one is below ``d_max``.
-        """
-        if self.current_difficulty < self.config.max_difficulty:
-            self.current_difficulty = self.get_difficulty(step)
-        self.step = step
-        return self.current_difficulty
+    def _custom_reached_max(self, step: int) -> bool:
+        while self._max_from is None and self._scanned < step:
+            self._scanned += 1
+            if self.get_difficulty(self._scanned) >= self.config.max_difficulty:
+                self._max_from = self._scanned
+        return self._max_from is not None and self._max_from <= step
 
     def difficulty_at(self, step: int) -> float:
-        """Difficulty in force at ``step`` without changing state.
-
-        Exact for the fixed schedules (their latch is implied by the formula or found by
-        scanning the discrete levels); for ``custom`` the latch is taken from the state.
-        """
+        """Difficulty in force at 1-based ``step``: once ``d_max`` is reached it stays."""
         c = self.config
+        if step < 1:
+            raise ValueError(f"curriculum steps are 1-based, got {step}")
         if c.schedule_type == "fixed_discrete":
             for level, last_step in zip(c.difficulty, c.max_step):
                 if level >= c.max_difficulty:
@@ -177,14 +169,6 @@ class CurriculumScheduler:
                 if step <= last_step:
                     return min(level, c.max_difficulty)
             return min(c.difficulty[-1], c.max_difficulty)
-        if c.schedule_type == "custom" and self.current_difficulty >= c.max_difficulty \
-                and step >= self.step:
-            return self.current_difficulty
+        if c.schedule_type == "custom" and self._custom_reached_max(step):
+            return c.max_difficulty
         return self.get_difficulty(step)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"current_difficulty": self.current_difficulty, "step": self.step}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.current_difficulty = state["current_difficulty"]
-        self.step = int(state["step"])

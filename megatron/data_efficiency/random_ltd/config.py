@@ -175,30 +175,19 @@ def add_random_ltd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def config_from_args(args: argparse.Namespace, num_layers: int, seq_length: int,
-                     deepspeed_section: dict | None = None) -> RandomLTDConfig:
-    """Builds the config from parsed flags or from a DeepSpeed JSON section (not both).
+def config_from_args(args: argparse.Namespace, num_layers: int,
+                     seq_length: int) -> RandomLTDConfig:
+    """Builds the config from the parsed ``--random-ltd*`` flags (the JSON section is read
+    by ``data_efficiency.config``, which also refuses both at once).
 
     Args:
         args: parsed flags (from :func:`add_random_ltd_args`).
         num_layers: ``--num-layers``, to check the layer ids.
         seq_length: ``--seq-length``, the default ``max_seqlen``.
-        deepspeed_section: the ``data_efficiency`` (or ``random_ltd``) dict of
-            ``--data-efficiency-config``, or ``None``.
     """
     given = [f"--{name.replace('_', '-')}" for name in _FLAGS
              if getattr(args, name, None) is not None]
-    enabled = bool(getattr(args, "random_ltd", False))
-    if deepspeed_section is not None:
-        config = RandomLTDConfig.from_deepspeed_dict(deepspeed_section, seq_length)
-        if config.enabled and (enabled or given):
-            raise ValueError(f"random-LTD is set both in --data-efficiency-config "
-                             f"(data_routing.random_ltd) and by flags "
-                             f"{['--random-ltd'] * enabled + given}; use one of them")
-        if config.enabled:
-            config.resolve_layer_ids(num_layers)
-            return config
-    if not enabled:
+    if not getattr(args, "random_ltd", False):
         if given:
             raise ValueError(f"{given} given without --random-ltd")
         return RandomLTDConfig(enabled=False)

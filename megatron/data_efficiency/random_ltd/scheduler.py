@@ -1,4 +1,4 @@
-"""MSLG schedule of the random-LTD kept length, and the per-microbatch plans.
+"""MSLG schedule of the random-LTD kept length (pure in the step).
 
 Kept length at step ``t`` (0 at the first step), DESIGN section 3::
 
@@ -16,8 +16,7 @@ from __future__ import annotations
 import warnings
 
 from megatron.data_efficiency.random_ltd.config import RandomLTDConfig
-from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
-from megatron.data_efficiency.token_accounting import tokens_per_step
+from megatron.data_efficiency.pacing import paced_value
 
 
 def mslg_kept_length(iteration: int, min_seqlen: int, max_seqlen: int, total_steps: int,
@@ -25,20 +24,11 @@ def mslg_kept_length(iteration: int, min_seqlen: int, max_seqlen: int, total_ste
     """The MSLG kept length at 0-based step ``iteration`` (before the ``S`` cap)."""
     if iteration < 0:
         raise ValueError(f"random-LTD schedule: iteration must be >= 0, got {iteration}")
-    if total_steps <= 0 or iteration >= total_steps:
-        grown = max_seqlen - min_seqlen
-    else:
-        # Integer arithmetic: floor(r_s + t/T * (S - r_s)) without float rounding.
-        grown = iteration * (max_seqlen - min_seqlen) // total_steps
-    r = min_seqlen + grown
-    r -= r % seq_per_step
-    if r < min_seqlen:
-        r = -(-min_seqlen // seq_per_step) * seq_per_step
-    return min(r, max_seqlen)
+    return int(paced_value(iteration, total_steps, min_seqlen, max_seqlen, seq_per_step))
 
 
 class RandomLTDScheduler:
-    """Turns the step number into a kept length and a :class:`TokenDropPlan`.
+    """Turns the step number into a kept length (the step plan reads it once a step).
 
     Args:
         config: the settings (``enabled=False`` gives a scheduler that never drops).
@@ -58,83 +48,32 @@ class RandomLTDScheduler:
         if config.enabled and self.max_seqlen < config.min_seqlen:
             raise ValueError(f"random-LTD: --random-ltd-min-seqlen {config.min_seqlen} exceeds "
                              f"the sequence length {self.max_seqlen}")
-        self.last_iteration: int | None = None
-        self.last_kept_length: int | None = None
 
     @property
     def enabled(self) -> bool:
         return self.config.enabled and bool(self.layer_ids)
 
-    @property
-    def dropping_layers(self) -> int:
-        """How many layers drop tokens (``L_r`` of the token accounting)."""
-        return len(self.layer_ids) if self.enabled else 0
-
-    def kept_length(self, iteration: int, seq_length: int | None = None) -> int:
-        """Kept length ``r`` at step ``iteration``, capped at ``seq_length`` if given.
-
-        With random-LTD off this is the full length (``seq_length`` or ``S_max``).
-        """
+    def kept_length(self, iteration: int, seq_length: int | None = None) -> int | None:
+        """Kept length ``r`` at step ``iteration``, capped at ``seq_length`` if given;
+        None when random-LTD is off. Pure: a function of the config and the step."""
         if not self.enabled:
-            return seq_length if seq_length is not None else self.max_seqlen
+            return None
         cfg = self.config
         r = mslg_kept_length(iteration, cfg.min_seqlen, self.max_seqlen,
                              cfg.total_steps, cfg.seq_per_step)
-        if seq_length is not None:
-            r = min(r, seq_length)
-        self.last_iteration, self.last_kept_length = iteration, r
-        return r
+        return r if seq_length is None else min(r, seq_length)
 
-    def plan_for(self, iteration: int, microbatch: int, seq_length: int,
-                 dp_rank: int) -> TokenDropPlan | None:
-        """The plan of one microbatch, or ``None`` when no token is dropped.
-
-        Args:
-            iteration: 0-based training step.
-            microbatch: microbatch index within the step.
-            seq_length: the sequence length this microbatch really has (after curriculum
-                truncation).
-            dp_rank: data-parallel rank.
-        """
-        if not self.enabled:
-            return None
-        r = self.kept_length(iteration, seq_length)
-        if r >= seq_length:
-            return None
-        return TokenDropPlan(layer_ids=self.layer_ids, kept_length=r, seed=self.seed,
-                             iteration=iteration, microbatch=microbatch, dp_rank=dp_rank)
-
-    def consumed_tokens(self, iteration: int, rows: int, seq_length: int) -> int:
-        """Layer-weighted tokens of one step (DESIGN section 3) via token_accounting.
-
-        Args:
-            iteration: 0-based training step.
-            rows: sequences in the global batch (after any curriculum reshaping).
-            seq_length: tokens per sequence this step (after curriculum truncation).
-        """
-        return tokens_per_step(rows, seq_length, self.num_layers, self.dropping_layers,
-                               self.kept_length(iteration, seq_length))
-
-    def tensorboard_scalars(self, iteration: int, seq_length: int) -> dict[str, float]:
-        """``seqlen/random_ltd_reserved_length``: the kept length (full length when off)."""
-        return {"seqlen/random_ltd_reserved_length": float(self.kept_length(iteration,
-                                                                            seq_length))}
-
-    def state_dict(self) -> dict:
-        """The schedule is a pure function of the step; this records it for checks and logs."""
+    def settings(self) -> dict:
+        """What fixes every draw and kept length; saved in checkpoints to warn on change."""
         return {"seed": self.seed, "layer_ids": sorted(self.layer_ids),
                 "min_seqlen": self.config.min_seqlen, "max_seqlen": self.max_seqlen,
                 "total_steps": self.config.total_steps,
-                "seq_per_step": self.config.seq_per_step,
-                "last_iteration": self.last_iteration,
-                "last_kept_length": self.last_kept_length}
+                "seq_per_step": self.config.seq_per_step}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restores the last values; warns when the settings changed since the checkpoint."""
-        changed = [k for k in ("seed", "layer_ids", "min_seqlen", "max_seqlen", "total_steps",
-                               "seq_per_step") if state.get(k) != self.state_dict()[k]]
+    def warn_if_changed(self, saved: dict) -> None:
+        """Warn when a checkpoint's settings differ (the resumed run draws differently)."""
+        mine = self.settings()
+        changed = [k for k in mine if k in saved and saved[k] != mine[k]]
         if changed:
             warnings.warn(f"random-LTD settings {changed} differ from the checkpoint; the "
                           f"resumed run will not reproduce the original draws/schedule")
-        self.last_iteration = state.get("last_iteration")
-        self.last_kept_length = state.get("last_kept_length")

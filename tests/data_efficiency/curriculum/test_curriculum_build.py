@@ -5,8 +5,7 @@ import torch
 from megatron.data_efficiency.analyzer.index_io import write_metric_index
 from megatron.data_efficiency.config import config_from_dict
 from megatron.data_efficiency.curriculum.build import (CurriculumTransform, build_sampler,
-                                                       sampled_values_histogram, sampler_scalars)
-from megatron.data_efficiency.token_accounting import tokens_per_step
+                                                       sampled_values_histogram)
 
 
 def test_seqtru_voc_config_builds_sampler_and_transform(tmp_path):
@@ -29,12 +28,11 @@ def test_seqtru_voc_config_builds_sampler_and_transform(tmp_path):
         d = sampler.current_difficulties["voc"]
         assert (rank[sum(mb, [])] < 500 * d // 100).all()
         batch = {"text": torch.zeros(2, 17, dtype=torch.long)}
-        out, shape = tr.apply(batch, iteration)
         want = min(16, max(4, (4 + 12 * (iteration + 1) // 6) // 4 * 4))
+        assert tr.difficulty(iteration) == want
+        out, shape = tr.apply(batch, tr.difficulty(iteration))
         assert out["text"].shape == (2, want + 1) and shape.seq_length == want
-        glob = tr.shape_for_step(iteration, 8, 16)
-        assert tokens_per_step(glob.rows, glob.seq_length) == 8 * want
-        scalars = {**sampler_scalars(sampler), **tr.tensorboard_scalars(iteration, 16)}
-        assert scalars["curriculum/seqtru"] == want and scalars["curriculum/voc"] == d
-    hist = sampled_values_histogram(sampler)["curriculum/voc_sampled"]
-    assert hist.shape == (8,)
+        hist = sampled_values_histogram(sampler, iteration)["curriculum/voc_sampled"]
+        glob = sampler.global_batch(iteration + 1)
+        assert hist.tolist() == voc[glob].tolist()
+    assert sampled_values_histogram(sampler, 50) == {}     # never drawn

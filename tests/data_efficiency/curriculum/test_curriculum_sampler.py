@@ -56,9 +56,9 @@ def test_dp_shares_are_disjoint_and_complete_and_stages_agree():
     it_stage = iter(other_stage)
     for _ in range(20):
         mine = [[next(it) for _ in range(4)] for it in its]          # 4 micro-batches each
-        glob = ranks[0].last_global_batch
+        glob = ranks[0].global_batch(ranks[0].step)
         for r in range(4):
-            assert ranks[r].last_global_batch.tolist() == glob.tolist()
+            assert ranks[r].global_batch(ranks[r].step).tolist() == glob.tolist()
         flat = [i for r in range(4) for mb in mine[r] for i in mb]
         assert sorted(flat) == sorted(glob.tolist())                 # complete
         for m in range(4):                                            # Megatron's order

@@ -22,7 +22,7 @@ def test_fixed_root_voc_reference_values():
 
 def test_fixed_linear_issue_table_steps_are_one_based():
     s = sched("fixed_linear", 2, 10, total_curriculum_step=8, difficulty_step=2)
-    assert [s.update_difficulty(t) for t in range(1, 11)] == [2, 4, 4, 6, 6, 8, 8, 10, 10, 10]
+    assert [s.difficulty_at(t) for t in range(1, 11)] == [2, 4, 4, 6, 6, 8, 8, 10, 10, 10]
 
 
 def test_min_not_multiple_of_step_is_raised_to_next_multiple():
@@ -38,29 +38,31 @@ def test_fixed_discrete_and_latch():
     s = sched("fixed_discrete", 1, 10, difficulty=[1, 2, 3], max_step=[5, 10])
     assert [s.get_difficulty(t) for t in (1, 5, 6, 10, 11, 10**6)] == [1, 1, 2, 2, 3, 3]
     down = sched("fixed_discrete", 1, 10, difficulty=[4, 10, 2], max_step=[2, 4])
-    assert [down.update_difficulty(t) for t in range(1, 8)] == [4, 4, 10, 10, 10, 10, 10]
-    assert [down.difficulty_at(t) for t in (1, 3, 7)] == [4, 10, 10]
+    assert [down.difficulty_at(t) for t in range(1, 8)] == [4, 4, 10, 10, 10, 10, 10]
+    assert [down.difficulty_at(t) for t in (7, 3, 1)] == [10, 10, 4]
 
 
 def test_custom_function_by_import_path():
     s = sched("custom", 1, 5, custom_function="math:isqrt")
-    assert [s.update_difficulty(t) for t in (1, 4, 9, 16, 36, 1)] == [1, 2, 3, 4, 5, 5]
+    assert [s.difficulty_at(t) for t in (1, 4, 9, 16, 36, 1)] == [1, 2, 3, 4, 5, 1]
     bad = sched("custom", 1, 5, custom_function="os.path:join")
     with pytest.raises((ValueError, TypeError)):
-        bad.update_difficulty(3)
+        bad.difficulty_at(3)
     with pytest.raises(ValueError, match="cannot be loaded"):
         sched("custom", 1, 5, custom_function="math:no_such_function")
 
 
-def test_state_dict_round_trip():
-    a = sched("fixed_root", 1, 100, total_curriculum_step=100, root_degree=2)
-    for t in range(1, 30):
-        a.update_difficulty(t)
-    b = sched("fixed_root", 1, 100, total_curriculum_step=100, root_degree=2)
-    b.load_state_dict(a.state_dict())
-    assert b.current_difficulty == a.current_difficulty and b.step == 29
-    assert [a.update_difficulty(t) for t in range(30, 40)] == \
-        [b.update_difficulty(t) for t in range(30, 40)]
+def test_custom_latch_is_pure_in_the_step():
+    """DeepSpeed keeps d_max once reached, even if the custom function goes down again;
+    here that is a function of the step alone: any call order gives the same values."""
+    levels = {1: 1, 2: 3, 3: 5, 4: 2, 5: 1}
+    cfg = ScheduleConfig("custom", 1, 5, custom_function="math:isqrt")
+    order = [CurriculumScheduler(cfg, custom_fn=lambda t: levels[min(t, 5)]).difficulty_at(t)
+             for t in range(1, 7)]
+    assert order == [1, 3, 5, 5, 5, 5]
+    backwards = CurriculumScheduler(cfg, custom_fn=lambda t: levels[min(t, 5)])
+    assert [backwards.difficulty_at(t) for t in (6, 2, 4, 1)] == [5, 3, 5, 1]
+    assert backwards.get_difficulty(4) == 2                 # the formula itself, no latch
 
 
 @pytest.mark.parametrize("kw, msg", [

@@ -30,15 +30,12 @@ def test_rounding_and_minimum():
     assert mslg_kept_length(76, 100, 1000, 77, 16) <= 1000
 
 
-def test_cap_by_curriculum_length_and_no_drop():
+def test_cap_by_curriculum_length_and_off():
     s = _scheduler()
-    assert s.kept_length(100000, seq_length=512) == 512
-    assert s.plan_for(100000, 0, 512, 0) is None  # r >= S: nothing to drop
-    plan = s.plan_for(50000, 3, 1024, 2)
-    assert plan.kept_length == 608 and plan.microbatch == 3 and plan.dp_rank == 2
-    assert plan.layer_ids == frozenset(range(1, 23)) and not plan.drops(0) and not plan.drops(23)
+    assert s.kept_length(100000, seq_length=512) == 512 and s.kept_length(50000) == 608
+    assert s.layer_ids == frozenset(range(1, 23))
     off = RandomLTDScheduler(RandomLTDConfig(enabled=False), 24, 2048, 1)
-    assert off.plan_for(0, 0, 2048, 0) is None and off.dropping_layers == 0
+    assert not off.enabled and off.kept_length(0) is None
 
 
 def test_layer_choice():
@@ -54,12 +51,26 @@ def test_layer_choice():
         RandomLTDConfig(enabled=True, total_steps=1, layer_ids=(1, 2), layer_num=3)
 
 
-def test_state_dict_round_trip():
+def test_changed_settings_warn_on_resume():
     a = _scheduler()
-    a.plan_for(777, 0, 2048, 0)
-    b = _scheduler()
-    b.load_state_dict(a.state_dict())
-    assert b.state_dict() == a.state_dict() and b.last_kept_length == a.kept_length(777)
+    a.warn_if_changed(_scheduler().settings())                       # same: silent
+    with pytest.warns(UserWarning, match="min_seqlen"):
+        a.warn_if_changed(_scheduler(min_seqlen=64).settings())
+
+
+def test_draw_at_once_equals_the_per_layer_draws_and_moves_once():
+    """All dropping layers of a micro-batch drawn into one tensor give exactly the draws of
+    each layer alone, so the plan is device-independent; moving it is one copy."""
+    plan = TokenDropPlan.draw(frozenset({3, 1}), 6, 7, 3, 1, 0, batch_size=4, seq_length=16)
+    assert plan.indices.shape == (2, 4, 6)
+    lazy = _plan(microbatch=1)
+    for layer in (1, 3):
+        assert torch.equal(plan.kept_indices(layer, 4, 16, "cpu"),
+                           lazy.kept_indices(layer, 4, 16, "cpu"))
+    meta = TokenDropPlan.draw(frozenset({1, 3}), 6, 7, 3, 1, 0, 4, 16, device="meta")
+    assert meta.indices.device.type == "meta" and meta.kept_indices(1, 4, 16, "meta").shape == (4, 6)
+    with pytest.raises(ValueError, match="draw the plan for the model's device"):
+        meta.kept_indices(1, 4, 16, "cpu")
 
 
 def _plan(**kw):
@@ -144,30 +155,3 @@ def test_from_deepspeed_dict():
     bad = {"enabled": True, "random_ltd_schedule": {"min_valu": 3}}
     with pytest.raises(ValueError, match="min_valu"):
         RandomLTDConfig.from_deepspeed_dict(bad)
-    with pytest.raises(ValueError, match="both"):
-        config_from_args(_parse(["--random-ltd"]), 24, 2048, deepspeed_section=DS)
-
-
-def test_resume_reproduces_draws():
-    """A scheduler rebuilt from a checkpoint gives the plans the uninterrupted run gives."""
-    first = _scheduler(num_layers=6, seq=256, min_seqlen=32, total_steps=100)
-    draws = {}
-    for t in range(6):
-        plan = first.plan_for(t, 1, 256, 0)
-        draws[t] = plan.kept_indices(3, 2, 256, "cpu")
-        if t == 2:
-            saved = first.state_dict()
-    torch.manual_seed(99)  # the resumed process has another global RNG state
-    resumed = _scheduler(num_layers=6, seq=256, min_seqlen=32, total_steps=100)
-    resumed.load_state_dict(saved)
-    for t in range(3, 6):
-        assert torch.equal(resumed.plan_for(t, 1, 256, 0).kept_indices(3, 2, 256, "cpu"),
-                           draws[t])
-
-
-def test_consumed_tokens_and_tensorboard():
-    s = _scheduler(num_layers=24, seq=2048)
-    # GBS 4, 22 of 24 layers at r = 608: 4 * (2048 * 2 + 608 * 22) / 24
-    assert s.consumed_tokens(50000, 4, 2048) == 4 * (2048 * 2 + 608 * 22) // 24
-    assert s.consumed_tokens(50000, 4, 512) == 4 * 512  # curriculum shorter than r
-    assert s.tensorboard_scalars(50000, 2048) == {"seqlen/random_ltd_reserved_length": 608.0}

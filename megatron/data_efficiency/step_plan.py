@@ -1,0 +1,207 @@
+"""One frozen plan per training step: every data-efficiency decision of the step.
+
+``StepPlanner.plan(iteration)`` is a pure function of the config and the 0-based
+iteration: the sequence length and rows, the curriculum difficulties, the random-LTD kept
+length and dropping layers, the tokens the step consumes, and the TensorBoard scalars. The
+micro-batch feed, the pipeline shapes, the batch transform, random-LTD, the token
+accounting, the LR scheduler and the logger all read that one value; nobody recomputes a
+schedule. ``seqreo`` (BERT) cuts each batch to its longest sample, so its plan is
+completed from what the batches showed (``StepPlan.measured``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+import torch
+
+from megatron.data_efficiency.config import DataEfficiencyConfig
+from megatron.data_efficiency.curriculum.build import CurriculumTransform, curriculum_step
+from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler
+from megatron.data_efficiency.curriculum.transforms import BatchShape
+from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
+from megatron.data_efficiency.random_ltd.scheduler import RandomLTDScheduler
+from megatron.data_efficiency.token_accounting import tokens_per_step
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """Sizes the planner needs; built once from the validated flags.
+
+    Attributes:
+        model: ``"gpt"`` or ``"bert"`` (which batch transforms apply).
+        pipeline_stages: pipeline-parallel size (shape-changing transforms are refused
+            with more than one stage).
+    """
+    global_batch_size: int
+    seq_length: int
+    num_layers: int
+    seed: int = 1234
+    model: str = "gpt"
+    num_microbatches: int = 1
+    pipeline_stages: int = 1
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Everything data efficiency decides for one optimizer step.
+
+    Attributes:
+        iteration: 0-based optimizer step.
+        rows: sequences of the global batch the model runs (``seqres``: more than GBS).
+        global_batch_size: samples of the global batch (before any reshaping).
+        seq_length: input tokens per sequence (``seqreo`` before ``measured``: the upper
+            bound ``--seq-length``).
+        num_microbatches: micro-batches per DP rank in the step.
+        transform: ``"seqtru"``, ``"seqres"``, ``"seqreo"`` or None.
+        transform_difficulty: the seqtru / seqres difficulty in force (tokens) or None.
+        difficulties: curriculum metric name -> difficulty in force (all metrics).
+        kept_length: random-LTD kept tokens ``r`` (None: no layer drops this step).
+        dropping_layers: global ids of the layers that drop (empty when none).
+        num_layers: layers of the whole model (token accounting).
+        consumed_tokens: layer-weighted tokens of the step (``token_accounting``).
+        ltd_seed: seed of the random-LTD draws.
+        data_dependent: the shapes are measured from the batches (``seqreo``).
+    """
+    iteration: int
+    rows: int
+    seq_length: int
+    global_batch_size: int
+    num_microbatches: int
+    transform: str | None
+    transform_difficulty: int | None
+    difficulties: Mapping[str, float]
+    kept_length: int | None
+    dropping_layers: frozenset[int]
+    num_layers: int
+    consumed_tokens: int
+    ltd_seed: int = 0
+    data_dependent: bool = False
+    sampled_values: Mapping[str, torch.Tensor] = field(default_factory=dict, compare=False)
+
+    @property
+    def curriculum_step(self) -> int:
+        """DeepSpeed's 1-based step number of this iteration."""
+        return curriculum_step(self.iteration)
+
+    def tokens_for(self, rows: int, seq_length: int) -> int:
+        """Layer-weighted tokens of ``rows`` sequences of ``seq_length`` under this plan."""
+        kept = None if self.kept_length is None else min(self.kept_length, seq_length)
+        return tokens_per_step(rows, seq_length, self.num_layers,
+                               len(self.dropping_layers) if kept is not None else 0, kept)
+
+    def token_drop_plan(self, microbatch: int, batch_size: int, seq_length: int,
+                        dp_rank: int, device: torch.device | str = "cpu"
+                        ) -> TokenDropPlan | None:
+        """The micro-batch's random-LTD plan with all its layers' indices drawn now, or
+        None when no token is dropped (off, or ``r >= S``)."""
+        if self.kept_length is None or self.kept_length >= seq_length:
+            return None
+        return TokenDropPlan.draw(self.dropping_layers, self.kept_length, self.ltd_seed,
+                                  self.iteration, microbatch, dp_rank, batch_size, seq_length,
+                                  device)
+
+    def measured(self, seq_length: int, consumed_tokens: int,
+                 sampled_values: Mapping[str, torch.Tensor] | None = None) -> StepPlan:
+        """The plan completed with what the step's batches showed (``seqreo``'s length,
+        the tokens it consumed, the sampled samples' metric values)."""
+        return dataclasses.replace(self, seq_length=seq_length, consumed_tokens=consumed_tokens,
+                                   sampled_values=MappingProxyType(dict(sampled_values or {})))
+
+    def scalars(self) -> dict[str, float]:
+        """Megatron-DeepSpeed's TensorBoard scalars of this step."""
+        out = {f"curriculum/{k}": float(v) for k, v in self.difficulties.items()}
+        if self.transform_difficulty is not None:
+            out["seqlen/curriculum_seqlen"] = float(self.seq_length)
+        if self.transform is not None:
+            out["seqlen/actual_seq_length"] = float(self.seq_length)
+        if self.dropping_layers:
+            r = self.seq_length if self.kept_length is None else self.kept_length
+            out["seqlen/random_ltd_reserved_length"] = float(min(r, self.seq_length))
+        return out
+
+
+class StepPlanner:
+    """Computes ``StepPlan``s: pure functions of ``(config, iteration)``.
+
+    Args:
+        config: the validated data-efficiency config (curriculum + random-LTD).
+        shape: the run's sizes.
+
+    Raises:
+        ValueError: a shape-changing transform (seqres, seqreo) with pipeline stages.
+    """
+
+    def __init__(self, config: DataEfficiencyConfig, shape: RunShape) -> None:
+        self.shape = shape
+        cl = config.curriculum
+        transform = CurriculumTransform(cl, shape.model) if cl.enabled else None
+        self.transform = transform if transform is not None and transform.kind else None
+        self.sampling = [(m.name, CurriculumScheduler(m.schedule))
+                         for m in (cl.sampling_metrics if cl.enabled else [])]
+        ltd = RandomLTDScheduler(config.random_ltd, shape.num_layers, shape.seq_length,
+                                 shape.seed)
+        self.random_ltd = ltd if ltd.enabled else None
+        if shape.pipeline_stages > 1 and self.kind in ("seqres", "seqreo"):
+            raise ValueError(f"curriculum transform {self.kind} changes the micro-batch shape "
+                             "per batch, which pipeline stages cannot agree on without reading "
+                             "data; use seqtru with --pipeline-model-parallel-size > 1")
+
+    @property
+    def kind(self) -> str | None:
+        return None if self.transform is None else self.transform.kind
+
+    def plan(self, iteration: int) -> StepPlan:
+        """The plan of the optimizer step ``iteration`` (0-based)."""
+        s, gbs = self.shape.seq_length, self.shape.global_batch_size
+        step = curriculum_step(iteration)
+        difficulties = {name: sched.difficulty_at(step) for name, sched in self.sampling}
+        d = None
+        if self.kind in ("seqtru", "seqres"):
+            d = self.transform.difficulty(iteration)
+            difficulties[self.transform.name] = d
+        rows, seq = gbs, s
+        if d is not None and d < s:
+            rows, seq = (gbs * (s // d), d) if self.kind == "seqres" else (gbs, d)
+        kept = None if self.random_ltd is None else self.random_ltd.kept_length(iteration)
+        plan = StepPlan(iteration=iteration, rows=rows, seq_length=seq, global_batch_size=gbs,
+                        num_microbatches=self.shape.num_microbatches, transform=self.kind,
+                        transform_difficulty=d, difficulties=MappingProxyType(difficulties),
+                        kept_length=kept,
+                        dropping_layers=(self.random_ltd.layer_ids if self.random_ltd
+                                         else frozenset()),
+                        num_layers=self.shape.num_layers, consumed_tokens=0,
+                        ltd_seed=self.shape.seed, data_dependent=self.kind == "seqreo")
+        return dataclasses.replace(plan, consumed_tokens=plan.tokens_for(rows, seq))
+
+    def steps_for_tokens(self, train_tokens: int, limit: int = 100_000_000) -> int | None:
+        """Steps needed to consume ``train_tokens`` (None: seqreo, whose steps depend on
+        the data). Pure: walks the plans, changes nothing."""
+        if self.kind == "seqreo":
+            return None
+        total, step = 0, 0
+        while total < train_tokens and step < limit:
+            total += self.plan(step).consumed_tokens
+            step += 1
+        return step
+
+
+def batch_mismatch(plan: StepPlan, shape: BatchShape, micro_batch_size: int) -> str | None:
+    """Why a transformed training micro-batch does not match its plan (None: it does).
+
+    Args:
+        plan: the step's plan.
+        shape: rows and input length the transform produced for one micro-batch.
+        micro_batch_size: samples per micro-batch before the transform.
+    """
+    rows = micro_batch_size * plan.rows // plan.global_batch_size
+    if plan.data_dependent:
+        if shape.rows == rows and shape.seq_length <= plan.seq_length:
+            return None
+    elif (shape.rows, shape.seq_length) == (rows, plan.seq_length):
+        return None
+    return (f"iteration {plan.iteration + 1}: the feed produced a micro-batch of "
+            f"{shape.rows} x {shape.seq_length} tokens, the step plan says {rows} x "
+            f"{plan.seq_length}" + (" at most" if plan.data_dependent else ""))

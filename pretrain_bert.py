@@ -69,9 +69,9 @@ def get_batch(data_iterator) -> dict:
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     out = {"token_drop_plan": batch.get("token_drop_plan")}
     for key in ("text", "types", "labels", "padding_mask", "is_random", "sample_id"):
-        out[key] = batch[key].long().to(device)
+        out[key] = batch[key].long().to(device, non_blocking=True)
     out["tokens"] = out.pop("text")
-    out["loss_mask"] = batch["loss_mask"].float().to(device)
+    out["loss_mask"] = batch["loss_mask"].float().to(device, non_blocking=True)
     if not args.bert_binary_head:
         out["types"] = None
     return out

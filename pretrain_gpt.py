@@ -43,7 +43,7 @@ def get_batch(data_iterator) -> dict:
         s = batch["seq_length"]
         out["position_ids"] = torch.arange(s, device=device).expand(args.micro_batch_size, s)
         return out
-    tokens_ = batch["text"].long().to(device)   # [b, s + 1]
+    tokens_ = batch["text"].long().to(device, non_blocking=True)   # [b, s + 1]
     out["tokens"] = tokens_[:, :-1].contiguous()
     out["labels"] = tokens_[:, 1:].contiguous()
     out["attention_mask"], out["loss_mask"], out["position_ids"] = \

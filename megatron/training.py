@@ -158,19 +158,12 @@ def _reduce_losses(loss_dicts: list[dict]) -> dict[str, float]:
     if not loss_dicts:
         return {}
     keys = list(loss_dicts[0])
-    rows = [torch.stack([torch.as_tensor(d[k], dtype=torch.float32).reshape(())
-                         .to(_loss_device(loss_dicts)) for d in loss_dicts]).mean()
-            for k in keys]
-    means = torch.stack(rows)                                  # [keys]
+    means = torch.stack([torch.stack([torch.as_tensor(d[k]).float().reshape(())
+                                      for d in loss_dicts]).mean() for k in keys])  # [keys]
     if dist.is_initialized() and parallel_state.get_data_parallel_world_size() > 1:
         dist.all_reduce(means, group=parallel_state.get_data_parallel_group())
         means = means / parallel_state.get_data_parallel_world_size()
     return dict(zip(keys, means.tolist()))
-
-
-def _loss_device(loss_dicts: list[dict]) -> torch.device:
-    first = next(iter(loss_dicts[0].values()))
-    return first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
 
 
 def _run_plan_of_step(train_iterator, runtime, plan: StepPlan, model, forward_step_func,

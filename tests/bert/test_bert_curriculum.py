@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 import pretrain_bert
 from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig
@@ -38,3 +39,24 @@ def test_seqreo_voc_curriculum_runs_and_shortens_batches(bert_data, tmp_path):
     cut = -(-longest // 8) * 8
     assert cut < SEQ
     assert 0 < state.consumed_tokens <= ITERS * GBS * cut
+
+
+def test_index_of_other_samples_prints_the_analyzer_command(bert_data, tmp_path):
+    """A BERT run whose index was built for other samples (another seed) stops with the
+    analyzer command that indexes its own samples, BERT flags included."""
+    cfg = AnalyzerConfig(data_prefix=bert_data["data"], save_path=str(tmp_path / "index"),
+                         metrics=("seqlen_voc",), granularity="sample", split="80,15,5",
+                         seq_length=SEQ, seed=12, train_samples=ITERS * GBS,
+                         cache_dir=bert_data["dir"], progress=False)
+    run_bert_analyzer(cfg, BertSampleParams())
+    with pytest.raises(ValueError, match="fingerprint") as info:
+        pretrain_bert.main(_flags(
+            bert_data, "--eval-iters", "0", "--data-efficiency-curriculum-learning",
+            "--curriculum-metric", "seqreo_voc",
+            "--curriculum-index-path", str(tmp_path / "index" / "seqlen_voc"),
+            "--curriculum-difficulty-type", "percentile", "--curriculum-min-difficulty", "3",
+            "--curriculum-max-difficulty", "100", "--curriculum-total-steps", "1000",
+            iters=ITERS))
+    message = str(info.value)
+    assert "python tools/analyze_data.py" in message and "--model bert" in message
+    assert "--seed 11 " in message and f"--train-samples {ITERS * GBS} " in message

@@ -1,5 +1,6 @@
 """Parallel-layout flags: interleaving (--num-layers-per-virtual-pipeline-stage) is derived
-and checked as Megatron does; --use-distributed-optimizer is accepted with --fp16."""
+and checked as Megatron does; --use-distributed-optimizer trains with --fp16; random-LTD with
+sequence parallelism is refused at validation."""
 import pytest
 
 from megatron.arguments import ArgumentValidationError, parse_args, validate_args
@@ -36,6 +37,39 @@ def test_bad_interleaving_is_rejected(monkeypatch, extra, message):
     assert message in str(info.value)
 
 
-def test_distributed_optimizer_accepts_fp16(monkeypatch):
-    args = _validate(monkeypatch, 2, "--use-distributed-optimizer", "--fp16")
-    assert args.use_distributed_optimizer and args.fp16
+def _fp16_worker(rank, world_size):
+    from tests.training.helpers import run_tiny
+    state = run_tiny(*FP16, "--use-distributed-optimizer", iters=4)
+    return state.history
+
+
+# SGD without clipping: the update is proportional to the unscaled gradient, so a wrong
+# loss-scale handling shows in the losses (Adam would hide it).
+FP16 = ("--fp16", "--hidden-dropout", "0", "--attention-dropout", "0", "--eval-iters", "0",
+        "--initial-loss-scale", "4096", "--optimizer", "sgd", "--clip-grad", "0",
+        "--lr", "0.05")
+
+
+def test_distributed_optimizer_trains_under_fp16():
+    """ZeRO-1 with fp16 loss scaling on 2 DP ranks trains as one process with the plain
+    fp16 optimizer: same losses step by step (fp32 main params on both sides)."""
+    from tests.dist_utils import run_distributed
+    from tests.training.helpers import run_tiny
+    reference = run_tiny(*FP16, iters=4).history
+    results = run_distributed(_fp16_worker, 2, timeout_s=300)
+    assert [it for it, _ in reference] == [1, 2, 3, 4]
+    assert reference[-1][1] < reference[0][1]                 # it learns
+    for history in results:
+        assert [it for it, _ in history] == [1, 2, 3, 4]
+        assert [l for _, l in history] == pytest.approx([l for _, l in reference], rel=2e-3)
+
+
+def test_random_ltd_with_sequence_parallel_is_refused_by_validate_args(monkeypatch):
+    with pytest.raises(ArgumentValidationError, match="--sequence-parallel"):
+        _validate(monkeypatch, 2, "--tensor-model-parallel-size", "2", "--sequence-parallel",
+                  "--random-ltd", "--random-ltd-min-seqlen", "8",
+                  "--random-ltd-total-steps", "5")
+    args = _validate(monkeypatch, 2, "--tensor-model-parallel-size", "2",
+                     "--random-ltd", "--random-ltd-min-seqlen", "8",
+                     "--random-ltd-total-steps", "5")
+    assert args.data_efficiency.random_ltd.enabled and not args.sequence_parallel

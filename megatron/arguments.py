@@ -148,6 +148,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokenizer-model", default=None)
     g.add_argument("--vocab-extra-ids", type=int, default=0)
     g.add_argument("--num-workers", type=int, default=2)
+    g.add_argument("--dataloader-type", default="single", choices=["single", "cyclic"],
+                   help="training sample order: single (Megatron's sequential pass over the "
+                        "shuffled samples) or cyclic (a fresh permutation every epoch)")
     g.add_argument("--reset-position-ids", action="store_true")
     g.add_argument("--reset-attention-mask", action="store_true")
     g.add_argument("--eod-mask-loss", action="store_true")
@@ -243,8 +246,8 @@ def _validate_model(args: argparse.Namespace, errors: list[str]) -> None:
         if args.kv_channels is None and heads > 0:
             args.kv_channels = h // heads
         if args.ffn_hidden_size is None:
-            # SwiGLU keeps the parameter count of a 4h GELU MLP: 2/3 * 4h, rounded to 64.
-            args.ffn_hidden_size = (int(8 * h / 3) // 64 * 64 or 4 * h) if args.swiglu else 4 * h
+            from megatron.model.config import default_ffn_hidden_size
+            args.ffn_hidden_size = default_ffn_hidden_size(h, args.swiglu)
     if (args.position_embedding_type == "learned_absolute" and args.seq_length is not None
             and args.max_position_embeddings < args.seq_length):
         errors.append(f"--seq-length ({args.seq_length}) exceeds --max-position-embeddings "
@@ -270,10 +273,13 @@ def _derive_parallel(args: argparse.Namespace, errors: list[str]) -> None:
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args.rank = int(os.environ.get("RANK", "0"))
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    # The layout rules live in parallel_state (one pure function); the batch-size rule is
-    # checked below, after the default global batch size is filled in.
+    # The layout and batch-size rules live in parallel_state (one pure function).
+    _, dp = parallel_state.parallel_layout_problems(args.world_size, tp, pp)
+    if args.micro_batch_size is not None and args.global_batch_size is None:
+        args.global_batch_size = args.micro_batch_size * (dp or 1)
     problems, dp = parallel_state.parallel_layout_problems(
-        args.world_size, tp, pp, args.num_layers, args.num_attention_heads)
+        args.world_size, tp, pp, args.num_layers, args.num_attention_heads,
+        args.global_batch_size, args.micro_batch_size)
     errors.extend(problems)
     args.data_parallel_size = dp or 1
     _derive_virtual_pipeline(args, errors)
@@ -284,11 +290,6 @@ def _derive_parallel(args: argparse.Namespace, errors: list[str]) -> None:
         args.sequence_parallel = False   # Megatron turns it off silently without TP
     mbs, dp = args.micro_batch_size, args.data_parallel_size
     if mbs is not None:
-        if args.global_batch_size is None:
-            args.global_batch_size = mbs * dp
-        if args.global_batch_size % (mbs * dp) != 0:
-            errors.append(f"--global-batch-size ({args.global_batch_size}) must be divisible by "
-                          f"--micro-batch-size ({mbs}) x data-parallel size ({dp})")
         args.num_microbatches = max(1, args.global_batch_size // (mbs * dp))
         if args.virtual_pipeline_model_parallel_size is not None \
                 and args.num_microbatches % pp != 0:
@@ -338,6 +339,10 @@ def _build_data_efficiency(args: argparse.Namespace) -> None:
         errors.append("curriculum metric seqres changes the micro-batch shape per batch, "
                       "which pipeline stages cannot agree on without reading data; use "
                       "seqtru with --pipeline-model-parallel-size > 1")
+    if cfg.curriculum.enabled and cfg.curriculum.sampling_metrics \
+            and args.dataloader_type != "single":
+        errors.append(f"--dataloader-type {args.dataloader_type}: the curriculum sampler "
+                      "orders the training samples itself; leave --dataloader-type single")
     if errors:
         raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors))
 

@@ -140,7 +140,8 @@ def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Nam
         sampler = runtime.train_batch_sampler(train_ds, args.micro_batch_size, iteration,
                                               data_efficiency_state)
         train_iterator = _iterate(build_pretraining_data_loader(
-            train_ds, consumed_samples, batch_sampler=sampler, **loader_kwargs))
+            train_ds, consumed_samples, batch_sampler=sampler,
+            dataloader_type=args.dataloader_type, **loader_kwargs))
     elif _needs_data(every_stage):
         raise ValueError("the datasets provider returned no training dataset")
 

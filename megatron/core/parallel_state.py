@@ -221,17 +221,6 @@ def _distributed() -> bool:
     return True
 
 
-def get_parallel_layout() -> ParallelLayout:
-    """The layout in use (TP1/PP1/DP1 without torch.distributed)."""
-    if not _distributed():
-        return ParallelLayout(1, 1, 1, 1)
-    return _LAYOUT
-
-
-# ---- groups -------------------------------------------------------------------------
-def get_tensor_model_parallel_group():
-    """This rank's tensor-parallel group (None without torch.distributed)."""
-    return _TENSOR_MODEL_PARALLEL_GROUP if _distributed() else None
 
 
 def get_pipeline_model_parallel_group():
@@ -256,9 +245,6 @@ def get_embedding_group():
     return _EMBEDDING_GROUP if dist.get_rank() in _EMBEDDING_GLOBAL_RANKS else None
 
 
-def get_embedding_global_ranks() -> list[int]:
-    """Global ranks of the embedding group this rank's pipeline uses."""
-    return list(_EMBEDDING_GLOBAL_RANKS) if _distributed() else [0]
 
 
 def is_rank_in_embedding_group() -> bool:
@@ -299,13 +285,8 @@ def get_data_parallel_rank() -> int:
     return _rank(_DATA_PARALLEL_GROUP)
 
 
-def get_tensor_model_parallel_src_rank() -> int:
-    """Global rank of tensor-parallel rank 0 in this rank's group (broadcast source)."""
-    return _TENSOR_GLOBAL_RANKS[0] if _distributed() else 0
 
 
-def get_data_parallel_global_ranks() -> list[int]:
-    return list(_DATA_PARALLEL_GLOBAL_RANKS) if _distributed() else [0]
 
 
 def get_virtual_pipeline_model_parallel_world_size() -> int | None:
@@ -337,12 +318,8 @@ def is_pipeline_last_stage(ignore_virtual: bool = False) -> bool:
     return get_pipeline_model_parallel_rank() == get_pipeline_model_parallel_world_size() - 1
 
 
-def get_pipeline_model_parallel_first_rank() -> int:
-    return _PIPELINE_GLOBAL_RANKS[0] if _distributed() else 0
 
 
-def get_pipeline_model_parallel_last_rank() -> int:
-    return _PIPELINE_GLOBAL_RANKS[-1] if _distributed() else 0
 
 
 def get_pipeline_model_parallel_next_rank() -> int:

@@ -20,6 +20,15 @@ def scaled_init_method_normal(std: float, num_layers: int) -> Callable[[torch.Te
     return init_method_normal(std / math.sqrt(2.0 * num_layers))
 
 
+def default_ffn_hidden_size(hidden_size: int, swiglu: bool) -> int:
+    """The MLP width when none is given: ``4h``; with SwiGLU (Megatron's rule) ``2/3 * 4h``
+    rounded down to a multiple of 64, which keeps the parameter count of a 4h GELU MLP
+    (``4h`` again when ``h`` is too small for one multiple of 64)."""
+    if not swiglu:
+        return 4 * hidden_size
+    return int(8 * hidden_size / 3) // 64 * 64 or 4 * hidden_size
+
+
 @dataclass
 class TransformerConfig:
     """Model shape, regularisation, initialisation, parallelism and recompute settings.
@@ -63,7 +72,7 @@ class TransformerConfig:
         if problems:
             raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
         if self.ffn_hidden_size is None:
-            self.ffn_hidden_size = 4 * self.hidden_size
+            self.ffn_hidden_size = default_ffn_hidden_size(self.hidden_size, self.swiglu)
         if self.kv_channels is None:
             if self.hidden_size % self.num_attention_heads != 0:
                 problems.append(f"--hidden-size {self.hidden_size} is not divisible by "

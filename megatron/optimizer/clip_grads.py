@@ -14,19 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.core import parallel_state
-
-
-def _counts_toward_norm(param: torch.nn.Parameter, tp_rank: int, pp_size: int) -> bool:
-    if getattr(param, "tensor_model_parallel", False) is False and tp_rank != 0:
-        return False
-    is_shared_copy = getattr(param, "shared_embedding", False) or getattr(param, "shared", False)
-    if is_shared_copy and pp_size > 1 and not parallel_state.is_pipeline_first_stage():
-        return False
-    return True
-
-
-def _grad(param: torch.nn.Parameter) -> torch.Tensor | None:
-    return getattr(param, "main_grad", None) if param.grad is None else param.grad
+from megatron.core.distributed.grads import counts_toward_grad_norm, grad_buffer
 
 
 def get_grad_norm(params: Iterable[torch.nn.Parameter], norm_type: float = 2.0,
@@ -42,10 +30,8 @@ def get_grad_norm(params: Iterable[torch.nn.Parameter], norm_type: float = 2.0,
     Returns:
         The norm as a Python float (``nan`` / ``inf`` when a gradient is not finite).
     """
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    pp_size = parallel_state.get_pipeline_model_parallel_world_size()
-    grads = [g for p in params if (g := _grad(p)) is not None
-             and _counts_toward_norm(p, tp_rank, pp_size)]
+    grads = [g for p in params if (g := grad_buffer(p)) is not None
+             and counts_toward_grad_norm(p)]
     if model_parallel_group is None and dist.is_available() and dist.is_initialized():
         model_parallel_group = parallel_state.get_model_parallel_group()
     device = grads[0].device if grads else torch.device("cpu")
@@ -78,23 +64,21 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float,
     Returns:
         The total norm before clipping.
     """
-    params = [p for p in params if _grad(p) is not None]
+    params = [p for p in params if grad_buffer(p) is not None]
     total = get_grad_norm(params, norm_type, model_parallel_group)
     if max_norm > 0 and math.isfinite(total):
         coeff = max_norm / (total + 1e-6)
         if coeff < 1.0:
-            torch._foreach_mul_([_grad(p) for p in params], coeff)
+            torch._foreach_mul_([grad_buffer(p) for p in params], coeff)
     return total
 
 
 def count_zeros(params: Iterable[torch.nn.Parameter], model_parallel_group=None) -> int:
     """Number of exactly-zero gradient entries (counted once across model-parallel ranks)."""
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    pp_size = parallel_state.get_pipeline_model_parallel_world_size()
     total = torch.zeros(1, dtype=torch.float64)
     for p in params:
-        g = _grad(p)
-        if g is not None and _counts_toward_norm(p, tp_rank, pp_size):
+        g = grad_buffer(p)
+        if g is not None and counts_toward_grad_norm(p):
             total += (g == 0).sum().to(total.device, torch.float64)
     if model_parallel_group is None and dist.is_available() and dist.is_initialized():
         model_parallel_group = parallel_state.get_model_parallel_group()

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.core import parallel_state
+from megatron.core.distributed.grads import grad_buffer
 from megatron.optimizer.clip_grads import clip_grad_norm
 from megatron.optimizer.grad_scaler import ConstantGradScaler
 
@@ -24,11 +25,6 @@ def _model_parallel_group():
     if dist.is_available() and dist.is_initialized():
         return parallel_state.get_model_parallel_group()
     return None
-
-
-def _take_grad(param: torch.nn.Parameter) -> torch.Tensor | None:
-    """The gradient the DP reduction left: ``.grad`` or a ``.main_grad`` buffer."""
-    return param.grad if param.grad is not None else getattr(param, "main_grad", None)
 
 
 class MegatronOptimizer:
@@ -71,8 +67,8 @@ class FP32Optimizer(MegatronOptimizer):
 
     def step(self) -> tuple[bool, float, int | None]:
         for p in self.model_params:
-            if p.grad is None and getattr(p, "main_grad", None) is not None:
-                p.grad = p.main_grad
+            if p.grad is None:
+                p.grad = grad_buffer(p)
         ok, grad_norm = self._clip_and_step(self.model_params)
         return ok, grad_norm, None
 
@@ -111,7 +107,7 @@ class MixedPrecisionOptimizer(MegatronOptimizer):
 
     def _copy_grads_to_main(self) -> None:
         for model, main in zip(self.model_params, self.main_params):
-            grad = _take_grad(model)
+            grad = grad_buffer(model)
             main.grad = None if grad is None else grad.detach().float()
 
     def _unscale_and_check(self) -> bool:

@@ -68,3 +68,38 @@ def test_rope_allows_longer_sequences_than_position_table():
     args = _validate("--train-iters", "1", "--position-embedding-type", "rope",
                      "--max-position-embeddings", "16")
     assert args.seq_length == 32
+
+
+def test_model_config_and_flags_agree_on_the_swiglu_width():
+    from megatron.arguments import transformer_config_from_args
+    from megatron.model.config import TransformerConfig
+    for h in (64, 96, 1024):
+        args = _validate("--train-iters", "1", "--swiglu", "--hidden-size", str(h))
+        direct = TransformerConfig(num_layers=4, hidden_size=h, num_attention_heads=4,
+                                   padded_vocab_size=128, max_position_embeddings=32,
+                                   swiglu=True)
+        assert transformer_config_from_args(args).ffn_hidden_size == direct.ffn_hidden_size \
+            == args.ffn_hidden_size
+
+
+def test_validation_is_the_last_writer_of_args():
+    """validate_args derives everything (vocabulary padding, the data-efficiency config);
+    sizing the run afterwards reads args and writes nothing."""
+    from megatron.run_plan import plan_run
+    args = _validate("--train-tokens", "6400", "--random-ltd", "--random-ltd-min-seqlen", "8",
+                     "--random-ltd-total-steps", "50", "--random-ltd-seq-per-step", "8")
+    assert args.padded_vocab_size == 128 and args.data_efficiency.random_ltd.enabled
+    before = dict(vars(args))
+    run = plan_run(args)
+    assert vars(args) == before
+    assert run.nominal_train_iters == 6400 // (2 * 32) == args.train_iters
+    assert run.train_iters > run.nominal_train_iters          # dropping steps count less
+    assert run.train_valid_test_num_samples[0] == run.train_iters * 2
+
+
+def test_cyclic_dataloader_cannot_be_combined_with_the_curriculum_sampler(tmp_path):
+    with pytest.raises(ArgumentValidationError, match="--dataloader-type cyclic"):
+        _validate("--train-iters", "5", "--dataloader-type", "cyclic",
+                  "--data-efficiency-curriculum-learning", "--curriculum-metric", "voc",
+                  "--curriculum-index-path", str(tmp_path), "--curriculum-min-difficulty", "1",
+                  "--curriculum-max-difficulty", "100", "--curriculum-total-steps", "5")

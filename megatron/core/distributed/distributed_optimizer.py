@@ -30,21 +30,10 @@ import torch.distributed as dist
 from torch import nn
 
 from megatron.core import parallel_state
+from megatron.core.distributed.grads import counts_toward_grad_norm, grad_buffer
 
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
-
-def _counts_for_norm(param: nn.Parameter) -> bool:
-    """False for copies another rank already counts in the global gradient norm."""
-    tensor_parallel = getattr(param, "tensor_model_parallel", False)
-    if not tensor_parallel and parallel_state.get_tensor_model_parallel_rank() > 0:
-        return False  # replicated across TP (layer norms, row-parallel biases)
-    shared = getattr(param, "shared_embedding", False) or getattr(param, "shared", False)
-    if shared and parallel_state.get_pipeline_model_parallel_world_size() > 1 and \
-            not parallel_state.is_pipeline_first_stage(ignore_virtual=True):
-        return False  # the last stage's copy of the tied word embedding
-    return True
 
 
 class DistributedOptimizer:
@@ -109,7 +98,8 @@ class DistributedOptimizer:
         """One fp32 master tensor per group: the group's part of this rank's shard."""
         lo, hi = self.shard_range
         full = self._flatten([p.detach() for p in self.params])
-        mask = self._flatten([torch.full_like(p, float(_counts_for_norm(p)), dtype=torch.float32)
+        mask = self._flatten([torch.full_like(p, float(counts_toward_grad_norm(p)),
+                                              dtype=torch.float32)
                               for p in self.params])
         self.norm_mask = mask[lo:hi].clone()
         self.shard_slices: list[tuple[int, int]] = []  # offsets inside this rank's shard
@@ -164,7 +154,7 @@ class DistributedOptimizer:
     def _model_grads(self) -> list[torch.Tensor]:
         grads = []
         for p in self.params:
-            g = p.grad if p.grad is not None else getattr(p, "main_grad", None)
+            g = grad_buffer(p)
             grads.append(torch.zeros_like(p) if g is None else g)
         return grads
 

@@ -24,19 +24,9 @@ import torch.distributed as dist
 from torch import nn
 
 from megatron.core import parallel_state
+from megatron.core.distributed.grads import grad_buffer
 
 DEFAULT_BUCKET_SIZE_MB = 32.0
-
-
-def _grad_of(param: nn.Parameter, allocate: bool = False) -> torch.Tensor | None:
-    """The gradient tensor the optimizer will read: ``.grad``, else a ``.main_grad`` buffer."""
-    if param.grad is None and getattr(param, "main_grad", None) is not None:
-        return param.main_grad
-    if param.grad is None and allocate:
-        # Every DP rank must reduce the same list of tensors, so a parameter that did not
-        # take part in this rank's backward contributes zeros rather than being skipped.
-        param.grad = torch.zeros_like(param)
-    return param.grad
 
 
 def _trainable(model_chunks: Iterable[nn.Module]) -> list[nn.Parameter]:
@@ -98,7 +88,7 @@ def allreduce_data_parallel_grads(model_chunks: list[nn.Module],
     if parallel_state.get_data_parallel_world_size() == 1:
         return
     # Parameters of a distributed optimizer are reduce-scattered in its step() instead.
-    grads = [_grad_of(p, allocate=True) for p in _trainable(model_chunks)
+    grads = [grad_buffer(p, allocate=True) for p in _trainable(model_chunks)
              if not getattr(p, "grad_reduced_by_optimizer", False)]
     if grads:
         all_reduce_bucketed(grads, parallel_state.get_data_parallel_group(), average=True,
@@ -109,7 +99,7 @@ def allreduce_sequence_parallel_grads(model_chunks: list[nn.Module]) -> None:
     """Sum gradients of parameters marked ``sequence_parallel`` over the TP group."""
     if parallel_state.get_tensor_model_parallel_world_size() == 1:
         return
-    grads = [_grad_of(p, allocate=True) for p in _trainable(model_chunks)
+    grads = [grad_buffer(p, allocate=True) for p in _trainable(model_chunks)
              if getattr(p, "sequence_parallel", False)]
     if grads:
         all_reduce_bucketed(grads, parallel_state.get_tensor_model_parallel_group(),
@@ -137,7 +127,7 @@ def allreduce_embedding_grads(model_chunks: list[nn.Module]) -> None:
                            "one pipeline stage; expected at most one")
     if not params:
         return  # untied input/output embeddings: nothing to keep in sync
-    grad = _grad_of(params[0], allocate=True)
+    grad = grad_buffer(params[0], allocate=True)
     dist.all_reduce(grad, group=parallel_state.get_embedding_group())
 
 

@@ -142,7 +142,7 @@ class MetricIndex:
 
     def samples_at_or_below(self, value: float) -> int:
         """End of the prefix of ``sorted_samples`` whose values are <= ``value``."""
-        return int(self.offsets[np.searchsorted(self.values, value, side="right")])
+        return value_end(self.values, self.offsets, value)
 
     def percentile_end(self, p: float) -> int:
         """Number of samples in the lowest ``p`` percent (0..100) of the sorted order."""
@@ -152,6 +152,12 @@ class MetricIndex:
         """Metric value of the sample at ``position`` of the sorted order."""
         k = int(np.searchsorted(self.offsets, position, side="right")) - 1
         return self.values[k].item()
+
+
+def value_end(values: np.ndarray, offsets: np.ndarray, value: float) -> int:
+    """End of the prefix of the sorted order whose values are <= ``value``, from the CSR
+    ``values`` [V] (ascending) and ``offsets`` [V+1]."""
+    return int(offsets[np.searchsorted(values, value, side="right")])
 
 
 def percentile_end(num_samples: int, p: float) -> int:

@@ -21,11 +21,11 @@ window was used: a few integers, from which the window is recomputed exactly on 
 from __future__ import annotations
 
 import mmap
-from fractions import Fraction
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from megatron.data_efficiency.analyzer.index_io import percentile_end, value_end
 from megatron.data_efficiency.curriculum import permutation as perm
 
 _CHUNK = 1 << 20     # samples per chunk when counting a multi-metric cluster
@@ -47,12 +47,10 @@ def prefix_length(index: MetricIndexLike, difficulty_type: str, difficulty: floa
     ``floor(N * difficulty / 100)`` samples of the sorted order (ties broken by id), with
     the percentage taken exactly as written (12.5 is 1/8), as the analyzer does.
     """
-    n = int(index.num_samples)
     if difficulty_type == "value":
-        return int(index.offsets[np.searchsorted(index.values, difficulty, side="right")])
+        return value_end(index.values, index.offsets, difficulty)
     if difficulty_type == "percentile":
-        p = min(max(float(difficulty), 0.0), 100.0)
-        return int(Fraction(repr(p)) * n // 100)
+        return percentile_end(int(index.num_samples), min(max(float(difficulty), 0.0), 100.0))
     raise ValueError(f"difficulty_type must be 'value' or 'percentile', got {difficulty_type!r}")
 
 

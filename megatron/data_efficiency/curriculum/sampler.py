@@ -27,6 +27,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from megatron.core.parallel_state import parallel_layout_problems
+
 from megatron.data_efficiency.curriculum import permutation as perm
 from megatron.data_efficiency.curriculum.clusters import (ClusterStreams, MetricIndexLike,
                                                           prefix_length)
@@ -76,11 +78,12 @@ class CurriculumSampler:
             if m.difficulty_type not in ("value", "percentile"):
                 raise ValueError(f"curriculum metric {m.name}: difficulty_type must be "
                                  f"'value' or 'percentile', got {m.difficulty_type!r}")
+        problems, _ = parallel_layout_problems(data_parallel_size, 1, 1,
+                                               global_batch_size=global_batch_size,
+                                               micro_batch_size=micro_batch_size)
+        if problems:
+            raise ValueError("curriculum sampler: " + "; ".join(problems))
         per_step = micro_batch_size * data_parallel_size
-        if micro_batch_size < 1 or global_batch_size % per_step:
-            raise ValueError(f"global batch size {global_batch_size} is not divisible by "
-                             f"micro batch size {micro_batch_size} x data-parallel size "
-                             f"{data_parallel_size}")
         if not 0 <= data_parallel_rank < data_parallel_size:
             raise ValueError(f"data-parallel rank {data_parallel_rank} outside "
                              f"0..{data_parallel_size - 1}")

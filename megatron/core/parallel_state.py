@@ -221,6 +221,10 @@ def _distributed() -> bool:
     return True
 
 
+# ---- groups -------------------------------------------------------------------------
+def get_tensor_model_parallel_group():
+    """This rank's tensor-parallel group (None without torch.distributed)."""
+    return _TENSOR_MODEL_PARALLEL_GROUP if _distributed() else None
 
 
 def get_pipeline_model_parallel_group():
@@ -243,8 +247,6 @@ def get_embedding_group():
     if not _distributed():
         return None
     return _EMBEDDING_GROUP if dist.get_rank() in _EMBEDDING_GLOBAL_RANKS else None
-
-
 
 
 def is_rank_in_embedding_group() -> bool:
@@ -285,10 +287,6 @@ def get_data_parallel_rank() -> int:
     return _rank(_DATA_PARALLEL_GROUP)
 
 
-
-
-
-
 def get_virtual_pipeline_model_parallel_world_size() -> int | None:
     return _VIRTUAL_PIPELINE_WORLD_SIZE
 
@@ -316,10 +314,6 @@ def is_pipeline_last_stage(ignore_virtual: bool = False) -> bool:
             and _VIRTUAL_PIPELINE_RANK != _VIRTUAL_PIPELINE_WORLD_SIZE - 1:
         return False
     return get_pipeline_model_parallel_rank() == get_pipeline_model_parallel_world_size() - 1
-
-
-
-
 
 
 def get_pipeline_model_parallel_next_rank() -> int:

@@ -115,11 +115,12 @@ def test_saved_orig_vocab_size_repads_without_the_flag(tmp_path):
     """A run with a real tokenizer (no --vocab-size) of 50 tokens pads to 56 rows under
     TP1 and to 64 under TP2 (--make-vocab-size-divisible-by 8). The checkpoint's args carry
     ``orig_vocab_size``, so TP1 -> TP2 -> TP1 re-pads with no --true-vocab-size."""
-    from megatron.initialize import _build_tokenizer
-    run = Namespace(tokenizer_type="NullTokenizer", vocab_size=50,
-                    make_vocab_size_divisible_by=8, tensor_model_parallel_size=1)
-    _build_tokenizer(run)
-    assert (run.orig_vocab_size, run.padded_vocab_size) == (50, 56)
+    from megatron.arguments import parse_args, validate_args
+    run = validate_args(parse_args(args=[
+        "--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4",
+        "--seq-length", "16", "--micro-batch-size", "1", "--lr", "1e-3", "--train-iters", "1",
+        "--vocab-size", "1", "--make-vocab-size-divisible-by", "8"]), tokenizer_vocab_size=50)
+    assert (run.orig_vocab_size, run.padded_vocab_size) == (50, 56)   # the tokenizer's size
     config = dataclasses.replace(model_config(Layout()), padded_vocab_size=56)
     torch.manual_seed(SEED)
     model = GPTModel(config)

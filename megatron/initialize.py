@@ -15,6 +15,7 @@ import torch.distributed as dist
 from megatron.arguments import ArgumentValidationError, parse_args, set_args, validate_args
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import set_initialization_seed
+from megatron.errors import BadInputError, MissingInputError
 from megatron.core.tensor_parallel.random import model_parallel_seed
 
 _GLOBAL_TOKENIZER = None
@@ -49,10 +50,16 @@ def _build_tokenizer(args: argparse.Namespace):
     if args.tokenizer_type == "NullTokenizer":
         tokenizer = NullTokenizer(args.vocab_size)
     else:
-        tokenizer = build_tokenizer(args.tokenizer_type, vocab_file=args.vocab_file,
-                                    merge_file=args.merge_file,
-                                    tokenizer_model=args.tokenizer_model,
-                                    vocab_extra_ids=args.vocab_extra_ids)
+        try:
+            tokenizer = build_tokenizer(args.tokenizer_type, vocab_file=args.vocab_file,
+                                        merge_file=args.merge_file,
+                                        tokenizer_model=args.tokenizer_model,
+                                        vocab_extra_ids=args.vocab_extra_ids)
+        except FileNotFoundError as err:
+            where = f"{err.filename}: file not found" if err.filename else str(err)
+            raise MissingInputError(f"tokenizer ({args.tokenizer_type}): {where}") from None
+        except (OSError, ValueError) as err:
+            raise BadInputError(f"tokenizer ({args.tokenizer_type}): {err}") from None
     args.orig_vocab_size = tokenizer.vocab_size   # saved in checkpoints (re-padding)
     args.padded_vocab_size = vocab_size_with_padding(
         tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
@@ -115,7 +122,8 @@ def initialize_megatron(extra_args_provider: Callable | None = None,
     try:
         validate_args(parsed, args_defaults)
     except ArgumentValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if int(os.environ.get("RANK", "0")) == 0:   # every rank fails alike: report once
+            print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from exc
     _init_distributed(parsed)
     _GLOBAL_TOKENIZER = _build_tokenizer(parsed)

@@ -26,6 +26,7 @@ from megatron.data_efficiency.curriculum.build import (CurriculumTransform, buil
                                                        sampled_values_histogram, sampler_scalars)
 from megatron.data_efficiency.curriculum.transforms import BatchShape
 from megatron.data_efficiency.token_accounting import tokens_per_step
+from megatron.errors import BadInputError
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ class DataEfficiencyRuntime:
         except ValueError as err:
             if self.index_hint is None or "fingerprint" not in str(err):
                 raise
-            raise ValueError(f"{err}\n{self.index_hint(dataset)}") from None
+            raise BadInputError(f"{err}\n{self.index_hint(dataset)}") from None
         if self.sampler is not None and self._sampler_state is not None:
             self.sampler.load_state_dict(self._sampler_state)
         return self.sampler

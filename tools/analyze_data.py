@@ -134,9 +134,11 @@ def _train_samples_from_training_flags(p: argparse.ArgumentParser, args: argpars
     if args.model == "bert":
         import pretrain_bert
         extra, defaults = pretrain_bert.add_bert_args, dict(pretrain_bert.ARGS_DEFAULTS)
+    quiet = contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext()
     try:
-        training = validate_args(parse_training(extra, args=train), defaults)
-        plan = plan_run(training)
+        with quiet:
+            training = validate_args(parse_training(extra, args=train), defaults)
+            plan = plan_run(training)
     except (ArgumentValidationError, ValueError) as err:
         p.error(f"training flags {' '.join(flags)}: {err}")
     if not args.quiet:

@@ -50,6 +50,18 @@ def uninstall() -> None:
     _received.clear()
 
 
+def ignore_in_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM / SIGINT.
+
+    A scheduler (or Ctrl-C at a terminal) signals the whole process group; a worker that
+    died of it would break the step the main process still has to finish and save. The
+    workers exit with the main process as usual.
+    """
+    del worker_id
+    for signum in HANDLED:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def exit_requested() -> bool:
     """Whether any rank received a handled signal (collective when distributed: every rank
     calls it at the same point of every step while the handler is installed)."""

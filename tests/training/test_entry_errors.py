@@ -110,3 +110,31 @@ def test_error_lines_name_the_failing_rank_only_for_rank_local_errors():
     assert format_error(LocalError("disk"), 3) == "error: rank 3: disk"
     with pytest.raises(ValueError):      # still the built-in type older callers catch
         raise BadInputError(json.dumps({"x": 1}))
+
+
+def test_sigterm_to_the_process_group_saves_and_exits_0(store, tmp_path):
+    """As a scheduler does it: SIGTERM to the whole group (main process and its 2 DataLoader
+    workers) mid-run; the step finishes, a checkpoint is saved, the exit code is 0."""
+    import signal
+    _, prefix = store
+    ckpt = tmp_path / "ckpt"
+    argv = tiny_gpt_flags("--data-path", prefix, "--split", "90,10,0", "--num-workers", "2",
+                          "--eval-iters", "0", "--exit-signal-handler", "--save", str(ckpt),
+                          iters=100000)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain_gpt.py"), *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:             # wait until training runs
+            if "iteration        3/" in line:
+                break
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    assert "received SIGTERM" in err and "saved checkpoint at iteration" in out
+    saved = int((ckpt / "latest_checkpointed_iteration.txt").read_text())
+    assert 3 <= saved < 100000 and (ckpt / f"iter_{saved:07d}").is_dir()

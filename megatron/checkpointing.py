@@ -303,9 +303,13 @@ def _read_agreed(load_dir: str, iteration: int, fallback: bool) -> tuple[int, di
     """Read this rank's file of ``iteration``, or with ``fallback`` of the newest earlier
     iteration that every rank can read. Raises CheckpointError naming the damaged file."""
     candidates = [iteration]
-    if fallback:
+    if fallback:   # rank 0's view of the folder, so every rank walks the same list
         candidates += sorted((i for i in loadable_iterations(load_dir) if i < iteration),
                              reverse=True)
+        if _dist():
+            box = [candidates]
+            dist.broadcast_object_list(box, src=0)
+            candidates = box[0]
     for n, it in enumerate(candidates):
         state, error = None, None
         try:

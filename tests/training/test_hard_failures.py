@@ -43,7 +43,27 @@ def _two_rank_jobs(rank, world_size, converted, ckpt):
     resumed = run_tiny("--load", ckpt, iters=6)
     return {"tp2": tp2.history, "straight": straight.history, "cut": cut.history,
             "cut_at": cut_at, "saved": saved, "resumed": resumed.history,
-            "validation": (straight.last_validation, resumed.last_validation)}
+            "validation": (straight.last_validation, resumed.last_validation),
+            "fallback": _damaged_on_one_rank(rank, ckpt + "_tp2")}
+
+
+def _damaged_on_one_rank(rank: int, ckpt: str) -> dict:
+    """TP2 checkpoints at 2 and 4; only rank 1's file of iteration 4 is cut short. Both
+    ranks must refuse it alike, and with --ckpt-fallback both must load iteration 2."""
+    tp2 = ("--tensor-model-parallel-size", "2")
+    run_tiny(*tp2, "--save", ckpt, "--save-interval", "2", iters=4)
+    if rank == 1:
+        path = os.path.join(ckpt, "iter_0000004", "mp_rank_01", "model_optim_rng.pt")
+        with open(path, "r+b") as f:
+            f.truncate(100)
+    torch.distributed.barrier()
+    try:
+        run_tiny(*tp2, "--load", ckpt, iters=4)
+        refused = None
+    except CheckpointError as err:
+        refused = str(err)
+    fallback = run_tiny(*tp2, "--load", ckpt, "--ckpt-fallback", iters=4)
+    return {"refused": refused, "resumed": [it for it, _ in fallback.history]}
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +157,11 @@ def test_truncated_newest_checkpoint_is_named_and_fallback_resumes(tmp_path):
     assert resumed.history == straight.history[2:]   # bit-identical to the straight run
     assert not os.path.exists(stale)                 # removed at start-up
     assert read_tracker(ckpt) == 6
+
+
+def test_a_file_damaged_on_one_rank_is_refused_or_skipped_by_all(two_ranks):
+    _, _, per_rank = two_ranks
+    for out in per_rank:
+        refused = out["fallback"]["refused"]
+        assert refused is not None and "mp_rank_01" in refused and "cannot be read" in refused
+        assert out["fallback"]["resumed"] == [3, 4]   # both ranks loaded iteration 2

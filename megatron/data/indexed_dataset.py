@@ -92,12 +92,12 @@ class MMapIndexedDataset:
         idx_bytes = os.path.getsize(idx_path)
         if idx_bytes < _HEADER.size:
             raise BadInputError(f"{idx_path}: truncated index, {idx_bytes} bytes is shorter than "
-                             f"the {_HEADER.size}-byte header")
+                                f"the {_HEADER.size}-byte header")
         with open(idx_path, "rb") as f:
             magic, version, code, n, d1 = _HEADER.unpack(f.read(_HEADER.size))
         if magic != _MAGIC:
             raise BadInputError(f"{idx_path}: bad magic {magic!r}, expected {_MAGIC!r} "
-                             "(not a Megatron mmap index)")
+                                "(not a Megatron mmap index)")
         if version != _VERSION:
             raise BadInputError(f"{idx_path}: unsupported index version {version}, expected {_VERSION}")
         if code not in DTYPE_CODES:
@@ -105,8 +105,8 @@ class MMapIndexedDataset:
         expected = _HEADER.size + 4 * n + 8 * n + 8 * d1
         if idx_bytes != expected:
             raise BadInputError(f"{idx_path}: index is {idx_bytes} bytes but its header "
-                             f"(N={n} sequences, {d1} doc_idx entries) needs {expected} bytes"
-                             + (" (truncated)" if idx_bytes < expected else ""))
+                                f"(N={n} sequences, {d1} doc_idx entries) needs {expected} bytes"
+                                + (" (truncated)" if idx_bytes < expected else ""))
         self.dtype = np.dtype(DTYPE_CODES[code])
         self._idx_mmap = np.memmap(idx_path, mode="r", dtype=np.uint8)
         buf = memoryview(self._idx_mmap)
@@ -128,12 +128,12 @@ class MMapIndexedDataset:
         n = len(self.sizes)
         if bin_bytes % item:
             raise BadInputError(f"{bin_path}: {bin_bytes} bytes is not a multiple of the "
-                             f"{self.dtype} item size {item} (truncated?)")
+                                f"{self.dtype} item size {item} (truncated?)")
         if len(self.doc_idx) == 0 or self.doc_idx[0] != 0:
             raise BadInputError(f"{idx_path}: doc_idx must start with 0")
         if n and (self.doc_idx[-1] > n or np.any(np.diff(self.doc_idx) < 0)):
             raise BadInputError(f"{idx_path}: doc_idx is not a non-decreasing list of sequence "
-                             f"indices within 0..{n}")
+                                f"indices within 0..{n}")
         expected_end = 0
         for lo in range(0, n, _CHECK_CHUNK):
             sizes = self.sizes[lo:lo + _CHECK_CHUNK].astype(np.int64)
@@ -145,12 +145,12 @@ class MMapIndexedDataset:
             if len(bad):
                 i = lo + int(bad[0])
                 raise BadInputError(f"{idx_path}: pointer of sequence {i} is {int(self.pointers[i])}, "
-                                 f"expected {int(starts[bad[0]])} from the sizes")
+                                    f"expected {int(starts[bad[0]])} from the sizes")
             expected_end = int(starts[-1] + sizes[-1] * item)
         if expected_end != bin_bytes:
             raise BadInputError(f"{bin_path}: data file has {bin_bytes} bytes but the index "
-                             f"{idx_path} describes {expected_end} bytes "
-                             f"({expected_end // item} tokens of {self.dtype}); size mismatch")
+                                f"{idx_path} describes {expected_end} bytes "
+                                f"({expected_end // item} tokens of {self.dtype}); size mismatch")
 
     # -- pickling: reopen instead of copying the mapped arrays ------------------------------
     def __getstate__(self) -> dict:
@@ -213,7 +213,7 @@ def write_index(idx_path: str, dtype, sizes: Sequence[int], doc_idx: Sequence[in
     dtype = np.dtype(dtype)
     sizes64 = np.asarray(sizes, dtype=np.int64)
     if len(sizes64) and (sizes64.min() < 0 or sizes64.max() > np.iinfo(np.int32).max):
-        raise BadInputError(f"{idx_path}: sequence sizes must fit in int32")
+        raise ValueError(f"{idx_path}: sequence sizes must fit in int32")
     pointers = np.zeros(len(sizes64), dtype=np.int64)
     np.cumsum(sizes64[:-1] * dtype.itemsize, out=pointers[1:])
     doc = np.asarray(doc_idx, dtype=np.int64)

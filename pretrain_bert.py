@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from megatron.arguments import get_args, transformer_config_from_args
 from megatron.core.enums import ModelType
+from megatron.errors import BadConfigError, run_main
 from megatron.initialize import get_tokenizer
 from megatron.training import pretrain, print_rank_0
 
@@ -108,7 +109,7 @@ def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
     from megatron.data.bert_dataset import build_train_valid_test_datasets
     args = get_args()
     if not args.data_path:
-        raise ValueError("pretrain_bert.py needs --data-path (a --split-sentences token store)")
+        raise BadConfigError("pretrain_bert.py needs --data-path (a --split-sentences token store)")
     print_rank_0(" > building train, validation, and test datasets for BERT ...")
     datasets = build_train_valid_test_datasets(
         data_prefix=args.data_path, splits_string=args.split,
@@ -132,4 +133,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)   # the project's errors: one "error: ..." line, exit 1

@@ -13,6 +13,7 @@ import torch
 
 from megatron.arguments import get_args, transformer_config_from_args
 from megatron.core.enums import ModelType
+from megatron.errors import run_main
 from megatron.initialize import get_tokenizer
 from megatron.training import pretrain, print_rank_0
 from megatron.utils import get_ltor_masks_and_position_ids
@@ -95,6 +96,11 @@ def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
     return tuple(datasets)
 
 
+def main(argv: list[str] | None = None):
+    """Run pretrain() with GPT's providers; ``argv`` defaults to ``sys.argv[1:]``."""
+    return pretrain(train_valid_test_datasets_provider, model_provider,
+                    ModelType.encoder_or_decoder, forward_step, argv=argv)
+
+
 if __name__ == "__main__":
-    pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder,
-             forward_step)
+    run_main(main)   # the project's errors: one "error: ..." line, exit 1

@@ -5,69 +5,111 @@
 #   DATA=/data/pile/pile_text_document VOCAB=gpt2-vocab.json MERGES=gpt2-merges.txt \
 #   NNODES=8 NODE_RANK=0 MASTER_ADDR=host0 bash examples/pretrain_gpt_1.3B_cl_ltd.sh
 #
-# The paper's GPT-3 1.3B runs used 64 GPUs and 300B tokens for the baseline; with this
-# recipe the baseline quality was reached with 50% of the data (TOKENS_FRACTION=0.5).
+#   DRY_RUN=1 bash examples/pretrain_gpt_1.3B_cl_ltd.sh    # the whole recipe on CPU, minutes
+#
+# The paper's GPT-3 1.3B baseline used 300B tokens on 64 GPUs; with this recipe the baseline
+# quality was reached with 50% of the data (TOKENS_FRACTION=0.5, the default).
 # Steps:
 #   1. the token store: tools/preprocess_data.py --append-eod (GPT-2 BPE) -> $DATA.bin/.idx
 #   2. the voc index of every training sample (once; MPI, CPU only) -> $INDEX/voc
 #   3. pretraining with torchrun on every node
+# The analyzer gets the same run-sizing flags as training (SIZING below) and sizes the
+# index with training's own function (megatron/run_plan.py), so the two always agree.
+#
+# DRY_RUN=1 runs all three steps on the default corpus (this Python's standard library,
+# tools/prepare_default_corpus.py, with a SentencePiece tokenizer trained on it) with the
+# model and the budget shrunk (4 layers, hidden 64, sequence 128, 12 steps), in one CPU
+# process, under $OUT (default build/dry_run_1.3B); everything else is the recipe's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DATA=${DATA:?set DATA to the token store prefix (without .bin/.idx)}
-VOCAB=${VOCAB:?set VOCAB to gpt2-vocab.json}
-MERGES=${MERGES:?set MERGES to gpt2-merges.txt}
-INDEX=${INDEX:-$DATA.analysis}
-OUT=${OUT:-runs/gpt_1.3B_cl_ltd}
-NNODES=${NNODES:-8}; GPUS_PER_NODE=${GPUS_PER_NODE:-8}; NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-localhost}; MASTER_PORT=${MASTER_PORT:-6000}
-TOKENS_FRACTION=${TOKENS_FRACTION:-0.5}      # 1.0 = the 300B-token baseline budget
-ANALYZER_RANKS=${ANALYZER_RANKS:-32}
+PY=${PYTHON:-python}
+DRY_RUN=${DRY_RUN:-0}
+TOKENS_FRACTION=${TOKENS_FRACTION:-0.5}      # of the 300B-token baseline budget
 
-SEQ=2048; GBS=512; MBS=${MBS:-4}; SEED=1234; SPLIT=949,50,1
-BASE_TOKENS=300000000000
-TRAIN_TOKENS=$(python3 -c "print(int($BASE_TOKENS * $TOKENS_FRACTION))")
-# Steps the nominal batch would take; curriculum and random-LTD steps consume fewer tokens,
-# so pretrain() extends the run until --train-tokens are consumed.
+# Per-budget settings of the published runs (Megatron-DeepSpeed's data_efficiency GPT
+# scripts): LR 2e-4 at 300B tokens, scaled with 1/budget (3e-4 at 200B, 4e-4 at 150B) and
+# kept at 4e-4 below 150B (no published point to extrapolate to); warmup 3B tokens.
+LR=${LR:-$("$PY" -c "f = $TOKENS_FRACTION; print(f'{2e-4 / max(f, 0.5):.1e}')")}
+WARMUP_TOKENS=${WARMUP_TOKENS:-3000000000}
+
+if [[ $DRY_RUN == 1 ]]; then
+  OUT=${OUT:-build/dry_run_1.3B}
+  mkdir -p "$OUT"
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+  if [[ ! -s $OUT/corpus_text_document.idx ]]; then
+    "$PY" tools/prepare_default_corpus.py --output "$OUT/corpus.jsonl" --skip-tests \
+        --max-bytes 1500000
+    "$PY" tools/train_tokenizer.py --input "$OUT/corpus.jsonl" --model-prefix "$OUT/sp" \
+        --vocab-size 2000 --num-threads 2
+    "$PY" tools/preprocess_data.py --input "$OUT/corpus.jsonl" --output-prefix "$OUT/corpus" \
+        --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$OUT/sp.model" \
+        --append-eod --workers 2
+  fi
+  DATA=$OUT/corpus_text_document
+  TOKENIZER=(--tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$OUT/sp.model")
+  SEQ=128; GBS=8; MBS=4; BASE_TOKENS=$(( 12 * GBS * SEQ * 2 ))   # 12 nominal steps at 0.5
+  MODEL=(--num-layers 4 --hidden-size 64 --num-attention-heads 4 --init-method-std 0.02)
+  PRECISION=(); ANALYZER=("$PY"); LAUNCH=("$PY")
+  WARMUP_TOKENS=$(( GBS * SEQ ))
+  EVAL=(--eval-interval 6 --eval-iters 2); LOGS=(--log-interval 2 --save-interval 6)
+else
+  DATA=${DATA:?set DATA to the token store prefix (without .bin/.idx)}
+  VOCAB=${VOCAB:?set VOCAB to gpt2-vocab.json}
+  MERGES=${MERGES:?set MERGES to gpt2-merges.txt}
+  OUT=${OUT:-runs/gpt_1.3B_cl_ltd}
+  NNODES=${NNODES:-8}; GPUS_PER_NODE=${GPUS_PER_NODE:-8}; NODE_RANK=${NODE_RANK:-0}
+  MASTER_ADDR=${MASTER_ADDR:-localhost}; MASTER_PORT=${MASTER_PORT:-6000}
+  TOKENIZER=(--tokenizer-type GPT2BPETokenizer --vocab-file "$VOCAB" --merge-file "$MERGES")
+  SEQ=2048; GBS=512; MBS=${MBS:-4}; BASE_TOKENS=300000000000
+  MODEL=(--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --init-method-std 0.013)
+  PRECISION=(--bf16 --use-distributed-optimizer)
+  ANALYZER=(mpiexec -n "${ANALYZER_RANKS:-32}" "$PY")
+  LAUNCH=(torchrun --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" --node_rank "$NODE_RANK"
+          --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
+  EVAL=(--eval-interval 1000 --eval-iters 10); LOGS=(--log-interval 10 --save-interval 2000)
+fi
+INDEX=${INDEX:-$OUT/analysis}
+SEED=1234; SPLIT=949,50,1
+TRAIN_TOKENS=$("$PY" -c "print(int($BASE_TOKENS * $TOKENS_FRACTION))")
+# Schedules in steps of the nominal batch; curriculum and random-LTD steps consume fewer
+# tokens, so the run takes more steps than this until --train-tokens are consumed.
 NOMINAL_STEPS=$(( TRAIN_TOKENS / (GBS * SEQ) ))
 CL_STEPS=$(( NOMINAL_STEPS * 40 / 100 ))     # T_c = 40% (GPT-3 pretraining preset)
 LTD_STEPS=$(( NOMINAL_STEPS * 70 / 100 ))    # T_r = 70%
+R_S=$(( SEQ * 128 / 2048 ))                  # r_s = 128 of 2048 (scaled for DRY_RUN)
+D_S=$(( SEQ < 2048 ? 8 : 80 ))               # d_s = 80 of 2048 (DRY_RUN: one step of 8)
 
-# 2. Offline index of the training samples: the same --split/--seq-length/--seed as training
-#    and the number of samples the run builds, so the sample ids (and the fingerprint) match.
-#    Training sizes its dataset for the steps the schedule needs to consume --train-tokens
-#    (more than NOMINAL_STEPS); it prints that count at start, and if the index was built
-#    for other sample maps it stops with the exact analyzer command to run. TRAIN_SAMPLES
-#    overrides the estimate below.
-TRAIN_SAMPLES=${TRAIN_SAMPLES:-$(( NOMINAL_STEPS * GBS ))}
-if [[ ! -f $INDEX/voc/meta.json && $NODE_RANK == 0 ]]; then
-  mpiexec -n "$ANALYZER_RANKS" python tools/analyze_data.py --data-path "$DATA" \
-      --granularity sample --split $SPLIT --seq-length $SEQ --seed $SEED \
-      --train-samples "$TRAIN_SAMPLES" --metrics total_vocab_freq voc --save-path "$INDEX"
+# Flags that decide how many samples the run draws: given to the analyzer and to training.
+SIZING=(
+  "${MODEL[@]:0:2}" --global-batch-size $GBS --train-tokens "$TRAIN_TOKENS"
+  --data-efficiency-curriculum-learning --curriculum-metric seqtru voc
+  --curriculum-index-path - "$INDEX/voc" --curriculum-difficulty-type value percentile
+  --curriculum-min-difficulty $D_S 1 --curriculum-max-difficulty $SEQ 100
+  --curriculum-schedule-type fixed_linear fixed_root --curriculum-total-steps $CL_STEPS
+  --curriculum-difficulty-step 8 1 --curriculum-root-degree 1 2
+  --random-ltd --random-ltd-min-seqlen $R_S --random-ltd-total-steps $LTD_STEPS
+  --random-ltd-seq-per-step 16
+  "${EVAL[@]}"                                 # validation samples
+)
+
+# 2. Offline index of the training samples (once).
+if [[ ! -f $INDEX/voc/meta.json && ${NODE_RANK:-0} == 0 ]]; then
+  "${ANALYZER[@]}" tools/analyze_data.py --data-path "$DATA" --granularity sample \
+      --split $SPLIT --seq-length $SEQ --seed $SEED --data-cache-path "$OUT/cache" \
+      --metrics total_vocab_freq voc --save-path "$INDEX" "${SIZING[@]}"
 fi
 
 # 3. Train.
-torchrun --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" --node_rank "$NODE_RANK" \
-    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" pretrain_gpt.py \
-    --num-layers 24 --hidden-size 2048 --num-attention-heads 16 \
+"${LAUNCH[@]}" pretrain_gpt.py "${MODEL[@]}" "${SIZING[@]}" \
     --seq-length $SEQ --max-position-embeddings $SEQ \
-    --micro-batch-size $MBS --global-batch-size $GBS \
-    --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1 \
-    --use-distributed-optimizer --bf16 \
-    --train-tokens "$TRAIN_TOKENS" \
-    --lr 2.0e-4 --min-lr 1.0e-6 --lr-decay-style cosine \
-    --lr-warmup-tokens 375000000 --lr-decay-tokens "$TRAIN_TOKENS" \
+    --micro-batch-size $MBS \
+    --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1 "${PRECISION[@]}" \
+    --lr "$LR" --min-lr 1.0e-6 --lr-decay-style cosine \
+    --lr-warmup-tokens "$WARMUP_TOKENS" --lr-decay-tokens "$TRAIN_TOKENS" \
     --weight-decay 0.1 --clip-grad 1.0 --adam-beta1 0.9 --adam-beta2 0.95 \
-    --init-method-std 0.013 --hidden-dropout 0.1 --attention-dropout 0.1 --seed $SEED \
-    --data-path "$DATA" --split $SPLIT --tokenizer-type GPT2BPETokenizer \
-    --vocab-file "$VOCAB" --merge-file "$MERGES" --data-cache-path "$OUT/cache" \
-    --data-efficiency-curriculum-learning --curriculum-metric seqtru voc \
-    --curriculum-index-path - "$INDEX/voc" --curriculum-difficulty-type value percentile \
-    --curriculum-min-difficulty 80 1 --curriculum-max-difficulty $SEQ 100 \
-    --curriculum-schedule-type fixed_linear fixed_root --curriculum-total-steps $CL_STEPS \
-    --curriculum-difficulty-step 8 1 --curriculum-root-degree 1 2 \
-    --random-ltd --random-ltd-min-seqlen 128 --random-ltd-total-steps $LTD_STEPS \
-    --random-ltd-seq-per-step 16 \
-    --log-interval 10 --eval-interval 1000 --eval-iters 10 \
-    --save "$OUT/checkpoints" --load "$OUT/checkpoints" --save-interval 2000 \
+    --hidden-dropout 0.1 --attention-dropout 0.1 --seed $SEED \
+    --data-path "$DATA" --split $SPLIT "${TOKENIZER[@]}" --data-cache-path "$OUT/cache" \
+    "${LOGS[@]}" \
+    --save "$OUT/checkpoints" --load "$OUT/checkpoints" --exit-signal-handler \
     --tensorboard-dir "$OUT/tensorboard" "$@"

@@ -1,50 +1,62 @@
 #!/usr/bin/env bash
-# A small GPT pretraining recipe for CPU, with Megatron-LM's flags. Build the data first:
+# A small GPT pretraining recipe for CPU, with Megatron-LM's flags, on the default corpus
+# (this Python's standard library source). Builds the data once (skipped when there):
 #
-#   python tools/prepare_default_corpus.py --output data/stdlib.jsonl --skip-tests
-#   python tools/train_tokenizer.py --input data/stdlib.jsonl --model-prefix data/stdlib_sp \
-#       --vocab-size 8000
-#   python tools/preprocess_data.py --input data/stdlib.jsonl --output-prefix data/stdlib \
-#       --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model data/stdlib_sp.model \
-#       --append-eod --workers 2
+#   tools/prepare_default_corpus.py (300 files) -> tools/train_tokenizer.py (4000 pieces)
+#   -> tools/preprocess_data.py --append-eod     into $DATA (build/example_small_data)
 #
-# Data parallel on several CPU processes (gloo):  NPROC=2 bash examples/pretrain_gpt_small_cpu.sh
+# then trains a 4-layer GPT until 400k tokens are consumed (about 200 steps of 8 x 256),
+# resuming from $RUN/checkpoints when re-run; SIGTERM / Ctrl-C saves and exits.
+#
+#   bash examples/pretrain_gpt_small_cpu.sh
+#   NPROC=2 bash examples/pretrain_gpt_small_cpu.sh     # data parallel on 2 CPU processes (gloo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DATA=${DATA:-data/stdlib_text_document}
-TOKENIZER=${TOKENIZER:-data/stdlib_sp.model}
-RUN=${RUN:-runs/gpt_small_cpu}
+PY=${PY:-.venv/bin/python}
+TORCHRUN=${TORCHRUN:-.venv/bin/torchrun}
+DATA=${DATA:-build/example_small_data}
+RUN=${RUN:-build/example_small}
 NPROC=${NPROC:-1}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( NPROC > 1 ? 1 : 2 ))}
+
+if [ ! -s "$DATA/stdlib_text_document.idx" ]; then
+  mkdir -p "$DATA"
+  $PY tools/prepare_default_corpus.py --output "$DATA/stdlib.jsonl" --max-files 300 --skip-tests
+  $PY tools/train_tokenizer.py --input "$DATA/stdlib.jsonl" --model-prefix "$DATA/stdlib_sp" \
+      --vocab-size 4000
+  $PY tools/preprocess_data.py --input "$DATA/stdlib.jsonl" --output-prefix "$DATA/stdlib" \
+      --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$DATA/stdlib_sp.model" \
+      --append-eod --workers 2
+fi
 
 MODEL=(
-  --num-layers 6 --hidden-size 384 --num-attention-heads 6
-  --seq-length 512 --max-position-embeddings 512
+  --num-layers 4 --hidden-size 256 --num-attention-heads 4
+  --seq-length 256 --max-position-embeddings 256
   --position-embedding-type rope
   --hidden-dropout 0.0 --attention-dropout 0.0
 )
 TRAINING=(
-  --micro-batch-size 4 --global-batch-size 16
-  --train-tokens 20000000                          # stop after 20M consumed tokens
+  --micro-batch-size 4 --global-batch-size 8
+  --train-tokens 400000                            # stop after 400k consumed tokens
   --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine
-  --lr-warmup-fraction 0.02                        # of the token-based decay span
+  --lr-warmup-fraction 0.05                        # of the token-based decay span
   --weight-decay 0.1 --clip-grad 1.0 --adam-beta2 0.95
 )
 DATA_ARGS=(
-  --data-path "$DATA" --split 98,2,0
-  --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$TOKENIZER"
-  --data-cache-path "$RUN/cache" --num-workers 1
+  --data-path "$DATA/stdlib_text_document" --split 949,50,1
+  --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$DATA/stdlib_sp.model"
+  --data-cache-path "$RUN/cache"
 )
 OUTPUT=(
-  --log-interval 10 --eval-interval 200 --eval-iters 20
-  --tensorboard-dir "$RUN/tensorboard"
-  --save "$RUN/checkpoints" --load "$RUN/checkpoints" --save-interval 200
+  --log-interval 20 --eval-interval 100 --eval-iters 5
+  --tensorboard-dir "$RUN/tensorboard" --exit-signal-handler
+  --save "$RUN/checkpoints" --load "$RUN/checkpoints" --save-interval 100
 )
 
 if [[ $NPROC -gt 1 ]]; then
-  LAUNCH=(torchrun --standalone --nproc-per-node "$NPROC")
+  LAUNCH=("$TORCHRUN" --standalone --nproc-per-node "$NPROC")
 else
-  LAUNCH=(python)
+  LAUNCH=("$PY")
 fi
-"${LAUNCH[@]}" pretrain_gpt.py "${MODEL[@]}" "${TRAINING[@]}" "${DATA_ARGS[@]}" "${OUTPUT[@]}"
+"${LAUNCH[@]}" pretrain_gpt.py "${MODEL[@]}" "${TRAINING[@]}" "${DATA_ARGS[@]}" "${OUTPUT[@]}" "$@"

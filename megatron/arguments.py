@@ -121,6 +121,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recompute-num-layers", type=int, default=None)
     g.add_argument("--exit-interval", type=int, default=None)
     g.add_argument("--exit-duration-in-mins", type=float, default=None)
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="on SIGTERM / SIGINT save a checkpoint after the current step, exit 0")
 
 
 def _add_mixed_precision_args(p: argparse.ArgumentParser) -> None:
@@ -174,6 +176,9 @@ def _add_logging_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-load-optim", action="store_true")
     g.add_argument("--no-load-rng", action="store_true")
     g.add_argument("--finetune", action="store_true")
+    g.add_argument("--ckpt-fallback", action="store_true",
+                   help="when the newest checkpoint cannot be read, load the newest earlier "
+                        "complete one (default: stop and list the loadable iterations)")
 
 
 def _exactly_one(args: argparse.Namespace, names: list[str], errors: list[str],
@@ -220,6 +225,10 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
         errors.append("--fp16 and --bf16 cannot both be given")
     if args.lr_warmup_fraction is not None and not 0.0 <= args.lr_warmup_fraction <= 1.0:
         errors.append(f"--lr-warmup-fraction must be within [0, 1], got {args.lr_warmup_fraction}")
+    if args.exit_signal_handler and not args.save:
+        errors.append("--exit-signal-handler needs --save (it saves a checkpoint, then exits)")
+    if args.lr is not None and args.lr <= 0:
+        errors.append(f"--lr must be > 0, got {args.lr}")
     if args.lr is not None and args.min_lr > args.lr:
         errors.append(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr})")
     _validate_model(args, errors)
@@ -387,6 +396,7 @@ def transformer_config_from_args(args: argparse.Namespace):
         num_layers=args.num_layers, hidden_size=args.hidden_size,
         num_attention_heads=args.num_attention_heads,
         padded_vocab_size=args.padded_vocab_size,
+        vocab_size=getattr(args, "orig_vocab_size", None),   # padding ids: out of the softmax
         max_position_embeddings=args.max_position_embeddings,
         ffn_hidden_size=args.ffn_hidden_size, kv_channels=args.kv_channels,
         position_embedding_type=args.position_embedding_type, rotary_base=args.rotary_base,

@@ -15,12 +15,21 @@ schedule the model chunks are stored as ``model0``, ``model1``, ... (Megatron's 
 The saved ``args`` always carry the layout (TP, PP, virtual PP) and the vocabulary sizes
 (``orig_vocab_size``, ``padded_vocab_size``) that ``tools/checkpoint_util.py`` needs to
 re-pad the vocabulary for another TP size.
+
+A file that cannot be read is reported with its path and the reason
+(:class:`megatron.errors.CheckpointError`). ``load_checkpoint(..., fallback=True)``
+(``--ckpt-fallback``) then loads the newest earlier iteration that every rank can read;
+without it the run stops and lists the iterations on disk that are complete. All ranks
+agree on the outcome, so they load the same iteration or fail together.
+``remove_stale_temp_dirs`` removes ``iter_X.tmp`` folders of killed saves at start-up.
 """
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
+import zipfile
 from argparse import Namespace
 
 import numpy as np
@@ -29,8 +38,12 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import get_rng_tracker
+from megatron.errors import CheckpointError
 
 TRACKER = "latest_checkpointed_iteration.txt"
+CKPT_NAME = "model_optim_rng.pt"
+_ITER_DIR = re.compile(r"^iter_(\d{7})$")
+_TMP_DIR = re.compile(r"^iter_\d{7}\.tmp$")
 # Flags that must match between the checkpoint and the run that loads it.
 _ARCH_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
                "padded_vocab_size", "position_embedding_type", "swiglu",
@@ -61,7 +74,7 @@ def checkpoint_file(iter_dir: str) -> str:
     name = f"mp_rank_{tp:02d}"
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         name += f"_{parallel_state.get_pipeline_model_parallel_rank():03d}"
-    return os.path.join(iter_dir, name, "model_optim_rng.pt")
+    return os.path.join(iter_dir, name, CKPT_NAME)
 
 
 def read_tracker(root: str) -> int | None:
@@ -69,10 +82,80 @@ def read_tracker(root: str) -> int | None:
     path = os.path.join(root, TRACKER)
     if not os.path.isfile(path):
         return None
-    text = open(path).read().strip()
+    try:
+        text = open(path).read().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: cannot read the tracker file: {err}") from None
     if not text.isdigit():
-        raise ValueError(f"{path}: expected an iteration number, got {text!r}")
+        raise CheckpointError(f"{path}: expected an iteration number, got {text!r} (fix or "
+                              f"remove it; complete iterations on disk: "
+                              f"{_describe(loadable_iterations(root))})")
     return int(text)
+
+
+def read_checkpoint_file(path: str) -> dict:
+    """``torch.load`` one checkpoint file; a missing or damaged file raises
+    :class:`CheckpointError` naming it and the reason."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:   # torch reports truncation as RuntimeError, pickle errors vary
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot be read ({reason}); the file is damaged or "
+                              "was cut short") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
+    return state
+
+
+def _file_is_whole(path: str) -> bool:
+    """A cheap completeness check: the zip archive's central directory reads (a file cut
+    short loses it). Used to list candidates, not to trust a file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def loadable_iterations(root: str) -> list[int]:
+    """Published iterations under ``root`` whose every rank file looks complete, ascending."""
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        match = _ITER_DIR.match(name)
+        folder = os.path.join(root, name)
+        if not match or not os.path.isdir(folder):
+            continue
+        files = [os.path.join(folder, d, CKPT_NAME) for d in os.listdir(folder)
+                 if d.startswith("mp_rank_")]
+        if files and all(_file_is_whole(f) for f in files):
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def _describe(iterations: list[int]) -> str:
+    return ", ".join(str(i) for i in iterations) if iterations else "none"
+
+
+def remove_stale_temp_dirs(save_dir: str | None) -> list[str]:
+    """Delete ``iter_X.tmp`` folders (saves killed before their rename) in ``save_dir``.
+
+    Collective: rank 0 deletes, every rank waits, so it must run before any save.
+
+    Returns:
+        The folders removed (on rank 0; empty elsewhere).
+    """
+    removed = []
+    if save_dir and _rank() == 0 and os.path.isdir(save_dir):
+        for name in sorted(os.listdir(save_dir)):
+            if _TMP_DIR.match(name):
+                shutil.rmtree(os.path.join(save_dir, name), ignore_errors=True)
+                removed.append(os.path.join(save_dir, name))
+    _barrier()
+    return removed
 
 
 def unwrap_model(module: torch.nn.Module) -> torch.nn.Module:
@@ -203,13 +286,62 @@ def _check_args(saved: dict | None, args: Namespace | None, path: str) -> None:
     bad = [f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, now {getattr(args, k)!r}"
            for k in _ARCH_FLAGS if k in saved and hasattr(args, k) and saved[k] != getattr(args, k)]
     if bad:
-        raise ValueError(f"{path} was saved with a different model layout:\n  " + "\n  ".join(bad))
+        raise CheckpointError(f"{path} was saved with a different model layout: "
+                              + "; ".join(bad))
+
+
+def _agreed_errors(error: str | None) -> list[str]:
+    """Every rank's read error (None when its read worked), so all ranks decide alike."""
+    if not _dist():
+        return [error] if error else []
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return [e for e in errors if e]
+
+
+def _read_agreed(load_dir: str, iteration: int, fallback: bool) -> tuple[int, dict]:
+    """Read this rank's file of ``iteration``, or with ``fallback`` of the newest earlier
+    iteration that every rank can read. Raises CheckpointError naming the damaged file."""
+    candidates = [iteration]
+    if fallback:   # rank 0's view of the folder, so every rank walks the same list
+        candidates += sorted((i for i in loadable_iterations(load_dir) if i < iteration),
+                             reverse=True)
+        if _dist():
+            box = [candidates]
+            dist.broadcast_object_list(box, src=0)
+            candidates = box[0]
+    for n, it in enumerate(candidates):
+        state, error = None, None
+        try:
+            state = read_checkpoint_file(checkpoint_file(checkpoint_dir(load_dir, it)))
+        except CheckpointError as err:
+            error = f"iteration {it}: {err}"
+        errors = _agreed_errors(error)
+        if not errors:
+            return it, state
+        if not fallback:
+            older = [i for i in loadable_iterations(load_dir) if i < it]
+            hint = (f"; rerun with --ckpt-fallback to resume from iteration {older[-1]}"
+                    if older else "")
+            raise CheckpointError(f"{errors[0]}; complete iterations in {load_dir}: "
+                                  f"{_describe(older)}{hint}")
+        if _rank() == 0:
+            print(f" > WARNING: {errors[0]}; --ckpt-fallback: "
+                  + (f"trying iteration {candidates[n + 1]}" if n + 1 < len(candidates)
+                     else "no earlier iteration left"), flush=True)
+    raise CheckpointError(f"no iteration in {load_dir} can be read by every rank "
+                          f"(tried {_describe(candidates)})")
 
 
 def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_scheduler, *,
                     load_dir: str, load_optim: bool = True, load_rng: bool = True,
-                    finetune: bool = False, args: Namespace | None = None) -> tuple[int, dict]:
+                    finetune: bool = False, args: Namespace | None = None,
+                    fallback: bool = False) -> tuple[int, dict]:
     """Load the latest checkpoint under ``load_dir`` into the given objects.
+
+    Args:
+        fallback: when the tracker's iteration cannot be read, load the newest earlier
+            one every rank can read (``--ckpt-fallback``) instead of raising.
 
     Returns:
         ``(iteration, extra_state)``; ``(0, {})`` when ``load_dir`` has no tracker file.
@@ -219,16 +351,13 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
     if iteration is None:
         print(f" > no checkpoint tracker in {load_dir}; starting from scratch", flush=True)
         return 0, {}
+    iteration, state = _read_agreed(load_dir, iteration, fallback)
     path = checkpoint_file(checkpoint_dir(load_dir, iteration))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{os.path.join(load_dir, TRACKER)} names iteration {iteration} "
-                                f"but {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
     _check_args(state.get("args"), args, path)
     keys = _model_keys(len(model_chunks))
     if any(key not in state for key in keys):
         held = sorted(k for k in state if k.startswith("model"))
-        raise ValueError(f"{path} holds model entries {held} but this run has "
+        raise CheckpointError(f"{path} holds model entries {held} but this run has "
                          f"{len(model_chunks)} model chunk(s) (expects {keys}): load it with "
                          "the --num-layers-per-virtual-pipeline-stage it was saved with")
     for key, chunk in zip(keys, model_chunks):
@@ -237,19 +366,20 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
         return 0, {}
     if load_optim and optimizer is not None:
         if state.get("optimizer") is None:
-            raise ValueError(f"{path} has no optimizer state; use --no-load-optim or --finetune")
+            raise CheckpointError(f"{path} has no optimizer state; use --no-load-optim or "
+                                  "--finetune")
         optim_state = state["optimizer"]
         if optim_state == "sharded":
             shard = _optim_shard_file(path, parallel_state.get_data_parallel_rank())
             if not os.path.isfile(shard):
-                raise FileNotFoundError(f"{shard} (distributed optimizer shard) is missing")
-            optim_state = torch.load(shard, map_location="cpu", weights_only=False)
+                raise CheckpointError(f"{shard} (distributed optimizer shard) is missing")
+            optim_state = read_checkpoint_file(shard)
         optimizer.load_state_dict(optim_state)
     if load_optim and opt_param_scheduler is not None and state.get("opt_param_scheduler"):
         opt_param_scheduler.load_state_dict(state["opt_param_scheduler"])
     if load_rng:
         if state.get("rng_state") is None:
-            raise ValueError(f"{path} has no RNG state; use --no-load-rng")
+            raise CheckpointError(f"{path} has no RNG state; use --no-load-rng")
         _set_rng_state(state["rng_state"])
     print(f" > loaded checkpoint {path} at iteration {iteration}", flush=True)
     return int(state["iteration"]), state.get("extra_state") or {}

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from megatron.arguments import ArgumentValidationError, parse_args, set_args, validate_args
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import set_initialization_seed
+from megatron.errors import BadInputError, MissingInputError
 from megatron.core.tensor_parallel.random import model_parallel_seed
 
 _GLOBAL_TOKENIZER = None
@@ -46,14 +47,21 @@ def get_tokenizer():
 
 def _build_tokenizer(args: argparse.Namespace, defaults: dict | None):
     """The tokenizer the flags (or the script's defaults) name; reads ``args`` only, so
-    ``validate_args`` can derive the padded vocabulary from it."""
+    ``validate_args`` can derive the padded vocabulary from it. A missing or unreadable
+    vocabulary file is a ``MissingInputError`` / ``BadInputError`` naming the file."""
     from megatron.tokenizer import build_tokenizer
     tokenizer_type = args.tokenizer_type or (defaults or {}).get("tokenizer_type")
     if tokenizer_type in (None, "NullTokenizer") and args.vocab_size is not None:
         return NullTokenizer(args.vocab_size)
-    return build_tokenizer(tokenizer_type, vocab_file=args.vocab_file,
-                           merge_file=args.merge_file, tokenizer_model=args.tokenizer_model,
-                           vocab_extra_ids=args.vocab_extra_ids)
+    try:
+        return build_tokenizer(tokenizer_type, vocab_file=args.vocab_file,
+                               merge_file=args.merge_file, tokenizer_model=args.tokenizer_model,
+                               vocab_extra_ids=args.vocab_extra_ids)
+    except FileNotFoundError as err:
+        where = f"{err.filename}: file not found" if err.filename else str(err)
+        raise MissingInputError(f"tokenizer ({tokenizer_type}): {where}") from None
+    except (OSError, ValueError) as err:
+        raise BadInputError(f"tokenizer ({tokenizer_type}): {err}") from None
 
 
 def _init_distributed(args: argparse.Namespace) -> None:
@@ -113,7 +121,8 @@ def initialize_megatron(extra_args_provider: Callable | None = None,
     try:
         validate_args(parsed, args_defaults, tokenizer_vocab_size=tokenizer.vocab_size)
     except ArgumentValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if int(os.environ.get("RANK", "0")) == 0:   # every rank fails alike: report once
+            print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from exc
     _init_distributed(parsed)
     _GLOBAL_TOKENIZER = tokenizer

@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from megatron.arguments import optimizer_config_from_args, schedule_config_from_args
-from megatron.checkpointing import load_checkpoint, save_checkpoint
+from megatron import signal_handler
+from megatron.checkpointing import load_checkpoint, remove_stale_temp_dirs, save_checkpoint
 from megatron.core import parallel_state
 from megatron.core.distributed.errors import collective_context
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
@@ -308,6 +309,7 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
             _save(state, runtime, model, optimizer, scheduler, args)
             saved = True
         stop = (args.exit_interval and it % args.exit_interval == 0) or _time_is_up(start, args)
+        stop = signal_handler.exit_requested() or stop   # every step: a collective
         if stop:
             if args.save and not saved:
                 _save(state, runtime, model, optimizer, scheduler, args)
@@ -350,11 +352,12 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     optimizer = get_megatron_optimizer(model, optimizer_config_from_args(args))
     scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args))
     state, de_state = TrainState(), {}
+    remove_stale_temp_dirs(args.save)   # iter_X.tmp of killed saves (rank 0, before any save)
     if args.load:
         _, extra = load_checkpoint(model, optimizer, scheduler, load_dir=args.load,
                                    load_optim=not args.no_load_optim,
                                    load_rng=not args.no_load_rng, finetune=args.finetune,
-                                   args=args)
+                                   args=args, fallback=args.ckpt_fallback)
         state.iteration = int(extra.get("iteration", 0))
         state.consumed_samples = int(extra.get("consumed_samples", 0))
         state.consumed_tokens = int(extra.get("consumed_tokens", 0))
@@ -369,6 +372,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
                             is_logging_rank=(not dist.is_initialized()
                                              or dist.get_rank() == dist.get_world_size() - 1),
                             queue_size=args.tensorboard_queue_size)
+    signal_handler.install(args.exit_signal_handler)
     try:
         print_rank_0(f" > training from iteration {state.iteration} "
                      f"(consumed samples {state.consumed_samples}, tokens {state.consumed_tokens})")
@@ -385,5 +389,6 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
             logger.validation(state.iteration, state.consumed_samples, state.consumed_tokens,
                               test, prefix="test")
     finally:
+        signal_handler.uninstall()
         logger.close()
     return state

@@ -14,11 +14,25 @@ README. A killed job restarted with the same arguments reuses every finished sha
 store from ``preprocess_data.py --split-sentences``; give ``--short-seq-prob`` and
 ``--bert-no-binary-head`` as to pretrain_bert.py). Metric definitions and limits:
 megatron/data_efficiency/analyzer/bert_samples.py.
+
+Run sizing: instead of ``--train-samples N``, give the flags that size the training run,
+exactly as ``pretrain_gpt.py`` / ``pretrain_bert.py`` get them (``--train-iters`` /
+``--train-samples`` / ``--train-tokens``, ``--global-batch-size``, ``--num-layers``, the
+curriculum and random-LTD schedule flags or ``--data-efficiency-config``, ``--eval-*``).
+Any flag this tool does not know is taken as a training flag; the sample count then comes
+from ``megatron.run_plan.plan_run``, the function training sizes itself with.
+
+    python tools/analyze_data.py --data-path PREFIX --granularity sample --split 969,30,1 \
+        --seq-length 2048 --seed 1234 --metrics total_vocab_freq voc --save-path DIR \
+        --train-tokens 150000000000 --global-batch-size 512 --num-layers 24 \
+        --data-efficiency-curriculum-learning --curriculum-metric seqtru voc ... --random-ltd ...
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import resource
@@ -62,7 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="969,30,1")
     p.add_argument("--seq-length", type=int)
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--train-samples", type=int)
+    p.add_argument("--train-samples", type=int,
+                   help="training samples to index; or give the training run's sizing flags "
+                        "instead (see 'Run sizing' below)")
     p.add_argument("--data-cache-path", default=None)
     p.add_argument("--vocab-size", type=int, help="vocabulary size (default: largest token id + 1)")
     p.add_argument("--pad-token-id", type=int, help="token excluded from seqlen")
@@ -73,9 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="without mpiexec: launch this many local MPI ranks")
     p.add_argument("--force", action="store_true", help="recompute finished shards")
     p.add_argument("--keep-work", action="store_true", help="keep the shard files after success")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true", help="no progress or dataset output")
     p.add_argument("--stats-json", help="write wall time and peak memory of every rank to this file")
-    args = p.parse_args(argv)
+    args, training_flags = p.parse_known_args(argv)
+    if training_flags:
+        args.train_samples = _train_samples_from_training_flags(p, args, training_flags)
     if len(args.data_path) != 1:
         p.error("--data-path: the analyzer indexes one dataset prefix at a time (blends: run it per prefix)")
     if args.model == "bert" and args.granularity != "sample":
@@ -84,6 +102,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive")
     return args
+
+
+# Flags every training run must give but that do not change its sample count.
+_SIZING_PLACEHOLDERS = {"--hidden-size": "8", "--num-attention-heads": "1",
+                        "--micro-batch-size": "1", "--lr": "1e-4"}
+
+
+def _train_samples_from_training_flags(p: argparse.ArgumentParser, args: argparse.Namespace,
+                                       flags: list[str]) -> int:
+    """The training samples a ``pretrain_*.py`` run with ``flags`` builds (its own sizing:
+    ``megatron.run_plan.plan_run``), so the index always fits the run."""
+    from megatron.arguments import ArgumentValidationError, parse_args as parse_training
+    from megatron.arguments import validate_args
+    from megatron.core.enums import ModelType
+    from megatron.run_plan import plan_run
+    if args.granularity != "sample":
+        p.error(f"training flags {flags} only size --granularity sample")
+    given = set(flags)
+    train = list(flags) + ["--data-path", args.data_path[0], "--split", args.split,
+                           "--seed", str(args.seed)]
+    if args.seq_length is not None:
+        train += ["--seq-length", str(args.seq_length)]
+        if "--max-position-embeddings" not in given:
+            train += ["--max-position-embeddings", str(args.seq_length)]
+    if args.train_samples is not None:     # then it is the run's --train-samples
+        train += ["--train-samples", str(args.train_samples)]
+    for flag, value in _SIZING_PLACEHOLDERS.items():
+        if flag not in given:
+            train += [flag, value]
+    extra, defaults = None, None
+    if args.model == "bert":
+        import pretrain_bert
+        extra, defaults = pretrain_bert.add_bert_args, dict(pretrain_bert.ARGS_DEFAULTS)
+    quiet = contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext()
+    try:
+        with quiet:
+            training = validate_args(parse_training(extra, args=train), defaults)
+            plan = plan_run(training, ModelType.encoder if args.model == "bert"
+                            else ModelType.encoder_or_decoder)
+    except (ArgumentValidationError, ValueError) as err:
+        p.error(f"training flags {' '.join(flags)}: {err}")
+    if not args.quiet:
+        print(f"[analyzer] the training run takes {plan.train_iters} steps: "
+              f"{plan.train_valid_test_num_samples[0]} training samples", file=sys.stderr)
+    return plan.train_valid_test_num_samples[0]
 
 
 def _relaunch(num_workers: int, argv: list[str]) -> int:
@@ -137,10 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     comm.barrier()
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
-        if args.model == "bert":
-            stats = run_bert_analyzer(cfg, BertSampleParams(args.short_seq_prob, args.bert_binary_head), comm)
-        else:
-            stats = run_analyzer(cfg, comm)
+        # --quiet: the dataset builders' " > dataset ..." lines (stdout) go too
+        with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
+            if args.model == "bert":
+                stats = run_bert_analyzer(cfg, BertSampleParams(args.short_seq_prob,
+                                                                args.bert_binary_head), comm)
+            else:
+                stats = run_analyzer(cfg, comm)
     except (ValueError, FileNotFoundError) as e:
         print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
         _abort_others(comm, 2)

@@ -9,16 +9,23 @@ Reads ``{load-dir}/iter_XXXXXXX/mp_rank_XX[_YYY]/model_optim_rng.pt`` as written
 pipeline stages' layers into one model, and splits it again for the target layout.
 
 Model weights only: the optimizer state, the (distributed optimizer) shards and the RNG
-states are laid out per rank and are dropped; the LR scheduler state, the iteration and
-the consumed-samples/tokens counters are kept. Load the result with ``--finetune`` (restart
-the counters) or with ``--no-load-optim --no-load-rng`` (continue the schedule).
+states are laid out per rank and are dropped (the tool says so when it finishes); the LR
+scheduler state, the iteration and the consumed-samples/tokens counters are kept. Load
+the result with ``--finetune`` (restart the counters) or with ``--no-load-optim
+--no-load-rng`` (continue the schedule).
 
 The vocabulary padding depends on TP (``--make-vocab-size-divisible-by`` x TP): padding
 rows are trimmed or added (zeros) to fit the target, which needs the real vocabulary size:
 ``--true-vocab-size``, else the checkpoint's ``orig_vocab_size`` (saved by every run of
 ``megatron/checkpointing.py``) / ``vocab_size`` args, else the rows are kept when they
 already divide by the target TP. The converted checkpoint records ``orig_vocab_size``, so
-it can be converted again.
+it can be converted again. Padding ids take no part in the softmax (the model masks
+them, see ``megatron/core/tensor_parallel/cross_entropy.py``), so a re-padded model
+computes exactly the losses of the original.
+
+Everything is checked before anything is created; the result is written into
+``iter_XXXXXXX.tmp`` and renamed into place, and a failure removes what this run created
+(the temp folder, and ``--save-dir`` itself when the tool made it).
 """
 from __future__ import annotations
 
@@ -34,6 +41,8 @@ import torch
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
 
 from megatron.core.distributed import checkpoint_layout  # noqa: E402
+from megatron.errors import (BadConfigError, CheckpointError, MissingInputError,  # noqa: E402
+                             run_main)
 
 _RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -44,15 +53,15 @@ def _iteration_dir(load_dir: str, iteration: int | None) -> tuple[int, str]:
     if iteration is None:
         tracker = os.path.join(load_dir, TRACKER)
         if not os.path.isfile(tracker):
-            raise FileNotFoundError(f"{tracker} not found: is --load-dir a checkpoint folder?"
+            raise MissingInputError(f"{tracker} not found: is --load-dir a checkpoint folder?"
                                     " (or give --iteration)")
         text = open(tracker).read().strip()
         if not text.isdigit():
-            raise ValueError(f"{tracker}: expected an iteration number, got {text!r}")
+            raise CheckpointError(f"{tracker}: expected an iteration number, got {text!r}")
         iteration = int(text)
     path = os.path.join(load_dir, f"iter_{iteration:07d}")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingInputError(f"{path} does not exist")
     return iteration, path
 
 
@@ -65,22 +74,27 @@ def read_layout(iter_dir: str) -> dict[tuple[int, int], dict]:
             continue
         path = os.path.join(iter_dir, name, CKPT_NAME)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} is missing")
+            raise MissingInputError(f"{path} is missing")
         key = (int(match.group(1)), int(match.group(2) or 0))
-        found[key] = torch.load(path, map_location="cpu", weights_only=False)
+        found[key] = _read_checkpoint_file(path)
         found[key]["_path"] = path
     if not found:
-        raise FileNotFoundError(f"{iter_dir} holds no mp_rank_* folders")
+        raise MissingInputError(f"{iter_dir} holds no mp_rank_* folders")
     tp, pp = 1 + max(t for t, _ in found), 1 + max(p for _, p in found)
     missing = [(t, p) for t in range(tp) for p in range(pp) if (t, p) not in found]
     if missing:
-        raise FileNotFoundError(f"{iter_dir}: layout {tp}x{pp} is incomplete, missing "
+        raise CheckpointError(f"{iter_dir}: layout {tp}x{pp} is incomplete, missing "
                                 f"(tp, pp) ranks {missing}")
     for ckpt in found.values():
         if "model" not in ckpt:
-            raise ValueError(f"{ckpt['_path']}: no 'model' entry (interleaved checkpoints with "
+            raise CheckpointError(f"{ckpt['_path']}: no 'model' entry (interleaved checkpoints with "
                              "model0, model1, ... are not supported by this tool)")
     return found
+
+
+def _read_checkpoint_file(path: str) -> dict:
+    from megatron.checkpointing import read_checkpoint_file
+    return read_checkpoint_file(path)
 
 
 def template_specs(args: dict) -> dict[str, checkpoint_layout.ParamSpec]:
@@ -108,12 +122,12 @@ def target_vocab_rows(args: dict, rows: int, target_tp: int, true_vocab: int | N
     multiple = int(args.get("make_vocab_size_divisible_by") or 1) * target_tp
     if true_vocab:
         if int(true_vocab) > rows:
-            raise ValueError(f"the real vocabulary size {true_vocab} exceeds the checkpoint's "
+            raise BadConfigError(f"the real vocabulary size {true_vocab} exceeds the checkpoint's "
                              f"{rows} vocabulary rows: check --true-vocab-size")
         return -(-int(true_vocab) // multiple) * multiple
     if rows % target_tp == 0:
         return rows
-    raise ValueError(f"the checkpoint's {rows} vocabulary rows do not split over "
+    raise BadConfigError(f"the checkpoint's {rows} vocabulary rows do not split over "
                      f"{target_tp} tensor-parallel ranks and the real vocabulary size is "
                      "unknown: give --true-vocab-size")
 
@@ -126,14 +140,14 @@ def convert(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
     first = source[(0, 0)]
     args = dict(first.get("args") or {})
     if not args:
-        raise ValueError(f"{first['_path']} has no saved args: cannot rebuild the model shape")
+        raise CheckpointError(f"{first['_path']} has no saved args: cannot rebuild the model shape")
     num_layers = int(args["num_layers"])
     if num_layers % target_pp != 0:
-        raise ValueError(f"--target-pipeline-parallel-size {target_pp} does not divide "
+        raise BadConfigError(f"--target-pipeline-parallel-size {target_pp} does not divide "
                          f"--num-layers {num_layers}")
     heads = int(args["num_attention_heads"])
     if heads % target_tp != 0:
-        raise ValueError(f"--target-tensor-parallel-size {target_tp} does not divide "
+        raise BadConfigError(f"--target-tensor-parallel-size {target_tp} does not divide "
                          f"--num-attention-heads {heads}")
     specs = template_specs(args)
     full = checkpoint_layout.merge_state_dicts({k: v["model"] for k, v in source.items()},
@@ -152,24 +166,38 @@ def convert(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
 
 def _write(save_dir: str, iteration: int, parts: dict, first: dict, args: dict,
            target_pp: int) -> str:
-    """Write every rank's file into a temp folder, rename it, then update the tracker."""
+    """Write every rank's file into a temp folder, rename it, then update the tracker.
+
+    Nothing is left behind on failure: the temp folder goes, and so does ``save_dir``
+    when this call created it.
+    """
     final = os.path.join(save_dir, f"iter_{iteration:07d}")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for (t, p), model in parts.items():
-        name = f"mp_rank_{t:02d}" + (f"_{p:03d}" if target_pp > 1 else "")
-        os.makedirs(os.path.join(tmp, name))
-        state = {"iteration": iteration, "checkpoint_version": first.get("checkpoint_version"),
-                 "args": args, "model": model, "optimizer": None, "rng_state": None,
-                 "opt_param_scheduler": first.get("opt_param_scheduler"),
-                 "extra_state": first.get("extra_state")}
-        torch.save(state, os.path.join(tmp, name, CKPT_NAME))
     if os.path.exists(final):
-        raise FileExistsError(f"{final} already exists; choose an empty --save-dir")
-    os.rename(tmp, final)
+        raise BadConfigError(f"{final} already exists; choose an empty --save-dir")
+    created_root = not os.path.exists(save_dir)
+    tmp = final + ".tmp"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for (t, p), model in parts.items():
+            name = f"mp_rank_{t:02d}" + (f"_{p:03d}" if target_pp > 1 else "")
+            os.makedirs(os.path.join(tmp, name))
+            state = {"iteration": iteration,
+                     "checkpoint_version": first.get("checkpoint_version"),
+                     "args": args, "model": model, "optimizer": None, "rng_state": None,
+                     "opt_param_scheduler": first.get("opt_param_scheduler"),
+                     "extra_state": first.get("extra_state")}
+            torch.save(state, os.path.join(tmp, name, CKPT_NAME))
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created_root:
+            shutil.rmtree(save_dir, ignore_errors=True)
+        raise
     tracker_tmp = os.path.join(save_dir, TRACKER + ".tmp")
     with open(tracker_tmp, "w") as f:
         f.write(str(iteration))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tracker_tmp, os.path.join(save_dir, TRACKER))
     return final
 
@@ -192,7 +220,6 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{flag} must be >= 1, got {value}")
     if os.path.abspath(a.load_dir) == os.path.abspath(a.save_dir):
         parser.error("--save-dir must differ from --load-dir")
-    os.makedirs(a.save_dir, exist_ok=True)
     out = convert(a.load_dir, a.save_dir, a.target_tensor_parallel_size,
                   a.target_pipeline_parallel_size, a.iteration, a.true_vocab_size)
     print(f" > wrote {out} (TP {a.target_tensor_parallel_size}, PP "
@@ -201,4 +228,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -2,7 +2,13 @@
 
 Every machine with Python has this corpus, so demos and tests can tokenize real text without a
 download. One JSON object per ``.py`` file, ``{"text": <source>, "path": <path relative to the
-stdlib root>}``, in sorted path order so the output is identical on every run.
+stdlib root>}``, in a seeded shuffled order: documents are sorted by a hash of
+``(--seed, path)``, so the order is the same on every machine with the same file set (and a
+file added or missing elsewhere does not move the others), while neighbouring documents
+come from unrelated folders. A ``--split`` that takes the last documents for validation
+(Megatron's) then validates on the same mix of code as it trains on, not on one folder
+(alphabetical order put every validation document in ``encodings/``). ``--max-files`` /
+``--max-bytes`` keep a prefix of that order, a random sample of the library.
 
     python tools/prepare_default_corpus.py --output data/stdlib.jsonl [--max-files 200]
 """
@@ -10,6 +16,7 @@ stdlib root>}``, in sorted path order so the output is identical on every run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -37,13 +44,21 @@ def list_sources(root: str, skip_tests: bool = False) -> list[str]:
     return sorted(p.replace(os.sep, "/") for p in found)
 
 
+def shuffled(paths: list[str], seed: int) -> list[str]:
+    """``paths`` in the seeded order: by SHA-256 of ``"{seed}:{path}"`` (machine-independent)."""
+    def key(path: str) -> tuple[str, str]:
+        return hashlib.sha256(f"{seed}:{path}".encode("utf-8")).hexdigest(), path
+    return sorted(paths, key=key)
+
+
 def write_corpus(output: str, root: str | None = None, max_files: int | None = None,
-                 max_bytes: int | None = None, skip_tests: bool = False) -> dict:
+                 max_bytes: int | None = None, skip_tests: bool = False,
+                 seed: int = 1234) -> dict:
     """Write the jsonl corpus to ``output`` (via a temp file) and return a summary dict."""
     root = root or stdlib_root()
     if not os.path.isdir(root):
         raise FileNotFoundError(f"standard library folder not found: {root}")
-    paths = list_sources(root, skip_tests)
+    paths = shuffled(list_sources(root, skip_tests), seed)
     tmp = f"{output}.tmp{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     docs = nbytes = unreadable = 0
@@ -80,12 +95,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop once N bytes of text are written (quick runs)")
     parser.add_argument("--skip-tests", action="store_true", help="leave out test/ folders")
     parser.add_argument("--root", default=None, help="source folder (default: this Python's stdlib)")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the document order")
     args = parser.parse_args(argv)
     for flag in ("max_files", "max_bytes"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
     start = time.time()
-    s = write_corpus(args.output, args.root, args.max_files, args.max_bytes, args.skip_tests)
+    s = write_corpus(args.output, args.root, args.max_files, args.max_bytes, args.skip_tests,
+                     args.seed)
     print(f"wrote {s['documents']} documents ({s['text_bytes'] / 1e6:.2f} MB of text) from "
           f"{s['root']} to {s['output']} in {time.time() - start:.1f}s; "
           f"{s['skipped_unreadable']} unreadable files skipped", flush=True)

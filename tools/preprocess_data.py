@@ -82,10 +82,14 @@ class Encoder:
             return lineno, f"not UTF-8 ({e.reason} at byte {e.start})", nbytes
         if not line.strip():
             return lineno, {}, nbytes
+        text = line.rstrip("\r\n")   # else an error at the end points past the newline
         try:
-            doc = json.loads(line)
+            doc = json.loads(text)
         except json.JSONDecodeError as e:
-            return lineno, f"malformed JSON ({e.msg} at column {e.colno})", nbytes
+            where = f"column {e.colno}"
+            if e.pos >= len(text.rstrip()):
+                where += " (the end of the line: is it cut short?)"
+            return lineno, f"malformed JSON at {where}: {e.msg}", nbytes
         out = {}
         for key in self.args.json_keys:
             if not isinstance(doc, dict) or not isinstance(doc.get(key), str):
@@ -155,6 +159,9 @@ def preprocess(args: argparse.Namespace) -> dict:
                     lengths = [len(s) for s in sentences]
                     builders[key].add_document([t for s in sentences for t in s], lengths)
                     stats["tokens"][key] += sum(lengths)
+        if stats["documents"] == 0:
+            raise ValueError(f"{args.input}: no documents (the file is empty or holds only "
+                             "blank lines); nothing written")
         for key, builder in builders.items():
             builder.finalize(index_file_path(output_prefix(args, key)))
     except BaseException:
@@ -192,6 +199,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--chunk-size", type=int, default=25, help="lines per worker task")
     g.add_argument("--log-interval", type=int, default=1000, help="documents between progress lines")
     args = p.parse_args(argv)
+    if os.path.isdir(args.input):
+        p.error(f"--input {args.input}: is a directory, not a jsonl file")
     if not os.path.isfile(args.input):
         p.error(f"--input {args.input}: file not found")
     if args.workers < 1 or args.chunk_size < 1:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from megatron.signal_handler import ignore_in_worker
+
 from .samplers import MegatronPretrainingRandomSampler, MegatronPretrainingSampler
 
 # Keys whose values are token ids or ids and must arrive as int64.
@@ -58,4 +60,5 @@ def build_pretraining_data_loader(dataset, consumed_samples: int, micro_batch_si
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batch_sampler, num_workers=num_workers,
         collate_fn=collate_samples, pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0)
+        persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_in_worker)   # a group-wide SIGTERM leaves the step to finish

@@ -26,6 +26,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from megatron.errors import BadInputError, MissingInputError
+
 _MAGIC = b"MMIDIDX\x00\x00"
 _VERSION = 1
 _HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, N, D+1
@@ -86,25 +88,25 @@ class MMapIndexedDataset:
         idx_path, bin_path = index_file_path(prefix), data_file_path(prefix)
         for path in (idx_path, bin_path):
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"indexed dataset file not found: {path}")
+                raise MissingInputError(f"indexed dataset file not found: {path}")
         idx_bytes = os.path.getsize(idx_path)
         if idx_bytes < _HEADER.size:
-            raise ValueError(f"{idx_path}: truncated index, {idx_bytes} bytes is shorter than "
-                             f"the {_HEADER.size}-byte header")
+            raise BadInputError(f"{idx_path}: truncated index, {idx_bytes} bytes is shorter than "
+                                f"the {_HEADER.size}-byte header")
         with open(idx_path, "rb") as f:
             magic, version, code, n, d1 = _HEADER.unpack(f.read(_HEADER.size))
         if magic != _MAGIC:
-            raise ValueError(f"{idx_path}: bad magic {magic!r}, expected {_MAGIC!r} "
-                             "(not a Megatron mmap index)")
+            raise BadInputError(f"{idx_path}: bad magic {magic!r}, expected {_MAGIC!r} "
+                                "(not a Megatron mmap index)")
         if version != _VERSION:
-            raise ValueError(f"{idx_path}: unsupported index version {version}, expected {_VERSION}")
+            raise BadInputError(f"{idx_path}: unsupported index version {version}, expected {_VERSION}")
         if code not in DTYPE_CODES:
-            raise ValueError(f"{idx_path}: unknown dtype code {code}; known codes {sorted(DTYPE_CODES)}")
+            raise BadInputError(f"{idx_path}: unknown dtype code {code}; known codes {sorted(DTYPE_CODES)}")
         expected = _HEADER.size + 4 * n + 8 * n + 8 * d1
         if idx_bytes != expected:
-            raise ValueError(f"{idx_path}: index is {idx_bytes} bytes but its header "
-                             f"(N={n} sequences, {d1} doc_idx entries) needs {expected} bytes"
-                             + (" (truncated)" if idx_bytes < expected else ""))
+            raise BadInputError(f"{idx_path}: index is {idx_bytes} bytes but its header "
+                                f"(N={n} sequences, {d1} doc_idx entries) needs {expected} bytes"
+                                + (" (truncated)" if idx_bytes < expected else ""))
         self.dtype = np.dtype(DTYPE_CODES[code])
         self._idx_mmap = np.memmap(idx_path, mode="r", dtype=np.uint8)
         buf = memoryview(self._idx_mmap)
@@ -125,30 +127,30 @@ class MMapIndexedDataset:
         item = self.dtype.itemsize
         n = len(self.sizes)
         if bin_bytes % item:
-            raise ValueError(f"{bin_path}: {bin_bytes} bytes is not a multiple of the "
-                             f"{self.dtype} item size {item} (truncated?)")
+            raise BadInputError(f"{bin_path}: {bin_bytes} bytes is not a multiple of the "
+                                f"{self.dtype} item size {item} (truncated?)")
         if len(self.doc_idx) == 0 or self.doc_idx[0] != 0:
-            raise ValueError(f"{idx_path}: doc_idx must start with 0")
+            raise BadInputError(f"{idx_path}: doc_idx must start with 0")
         if n and (self.doc_idx[-1] > n or np.any(np.diff(self.doc_idx) < 0)):
-            raise ValueError(f"{idx_path}: doc_idx is not a non-decreasing list of sequence "
-                             f"indices within 0..{n}")
+            raise BadInputError(f"{idx_path}: doc_idx is not a non-decreasing list of sequence "
+                                f"indices within 0..{n}")
         expected_end = 0
         for lo in range(0, n, _CHECK_CHUNK):
             sizes = self.sizes[lo:lo + _CHECK_CHUNK].astype(np.int64)
             ptrs = self.pointers[lo:lo + _CHECK_CHUNK]
             if np.any(sizes < 0):
-                raise ValueError(f"{idx_path}: negative sequence size near sequence {lo}")
+                raise BadInputError(f"{idx_path}: negative sequence size near sequence {lo}")
             starts = expected_end + np.concatenate(([0], np.cumsum(sizes[:-1] * item)))
             bad = np.nonzero(ptrs != starts)[0]
             if len(bad):
                 i = lo + int(bad[0])
-                raise ValueError(f"{idx_path}: pointer of sequence {i} is {int(self.pointers[i])}, "
-                                 f"expected {int(starts[bad[0]])} from the sizes")
+                raise BadInputError(f"{idx_path}: pointer of sequence {i} is {int(self.pointers[i])}, "
+                                    f"expected {int(starts[bad[0]])} from the sizes")
             expected_end = int(starts[-1] + sizes[-1] * item)
         if expected_end != bin_bytes:
-            raise ValueError(f"{bin_path}: data file has {bin_bytes} bytes but the index "
-                             f"{idx_path} describes {expected_end} bytes "
-                             f"({expected_end // item} tokens of {self.dtype}); size mismatch")
+            raise BadInputError(f"{bin_path}: data file has {bin_bytes} bytes but the index "
+                                f"{idx_path} describes {expected_end} bytes "
+                                f"({expected_end // item} tokens of {self.dtype}); size mismatch")
 
     # -- pickling: reopen instead of copying the mapped arrays ------------------------------
     def __getstate__(self) -> dict:

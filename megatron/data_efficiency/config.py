@@ -40,6 +40,7 @@ from megatron.data_efficiency.curriculum.scheduler import SCHEDULE_TYPES, Schedu
 from megatron.data_efficiency.json_keys import check_keys
 from megatron.data_efficiency.random_ltd import config as random_ltd_config
 from megatron.data_efficiency.random_ltd.config import RandomLTDConfig
+from megatron.errors import BadConfigError
 
 TRANSFORM_ALIASES = {"seqlen_truncate": "seqtru", "seqtru": "seqtru",
                      "seqlen_reshape": "seqres", "seqres": "seqres"}
@@ -283,10 +284,13 @@ def load_config_file(path: str, seq_length: int | None = None) -> DataEfficiency
         with open(path) as f:
             d = json.load(f)
     except OSError as err:
-        raise ValueError(f"--data-efficiency-config {path}: cannot read: {err}") from err
+        raise BadConfigError(f"--data-efficiency-config {path}: cannot read: {err}") from err
     except json.JSONDecodeError as err:
-        raise ValueError(f"--data-efficiency-config {path}: not valid JSON: {err}") from err
-    return config_from_dict(d, source=path, seq_length=seq_length)
+        raise BadConfigError(f"--data-efficiency-config {path}: not valid JSON: {err}") from err
+    try:
+        return config_from_dict(d, source=path, seq_length=seq_length)
+    except ValueError as err:   # a bad key or value: name the file, one line
+        raise BadConfigError(str(err)) from err
 
 
 # -- flags ------------------------------------------------------------------------------

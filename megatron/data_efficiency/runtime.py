@@ -28,6 +28,7 @@ from megatron.data_efficiency.curriculum.build import build_sampler, sampled_val
 from megatron.data_efficiency.curriculum.transforms import BatchShape
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.data_efficiency.step_plan import RunShape, StepPlan, StepPlanner, batch_mismatch
+from megatron.errors import BadInputError
 
 __all__ = ["DataEfficiencyRuntime", "Parallelism", "RunShape", "StepPlan"]
 
@@ -160,7 +161,7 @@ class DataEfficiencyRuntime:
         except ValueError as err:
             if self.index_hint is None or "fingerprint" not in str(err):
                 raise
-            raise ValueError(f"{err}\n{self.index_hint(dataset)}") from None
+            raise BadInputError(f"{err}\n{self.index_hint(dataset)}") from None
         saved = (state or {}).get("curriculum_sampler")
         if saved is not None:
             if int(saved["step"]) != first_iteration:

@@ -147,9 +147,10 @@ class BertModel(MegatronModule):
             pooled = torch.tanh(self.pooler(full[0]))  # [CLS] token: [b, h]
             binary_logits = self.binary_head(pooled).float()
         if lm_labels is None:
+            logits = tensor_parallel.mask_padded_vocab(logits, self.config.vocab_size)
             if not self.parallel_output:
                 logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
             return logits.transpose(0, 1).contiguous(), binary_logits
-        loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(),
-                                                            lm_labels.transpose(0, 1))
+        loss = tensor_parallel.vocab_parallel_cross_entropy(
+            logits.float(), lm_labels.transpose(0, 1), self.config.vocab_size)
         return loss.transpose(0, 1).contiguous(), binary_logits

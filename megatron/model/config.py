@@ -61,6 +61,8 @@ class TransformerConfig:
     recompute_method: str | None = None         # "uniform" | "block"
     recompute_num_layers: int | None = None
     distribute_saved_activations: bool = False
+    vocab_size: int | None = None               # real vocabulary: ids past it are padding,
+                                                # masked out of the softmax (exact re-padding)
 
     def __post_init__(self) -> None:
         problems = []
@@ -69,6 +71,9 @@ class TransformerConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be a positive integer, "
                                 f"got {getattr(self, name)!r}")
+        if self.vocab_size is not None and not 1 <= self.vocab_size <= self.padded_vocab_size:
+            problems.append(f"vocab_size {self.vocab_size} must be in 1..padded_vocab_size "
+                            f"({self.padded_vocab_size})")
         if problems:
             raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
         if self.ffn_hidden_size is None:

@@ -92,10 +92,12 @@ class GPTModel(MegatronModule):
         else:
             weight = self.shared_embedding_weight()
         # the loss needs the vocab split kept; only bare logits may be gathered
-        parallel = self.parallel_output or labels is not None
-        logits = parallel_lm_logits(hidden, weight, parallel, self.config.sequence_parallel)
+        logits = parallel_lm_logits(hidden, weight, True, self.config.sequence_parallel)
         if labels is None:
-            return logits.transpose(0, 1).contiguous()  # [b, s, v/tp]
-        loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(),
-                                                            labels.transpose(0, 1))
+            logits = tensor_parallel.mask_padded_vocab(logits, self.config.vocab_size)
+            if not self.parallel_output:
+                logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+            return logits.transpose(0, 1).contiguous()  # [b, s, v/tp] (or [b, s, v])
+        loss = tensor_parallel.vocab_parallel_cross_entropy(
+            logits.float(), labels.transpose(0, 1), self.config.vocab_size)
         return loss.transpose(0, 1).contiguous()  # [b, s]

@@ -139,6 +139,21 @@ def _check_embedding_and_ce(rank):
     ref.backward(gl)
     assert torch.allclose(loss, ref, atol=1e-5)
     assert torch.allclose(part.grad, full.grad[..., rank * 5:(rank + 1) * 5], atol=1e-6)
+    # padding ids (>= vocab_size) are out of the softmax, also when a rank holds only padding
+    for vocab in (7, 5):
+        real_target = target % vocab
+        part = logits[..., rank * 5:(rank + 1) * 5].clone().requires_grad_()
+        loss = tp.vocab_parallel_cross_entropy(part, real_target, vocab_size=vocab)
+        loss.backward(gl)
+        real = logits[..., :vocab].clone().requires_grad_()
+        ref = F.cross_entropy(real.reshape(-1, vocab), real_target.view(-1),
+                              reduction="none").view(3, 2)
+        ref.backward(gl)
+        grad = torch.cat([real.grad, torch.zeros(3, 2, 10 - vocab)], dim=-1)
+        assert torch.allclose(loss, ref, atol=1e-5), vocab
+        assert torch.equal(part.grad[..., max(0, vocab - rank * 5):],
+                           torch.zeros_like(part.grad[..., max(0, vocab - rank * 5):]))
+        assert torch.allclose(part.grad, grad[..., rank * 5:(rank + 1) * 5], atol=1e-6)
 
 
 def _check_rng(rank):
@@ -239,3 +254,22 @@ def test_checkpoint_replays_dropout_masks():
     assert torch.equal(x1.grad, x2.grad) and torch.equal(w1.grad, w2.grad)
     assert (out1 == 0).any()  # dropout really happened
     tp.get_rng_tracker().reset()  # leave no tracked state behind for other tests
+
+
+def test_padding_rows_take_no_part_in_the_loss():
+    """Whatever the padding logits hold (zeros from a re-padded checkpoint, or trained
+    values), the loss equals torch's over the real vocabulary."""
+    gen = torch.Generator().manual_seed(3)
+    real = torch.randn(4, 2, 11, generator=gen) * 3
+    target = torch.randint(0, 11, (4, 2), generator=gen)
+    ref = F.cross_entropy(real.view(-1, 11), target.view(-1), reduction="none").view(4, 2)
+    for pad in (torch.zeros(4, 2, 5), torch.full((4, 2, 21), 50.0)):
+        padded = torch.cat([real, pad], dim=-1).requires_grad_()
+        loss = tp.vocab_parallel_cross_entropy(padded, target, vocab_size=11)
+        assert torch.allclose(loss, ref, atol=1e-5)
+        loss.sum().backward()
+        assert not padded.grad[..., 11:].any()
+        masked = tp.mask_padded_vocab(padded.detach(), 11)
+        assert torch.equal(masked[..., :11], real) and torch.isinf(masked[..., 11:]).all()
+    unmasked = tp.vocab_parallel_cross_entropy(torch.cat([real, torch.zeros(4, 2, 5)], -1), target)
+    assert not torch.allclose(unmasked, ref, atol=1e-3)   # without vocab_size zeros do count

@@ -32,7 +32,7 @@ def _args(tp: int, pp: int) -> Namespace:
     fields = {f.name: getattr(model_config(Layout()), f.name)
               for f in dataclasses.fields(model_config(Layout()))}
     return Namespace(**fields, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                     make_vocab_size_divisible_by=8, vocab_size=None)
+                     make_vocab_size_divisible_by=8)   # fields hold vocab_size=None
 
 
 def reference_weights() -> tuple[dict, dict]:

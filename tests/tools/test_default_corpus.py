@@ -1,4 +1,6 @@
-"""tools/prepare_default_corpus.py: the stdlib corpus is deterministic, capped and atomic."""
+"""tools/prepare_default_corpus.py: the stdlib corpus is deterministic, shuffled by a seed
+(so the last documents, Megatron's validation split, are a sample of the whole), capped and
+atomic."""
 
 import json
 import os
@@ -16,14 +18,16 @@ def _read(path):
         return [json.loads(line) for line in f]
 
 
-def test_corpus_is_sorted_real_source_and_deterministic(tmp_path, capsys):
+def test_corpus_is_shuffled_real_source_and_deterministic(tmp_path, capsys):
     out = str(tmp_path / "c.jsonl")
     assert corpus.main(["--output", out, "--max-files", "15"]) == 0
     assert "wrote 15 documents" in capsys.readouterr().out
     first = open(out, "rb").read()
     docs = _read(out)
     paths = [d["path"] for d in docs]
-    assert len(docs) == 15 and paths == sorted(paths) and all(p.endswith(".py") for p in paths)
+    assert len(docs) == 15 and paths != sorted(paths) and all(p.endswith(".py") for p in paths)
+    all_paths = corpus.list_sources(sysconfig.get_paths()["stdlib"])
+    assert paths == corpus.shuffled(all_paths, 1234)[:15]
     root = sysconfig.get_paths()["stdlib"]
     for d in docs[:3]:
         assert d["text"] == open(os.path.join(root, d["path"]), encoding="utf-8").read()
@@ -48,3 +52,17 @@ def test_bad_flags(tmp_path):
         corpus.main(["--output", str(tmp_path / "x.jsonl"), "--max-files", "0"])
     with pytest.raises(FileNotFoundError, match="nowhere"):
         corpus.write_corpus(str(tmp_path / "x.jsonl"), root=str(tmp_path / "nowhere"))
+
+
+def test_order_is_seeded_stable_and_spreads_the_folders():
+    paths = [f"{folder}/m{i}.py" for folder in ("asyncio", "email", "encodings", "json")
+             for i in range(50)]
+    order = corpus.shuffled(paths, 1234)
+    assert sorted(order) == sorted(paths) and order != paths
+    assert corpus.shuffled(list(reversed(paths)), 1234) == order   # input order is irrelevant
+    assert corpus.shuffled(paths, 1) != order
+    # a file missing on another machine does not move the others
+    assert corpus.shuffled(paths[1:], 1234) == [p for p in order if p != paths[0]]
+    # the last 10% (a validation split) draws from every folder, not from one
+    tail = order[-len(order) // 10:]
+    assert {p.split("/")[0] for p in tail} == {"asyncio", "email", "encodings", "json"}

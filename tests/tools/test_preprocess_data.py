@@ -116,3 +116,28 @@ def test_split_sentences_bert_output(tmp_path, capsys):
     assert [s.tolist() for s in ds[0:3]] == [[5, 6, 7, 8], [5, 9, 10, 8], [9, 7, 8]]
     np.testing.assert_array_equal(ds.doc_idx, [0, 2, 3])
     assert "1 empty documents skipped" in capsys.readouterr().out
+
+
+def test_cut_short_line_empty_input_and_directory(tmp_path, stdlib_slice, capsys):
+    flags = ["--output-prefix", str(tmp_path / "o"), "--tokenizer-type",
+             "GPTSentencePieceTokenizer", "--tokenizer-model", str(stdlib_slice / "sp.model")]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text('{"text": "a"}\n{"text": "bcd"\n')      # line 2 ends after its 14th char
+    assert prep.main(["--input", str(cut), *flags]) == 1
+    err = capsys.readouterr().err
+    assert f"{cut}:2: malformed JSON at column 15 (the end of the line: is it cut short?)" in err
+    assert "at at" not in err
+    unterminated = tmp_path / "u.jsonl"
+    unterminated.write_text('{"text": "abc\n')
+    assert prep.main(["--input", str(unterminated), *flags]) == 1
+    err = capsys.readouterr().err
+    assert f"{unterminated}:1: malformed JSON at column 10: Unterminated string" in err
+    assert "at at" not in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    assert prep.main(["--input", str(empty), *flags]) == 1
+    assert f"{empty}: no documents" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["cut.jsonl", "empty.jsonl", "u.jsonl"]
+    with pytest.raises(SystemExit):
+        prep.main(["--input", str(tmp_path), *flags])
+    assert "is a directory" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import torch
 
 from megatron import checkpointing
 from megatron.checkpointing import TRACKER, load_checkpoint, read_tracker, save_checkpoint
+from megatron.errors import CheckpointError
 from megatron.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.optimizer_param_scheduler import OptimizerParamScheduler, build_schedule_config
 from tests.training.helpers import run_tiny
@@ -71,10 +72,10 @@ def test_crash_before_rename_keeps_old_checkpoint(tmp_path, monkeypatch):
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path):
     (tmp_path / TRACKER).write_text("7")
     model, opt, sched = _parts(0)
-    with pytest.raises(FileNotFoundError, match="iteration 7"):
+    with pytest.raises(CheckpointError, match="iteration 7: .*model_optim_rng.pt: file not found"):
         load_checkpoint([model], opt, sched, load_dir=str(tmp_path))
     (tmp_path / TRACKER).write_text("seven")
-    with pytest.raises(ValueError, match=TRACKER):
+    with pytest.raises(CheckpointError, match=TRACKER):
         load_checkpoint([model], opt, sched, load_dir=str(tmp_path))
 
 

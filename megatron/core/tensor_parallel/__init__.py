@@ -1,5 +1,6 @@
 """Tensor-parallel building blocks: collectives, split layers, cross entropy, RNG."""
-from megatron.core.tensor_parallel.cross_entropy import vocab_parallel_cross_entropy
+from megatron.core.tensor_parallel.cross_entropy import (mask_padded_vocab,
+                                                       vocab_parallel_cross_entropy)
 from megatron.core.tensor_parallel.layers import (
     ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
     copy_tensor_model_parallel_attributes, param_is_not_tensor_parallel_duplicate,
@@ -17,7 +18,7 @@ from megatron.core.tensor_parallel.utils import (
     VocabUtility, divide, ensure_divisibility, split_tensor_along_last_dim)
 
 __all__ = [
-    "vocab_parallel_cross_entropy", "ColumnParallelLinear", "RowParallelLinear",
+    "vocab_parallel_cross_entropy", "mask_padded_vocab", "ColumnParallelLinear", "RowParallelLinear",
     "VocabParallelEmbedding", "copy_tensor_model_parallel_attributes",
     "param_is_not_tensor_parallel_duplicate",
     "set_defaults_if_not_set_tensor_model_parallel_attributes",

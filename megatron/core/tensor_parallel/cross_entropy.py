@@ -1,4 +1,12 @@
-"""Cross entropy over logits split along the vocabulary across tensor-parallel ranks."""
+"""Cross entropy over logits split along the vocabulary across tensor-parallel ranks.
+
+The embedding is padded past the real vocabulary (Megatron pads to a multiple of
+``--make-vocab-size-divisible-by`` x TP). Padding ids are never targets, and here they
+are never candidates either: given the real ``vocab_size``, their logits are masked to
+-inf before the softmax, so the loss (and its gradient) does not depend on how many
+padding rows a layout has or what they hold. A checkpoint re-padded for another TP size
+(``tools/checkpoint_util.py``) therefore computes exactly the same loss.
+"""
 from __future__ import annotations
 
 import torch
@@ -14,22 +22,46 @@ def _all_reduce(x: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return x
 
 
+def _local_vocab_range(per_partition: int) -> tuple[int, int]:
+    return VocabUtility.vocab_range_from_per_partition_vocab_size(
+        per_partition, parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_tensor_model_parallel_world_size())
+
+
+def mask_padded_vocab(vocab_parallel_logits: torch.Tensor,
+                      vocab_size: int | None) -> torch.Tensor:
+    """Set the logits of padding ids (global id >= ``vocab_size``) to -inf.
+
+    Args:
+        vocab_parallel_logits: [..., v/tp], this rank's vocabulary slice.
+        vocab_size: the real vocabulary size; None keeps every entry.
+
+    Returns:
+        A new tensor when something is masked, else the input itself.
+    """
+    if vocab_size is None:
+        return vocab_parallel_logits
+    start, end = _local_vocab_range(vocab_parallel_logits.size(-1))
+    if end <= vocab_size:
+        return vocab_parallel_logits
+    padding = torch.arange(start, end, device=vocab_parallel_logits.device) >= vocab_size
+    return vocab_parallel_logits.masked_fill(padding, float("-inf"))
+
+
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target):
+    def forward(ctx, logits, target, vocab_size):
         # Work in fp32 whatever the logits' dtype: the log-sum-exp needs the range.
-        logits32 = logits.float()
+        # (mask_padded_vocab returns a new tensor, so the caller's logits stay untouched.)
+        logits32 = mask_padded_vocab(logits.float(), vocab_size)
         logits_max = _all_reduce(logits32.max(dim=-1)[0], dist.ReduceOp.MAX)
         shifted = logits32 - logits_max.unsqueeze(-1)
-        per_partition = logits.size(-1)
-        start, end = VocabUtility.vocab_range_from_per_partition_vocab_size(
-            per_partition, parallel_state.get_tensor_model_parallel_rank(),
-            parallel_state.get_tensor_model_parallel_world_size())
+        start, end = _local_vocab_range(logits.size(-1))
         outside = (target < start) | (target >= end)
         local_target = (target - start).masked_fill(outside, 0)
         predicted = shifted.gather(-1, local_target.unsqueeze(-1)).squeeze(-1)
         predicted = _all_reduce(predicted.masked_fill(outside, 0.0))
-        exp = shifted.exp()
+        exp = shifted.exp()          # exactly 0 at padding ids
         sum_exp = _all_reduce(exp.sum(dim=-1))
         loss = torch.log(sum_exp) - predicted
         softmax = exp.div_(sum_exp.unsqueeze(-1))
@@ -45,18 +77,20 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         grad.scatter_add_(-1, local_target.unsqueeze(-1),
                           -(~outside).to(grad.dtype).unsqueeze(-1))
         grad.mul_(grad_loss.unsqueeze(-1))
-        return grad.to(ctx.in_dtype), None
+        return grad.to(ctx.in_dtype), None, None
 
 
-def vocab_parallel_cross_entropy(vocab_parallel_logits: torch.Tensor,
-                                 target: torch.Tensor) -> torch.Tensor:
+def vocab_parallel_cross_entropy(vocab_parallel_logits: torch.Tensor, target: torch.Tensor,
+                                 vocab_size: int | None = None) -> torch.Tensor:
     """Per-token cross entropy where each rank holds a vocabulary slice of the logits.
 
     Args:
         vocab_parallel_logits: [s, b, v/tp] (any leading dims), this rank's vocab slice.
-        target: [s, b] long, global token ids.
+        target: [s, b] long, global token ids (< ``vocab_size``).
+        vocab_size: the real vocabulary size; ids at or past it are padding and take no
+            part in the softmax. None: every id of the padded vocabulary takes part.
 
     Returns:
         loss [s, b] in fp32, equal on every tensor-parallel rank.
     """
-    return _VocabParallelCrossEntropy.apply(vocab_parallel_logits, target)
+    return _VocabParallelCrossEntropy.apply(vocab_parallel_logits, target, vocab_size)

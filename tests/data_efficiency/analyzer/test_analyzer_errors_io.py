@@ -104,3 +104,14 @@ def test_tool_reports_missing_files_and_bad_vocab(tmp_path, store):
     assert r.returncode == 2 and "bogus" in r.stderr
     assert not os.path.exists(tmp_path / "o") or not [f for f in os.listdir(tmp_path / "o")
                                                      if not f.startswith(".analyzer_work")]
+
+
+def test_quiet_prints_nothing_not_even_the_dataset_lines(tmp_path, store):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, TOOL, "--data-path", store, "--save-path", str(tmp_path / "o"),
+                        "--granularity", "sample", "--split", "90,10,0", "--seq-length", "16",
+                        "--train-samples", "20", "--metrics", "voc", "--quiet"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and r.stderr == ""
+    assert os.path.isfile(tmp_path / "o" / "voc" / "meta.json")

@@ -1,5 +1,5 @@
 """pretrain_gpt.py as a user runs it: each problem a user can fix prints one ``error:``
-line and no traceback, exits 1; MEGATRON_TRACEBACK=1 shows the traceback; a flag error
+line and no traceback, exits 1 (2 for a flag or config-file error); MEGATRON_TRACEBACK=1 shows the traceback; a flag error
 is printed once, by rank 0 only."""
 from __future__ import annotations
 
@@ -45,12 +45,17 @@ def _run(*flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
-def _one_error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1, proc.stderr[-3000:]
+def _one_error_line(proc: subprocess.CompletedProcess, returncode: int = 1) -> str:
+    assert proc.returncode == returncode, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
+    lines = proc.stderr.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    assert len(starts) == 1, proc.stderr
+    # the message: the error line and its indented continuation (validate_args lists
+    # each problem on its own line)
+    message = [lines[starts[0]]]
+    message += [line for line in lines[starts[0] + 1:] if line.startswith(" ")]
+    return "\n".join(message)
 
 
 def test_probes_print_one_error_line(store):
@@ -81,8 +86,10 @@ def test_probes_print_one_error_line(store):
         "bad JSON": (("--data-efficiency-config", str(bad_json)), "not valid JSON"),
         "bad tracker": (("--load", str(bad_tracker)), "iter seven"),
     }
+    # a bad config file is found by validate_args (with the other flag errors): exit 2
+    returncodes = {"bad JSON": 2}
     for name, (flags, expected) in probes.items():
-        line = _one_error_line(_run(*flags))
+        line = _one_error_line(_run(*flags), returncodes.get(name, 1))
         assert expected in line, (name, line)
 
 

@@ -166,8 +166,11 @@ def _reduce_losses(loss_dicts: list[dict]) -> dict[str, float]:
     return dict(zip(keys, means.tolist()))
 
 
-def _run_plan_of_step(train_iterator, runtime, plan: StepPlan, model, forward_step_func,
+def _run_microbatches(train_iterator, runtime, plan: StepPlan, model, forward_step_func,
                       optimizer, args):
+    """The step's micro-batches through the schedule (shapes from the plan), the gradient
+    reductions and the optimizer step; returns the losses, the optimizer's outcome and
+    the shapes the feeds produced."""
     feeds = microbatch_feeds(train_iterator, runtime, plan, args.seq_length,
                              args.micro_batch_size, len(model))
     loss_dicts = _run_schedule(forward_step_func, feeds, model, args, False,
@@ -193,7 +196,7 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     optimizer.zero_grad()
     plan = runtime.plan_step(it)
     with collective_context(it + 1):
-        loss_dicts, ok, grad_norm, observed = _run_plan_of_step(
+        loss_dicts, ok, grad_norm, observed = _run_microbatches(
             train_iterator, runtime, plan, model, forward_step_func, optimizer, args)
         plan = runtime.finish_step(plan, observed)
         losses = _reduce_losses(loss_dicts)

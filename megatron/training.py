@@ -92,8 +92,8 @@ def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torc
     return model
 
 
-def build_data_efficiency_runtime(args: argparse.Namespace,
-                                  model_type: ModelType) -> DataEfficiencyRuntime:
+def build_data_efficiency_runtime(args: argparse.Namespace, model_type: ModelType,
+                                  run: RunPlan) -> DataEfficiencyRuntime:
     """Curriculum learning and random-LTD for this run from ``args.data_efficiency`` (the
     config ``validate_args`` built; the plain runtime when nothing is on)."""
     shape = RunShape(global_batch_size=args.global_batch_size, seq_length=args.seq_length,
@@ -108,7 +108,7 @@ def build_data_efficiency_runtime(args: argparse.Namespace,
         par.pp_group = parallel_state.get_pipeline_model_parallel_group()
     return DataEfficiencyRuntime(args.data_efficiency, shape, par,
                                  index_fingerprint=lambda ds: _index_fingerprint(args, ds),
-                                 index_hint=lambda ds: _analyzer_command(args, ds))
+                                 index_hint=lambda ds: _analyzer_command(args, ds, run))
 
 
 def _index_fingerprint(args: argparse.Namespace, dataset) -> str:
@@ -131,13 +131,14 @@ def _index_fingerprint(args: argparse.Namespace, dataset) -> str:
                                    dataset.doc_idx, dataset.sample_idx, dataset.shuffle_idx)
 
 
-def _analyzer_command(args: argparse.Namespace, dataset) -> str:
-    """The analyzer run that indexes exactly this run's training samples."""
+def _analyzer_command(args: argparse.Namespace, dataset, run: RunPlan) -> str:
+    """The analyzer run that indexes exactly this run's training samples (sized by the
+    run's own ``RunPlan``)."""
     bert = ""
     if hasattr(dataset, "samples_mapping"):
         bert = f"--model bert --short-seq-prob {args.short_seq_prob} " + \
             ("" if args.bert_binary_head else "--bert-no-binary-head ")
-    train_samples = plan_run(args).train_valid_test_num_samples[0]
+    train_samples = run.train_valid_test_num_samples[0]
     return (f"this run builds {len(dataset)} training samples; index them with: python "
             f"tools/analyze_data.py --data-path {args.data_path[0]} --granularity sample "
             f"{bert}--split {args.split} --seq-length {args.seq_length} --seed {args.seed} "
@@ -167,8 +168,11 @@ def _reduce_losses(loss_dicts: list[dict]) -> dict[str, float]:
     return dict(zip(keys, means.tolist()))
 
 
-def _run_plan_of_step(train_iterator, runtime, plan: StepPlan, model, forward_step_func,
+def _run_microbatches(train_iterator, runtime, plan: StepPlan, model, forward_step_func,
                       optimizer, args):
+    """The step's micro-batches through the schedule (shapes from the plan), the gradient
+    reductions and the optimizer step; returns the losses, the optimizer's outcome and
+    the shapes the feeds produced."""
     feeds = microbatch_feeds(train_iterator, runtime, plan, args.seq_length,
                              args.micro_batch_size, len(model))
     loss_dicts = _run_schedule(forward_step_func, feeds, model, args, False,
@@ -194,7 +198,7 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     optimizer.zero_grad()
     plan = runtime.plan_step(it)
     with collective_context(it + 1):
-        loss_dicts, ok, grad_norm, observed = _run_plan_of_step(
+        loss_dicts, ok, grad_norm, observed = _run_microbatches(
             train_iterator, runtime, plan, model, forward_step_func, optimizer, args)
         plan = runtime.finish_step(plan, observed)
         losses = _reduce_losses(loss_dicts)
@@ -348,7 +352,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         print_rank_0(f" > --train-tokens {args.train_tokens}: {run.train_iters} steps under the "
                      f"data-efficiency schedule (nominal estimate was {run.nominal_train_iters})")
     model = build_model(model_provider, args)
-    runtime = build_data_efficiency_runtime(args, model_type)
+    runtime = build_data_efficiency_runtime(args, model_type, run)
     optimizer = get_megatron_optimizer(model, optimizer_config_from_args(args))
     scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args))
     state, de_state = TrainState(), {}

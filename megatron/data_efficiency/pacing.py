@@ -13,8 +13,10 @@ multiple at or above ``lo`` (current DeepSpeed: lo 5, multiple 8 gives 8); never
 this function; only their step origin differs (the curriculum counts from 1, MSLG from 0),
 which the callers pass in.
 
-With ``root == 1`` and whole-number bounds the value is computed in integers (exact),
-so ``t / total * (hi - lo)`` never loses a unit to float rounding.
+``exact`` (MSLG here, with whole-number bounds) computes the linear case in integers, so
+``t / total * (hi - lo)`` never loses a unit to float rounding; the curriculum keeps
+DeepSpeed's float arithmetic so that its difficulties equal DeepSpeed's step for step
+(including the rare step where the float product lands just below a whole number).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import math
 
 
 def paced_value(t: int, total: int, lo: float, hi: float, multiple: int = 1,
-                root: float = 1.0, clamp: bool = True) -> float:
+                root: float = 1.0, clamp: bool = True, exact: bool = False) -> float:
     """The paced value at step ``t`` (see the module docstring).
 
     Args:
@@ -32,6 +34,7 @@ def paced_value(t: int, total: int, lo: float, hi: float, multiple: int = 1,
         multiple: results are multiples of this (>= 1).
         root: the root degree of the curve (1: linear).
         clamp: stop the step at ``total`` (MSLG) or not (the curriculum).
+        exact: integer arithmetic for ``root == 1`` and whole-number bounds.
 
     Returns:
         The value, an ``int`` when ``lo`` and ``hi`` are whole numbers.
@@ -41,7 +44,7 @@ def paced_value(t: int, total: int, lo: float, hi: float, multiple: int = 1,
     whole = float(lo).is_integer() and float(hi).is_integer()
     if total <= 0 or (clamp and t >= total):
         v = hi
-    elif root == 1 and whole:
+    elif exact and root == 1 and whole:
         v = int(lo) + t * (int(hi) - int(lo)) // total
     else:
         v = math.floor((float(t) / total) ** (1.0 / root) * (hi - lo) + lo)

@@ -20,7 +20,7 @@ import torch
 from megatron.data_efficiency.config import DataEfficiencyConfig
 from megatron.data_efficiency.curriculum.build import CurriculumTransform, curriculum_step
 from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler
-from megatron.data_efficiency.curriculum.transforms import BatchShape
+from megatron.data_efficiency.curriculum.transforms import BatchShape, shape_for_difficulty
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.data_efficiency.random_ltd.scheduler import RandomLTDScheduler
 from megatron.data_efficiency.token_accounting import tokens_per_step
@@ -162,9 +162,8 @@ class StepPlanner:
         if self.kind in ("seqtru", "seqres"):
             d = self.transform.difficulty(iteration)
             difficulties[self.transform.name] = d
-        rows, seq = gbs, s
-        if d is not None and d < s:
-            rows, seq = (gbs * (s // d), d) if self.kind == "seqres" else (gbs, d)
+        shape = shape_for_difficulty(self.kind if d is not None else None, d, gbs, s)
+        rows, seq = shape.rows, shape.seq_length
         kept = None if self.random_ltd is None else self.random_ltd.kept_length(iteration)
         plan = StepPlan(iteration=iteration, rows=rows, seq_length=seq, global_batch_size=gbs,
                         num_microbatches=self.shape.num_microbatches, transform=self.kind,

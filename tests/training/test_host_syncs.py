@@ -88,3 +88,24 @@ def test_step_syncs_do_not_grow_with_microbatches_or_dropping_layers(monkeypatch
     assert len(set(small + large)) == 1, (small, large, calls)
     # grad norm (1), loss-scale overflow check under a grad scaler (0 or 1), losses (1)
     assert small[0] <= 3, calls
+
+
+def test_one_plan_per_step(monkeypatch):
+    """The step plan is computed once per step and the schedules once per plan: nobody
+    recomputes a step's decisions (pipeline shapes, transform, accounting, logging)."""
+    from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler
+    from megatron.data_efficiency.random_ltd.scheduler import RandomLTDScheduler
+    from megatron.data_efficiency.step_plan import StepPlanner
+    calls = collections.Counter()
+    for cls, name in ((StepPlanner, "plan"), (CurriculumScheduler, "difficulty_at"),
+                      (RandomLTDScheduler, "kept_length")):
+        original = getattr(cls, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(cls, name, counted)
+    state = run_tiny("--eval-iters", "0", *LTD, *CL, "--num-layers", "3",
+                     "--global-batch-size", "8", iters=4)
+    assert state.iteration == 4
+    assert calls == {"plan": 4, "difficulty_at": 4, "kept_length": 4}, calls

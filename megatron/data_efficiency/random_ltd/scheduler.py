@@ -24,7 +24,8 @@ def mslg_kept_length(iteration: int, min_seqlen: int, max_seqlen: int, total_ste
     """The MSLG kept length at 0-based step ``iteration`` (before the ``S`` cap)."""
     if iteration < 0:
         raise ValueError(f"random-LTD schedule: iteration must be >= 0, got {iteration}")
-    return int(paced_value(iteration, total_steps, min_seqlen, max_seqlen, seq_per_step))
+    return int(paced_value(iteration, total_steps, min_seqlen, max_seqlen, seq_per_step,
+                           exact=True))
 
 
 class RandomLTDScheduler:

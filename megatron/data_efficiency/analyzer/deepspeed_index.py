@@ -40,6 +40,7 @@ DEEPSPEED_DTYPE_CODES: dict[int, type] = {
 }
 _DS_CODE_OF = {np.dtype(t): c for c, t in DEEPSPEED_DTYPE_CODES.items()}
 SAMPLE_SUFFIX, METRIC_SUFFIX = "_index_to_sample", "_index_to_metric"
+MERGED_SUFFIX = "_index_to_sample_percentile_merged"
 
 
 class DeepSpeedIndexedDataset(MMapIndexedDataset):
@@ -87,8 +88,9 @@ class DeepSpeedIndexPaths:
 
 def resolve_paths(arg: str, name: str | None = None) -> DeepSpeedIndexPaths:
     """Find the pair from what a user may give: ``SAVE/<m>/<m>``, either file prefix
-    (``..._index_to_sample`` / ``..._index_to_metric``, with or without ``.idx``) or the
-    metric folder ``SAVE/<m>``."""
+    (``..._index_to_sample`` / ``..._index_to_metric`` /
+    ``..._index_to_sample_percentile_merged``, with or without ``.idx``) or the metric
+    folder ``SAVE/<m>``."""
     base = arg[:-4] if arg.endswith((".idx", ".bin")) else arg
     if os.path.isdir(base):
         found = sorted(f[:-len(SAMPLE_SUFFIX) - 4] for f in os.listdir(base)
@@ -97,9 +99,12 @@ def resolve_paths(arg: str, name: str | None = None) -> DeepSpeedIndexPaths:
             raise ValueError(f"{arg}: expected one *{SAMPLE_SUFFIX}.idx in the folder, found "
                              f"{len(found)}")
         base = os.path.join(base, found[0])
-    for suffix in (SAMPLE_SUFFIX, METRIC_SUFFIX):
+    # The percentile-merged file (what the GPT recipe passes for percentile metrics) holds the
+    # same ids in the same order as index_to_sample, in fewer rows; the pair beside it is read.
+    for suffix in (MERGED_SUFFIX, SAMPLE_SUFFIX, METRIC_SUFFIX):
         if base.endswith(suffix):
             base = base[:-len(suffix)]
+            break
     paths = DeepSpeedIndexPaths(name or os.path.basename(base), base + SAMPLE_SUFFIX,
                                 base + METRIC_SUFFIX)
     for prefix in (paths.index_to_sample, paths.index_to_metric):

@@ -85,7 +85,7 @@ class CurriculumTransform:
         if self.kind == "seqreo":
             raise ValueError("seqreo's length depends on the batch; sum apply()'s shapes")
         return transforms.shape_for_difficulty(self.kind, self.difficulty(iteration),
-                                               global_batch_size, seq_length)
+                                               global_batch_size, seq_length, self.model)
 
     def tensorboard_scalars(self, iteration: int, seq_length: int) -> dict[str, float]:
         """``curriculum/<metric>`` and ``seqlen/curriculum_seqlen`` for seqtru / seqres."""

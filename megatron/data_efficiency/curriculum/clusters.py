@@ -40,19 +40,23 @@ class MetricIndexLike(Protocol):
     num_samples: int
 
 
-def prefix_length(index: MetricIndexLike, difficulty_type: str, difficulty: float) -> int:
+def prefix_length(index: MetricIndexLike, difficulty_type: str, difficulty: float,
+                  max_difficulty: float = 100) -> int:
     """Samples a difficulty admits, i.e. the prefix ``sorted_samples[:end]``.
 
-    ``value``: every sample with value ``<= difficulty``. ``percentile``: the lowest
-    ``floor(N * difficulty / 100)`` samples of the sorted order (ties broken by id), with
-    the percentage taken exactly as written (12.5 is 1/8), as the analyzer does.
+    ``value``: every sample with value ``<= difficulty``. ``percentile``: DeepSpeed's
+    ``(N // max_difficulty) * difficulty`` lowest samples of the sorted order (ties broken
+    by id), all ``N`` at ``max_difficulty``; a percentage is taken exactly as written
+    (12.5 is 1/8).
     """
     n = int(index.num_samples)
     if difficulty_type == "value":
         return int(index.offsets[np.searchsorted(index.values, difficulty, side="right")])
     if difficulty_type == "percentile":
-        p = min(max(float(difficulty), 0.0), 100.0)
-        return int(Fraction(repr(p)) * n // 100)
+        if difficulty == max_difficulty:
+            return n
+        per_step = Fraction(n) // Fraction(repr(float(max_difficulty)))
+        return min(n, max(0, int(per_step * Fraction(repr(float(difficulty))))))
     raise ValueError(f"difficulty_type must be 'value' or 'percentile', got {difficulty_type!r}")
 
 

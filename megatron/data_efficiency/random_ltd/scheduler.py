@@ -4,15 +4,17 @@ Kept length at step ``t`` (0 at the first step), DESIGN section 3::
 
     r(t) = floor(r_s + min(t / T_r, 1) * (S_max - r_s))
 
-rounded down to a multiple of ``seq_per_step``; where that falls below ``r_s`` it is
-raised to the first multiple of ``seq_per_step`` at or above ``r_s`` (as current
-DeepSpeed does: r_s 8, step 16 gives 16); never above ``S_max``; capped at the current,
-possibly curriculum-truncated, sequence length ``S``. Once ``r >= S`` nothing is dropped.
+rounded down to a multiple of ``seq_per_step`` (so it can start below ``r_s``: r_s 100,
+step 16 gives 96, as DeepSpeed; only a result of 0 is raised to ``seq_per_step``); never
+above ``S_max``, which is reached once the unclamped ``t / T_r`` makes the rounded value
+get there (DeepSpeed's arithmetic); capped at the current, possibly curriculum-truncated,
+sequence length ``S``. Once ``r >= S`` nothing is dropped.
 Reference: 128 -> 2048, step 16, T_r 200000 gives 608 at 50000, 1088 at 100000, 2032 at
 199999 and 2048 from 200000.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 from megatron.data_efficiency.random_ltd.config import RandomLTDConfig
@@ -25,15 +27,16 @@ def mslg_kept_length(iteration: int, min_seqlen: int, max_seqlen: int, total_ste
     """The MSLG kept length at 0-based step ``iteration`` (before the ``S`` cap)."""
     if iteration < 0:
         raise ValueError(f"random-LTD schedule: iteration must be >= 0, got {iteration}")
-    if total_steps <= 0 or iteration >= total_steps:
-        grown = max_seqlen - min_seqlen
-    else:
-        # Integer arithmetic: floor(r_s + t/T * (S - r_s)) without float rounding.
-        grown = iteration * (max_seqlen - min_seqlen) // total_steps
-    r = min_seqlen + grown
+    if total_steps <= 0 or min_seqlen >= max_seqlen:   # DeepSpeed starts at r_s = S_max and stays
+        return max_seqlen
+    # DeepSpeed's RandomLTDScheduler expression, float for float. t / T is not clamped at 1:
+    # past T_r the value keeps growing until its rounded-down multiple reaches S_max, so a
+    # S_max that is no multiple of seq_per_step is reached (shortly after T_r).
+    r = math.floor(float(iteration) / total_steps * (max_seqlen - min_seqlen) + min_seqlen)
     r -= r % seq_per_step
-    if r < min_seqlen:
-        r = -(-min_seqlen // seq_per_step) * seq_per_step
+    if r <= 0:
+        # Deliberate difference: DeepSpeed keeps 0 tokens while r_s < seq_per_step.
+        r = seq_per_step
     return min(r, max_seqlen)
 
 

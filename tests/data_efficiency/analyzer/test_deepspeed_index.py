@@ -147,6 +147,10 @@ def test_deepspeed_data_analyzer_output(tmp_path):
     assert expected.max() > 255   # DeepSpeed stores the values as uint16: code 6
     with open(f"{save}/vocab_rarity/vocab_rarity_index_to_metric.idx", "rb") as f:
         assert f.read(18)[17] == 6
+    merged = f"{save}/vocab_rarity/vocab_rarity_index_to_sample_percentile_merged"
+    assert dsi.resolve_paths(merged) == dsi.resolve_paths(f"{save}/vocab_rarity")   # the GPT recipe's path
+    order = dsi.DeepSpeedIndexedDataset(merged).tokens
+    np.testing.assert_array_equal(order, np.lexsort((np.arange(len(expected)), expected)))
     out = str(tmp_path / "out")
     assert convert_tool.main([f"{save}/vocab_rarity", out, "--names", "voc",
                               "--num-samples", str(len(train))]) == 0

@@ -40,11 +40,16 @@ def test_fixed_discrete_and_latch():
     down = sched("fixed_discrete", 1, 10, difficulty=[4, 10, 2], max_step=[2, 4])
     assert [down.update_difficulty(t) for t in range(1, 8)] == [4, 4, 10, 10, 10, 10, 10]
     assert [down.difficulty_at(t) for t in (1, 3, 7)] == [4, 10, 10]
+    above = sched("fixed_discrete", 1, 10, difficulty=[4, 12, 2], max_step=[2, 4])
+    # as DeepSpeed: a level above d_max is used as given (not capped), then latched
+    assert [above.update_difficulty(t) for t in range(1, 7)] == [4, 4, 12, 12, 12, 12]
+    assert [above.difficulty_at(t) for t in (1, 3, 7)] == [4, 12, 12]
 
 
 def test_custom_function_by_import_path():
     s = sched("custom", 1, 5, custom_function="math:isqrt")
-    assert [s.update_difficulty(t) for t in (1, 4, 9, 16, 36, 1)] == [1, 2, 3, 4, 5, 5]
+    # as DeepSpeed: a custom value is not capped at d_max (isqrt(36) = 6 > 5), then latched
+    assert [s.update_difficulty(t) for t in (1, 4, 9, 16, 36, 1)] == [1, 2, 3, 4, 6, 6]
     bad = sched("custom", 1, 5, custom_function="os.path:join")
     with pytest.raises((ValueError, TypeError)):
         bad.update_difficulty(3)

@@ -10,8 +10,8 @@ Each input names one DeepSpeed metric index: its ``<m>_index_to_sample`` /
 of ``megatron/data_efficiency/analyzer/index_io.py``.
 
 DeepSpeed indexes carry no fingerprint, so the sample count is checked instead:
-``--num-samples N`` refuses an index that does not describe exactly N samples; the GPT
-dataset flags (as ``tools/analyze_data.py --granularity sample``) build the training set,
+``--num-samples N`` refuses an index that does not describe exactly N samples; the
+dataset flags (as ``tools/analyze_data.py --granularity sample [--model bert]``) build the training set,
 check its count and stamp its fingerprint into the output, so training accepts it as an
 index made by ``tools/analyze_data.py`` for that dataset. Without either, the output has
 no fingerprint and training must check the count itself.
@@ -36,7 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("out_dir", metavar="OUT_DIR", help="output analyzer folder")
     p.add_argument("--names", nargs="+", help="output metric names, one per input")
     p.add_argument("--num-samples", type=int, help="refuse indexes not over exactly this many samples")
-    p.add_argument("--data-path", help="GPT token store prefix of the training set (with the flags below)")
+    p.add_argument("--data-path", help="token store prefix of the training set (with the flags below)")
+    p.add_argument("--model", choices=["gpt", "bert"], default="gpt",
+                   help="which training samples the index numbers (GPTDataset or BertDataset)")
+    p.add_argument("--short-seq-prob", type=float, default=0.1, help="BERT: as in pretrain_bert.py")
+    p.add_argument("--bert-no-binary-head", action="store_false", dest="bert_binary_head",
+                   help="BERT: as in pretrain_bert.py")
     p.add_argument("--split", default="969,30,1")
     p.add_argument("--seq-length", type=int)
     p.add_argument("--seed", type=int, default=1234)
@@ -51,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def training_set_identity(args: argparse.Namespace) -> tuple[int | None, str | None]:
-    """(sample count, fingerprint) of the GPT training set the flags describe, if given."""
+    """(sample count, fingerprint) of the training set the dataset flags describe, if given."""
     if not args.data_path:
         return args.num_samples, None
     from megatron.data_efficiency.analyzer.analyzer import (AnalyzerConfig, build_source,
@@ -59,11 +64,20 @@ def training_set_identity(args: argparse.Namespace) -> tuple[int | None, str | N
     cfg = AnalyzerConfig(data_prefix=args.data_path, save_path=args.out_dir, granularity="sample",
                          split=args.split, seq_length=args.seq_length, seed=args.seed,
                          train_samples=args.train_samples, cache_dir=args.data_cache_path)
-    source = build_source(cfg)
-    count = len(source.shuffle_idx)
+    if args.model == "bert":
+        from megatron.data_efficiency.analyzer.bert_samples import (BertSampleParams,
+                                                                    bert_samples_fingerprint,
+                                                                    build_bert_source)
+        src = build_bert_source(cfg, BertSampleParams(args.short_seq_prob, args.bert_binary_head))
+        count = len(src.mapping)
+        fingerprint = bert_samples_fingerprint(args.data_path, args.split, args.seq_length,
+                                               args.seed, src.mapping)
+    else:
+        source = build_source(cfg)
+        count, fingerprint = len(source.shuffle_idx), fingerprint_of(cfg, source)
     if args.num_samples is not None:
         check_sample_count(args.num_samples, count, f"--num-samples vs --data-path {args.data_path}")
-    return count, fingerprint_of(cfg, source)
+    return count, fingerprint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -160,3 +160,39 @@ def test_deepspeed_data_analyzer_output(tmp_path):
     with pytest.raises(SystemExit, match=f"describes {len(train)} samples"):
         convert_tool.main([f"{save}/vocab_rarity", str(tmp_path / "bad"),
                            "--num-samples", str(len(train) - 1)])
+
+
+def test_tool_bert_training_set(tmp_path):
+    """--model bert: the count and fingerprint are the train BertDataset's (as training expects)."""
+    from megatron.data.bert_dataset import BertDataset
+    from megatron.data.dataset_utils import get_train_valid_test_split_
+    from megatron.data.indexed_dataset import MMapIndexedDatasetBuilder
+    from megatron.data_efficiency.analyzer.bert_samples import bert_samples_fingerprint
+
+    prefix = str(tmp_path / "sent")
+    rng = np.random.default_rng(5)
+    builder = MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for _ in range(40):
+        for _ in range(int(rng.integers(1, 6))):
+            builder.add_item(4 + rng.integers(0, 30, int(rng.integers(1, 12))))
+        builder.end_document()
+    builder.finalize(prefix + ".idx")
+
+    class Tok:
+        cls, sep, mask, pad, vocab_size = 1, 2, 3, 0, 40
+
+    indexed = MMapIndexedDataset(prefix)
+    lo, hi = get_train_valid_test_split_("80,20,0", indexed.num_documents)[:2]
+    train = BertDataset("train", indexed, prefix, indexed.doc_idx[lo:hi + 1], 60, 0.15, 20, 0.2,
+                        7, Tok(), True, str(tmp_path / "cache"))
+    n = len(train.samples_mapping)
+    ds = _write_ds_metric(str(tmp_path / "ds" / "vocab_rarity"), "vocab_rarity", np.arange(n) % 9)
+    flags = ["--model", "bert", "--data-path", prefix, "--split", "80,20,0", "--seq-length", "20",
+             "--seed", "7", "--train-samples", "60", "--short-seq-prob", "0.2",
+             "--data-cache-path", str(tmp_path / "cache")]
+    assert convert_tool.main([ds, str(tmp_path / "out"), "--names", "voc"] + flags) == 0
+    fp = bert_samples_fingerprint(prefix, "80,20,0", 20, 7, train.samples_mapping)
+    assert MetricIndex.open(str(tmp_path / "out" / "voc"), fp).num_samples == n
+    with pytest.raises(SystemExit, match="describes"):     # another short-seq-prob: other samples
+        convert_tool.main([ds, str(tmp_path / "out2")] + flags[:-4] + ["--short-seq-prob", "0.9"]
+                          + flags[-2:])

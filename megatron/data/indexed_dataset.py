@@ -79,6 +79,8 @@ class MMapIndexedDataset:
         tokens: the whole ``.bin`` as one 1-D read-only array of ``dtype``.
     """
 
+    dtype_codes: dict[int, type] = DTYPE_CODES   # DeepSpeed's analyzer files use another table
+
     def __init__(self, path_prefix: str) -> None:
         self.path_prefix = path_prefix
         self._open(path_prefix)
@@ -100,14 +102,14 @@ class MMapIndexedDataset:
                                 "(not a Megatron mmap index)")
         if version != _VERSION:
             raise BadInputError(f"{idx_path}: unsupported index version {version}, expected {_VERSION}")
-        if code not in DTYPE_CODES:
-            raise BadInputError(f"{idx_path}: unknown dtype code {code}; known codes {sorted(DTYPE_CODES)}")
+        if code not in self.dtype_codes:
+            raise BadInputError(f"{idx_path}: unknown dtype code {code}; known codes {sorted(self.dtype_codes)}")
         expected = _HEADER.size + 4 * n + 8 * n + 8 * d1
         if idx_bytes != expected:
             raise BadInputError(f"{idx_path}: index is {idx_bytes} bytes but its header "
                                 f"(N={n} sequences, {d1} doc_idx entries) needs {expected} bytes"
                                 + (" (truncated)" if idx_bytes < expected else ""))
-        self.dtype = np.dtype(DTYPE_CODES[code])
+        self.dtype = np.dtype(self.dtype_codes[code])
         self._idx_mmap = np.memmap(idx_path, mode="r", dtype=np.uint8)
         buf = memoryview(self._idx_mmap)
         off = _HEADER.size
@@ -208,8 +210,12 @@ class MMapIndexedDataset:
         return os.path.isfile(index_file_path(path_prefix)) and os.path.isfile(data_file_path(path_prefix))
 
 
-def write_index(idx_path: str, dtype, sizes: Sequence[int], doc_idx: Sequence[int]) -> None:
-    """Write a ``.idx`` file (directly to ``idx_path``); pointers are derived from ``sizes``."""
+def write_index(idx_path: str, dtype, sizes: Sequence[int], doc_idx: Sequence[int],
+                code: int | None = None) -> None:
+    """Write a ``.idx`` file (directly to ``idx_path``); pointers are derived from ``sizes``.
+
+    ``code`` overrides the header's dtype code (DeepSpeed's table differs from Megatron's).
+    """
     dtype = np.dtype(dtype)
     sizes64 = np.asarray(sizes, dtype=np.int64)
     if len(sizes64) and (sizes64.min() < 0 or sizes64.max() > np.iinfo(np.int32).max):
@@ -218,7 +224,8 @@ def write_index(idx_path: str, dtype, sizes: Sequence[int], doc_idx: Sequence[in
     np.cumsum(sizes64[:-1] * dtype.itemsize, out=pointers[1:])
     doc = np.asarray(doc_idx, dtype=np.int64)
     with open(idx_path, "wb") as f:
-        f.write(_HEADER.pack(_MAGIC, _VERSION, dtype_code(dtype), len(sizes64), len(doc)))
+        f.write(_HEADER.pack(_MAGIC, _VERSION, dtype_code(dtype) if code is None else code,
+                             len(sizes64), len(doc)))
         f.write(sizes64.astype("<i4").tobytes())
         f.write(pointers.astype("<i8").tobytes())
         f.write(doc.astype("<i8").tobytes())

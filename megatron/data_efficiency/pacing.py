@@ -1,22 +1,18 @@
 """The one pacing formula shared by the curriculum and random-LTD's MSLG schedule.
 
 Both DeepSpeed schedules grow a value from ``lo`` to ``hi`` over ``total`` steps,
-rounded down to a multiple of ``multiple``::
+rounded down to a multiple of ``multiple``, in DeepSpeed's float arithmetic::
 
-    v(t) = floor((t' / total) ** (1 / root) * (hi - lo) + lo)
+    v(t) = floor((t / total) ** (1 / root) * (hi - lo) + lo);  v -= v % multiple
 
-with ``t' = min(t, total)`` when ``clamp`` (MSLG) and ``t' = t`` otherwise (DeepSpeed's
-curriculum, whose ``d_max`` when it is not a multiple is reached only once the unrounded
-value passes the next multiple), then ``v -= v % multiple``; where that lands below ``lo`` it is raised to the first
-multiple at or above ``lo`` (current DeepSpeed: lo 5, multiple 8 gives 8); never above
-``hi``. The curriculum's ``fixed_linear`` / ``fixed_root`` and MSLG (``root = 1``) are
-this function; only their step origin differs (the curriculum counts from 1, MSLG from 0),
-which the callers pass in.
-
-``exact`` (MSLG here, with whole-number bounds) computes the linear case in integers, so
-``t / total * (hi - lo)`` never loses a unit to float rounding; the curriculum keeps
-DeepSpeed's float arithmetic so that its difficulties equal DeepSpeed's step for step
-(including the rare step where the float product lands just below a whole number).
+``t / total`` is not clamped at 1 (as in both DeepSpeed schedulers): past ``total`` the
+value keeps growing until its rounded-down multiple reaches ``hi``, so a ``hi`` that is
+no multiple of ``multiple`` is still reached (shortly after ``total``). The result is
+raised to ``minimum`` where it lands below it and is never above ``hi``. The callers
+choose ``minimum``: the curriculum raises to the first multiple at or above ``lo``
+(current DeepSpeed: lo 5, multiple 8 gives 8); MSLG raises only a result of 0, to one
+``multiple`` (DeepSpeed keeps 0 tokens there). The curriculum counts steps from 1,
+MSLG from 0; the callers pass their own step.
 """
 from __future__ import annotations
 
@@ -24,7 +20,7 @@ import math
 
 
 def paced_value(t: int, total: int, lo: float, hi: float, multiple: int = 1,
-                root: float = 1.0, clamp: bool = True, exact: bool = False) -> float:
+                root: float = 1.0, minimum: float | None = None) -> float:
     """The paced value at step ``t`` (see the module docstring).
 
     Args:
@@ -33,8 +29,7 @@ def paced_value(t: int, total: int, lo: float, hi: float, multiple: int = 1,
         lo, hi: the start and end values, ``lo <= hi``.
         multiple: results are multiples of this (>= 1).
         root: the root degree of the curve (1: linear).
-        clamp: stop the step at ``total`` (MSLG) or not (the curriculum).
-        exact: integer arithmetic for ``root == 1`` and whole-number bounds.
+        minimum: the smallest value returned (default: the first multiple >= ``lo``).
 
     Returns:
         The value, an ``int`` when ``lo`` and ``hi`` are whole numbers.
@@ -42,15 +37,12 @@ def paced_value(t: int, total: int, lo: float, hi: float, multiple: int = 1,
     if t < 0:
         raise ValueError(f"pacing: step must be >= 0, got {t}")
     whole = float(lo).is_integer() and float(hi).is_integer()
-    if total <= 0 or (clamp and t >= total):
+    if total <= 0:
         v = hi
-    elif exact and root == 1 and whole:
-        v = int(lo) + t * (int(hi) - int(lo)) // total
     else:
         v = math.floor((float(t) / total) ** (1.0 / root) * (hi - lo) + lo)
-    v = math.floor(v)
-    v -= v % multiple
-    if v < lo:
-        v = math.ceil(lo / multiple) * multiple
+        v -= v % multiple
+        floor_at = math.ceil(lo / multiple) * multiple if minimum is None else minimum
+        v = max(v, floor_at)
     v = min(v, hi)
     return int(v) if whole else v

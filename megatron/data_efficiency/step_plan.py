@@ -162,7 +162,8 @@ class StepPlanner:
         if self.kind in ("seqtru", "seqres"):
             d = self.transform.difficulty(iteration)
             difficulties[self.transform.name] = d
-        shape = shape_for_difficulty(self.kind if d is not None else None, d, gbs, s)
+        shape = shape_for_difficulty(self.kind if d is not None else None, d, gbs, s,
+                                     self.shape.model)
         rows, seq = shape.rows, shape.seq_length
         kept = None if self.random_ltd is None else self.random_ltd.kept_length(iteration)
         plan = StepPlan(iteration=iteration, rows=rows, seq_length=seq, global_batch_size=gbs,

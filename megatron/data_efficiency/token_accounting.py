@@ -3,7 +3,7 @@
 Curriculum learning shortens sequences and random-LTD lets some layers see only part of
 them, so "tokens consumed" is a layer-weighted count (DESIGN section 3):
 
-    tokens = rows * (S * (L - L_r) + r * L_r) / L
+    tokens = rows * ((S * (L - L_r) + r * L_r) // L)
 
 where ``rows`` is the number of sequences in the global batch (more than the global
 batch size under ``seqres``), ``S`` the sequence length the step really used, ``L`` the
@@ -26,7 +26,7 @@ def tokens_per_step(rows: int, seq_length: int, num_layers: int = 1,
             means nothing is dropped.
 
     Returns:
-        The layer-weighted token count, rounded down to an integer.
+        The layer-weighted token count: ``rows * ((S*(L - L_r) + r*L_r) // L)``.
     """
     if rows < 0 or seq_length < 0 or num_layers < 1:
         raise ValueError(f"bad token accounting input: rows={rows} seq_length={seq_length} "
@@ -36,4 +36,5 @@ def tokens_per_step(rows: int, seq_length: int, num_layers: int = 1,
     if kept_length is None or kept_length >= seq_length or dropping_layers == 0:
         return rows * seq_length
     layer_tokens = seq_length * (num_layers - dropping_layers) + kept_length * dropping_layers
-    return rows * layer_tokens // num_layers
+    # Rounded per sequence, as Megatron-DeepSpeed's actual_seq_length, then times the rows.
+    return rows * (layer_tokens // num_layers)

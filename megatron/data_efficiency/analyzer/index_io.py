@@ -108,9 +108,14 @@ class MetricIndex:
         self.num_samples = int(len(self.sample_to_metric))
 
     @classmethod
-    def open(cls, path: str, expected_fingerprint: str | None = None) -> "MetricIndex":
+    def open(cls, path: str, expected_fingerprint: str | None = None,
+             expected_num_samples: int | None = None) -> "MetricIndex":
         """Map the index in ``path``; ValueError if it is incomplete, inconsistent or
-        belongs to other data (``expected_fingerprint`` given and different)."""
+        belongs to other data (``expected_fingerprint`` given and different).
+
+        An index converted from DeepSpeed has no fingerprint (``meta["source"] ==
+        "deepspeed"``): for it the check is the sample count, ``expected_num_samples``.
+        """
         if not os.path.isdir(path):
             raise ValueError(f"metric index folder not found: {path}")
         meta_path = os.path.join(path, "meta.json")
@@ -118,6 +123,13 @@ class MetricIndex:
             raise ValueError(f"metric index {path}: missing file meta.json (incomplete or not an index)")
         with open(meta_path) as f:
             meta = json.load(f)
+        if meta.get("source") == "deepspeed" and meta.get("fingerprint") is None:
+            if expected_fingerprint is not None and expected_num_samples is None:
+                raise ValueError(f"metric index {path} was converted from DeepSpeed and has no "
+                                 f"fingerprint: open it with the dataset's sample count")
+            expected_fingerprint = None
+        if expected_num_samples is not None:
+            check_sample_count(meta.get("num_samples", -1), expected_num_samples, f"metric index {path}")
         if expected_fingerprint is not None and meta.get("fingerprint") != expected_fingerprint:
             raise ValueError(
                 f"metric index {path} was built for other data or sample-index parameters: "
@@ -158,6 +170,14 @@ def value_end(values: np.ndarray, offsets: np.ndarray, value: float) -> int:
     """End of the prefix of the sorted order whose values are <= ``value``, from the CSR
     ``values`` [V] (ascending) and ``offsets`` [V+1]."""
     return int(offsets[np.searchsorted(values, value, side="right")])
+def check_sample_count(index_samples: int, dataset_samples: int, where: str) -> None:
+    """Refuse an index whose sample count is not the training dataset's (the one check an
+    index without a fingerprint, e.g. one written by DeepSpeed's analyzer, allows)."""
+    if int(index_samples) != int(dataset_samples):
+        raise ValueError(
+            f"{where}: the index describes {int(index_samples)} samples but the training "
+            f"dataset has {int(dataset_samples)}; it was built for other data, split, seed, "
+            f"sequence length or number of epochs")
 
 
 def percentile_end(num_samples: int, p: float) -> int:
@@ -165,6 +185,17 @@ def percentile_end(num_samples: int, p: float) -> int:
     if not 0 <= p <= 100:
         raise ValueError(f"percentile must be within 0..100, got {p}")
     return int(Fraction(repr(float(p))) * num_samples // 100)
+
+
+def percentile_prefix(num_samples: int, p: float, max_difficulty: float = 100) -> int:
+    """Samples a percentile difficulty ``p`` admits, DeepSpeed's arithmetic:
+    ``(N // max_difficulty) * p``, all ``N`` at ``max_difficulty``; ``p`` and the maximum
+    are taken exactly as written (12.5 is 1/8)."""
+    n = int(num_samples)
+    if p == max_difficulty:
+        return n
+    per_step = Fraction(n) // Fraction(repr(float(max_difficulty)))
+    return min(n, max(0, int(per_step * Fraction(repr(float(p))))))
 
 
 def _percentile_values(values: np.ndarray, offsets: np.ndarray, n: int) -> list:

@@ -25,7 +25,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from megatron.data_efficiency.analyzer.index_io import percentile_end, value_end
+from megatron.data_efficiency.analyzer.index_io import percentile_prefix, value_end
 from megatron.data_efficiency.curriculum import permutation as perm
 
 _CHUNK = 1 << 20     # samples per chunk when counting a multi-metric cluster
@@ -40,17 +40,19 @@ class MetricIndexLike(Protocol):
     num_samples: int
 
 
-def prefix_length(index: MetricIndexLike, difficulty_type: str, difficulty: float) -> int:
+def prefix_length(index: MetricIndexLike, difficulty_type: str, difficulty: float,
+                  max_difficulty: float = 100) -> int:
     """Samples a difficulty admits, i.e. the prefix ``sorted_samples[:end]``.
 
-    ``value``: every sample with value ``<= difficulty``. ``percentile``: the lowest
-    ``floor(N * difficulty / 100)`` samples of the sorted order (ties broken by id), with
-    the percentage taken exactly as written (12.5 is 1/8), as the analyzer does.
+    ``value``: every sample with value ``<= difficulty``. ``percentile``: DeepSpeed's
+    ``(N // max_difficulty) * difficulty`` lowest samples of the sorted order (ties broken
+    by id), all ``N`` at ``max_difficulty``; a percentage is taken exactly as written
+    (12.5 is 1/8).
     """
     if difficulty_type == "value":
         return value_end(index.values, index.offsets, difficulty)
     if difficulty_type == "percentile":
-        return percentile_end(int(index.num_samples), min(max(float(difficulty), 0.0), 100.0))
+        return percentile_prefix(int(index.num_samples), difficulty, max_difficulty)
     raise ValueError(f"difficulty_type must be 'value' or 'percentile', got {difficulty_type!r}")
 
 

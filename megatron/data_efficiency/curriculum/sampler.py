@@ -120,7 +120,8 @@ class CurriculumSampler:
             self.current_difficulties[m.name] = d
             cached = self._end_cache.get(i)
             if cached is None or cached[0] != d:
-                cached = (d, prefix_length(m.index, m.difficulty_type, d))
+                cached = (d, prefix_length(m.index, m.difficulty_type, d,
+                                           m.scheduler.config.max_difficulty))
                 self._end_cache[i] = cached
             ends[i] = max(ends[i], cached[1])
         if ends != self._ends:

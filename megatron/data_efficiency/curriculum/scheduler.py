@@ -6,10 +6,11 @@ The formulas match DeepSpeed's ``CurriculumScheduler`` so that settings carry ov
 * ``fixed_root``:   ``d(t) = floor((t / T) ** (1 / root) * (d_max - d_min) + d_min)``,
   rounded down to a multiple of ``difficulty_step``; where that lands below ``d_min``
   it is raised to the first multiple of ``difficulty_step`` at or above ``d_min``;
-  never above ``d_max``.
+  never above ``d_max`` (DeepSpeed 0.19.8's ``CurriculumScheduler``).
 * ``fixed_linear``: ``fixed_root`` with ``root = 1``.
 * ``fixed_discrete``: ``difficulty[i]`` for the first ``i`` with ``t <= max_step[i]``,
-  else the last entry (DeepSpeed requires ``len(difficulty) == len(max_step) + 1``).
+  else the last entry (DeepSpeed requires ``len(difficulty) == len(max_step) + 1``); as in
+  DeepSpeed a level above ``d_max`` is not capped.
 * ``custom``: a user callable ``fn(step) -> difficulty`` given as ``"module:function"``.
 
 Step convention: ``step`` is **1-based**, the number of the optimizer step about to run,
@@ -135,12 +136,16 @@ class CurriculumScheduler:
         return c.difficulty[-1]
 
     def get_difficulty(self, step: int) -> float:
-        """Difficulty of the formula at 1-based ``step``, capped at ``d_max`` (no latch)."""
+        """Difficulty of the formula at 1-based ``step`` (no latch).
+
+        As DeepSpeed, only fixed_linear / fixed_root are capped at ``d_max``: a discrete
+        level or a custom value above it is used as given (and then latched).
+        """
         c = self.config
         if c.schedule_type in ("fixed_linear", "fixed_root"):
             root = 1.0 if c.schedule_type == "fixed_linear" else c.root_degree
             return paced_value(step, c.total_curriculum_step, c.min_difficulty,
-                               c.max_difficulty, c.difficulty_step, root, clamp=False)
+                               c.max_difficulty, c.difficulty_step, root)
         if c.schedule_type == "fixed_discrete":
             d = self._discrete(step)
         else:
@@ -148,7 +153,7 @@ class CurriculumScheduler:
             if not isinstance(d, (int, float)) or isinstance(d, bool) or not math.isfinite(d):
                 raise ValueError(f"custom curriculum function {c.custom_function!r} returned "
                                  f"{d!r} at step {step}; expected a finite number")
-        return min(d, c.max_difficulty)
+        return d
 
     def _custom_reached_max(self, step: int) -> bool:
         while self._max_from is None and self._scanned < step:
@@ -162,13 +167,14 @@ class CurriculumScheduler:
         c = self.config
         if step < 1:
             raise ValueError(f"curriculum steps are 1-based, got {step}")
+        if c.min_difficulty >= c.max_difficulty:      # DeepSpeed never updates from d_min
+            return c.min_difficulty
         if c.schedule_type == "fixed_discrete":
             for level, last_step in zip(c.difficulty, c.max_step):
-                if level >= c.max_difficulty:
-                    return c.max_difficulty
-                if step <= last_step:
-                    return min(level, c.max_difficulty)
-            return min(c.difficulty[-1], c.max_difficulty)
+                if step <= last_step or level >= c.max_difficulty:   # in force, or latched
+                    return level
+            return c.difficulty[-1]
         if c.schedule_type == "custom" and self._custom_reached_max(step):
-            return c.max_difficulty
+            # DeepSpeed latches the first value at or above d_max (not capped)
+            return self.get_difficulty(self._max_from)
         return self.get_difficulty(step)

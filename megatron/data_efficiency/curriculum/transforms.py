@@ -54,7 +54,8 @@ def seqtru(batch: Batch, difficulty: int, model: str = "gpt") -> tuple[Batch, Ba
 
     GPT keeps ``d + 1`` tokens of ``text`` ([b, s+1] -> [b, d+1]) so that the model gets
     ``d`` inputs and ``d`` shifted labels, as Megatron-DeepSpeed's ``seqlen_truncate``.
-    BERT cuts every [b, s] tensor to [b, d]. ``d >= s`` leaves the batch unchanged.
+    BERT cuts every [b, s] tensor to [b, d'] with ``d'`` = ``d`` rounded up to a multiple
+    of 8 (``bert_seqtru_length``). ``d >= s`` leaves the batch unchanged.
     """
     d = int(difficulty)
     if d < 1:
@@ -66,10 +67,17 @@ def seqtru(batch: Batch, difficulty: int, model: str = "gpt") -> tuple[Batch, Ba
         return _cut(batch, {s + 1: d + 1, s: d}), BatchShape(batch["text"].shape[0], d)
     if model == "bert":
         b, s = batch["text"].shape
+        d = bert_seqtru_length(d)
         if d >= s:
             return dict(batch), BatchShape(b, s)
         return _cut(batch, {s: d}), BatchShape(b, d)
     raise ValueError(f"seqtru: model must be 'gpt' or 'bert', got {model!r}")
+
+
+def bert_seqtru_length(difficulty: int, multiple: int = 8) -> int:
+    """BERT's seqtru length: the difficulty rounded up to a multiple of 8, as
+    Megatron-DeepSpeed's pretrain_bert.py does (tensor-core shapes)."""
+    return -(-int(difficulty) // multiple) * multiple
 
 
 def seqres(batch: Batch, difficulty: int) -> tuple[Batch, BatchShape]:
@@ -129,7 +137,7 @@ def seqreo(batch: Batch, group: Any = None, multiple: int = 8) -> tuple[Batch, B
 
 
 def shape_for_difficulty(transform: str | None, difficulty: float | None, global_batch_size: int,
-                         seq_length: int) -> BatchShape:
+                         seq_length: int, model: str = "gpt") -> BatchShape:
     """Rows and sequence length of a *global* batch under a transform, from the schedule.
 
     Lets the runtime count tokens (``tokens_per_step(shape.rows, shape.seq_length, ...)``)
@@ -141,7 +149,10 @@ def shape_for_difficulty(transform: str | None, difficulty: float | None, global
         difficulty: the transform metric's difficulty in force (tokens).
         global_batch_size: samples per step before reshaping.
         seq_length: the model's full sequence length ``s``.
+        model: ``"gpt"`` or ``"bert"`` (BERT's seqtru rounds up to a multiple of 8).
     """
+    if model == "bert" and transform == "seqtru" and difficulty is not None:
+        difficulty = bert_seqtru_length(difficulty)
     if transform is None or difficulty is None or int(difficulty) >= seq_length:
         return BatchShape(global_batch_size, seq_length)
     d = int(difficulty)

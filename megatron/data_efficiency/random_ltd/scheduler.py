@@ -2,12 +2,13 @@
 
 Kept length at step ``t`` (0 at the first step), DESIGN section 3::
 
-    r(t) = floor(r_s + min(t / T_r, 1) * (S_max - r_s))
+    r(t) = floor(r_s + t / T_r * (S_max - r_s))     (pacing.paced_value, DeepSpeed's float arithmetic)
 
-rounded down to a multiple of ``seq_per_step``; where that falls below ``r_s`` it is
-raised to the first multiple of ``seq_per_step`` at or above ``r_s`` (as current
-DeepSpeed does: r_s 8, step 16 gives 16); never above ``S_max``; capped at the current,
-possibly curriculum-truncated, sequence length ``S``. Once ``r >= S`` nothing is dropped.
+rounded down to a multiple of ``seq_per_step`` (so it can start below ``r_s``: r_s 100,
+step 16 gives 96, as DeepSpeed; only a result of 0 is raised to ``seq_per_step``); never
+above ``S_max``, which is reached once the unclamped ``t / T_r`` makes the rounded value
+get there (DeepSpeed's arithmetic); capped at the current, possibly curriculum-truncated,
+sequence length ``S``. Once ``r >= S`` nothing is dropped.
 Reference: 128 -> 2048, step 16, T_r 200000 gives 608 at 50000, 1088 at 100000, 2032 at
 199999 and 2048 from 200000.
 """
@@ -24,8 +25,12 @@ def mslg_kept_length(iteration: int, min_seqlen: int, max_seqlen: int, total_ste
     """The MSLG kept length at 0-based step ``iteration`` (before the ``S`` cap)."""
     if iteration < 0:
         raise ValueError(f"random-LTD schedule: iteration must be >= 0, got {iteration}")
+    if min_seqlen >= max_seqlen:   # DeepSpeed starts at r_s = S_max and stays
+        return max_seqlen
+    # Deliberate difference: where DeepSpeed's value is 0 (r_s < seq_per_step early on) it
+    # keeps no token at all; here one seq_per_step is kept.
     return int(paced_value(iteration, total_steps, min_seqlen, max_seqlen, seq_per_step,
-                           exact=True))
+                           minimum=seq_per_step))
 
 
 class RandomLTDScheduler:

@@ -1,4 +1,6 @@
 """Pacing functions against DESIGN section 3's reference values and DeepSpeed's rules."""
+import math
+
 import pytest
 
 from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler, ScheduleConfig
@@ -40,11 +42,24 @@ def test_fixed_discrete_and_latch():
     down = sched("fixed_discrete", 1, 10, difficulty=[4, 10, 2], max_step=[2, 4])
     assert [down.difficulty_at(t) for t in range(1, 8)] == [4, 4, 10, 10, 10, 10, 10]
     assert [down.difficulty_at(t) for t in (7, 3, 1)] == [10, 10, 4]
+    above = sched("fixed_discrete", 1, 10, difficulty=[4, 12, 2], max_step=[2, 4])
+    # as DeepSpeed: a level above d_max is used as given (not capped), then latched
+    assert [above.difficulty_at(t) for t in range(1, 7)] == [4, 4, 12, 12, 12, 12]
+    assert [above.difficulty_at(t) for t in (7, 3, 1)] == [12, 12, 4]
+
+
+def _three_isqrt(step: int) -> int:
+    return 3 * math.isqrt(step)
 
 
 def test_custom_function_by_import_path():
     s = sched("custom", 1, 5, custom_function="math:isqrt")
     assert [s.difficulty_at(t) for t in (1, 4, 9, 16, 36, 1)] == [1, 2, 3, 4, 5, 1]
+    # as DeepSpeed: a custom value is not capped at d_max; the first one at or above it
+    # (3 * isqrt(t) reaches 6 > 5 at t = 4) is latched
+    jump = sched("custom", 1, 5, custom_function="tests.data_efficiency.curriculum."
+                 "test_curriculum_scheduler:_three_isqrt")
+    assert [jump.difficulty_at(t) for t in (1, 3, 4, 9, 100)] == [3, 3, 6, 6, 6]
     bad = sched("custom", 1, 5, custom_function="os.path:join")
     with pytest.raises((ValueError, TypeError)):
         bad.difficulty_at(3)

@@ -38,6 +38,13 @@ def test_seqtru_bert_cuts_every_sequence_tensor():
     assert shape == BatchShape(2, 8)
     assert all(out[k].shape == (2, 8) for k in ("text", "types", "labels", "loss_mask"))
     assert out["is_random"].shape == (2,)
+    # as Megatron-DeepSpeed's pretrain_bert.py: BERT's seqtru length is rounded up to 8
+    out, shape = seqtru(batch, 9, model="bert")
+    assert shape == BatchShape(2, 16) and out["text"].shape == (2, 16)
+    out, shape = seqtru({k: torch.ones(2, 32) for k in batch}, 9, model="bert")
+    assert shape == BatchShape(2, 16) and out["padding_mask"].shape == (2, 16)
+    assert shape_for_difficulty("seqtru", 9, 2, 32, model="bert") == shape
+    assert shape_for_difficulty("seqtru", 9, 2, 32) == BatchShape(2, 9)     # GPT: not rounded
 
 
 @pytest.mark.parametrize("d", [1, 3, 4, 5, 9])

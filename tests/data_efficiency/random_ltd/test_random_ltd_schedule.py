@@ -23,11 +23,19 @@ def test_reference_values():
 
 
 def test_rounding_and_minimum():
-    assert mslg_kept_length(0, 8, 64, 100, 16) == 16  # raised to the first multiple >= r_s
-    assert mslg_kept_length(0, 10, 64, 100, 8) == 16
+    assert mslg_kept_length(0, 8, 64, 100, 16) == 16  # DeepSpeed's 0 kept tokens: raised (ours)
+    assert mslg_kept_length(0, 10, 64, 100, 8) == 8   # as DeepSpeed: rounded down, not raised
+    assert mslg_kept_length(0, 100, 2048, 100, 16) == 96
     assert mslg_kept_length(1, 128, 2048, 200000, 16) == 128
     assert all(mslg_kept_length(t, 100, 1000, 77, 16) % 16 == 0 for t in range(0, 77))
     assert mslg_kept_length(76, 100, 1000, 77, 16) <= 1000
+
+
+def test_max_not_a_multiple_of_seq_per_step_is_reached():
+    # S_max 2050, step 16: DeepSpeed's unclamped t/T reaches 2050 shortly after T_r, where
+    # clamping at T_r would stay at 2048 and drop 2 tokens in every layer for ever.
+    got = [mslg_kept_length(t, 128, 2050, 1000, 16) for t in (999, 1000, 1007, 1008, 10 ** 6)]
+    assert got == [2048, 2048, 2048, 2050, 2050]
 
 
 def test_cap_by_curriculum_length_and_off():

@@ -16,11 +16,13 @@ from megatron.data_efficiency.curriculum.clusters import prefix_length
 from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler, ScheduleConfig
 from megatron.data_efficiency.random_ltd.config import RandomLTDConfig
 from megatron.data_efficiency.random_ltd.scheduler import RandomLTDScheduler
+from megatron.data_efficiency.token_accounting import tokens_per_step
 
 
-def ours_curriculum(c: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(pure difficulty_at, stateful update_difficulty) at every sampled step."""
-    pure, stateful = np.zeros_like(c["steps"]), np.zeros_like(c["steps"])
+def ours_curriculum(c: dict) -> np.ndarray:
+    """``difficulty_at`` (pure in the step) at every sampled step; DeepSpeed's table holds
+    its stateful ``update_difficulty`` called for every step, latch included."""
+    pure = np.zeros_like(c["steps"])
     for i in range(len(c["kind"])):
         kind = ref.KINDS[int(c["kind"][i])]
         levels, max_step = ref.discrete_lists(c["levels"][i], c["max_step"][i])
@@ -30,11 +32,7 @@ def ours_curriculum(c: dict) -> tuple[np.ndarray, np.ndarray]:
                              difficulty=levels, max_step=max_step)
         sched = CurriculumScheduler(cfg)
         pure[i] = [sched.difficulty_at(int(t)) for t in c["steps"][i]]
-        if kind != "fixed_discrete":   # skipping steps is exact for the monotone schedules
-            stateful[i] = [sched.update_difficulty(int(t)) for t in c["steps"][i]]
-        else:
-            stateful[i] = pure[i]
-    return pure, stateful
+    return pure
 
 
 def ours_random_ltd(c: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +44,9 @@ def ours_random_ltd(c: dict) -> tuple[np.ndarray, np.ndarray]:
         sched = RandomLTDScheduler(cfg, int(c["layers"][i]), int(c["r_max"][i]), seed=1)
         for j, t in enumerate(c["steps"][i]):
             kept[i, j] = sched.kept_length(int(t))
-            tokens[i, j] = sched.consumed_tokens(int(t), int(c["gbs"][i]), int(c["seq"][i, j]))
+            seq = int(c["seq"][i, j])     # the step's (curriculum) length caps the kept length
+            tokens[i, j] = tokens_per_step(int(c["gbs"][i]), seq, int(c["layers"][i]),
+                                           len(sched.layer_ids), sched.kept_length(int(t), seq))
     return kept, tokens
 
 
@@ -68,8 +68,7 @@ def expected_ltd(c: dict, ds_kept: np.ndarray, ds_tokens: np.ndarray) -> tuple[n
 
 
 def check_all(cases: dict, ds: dict) -> None:
-    pure, stateful = ours_curriculum(cases["cl"])
-    for name, got in (("difficulty_at", pure), ("update_difficulty", stateful)):
+    for name, got in (("difficulty_at", ours_curriculum(cases["cl"])),):
         bad = np.argwhere(got != ds["cl"])
         assert not len(bad), f"curriculum {name}: {len(bad)} steps differ, first config " \
             f"{ {k: v[bad[0][0]].tolist() for k, v in cases['cl'].items()} }: " \

@@ -94,8 +94,8 @@ def test_bad_settings_are_named(kw, msg):
 def test_linear_pacing_keeps_deepspeeds_float_arithmetic():
     """DeepSpeed computes floor(t / T * (d_max - d_min) + d_min) in floats; at t = 9 of
     T = 33 (1 -> 100) that product is 26.99999..., so DeepSpeed's difficulty is 27, not the
-    exact 28. The curriculum matches DeepSpeed; random-LTD's MSLG keeps exact integers."""
+    exact 28. Both the curriculum and random-LTD's MSLG (one pacing formula) match DeepSpeed."""
     from megatron.data_efficiency.random_ltd import mslg_kept_length
     s = sched("fixed_linear", 1, 100, total_curriculum_step=33, difficulty_step=1)
     assert [s.difficulty_at(t) for t in (9, 18)] == [27, 54]
-    assert mslg_kept_length(9, 1, 100, 33, 1) == 28
+    assert mslg_kept_length(9, 1, 100, 33, 1) == 27

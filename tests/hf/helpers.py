@@ -83,3 +83,30 @@ def our_logits(model: torch.nn.Module, tokens: torch.Tensor, args: dict) -> torc
             return mlm[..., :VOCAB], binary
         b, s = tokens.shape
         return model(tokens, torch.arange(s).expand(b, s), None)[..., :VOCAB], None
+
+
+WORDS = ("the cat sat on a mat and the dog ran to the park while birds sang in old trees "
+         "red blue green small big fast slow happy sad one two three four five").split()
+
+
+def corpus(n: int, seed: int = 0) -> list[str]:
+    """``n`` short sentences over a small word list (deterministic)."""
+    g = torch.Generator().manual_seed(seed)
+    lines = []
+    for _ in range(n):
+        length = int(torch.randint(5, 12, (1,), generator=g))
+        idx = torch.randint(0, len(WORDS), (length,), generator=g)
+        lines.append(" ".join(WORDS[i] for i in idx.tolist()) + ".")
+    return lines
+
+
+def make_bpe(folder: str, vocab_size: int = 300) -> tuple[str, str]:
+    """A byte-level BPE (GPT-2 format: vocab.json + merges.txt, with <|endoftext|>) trained
+    with the ``tokenizers`` package on :func:`corpus`; returns the two paths."""
+    from tokenizers import ByteLevelBPETokenizer
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(corpus(400), vocab_size=vocab_size, min_frequency=2,
+                            special_tokens=["<|endoftext|>"], show_progress=False)
+    os.makedirs(folder, exist_ok=True)
+    tok.save_model(folder)
+    return os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")

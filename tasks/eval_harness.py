@@ -88,10 +88,15 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the harness; returns lm-eval's results dict on every rank."""
     from lm_eval.utils import handle_non_serializable, make_table
     args = parse_args(argv)
     _init_parallel(args)
     results = evaluate(args)
+    if dist.is_initialized():   # lm-eval returns them on LOCAL_RANK 0 only
+        box = [results]
+        dist.broadcast_object_list(box, src=0)
+        results = box[0]
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(make_table(results), flush=True)
         if args.output_path:

@@ -86,12 +86,27 @@ def _tokenizer(args: dict, flags: TokenizerFlags):
                            vocab_extra_ids=int(args.get("vocab_extra_ids") or 0))
 
 
+def _global_specs(model) -> dict[str, checkpoint_layout.ParamSpec]:
+    """This stage's split specs under whole-model names (global layer ids; the last
+    stage's tied embedding copy splits like the first stage's table)."""
+    specs = {}
+    layers = model.transformer.layers
+    for name, spec in checkpoint_layout.param_specs(model).items():
+        if name.startswith("transformer.layers."):
+            local, rest = name[len("transformer.layers."):].split(".", 1)
+            name = f"transformer.layers.{layers[int(local)].layer_id}.{rest}"
+        if name == checkpoint_layout.TIED_COPY_KEY:
+            name = checkpoint_layout.WORD_EMBEDDING_KEY
+        specs[name] = spec
+    return specs
+
+
 def load_eval_model(load_dir: str, iteration: int | None = None,
                     tokenizer_flags: TokenizerFlags = TokenizerFlags()) -> EvalModel:
     """Load a GPT checkpoint of any layout for this process's (tp, pp) rank."""
     from megatron.arguments import transformer_config_from_args
     from megatron.model.gpt_model import GPTModel
-    from tools.checkpoint_util import load_whole, target_vocab_rows, template_specs
+    from tools.checkpoint_util import load_whole, target_vocab_rows
     _, _, args, full = load_whole(load_dir, iteration)
     if args.get("model_type") == "bert":
         raise ValueError(f"{load_dir} is a BERT checkpoint; the harness scores GPT models")
@@ -100,10 +115,6 @@ def load_eval_model(load_dir: str, iteration: int | None = None,
     rows = full[checkpoint_layout.WORD_EMBEDDING_KEY].shape[0]
     new_rows = target_vocab_rows(args, rows, tp, None)
     checkpoint_layout.resize_vocab(full, rows, new_rows)
-    layers = int(args["num_layers"])
-    parts = checkpoint_layout.split_state_dict(
-        full, template_specs(args), tp, pp, layers,
-        not args.get("untie_embeddings_and_output_weights", False))
     config = transformer_config_from_args(Namespace(**{
         **args, "padded_vocab_size": new_rows, "hidden_dropout": 0.0, "attention_dropout": 0.0,
         "sequence_parallel": False, "recompute_granularity": None, "recompute_method": None,
@@ -112,6 +123,9 @@ def load_eval_model(load_dir: str, iteration: int | None = None,
     model = GPTModel(config, pre_process=parallel_state.is_pipeline_first_stage(),
                      post_process=parallel_state.is_pipeline_last_stage(),
                      parallel_output=False)
+    parts = checkpoint_layout.split_state_dict(
+        full, _global_specs(model), tp, pp, int(args["num_layers"]),
+        not args.get("untie_embeddings_and_output_weights", False))
     mine = (parallel_state.get_tensor_model_parallel_rank(),
             parallel_state.get_pipeline_model_parallel_rank())
     model.load_state_dict(parts[mine], strict=True)

@@ -116,8 +116,12 @@ class BruteForce:
         return self.tok.detokenize(new).split(stop)[0]
 
 
-def test_harness_equals_brute_force_scoring(tmp_path):
+@pytest.fixture(scope="module")
+def harness_run(tmp_path_factory):
+    """A tiny GPT checkpoint with a BPE tokenizer, the local tasks, and one
+    single-process harness run over them: (folder, model, tokenizer, argv, results file)."""
     from megatron.tokenizer import build_tokenizer
+    tmp_path = tmp_path_factory.mktemp("harness")
     vocab_file, merge_file = make_bpe(str(tmp_path / "tok"))
     tok = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab_file, merge_file=merge_file)
     model, _ = save_tiny("gpt_learned", str(tmp_path / "ckpt"), seq_length=MAX_LEN,
@@ -128,10 +132,15 @@ def test_harness_equals_brute_force_scoring(tmp_path):
     tasks.mkdir()
     _write_tasks(tasks)
     from tasks import eval_harness
+    argv = ["--load", str(tmp_path / "ckpt"), "--tasks", *TASKS, "--include-path",
+            str(tasks), "--batch-size", "4", "--log-samples", "--bootstrap-iters", "0"]
     out = tmp_path / "results.json"
-    eval_harness.main(["--load", str(tmp_path / "ckpt"), "--tasks", *TASKS, "--include-path",
-                       str(tasks), "--batch-size", "4", "--output-path", str(out),
-                       "--log-samples", "--bootstrap-iters", "0"])
+    eval_harness.main(argv + ["--output-path", str(out)])
+    return tmp_path, model, tok, argv, out
+
+
+def test_harness_equals_brute_force_scoring(harness_run):
+    _, model, tok, _, out = harness_run
     results = json.load(open(out))["results"]
     brute, docs = BruteForce(model, tok, tok.vocab_size), _docs()
 
@@ -164,3 +173,28 @@ def test_harness_equals_brute_force_scoring(tmp_path):
     assert [got[i] for i in range(len(gens))] == gens
     assert results["tiny_gen"]["exact_match,none"] == pytest.approx(
         sum(g == d["target"] for g, d in zip(gens, docs["tiny_gen"])) / len(gens))
+
+
+def _harness_worker(rank: int, world_size: int, argv: list[str]) -> dict:
+    from tasks import eval_harness
+    results = eval_harness.main(argv)["results"]
+    return {task: {k: v for k, v in r.items() if isinstance(v, float)}
+            for task, r in results.items()}
+
+
+def test_harness_under_tp2_pp2_equals_single_process(harness_run):
+    """torchrun-style TP2 x PP2 (4 gloo ranks): the pipeline forward with TP-gathered
+    logits gives every rank the single-process scores."""
+    from tests.dist_utils import run_distributed
+    folder, _, _, argv, out = harness_run
+    argv = [a for a in argv if a not in ("tiny_lambada", "tiny_rolling")]  # keep it short
+    per_rank = run_distributed(_harness_worker, 4, argv + [
+        "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+        "--output-path", str(folder / "tp2pp2.json")], timeout_s=400, pg_timeout_s=300)
+    single = json.load(open(out))["results"]
+    for results in per_rank:
+        assert sorted(results) == ["tiny_gen", "tiny_mc"]
+        for task, metrics in results.items():
+            for key, value in metrics.items():
+                assert value == pytest.approx(single[task][key], rel=1e-5, abs=1e-9), (task, key)
+    assert json.load(open(folder / "tp2pp2.json"))["results"].keys() == per_rank[0].keys()

@@ -110,3 +110,21 @@ def make_bpe(folder: str, vocab_size: int = 300) -> tuple[str, str]:
     os.makedirs(folder, exist_ok=True)
     tok.save_model(folder)
     return os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+
+
+def make_tiny_gpt2(folder: str, positions: int = 64, seed: int = 0) -> str:
+    """A randomly initialised tiny ``GPT2LMHeadModel`` directory with a BPE tokenizer
+    (vocab.json, merges.txt), as a downloaded GPT-2 would look (no download)."""
+    import shutil
+
+    import transformers
+    vocab_file, merge_file = make_bpe(os.path.join(folder, "_tok"))
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=positions, n_embd=HIDDEN,
+                                     n_layer=LAYERS, n_head=HEADS, bos_token_id=0,
+                                     eos_token_id=0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    for path in (vocab_file, merge_file):
+        shutil.copy(path, folder)
+    shutil.rmtree(os.path.join(folder, "_tok"))
+    return folder

@@ -1,7 +1,14 @@
-"""Convert a GPT checkpoint to another tensor/pipeline parallel layout.
+"""Convert a GPT or BERT checkpoint to another tensor/pipeline parallel layout.
 
     python tools/checkpoint_util.py --load-dir ckpt/tp2pp2 --save-dir ckpt/tp1pp1 \\
         --target-tensor-parallel-size 1 --target-pipeline-parallel-size 1
+
+or to / from a Hugging Face ``transformers`` model directory (``megatron/hf/``; needs
+requirements-eval.txt)::
+
+    python tools/checkpoint_util.py --saver hf --load-dir ckpt/tp2pp2 --save-dir hf/model
+    python tools/checkpoint_util.py --loader hf --load-dir hf/gpt2 --save-dir ckpt/gpt2 \\
+        --target-tensor-parallel-size 2 --target-pipeline-parallel-size 1
 
 Reads ``{load-dir}/iter_XXXXXXX/mp_rank_XX[_YYY]/model_optim_rng.pt`` as written by
 ``megatron/checkpointing.py`` (the iteration in ``latest_checkpointed_iteration.txt``, or

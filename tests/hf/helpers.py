@@ -23,7 +23,9 @@ LAYERS, HIDDEN, HEADS, SEQ = 4, 32, 4, 16
 
 KINDS = {
     "gpt_learned": dict(position_embedding_type="learned_absolute"),
-    "gpt_rope": dict(position_embedding_type="rope", untie_embeddings_and_output_weights=True),
+    "gpt_rope": dict(position_embedding_type="rope"),
+    "gpt_rope_untied": dict(position_embedding_type="rope",
+                            untie_embeddings_and_output_weights=True),
     "bert": dict(model_type="bert", bert_binary_head=True),
 }
 

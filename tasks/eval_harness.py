@@ -21,6 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
 
+import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from megatron.core import parallel_state  # noqa: E402
@@ -59,7 +60,11 @@ def _init_parallel(args: argparse.Namespace) -> None:
                          f"--pipeline-model-parallel-size {pp} (no data parallelism here)")
     if world > 1:
         if not dist.is_initialized():
-            dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=30))
+            backend = "gloo"
+            if torch.cuda.is_available():
+                backend = "nccl"
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
         parallel_state.initialize_model_parallel(tp, pp)
 
 

@@ -47,6 +47,7 @@ class EvalModel:
     def __init__(self, model: torch.nn.Module, tokenizer, vocab_size: int,
                  max_length: int, hidden_size: int) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
+        self.device = next(model.parameters()).device
         self.vocab_size, self.max_length, self.hidden_size = vocab_size, max_length, hidden_size
 
     @torch.no_grad()
@@ -58,20 +59,21 @@ class EvalModel:
         b, s = tokens.shape
         if s > self.max_length:
             raise ValueError(f"{s} tokens exceed the model's {self.max_length} positions")
-        positions = torch.arange(s).expand(b, s)
+        tokens = tokens.to(self.device)
+        positions = torch.arange(s, device=self.device).expand(b, s)
         shape = (s, b, self.hidden_size)
         if not parallel_state.is_pipeline_first_stage():
             self.model.set_input_tensor(p2p.recv_forward(shape))
         out = self.model(tokens, positions, None)
         if not parallel_state.is_pipeline_last_stage():
             p2p.send_forward(out, shape)
-            result = torch.empty(b, s, self.vocab_size)
+            result = torch.empty(b, s, self.vocab_size, device=self.device)
         else:
             result = torch.log_softmax(out[..., :self.vocab_size].float(), dim=-1)
         if parallel_state.get_pipeline_model_parallel_world_size() > 1:
             dist.broadcast(result, parallel_state.get_pipeline_model_parallel_last_rank(),
                            group=parallel_state.get_pipeline_model_parallel_group())
-        return result
+        return result.cpu()
 
 
 def _tokenizer(args: dict, flags: TokenizerFlags):
@@ -129,6 +131,8 @@ def load_eval_model(load_dir: str, iteration: int | None = None,
     mine = (parallel_state.get_tensor_model_parallel_rank(),
             parallel_state.get_pipeline_model_parallel_rank())
     model.load_state_dict(parts[mine], strict=True)
+    if torch.cuda.is_available():
+        model = model.to(torch.cuda.current_device())
     vocab = int(args.get("orig_vocab_size") or args.get("vocab_size") or rows)
     return EvalModel(model, _tokenizer(args, tokenizer_flags), vocab,
                      int(args["max_position_embeddings"]), int(args["hidden_size"]))

@@ -137,3 +137,30 @@ def test_models_transformers_cannot_hold_are_refused(tmp_path):
     with pytest.raises(ValueError, match="post-LN"):
         tool.main(["--loader", "hf", "--load-dir", str(tmp_path / "bert"), "--save-dir",
                    str(tmp_path / "y")])
+
+
+def test_tokenizer_files_travel_both_ways(tmp_path):
+    """The run's GPT-2 BPE goes into the export with a GPT2Tokenizer config that encodes as
+    ours does; the import points the checkpoint's tokenizer flags at the HF directory."""
+    from megatron.tokenizer import build_tokenizer
+    from tests.hf.helpers import corpus, make_bpe
+    vocab_file, merge_file = make_bpe(str(tmp_path / "tok"))
+    ours_tok = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab_file, merge_file=merge_file)
+    tool = checkpoint_util()
+    save_tiny("gpt_learned", str(tmp_path / "ours"), tokenizer_type="GPT2BPETokenizer",
+              vocab_file=vocab_file, merge_file=merge_file, vocab_size=None,
+              orig_vocab_size=ours_tok.vocab_size, padded_vocab_size=304)
+    tool.main(["--saver", "hf", "--load-dir", str(tmp_path / "ours"), "--save-dir",
+               str(tmp_path / "hf")])
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert type(hf_tok).__name__.startswith("GPT2Tokenizer")
+    for text in corpus(5, seed=11) + ["Hello, wörld!  two  spaces\n"]:
+        assert hf_tok.encode(text) == ours_tok.tokenize(text), text
+    config = json.load(open(tmp_path / "hf" / "config.json"))
+    assert config["eos_token_id"] == ours_tok.eod
+    tool.main(["--loader", "hf", "--load-dir", str(tmp_path / "hf"), "--save-dir",
+               str(tmp_path / "back")])
+    args = tool.load_whole(str(tmp_path / "back"))[2]
+    assert args["tokenizer_type"] == "GPT2BPETokenizer"
+    assert args["vocab_file"] == str(tmp_path / "hf" / "vocab.json")
+    assert args["padded_vocab_size"] == 384          # 300 -> multiple of 128 (default)

@@ -9,19 +9,15 @@ broadcasts them to every stage, so every rank returns the same scores.
 """
 from __future__ import annotations
 
-import os
-import sys
 from argparse import Namespace
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
-
-from megatron.core import parallel_state  # noqa: E402
-from megatron.core.distributed import checkpoint_layout  # noqa: E402
-from megatron.core.pipeline_parallel import p2p_communication as p2p  # noqa: E402
+from megatron.core import parallel_state
+from megatron.core.distributed import checkpoint_layout
+from megatron.core.pipeline_parallel import p2p_communication as p2p
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def save_hf(full: dict[str, torch.Tensor], args: dict, save_dir: str) -> tuple[s
     return hf_dir.write_model_dir(save_dir, config, tensors, files, tok_config), note
 
 
-def _bert_heads(full: dict[str, torch.Tensor], config) -> bool:
+def _bert_heads(full: dict[str, torch.Tensor]) -> bool:
     """Whether the imported BERT has the binary head; drops an all-zero segment table of a
     model without it (our BERT without the binary head has no token types)."""
     binary = "binary_head.weight" in full
@@ -94,7 +94,7 @@ def load_hf(load_dir: str, make_vocab_size_divisible_by: int = 128
     tied = not ours["untie_embeddings_and_output_weights"]
     full = mapping.from_hf(hf, arch, ours["num_layers"], ours["num_attention_heads"], tied)
     if arch == "megatron_bert":
-        ours["bert_binary_head"] = _bert_heads(full, config)
+        ours["bert_binary_head"] = _bert_heads(full)
     vocab = full["embedding.word_embeddings.weight"].shape[0]
     if vocab != config.vocab_size:
         raise ValueError(f"{load_dir}: config vocab_size {config.vocab_size} but the "
@@ -102,7 +102,7 @@ def load_hf(load_dir: str, make_vocab_size_divisible_by: int = 128
     # padded_vocab_size: the rows held now; the writer pads them for its layout
     ours.update(orig_vocab_size=vocab, padded_vocab_size=vocab,
                 make_vocab_size_divisible_by=make_vocab_size_divisible_by,
-                **hf_dir.hf_tokenizer_args(load_dir, config.model_type))
+                **hf_dir.hf_tokenizer_args(load_dir))
     if "tokenizer_type" not in ours:
         ours.update(tokenizer_type="NullTokenizer", vocab_size=vocab)
     return architecture.full_args(ours), full

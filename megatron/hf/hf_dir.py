@@ -106,7 +106,7 @@ def read_model_dir(load_dir: str):
     return config, tensors
 
 
-def hf_tokenizer_args(load_dir: str, model_type: str) -> dict:
+def hf_tokenizer_args(load_dir: str) -> dict:
     """Our tokenizer flags for the tokenizer files of an HF directory (absolute paths)."""
     vocab_json, merges = (os.path.join(load_dir, n) for n in ("vocab.json", "merges.txt"))
     if os.path.isfile(vocab_json) and os.path.isfile(merges):

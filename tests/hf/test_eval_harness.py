@@ -122,6 +122,11 @@ def harness_run(tmp_path_factory):
     single-process harness run over them: (folder, model, tokenizer, argv, results file)."""
     from megatron.tokenizer import build_tokenizer
     tmp_path = tmp_path_factory.mktemp("harness")
+    # lm-eval's local tasks go through `datasets`: keep its cache out of the home folder
+    # (the environment variable reaches the spawned ranks too)
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path / "datasets_cache")
+    import datasets.config
+    datasets.config.HF_DATASETS_CACHE = tmp_path / "datasets_cache"
     vocab_file, merge_file = make_bpe(str(tmp_path / "tok"))
     tok = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab_file, merge_file=merge_file)
     model, _ = save_tiny("gpt_learned", str(tmp_path / "ckpt"), seq_length=MAX_LEN,

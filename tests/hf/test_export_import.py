@@ -164,3 +164,34 @@ def test_tokenizer_files_travel_both_ways(tmp_path):
     assert args["tokenizer_type"] == "GPT2BPETokenizer"
     assert args["vocab_file"] == str(tmp_path / "hf" / "vocab.json")
     assert args["padded_vocab_size"] == 384          # 300 -> multiple of 128 (default)
+
+
+def test_import_reads_original_gpt2_files(tmp_path):
+    """GPT-2 as first published: pytorch_model.bin with bare GPT2Model names (no
+    "transformer." prefix) and the attention-mask buffers; gelu_new. It imports, and our
+    model's logits are the transformers model's (gelu_new and our tanh GeLU agree to ~1e-7)."""
+    from argparse import Namespace
+
+    from megatron.checkpointing import load_checkpoint
+    from megatron.hf.architecture import full_args
+    from tests.hf.helpers import LAYERS, make_tiny_gpt2
+    folder = make_tiny_gpt2(str(tmp_path / "gpt2"), positions=SEQ)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    bare = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items()
+            if k != "lm_head.weight"}
+    for i in range(LAYERS):
+        bare[f"h.{i}.attn.bias"] = torch.tril(torch.ones(SEQ, SEQ))[None, None]
+    os.remove(os.path.join(folder, "model.safetensors"))
+    torch.save(bare, os.path.join(folder, "pytorch_model.bin"))
+    assert json.load(open(os.path.join(folder, "config.json")))["activation_function"] == "gelu_new"
+    checkpoint_util().main(["--loader", "hf", "--load-dir", folder, "--save-dir",
+                            str(tmp_path / "ours")])
+    args = checkpoint_util().load_whole(str(tmp_path / "ours"))[2]
+    ours = build_model(full_args({**args, "tensor_model_parallel_size": 1}))
+    load_checkpoint([ours], None, None, load_dir=str(tmp_path / "ours"), finetune=True,
+                    args=Namespace(**args))
+    tokens = torch.randint(0, 300, (2, SEQ), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        theirs = hf(input_ids=tokens).logits
+        mine = ours.eval()(tokens, torch.arange(SEQ).expand(2, SEQ), None)[..., :300]
+    assert (theirs - mine).abs().max().item() < 1e-4

@@ -1,20 +1,29 @@
 # The two commands a newcomer runs: `make demo` and `make test`.
-# Each creates .venv and installs requirements.txt into it on first use.
+# Each creates .venv and installs requirements.txt into it on first use; `make test` also
+# installs the optional ecosystem extras (requirements-eval.txt: transformers, safetensors,
+# lm-eval), so their tests run. Each file has its own stamp: editing one reinstalls it.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+EVAL_STAMP := $(VENV)/.installed-eval
 
-.PHONY: setup test demo clean-demo
+.PHONY: setup setup-eval test demo clean-demo
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	touch $(STAMP)
 
+$(EVAL_STAMP): requirements-eval.txt $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-eval.txt
+	touch $(EVAL_STAMP)
+
 setup: $(STAMP)
 
-test: $(STAMP)
+setup-eval: $(EVAL_STAMP)
+
+test: $(STAMP) $(EVAL_STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 demo: $(STAMP)

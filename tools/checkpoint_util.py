@@ -1,7 +1,14 @@
-"""Convert a GPT checkpoint to another tensor/pipeline parallel layout.
+"""Convert a GPT or BERT checkpoint to another tensor/pipeline parallel layout.
 
     python tools/checkpoint_util.py --load-dir ckpt/tp2pp2 --save-dir ckpt/tp1pp1 \\
         --target-tensor-parallel-size 1 --target-pipeline-parallel-size 1
+
+or to / from a Hugging Face ``transformers`` model directory (``megatron/hf/``; needs
+requirements-eval.txt)::
+
+    python tools/checkpoint_util.py --saver hf --load-dir ckpt/tp2pp2 --save-dir hf/model
+    python tools/checkpoint_util.py --loader hf --load-dir hf/gpt2 --save-dir ckpt/gpt2 \\
+        --target-tensor-parallel-size 2 --target-pipeline-parallel-size 1
 
 Reads ``{load-dir}/iter_XXXXXXX/mp_rank_XX[_YYY]/model_optim_rng.pt`` as written by
 ``megatron/checkpointing.py`` (the iteration in ``latest_checkpointed_iteration.txt``, or
@@ -100,15 +107,24 @@ def _read_checkpoint_file(path: str) -> dict:
 def template_specs(args: dict) -> dict[str, checkpoint_layout.ParamSpec]:
     """Split metadata of every parameter, read from a single-rank model of the same shape."""
     from megatron.arguments import transformer_config_from_args
-    from megatron.model.gpt_model import GPTModel
     config = transformer_config_from_args(Namespace(**{**args, "use_cpu_initialization": True,
                                                        "sequence_parallel": False}))
     try:
         with torch.device("meta"):  # shapes and attributes only: no memory, no init cost
-            model = GPTModel(config)
+            model = _template_model(config, args)
     except (RuntimeError, NotImplementedError):
-        model = GPTModel(config)
+        model = _template_model(config, args)
     return checkpoint_layout.param_specs(model)
+
+
+def _template_model(config, args: dict) -> torch.nn.Module:
+    """GPT, or BERT for checkpoints of pretrain_bert.py (``model_type`` "bert")."""
+    if args.get("model_type") == "bert":
+        from megatron.model.bert_model import BertModel
+        binary = bool(args.get("bert_binary_head", True))
+        return BertModel(config, num_tokentypes=2 if binary else 0, add_binary_head=binary)
+    from megatron.model.gpt_model import GPTModel
+    return GPTModel(config)
 
 
 def real_vocab_size(args: dict, given: int | None) -> int | None:
@@ -135,12 +151,30 @@ def target_vocab_rows(args: dict, rows: int, target_tp: int, true_vocab: int | N
 def convert(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
             iteration: int | None = None, true_vocab_size: int | None = None) -> str:
     """Convert the checkpoint; returns the written iteration folder."""
+    iteration, first, args, full = load_whole(load_dir, iteration)
+    return save_layout(save_dir, iteration, first, args, full, target_tp, target_pp,
+                       true_vocab_size)
+
+
+def load_whole(load_dir: str, iteration: int | None = None
+               ) -> tuple[int, dict, dict, dict[str, torch.Tensor]]:
+    """(iteration, rank (0, 0)'s checkpoint, its args, the merged whole-model state dict)."""
     iteration, iter_dir = _iteration_dir(load_dir, iteration)
     source = read_layout(iter_dir)
     first = source[(0, 0)]
     args = dict(first.get("args") or {})
     if not args:
         raise CheckpointError(f"{first['_path']} has no saved args: cannot rebuild the model shape")
+    full = checkpoint_layout.merge_state_dicts({k: v["model"] for k, v in source.items()},
+                                               template_specs(args), int(args["num_layers"]))
+    return iteration, first, args, full
+
+
+def save_layout(save_dir: str, iteration: int, first: dict, args: dict,
+                full: dict[str, torch.Tensor], target_tp: int, target_pp: int,
+                true_vocab_size: int | None = None) -> str:
+    """Split a whole-model state dict into the target layout and write it (atomically:
+    nothing is left behind on failure)."""
     num_layers = int(args["num_layers"])
     if num_layers % target_pp != 0:
         raise BadConfigError(f"--target-pipeline-parallel-size {target_pp} does not divide "
@@ -150,8 +184,6 @@ def convert(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
         raise BadConfigError(f"--target-tensor-parallel-size {target_tp} does not divide "
                          f"--num-attention-heads {heads}")
     specs = template_specs(args)
-    full = checkpoint_layout.merge_state_dicts({k: v["model"] for k, v in source.items()},
-                                               specs, num_layers)
     rows = full[checkpoint_layout.WORD_EMBEDDING_KEY].shape[0]
     new_rows = target_vocab_rows(args, rows, target_tp, true_vocab_size)
     checkpoint_layout.resize_vocab(full, rows, new_rows)
@@ -202,29 +234,75 @@ def _write(save_dir: str, iteration: int, parts: dict, first: dict, args: dict,
     return final
 
 
+def _hf_dispatch(a: argparse.Namespace) -> None:
+    """--saver hf / --loader hf: the work lives in megatron/hf/ (needs requirements-eval.txt)."""
+    if a.saver == "hf":
+        from megatron.hf.convert import save_hf
+        _, _, args, full = load_whole(a.load_dir, a.iteration)
+        if a.true_vocab_size:
+            args["orig_vocab_size"] = a.true_vocab_size
+        out, note = save_hf(full, args, a.save_dir)
+        print(f" > wrote the transformers model {out}" + (f"; {note}" if note else ""),
+              flush=True)
+        return
+    from megatron.hf.convert import load_hf
+    args, full = load_hf(a.load_dir, a.make_vocab_size_divisible_by or 128)
+    tp, pp = a.target_tensor_parallel_size or 1, a.target_pipeline_parallel_size or 1
+    out = save_layout(a.save_dir, 0, {"checkpoint_version": 3.0}, args, full, tp, pp)
+    print(f" > wrote {out} (TP {tp}, PP {pp}, iteration 0); start from it with --finetune "
+          f"--load {a.save_dir}" + (f" --tokenizer-type {args['tokenizer_type']}"
+                                    if args.get("tokenizer_type") else ""), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-type", default="GPT", choices=["GPT"])
+    parser.add_argument("--loader", default="megatron", choices=["megatron", "hf"],
+                        help="hf: --load-dir is a local transformers model directory")
+    parser.add_argument("--saver", default="megatron", choices=["megatron", "hf"],
+                        help="hf: write a transformers model directory to --save-dir")
     parser.add_argument("--load-dir", required=True)
     parser.add_argument("--save-dir", required=True)
-    parser.add_argument("--target-tensor-parallel-size", type=int, required=True)
-    parser.add_argument("--target-pipeline-parallel-size", type=int, required=True)
+    parser.add_argument("--target-tensor-parallel-size", type=int, default=None)
+    parser.add_argument("--target-pipeline-parallel-size", type=int, default=None)
     parser.add_argument("--iteration", type=int, default=None,
                         help="iteration to convert (default: the tracker file's)")
     parser.add_argument("--true-vocab-size", type=int, default=None,
                         help="real vocabulary size, to re-pad the embedding for the target TP")
+    parser.add_argument("--make-vocab-size-divisible-by", type=int, default=None,
+                        help="--loader hf: pad the vocabulary as the finetuning run will "
+                             "(default 128, Megatron's)")
     a = parser.parse_args(argv)
-    for flag, value in (("--target-tensor-parallel-size", a.target_tensor_parallel_size),
-                        ("--target-pipeline-parallel-size", a.target_pipeline_parallel_size)):
-        if value < 1:
-            parser.error(f"{flag} must be >= 1, got {value}")
-    if os.path.abspath(a.load_dir) == os.path.abspath(a.save_dir):
-        parser.error("--save-dir must differ from --load-dir")
+    _check_main_args(parser, a)
+    if "hf" in (a.loader, a.saver):
+        _hf_dispatch(a)
+        return
     out = convert(a.load_dir, a.save_dir, a.target_tensor_parallel_size,
                   a.target_pipeline_parallel_size, a.iteration, a.true_vocab_size)
     print(f" > wrote {out} (TP {a.target_tensor_parallel_size}, PP "
           f"{a.target_pipeline_parallel_size}); optimizer and RNG state dropped: load with "
           "--finetune, or --no-load-optim --no-load-rng", flush=True)
+
+
+def _check_main_args(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    if a.loader == "hf" and a.saver == "hf":
+        parser.error("--loader hf with --saver hf: use transformers itself")
+    layout = (a.target_tensor_parallel_size, a.target_pipeline_parallel_size)
+    if a.saver == "hf" and layout != (None, None):
+        parser.error("--saver hf writes one whole model: drop --target-*-parallel-size")
+    if a.loader == "megatron" and a.saver == "megatron" and None in layout:
+        parser.error("--target-tensor-parallel-size and --target-pipeline-parallel-size "
+                     "are required")
+    if a.make_vocab_size_divisible_by is not None and a.loader != "hf":
+        parser.error("--make-vocab-size-divisible-by applies to --loader hf only")
+    if a.loader == "hf" and (a.iteration is not None or a.true_vocab_size is not None):
+        parser.error("--loader hf takes no --iteration / --true-vocab-size")
+    for flag, value in (("--target-tensor-parallel-size", layout[0]),
+                        ("--target-pipeline-parallel-size", layout[1])):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if os.path.abspath(a.load_dir) == os.path.abspath(a.save_dir):
+        parser.error("--save-dir must differ from --load-dir")
 
 
 if __name__ == "__main__":

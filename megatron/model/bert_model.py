@@ -43,7 +43,7 @@ def _replicated_linear(config: TransformerConfig, n_in: int, n_out: int,
 
 
 class BertLMHead(nn.Module):
-    """dense -> GeLU -> LayerNorm -> logits against the tied embedding + vocab-split bias."""
+    """dense -> tanh GeLU -> LayerNorm -> logits against the tied embedding + vocab-split bias."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -59,7 +59,9 @@ class BertLMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, word_embeddings_weight: torch.Tensor) -> torch.Tensor:
         """[s, b, h] -> logits [s, b, v/tp]."""
-        hidden = self.layernorm(F.gelu(self.dense(hidden)))
+        # the tanh GeLU of the MLP (Megatron uses erf here): one activation for the whole
+        # model, so it is exactly transformers' MegatronBert (one hidden_act)
+        hidden = self.layernorm(F.gelu(self.dense(hidden), approximate="tanh"))
         logits = parallel_lm_logits(hidden, word_embeddings_weight, True,
                                     self.config.sequence_parallel)
         return logits + self.bias

@@ -152,7 +152,8 @@ def resize_vocab(full: dict[str, torch.Tensor], old_rows: int, new_rows: int) ->
     if old_rows == new_rows:
         return
     for name, tensor in list(full.items()):
-        is_vocab = "word_embeddings" in name or name.startswith("output_layer")
+        is_vocab = ("word_embeddings" in name or name.startswith("output_layer")
+                    or name == "lm_head.bias")   # BERT's vocab-split output bias
         if not is_vocab or tensor.dim() == 0 or tensor.shape[0] != old_rows:
             continue
         if new_rows < old_rows:

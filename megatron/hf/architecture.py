@@ -1,0 +1,170 @@
+"""Which ``transformers`` architecture equals our model, and the config both ways.
+
+Our GPT layer is pre-LayerNorm, sequential residuals, biases everywhere, tanh-approximate
+GeLU (``F.gelu(approximate="tanh")``), softmax scaled by ``1/sqrt(d)``:
+
+* learned absolute positions -> ``GPT2LMHeadModel`` (``activation_function``
+  ``gelu_pytorch_tanh``, the same op as ours);
+* rotary positions -> ``GPTNeoXForCausalLM`` with ``use_parallel_residual=False``: NeoX
+  has our fused per-head ``[q k v]`` layout, rotate-half rotary on the first
+  ``partial_rotary_factor`` of each head, ``inv_freq = base^(-2i/d)``;
+* BERT (pre-LN, final LayerNorm, no embedding LayerNorm: Megatron's BERT) ->
+  ``MegatronBertForPreTraining`` (``MegatronBertForMaskedLM`` without the binary head).
+  ``BertForPreTraining`` is post-LN and cannot hold it.
+
+Anything these cannot express exactly (SwiGLU, no biases, ``kv_channels x heads !=
+hidden``, parallel residuals, exact-erf GeLU) is refused with a message naming it.
+"""
+from __future__ import annotations
+
+import torch
+
+TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new")   # the same function; the first is our op
+HF_CLASS = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM",
+            "megatron_bert": "MegatronBertForPreTraining"}
+
+
+def is_bert(args: dict) -> bool:
+    return args.get("model_type") == "bert"
+
+
+def choose_architecture(args: dict) -> str:
+    """The architecture of our checkpoint's model, by its saved flags.
+
+    Raises:
+        ValueError: no ``transformers`` architecture equals this model.
+    """
+    problems = []
+    if args.get("swiglu"):
+        problems.append("--swiglu (no transformers architecture pairs a SwiGLU MLP with our "
+                        "biased LayerNorm layer)")
+    if args.get("add_bias_linear") is False:
+        problems.append("linear layers without biases")
+    hidden, heads = int(args["hidden_size"]), int(args["num_attention_heads"])
+    kv = args.get("kv_channels") or hidden // heads
+    if kv * heads != hidden:
+        problems.append(f"--kv-channels {kv} x {heads} heads != --hidden-size {hidden}")
+    bert = is_bert(args)
+    if bert and args.get("position_embedding_type", "learned_absolute") != "learned_absolute":
+        problems.append("BERT with rotary positions")
+    if problems:
+        raise ValueError("cannot export to transformers without changing the model: "
+                         + "; ".join(problems))
+    if bert:
+        return "megatron_bert"
+    return "gpt_neox" if args.get("position_embedding_type") == "rope" else "gpt2"
+
+
+def hf_config(arch: str, args: dict, vocab_size: int, eod: int | None):
+    """The ``transformers`` config of our model (``vocab_size`` = the real vocabulary)."""
+    import transformers
+    hidden, layers = int(args["hidden_size"]), int(args["num_layers"])
+    heads = int(args["num_attention_heads"])
+    ffn = int(args.get("ffn_hidden_size") or 4 * hidden)
+    tied = not args.get("untie_embeddings_and_output_weights", False)
+    common = dict(vocab_size=vocab_size, max_position_embeddings=int(args["max_position_embeddings"]),
+                  tie_word_embeddings=tied, architectures=[HF_CLASS[arch]],
+                  initializer_range=float(args.get("init_method_std", 0.02)))
+    hdrop, adrop = float(args.get("hidden_dropout", 0.1)), float(args.get("attention_dropout", 0.1))
+    eps = float(args.get("layernorm_epsilon", 1e-5))
+    if arch == "gpt2":
+        common["n_positions"] = common.pop("max_position_embeddings")
+        return transformers.GPT2Config(
+            n_embd=hidden, n_layer=layers, n_head=heads, n_inner=ffn,
+            activation_function=TANH_GELUS[0], resid_pdrop=hdrop, embd_pdrop=hdrop,
+            attn_pdrop=adrop, layer_norm_epsilon=eps, bos_token_id=eod, eos_token_id=eod,
+            **common)
+    if arch == "gpt_neox":
+        rope = {"rope_type": "default", "rope_theta": float(args.get("rotary_base", 10000.0)),
+                "partial_rotary_factor": float(args.get("rotary_percent", 1.0))}
+        return transformers.GPTNeoXConfig(
+            hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=ffn, hidden_act=TANH_GELUS[0], rope_parameters=rope,
+            use_parallel_residual=False, attention_bias=True, layer_norm_eps=eps,
+            hidden_dropout=hdrop, attention_dropout=adrop, bos_token_id=eod,
+            eos_token_id=eod, **common)
+    binary = bool(args.get("bert_binary_head", True))
+    common["architectures"] = [HF_CLASS[arch] if binary else "MegatronBertForMaskedLM"]
+    return transformers.MegatronBertConfig(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=ffn, hidden_act=TANH_GELUS[0], hidden_dropout_prob=hdrop,
+        attention_probs_dropout_prob=adrop, layer_norm_eps=eps, type_vocab_size=2,
+        pad_token_id=0, **common)
+
+
+def _check_import(config) -> list[str]:
+    """What of a transformers config our model cannot reproduce."""
+    kind = config.model_type
+    problems = []
+    act = getattr(config, "activation_function", None) or getattr(config, "hidden_act", None)
+    if act not in TANH_GELUS:
+        problems.append(f"activation {act!r} (ours is the tanh GeLU: {TANH_GELUS})")
+    if kind == "gpt2":
+        if not config.scale_attn_weights or config.scale_attn_by_inverse_layer_idx:
+            problems.append("attention scaling other than 1/sqrt(d)")
+    if kind == "gpt_neox":
+        if config.use_parallel_residual:
+            problems.append("use_parallel_residual=True (our layer adds attention, then MLP)")
+        if not getattr(config, "attention_bias", True):
+            problems.append("attention_bias=False")
+        rope = getattr(config, "rope_parameters", None) or {}
+        if rope.get("rope_type", "default") != "default":
+            problems.append(f"rope_type {rope.get('rope_type')!r} (ours: default)")
+        if float(rope.get("partial_rotary_factor", 1.0)) != 1.0:
+            problems.append(f"partial_rotary_factor {rope.get('partial_rotary_factor')} "
+                            "(our runs rotate whole heads: there is no --rotary-percent flag)")
+    return problems
+
+
+def args_from_hf_config(config) -> tuple[str, dict]:
+    """(architecture, our model flags) of a ``transformers`` config.
+
+    Raises:
+        ValueError: an architecture or setting our model cannot reproduce exactly.
+    """
+    kind = config.model_type
+    names = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "megatron-bert": "megatron_bert"}
+    if kind not in names:
+        hint = " (post-LN BERT: ours is Megatron's pre-LN BERT, MegatronBert)" \
+            if kind == "bert" else ""
+        raise ValueError(f"cannot import model_type {kind!r}{hint}; supported: "
+                         f"{sorted(names)}")
+    problems = _check_import(config)
+    if problems:
+        raise ValueError(f"cannot import this {kind} model exactly: " + "; ".join(problems))
+    arch = names[kind]
+    if arch == "gpt2":
+        hidden, layers, heads = config.n_embd, config.n_layer, config.n_head
+        ffn, positions = config.n_inner or 4 * hidden, config.n_positions
+        eps, hdrop, adrop = config.layer_norm_epsilon, config.resid_pdrop, config.attn_pdrop
+    else:
+        hidden, layers, heads = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
+        ffn, positions = config.intermediate_size, config.max_position_embeddings
+        eps = config.layer_norm_eps
+        hdrop = getattr(config, "hidden_dropout", getattr(config, "hidden_dropout_prob", 0.1))
+        adrop = getattr(config, "attention_dropout",
+                        getattr(config, "attention_probs_dropout_prob", 0.1))
+    ours = dict(num_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                ffn_hidden_size=ffn, kv_channels=hidden // heads,
+                max_position_embeddings=positions, layernorm_epsilon=eps,
+                hidden_dropout=float(hdrop), attention_dropout=float(adrop),
+                init_method_std=float(config.initializer_range),
+                untie_embeddings_and_output_weights=not config.tie_word_embeddings,
+                position_embedding_type="learned_absolute", swiglu=False)
+    if arch == "gpt_neox":
+        rope = config.rope_parameters
+        ours.update(position_embedding_type="rope", rotary_base=float(rope["rope_theta"]),
+                    rotary_percent=float(rope.get("partial_rotary_factor", 1.0)))
+    if arch == "megatron_bert":
+        ours.update(model_type="bert", untie_embeddings_and_output_weights=False)
+    return arch, ours
+
+
+def full_args(ours: dict, extra_args_provider=None) -> dict:
+    """Every flag of a run, at its default, overridden by ``ours`` (a checkpoint's args)."""
+    from megatron.arguments import parse_args
+    base = vars(parse_args(extra_args_provider, args=[]))
+    base.update(params_dtype=torch.float32, use_cpu_initialization=True,
+                sequence_parallel=False)
+    base.update(ours)
+    return base

@@ -1,0 +1,108 @@
+"""Our whole-model state dict <-> a ``transformers`` model directory.
+
+``tools/checkpoint_util.py`` reads and merges (``--saver hf``) or splits and writes
+(``--loader hf``) our checkpoints for any TP/PP layout; this module does the rest.
+"""
+from __future__ import annotations
+
+import torch
+
+from megatron.hf import architecture, hf_dir, mapping
+
+_TOKENTYPES = "embedding.tokentype_embeddings.weight"
+
+
+def _real_vocab(args: dict, full: dict[str, torch.Tensor]) -> int:
+    rows = full["embedding.word_embeddings.weight"].shape[0]
+    vocab = int(args.get("orig_vocab_size") or args.get("vocab_size") or rows)
+    if vocab > rows:
+        raise ValueError(f"the checkpoint's real vocabulary size {vocab} exceeds its {rows} "
+                         "embedding rows")
+    return vocab
+
+
+def _eod(args: dict) -> int | None:
+    """The end-of-document id of the run's tokenizer (GPT configs' bos/eos), if it loads."""
+    from megatron.tokenizer import build_tokenizer
+    kind = args.get("tokenizer_type")
+    if kind == "NullTokenizer" or kind is None:
+        return None
+    try:
+        tok = build_tokenizer(kind, vocab_file=args.get("vocab_file"),
+                              merge_file=args.get("merge_file"),
+                              tokenizer_model=args.get("tokenizer_model"),
+                              vocab_extra_ids=int(args.get("vocab_extra_ids") or 0))
+        return int(tok.eod)
+    except (OSError, ValueError, NotImplementedError, AttributeError):
+        return None
+
+
+def save_hf(full: dict[str, torch.Tensor], args: dict, save_dir: str) -> tuple[str, str]:
+    """Write our merged model as a ``transformers`` directory.
+
+    Args:
+        full: whole-model (TP1/PP1) state dict, padded vocabulary rows allowed.
+        args: the checkpoint's saved flags.
+        save_dir: an absent or empty folder.
+
+    Returns:
+        (the written folder, a note for the user: empty, or what was not carried over).
+    """
+    arch = architecture.choose_architecture(args)
+    vocab = _real_vocab(args, full)
+    full = dict(full)
+    hidden = int(args["hidden_size"])
+    if arch == "megatron_bert" and _TOKENTYPES not in full:
+        # no segment table: transformers always adds row 0 of one, so give it zeros
+        full[_TOKENTYPES] = torch.zeros(2, hidden, dtype=full["embedding.word_embeddings.weight"].dtype)
+    tensors = mapping.to_hf(full, arch, int(args["num_layers"]),
+                            int(args["num_attention_heads"]), vocab)
+    config = architecture.hf_config(arch, args, vocab, _eod(args))
+    files, tok_config, note = hf_dir.tokenizer_files(args)
+    return hf_dir.write_model_dir(save_dir, config, tensors, files, tok_config), note
+
+
+def _bert_heads(full: dict[str, torch.Tensor]) -> bool:
+    """Whether the imported BERT has the binary head; drops an all-zero segment table of a
+    model without it (our BERT without the binary head has no token types)."""
+    binary = "binary_head.weight" in full
+    types = full.get(_TOKENTYPES)
+    if binary:
+        if types is None or types.shape[0] != 2:
+            raise ValueError("our BERT with the binary head has 2 token types; this model "
+                             f"has {None if types is None else types.shape[0]}")
+        return True
+    if types is not None:
+        if torch.count_nonzero(types):
+            raise ValueError("a BERT without the binary head has no token types here, but "
+                             "this model's token_type_embeddings are not zero")
+        del full[_TOKENTYPES]
+    full.pop("pooler.weight", None), full.pop("pooler.bias", None)
+    return False
+
+
+def load_hf(load_dir: str, make_vocab_size_divisible_by: int = 128
+            ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read a local ``transformers`` directory as our model.
+
+    Returns:
+        (flags for the checkpoint's ``args``, whole-model state dict with the real
+        vocabulary rows: the caller pads them for its target layout).
+    """
+    config, hf = hf_dir.read_model_dir(load_dir)
+    arch, ours = architecture.args_from_hf_config(config)
+    tied = not ours["untie_embeddings_and_output_weights"]
+    full = mapping.from_hf(hf, arch, ours["num_layers"], ours["num_attention_heads"], tied)
+    if arch == "megatron_bert":
+        ours["bert_binary_head"] = _bert_heads(full)
+    vocab = full["embedding.word_embeddings.weight"].shape[0]
+    if vocab != config.vocab_size:
+        raise ValueError(f"{load_dir}: config vocab_size {config.vocab_size} but the "
+                         f"embedding has {vocab} rows")
+    # padded_vocab_size: the rows held now; the writer pads them for its layout
+    ours.update(orig_vocab_size=vocab, padded_vocab_size=vocab,
+                make_vocab_size_divisible_by=make_vocab_size_divisible_by,
+                **hf_dir.hf_tokenizer_args(load_dir))
+    if "tokenizer_type" not in ours:
+        ours.update(tokenizer_type="NullTokenizer", vocab_size=vocab)
+    return architecture.full_args(ours), full

@@ -1,0 +1,1 @@
+"""Downstream evaluation of our checkpoints (lm-evaluation-harness: eval_harness.py)."""

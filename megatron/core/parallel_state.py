@@ -316,6 +316,11 @@ def is_pipeline_last_stage(ignore_virtual: bool = False) -> bool:
     return get_pipeline_model_parallel_rank() == get_pipeline_model_parallel_world_size() - 1
 
 
+def get_pipeline_model_parallel_last_rank() -> int:
+    """Global rank of the last stage of this rank's pipeline (the one with the logits)."""
+    return _PIPELINE_GLOBAL_RANKS[-1] if _distributed() else 0
+
+
 def get_pipeline_model_parallel_next_rank() -> int:
     """Global rank of the next stage (wraps around)."""
     if not _distributed():

@@ -22,6 +22,7 @@ from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, Parallelism, RunShape
 from megatron.initialize import initialize_megatron
+from megatron.model.moe.monitor import MoEMonitor
 from megatron.optimizer import get_megatron_optimizer
 from megatron.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.training_data import build_train_valid_test_data_iterators, microbatch_feeds
@@ -185,7 +186,7 @@ def _average_losses(loss_dicts: list[dict]) -> dict[str, float]:
 
 def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                runtime: DataEfficiencyRuntime, state: TrainState,
-               args: argparse.Namespace) -> StepStats:
+               args: argparse.Namespace, moe_monitor: MoEMonitor | None = None) -> StepStats:
     """One optimizer step over ``num_microbatches`` micro-batches.
 
     The collectives (schedule, gradient reductions, optimizer step) run inside
@@ -196,12 +197,16 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     optimizer.zero_grad()
     seq_length = runtime.seq_length_for_step(it)
     feed = microbatch_feeds(train_iterator, runtime, it, seq_length, len(model))
+    moe_monitor = moe_monitor or MoEMonitor(model, None)
+    moe_monitor.begin_step(optimizer.get_loss_scale(), args.num_microbatches)
     with collective_context(it + 1):
         loss_dicts = _run_schedule(forward_step_func, feed, model, args, False,
                                    optimizer.scale_loss, seq_length)
+        moe_monitor.end_step()
         finalize_model_grads(model)
         ok, grad_norm, _ = optimizer.step()
     losses = _average_losses(loss_dicts) if loss_dicts else {}
+    losses.update(moe_monitor.scalars())
     if not ok and not args.fp16:
         raise TrainingDivergedError(
             f"iteration {it + 1}: gradients are NaN/inf (grad norm {grad_norm}, losses {losses}); "
@@ -279,7 +284,8 @@ def _time_is_up(start: float, args: argparse.Namespace) -> bool:
 
 
 def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, state: TrainState,
-          args: argparse.Namespace, logger: TrainingLogger) -> bool:
+          args: argparse.Namespace, logger: TrainingLogger,
+          moe_monitor: MoEMonitor | None = None) -> bool:
     """The training loop: steps, logging, evaluation, checkpoints, exit rules.
 
     Returns:
@@ -293,7 +299,7 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
         m.train()
     while not _training_done(state, args):
         stats = train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
-                           runtime, state, args)
+                           runtime, state, args, moe_monitor)
         now = time.time()
         logger.record(stats, now - last_log)
         if state.iteration % logger.log_interval == 0:
@@ -354,19 +360,22 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         state.consumed_samples = int(extra.get("consumed_samples", 0))
         state.consumed_tokens = int(extra.get("consumed_tokens", 0))
         runtime.load_state_dict(extra.get("data_efficiency", {}))
+    from megatron.model.moe.flags import moe_config_from_args
+    moe_monitor = MoEMonitor(model, moe_config_from_args(args))
     iterators = build_train_valid_test_data_iterators(
         train_valid_test_datasets_provider, args, runtime, state.consumed_samples)
     logger = TrainingLogger(args.train_iters, args.log_interval, args.tensorboard_dir,
                             args.tensorboard_log_interval,
                             is_logging_rank=(not dist.is_initialized()
                                              or dist.get_rank() == dist.get_world_size() - 1),
-                            extra_scalars=runtime.tensorboard_scalars,
+                            extra_scalars=lambda it: {**runtime.tensorboard_scalars(it),
+                                                      **moe_monitor.histograms()},
                             queue_size=args.tensorboard_queue_size)
     try:
         print_rank_0(f" > training from iteration {state.iteration} "
                      f"(consumed samples {state.consumed_samples}, tokens {state.consumed_tokens})")
         finished = train(forward_step_func, model, optimizer, scheduler, runtime, iterators,
-                         state, args, logger)
+                         state, args, logger, moe_monitor)
         if (finished and args.eval_iters > 0 and iterators[1] is not None
                 and not _eval_due(state.iteration, args, iterators[1])):
             state.last_validation = evaluate(forward_step_func, iterators[1], model, args,

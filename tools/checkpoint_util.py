@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pa
 
 from megatron.core.distributed import checkpoint_layout  # noqa: E402
 
-_RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
+_RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$")
 TRACKER = "latest_checkpointed_iteration.txt"
 CKPT_NAME = "model_optim_rng.pt"
 
@@ -66,11 +66,12 @@ def read_layout(iter_dir: str) -> dict[tuple[int, int], dict]:
         path = os.path.join(iter_dir, name, CKPT_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing")
-        key = (int(match.group(1)), int(match.group(2) or 0))
+        key = tuple(int(g) for g in match.groups() if g is not None)
         found[key] = torch.load(path, map_location="cpu", weights_only=False)
         found[key]["_path"] = path
     if not found:
         raise FileNotFoundError(f"{iter_dir} holds no mp_rank_* folders")
+    found = _merge_expert_ranks(found)
     tp, pp = 1 + max(t for t, _ in found), 1 + max(p for _, p in found)
     missing = [(t, p) for t in range(tp) for p in range(pp) if (t, p) not in found]
     if missing:
@@ -83,12 +84,45 @@ def read_layout(iter_dir: str) -> dict[tuple[int, int], dict]:
     return found
 
 
+def _expert_parallel_size(args: dict) -> int:
+    return int(args.get("expert_model_parallel_size") or 1)
+
+
+def _merge_expert_ranks(found: dict[tuple, dict]) -> dict[tuple[int, int], dict]:
+    """``{(tp[, pp][, ep]): ckpt}`` -> ``{(tp, pp): ckpt}``; the files of one (tp, pp)
+    position's expert-parallel ranks (Megatron-LM's ``_EEE`` suffix) become one model with
+    global expert ids."""
+    from megatron.model.moe.checkpoint import merge_expert_parallel
+    args = next(iter(found.values())).get("args") or {}
+    ep = _expert_parallel_size(args)
+    if ep == 1:
+        return {(k[0], k[1] if len(k) > 1 else 0): v for k, v in found.items()}
+    pp = int(args.get("pipeline_model_parallel_size") or 1)
+    groups: dict[tuple[int, int], dict[int, dict]] = {}
+    for key, ckpt in found.items():
+        tp, stage, rank = (key[0], 0, key[1]) if pp == 1 else key
+        groups.setdefault((tp, stage), {})[rank] = ckpt
+    merged = {}
+    for pos, by_rank in groups.items():
+        if sorted(by_rank) != list(range(ep)):
+            raise FileNotFoundError(f"(tp, pp) {pos}: expert-parallel ranks {sorted(by_rank)} "
+                                    f"found, expected 0..{ep - 1}")
+        first = dict(by_rank[0])
+        first["model"] = merge_expert_parallel([by_rank[r]["model"] for r in range(ep)],
+                                               int(args["num_experts"][0]
+                                                   if isinstance(args["num_experts"], list)
+                                                   else args["num_experts"]))
+        merged[pos] = first
+    return merged
+
+
 def template_specs(args: dict) -> dict[str, checkpoint_layout.ParamSpec]:
     """Split metadata of every parameter, read from a single-rank model of the same shape."""
     from megatron.arguments import transformer_config_from_args
     from megatron.model.gpt_model import GPTModel
     config = transformer_config_from_args(Namespace(**{**args, "use_cpu_initialization": True,
-                                                       "sequence_parallel": False}))
+                                                       "sequence_parallel": False,
+                                                       "expert_model_parallel_size": 1}))
     try:
         with torch.device("meta"):  # shapes and attributes only: no memory, no init cost
             model = GPTModel(config)
@@ -119,7 +153,8 @@ def target_vocab_rows(args: dict, rows: int, target_tp: int, true_vocab: int | N
 
 
 def convert(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
-            iteration: int | None = None, true_vocab_size: int | None = None) -> str:
+            iteration: int | None = None, true_vocab_size: int | None = None,
+            target_ep: int | None = None) -> str:
     """Convert the checkpoint; returns the written iteration folder."""
     iteration, iter_dir = _iteration_dir(load_dir, iteration)
     source = read_layout(iter_dir)
@@ -144,10 +179,24 @@ def convert(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
     tied = not args.get("untie_embeddings_and_output_weights", False)
     parts = checkpoint_layout.split_state_dict(full, specs, target_tp, target_pp,
                                                num_layers, tied)
+    target_ep = target_ep or _expert_parallel_size(args)
     args.update(tensor_model_parallel_size=target_tp, pipeline_model_parallel_size=target_pp,
                 virtual_pipeline_model_parallel_size=None, padded_vocab_size=new_rows,
-                orig_vocab_size=real_vocab_size(args, true_vocab_size))
+                orig_vocab_size=real_vocab_size(args, true_vocab_size),
+                expert_model_parallel_size=target_ep)
+    parts = _split_expert_ranks(parts, args, target_ep)
     return _write(save_dir, iteration, parts, first, args, target_pp)
+
+
+def _split_expert_ranks(parts: dict, args: dict, ep: int) -> dict[tuple, dict]:
+    """``{(tp, pp): model}`` -> ``{(tp, pp, ep_rank): model}`` with local expert indices."""
+    if ep == 1:
+        return {(t, p, 0): model for (t, p), model in parts.items()}
+    from megatron.model.moe.checkpoint import split_expert_parallel
+    experts = args.get("num_experts")
+    experts = int(experts[0] if isinstance(experts, list) else experts or 1)
+    return {(t, p, r): model for (t, p), full in parts.items()
+            for r, model in enumerate(split_expert_parallel(full, experts, ep))}
 
 
 def _write(save_dir: str, iteration: int, parts: dict, first: dict, args: dict,
@@ -156,8 +205,10 @@ def _write(save_dir: str, iteration: int, parts: dict, first: dict, args: dict,
     final = os.path.join(save_dir, f"iter_{iteration:07d}")
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    for (t, p), model in parts.items():
+    for (t, p, e), model in parts.items():
         name = f"mp_rank_{t:02d}" + (f"_{p:03d}" if target_pp > 1 else "")
+        if args.get("expert_model_parallel_size", 1) > 1:
+            name += f"_{e:03d}"
         os.makedirs(os.path.join(tmp, name))
         state = {"iteration": iteration, "checkpoint_version": first.get("checkpoint_version"),
                  "args": args, "model": model, "optimizer": None, "rng_state": None,
@@ -183,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-pipeline-parallel-size", type=int, required=True)
     parser.add_argument("--iteration", type=int, default=None,
                         help="iteration to convert (default: the tracker file's)")
+    parser.add_argument("--target-expert-parallel-size", type=int, default=None,
+                        help="MoE: expert-parallel ranks of the result (default: the source's)")
     parser.add_argument("--true-vocab-size", type=int, default=None,
                         help="real vocabulary size, to re-pad the embedding for the target TP")
     a = parser.parse_args(argv)
@@ -194,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--save-dir must differ from --load-dir")
     os.makedirs(a.save_dir, exist_ok=True)
     out = convert(a.load_dir, a.save_dir, a.target_tensor_parallel_size,
-                  a.target_pipeline_parallel_size, a.iteration, a.true_vocab_size)
+                  a.target_pipeline_parallel_size, a.iteration, a.true_vocab_size,
+                  a.target_expert_parallel_size)
     print(f" > wrote {out} (TP {a.target_tensor_parallel_size}, PP "
           f"{a.target_pipeline_parallel_size}); optimizer and RNG state dropped: load with "
           "--finetune, or --no-load-optim --no-load-rng", flush=True)

@@ -29,6 +29,36 @@ def _grad(param: torch.nn.Parameter) -> torch.Tensor | None:
     return getattr(param, "main_grad", None) if param.grad is None else param.grad
 
 
+def _local_norm_term(grads: list[torch.Tensor], norm_type: float,
+                     device: torch.device) -> torch.Tensor:
+    """This rank's max |g| (inf norm) or sum |g|^p of ``grads``, as an fp32 scalar."""
+    if not grads:
+        return torch.zeros((), device=device)
+    if norm_type == math.inf:
+        return torch.stack([g.detach().abs().max().float() for g in grads]).max()
+    norms = torch._foreach_norm([g.detach() for g in grads], norm_type)
+    return (torch.stack([n.float() for n in norms]) ** norm_type).sum()
+
+
+def _combine(a: torch.Tensor, b: torch.Tensor, norm_type: float) -> torch.Tensor:
+    return torch.maximum(a, b) if norm_type == math.inf else a + b
+
+
+# ---- MoE experts: different on every expert-parallel rank, so their part of the norm
+# is also reduced over the expert-parallel group (dense parameters are replicated there).
+def _split_expert(params: list) -> tuple[list, list]:
+    expert = [p for p in params if getattr(p, "expert_parallel", False)]
+    return [p for p in params if not getattr(p, "expert_parallel", False)], expert
+
+
+def _expert_norm_term(grads: list[torch.Tensor], norm_type: float, op,
+                      device: torch.device) -> torch.Tensor:
+    term = _local_norm_term(grads, norm_type, device).reshape(1).clone()
+    if parallel_state.get_expert_model_parallel_world_size() > 1:
+        dist.all_reduce(term, op=op, group=parallel_state.get_expert_model_parallel_group())
+    return term.reshape(())
+
+
 def get_grad_norm(params: Iterable[torch.nn.Parameter], norm_type: float = 2.0,
                   model_parallel_group=None) -> float:
     """Total gradient norm of ``params`` over the model-parallel group.
@@ -44,21 +74,19 @@ def get_grad_norm(params: Iterable[torch.nn.Parameter], norm_type: float = 2.0,
     """
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     pp_size = parallel_state.get_pipeline_model_parallel_world_size()
-    grads = [g for p in params if (g := _grad(p)) is not None
-             and _counts_toward_norm(p, tp_rank, pp_size)]
+    counted = [p for p in params if _grad(p) is not None
+               and _counts_toward_norm(p, tp_rank, pp_size)]
     if model_parallel_group is None and dist.is_available() and dist.is_initialized():
         model_parallel_group = parallel_state.get_model_parallel_group()
-    device = grads[0].device if grads else torch.device("cpu")
-    if norm_type == math.inf:
-        local = (torch.stack([g.detach().abs().max().float() for g in grads]).max()
-                 if grads else torch.zeros((), device=device))
-        op = dist.ReduceOp.MAX if dist.is_available() else None
-    else:
-        norms = torch._foreach_norm([g.detach() for g in grads], norm_type) if grads else []
-        local = (torch.stack([n.float() for n in norms]) ** norm_type).sum() if grads \
-            else torch.zeros((), device=device)
-        op = dist.ReduceOp.SUM if dist.is_available() else None
-    total = local.reshape(1).clone()
+    op = (dist.ReduceOp.MAX if norm_type == math.inf else dist.ReduceOp.SUM) \
+        if dist.is_available() else None
+    device = _grad(counted[0]).device if counted else torch.device("cpu")
+    dense, expert = _split_expert(counted)
+    total = _local_norm_term([_grad(p) for p in dense], norm_type, device)
+    if expert:
+        total = _combine(total, _expert_norm_term([_grad(p) for p in expert], norm_type, op,
+                                                  device), norm_type)
+    total = total.reshape(1).clone()
     if model_parallel_group is not None:
         dist.all_reduce(total, op=op, group=model_parallel_group)
     value = total.item()

@@ -34,7 +34,7 @@ def add_moe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _num_experts(args: argparse.Namespace) -> int | None:
-    values = args.num_experts
+    values = getattr(args, "num_experts", None)   # absent in args saved before MoE
     if not values:
         return None
     if len(set(values)) != 1:
@@ -63,7 +63,7 @@ def moe_config_from_args(args: argparse.Namespace) -> MoEConfig | None:
     """The run's ``MoEConfig`` (None for a dense model); ValueError names bad flags."""
     num_experts = _num_experts(args)
     if num_experts is None:
-        if args.expert_model_parallel_size != 1:
+        if getattr(args, "expert_model_parallel_size", 1) != 1:
             raise ValueError("--expert-model-parallel-size needs --num-experts > 1")
         return None
     train, evaluate = _capacity_factors(args)

@@ -6,7 +6,6 @@ a finite capacity drops the same assignments in every layout.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from megatron.initialize import set_seeds
 from megatron.model.config import TransformerConfig
 from megatron.model.gpt_model import GPTModel
 from megatron.model.moe.aux_loss import set_aux_loss_grad_scale
+from megatron.model.moe.checkpoint import to_global_expert_ids
 from megatron.model.moe.config import MoEConfig, moe_layer_ids
 from megatron.optimizer import OptimizerConfig, get_megatron_optimizer
 from tests.parallel.gpt_harness import LAYERS, SEED, SEQ, STEPS, VOCAB, forward_step, microbatches
@@ -105,23 +105,9 @@ def reference(layout: EPLayout) -> dict:
     return out
 
 
-_EXPERT_KEY = re.compile(r"(.*\.experts\.)(\d+)(\..*)")
-
-
-def global_expert_names(state: dict, ep_rank: int) -> dict:
-    """Rename local expert indices ``experts.i`` to global ids ``experts.(ep_rank*E_l + i)``."""
-    local = EXPERTS // max(1, parallel_state_ep_size(state))
-    out = {}
-    for key, value in state.items():
-        m = _EXPERT_KEY.match(key)
-        out[f"{m.group(1)}{ep_rank * local + int(m.group(2))}{m.group(3)}" if m else key] = value
-    return out
-
-
-def parallel_state_ep_size(state: dict) -> int:
-    """EXPERTS / local experts held in ``state``."""
-    local = {int(m.group(2)) for k in state if (m := _EXPERT_KEY.match(k))}
-    return EXPERTS // max(1, len(local))
+def global_expert_names(state: dict, layout: EPLayout, ep_rank: int) -> dict:
+    """A rank's state dict with expert ids made global (``experts.i`` -> ``experts.(r*E_l+i)``)."""
+    return to_global_expert_ids(state, ep_rank, EXPERTS // layout.ep)
 
 
 def run_layout(layout: EPLayout) -> dict:

@@ -39,7 +39,8 @@ def _check(layout: EPLayout, ref: dict, results: list[dict]) -> None:
         seen = {(t, p): set() for t, p in expected}
         for r in results:
             part = expected[(r["tp"], r["pp"])]
-            state = global_expert_names(r["initial" if key == "initial" else "state"], r["ep"])
+            state = global_expert_names(r["initial" if key == "initial" else "state"], layout,
+                                        r["ep"])
             for k, v in state.items():
                 torch.testing.assert_close(v, part[k], rtol=RTOL, atol=ATOL,
                                            msg=lambda m: f"{name} {key} {k}: {m}")

@@ -27,6 +27,12 @@ def _renumber(state: dict[str, torch.Tensor], offset: int, keep=None) -> dict:
     return out
 
 
+def to_global_expert_ids(state: dict[str, torch.Tensor], ep_rank: int,
+                         num_local_experts: int) -> dict[str, torch.Tensor]:
+    """One expert-parallel rank's state dict with its local expert indices made global."""
+    return _renumber(state, ep_rank * num_local_experts)
+
+
 def merge_expert_parallel(parts: list[dict[str, torch.Tensor]],
                           num_experts: int) -> dict[str, torch.Tensor]:
     """Per expert-parallel rank state dicts (in rank order) -> one with global expert ids.
@@ -37,7 +43,7 @@ def merge_expert_parallel(parts: list[dict[str, torch.Tensor]],
     local = num_experts // len(parts)
     merged: dict[str, torch.Tensor] = {}
     for rank, part in enumerate(parts):
-        for key, value in _renumber(part, rank * local).items():
+        for key, value in to_global_expert_ids(part, rank, local).items():
             if key in merged and not torch.equal(merged[key], value):
                 raise ValueError(f"expert-parallel rank {rank} holds a different {key} "
                                  "than rank 0: the files are not one model")

@@ -1,6 +1,7 @@
 """pretrain_gpt.py with MoE + CL_seqtru_voc + random-LTD: trains, logs the MoE figures to
 TensorBoard, and a resumed run reproduces the uninterrupted one bit for bit."""
 import numpy as np
+import pytest
 
 import pretrain_gpt
 from megatron.training import pretrain
@@ -55,3 +56,12 @@ def test_tensorboard_moe_tags(indexed_corpus, tmp_path):
     assert all(0.0 < v.value < 4.0 for v in acc.Scalars("moe/load_balancing_loss"))
     assert {"moe/expert_load/layer_0", "moe/expert_load/layer_2"} <= \
         set(acc.Tags()["histograms"])
+
+
+@pytest.mark.parametrize("precision", ["--bf16", "--fp16"])
+def test_moe_trains_in_half_precision(indexed_corpus, precision):
+    """The router stays fp32 in its maths; fp16's loss scale also scales the aux loss."""
+    prefix, index = indexed_corpus
+    state = _run(prefix, *_curriculum("seqtru", index), *LTD, *MOE, precision, iters=3)
+    losses = [loss for _, loss in state.history]
+    assert len(losses) == 3 and all(np.isfinite(losses))

@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--num-experts", type=int, default=4)
     p.add_argument("--capacity-factor", type=float, default=1.0)
+    p.add_argument("--disable-moe-token-dropping", action="store_true",
+                   help="no capacity limit (every token reaches its expert)")
     p.add_argument("--global-batch-size", type=int, default=8)
     p.add_argument("--micro-batch-size", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
@@ -71,9 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _build(a: argparse.Namespace, moe: bool, ep: int) -> GPTModel:
+    factor = None if a.disable_moe_token_dropping else a.capacity_factor
     moe_cfg = MoEConfig(num_experts=a.num_experts, moe_layer_ids=moe_layer_ids(a.num_layers, 2),
-                        topk=1, train_capacity_factor=a.capacity_factor,
-                        eval_capacity_factor=a.capacity_factor,
+                        topk=1, train_capacity_factor=factor, eval_capacity_factor=factor,
                         expert_model_parallel_size=ep) if moe else None
     config = TransformerConfig(num_layers=a.num_layers, hidden_size=a.hidden_size,
                                num_attention_heads=a.num_attention_heads,
@@ -193,7 +195,8 @@ def main(argv=None) -> None:
     names = ["dense", "moe"] + (["moe_ep2"] if a.device == "cpu" else [])
     print(f"GPT {a.num_layers} layers, hidden {a.hidden_size}, heads {a.num_attention_heads}, "
           f"seq {a.seq_length}, vocab {a.vocab_size}; MoE: {a.num_experts} experts in every "
-          f"other layer, top-1, capacity factor {a.capacity_factor}; global batch "
+          f"other layer, top-1, capacity factor "
+          f"{'none' if a.disable_moe_token_dropping else a.capacity_factor}; global batch "
           f"{a.global_batch_size} in micro-batches of {a.micro_batch_size}; {a.device}; "
           f"median of {a.steps} steps, best of {a.repeats} rounds", flush=True)
     rounds = [{name: measure(name, a) for name in names} for _ in range(a.repeats)]

@@ -72,10 +72,6 @@ def _validate_moe(args: argparse.Namespace, errors: list[str]) -> None:
         return
     if moe is not None and args.sequence_parallel:
         errors.append("--num-experts (MoE) with --sequence-parallel is not supported")
-    if args.expert_model_parallel_size > 1 and args.use_distributed_optimizer:
-        errors.append("--use-distributed-optimizer with --expert-model-parallel-size > 1 is "
-                      "not supported yet (expert shards would need the expert-data-parallel "
-                      "group)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

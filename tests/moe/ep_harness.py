@@ -36,11 +36,14 @@ class EPLayout:
     num_microbatches: int = 2
     micro_batch_size: int = 2
     capacity_factor: float | None = None    # None: no token dropped
+    distributed_optimizer: bool = False
 
     @property
     def name(self) -> str:
         cap = "nodrop" if self.capacity_factor is None else f"cf{self.capacity_factor}"
-        return f"EP{self.ep}xTP{self.tp}xPP{self.pp}xDP{self.dp}/{self.num_microbatches}mb/{cap}"
+        opt = "+distopt" if self.distributed_optimizer else ""
+        return (f"EP{self.ep}xTP{self.tp}xPP{self.pp}xDP{self.dp}/{self.num_microbatches}mb/"
+                f"{cap}{opt}")
 
 
 def model_config(layout: EPLayout) -> TransformerConfig:
@@ -54,9 +57,9 @@ def model_config(layout: EPLayout) -> TransformerConfig:
                              use_cpu_initialization=True, moe=moe)
 
 
-def optimizer_config() -> OptimizerConfig:
+def optimizer_config(layout: EPLayout) -> OptimizerConfig:
     return OptimizerConfig(lr=3e-3, weight_decay=0.01, adam_beta2=0.95, adam_eps=1e-3,
-                           clip_grad=0.5)
+                           clip_grad=0.5, use_distributed_optimizer=layout.distributed_optimizer)
 
 
 def global_batch(step: int, rows: int) -> torch.Tensor:
@@ -65,7 +68,7 @@ def global_batch(step: int, rows: int) -> torch.Tensor:
 
 
 def train(model, layout: EPLayout, dp_rank: int) -> dict:
-    optimizer = get_megatron_optimizer([model], optimizer_config())
+    optimizer = get_megatron_optimizer([model], optimizer_config(layout))
     schedule = get_forward_backward_func()
     per_rank = layout.micro_batch_size * layout.num_microbatches
     losses, norms, dropped = [], [], []

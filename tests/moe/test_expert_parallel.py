@@ -1,7 +1,9 @@
 """A 4-expert GPT at EP2 (2 ranks), EP2 x TP2 and EP2 x PP2 (4 ranks) equals the
 single-process model: every micro-batch loss, the clipped global gradient norm, the
 initial and final weights (experts matched by global id), with no drops and with a
-finite capacity (drops identical to the single process). Also the group layout rules."""
+finite capacity (drops identical to the single process), with the distributed optimizer
+(dense shards over DP, expert shards over expert-DP) and at EP2 x DP4 (expert-DP 2).
+Also the group layout rules."""
 from __future__ import annotations
 
 import pytest
@@ -14,9 +16,11 @@ from tests.moe.ep_harness import EPLayout, global_expert_names, layouts_worker, 
 from tests.parallel.gpt_harness import LAYERS
 
 RTOL, ATOL = 1e-4, 1e-5
-TWO = [EPLayout(ep=2, dp=2), EPLayout(ep=2, dp=2, capacity_factor=1.0)]
+TWO = [EPLayout(ep=2, dp=2), EPLayout(ep=2, dp=2, capacity_factor=1.0),
+       EPLayout(ep=2, dp=2, distributed_optimizer=True)]
 FOUR = [EPLayout(ep=2, dp=2, tp=2), EPLayout(ep=2, dp=2, pp=2, num_microbatches=3),
-        EPLayout(ep=2, dp=2, tp=2, capacity_factor=1.0)]
+        EPLayout(ep=2, dp=2, tp=2, capacity_factor=1.0), EPLayout(ep=2, dp=4),
+        EPLayout(ep=2, dp=4, distributed_optimizer=True, capacity_factor=1.0)]
 
 
 def _check(layout: EPLayout, ref: dict, results: list[dict]) -> None:

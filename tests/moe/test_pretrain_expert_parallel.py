@@ -1,6 +1,7 @@
-"""pretrain() with 4 experts at EP2 on 2 gloo ranks: the same losses as one process,
-one checkpoint file per expert-parallel rank (Megatron-LM's ``mp_rank_TT_EEE``), and a
-resume at EP2 that reproduces the uninterrupted run exactly."""
+"""pretrain() with 4 experts at EP2 on 2 gloo ranks (distributed optimizer): the same
+losses as one process, one checkpoint file per expert-parallel rank (Megatron-LM's
+``mp_rank_TT_EEE``), a resume at EP2 that reproduces the uninterrupted run exactly, and
+tools/checkpoint_util.py converting between expert-parallel sizes."""
 import os
 
 import pytest
@@ -14,17 +15,23 @@ MOE = ("--hidden-dropout", "0", "--attention-dropout", "0", "--num-experts", "4"
 
 
 def _worker(rank, world_size, ckpt):
-    ep = ("--expert-model-parallel-size", "2")
+    ep = ("--expert-model-parallel-size", "2", "--use-distributed-optimizer")
     straight = run_tiny(*MOE, *ep, iters=4)
     run_tiny(*MOE, *ep, "--save", ckpt, "--save-interval", "2", "--exit-interval", "2", iters=4)
     resumed = run_tiny(*MOE, *ep, "--load", ckpt, iters=4)
     return straight.history, resumed.history
 
 
-def test_expert_parallel_pretrain_matches_and_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def ep2_run(tmp_path_factory):
+    """(checkpoint folder, per-rank (straight, resumed) histories) of the EP2 runs."""
+    ckpt = str(tmp_path_factory.mktemp("ep2") / "ckpt")
+    return ckpt, run_distributed(_worker, 2, ckpt, timeout_s=400)
+
+
+def test_expert_parallel_pretrain_matches_and_resumes(ep2_run):
     reference = run_tiny(*MOE, iters=4)
-    ckpt = str(tmp_path / "ckpt")
-    results = run_distributed(_worker, 2, ckpt, timeout_s=400)
+    ckpt, results = ep2_run
     for straight, resumed in results:
         assert [l for _, l in straight] == pytest.approx([l for _, l in reference.history],
                                                          rel=1e-5)
@@ -33,14 +40,13 @@ def test_expert_parallel_pretrain_matches_and_resumes(tmp_path):
         "mp_rank_00_000", "mp_rank_00_001"]
 
 
-def test_checkpoint_util_converts_expert_parallel_sizes(tmp_path):
+def test_checkpoint_util_converts_expert_parallel_sizes(ep2_run, tmp_path):
     """EP2 -> EP1 -> EP2 gives back the same files' weights, and the EP1 checkpoint
     continues in one process with the loss the EP2 run had at that step."""
     import torch
     from tests.tools.tool_loader import load_tool
     util = load_tool("checkpoint_util")
-    ckpt = str(tmp_path / "ep2")
-    results = run_distributed(_worker, 2, ckpt, timeout_s=400)
+    ckpt, results = ep2_run
     straight = results[0][0]
     ep1, back = str(tmp_path / "ep1"), str(tmp_path / "ep2_again")
     util.main(["--load-dir", ckpt, "--save-dir", ep1, "--target-tensor-parallel-size", "1",

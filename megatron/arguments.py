@@ -61,17 +61,15 @@ def _add_moe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _validate_moe(args: argparse.Namespace, errors: list[str]) -> None:
-    """MoE flags build a valid MoEConfig (EP vs DP is a layout rule in parallel_state)."""
+    """MoE flags build a valid MoEConfig (EP vs DP is a layout rule in parallel_state;
+    MoE vs sequence parallelism a TransformerConfig rule)."""
     from megatron.model.moe.flags import moe_config_from_args
     if args.num_layers is None:
         return
     try:
-        moe = moe_config_from_args(args)
+        moe_config_from_args(args)
     except ValueError as exc:
         errors.append(str(exc))
-        return
-    if moe is not None and args.sequence_parallel:
-        errors.append("--num-experts (MoE) with --sequence-parallel is not supported")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

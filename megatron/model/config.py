@@ -54,7 +54,7 @@ class TransformerConfig:
     recompute_method: str | None = None         # "uniform" | "block"
     recompute_num_layers: int | None = None
     distribute_saved_activations: bool = False
-    moe: "MoEConfig | None" = None              # Mixture-of-Experts (megatron/model/moe)
+    moe: MoEConfig | None = None                # Mixture-of-Experts (megatron/model/moe)
 
     def __post_init__(self) -> None:
         problems = []

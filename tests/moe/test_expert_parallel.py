@@ -18,7 +18,8 @@ from tests.parallel.gpt_harness import LAYERS
 RTOL, ATOL = 1e-4, 1e-5
 TWO = [EPLayout(ep=2, dp=2), EPLayout(ep=2, dp=2, capacity_factor=1.0),
        EPLayout(ep=2, dp=2, distributed_optimizer=True)]
-FOUR = [EPLayout(ep=2, dp=2, tp=2), EPLayout(ep=2, dp=2, pp=2, num_microbatches=3),
+FOUR = [EPLayout(ep=2, dp=2, tp=2),
+        EPLayout(ep=2, dp=2, pp=2, num_microbatches=3, capacity_factor=1.0),
         EPLayout(ep=2, dp=2, tp=2, capacity_factor=1.0), EPLayout(ep=2, dp=4),
         EPLayout(ep=2, dp=4, distributed_optimizer=True, capacity_factor=1.0)]
 
@@ -32,11 +33,11 @@ def _check(layout: EPLayout, ref: dict, results: list[dict]) -> None:
             expected = [s[r["dp"] * per_rank:(r["dp"] + 1) * per_rank] for s in ref["losses"]]
             torch.testing.assert_close(torch.tensor(r["losses"]), torch.tensor(expected),
                                        rtol=RTOL, atol=ATOL, msg=lambda m: f"{name} loss: {m}")
-    # drops summed over the ranks of one (tp, pp) position equal the single process's
-    if layout.pp == 1:
-        total = [sum(r["dropped"][s] for r in results if r["tp"] == 0) for s in range(3)]
-        assert total == ref["dropped"], name
-        assert (layout.capacity_factor is None) == (sum(total) == 0), name
+    # each rank counts its own layers' drops: summed over DP ranks and stages (one TP
+    # rank) they equal the single process's, step by step
+    total = [sum(r["dropped"][s] for r in results if r["tp"] == 0) for s in range(3)]
+    assert total == ref["dropped"], name
+    assert (layout.capacity_factor is None) == (sum(total) == 0), name
     for key in ("initial", "final"):
         expected = checkpoint_layout.split_state_dict(
             ref[key], ref["specs"], layout.tp, layout.pp, LAYERS, tied_embeddings=True)

@@ -36,7 +36,7 @@ def parse_args(extra_args_provider: Callable | None = None, ignore_unknown_args:
                                      allow_abbrev=False)
     for add in (_add_model_args, _add_parallel_args, _add_training_args,
                 _add_mixed_precision_args, _add_data_args, _add_logging_args,
-                _add_data_efficiency_args):
+                _add_data_efficiency_args, _add_moe_args):
         add(parser)
     if extra_args_provider is not None:
         parser = extra_args_provider(parser)
@@ -53,6 +53,24 @@ def _add_data_efficiency_args(p: argparse.ArgumentParser) -> None:
     from megatron.data_efficiency.random_ltd.config import add_random_ltd_args
     add_curriculum_args(p)
     add_random_ltd_args(p)
+
+
+def _add_moe_args(p: argparse.ArgumentParser) -> None:
+    """Mixture-of-Experts flags (megatron/model/moe/flags.py owns them)."""
+    from megatron.model.moe.flags import add_moe_args
+    add_moe_args(p)
+
+
+def _validate_moe(args: argparse.Namespace, errors: list[str]) -> None:
+    """MoE flags build a valid MoEConfig (EP vs DP is a layout rule in parallel_state;
+    MoE vs sequence parallelism a TransformerConfig rule)."""
+    from megatron.model.moe.flags import moe_config_from_args
+    if args.num_layers is None:
+        return
+    try:
+        moe_config_from_args(args)
+    except ValueError as exc:
+        errors.append(str(exc))
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -233,6 +251,7 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
         errors.append(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr})")
     _validate_model(args, errors)
     _derive_parallel(args, errors)
+    _validate_moe(args, errors)
     if errors:
         raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors))
     _derive_training(args, tokenizer_vocab_size)
@@ -288,7 +307,8 @@ def _derive_parallel(args: argparse.Namespace, errors: list[str]) -> None:
         args.global_batch_size = args.micro_batch_size * (dp or 1)
     problems, dp = parallel_state.parallel_layout_problems(
         args.world_size, tp, pp, args.num_layers, args.num_attention_heads,
-        args.global_batch_size, args.micro_batch_size)
+        args.global_batch_size, args.micro_batch_size,
+        expert_model_parallel_size=args.expert_model_parallel_size)
     errors.extend(problems)
     args.data_parallel_size = dp or 1
     _derive_virtual_pipeline(args, errors)
@@ -392,7 +412,9 @@ def get_args() -> argparse.Namespace:
 def transformer_config_from_args(args: argparse.Namespace):
     """Build ``megatron.model.config.TransformerConfig`` from validated args."""
     from megatron.model.config import TransformerConfig
+    from megatron.model.moe.flags import moe_config_from_args
     return TransformerConfig(
+        moe=moe_config_from_args(args),
         num_layers=args.num_layers, hidden_size=args.hidden_size,
         num_attention_heads=args.num_attention_heads,
         padded_vocab_size=args.padded_vocab_size,

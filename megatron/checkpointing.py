@@ -48,7 +48,9 @@ _TMP_DIR = re.compile(r"^iter_\d{7}\.tmp$")
 _ARCH_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
                "padded_vocab_size", "position_embedding_type", "swiglu",
                "untie_embeddings_and_output_weights", "tensor_model_parallel_size",
-               "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size")
+               "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
+               "num_experts", "moe_layer_freq", "expert_interval",
+               "expert_model_parallel_size")
 
 
 def _dist() -> bool:
@@ -74,6 +76,8 @@ def checkpoint_file(iter_dir: str) -> str:
     name = f"mp_rank_{tp:02d}"
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         name += f"_{parallel_state.get_pipeline_model_parallel_rank():03d}"
+    if parallel_state.get_expert_model_parallel_world_size() > 1:   # Megatron-LM's suffix
+        name += f"_{parallel_state.get_expert_model_parallel_rank():03d}"
     return os.path.join(iter_dir, name, CKPT_NAME)
 
 
@@ -263,7 +267,8 @@ def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimiz
         # ZeRO-1: every DP rank holds a different shard of the optimizer state.
         _atomic_save(optim_state, _optim_shard_file(path, dp_rank))
         optim_state = "sharded"
-    if dp_rank == 0:
+    # One file per expert-parallel rank (its experts differ); dense weights in each.
+    if parallel_state.get_expert_data_parallel_rank() == 0:
         state = {"iteration": iteration, "checkpoint_version": 3.0,
                  "args": _saved_args(args),
                  "optimizer": optim_state, "rng_state": rng_states,

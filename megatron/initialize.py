@@ -80,7 +80,8 @@ def _init_distributed(args: argparse.Namespace) -> None:
             parallel_state.destroy_model_parallel()   # a second pretrain() in one process
         parallel_state.initialize_model_parallel(
             args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-            args.virtual_pipeline_model_parallel_size, timeout=timeout)
+            args.virtual_pipeline_model_parallel_size, timeout=timeout,
+            expert_model_parallel_size=args.expert_model_parallel_size)
     elif args.world_size != 1:
         raise RuntimeError(f"WORLD_SIZE={args.world_size} but no process group: launch with "
                            "torchrun (MASTER_ADDR / MASTER_PORT unset)")

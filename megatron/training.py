@@ -27,6 +27,7 @@ from megatron.core.enums import ModelType
 from megatron.data_efficiency.runtime import (DataEfficiencyRuntime, Parallelism, RunShape,
                                               StepPlan)
 from megatron.initialize import initialize_megatron
+from megatron.model.moe.monitor import MoEMonitor
 from megatron.optimizer import get_megatron_optimizer
 from megatron.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.run_plan import RunPlan, plan_run
@@ -185,7 +186,7 @@ def _run_microbatches(train_iterator, runtime, plan: StepPlan, model, forward_st
 
 def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                runtime: DataEfficiencyRuntime, state: TrainState,
-               args: argparse.Namespace) -> StepStats:
+               args: argparse.Namespace, moe_monitor: MoEMonitor | None = None) -> StepStats:
     """One optimizer step over ``num_microbatches`` micro-batches, driven by the step's
     ``StepPlan`` (computed once here; the feed, the schedule's shapes, the LR scheduler,
     the counters and the logger read it).
@@ -197,11 +198,15 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     it = state.iteration
     optimizer.zero_grad()
     plan = runtime.plan_step(it)
+    moe_monitor = moe_monitor or MoEMonitor(model, None)
+    moe_monitor.begin_step(optimizer.get_loss_scale(), args.num_microbatches)
     with collective_context(it + 1):
         loss_dicts, ok, grad_norm, observed = _run_microbatches(
             train_iterator, runtime, plan, model, forward_step_func, optimizer, args)
+        moe_monitor.end_step()
         plan = runtime.finish_step(plan, observed)
         losses = _reduce_losses(loss_dicts)
+    losses.update(moe_monitor.scalars())
     if not ok and not args.fp16:
         raise TrainingDivergedError(
             f"iteration {it + 1}: gradients are NaN/inf (grad norm {grad_norm}, losses {losses}); "
@@ -221,7 +226,8 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                      learning_rate=scheduler.get_lr(), batch_size=args.global_batch_size,
                      loss_scale=optimizer.get_loss_scale(), grad_norm=grad_norm,
                      skipped=not ok, losses=losses,
-                     extra_scalars={**plan.scalars(), **plan.sampled_values})
+                     extra_scalars={**plan.scalars(), **plan.sampled_values,
+                                    **moe_monitor.histograms()})
 
 
 def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], model,
@@ -282,7 +288,8 @@ def _time_is_up(start: float, args: argparse.Namespace) -> bool:
 
 
 def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, state: TrainState,
-          args: argparse.Namespace, logger: TrainingLogger, run: RunPlan) -> bool:
+          args: argparse.Namespace, logger: TrainingLogger, run: RunPlan,
+          moe_monitor: MoEMonitor | None = None) -> bool:
     """The training loop: steps, logging, evaluation, checkpoints, exit rules.
 
     Returns:
@@ -296,7 +303,7 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
         m.train()
     while not _training_done(state, args, run):
         stats = train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
-                           runtime, state, args)
+                           runtime, state, args, moe_monitor)
         now = time.time()
         logger.record(stats, now - last_log)
         if state.iteration % logger.log_interval == 0:
@@ -367,6 +374,8 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         state.consumed_tokens = int(extra.get("consumed_tokens", 0))
         de_state = extra.get("data_efficiency", {})
         runtime.check_resumed_state(de_state)
+    from megatron.model.moe.flags import moe_config_from_args
+    moe_monitor = MoEMonitor(model, moe_config_from_args(args))
     iterators = build_train_valid_test_data_iterators(
         train_valid_test_datasets_provider, args, runtime, run.train_valid_test_num_samples,
         every_stage=model_type is ModelType.encoder, consumed_samples=state.consumed_samples,
@@ -381,7 +390,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         print_rank_0(f" > training from iteration {state.iteration} "
                      f"(consumed samples {state.consumed_samples}, tokens {state.consumed_tokens})")
         finished = train(forward_step_func, model, optimizer, scheduler, runtime, iterators,
-                         state, args, logger, run)
+                         state, args, logger, run, moe_monitor)
         if (finished and args.eval_iters > 0 and iterators[1] is not None
                 and not _eval_due(state.iteration, args, iterators[1])):
             state.last_validation = evaluate(forward_step_func, iterators[1], model, args,

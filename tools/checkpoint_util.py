@@ -51,7 +51,7 @@ from megatron.core.distributed import checkpoint_layout  # noqa: E402
 from megatron.errors import (BadConfigError, CheckpointError, MissingInputError,  # noqa: E402
                              run_main)
 
-_RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
+_RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$")
 TRACKER = "latest_checkpointed_iteration.txt"
 CKPT_NAME = "model_optim_rng.pt"
 
@@ -82,11 +82,12 @@ def read_layout(iter_dir: str) -> dict[tuple[int, int], dict]:
         path = os.path.join(iter_dir, name, CKPT_NAME)
         if not os.path.isfile(path):
             raise MissingInputError(f"{path} is missing")
-        key = (int(match.group(1)), int(match.group(2) or 0))
+        key = tuple(int(g) for g in match.groups() if g is not None)
         found[key] = _read_checkpoint_file(path)
         found[key]["_path"] = path
     if not found:
         raise MissingInputError(f"{iter_dir} holds no mp_rank_* folders")
+    found = _merge_expert_ranks(found)
     tp, pp = 1 + max(t for t, _ in found), 1 + max(p for _, p in found)
     missing = [(t, p) for t in range(tp) for p in range(pp) if (t, p) not in found]
     if missing:
@@ -102,13 +103,44 @@ def read_layout(iter_dir: str) -> dict[tuple[int, int], dict]:
 def _read_checkpoint_file(path: str) -> dict:
     from megatron.checkpointing import read_checkpoint_file
     return read_checkpoint_file(path)
+def _expert_parallel_size(args: dict) -> int:
+    return int(args.get("expert_model_parallel_size") or 1)
+
+
+def _merge_expert_ranks(found: dict[tuple, dict]) -> dict[tuple[int, int], dict]:
+    """``{(tp[, pp][, ep]): ckpt}`` -> ``{(tp, pp): ckpt}``; the files of one (tp, pp)
+    position's expert-parallel ranks (Megatron-LM's ``_EEE`` suffix) become one model with
+    global expert ids."""
+    from megatron.model.moe.checkpoint import merge_expert_parallel
+    args = next(iter(found.values())).get("args") or {}
+    ep = _expert_parallel_size(args)
+    if ep == 1:
+        return {(k[0], k[1] if len(k) > 1 else 0): v for k, v in found.items()}
+    pp = int(args.get("pipeline_model_parallel_size") or 1)
+    groups: dict[tuple[int, int], dict[int, dict]] = {}
+    for key, ckpt in found.items():
+        tp, stage, rank = (key[0], 0, key[1]) if pp == 1 else key
+        groups.setdefault((tp, stage), {})[rank] = ckpt
+    merged = {}
+    for pos, by_rank in groups.items():
+        if sorted(by_rank) != list(range(ep)):
+            raise MissingInputError(f"(tp, pp) {pos}: expert-parallel ranks {sorted(by_rank)} "
+                                    f"found, expected 0..{ep - 1}")
+        first = dict(by_rank[0])
+        first["model"] = merge_expert_parallel([by_rank[r]["model"] for r in range(ep)],
+                                               int(args["num_experts"][0]
+                                                   if isinstance(args["num_experts"], list)
+                                                   else args["num_experts"]))
+        merged[pos] = first
+    return merged
 
 
 def template_specs(args: dict) -> dict[str, checkpoint_layout.ParamSpec]:
     """Split metadata of every parameter, read from a single-rank model of the same shape."""
     from megatron.arguments import transformer_config_from_args
     config = transformer_config_from_args(Namespace(**{**args, "use_cpu_initialization": True,
-                                                       "sequence_parallel": False}))
+                                                       "sequence_parallel": False,
+                                                       "expert_model_parallel_size": 1}))
     try:
         with torch.device("meta"):  # shapes and attributes only: no memory, no init cost
             model = _template_model(config, args)
@@ -149,11 +181,12 @@ def target_vocab_rows(args: dict, rows: int, target_tp: int, true_vocab: int | N
 
 
 def convert(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
-            iteration: int | None = None, true_vocab_size: int | None = None) -> str:
+            iteration: int | None = None, true_vocab_size: int | None = None,
+            target_ep: int | None = None) -> str:
     """Convert the checkpoint; returns the written iteration folder."""
     iteration, first, args, full = load_whole(load_dir, iteration)
     return save_layout(save_dir, iteration, first, args, full, target_tp, target_pp,
-                       true_vocab_size)
+                       true_vocab_size, target_ep)
 
 
 def load_whole(load_dir: str, iteration: int | None = None
@@ -172,7 +205,7 @@ def load_whole(load_dir: str, iteration: int | None = None
 
 def save_layout(save_dir: str, iteration: int, first: dict, args: dict,
                 full: dict[str, torch.Tensor], target_tp: int, target_pp: int,
-                true_vocab_size: int | None = None) -> str:
+                true_vocab_size: int | None = None, target_ep: int | None = None) -> str:
     """Split a whole-model state dict into the target layout and write it (atomically:
     nothing is left behind on failure)."""
     num_layers = int(args["num_layers"])
@@ -190,10 +223,24 @@ def save_layout(save_dir: str, iteration: int, first: dict, args: dict,
     tied = not args.get("untie_embeddings_and_output_weights", False)
     parts = checkpoint_layout.split_state_dict(full, specs, target_tp, target_pp,
                                                num_layers, tied)
+    target_ep = target_ep or _expert_parallel_size(args)
     args.update(tensor_model_parallel_size=target_tp, pipeline_model_parallel_size=target_pp,
                 virtual_pipeline_model_parallel_size=None, padded_vocab_size=new_rows,
-                orig_vocab_size=real_vocab_size(args, true_vocab_size))
+                orig_vocab_size=real_vocab_size(args, true_vocab_size),
+                expert_model_parallel_size=target_ep)
+    parts = _split_expert_ranks(parts, args, target_ep)
     return _write(save_dir, iteration, parts, first, args, target_pp)
+
+
+def _split_expert_ranks(parts: dict, args: dict, ep: int) -> dict[tuple, dict]:
+    """``{(tp, pp): model}`` -> ``{(tp, pp, ep_rank): model}`` with local expert indices."""
+    if ep == 1:
+        return {(t, p, 0): model for (t, p), model in parts.items()}
+    from megatron.model.moe.checkpoint import split_expert_parallel
+    experts = args.get("num_experts")
+    experts = int(experts[0] if isinstance(experts, list) else experts or 1)
+    return {(t, p, r): model for (t, p), full in parts.items()
+            for r, model in enumerate(split_expert_parallel(full, experts, ep))}
 
 
 def _write(save_dir: str, iteration: int, parts: dict, first: dict, args: dict,
@@ -210,8 +257,10 @@ def _write(save_dir: str, iteration: int, parts: dict, first: dict, args: dict,
     tmp = final + ".tmp"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        for (t, p), model in parts.items():
+        for (t, p, e), model in parts.items():
             name = f"mp_rank_{t:02d}" + (f"_{p:03d}" if target_pp > 1 else "")
+            if args.get("expert_model_parallel_size", 1) > 1:
+                name += f"_{e:03d}"
             os.makedirs(os.path.join(tmp, name))
             state = {"iteration": iteration,
                      "checkpoint_version": first.get("checkpoint_version"),
@@ -267,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-pipeline-parallel-size", type=int, default=None)
     parser.add_argument("--iteration", type=int, default=None,
                         help="iteration to convert (default: the tracker file's)")
+    parser.add_argument("--target-expert-parallel-size", type=int, default=None,
+                        help="MoE: expert-parallel ranks of the result (default: the source's)")
     parser.add_argument("--true-vocab-size", type=int, default=None,
                         help="real vocabulary size, to re-pad the embedding for the target TP")
     parser.add_argument("--make-vocab-size-divisible-by", type=int, default=None,
@@ -278,7 +329,8 @@ def main(argv: list[str] | None = None) -> None:
         _hf_dispatch(a)
         return
     out = convert(a.load_dir, a.save_dir, a.target_tensor_parallel_size,
-                  a.target_pipeline_parallel_size, a.iteration, a.true_vocab_size)
+                  a.target_pipeline_parallel_size, a.iteration, a.true_vocab_size,
+                  a.target_expert_parallel_size)
     print(f" > wrote {out} (TP {a.target_tensor_parallel_size}, PP "
           f"{a.target_pipeline_parallel_size}); optimizer and RNG state dropped: load with "
           "--finetune, or --no-load-optim --no-load-rng", flush=True)

@@ -31,6 +31,9 @@ _EMBEDDING_GLOBAL_RANKS: list[int] | None = None
 _VIRTUAL_PIPELINE_WORLD_SIZE: int | None = None
 _VIRTUAL_PIPELINE_RANK: int | None = None
 _LAYOUT: "ParallelLayout | None" = None
+# Expert parallelism (MoE): experts split over consecutive data-parallel ranks.
+_EXPERT_MODEL_PARALLEL_GROUP = None
+_EXPERT_DATA_PARALLEL_GROUP = None
 
 
 @dataclass
@@ -41,6 +44,11 @@ class ParallelLayout:
     tensor_model_parallel_size: int
     pipeline_model_parallel_size: int
     data_parallel_size: int
+    expert_model_parallel_size: int = 1
+
+    @property
+    def expert_data_parallel_size(self) -> int:
+        return self.data_parallel_size // self.expert_model_parallel_size
 
 
 def parallel_layout_problems(world_size: int, tensor_model_parallel_size: int,
@@ -48,7 +56,8 @@ def parallel_layout_problems(world_size: int, tensor_model_parallel_size: int,
                              num_layers: int | None = None,
                              num_attention_heads: int | None = None,
                              global_batch_size: int | None = None,
-                             micro_batch_size: int | None = None) -> tuple[list[str], int | None]:
+                             micro_batch_size: int | None = None,
+                             expert_model_parallel_size: int = 1) -> tuple[list[str], int | None]:
     """Every inconsistency of a parallel layout, naming the flags; pure function.
 
     Returns:
@@ -82,7 +91,18 @@ def parallel_layout_problems(world_size: int, tensor_model_parallel_size: int,
                 f"--global-batch-size {global_batch_size} is not divisible by "
                 f"--micro-batch-size {micro_batch_size} x data-parallel size {dp} "
                 f"= {micro_batch_size * dp}")
+    problems += _expert_layout_problems(expert_model_parallel_size, dp)
     return problems, dp
+
+
+def _expert_layout_problems(ep: int, dp: int | None) -> list[str]:
+    """Expert-parallel ranks are carved from the data-parallel ranks: EP must divide DP."""
+    if not isinstance(ep, int) or ep < 1:
+        return [f"--expert-model-parallel-size must be a positive integer, got {ep!r}"]
+    if dp is not None and dp % ep != 0:
+        return [f"--expert-model-parallel-size {ep} does not divide the data-parallel "
+                f"size {dp} (expert-parallel ranks are data-parallel ranks)"]
+    return []
 
 
 def validate_parallel_layout(world_size: int, tensor_model_parallel_size: int,
@@ -90,7 +110,8 @@ def validate_parallel_layout(world_size: int, tensor_model_parallel_size: int,
                              num_layers: int | None = None,
                              num_attention_heads: int | None = None,
                              global_batch_size: int | None = None,
-                             micro_batch_size: int | None = None) -> ParallelLayout:
+                             micro_batch_size: int | None = None,
+                             expert_model_parallel_size: int = 1) -> ParallelLayout:
     """Check that a parallel layout fits the world and the model; pure function.
 
     Every problem found is reported at once, naming the flags involved.
@@ -100,11 +121,11 @@ def validate_parallel_layout(world_size: int, tensor_model_parallel_size: int,
     """
     problems, dp = parallel_layout_problems(
         world_size, tensor_model_parallel_size, pipeline_model_parallel_size, num_layers,
-        num_attention_heads, global_batch_size, micro_batch_size)
+        num_attention_heads, global_batch_size, micro_batch_size, expert_model_parallel_size)
     if problems:
         raise ValueError("invalid parallel layout:\n  " + "\n  ".join(problems))
     return ParallelLayout(world_size, tensor_model_parallel_size, pipeline_model_parallel_size,
-                          dp)
+                          dp, expert_model_parallel_size)
 
 
 def _as_timedelta(timeout) -> datetime.timedelta | None:
@@ -158,12 +179,46 @@ def _create_groups(rank: int, layout: ParallelLayout, timeout) -> None:
         group = _new_group(emb_ranks, timeout)
         if rank in emb_ranks:
             _EMBEDDING_GROUP = group
+    _create_expert_groups(rank, layout, timeout)
+
+
+def expert_group_ranks(layout: ParallelLayout) -> tuple[list[list[int]], list[list[int]]]:
+    """(expert-parallel groups, expert-data-parallel groups) as lists of global ranks.
+
+    Each data-parallel group (fixed stage and TP index, DP index ``d``) splits into runs
+    of ``EP`` consecutive DP indices: ranks of one run hold different experts (the
+    expert-parallel group); ranks with the same position in every run hold the same
+    experts (the expert-data-parallel group), as Megatron-LM lays them out. Pure.
+    """
+    tp, pp, dp = (layout.tensor_model_parallel_size, layout.pipeline_model_parallel_size,
+                  layout.data_parallel_size)
+    ep = layout.expert_model_parallel_size
+    ep_groups, edp_groups = [], []
+    for p in range(pp):
+        for t in range(tp):
+            dp_ranks = [p * tp * dp + d * tp + t for d in range(dp)]
+            ep_groups += [dp_ranks[i:i + ep] for i in range(0, dp, ep)]
+            edp_groups += [dp_ranks[i::ep] for i in range(ep)]
+    return ep_groups, edp_groups
+
+
+def _create_expert_groups(rank: int, layout: ParallelLayout, timeout) -> None:
+    global _EXPERT_MODEL_PARALLEL_GROUP, _EXPERT_DATA_PARALLEL_GROUP
+    ep_groups, edp_groups = expert_group_ranks(layout)
+    for ranks in ep_groups:
+        group = _new_group(ranks, timeout)
+        if rank in ranks:
+            _EXPERT_MODEL_PARALLEL_GROUP = group
+    for ranks in edp_groups:
+        group = _new_group(ranks, timeout)
+        if rank in ranks:
+            _EXPERT_DATA_PARALLEL_GROUP = group
 
 
 def initialize_model_parallel(tensor_model_parallel_size: int = 1,
                               pipeline_model_parallel_size: int = 1,
                               virtual_pipeline_model_parallel_size: int | None = None,
-                              timeout=None) -> None:
+                              timeout=None, expert_model_parallel_size: int = 1) -> None:
     """Create every model/data parallel group for this rank.
 
     The layout is validated before any group is created, so every rank fails the same
@@ -175,6 +230,8 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
         pipeline_model_parallel_size: pipeline stages.
         virtual_pipeline_model_parallel_size: model chunks per stage (interleaving).
         timeout: seconds or ``timedelta`` for the new groups' collectives.
+        expert_model_parallel_size: data-parallel ranks each MoE layer's experts are
+            split over (see ``expert_group_ranks``).
     """
     global _VIRTUAL_PIPELINE_WORLD_SIZE, _VIRTUAL_PIPELINE_RANK, _LAYOUT
     if not dist.is_initialized():
@@ -182,7 +239,8 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
                            "(torch.distributed.init_process_group) first")
     world_size, rank = dist.get_world_size(), dist.get_rank()
     layout = validate_parallel_layout(world_size, tensor_model_parallel_size,
-                                      pipeline_model_parallel_size)
+                                      pipeline_model_parallel_size,
+                                      expert_model_parallel_size=expert_model_parallel_size)
     if model_parallel_is_initialized():
         raise RuntimeError("model parallel groups are already initialised; "
                            "call destroy_model_parallel() first")
@@ -204,6 +262,8 @@ def destroy_model_parallel() -> None:
     global _MODEL_PARALLEL_GROUP, _EMBEDDING_GROUP, _PIPELINE_GLOBAL_RANKS, _LAYOUT
     global _DATA_PARALLEL_GLOBAL_RANKS, _TENSOR_GLOBAL_RANKS, _EMBEDDING_GLOBAL_RANKS
     global _VIRTUAL_PIPELINE_WORLD_SIZE, _VIRTUAL_PIPELINE_RANK
+    global _EXPERT_MODEL_PARALLEL_GROUP, _EXPERT_DATA_PARALLEL_GROUP
+    _EXPERT_MODEL_PARALLEL_GROUP = _EXPERT_DATA_PARALLEL_GROUP = None
     _TENSOR_MODEL_PARALLEL_GROUP = _PIPELINE_MODEL_PARALLEL_GROUP = _DATA_PARALLEL_GROUP = None
     _MODEL_PARALLEL_GROUP = _EMBEDDING_GROUP = _LAYOUT = None
     _PIPELINE_GLOBAL_RANKS = _DATA_PARALLEL_GLOBAL_RANKS = None
@@ -335,3 +395,30 @@ def get_pipeline_model_parallel_prev_rank() -> int:
         return 0
     size = len(_PIPELINE_GLOBAL_RANKS)
     return _PIPELINE_GLOBAL_RANKS[(get_pipeline_model_parallel_rank() - 1) % size]
+
+
+# ---- expert parallelism (MoE) ---------------------------------------------------------
+def get_expert_model_parallel_group():
+    """The ranks that split this rank's MoE experts (None without torch.distributed)."""
+    return _EXPERT_MODEL_PARALLEL_GROUP if _distributed() else None
+
+
+def get_expert_data_parallel_group():
+    """The ranks holding the same experts as this rank (None without torch.distributed)."""
+    return _EXPERT_DATA_PARALLEL_GROUP if _distributed() else None
+
+
+def get_expert_model_parallel_world_size() -> int:
+    return _size(_EXPERT_MODEL_PARALLEL_GROUP)
+
+
+def get_expert_model_parallel_rank() -> int:
+    return _rank(_EXPERT_MODEL_PARALLEL_GROUP)
+
+
+def get_expert_data_parallel_world_size() -> int:
+    return _size(_EXPERT_DATA_PARALLEL_GROUP)
+
+
+def get_expert_data_parallel_rank() -> int:
+    return _rank(_EXPERT_DATA_PARALLEL_GROUP)

@@ -7,6 +7,8 @@ from typing import Callable
 
 import torch
 
+from megatron.model.moe.config import MoEConfig
+
 
 def init_method_normal(std: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """In-place N(0, std) initialiser."""
@@ -63,6 +65,7 @@ class TransformerConfig:
     distribute_saved_activations: bool = False
     vocab_size: int | None = None               # real vocabulary: ids past it are padding,
                                                 # masked out of the softmax (exact re-padding)
+    moe: MoEConfig | None = None                # Mixture-of-Experts (megatron/model/moe)
 
     def __post_init__(self) -> None:
         problems = []
@@ -97,6 +100,9 @@ class TransformerConfig:
                 problems.append(f"--{name.replace('_', '-')} must be in [0, 1), "
                                 f"got {getattr(self, name)}")
         problems += self._recompute_problems()
+        if self.moe is not None and self.sequence_parallel:
+            problems.append("MoE layers (--num-experts) with --sequence-parallel are not "
+                            "supported")
         if problems:
             raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
 

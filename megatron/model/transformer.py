@@ -115,6 +115,14 @@ class ParallelAttention(nn.Module):
         return out
 
 
+def build_mlp(config: TransformerConfig, layer_id: int) -> nn.Module:
+    """The MLP slot of layer ``layer_id``: an MoE layer where configured, else ParallelMLP."""
+    if config.moe is not None and layer_id in config.moe.moe_layer_ids:
+        from megatron.model.moe.layer import MoELayer
+        return MoELayer(config, config.moe, layer_id)
+    return ParallelMLP(config)
+
+
 class ParallelTransformerLayer(nn.Module):
     """Pre-LayerNorm block: ``x + drop(attn(ln(x)))``, then ``x + drop(mlp(ln(x)))``.
 
@@ -135,7 +143,7 @@ class ParallelTransformerLayer(nn.Module):
             self.self_attention = ParallelAttention(config)
             self.post_attention_layernorm = LayerNorm(config.hidden_size, eps, sp,
                                                       config.params_dtype)
-            self.mlp = ParallelMLP(config)
+            self.mlp = build_mlp(config, layer_id)
 
     def _dropout_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         # Sequence-parallel ranks hold different tokens: give them different masks.

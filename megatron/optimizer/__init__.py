@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from megatron.core import parallel_state
 from megatron.optimizer.grad_scaler import ConstantGradScaler, DynamicGradScaler
 from megatron.optimizer.optimizer import (FP32Optimizer, MegatronOptimizer,
                                          MixedPrecisionOptimizer, ShardedOptimizer)
@@ -76,6 +77,9 @@ def get_megatron_optimizer(model_chunks: list[torch.nn.Module],
     model_params = [p for g in groups for p in g["params"]]
     if config.use_distributed_optimizer:
         from megatron.core.distributed.distributed_optimizer import DistributedOptimizer
+        if parallel_state.get_expert_model_parallel_world_size() > 1:   # MoE experts
+            from megatron.core.distributed.expert_distributed_optimizer import (
+                ExpertParallelDistributedOptimizer as DistributedOptimizer)
         inner = DistributedOptimizer(groups, lambda g, **_: _torch_optimizer(g, config),
                                      clip_grad=config.clip_grad, grad_scaler=_grad_scaler(config))
         return ShardedOptimizer(inner, model_params)

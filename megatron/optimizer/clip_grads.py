@@ -17,6 +17,36 @@ from megatron.core import parallel_state
 from megatron.core.distributed.grads import counts_toward_grad_norm, grad_buffer
 
 
+def _local_norm_term(grads: list[torch.Tensor], norm_type: float,
+                     device: torch.device) -> torch.Tensor:
+    """This rank's max |g| (inf norm) or sum |g|^p of ``grads``, as an fp32 scalar."""
+    if not grads:
+        return torch.zeros((), device=device)
+    if norm_type == math.inf:
+        return torch.stack([g.detach().abs().max().float() for g in grads]).max()
+    norms = torch._foreach_norm([g.detach() for g in grads], norm_type)
+    return (torch.stack([n.float() for n in norms]) ** norm_type).sum()
+
+
+def _combine(a: torch.Tensor, b: torch.Tensor, norm_type: float) -> torch.Tensor:
+    return torch.maximum(a, b) if norm_type == math.inf else a + b
+
+
+# ---- MoE experts: different on every expert-parallel rank, so their part of the norm
+# is also reduced over the expert-parallel group (dense parameters are replicated there).
+def _split_expert(params: list) -> tuple[list, list]:
+    expert = [p for p in params if getattr(p, "expert_parallel", False)]
+    return [p for p in params if not getattr(p, "expert_parallel", False)], expert
+
+
+def _expert_norm_term(grads: list[torch.Tensor], norm_type: float, op,
+                      device: torch.device) -> torch.Tensor:
+    term = _local_norm_term(grads, norm_type, device).reshape(1).clone()
+    if parallel_state.get_expert_model_parallel_world_size() > 1:
+        dist.all_reduce(term, op=op, group=parallel_state.get_expert_model_parallel_group())
+    return term.reshape(())
+
+
 def get_grad_norm(params: Iterable[torch.nn.Parameter], norm_type: float = 2.0,
                   model_parallel_group=None) -> float:
     """Total gradient norm of ``params`` over the model-parallel group.
@@ -30,21 +60,18 @@ def get_grad_norm(params: Iterable[torch.nn.Parameter], norm_type: float = 2.0,
     Returns:
         The norm as a Python float (``nan`` / ``inf`` when a gradient is not finite).
     """
-    grads = [g for p in params if (g := grad_buffer(p)) is not None
-             and counts_toward_grad_norm(p)]
+    counted = [p for p in params if grad_buffer(p) is not None and counts_toward_grad_norm(p)]
     if model_parallel_group is None and dist.is_available() and dist.is_initialized():
         model_parallel_group = parallel_state.get_model_parallel_group()
-    device = grads[0].device if grads else torch.device("cpu")
-    if norm_type == math.inf:
-        local = (torch.stack([g.detach().abs().max().float() for g in grads]).max()
-                 if grads else torch.zeros((), device=device))
-        op = dist.ReduceOp.MAX if dist.is_available() else None
-    else:
-        norms = torch._foreach_norm([g.detach() for g in grads], norm_type) if grads else []
-        local = (torch.stack([n.float() for n in norms]) ** norm_type).sum() if grads \
-            else torch.zeros((), device=device)
-        op = dist.ReduceOp.SUM if dist.is_available() else None
-    total = local.reshape(1).clone()
+    op = (dist.ReduceOp.MAX if norm_type == math.inf else dist.ReduceOp.SUM) \
+        if dist.is_available() else None
+    device = grad_buffer(counted[0]).device if counted else torch.device("cpu")
+    dense, expert = _split_expert(counted)
+    total = _local_norm_term([grad_buffer(p) for p in dense], norm_type, device)
+    if expert:
+        total = _combine(total, _expert_norm_term([grad_buffer(p) for p in expert], norm_type, op,
+                                                  device), norm_type)
+    total = total.reshape(1).clone()
     if model_parallel_group is not None:
         dist.all_reduce(total, op=op, group=model_parallel_group)
     value = total.item()

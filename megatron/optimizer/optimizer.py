@@ -18,7 +18,7 @@ from megatron.optimizer.grad_scaler import ConstantGradScaler
 
 # Attributes that tell clip_grad_norm how a parameter is laid out across ranks.
 _LAYOUT_ATTRS = ("tensor_model_parallel", "partition_dim", "partition_stride",
-                 "shared_embedding", "shared", "sequence_parallel")
+                 "shared_embedding", "shared", "sequence_parallel", "expert_parallel")
 
 
 def _model_parallel_group():

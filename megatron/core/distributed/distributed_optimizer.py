@@ -204,11 +204,16 @@ class DistributedOptimizer:
             coeff = self.clip_grad / (grad_norm + 1.0e-6)
             if coeff < 1.0:
                 grad_shard.mul_(coeff)
+        self.step_shard(grad_shard)
+        return True, grad_norm, None
+
+    def step_shard(self, grad_shard: torch.Tensor) -> None:
+        """Step the inner optimizer on a final (reduced, unscaled, clipped) shard gradient
+        and all-gather the updated parameters into the model."""
         for master, (a, b) in zip(self._masters(), self.shard_slices):
             master.grad = grad_shard[a:b].to(master.dtype)
         self.optimizer.step()
         self._gather_params()
-        return True, grad_norm, None
 
     def _gather_params(self) -> None:
         """All-gather the updated fp32 shards and copy them into the model parameters."""

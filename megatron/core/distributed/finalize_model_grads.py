@@ -89,10 +89,30 @@ def allreduce_data_parallel_grads(model_chunks: list[nn.Module],
         return
     # Parameters of a distributed optimizer are reduce-scattered in its step() instead.
     grads = [grad_buffer(p, allocate=True) for p in _trainable(model_chunks)
-             if not getattr(p, "grad_reduced_by_optimizer", False)]
+             if not getattr(p, "grad_reduced_by_optimizer", False)
+             and not getattr(p, "expert_parallel", False)]
     if grads:
         all_reduce_bucketed(grads, parallel_state.get_data_parallel_group(), average=True,
                             bucket_size_mb=bucket_size_mb)
+    allreduce_expert_grads(model_chunks, bucket_size_mb)
+
+
+def allreduce_expert_grads(model_chunks: list[nn.Module],
+                           bucket_size_mb: float = DEFAULT_BUCKET_SIZE_MB) -> None:
+    """MoE expert parameters (``expert_parallel=True``) differ across the expert-parallel
+    ranks: sum them over the expert-data-parallel group (the ranks holding the same
+    experts), divided by the data-parallel size like every other gradient (the all-to-all
+    backward already summed the contributions of the expert-parallel ranks' tokens)."""
+    grads = [grad_buffer(p, allocate=True) for p in _trainable(model_chunks)
+             if getattr(p, "expert_parallel", False)
+             and not getattr(p, "grad_reduced_by_optimizer", False)]
+    if not grads:
+        return
+    all_reduce_bucketed(grads, parallel_state.get_expert_data_parallel_group(), average=True,
+                        bucket_size_mb=bucket_size_mb)
+    ep = parallel_state.get_expert_model_parallel_world_size()
+    if ep > 1:
+        torch._foreach_div_(grads, float(ep))
 
 
 def allreduce_sequence_parallel_grads(model_chunks: list[nn.Module]) -> None:

@@ -1,0 +1,1 @@
+"""Mixture-of-Experts: config, router, token exchange, the MoE layer, step statistics."""

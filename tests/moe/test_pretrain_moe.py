@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import pretrain_gpt
+from megatron.core.enums import ModelType
 from megatron.training import pretrain
 from tests.data_efficiency.test_pretrain_data_efficiency import (  # noqa: F401 (fixture)
     ITERS, LTD, _curriculum, _flags, indexed_corpus)
@@ -15,7 +16,8 @@ MOE = ["--num-experts", "4", "--moe-layer-freq", "2", "--moe-router-topk", "2",
 
 def _run(prefix, *extra, iters=ITERS):
     return pretrain(pretrain_gpt.train_valid_test_datasets_provider, pretrain_gpt.model_provider,
-                    pretrain_gpt.forward_step, argv=_flags(prefix, *extra, iters=iters))
+                    ModelType.encoder_or_decoder, pretrain_gpt.forward_step,
+                    argv=_flags(prefix, *extra, iters=iters))
 
 
 def test_moe_cl_ltd_resume_is_bit_exact(indexed_corpus, tmp_path):

@@ -5,7 +5,7 @@
 #   tools/prepare_default_corpus.py (300 files) -> tools/train_tokenizer.py (4000 pieces)
 #   -> tools/preprocess_data.py --append-eod     into $DATA (build/example_small_data)
 #
-# then trains a 4-layer GPT until 400k tokens are consumed (about 200 steps of 8 x 256),
+# then trains a 4-layer GPT until 200k tokens are consumed (196 steps of 8 x 128),
 # resuming from $RUN/checkpoints when re-run; SIGTERM / Ctrl-C saves and exits.
 #
 #   bash examples/pretrain_gpt_small_cpu.sh
@@ -18,7 +18,7 @@ TORCHRUN=${TORCHRUN:-.venv/bin/torchrun}
 DATA=${DATA:-build/example_small_data}
 RUN=${RUN:-build/example_small}
 NPROC=${NPROC:-1}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( NPROC > 1 ? 1 : 2 ))}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 if [ ! -s "$DATA/stdlib_text_document.idx" ]; then
   mkdir -p "$DATA"
@@ -31,14 +31,14 @@ if [ ! -s "$DATA/stdlib_text_document.idx" ]; then
 fi
 
 MODEL=(
-  --num-layers 4 --hidden-size 256 --num-attention-heads 4
-  --seq-length 256 --max-position-embeddings 256
+  --num-layers 4 --hidden-size 128 --num-attention-heads 4
+  --seq-length 128 --max-position-embeddings 128
   --position-embedding-type rope
   --hidden-dropout 0.0 --attention-dropout 0.0
 )
 TRAINING=(
   --micro-batch-size 4 --global-batch-size 8
-  --train-tokens 400000                            # stop after 400k consumed tokens
+  --train-tokens 200000                            # stop after 200k consumed tokens
   --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine
   --lr-warmup-fraction 0.05                        # of the token-based decay span
   --weight-decay 0.1 --clip-grad 1.0 --adam-beta2 0.95

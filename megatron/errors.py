@@ -48,15 +48,12 @@ class CheckpointError(MegatronError, ValueError):
     """A checkpoint cannot be read or does not fit this run."""
 
 
-def _rank() -> tuple[int, bool]:
-    """(global rank, whether torch.distributed is up); falls back to the launcher's env."""
-    try:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), True
-    except ImportError:   # pragma: no cover - torch is a hard dependency
-        pass
-    return int(os.environ.get("RANK", "0")), False
+def _rank() -> int:
+    """This process's global rank: torch.distributed's, else the launcher's ``RANK``."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
 
 
 def format_error(exc: MegatronError, rank: int) -> str | None:
@@ -74,8 +71,7 @@ def run_main(main: Callable[[], object]) -> None:
     except MegatronError as exc:
         if os.environ.get("MEGATRON_TRACEBACK") == "1":
             raise
-        rank, _ = _rank()
-        line = format_error(exc, rank)
+        line = format_error(exc, _rank())
         if line is not None:
             print(line, file=sys.stderr, flush=True)
         raise SystemExit(1) from None

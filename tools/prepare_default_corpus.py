@@ -8,7 +8,11 @@ file added or missing elsewhere does not move the others), while neighbouring do
 come from unrelated folders. A ``--split`` that takes the last documents for validation
 (Megatron's) then validates on the same mix of code as it trains on, not on one folder
 (alphabetical order put every validation document in ``encodings/``). ``--max-files`` /
-``--max-bytes`` keep a prefix of that order, a random sample of the library.
+``--max-bytes`` keep a prefix of that order, a random sample of the library. Files over
+``--max-file-bytes`` (default 256 KiB) are left out: Megatron splits by whole documents,
+so one huge document can be most of a small validation split (``pydoc_data/topics.py``,
+a generated 740 KiB table of English help texts, made the demo's validation set mostly
+prose); no other file of the library comes near the limit.
 
     python tools/prepare_default_corpus.py --output data/stdlib.jsonl [--max-files 200]
 """
@@ -51,9 +55,12 @@ def shuffled(paths: list[str], seed: int) -> list[str]:
     return sorted(paths, key=key)
 
 
+DEFAULT_MAX_FILE_BYTES = 256 * 1024
+
+
 def write_corpus(output: str, root: str | None = None, max_files: int | None = None,
                  max_bytes: int | None = None, skip_tests: bool = False,
-                 seed: int = 1234) -> dict:
+                 seed: int = 1234, max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> dict:
     """Write the jsonl corpus to ``output`` (via a temp file) and return a summary dict."""
     root = root or stdlib_root()
     if not os.path.isdir(root):
@@ -61,13 +68,17 @@ def write_corpus(output: str, root: str | None = None, max_files: int | None = N
     paths = shuffled(list_sources(root, skip_tests), seed)
     tmp = f"{output}.tmp{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    docs = nbytes = unreadable = 0
+    docs = nbytes = unreadable = too_big = 0
     try:
         with open(tmp, "w", encoding="utf-8") as out:
             for rel in paths:
                 if (max_files is not None and docs >= max_files) or \
                         (max_bytes is not None and nbytes >= max_bytes):
                     break
+                if max_file_bytes is not None and \
+                        os.path.getsize(os.path.join(root, rel)) > max_file_bytes:
+                    too_big += 1
+                    continue
                 try:
                     with open(os.path.join(root, rel), encoding="utf-8") as f:
                         text = f.read()
@@ -84,7 +95,8 @@ def write_corpus(output: str, root: str | None = None, max_files: int | None = N
             os.remove(tmp)
         raise
     return {"output": output, "root": root, "documents": docs, "text_bytes": nbytes,
-            "skipped_unreadable": unreadable, "candidates": len(paths)}
+            "skipped_unreadable": unreadable, "skipped_too_big": too_big,
+            "candidates": len(paths)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,16 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-tests", action="store_true", help="leave out test/ folders")
     parser.add_argument("--root", default=None, help="source folder (default: this Python's stdlib)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the document order")
+    parser.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES,
+                        help="leave out files larger than this (0: no limit)")
     args = parser.parse_args(argv)
+    if args.max_file_bytes < 0:
+        parser.error("--max-file-bytes must be >= 0 (0: no limit)")
     for flag in ("max_files", "max_bytes"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
     start = time.time()
     s = write_corpus(args.output, args.root, args.max_files, args.max_bytes, args.skip_tests,
-                     args.seed)
+                     args.seed, args.max_file_bytes or None)
     print(f"wrote {s['documents']} documents ({s['text_bytes'] / 1e6:.2f} MB of text) from "
           f"{s['root']} to {s['output']} in {time.time() - start:.1f}s; "
-          f"{s['skipped_unreadable']} unreadable files skipped", flush=True)
+          f"{s['skipped_unreadable']} unreadable files and {s['skipped_too_big']} over "
+          f"--max-file-bytes skipped", flush=True)
     return 0
 
 

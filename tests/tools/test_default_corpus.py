@@ -66,3 +66,15 @@ def test_order_is_seeded_stable_and_spreads_the_folders():
     # the last 10% (a validation split) draws from every folder, not from one
     tail = order[-len(order) // 10:]
     assert {p.split("/")[0] for p in tail} == {"asyncio", "email", "encodings", "json"}
+
+
+def test_huge_files_are_left_out(tmp_path):
+    root = tmp_path / "lib"
+    root.mkdir()
+    (root / "small.py").write_text("x = 1\n")
+    (root / "table.py").write_text("T = " + repr("word " * 60_000) + "\n")   # ~300 KB
+    out = str(tmp_path / "c.jsonl")
+    s = corpus.write_corpus(out, root=str(root))
+    assert [d["path"] for d in _read(out)] == ["small.py"] and s["skipped_too_big"] == 1
+    corpus.main(["--output", out, "--root", str(root), "--max-file-bytes", "0"])
+    assert sorted(d["path"] for d in _read(out)) == ["small.py", "table.py"]

@@ -136,7 +136,7 @@ PRESETS = {(p.model, p.name): p for p in [
            extra=_GPT_CPU + _SMOKE_LOADER),
     Preset("smoke", "bert", 3, 32, 2, 32, 4, 4, train_tokens=4 * 32 * 24, lr=3e-3, min_lr=3e-4,
            warmup_fraction=0.05, eval_interval=8, log_interval=1, seeds=1,
-           corpus_bytes=300_000, vocab_size=800, split="90,10,0", plan=paper_plan(BERT_ARMS),
+           corpus_bytes=500_000, vocab_size=800, split="80,20,0", plan=paper_plan(BERT_ARMS),
            extra=_CPU_FLAGS + _SMOKE_LOADER),
     # make demo: the baseline and the composed arm at half its budget.
     Preset("demo", "gpt", 4, 256, 4, 256, 4, 4, train_tokens=250 * 4 * 256, lr=2e-3,
@@ -158,8 +158,7 @@ PRESETS = {(p.model, p.name): p for p in [
            min_lr=6e-5, warmup_fraction=0.01, eval_interval=500, log_interval=50, seeds=1,
            corpus_bytes=None, vocab_size=0, split="969,30,1", plan=paper_plan(GPT_ARMS),
            extra=("--bf16", "--hidden-dropout", "0.0", "--attention-dropout", "0.0",
-                  "--weight-decay", "0.1", "--clip-grad", "1.0", "--adam-beta2", "0.95",
-                  "--init-method-std", "0.02", "--num-workers", "2")),
+                  "--weight-decay", "0.1", "--clip-grad", "1.0", "--adam-beta2", "0.95")),
 ]}
 
 

@@ -109,3 +109,20 @@ def test_tuner_runs_a_real_search(smoke, tmp_path, capsys):
     if result["r_s"] is not None:
         assert result["r_s"] in (16, 32) and result["T_r"] in (0.5, 0.7, 1.0)
         assert "--random-ltd-min-seqlen" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bert_smoke_arms(study, tmp_path):
+    """Table 3's BERT-only pieces: the seqreo_voc curriculum over its seqlen_voc index and
+    the composed arm, as real pretrain_bert.py runs (no accuracy for BERT)."""
+    out = str(tmp_path / "bert")
+    arms = "baseline,CL_seqreo_voc,CL_seqtru_voc+random-LTD"
+    assert study.main(["--preset", "smoke", "--model", "bert", "--out", out, "--arms", arms,
+                       "--budgets", "1", "--threads-per-job", "1"]) == 0
+    runs = json.load(open(os.path.join(out, "study.json")))["runs"]
+    assert [r["arm"] for r in runs] == arms.split(",")
+    assert os.path.exists(os.path.join(out, "index", "s1234", "seqlen_voc", "meta.json"))
+    for r in runs:
+        assert (FIELDS - {"val_accuracy"}) <= set(r) and "val_accuracy" not in r
+        assert math.isfinite(r["val_loss"]) and r["consumed_tokens"] >= 3072
+    assert "val acc" not in open(os.path.join(out, "study.md")).read()

@@ -57,16 +57,19 @@ def select_plan(plan, arms: str | None, budgets: str | None) -> list[tuple[str, 
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = parse_args(argv)
-    preset = preset_from_args(args)
-    cfg = StudyConfig(preset=preset, out_dir=args.out, seeds=args.seeds or preset.seeds,
-                      plan=select_plan(preset.plan, args.arms, args.budgets),
-                      data=data_spec(args), jobs=args.jobs,
-                      threads_per_job=args.threads_per_job, extra=tuple(extra))
     try:
+        preset = preset_from_args(args)
+        cfg = StudyConfig(preset=preset, out_dir=args.out, seeds=args.seeds or preset.seeds,
+                          plan=select_plan(preset.plan, args.arms, args.budgets),
+                          data=data_spec(args), jobs=args.jobs,
+                          threads_per_job=args.threads_per_job, extra=tuple(extra))
         _, paths = run_study(cfg)
     except RunFailed as exc:
         print(f"study stopped: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:   # a bad preset, arm or budget, or no data for the preset
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with open(os.path.join(args.out, "study.md")) as f:
         print("\n" + f.read())
     print("outputs: " + ", ".join(paths))

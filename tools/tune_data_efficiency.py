@@ -26,7 +26,7 @@ from megatron.study import data as study_data  # noqa: E402
 from megatron.study.cli import add_data_args, data_spec, preset_from_args, split_extra  # noqa: E402,E501
 from megatron.study.commands import budget_tokens, nominal_steps  # noqa: E402
 from megatron.study.results import write_atomic  # noqa: E402
-from megatron.study.runner import Progress, RunFailed, _print  # noqa: E402
+from megatron.study.runner import Progress, RunFailed, print_flush  # noqa: E402
 from megatron.study.trials import (DURATIONS, start_candidates, technique,  # noqa: E402
                                    trial_preset, trial_runner)
 from megatron.study.tuning import tune  # noqa: E402
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     tech = technique(args.technique, args.metric)
     trial = trial_preset(preset, args.fraction)
     os.makedirs(args.out, exist_ok=True)
-    progress = Progress(0, _print)
+    progress = Progress(0, print_flush)
     data = data_spec(args) or study_data.default_corpus(preset, os.path.join(args.out, "data"),
                                                         progress.say)
     starts = ([float(s) for s in args.starts.split(",")] if args.starts

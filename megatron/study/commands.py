@@ -60,7 +60,7 @@ def analyzer_metrics(arms) -> list[str]:
     return metrics
 
 
-def _metric_columns(metric: str, preset: Preset, steps: int, index_dir: str) -> tuple:
+def _metric_columns(metric: str, preset: Preset, index_dir: str) -> tuple:
     """(name, index, difficulty type, min, max, schedule, step, root) of one metric."""
     h, seq = preset.hyper, preset.seq_length
     if metric in ("seqtru", "seqres"):
@@ -78,7 +78,7 @@ def curriculum_flags(arm: Arm, preset: Preset, steps: int, index_dir: str) -> li
     """The curriculum flags of ``arm`` for a run of ``steps`` baseline steps."""
     if not arm.curriculum:
         return []
-    cols = list(zip(*(_metric_columns(m, preset, steps, index_dir) for m in arm.curriculum)))
+    cols = list(zip(*(_metric_columns(m, preset, index_dir) for m in arm.curriculum)))
     names = ("--curriculum-metric", "--curriculum-index-path", "--curriculum-difficulty-type",
              "--curriculum-min-difficulty", "--curriculum-max-difficulty",
              "--curriculum-schedule-type", "--curriculum-difficulty-step",

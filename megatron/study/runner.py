@@ -46,7 +46,7 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         if self.printer is None:
-            self.printer = _print
+            self.printer = print_flush
 
     def seeds_list(self) -> list[int]:
         return [BASE_SEED + i for i in range(self.seeds)]
@@ -83,7 +83,7 @@ class Progress:
                  f"{record['consumed_tokens']:,} tokens, {how}")
 
 
-def _print(text: str) -> None:
+def print_flush(text: str) -> None:
     print(text, flush=True)
 
 

@@ -58,8 +58,7 @@ def trial_preset(preset: Preset, fraction: float, evals: int = 8) -> Preset:
     steps = nominal_steps(preset, budget_tokens(preset, fraction))
     interval = max(1, math.ceil(steps / evals))
     return replace(preset, train_tokens=budget_tokens(preset, fraction), plan=(),
-                   eval_interval=interval, log_interval=min(preset.log_interval, interval),
-                   warmup_fraction=preset.warmup_fraction)
+                   eval_interval=interval, log_interval=min(preset.log_interval, interval))
 
 
 def trial_runner(preset: Preset, tech: Technique, data: DataSpec, out_dir: str,

@@ -37,8 +37,7 @@ def smallest_passing(candidates: Sequence[T], passes: Callable[[T], bool]) -> T 
 def largest_passing(candidates: Sequence[T], passes: Callable[[T], bool]) -> T | None:
     """The largest candidate (ascending list) that passes, assuming every smaller one
     passes too; None if none does."""
-    found = smallest_passing(candidates[::-1], passes)
-    return found
+    return smallest_passing(candidates[::-1], passes)
 
 
 @dataclass

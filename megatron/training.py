@@ -144,7 +144,7 @@ def _analyzer_command(args: argparse.Namespace, dataset) -> str:
     bert = ""
     if hasattr(dataset, "samples_mapping"):
         bert = f"--model bert --short-seq-prob {args.short_seq_prob} " + \
-            ("--bert-no-binary-head " if args.bert_no_binary_head else "")
+            ("--bert-no-binary-head " if not args.bert_binary_head else "")
     return (f"this run builds {len(dataset)} training samples; index them with: python "
             f"tools/analyze_data.py --data-path {args.data_path[0]} --granularity sample "
             f"{bert}--split {args.split} --seq-length {args.seq_length} --seed {args.seed} "

@@ -62,12 +62,12 @@ def default_corpus(preset: Preset, data_dir: str, log: Callable[[str], None]) ->
 
 
 def build_index(preset: Preset, data: DataSpec, seed: int, index_dir: str, arms,
-                log: Callable[[str], None]) -> None:
+                log: Callable[[str], None], samples: int | None = None) -> None:
     """Index the training samples of ``seed`` (the sample order depends on it) by every
     metric ``arms`` need, once: ``tools/analyze_data.py`` resumes or skips finished work.
 
-    The index covers the 100% baseline's samples; a run that draws more samples than one
-    epoch holds would need another index, which training reports with the exact command.
+    ``samples``: the training samples a run asks for (default: the 100% baseline's). The
+    index is valid for every run whose request builds the same number of epochs.
     """
     metrics = analyzer_metrics(arms)
     if not metrics or all(os.path.exists(os.path.join(index_dir, m, "meta.json"))
@@ -77,6 +77,6 @@ def build_index(preset: Preset, data: DataSpec, seed: int, index_dir: str, arms,
     run_tool("analyze_data.py", ["--data-path", data.data_path, "--granularity", "sample",
                                  *bert, "--split", preset.split,
                                  "--seq-length", str(preset.seq_length), "--seed", str(seed),
-                                 "--train-samples", str(train_samples(preset)),
+                                 "--train-samples", str(samples or train_samples(preset)),
                                  "--data-cache-path", data.cache_dir, "--metrics", *metrics,
                                  "--save-path", index_dir, "--quiet"], log)

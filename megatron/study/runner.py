@@ -22,6 +22,9 @@ from megatron.study.presets import Preset
 BASE_SEED = 1234
 _STEP = re.compile(r"iteration\s+(\d+)/\s*(\d+) \|.*?per iteration \(ms\): ([\d.]+)"
                    r"(?:.*?lm loss: ([\d.E+-]+))?")
+# Training's message when an index covers another number of epochs (megatron/training.py).
+_INDEX_HINT = re.compile(r"this run builds \d+ training samples; index them with: "
+                         r".*?--train-samples (\d+)")
 _VALID = re.compile(r"validation loss at iteration (\d+) \| lm loss value: ([\d.E+-]+)")
 
 
@@ -92,10 +95,33 @@ def _clock(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def _train(cmd: list[str], run_dir: str, threads: int, progress: Progress, name: str) -> int:
+    """Run one pretraining process, appending its output to ``train.log``."""
+    results.write_atomic(os.path.join(run_dir, "command.txt"), " ".join(cmd) + "\n")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    with open(os.path.join(run_dir, "train.log"), "a", buffering=1) as log:   # tail -f works
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, cwd=study_data.ROOT)
+        for line in proc.stdout:
+            log.write(line)
+            progress.line(name, line)
+        return proc.wait()
+
+
+def _index_samples_needed(log_path: str) -> int | None:
+    """The ``--train-samples`` of the analyzer run training asked for, when it refused an
+    index built for another number of epochs (the arm draws more samples than one epoch)."""
+    with open(log_path) as f:
+        found = _INDEX_HINT.findall(f.read()[-20000:])
+    return int(found[-1]) if found else None
+
+
 def execute_run(preset: Preset, run: RunSpec, data: DataSpec, out_dir: str, index_dir: str,
                 extra: tuple[str, ...], threads: int, progress: Progress) -> dict:
     """Run one arm x budget x seed unless its ``result.json`` exists; an interrupted run
-    resumes from its last checkpoint (``--load``). Returns its record."""
+    resumes from its last checkpoint (``--load``). An arm that draws more training samples
+    than the shared index covers gets an index of its own (``<index>_n<samples>``, kept in
+    ``index.txt``). Returns its record."""
     run_dir = os.path.join(out_dir, "runs", run.name)
     result_path = os.path.join(run_dir, "result.json")
     if os.path.exists(result_path):
@@ -105,22 +131,32 @@ def execute_run(preset: Preset, run: RunSpec, data: DataSpec, out_dir: str, inde
         return record
     os.makedirs(run_dir, exist_ok=True)
     tb_dir = os.path.join(out_dir, "tensorboard", run.name)
-    cmd = [sys.executable, *pretrain_command(preset, run, data, run_dir, tb_dir, index_dir,
-                                             extra)]
-    results.write_atomic(os.path.join(run_dir, "command.txt"), " ".join(cmd) + "\n")
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     log_path = os.path.join(run_dir, "train.log")
-    with open(log_path, "a", buffering=1) as log:   # line-buffered: tail -f works
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, cwd=study_data.ROOT)
-        for line in proc.stdout:
-            log.write(line)
-            progress.line(run.name, line)
-        rc = proc.wait()
+    own_index = os.path.join(run_dir, "index.txt")
+    if os.path.exists(own_index):
+        index_dir = open(own_index).read().strip()
+    for attempt in range(2):
+        cmd = [sys.executable, *pretrain_command(preset, run, data, run_dir, tb_dir,
+                                                 index_dir, extra)]
+        rc = _train(cmd, run_dir, threads, progress, run.name)
+        needed = _index_samples_needed(log_path) if rc != 0 and attempt == 0 else None
+        if needed is None:
+            break
+        index_dir = f"{index_dir}_n{needed}"
+        progress.say(f"  [{run.name}] draws {needed} samples: its own index -> {index_dir}")
+        study_data.build_index(preset, data, run.seed, index_dir, [run.arm], progress.say,
+                               samples=needed)
+        results.write_atomic(own_index, index_dir + "\n")
     if rc != 0:
         with open(log_path) as f:
             tail = f.read()[-4000:]
         raise RunFailed(f"run {run.name} failed (exit {rc}); log: {log_path}\n{tail}")
+    return _finish(preset, run, tb_dir, log_path, result_path, progress)
+
+
+def _finish(preset: Preset, run: RunSpec, tb_dir: str, log_path: str, result_path: str,
+            progress: Progress) -> dict:
+    """Read the finished run back, check it reached its budget, write ``result.json``."""
     try:
         read = results.run_record(tb_dir)
     except ValueError as exc:   # e.g. stopped by --exit-interval before any evaluation

@@ -11,9 +11,12 @@ from functools import partial
 
 import torch
 
+import torch.distributed as dist
+
 from megatron.arguments import get_args, transformer_config_from_args
 from megatron.core.enums import ModelType
 from megatron.errors import run_main
+from megatron.core import parallel_state, tensor_parallel
 from megatron.initialize import get_tokenizer
 from megatron.training import pretrain, print_rank_0
 from megatron.utils import get_ltor_masks_and_position_ids
@@ -67,9 +70,57 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss, {"lm loss": loss.detach()}
 
 
+def next_token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1.0 where the label has the largest logit (a tie counts as right), else 0.0.
+
+    Args:
+        logits: [b, s, v/tp] this tensor-parallel rank's vocabulary slice.
+        labels: [b, s] long, global token ids.
+
+    Returns:
+        [b, s] float, equal on every tensor-parallel rank.
+    """
+    logits = logits.float()
+    part = logits.shape[-1]
+    local = labels - parallel_state.get_tensor_model_parallel_rank() * part
+    inside = (local >= 0) & (local < part)
+    picked = logits.gather(-1, local.clamp(0, part - 1).unsqueeze(-1)).squeeze(-1)
+    label_logit = torch.where(inside, picked, torch.zeros_like(picked))
+    best = logits.max(dim=-1).values
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        group = parallel_state.get_tensor_model_parallel_group()
+        dist.all_reduce(label_logit, group=group)   # only the owning rank adds non-zero
+        dist.all_reduce(best, op=dist.ReduceOp.MAX, group=group)
+    return (label_logit >= best).float()
+
+
+def eval_loss_func(loss_mask: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor):
+    """Evaluation: ``loss_func``'s loss plus ``lm accuracy``, next-token accuracy over the
+    same (unmasked) tokens.
+
+    Args:
+        loss_mask: [b, s] float, 0 where the loss is ignored.
+        labels: [b, s] long.
+        logits: [b, s, v/tp] from the model called without labels.
+    """
+    per_token = tensor_parallel.vocab_parallel_cross_entropy(
+        logits.transpose(0, 1).float(), labels.transpose(0, 1)).transpose(0, 1)
+    loss, reported = loss_func(loss_mask, per_token)
+    mask = loss_mask.reshape(-1).float()
+    correct = next_token_accuracy(logits, labels).reshape(-1)
+    accuracy = torch.sum(correct * mask) / mask.sum().clamp(min=1.0)
+    reported["lm accuracy"] = average_losses_across_data_parallel_group([accuracy])[0]
+    return loss, reported
+
+
 def forward_step(data_iterator, model):
-    """Forward one micro-batch; returns the stage output and the loss function."""
+    """Forward one micro-batch; returns the stage output and the loss function. In
+    evaluation the last stage takes the logits, to report next-token accuracy as well."""
     b = get_batch(data_iterator)
+    if not model.training and parallel_state.is_pipeline_last_stage():
+        logits = model(b["tokens"], b["position_ids"], b["attention_mask"],
+                       token_drop_plan=b["token_drop_plan"])
+        return logits, partial(eval_loss_func, b["loss_mask"], b["labels"])
     output = model(b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"],
                    token_drop_plan=b["token_drop_plan"])
     return output, partial(loss_func, b["loss_mask"])

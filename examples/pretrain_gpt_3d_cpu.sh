@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPT pretraining on CPU with all three kinds of parallelism at once: 4 gloo ranks laid out
 # as tensor parallel 2 x pipeline parallel 2 (x data parallel 1), on the default corpus
-# (this Python's standard library source, built by examples/demo.sh into build/demo/).
+# (this Python's standard library source, built by examples/demo.sh into build/demo/data/).
 #   bash examples/pretrain_gpt_3d_cpu.sh
 #   NPROC=8 bash examples/pretrain_gpt_3d_cpu.sh            # adds data parallel 2
 #   bash examples/pretrain_gpt_3d_cpu.sh --use-distributed-optimizer   # extra flags pass through
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 TORCHRUN=${TORCHRUN:-.venv/bin/torchrun}
 NPROC=${NPROC:-4}
-DATA=${DATA:-build/demo}
+DATA=${DATA:-build/demo/data}
 OUT=${OUT:-build/example_3d}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 

@@ -181,6 +181,10 @@ def _add_logging_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation, logging, checkpoints")
     g.add_argument("--eval-interval", type=int, default=1000)
     g.add_argument("--eval-iters", type=int, default=100)
+    g.add_argument("--eval-full", action="store_true",
+                   help="each evaluation reads one whole epoch of the validation (and test) "
+                        "split, every complete global batch, instead of --eval-iters "
+                        "batches (--eval-iters 0 still turns evaluation off)")
     g.add_argument("--log-interval", type=int, default=100)
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--tensorboard-log-interval", type=int, default=1)

@@ -39,6 +39,8 @@ def dataset_sizes(args: argparse.Namespace, train_iters: int) -> tuple[int, int,
     """Megatron's dataset sizes for ``train_iters`` steps: all training samples, and
     enough validation / test samples for every evaluation."""
     gbs = args.global_batch_size
+    if args.eval_full:   # one epoch each: --eval-full reads the whole split once
+        return train_iters * gbs, 1, 1
     eval_interval = max(1, args.eval_interval or train_iters)
     valid = (train_iters // eval_interval + 1) * args.eval_iters * gbs
     return train_iters * gbs, valid, args.eval_iters * gbs

@@ -233,7 +233,9 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
 def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], model,
              args: argparse.Namespace, iteration: int | None = None) -> dict[str, float]:
     """Mean loss over ``--eval-iters`` batches read from a fresh iterator (the same
-    validation batches every time, so the curve is comparable across evaluations).
+    validation batches every time, so the curve is comparable across evaluations); with
+    ``--eval-full``, over every complete global batch of the split (``make_iterator``'s
+    ``full_batches``, agreed by all ranks).
 
     ``iteration`` (the training iteration evaluated) only labels errors: a failing
     collective raises ``DistributedStepError("rank R: step eval ...: ...")``.
@@ -242,7 +244,8 @@ def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], mo
         m.eval()
     iterator, loss_dicts = make_iterator(), []
     where = "" if iteration is None else f" at iteration {iteration}"
-    for i in range(args.eval_iters):
+    num_batches = make_iterator.full_batches if args.eval_full else args.eval_iters
+    for i in range(num_batches):
         feeds = microbatch_feeds(iterator, None, None, args.seq_length, args.micro_batch_size,
                                  len(model))
         with collective_context(f"eval batch {i + 1}{where}"):

@@ -145,17 +145,32 @@ def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Nam
     elif _needs_data(every_stage):
         raise ValueError("the datasets provider returned no training dataset")
 
-    def maker(ds):
-        def make():
-            if ds is None:
-                return None
-            return _iterate(build_pretraining_data_loader(ds, 0, **loader_kwargs))
-        return make
+    valid, test = (EvalSplit(ds, loader_kwargs, args.global_batch_size)
+                   for ds in (valid_ds, test_ds))
+    return (train_iterator, valid if valid.available else None,
+            test if test.available else None)
 
-    has_valid = _any_rank_has(valid_ds)
-    has_test = _any_rank_has(test_ds)
-    return (train_iterator, maker(valid_ds) if has_valid else None,
-            maker(test_ds) if has_test else None)
+
+class EvalSplit:
+    """A validation or test split: calling it gives a fresh iterator from the split's start
+    (None on stages without data).
+
+    Attributes:
+        full_batches: complete global batches in the split, the most any rank holds (the
+            middle pipeline stages hold no data but run evaluation's schedule in step).
+        available: whether any rank holds samples of this split.
+    """
+
+    def __init__(self, dataset, loader_kwargs: dict, global_batch_size: int) -> None:
+        self.dataset, self.loader_kwargs = dataset, loader_kwargs
+        size = 0 if dataset is None else len(dataset)
+        self.available = _max_over_ranks(float(size > 0)) > 0
+        self.full_batches = int(_max_over_ranks(float(size // global_batch_size)))
+
+    def __call__(self) -> Iterator | None:
+        if self.dataset is None:
+            return None
+        return _iterate(build_pretraining_data_loader(self.dataset, 0, **self.loader_kwargs))
 
 
 def _iterate(loader) -> Iterator:
@@ -165,13 +180,12 @@ def _iterate(loader) -> Iterator:
         return iter(loader)
 
 
-def _any_rank_has(dataset) -> bool:
-    """Whether any rank holds this split (middle stages hold none but must still run
+def _max_over_ranks(value: float) -> float:
+    """The largest ``value`` of all ranks (middle stages hold no split but must still run
     evaluation's schedule in step with the others)."""
-    flag = float(dataset is not None and len(dataset) > 0)
     if dist.is_initialized():
         device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        t = torch.tensor([flag], device=device)
+        t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        flag = t.item()
-    return flag > 0
+        value = t.item()
+    return value

@@ -136,10 +136,14 @@ class TrainingLogger:
             return
         text = f" {prefix} loss at iteration {iteration} | "
         for key, value in losses.items():
-            ppl = math.exp(min(20.0, value))
-            text += f"{key} value: {value:.6E} | {key} PPL: {ppl:.6E} | "
+            text += f"{key} value: {value:.6E} | "
+            derived = [("", value)]
+            if "loss" in key:   # a perplexity only for losses (not for e.g. lm accuracy)
+                ppl = math.exp(min(20.0, value))
+                text += f"{key} PPL: {ppl:.6E} | "
+                derived.append((" ppl", ppl))
             if self.writer is not None:
-                for suffix, v in (("", value), (" ppl", ppl)):
+                for suffix, v in derived:
                     name = f"{key} {prefix}{suffix}"
                     self.writer.add_scalar(name, v, iteration)
                     self.writer.add_scalar(f"{name} vs samples", v, consumed_samples)

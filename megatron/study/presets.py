@@ -1,0 +1,179 @@
+"""The study's tables, as data: the paper's arms (Tables 2 and 3), its Table 1
+hyper-parameters (as fractions, scaled to each run) and the presets (model size, token
+budget, corpus). Nothing here runs anything."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of the paper's tables.
+
+    Attributes:
+        name: as in the paper (``CL_seqtru_voc+random-LTD``).
+        curriculum: curriculum metrics, in flag order (``seqtru``, ``voc``, ...).
+        random_ltd: whether random-LTD is on.
+    """
+    name: str
+    curriculum: tuple[str, ...] = ()
+    random_ltd: bool = False
+
+
+def _arm(name: str) -> Arm:
+    """``CL_a_b+random-LTD`` -> Arm(curriculum of a, b; random-LTD). The BERT ``seqreo``
+    metrics are single analyzer metrics (``seqreo``, ``seqreo_voc``)."""
+    parts = name.split("+")
+    ltd = "random-LTD" in parts
+    cl = next((p[3:] for p in parts if p.startswith("CL_")), "")
+    if cl.startswith("seqreo"):
+        metrics = (cl,)
+    else:
+        metrics = tuple(m for m in cl.split("_") if m)
+    return Arm(name, metrics, ltd)
+
+
+GPT_ARMS = {a.name: a for a in map(_arm, [
+    "baseline", "CL_seqtru", "CL_seqres", "CL_voc", "CL_seqtru_voc", "CL_seqres_voc",
+    "random-LTD", "CL_seqtru_voc+random-LTD"])}
+BERT_ARMS = {a.name: a for a in map(_arm, [
+    "baseline", "CL_seqtru", "CL_seqreo", "CL_voc", "CL_seqtru_voc", "CL_seqreo_voc",
+    "random-LTD", "CL_seqtru_voc+random-LTD"])}
+REDUCED_ARMS = ("baseline", "CL_seqtru_voc", "random-LTD", "CL_seqtru_voc+random-LTD")
+
+
+def paper_plan(arms: dict[str, Arm]) -> tuple[tuple[str, float], ...]:
+    """(arm, budget fraction) pairs of Tables 2 / 3: every arm at 100% of the token budget,
+    the four main arms at 67% and 50%."""
+    return (tuple((a, 1.0) for a in arms)
+            + tuple((a, f) for f in (0.67, 0.5) for a in REDUCED_ARMS))
+
+
+@dataclass(frozen=True)
+class HyperParams:
+    """Paper Table 1, as fractions of the run so they scale to any length and budget.
+
+    Attributes:
+        d_s_seqlen: seqtru / seqres start length, as a fraction of the sequence length.
+        d_s_percentile: voc / seqreo start, the easiest percent of the samples.
+        t_c: curriculum duration, a fraction of the run's (baseline) steps.
+        r_s: random-LTD start kept length, a fraction of the sequence length.
+        t_r: random-LTD duration, a fraction of the run's (baseline) steps.
+    """
+    d_s_seqlen: float
+    d_s_percentile: float
+    t_c: float
+    r_s: float
+    t_r: float
+
+
+TABLE1 = {"gpt": HyperParams(d_s_seqlen=80 / 2048, d_s_percentile=1, t_c=0.4,
+                             r_s=128 / 2048, t_r=0.7),
+          "bert": HyperParams(d_s_seqlen=128 / 512, d_s_percentile=5, t_c=0.5,
+                              r_s=128 / 512, t_r=1.0)}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A study size: model, batch, token budget, data, evaluation.
+
+    Attributes:
+        name, model: the preset's key (``model`` is ``gpt`` or ``bert``).
+        train_tokens: the 100% budget (layer-weighted consumed tokens, as the LR schedule
+            counts them).
+        warmup_fraction: LR warmup, in tokens, a fraction of the 100% budget (the same
+            warmup at every budget; the decay spans each run's own budget).
+        eval_interval / log_interval: iterations.
+        corpus_bytes: size of the default corpus to build (None: the user's
+            ``--data-path`` is required).
+        vocab_size: the tokenizer trained on the default corpus.
+        plan: the (arm, budget fraction) pairs run by default.
+        extra: more ``pretrain_*.py`` flags, appended as given.
+    """
+    name: str
+    model: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    seq_length: int
+    micro_batch_size: int
+    global_batch_size: int
+    train_tokens: int
+    lr: float
+    min_lr: float
+    warmup_fraction: float
+    eval_interval: int
+    log_interval: int
+    seeds: int
+    corpus_bytes: int | None
+    vocab_size: int
+    split: str
+    plan: tuple[tuple[str, float], ...]
+    extra: tuple[str, ...] = ()
+    hyper: HyperParams = field(default=None)   # None: TABLE1[model]
+
+    def __post_init__(self) -> None:
+        if self.hyper is None:
+            object.__setattr__(self, "hyper", TABLE1[self.model])
+
+    @property
+    def arms(self) -> dict[str, Arm]:
+        return GPT_ARMS if self.model == "gpt" else BERT_ARMS
+
+
+_CPU_FLAGS = ("--hidden-dropout", "0.0", "--attention-dropout", "0.0", "--weight-decay", "0.01",
+              "--clip-grad", "1.0")
+_GPT_CPU = _CPU_FLAGS + ("--position-embedding-type", "rope")
+# Smoke runs last seconds: one prefetching loader worker instead of two halves the
+# worker start-up that dominates them (every evaluation starts its own loader).
+_SMOKE_LOADER = ("--num-workers", "1")
+
+PRESETS = {(p.model, p.name): p for p in [
+    # Every arm on a tiny model: seconds per run (tests, CI).
+    Preset("smoke", "gpt", 3, 32, 2, 32, 4, 4, train_tokens=4 * 32 * 24, lr=3e-3, min_lr=3e-4,
+           warmup_fraction=0.05, eval_interval=8, log_interval=1, seeds=1,
+           corpus_bytes=300_000, vocab_size=500, split="90,10,0", plan=paper_plan(GPT_ARMS),
+           extra=_GPT_CPU + _SMOKE_LOADER),
+    Preset("smoke", "bert", 3, 32, 2, 32, 4, 4, train_tokens=4 * 32 * 24, lr=3e-3, min_lr=3e-4,
+           warmup_fraction=0.05, eval_interval=8, log_interval=1, seeds=1,
+           corpus_bytes=500_000, vocab_size=800, split="80,20,0", plan=paper_plan(BERT_ARMS),
+           extra=_CPU_FLAGS + _SMOKE_LOADER),
+    # make demo: the baseline and the composed arm at half its budget.
+    Preset("demo", "gpt", 4, 256, 4, 256, 4, 4, train_tokens=250 * 4 * 256, lr=2e-3,
+           min_lr=2e-4, warmup_fraction=0.06, eval_interval=50, log_interval=10, seeds=1,
+           corpus_bytes=8_000_000, vocab_size=8000, split="98,2,0",
+           plan=(("baseline", 1.0), ("CL_seqtru_voc+random-LTD", 0.5)), extra=_GPT_CPU),
+    # Table 2 on the default corpus, sized for ~90 minutes on a quiet 2-core machine: 2 seeds
+    # x 12.7 budgets' worth of tokens at ~2,300 tokens/s (the demo model's throughput),
+    # plus the whole-split evaluations (1% of the documents, ~50k tokens, ~8 s each).
+    Preset("cpu", "gpt", 4, 256, 4, 256, 8, 8, train_tokens=160 * 8 * 256, lr=2e-3,
+           min_lr=2e-4, warmup_fraction=0.05, eval_interval=40, log_interval=10, seeds=2,
+           corpus_bytes=8_000_000, vocab_size=8000, split="99,1,0",
+           plan=paper_plan(GPT_ARMS), extra=_GPT_CPU),
+    # Table 3 on the default corpus (BERT, masked LM + sentence order), the same token sizes.
+    Preset("cpu", "bert", 4, 256, 4, 128, 8, 16, train_tokens=160 * 16 * 128, lr=1e-3,
+           min_lr=1e-4, warmup_fraction=0.05, eval_interval=40, log_interval=10, seeds=2,
+           corpus_bytes=8_000_000, vocab_size=8000, split="99,1,0",
+           plan=paper_plan(BERT_ARMS), extra=_CPU_FLAGS),
+    # GPT-2 125M at sequence 1024 on the user's token store (GPU). 2.5B tokens at 100%.
+    Preset("gpu-125m", "gpt", 12, 768, 12, 1024, 8, 256, train_tokens=2_500_000_000, lr=6e-4,
+           min_lr=6e-5, warmup_fraction=0.01, eval_interval=500, log_interval=50, seeds=1,
+           corpus_bytes=None, vocab_size=0, split="969,30,1", plan=paper_plan(GPT_ARMS),
+           extra=("--bf16", "--hidden-dropout", "0.0", "--attention-dropout", "0.0",
+                  "--weight-decay", "0.1", "--clip-grad", "1.0", "--adam-beta2", "0.95")),
+]}
+
+
+def get_preset(name: str, model: str = "gpt") -> Preset:
+    """The preset ``name`` for ``model``; raises ValueError listing the known ones."""
+    try:
+        return PRESETS[(model, name)]
+    except KeyError:
+        known = ", ".join(f"{n} ({m})" for m, n in PRESETS)
+        raise ValueError(f"no preset {name!r} for --model {model}; known: {known}") from None
+
+
+def with_hyper(preset: Preset, **overrides: float | None) -> Preset:
+    """The preset with some Table 1 fractions replaced (None values are ignored)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(preset, hyper=replace(preset.hyper, **given)) if given else preset

@@ -1,0 +1,152 @@
+"""Reading a run's results back from its TensorBoard events, and the study's outputs:
+``study.json``, the paper-shaped ``study.md`` table and the PNG plots."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+
+LOSS, ACCURACY = "lm loss validation", "lm accuracy validation"
+
+
+def read_scalars(tensorboard_dir: str, tags: tuple[str, ...]) -> dict[str, dict[int, float]]:
+    """``{tag: {step: value}}`` over every event file in the folder; where a resumed run
+    wrote a step again, the later write wins."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(tensorboard_dir, size_guidance={"scalars": 0},
+                           purge_orphaned_data=False)
+    acc.Reload()
+    have = set(acc.Tags().get("scalars", []))
+    out: dict[str, dict[int, float]] = {}
+    for tag in tags:
+        events = sorted(acc.Scalars(tag), key=lambda e: e.wall_time) if tag in have else []
+        out[tag] = {e.step: e.value for e in events}
+    return out
+
+
+def _cumulative_seconds(iteration_time: dict[int, float]) -> dict[int, float]:
+    """Training seconds up to each logged step: each log line's per-iteration time times
+    the steps since the previous log line (evaluation time is not in it)."""
+    total, prev, out = 0.0, 0, {}
+    for step in sorted(iteration_time):
+        total += iteration_time[step] * (step - prev)
+        prev, out[step] = step, total
+    return out
+
+
+def run_record(tensorboard_dir: str) -> dict:
+    """The record of one finished run: final consumed tokens, training seconds, whole-split
+    validation loss / perplexity (/ accuracy), and the validation curve.
+
+    Raises:
+        ValueError: when the events hold no validation result (the run did not finish).
+    """
+    s = read_scalars(tensorboard_dir, (LOSS, ACCURACY, "consumed-tokens", "iteration-time"))
+    if not s[LOSS]:
+        raise ValueError(f"{tensorboard_dir}: no '{LOSS}' events (did the run finish?)")
+    last = max(s["consumed-tokens"])
+    seconds = _cumulative_seconds(s["iteration-time"])
+
+    def seconds_at(step: int) -> float:
+        return max((v for k, v in seconds.items() if k <= step), default=0.0)
+
+    curve = [{"iteration": it, "tokens": int(s["consumed-tokens"].get(it, 0)),
+              "seconds": seconds_at(it), "loss": loss}
+             for it, loss in sorted(s[LOSS].items())]
+    final = s[LOSS][max(s[LOSS])]
+    record = {"iterations": last, "consumed_tokens": int(s["consumed-tokens"][last]),
+              "train_seconds": round(seconds_at(last), 3), "val_loss": final,
+              "val_ppl": math.exp(min(final, 50.0)), "curve": curve}
+    if s[ACCURACY]:
+        record["val_accuracy"] = s[ACCURACY][max(s[ACCURACY])]
+    return record
+
+
+def _mean_spread(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def _groups(records: list[dict]) -> list[tuple[tuple[str, float], list[dict]]]:
+    """Records grouped by (arm, budget), in the order they first appear."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["arm"], r["budget_fraction"]), []).append(r)
+    return list(groups.items())
+
+
+def study_table(records: list[dict], title: str) -> str:
+    """The paper-shaped markdown table: per (arm, budget) the data and time with their
+    ratios to the 100% baseline, validation loss / PPL (/ accuracy) as mean ± standard
+    deviation over seeds, and the PPL relative to the 100% baseline."""
+    groups = _groups(records)
+    base = next((rs for (arm, f), rs in groups if arm == "baseline" and f == 1.0), None)
+    mean = lambda rs, k: statistics.mean(r[k] for r in rs)   # noqa: E731
+    has_acc = all("val_accuracy" in r for r in records)
+    head = ("| Case | budget | data (tokens) | data ratio | time (s) | time ratio "
+            "| val loss | val PPL |" + (" val acc |" if has_acc else "") + " PPL vs baseline |")
+    lines = [f"# {title}", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for (arm, f), rs in groups:
+        ratio = (lambda k: f"{mean(rs, k) / mean(base, k):.2f}x") if base else (lambda k: "-")
+        row = (f"| {arm} | {round(f * 100)}% | {mean(rs, 'consumed_tokens'):,.0f} "
+               f"| {ratio('consumed_tokens')} | {mean(rs, 'train_seconds'):.1f} "
+               f"| {ratio('train_seconds')} "
+               f"| {_mean_spread([r['val_loss'] for r in rs], '.4f')} "
+               f"| {_mean_spread([r['val_ppl'] for r in rs], '.2f')} |")
+        if has_acc:
+            row += f" {_mean_spread([r['val_accuracy'] for r in rs], '.4f')} |"
+        row += f" {mean(rs, 'val_ppl') / mean(base, 'val_ppl'):.3f}x |" if base else " - |"
+        lines.append(row)
+    seeds = sorted({r["seed"] for r in records})
+    lines += ["", f"Seeds: {', '.join(map(str, seeds))} (loss / PPL / accuracy: mean ± "
+              "standard deviation over seeds). Data: layer-weighted consumed tokens, as the "
+              "LR schedule counts them. Time: training wall time (evaluation excluded). "
+              "Quality: the whole validation split. PPL vs baseline below 1 is better."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(records: list[dict], out_dir: str) -> list[str]:
+    """``loss_vs_tokens.png`` and ``loss_vs_time.png``: validation loss of every run, one
+    colour per (arm, budget), one line per seed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    for key, label, name in (("tokens", "consumed tokens (layer-weighted)", "loss_vs_tokens"),
+                             ("seconds", "training wall time (s)", "loss_vs_time")):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for i, ((arm, f), rs) in enumerate(_groups(records)):
+            for j, r in enumerate(rs):
+                ax.plot([p[key] for p in r["curve"]], [p["loss"] for p in r["curve"]],
+                        color=f"C{i % 10}", marker=".", alpha=0.85,
+                        label=f"{arm} ({round(f * 100)}%)" if j == 0 else None)
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation loss (whole split)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        path = os.path.join(out_dir, name + ".png")
+        fig.tight_layout()
+        fig.savefig(path + ".tmp.png", dpi=110)
+        plt.close(fig)
+        os.replace(path + ".tmp.png", path)
+        paths.append(path)
+    return paths
+
+
+def write_atomic(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def write_outputs(records: list[dict], meta: dict, out_dir: str, title: str) -> list[str]:
+    """``study.json`` (the records, without curves, plus ``meta``), ``study.md`` and the
+    plots; returns their paths."""
+    slim = [{k: v for k, v in r.items() if k != "curve"} for r in records]
+    write_atomic(os.path.join(out_dir, "study.json"),
+                 json.dumps({**meta, "runs": slim}, indent=1) + "\n")
+    write_atomic(os.path.join(out_dir, "study.md"), study_table(records, title))
+    return [os.path.join(out_dir, "study.json"), os.path.join(out_dir, "study.md"),
+            *plot_curves(records, out_dir)]

@@ -1,0 +1,217 @@
+"""Runs a study: builds the data and indexes once, runs every (arm, budget, seed) as an
+ordinary ``pretrain_*.py`` process in its own folder (resumable), reads the results back
+and writes the outputs. Progress (step, loss, ETA) is printed as the runs go."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from megatron.study import data as study_data
+from megatron.study import results
+from megatron.study.commands import DataSpec, RunSpec, budget_tokens, pretrain_command
+from megatron.study.presets import Preset
+
+BASE_SEED = 1234
+_STEP = re.compile(r"iteration\s+(\d+)/\s*(\d+) \|.*?per iteration \(ms\): ([\d.]+)"
+                   r"(?:.*?lm loss: ([\d.E+-]+))?")
+# Training's message when an index covers another number of epochs (megatron/training.py).
+_INDEX_HINT = re.compile(r"this run builds \d+ training samples; index them with: "
+                         r".*?--train-samples (\d+)")
+_VALID = re.compile(r"validation loss at iteration (\d+) \| lm loss value: ([\d.E+-]+)")
+
+
+class RunFailed(RuntimeError):
+    """A ``pretrain_*.py`` run exited with an error; the message holds its log's tail."""
+
+
+@dataclass
+class StudyConfig:
+    """What to run. ``plan`` lists (arm name, budget fraction); ``data`` None builds the
+    default corpus; ``extra`` flags go to every run (after the preset's)."""
+    preset: Preset
+    out_dir: str
+    seeds: int
+    plan: list[tuple[str, float]]
+    data: DataSpec | None = None
+    jobs: int = 1
+    threads_per_job: int | None = None
+    extra: tuple[str, ...] = ()
+    title: str = ""
+    printer: Callable[[str], None] = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.printer is None:
+            self.printer = print_flush
+
+    def seeds_list(self) -> list[int]:
+        return [BASE_SEED + i for i in range(self.seeds)]
+
+
+class Progress:
+    """Thread-safe condensed progress lines: one per training log line and validation."""
+
+    def __init__(self, total_runs: int, printer: Callable[[str], None]) -> None:
+        self.total, self.done, self.lock, self.printer = total_runs, 0, threading.Lock(), printer
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            self.printer(text)
+
+    def line(self, name: str, text: str) -> None:
+        m = _STEP.search(text)
+        if m:
+            it, total, ms = int(m.group(1)), int(m.group(2)), float(m.group(3))
+            eta = max(0, total - it) * ms / 1000.0
+            loss = f" loss {float(m.group(4)):.4f}" if m.group(4) else ""
+            self.say(f"  [{name}] step {it}/{total}{loss}  ETA {_clock(eta)}")
+            return
+        m = _VALID.search(text)
+        if m:
+            self.say(f"  [{name}] validation (whole split) at step {m.group(1)}: "
+                     f"loss {float(m.group(2)):.4f}")
+
+    def finished(self, name: str, record: dict, skipped: bool) -> None:
+        with self.lock:
+            self.done += 1
+        how = "already done, skipped" if skipped else f"{record['train_seconds']:.1f} s"
+        self.say(f"[run {self.done}/{self.total}] {name}: val loss {record['val_loss']:.4f}, "
+                 f"{record['consumed_tokens']:,} tokens, {how}")
+
+
+def print_flush(text: str) -> None:
+    print(text, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _train(cmd: list[str], run_dir: str, threads: int, progress: Progress, name: str) -> int:
+    """Run one pretraining process, appending its output to ``train.log``."""
+    results.write_atomic(os.path.join(run_dir, "command.txt"), " ".join(cmd) + "\n")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    with open(os.path.join(run_dir, "train.log"), "a", buffering=1) as log:   # tail -f works
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, cwd=study_data.ROOT)
+        for line in proc.stdout:
+            log.write(line)
+            progress.line(name, line)
+        return proc.wait()
+
+
+def _index_samples_needed(log_path: str) -> int | None:
+    """The ``--train-samples`` of the analyzer run training asked for, when it refused an
+    index built for another number of epochs (the arm draws more samples than one epoch)."""
+    with open(log_path) as f:
+        found = _INDEX_HINT.findall(f.read()[-20000:])
+    return int(found[-1]) if found else None
+
+
+def execute_run(preset: Preset, run: RunSpec, data: DataSpec, out_dir: str, index_dir: str,
+                extra: tuple[str, ...], threads: int, progress: Progress) -> dict:
+    """Run one arm x budget x seed unless its ``result.json`` exists; an interrupted run
+    resumes from its last checkpoint (``--load``). An arm that draws more training samples
+    than the shared index covers gets an index of its own (``<index>_n<samples>``, kept in
+    ``index.txt``). Returns its record."""
+    run_dir = os.path.join(out_dir, "runs", run.name)
+    result_path = os.path.join(run_dir, "result.json")
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            record = json.load(f)
+        progress.finished(run.name, record, skipped=True)
+        return record
+    os.makedirs(run_dir, exist_ok=True)
+    tb_dir = os.path.join(out_dir, "tensorboard", run.name)
+    log_path = os.path.join(run_dir, "train.log")
+    own_index = os.path.join(run_dir, "index.txt")
+    if os.path.exists(own_index):
+        index_dir = open(own_index).read().strip()
+    for attempt in range(2):
+        cmd = [sys.executable, *pretrain_command(preset, run, data, run_dir, tb_dir,
+                                                 index_dir, extra)]
+        rc = _train(cmd, run_dir, threads, progress, run.name)
+        needed = _index_samples_needed(log_path) if rc != 0 and attempt == 0 else None
+        if needed is None:
+            break
+        index_dir = f"{index_dir}_n{needed}"
+        progress.say(f"  [{run.name}] draws {needed} samples: its own index -> {index_dir}")
+        study_data.build_index(preset, data, run.seed, index_dir, [run.arm], progress.say,
+                               samples=needed)
+        results.write_atomic(own_index, index_dir + "\n")
+    if rc != 0:
+        with open(log_path) as f:
+            tail = f.read()[-4000:]
+        raise RunFailed(f"run {run.name} failed (exit {rc}); log: {log_path}\n{tail}")
+    return _finish(preset, run, tb_dir, log_path, result_path, progress)
+
+
+def _finish(preset: Preset, run: RunSpec, tb_dir: str, log_path: str, result_path: str,
+            progress: Progress) -> dict:
+    """Read the finished run back, check it reached its budget, write ``result.json``."""
+    try:
+        read = results.run_record(tb_dir)
+    except ValueError as exc:   # e.g. stopped by --exit-interval before any evaluation
+        raise RunFailed(f"run {run.name} did not finish ({exc}); rerun the study to resume "
+                        f"it (log: {log_path})") from None
+    record = {"arm": run.arm.name, "budget_fraction": run.budget_fraction, "seed": run.seed,
+              "run": run.name, **read}
+    budget = budget_tokens(preset, run.budget_fraction)
+    if record["consumed_tokens"] < budget:   # e.g. --exit-interval / --exit-duration-in-mins
+        raise RunFailed(f"run {run.name} stopped at {record['consumed_tokens']} of its "
+                        f"{budget} tokens; rerun the study to resume it (log: {log_path})")
+    results.write_atomic(result_path, json.dumps(record, indent=1) + "\n")
+    progress.finished(run.name, record, skipped=False)
+    return record
+
+
+def plan_runs(cfg: StudyConfig) -> list[RunSpec]:
+    """Every (arm, budget) of the plan for every seed, in plan order."""
+    arms = cfg.preset.arms
+    unknown = [a for a, _ in cfg.plan if a not in arms]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown} for {cfg.preset.model}; known: "
+                         f"{', '.join(arms)}")
+    return [RunSpec(arms[a], f, seed) for a, f in cfg.plan for seed in cfg.seeds_list()]
+
+
+def run_study(cfg: StudyConfig) -> tuple[list[dict], list[str]]:
+    """Data, indexes, runs, outputs. Returns the records and the output paths."""
+    say = Progress(0, cfg.printer).say
+    preset, out = cfg.preset, cfg.out_dir
+    os.makedirs(out, exist_ok=True)
+    runs = plan_runs(cfg)
+    start = time.time()
+    data = cfg.data
+    if data is None:
+        say(f"data: the default corpus -> {os.path.join(out, 'data')}")
+        data = study_data.default_corpus(preset, os.path.join(out, "data"), say)
+    arms = {r.arm.name: r.arm for r in runs}.values()
+    for seed in cfg.seeds_list():
+        say(f"analyzer index for seed {seed} (as needed) -> {out}/index/s{seed}")
+        study_data.build_index(preset, data, seed, os.path.join(out, "index", f"s{seed}"),
+                               arms, say)
+    threads = cfg.threads_per_job or max(1, (os.cpu_count() or 1) // max(1, cfg.jobs))
+    progress = Progress(len(runs), cfg.printer)
+    say(f"{len(runs)} runs, {cfg.jobs} at a time, {threads} thread(s) each; "
+        f"TensorBoard: tensorboard --logdir {os.path.join(out, 'tensorboard')}")
+
+    def one(run: RunSpec) -> dict:
+        return execute_run(preset, run, data, out, os.path.join(out, "index", f"s{run.seed}"),
+                           cfg.extra, threads, progress)
+
+    with ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:
+        records = [f.result() for f in [pool.submit(one, r) for r in runs]]
+    meta = {"preset": preset.name, "model": preset.model, "seeds": cfg.seeds_list(),
+            "train_tokens_100": preset.train_tokens, "study_seconds": round(time.time() - start, 1)}
+    title = cfg.title or f"Data-efficiency study: preset {preset.name} ({preset.model})"
+    paths = results.write_outputs(records, meta, out, title)
+    return records, paths

@@ -1,0 +1,128 @@
+"""tools/data_efficiency_study.py --preset smoke end to end: every arm of Table 2 as a real
+pretrain_gpt.py run on the default corpus; outputs, skipping finished runs, resuming an
+interrupted one; and one real (tiny) search of tools/tune_data_efficiency.py."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import pytest
+
+from megatron.study.presets import get_preset
+from tests.tools.tool_loader import load_tool
+
+FIELDS = {"arm", "budget_fraction", "seed", "consumed_tokens", "train_seconds", "val_loss",
+          "val_ppl", "val_accuracy"}
+
+
+@pytest.fixture(scope="module")
+def study():
+    return load_tool("data_efficiency_study")
+
+
+@pytest.fixture(scope="module")
+def smoke(study, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("smoke"))
+    assert study.main(["--preset", "smoke", "--out", out, "--jobs", "2",
+                       "--threads-per-job", "1"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_smoke_preset_writes_the_table_json_and_plots(smoke, study, capsys):
+    runs = json.load(open(os.path.join(smoke, "study.json")))["runs"]
+    preset = get_preset("smoke")
+    assert [(r["arm"], r["budget_fraction"]) for r in runs] == list(preset.plan)
+    for r in runs:
+        assert FIELDS <= set(r), r
+        budget = round(preset.train_tokens * r["budget_fraction"])
+        # sized in tokens: every arm stops at the first step that reaches its budget
+        assert budget <= r["consumed_tokens"] < budget + 4 * 32
+        assert math.isfinite(r["val_loss"]) and r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]))
+        assert 0.0 <= r["val_accuracy"] <= 1.0 and r["train_seconds"] > 0
+        assert os.listdir(os.path.join(smoke, "tensorboard", r["run"]))
+    by = {(r["arm"], r["budget_fraction"]): r for r in runs}
+    base = by[("baseline", 1.0)]
+    assert base["val_loss"] < math.log(500)          # learnt something from ln(vocab)
+    # curriculum / random-LTD steps consume fewer tokens: more steps for the same budget
+    assert by[("CL_seqtru_voc+random-LTD", 1.0)]["iterations"] > base["iterations"]
+    table = open(os.path.join(smoke, "study.md")).read()
+    assert "| CL_seqtru_voc+random-LTD | 50% |" in table and "| baseline | 100% |" in table
+    for png in ("loss_vs_tokens.png", "loss_vs_time.png"):
+        with open(os.path.join(smoke, png), "rb") as f:
+            assert f.read(4) == b"\x89PNG"
+    # Rerunning skips every finished run: same records, nothing trained again.
+    logs = {r["run"]: os.path.getsize(os.path.join(smoke, "runs", r["run"], "train.log"))
+            for r in runs}
+    capsys.readouterr()
+    assert study.main(["--preset", "smoke", "--out", smoke]) == 0
+    out = capsys.readouterr().out
+    assert out.count("already done, skipped") == len(runs)
+    assert json.load(open(os.path.join(smoke, "study.json")))["runs"] == runs
+    assert logs == {r: os.path.getsize(os.path.join(smoke, "runs", r, "train.log"))
+                    for r in logs}
+
+
+def _own_data(smoke: str) -> list[str]:
+    """The smoke study's token store and tokenizer, given as a user's --data-path."""
+    data = os.path.join(smoke, "data")
+    return ["--data-path", os.path.join(data, "stdlib_text_document"),
+            "--tokenizer-type", "GPTSentencePieceTokenizer",
+            "--tokenizer-model", os.path.join(data, "stdlib_sp.model"),
+            "--data-cache-path", os.path.join(data, "cache")]
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_from_its_checkpoint(smoke, study, tmp_path):
+    out = str(tmp_path / "study")
+    shutil.copytree(os.path.join(smoke, "index"), os.path.join(out, "index"))
+    args = ["--preset", "smoke", "--out", out, "--arms", "CL_seqtru_voc+random-LTD",
+            "--budgets", "0.5", *_own_data(smoke)]
+    assert study.main(args + ["--", "--exit-interval", "5"]) == 1     # stopped early
+    name = "CL_seqtru_voc+random-LTD_50_s1234"
+    assert not os.path.exists(os.path.join(out, "runs", name, "result.json"))
+    assert study.main(args) == 0
+    log = open(os.path.join(out, "runs", name, "train.log")).read()
+    assert "training from iteration 5" in log
+    resumed = json.load(open(os.path.join(out, "runs", name, "result.json")))
+    straight = json.load(open(os.path.join(smoke, "runs", name, "result.json")))
+    assert resumed["consumed_tokens"] == straight["consumed_tokens"]
+    assert resumed["iterations"] == straight["iterations"]
+    assert resumed["val_loss"] == pytest.approx(straight["val_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_tuner_runs_a_real_search(smoke, tmp_path, capsys):
+    tuner = load_tool("tune_data_efficiency")
+    out = str(tmp_path / "tune")
+    assert tuner.main(["--technique", "ltd", "--preset", "smoke", "--out", out,
+                       "--fraction", "0.5", "--durations", "0.5,1.0",
+                       "--threads-per-job", "1", *_own_data(smoke)]) == 0
+    result = json.load(open(os.path.join(out, "tuning.json")))
+    assert set(result) >= {"r_s", "T_r", "trials"}
+    trials = result["trials"]
+    assert 1 <= len(trials) <= 2 + 2   # r_s in (16, 32), then T_r in (0.5, 0.7, 1.0)
+    for t in trials:   # each trial is a real run with several whole-split evaluations
+        assert len(t["perplexities"]) >= 3 and all(p > 1 for p in t["perplexities"])
+    if result["r_s"] is not None:
+        assert result["r_s"] in (16, 32) and result["T_r"] in (0.5, 0.7, 1.0)
+        assert "--random-ltd-min-seqlen" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bert_smoke_arms(study, tmp_path):
+    """Table 3's BERT-only pieces: the seqreo_voc curriculum over its seqlen_voc index and
+    the composed arm, as real pretrain_bert.py runs (no accuracy for BERT)."""
+    out = str(tmp_path / "bert")
+    arms = "baseline,CL_seqreo_voc,CL_seqtru_voc+random-LTD"
+    assert study.main(["--preset", "smoke", "--model", "bert", "--out", out, "--arms", arms,
+                       "--budgets", "1", "--threads-per-job", "1"]) == 0
+    runs = json.load(open(os.path.join(out, "study.json")))["runs"]
+    assert [r["arm"] for r in runs] == arms.split(",")
+    assert os.path.exists(os.path.join(out, "index", "s1234", "seqlen_voc", "meta.json"))
+    for r in runs:
+        assert (FIELDS - {"val_accuracy"}) <= set(r) and "val_accuracy" not in r
+        assert math.isfinite(r["val_loss"]) and r["consumed_tokens"] >= 3072
+    assert "val acc" not in open(os.path.join(out, "study.md")).read()

@@ -7,6 +7,7 @@ import torch
 
 import pretrain_gpt
 from megatron.core import parallel_state as ps
+from megatron.core.enums import ModelType
 from megatron.model import GPTModel, TransformerConfig
 from megatron.training import pretrain
 from tests.dist_utils import run_distributed
@@ -28,7 +29,8 @@ def _run(*extra):
         if not model.training:
             seen.append(1)
         return pretrain_gpt.forward_step(data_iterator, model)
-    state = pretrain(_provider, pretrain_gpt.model_provider, forward_step,
+    state = pretrain(_provider, pretrain_gpt.model_provider, ModelType.encoder_or_decoder,
+                     forward_step,
                      argv=tiny_gpt_flags(*extra, iters=3))
     return state, len(seen)
 

@@ -97,7 +97,8 @@ def build_data_efficiency_runtime(args: argparse.Namespace, model_type: ModelTyp
     """Curriculum learning and random-LTD for this run from ``args.data_efficiency`` (the
     config ``validate_args`` built; the plain runtime when nothing is on)."""
     shape = RunShape(global_batch_size=args.global_batch_size, seq_length=args.seq_length,
-                     num_layers=args.num_layers, seed=args.seed, model=model_type.data_model,
+                     num_layers=args.num_layers, seed=args.data_efficiency.seed,
+                     model=model_type.data_model,
                      num_microbatches=args.num_microbatches,
                      pipeline_stages=args.pipeline_model_parallel_size)
     par = Parallelism(dp_rank=parallel_state.get_data_parallel_rank(),
@@ -262,11 +263,13 @@ def _eval_due(iteration: int, args: argparse.Namespace, make_valid_iterator) -> 
 
 
 def _training_done(state: TrainState, args: argparse.Namespace, run: RunPlan) -> bool:
+    """Every given stop condition is checked; the first reached ends the run
+    (Megatron-DeepSpeed: --train-tokens beside --train-iters / --train-samples)."""
+    if args.train_tokens is not None and state.consumed_tokens >= args.train_tokens:
+        return True
     if args.train_samples is not None:
         return state.consumed_samples >= args.train_samples
-    if args.train_tokens is not None:
-        return state.consumed_tokens >= args.train_tokens
-    return state.iteration >= run.train_iters
+    return args.train_iters_is_stop and state.iteration >= args.train_iters
 
 
 def _time_is_up(start: float, args: argparse.Namespace) -> bool:

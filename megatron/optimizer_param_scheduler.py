@@ -115,11 +115,17 @@ def lr_at(progress: float, cfg: ScheduleConfig, warmup_progress: float | None = 
 
 class OptimizerParamScheduler:
     """Sets ``lr`` (times the group's ``lr_mult``) and ``weight_decay`` (times
-    ``wd_mult``) on the optimizer's param groups as training progresses."""
+    ``wd_mult``) on the optimizer's param groups as training progresses.
 
-    def __init__(self, optimizer, config: ScheduleConfig) -> None:
+    ``override_on_load`` is ``--override-opt_param-scheduler``: on load, a schedule that
+    differs from the checkpoint's is taken from the flags; without it the difference is an
+    error (Megatron asserts the same).
+    """
+
+    def __init__(self, optimizer, config: ScheduleConfig, override_on_load: bool = False) -> None:
         self.optimizer = optimizer
         self.config = config
+        self.override_on_load = override_on_load
         self.num_steps = 0
         self.num_samples = 0
         self.num_tokens = 0
@@ -156,13 +162,23 @@ class OptimizerParamScheduler:
                 "num_tokens": self.num_tokens, "config": asdict(self.config)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore progress; the schedule itself comes from the current flags."""
+        """Restore progress (steps, samples, tokens); the schedule must be the checkpoint's
+        unless ``override_on_load``, when the current flags' is used.
+
+        Raises:
+            ValueError: the schedule differs and ``override_on_load`` is False.
+        """
         saved = state.get("config", {})
         changed = {k: (v, getattr(self.config, k)) for k, v in saved.items()
                    if getattr(self.config, k, v) != v}
+        described = {k: f"{a} -> {b}" for k, (a, b) in changed.items()}
+        if changed and not self.override_on_load:
+            raise ValueError(f"the LR schedule of the flags differs from the checkpoint's: "
+                             f"{described}; pass --override-opt_param-scheduler to use the "
+                             f"flags' schedule (the step / sample / token counts are restored)")
         if changed:
-            print(f" > LR schedule differs from the checkpoint, using the current flags: "
-                  f"{ {k: f'{a} -> {b}' for k, (a, b) in changed.items()} }", flush=True)
+            print(f" > LR schedule differs from the checkpoint, using the current flags "
+                  f"(--override-opt_param-scheduler): {described}", flush=True)
         self.num_steps = int(state["num_steps"])
         self.num_samples = int(state["num_samples"])
         self.num_tokens = int(state["num_tokens"])

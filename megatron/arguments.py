@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 
 from megatron.core import parallel_state
-from megatron.deepspeed_compat import add_deepspeed_args, apply_deepspeed_flags
+from megatron.deepspeed_compat import (add_deepspeed_args, apply_deepspeed_flags,
+                                       default_tokenizer_type)
 from megatron.tokenizer import vocab_size_with_padding
 
 _GLOBAL_ARGS: argparse.Namespace | None = None
@@ -377,8 +378,8 @@ def _derive_training(args: argparse.Namespace, tokenizer_vocab_size: int | None)
             args.train_iters = -(-args.train_tokens // (gbs * seq))
     args.params_dtype = torch.float16 if args.fp16 else (
         torch.bfloat16 if args.bf16 else torch.float32)
-    if args.tokenizer_type is None and args.vocab_size is not None:
-        args.tokenizer_type = "NullTokenizer"
+    if args.tokenizer_type is None:
+        args.tokenizer_type = default_tokenizer_type(args)
     vocab = tokenizer_vocab_size if tokenizer_vocab_size is not None else args.vocab_size
     args.orig_vocab_size = vocab          # saved in checkpoints (re-padding)
     args.padded_vocab_size = None if vocab is None else vocab_size_with_padding(

@@ -79,6 +79,47 @@ def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--train-idx-path", default=None, help="BERT train split: samples mapping .npy")
 
 
+_GPT_MAP_FLAGS = {"train_doc_idx_path": "--train-doc-idx-path",
+                  "train_sample_idx_path": "--train-sample-idx-path",
+                  "train_shuffle_idx_path": "--train-shuffle-idx-path"}
+
+
+def gpt_train_index_maps(args: argparse.Namespace) -> dict[str, str] | None:
+    """``{flag: path}`` of the GPT train split's doc / sample / shuffle maps to load, or None.
+
+    Raises:
+        BadConfigError: ``--train-idx-path`` (BERT's) was given to GPT.
+    """
+    if args.train_idx_path:
+        raise BadConfigError("--train-idx-path is the BERT samples mapping; GPT takes "
+                             "--train-doc-idx-path / --train-sample-idx-path / "
+                             "--train-shuffle-idx-path")
+    if args.train_doc_idx_path is None:
+        return None
+    return {flag: getattr(args, name) for name, flag in _GPT_MAP_FLAGS.items()}
+
+
+def bert_train_mapping(args: argparse.Namespace) -> dict[str, str] | None:
+    """``{"--train-idx-path": path}`` of the BERT train samples mapping to load, or None.
+
+    Raises:
+        BadConfigError: GPT's ``--train-*-idx-path`` maps were given to BERT.
+    """
+    given = [flag for name, flag in _GPT_MAP_FLAGS.items() if getattr(args, name)]
+    if given:
+        raise BadConfigError(f"{given} are GPT's sample maps; BERT takes --train-idx-path")
+    return None if args.train_idx_path is None else {"--train-idx-path": args.train_idx_path}
+
+
+def default_tokenizer_type(args: argparse.Namespace) -> str | None:
+    """The tokenizer when ``--tokenizer-type`` is not given (and the script names none):
+    ``NullTokenizer`` under ``--vocab-size``; Megatron-DeepSpeed's default
+    ``GPT2BPETokenizer`` when a ``--merge-file`` is given; else None."""
+    if args.vocab_size is not None:
+        return "NullTokenizer"
+    return "GPT2BPETokenizer" if args.merge_file else None
+
+
 def read_deepspeed_json(path: str) -> dict:
     """The DeepSpeed config file of ``--deepspeed_config``, as a dict."""
     try:
@@ -112,6 +153,10 @@ def apply_deepspeed_flags(args: argparse.Namespace, errors: list[str]) -> None:
             ds = None
     _zero_stage(args, ds, errors)
     _activation_checkpointing(args, errors)
+    maps = [flag for name, flag in _GPT_MAP_FLAGS.items() if getattr(args, name)]
+    if maps and len(maps) != len(_GPT_MAP_FLAGS):
+        errors.append(f"{maps} given without the other of {list(_GPT_MAP_FLAGS.values())}: "
+                      "the three maps are loaded together")
     if args.no_pipeline_parallel and args.pipeline_model_parallel_size > 1:
         errors.append(f"--no-pipeline-parallel contradicts --pipeline-model-parallel-size "
                       f"{args.pipeline_model_parallel_size}")

@@ -1,6 +1,7 @@
 """examples/mds: the Megatron-DeepSpeed recipes generate the ds_config their flags point at,
-and it is read as this codebase's data-efficiency config (the flags themselves: issue 10,
-phase 2)."""
+it is read as this codebase's data-efficiency config, and each recipe trains for a few steps
+on CPU with every flag and the JSON as generated (model, batch and run shrunk through the
+recipe's environment variables) on a tiny store with a DeepSpeed-format analyzer index."""
 import os
 import subprocess
 
@@ -84,9 +85,22 @@ def _rarity(texts: list[np.ndarray]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
+    """400 short documents of 3-8 sentences, words drawn from the default corpus (CPython
+    standard library) with Zipf-like frequencies: a tiny store either recipe can split."""
     d = tmp_path_factory.mktemp("mds_corpus")
+    source = str(d / "stdlib.jsonl")
+    prepare_default_corpus.write_corpus(source, max_bytes=100_000, skip_tests=True)
+    with open(source) as f:
+        text = " ".join(json.loads(line)["text"] for line in f)
+    words = sorted(set(re.findall(r"[a-z]{2,9}", text)))[:600]
+    rng = np.random.default_rng(0)
+    p = 1.0 / np.arange(1, len(words) + 1)
     path = str(d / "corpus.jsonl")
-    prepare_default_corpus.write_corpus(path, max_bytes=150_000, skip_tests=True)
+    with open(path, "w") as f:
+        for _ in range(400):
+            sentences = [" ".join(rng.choice(words, int(rng.integers(4, 14)), p=p / p.sum()))
+                         .capitalize() + "." for _ in range(int(rng.integers(3, 9)))]
+            f.write(json.dumps({"text": " ".join(sentences)}) + "\n")
     return path
 
 
@@ -114,7 +128,7 @@ def _launch(script: str, out_dir, env: dict) -> subprocess.CompletedProcess:
 def _run_recipe(script: str, tmp_path, env: dict) -> str:
     proc = _launch(script, tmp_path / "out", env)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    assert proc.returncode == 0, "\n".join(l for l in out.splitlines() if "error" in l.lower())[-3000:]
     return out
 
 
@@ -162,7 +176,7 @@ def test_gpt_recipe_trains_on_cpu(tmp_path, corpus):
     its = _iterations(out)
     # two stop conditions: 6 steps of samples; 5 full-length steps of tokens, which the
     # curriculum's shorter early sequences stretch past 6 steps, so --train-samples wins
-    assert its[-1] == 6, out[-3000:]
+    assert its[-1] == 6 and "iteration        6/       6" in out, out[-3000:]
     assert "loaded the train index maps" in out
     assert "validation loss at iteration 2" in out
     ckpt = tmp_path / "out" / "checkpoint" / "gpt_1.3B_cl_seqtru_voc_ltd_seed1234"
@@ -178,3 +192,39 @@ def test_gpt_recipe_trains_on_cpu(tmp_path, corpus):
     assert proc.returncode != 0
     assert f"the index describes {n - 1} samples but the training dataset has {n}" in \
         proc.stdout + proc.stderr
+
+
+def test_bert_recipe_trains_on_cpu(tmp_path, corpus):
+    from megatron.data.bert_dataset import build_samples_mapping
+    vocab = str(tmp_path / "bert-large-uncased-vocab.txt")
+    assert build_wordpiece_vocab.main(["--input", corpus, "--output", vocab,
+                                       "--vocab-size", "1200"]) == 0
+    prefix = str(tmp_path / "pile_bert_train")
+    assert preprocess_data.main(["--input", corpus, "--output-prefix", prefix, "--tokenizer-type",
+                                 "BertWordPieceLowerCase", "--vocab-file", vocab,
+                                 "--split-sentences", "--log-interval", "0"]) == 0
+    data, seq = prefix + "_text_sentence", 32
+    store = MMapIndexedDataset(data)
+    lo, hi = get_train_valid_test_split_(SPLIT, store.num_documents)[:2]
+    # the analyzer's samples mapping (Megatron-DeepSpeed's exact5ep file), 0.10 short seqs
+    mapping = build_samples_mapping(store.doc_idx[lo:hi + 1], store.sizes, 1, seq - 3, 0.1,
+                                    SEED, True)
+    mapping_path = str(tmp_path / f"pile_bert_train_indexmap_exact1ep_{seq - 3}msl_0.10ssp_{SEED}s.npy")
+    np.save(mapping_path, mapping)
+    texts = [np.concatenate([store[i] for i in range(a, b)]) for a, b, _ in mapping]
+    sample_path, metric_path = _write_deepspeed_voc(str(tmp_path / "analysis"), _rarity(texts))
+    env = {"SEQ_LEN": str(seq), "TRAIN_ITERS": "8", "TRAIN_ITERS_OF_TOKENS": "4",
+           "LR_WARMUP_ITERS": "1", "DATA_PATH": data, "VOCAB_FILE": vocab,
+           "TRAIN_IDX_PATH": mapping_path, "CL_1st_SAMPLE_PATH": sample_path,
+           "CL_1st_METRIC_PATH": metric_path}
+    out = _run_recipe("pretrain_bert_336M_cl_seqtru_voc_ltd.sh", tmp_path, env)
+    its = _iterations(out)
+    # --train-iters 8 and --train-tokens = 4 full-length steps (512): the curriculum's
+    # shorter early sequences (64, 80, 80, 96, 128, 128 tokens) reach 512 at step 6 first
+    assert its[-1] == 6 and "iteration        6/       6" in out, out[-3000:]
+    assert "loaded the train BERT samples mapping" in out
+    assert "sop loss" in out
+    tags = _tags(str(tmp_path / "out" / "tensorboard" / "bert_336M_cl_seqtru_voc_ltd_seed1234"))
+    for tag in ("batch-size", "iteration-time", "lm loss validation ppl",
+                "optimizer/momentum_l2 vs tokens", "curriculum/voc"):
+        assert tag in tags, tag

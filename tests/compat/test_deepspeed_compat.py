@@ -191,3 +191,20 @@ def test_two_stop_conditions_first_wins_sized_for_larger(stop, expected_steps, s
 def test_train_iters_with_train_samples_still_refused():
     with pytest.raises(ArgumentValidationError, match="--train-iters.*--train-samples"):
         validate_args(parse_args(args=BASE + ["--train-iters", "3", "--train-samples", "12"]))
+
+
+def test_data_efficiency_seed_seeds_the_run(tmp_path):
+    """DeepSpeed seeds its data sampler with data_efficiency.seed, not --seed."""
+    from megatron.training import build_data_efficiency_runtime
+    args = _validate(tmp_path, DS, "--fp16", "--seed", "5")
+    run = plan_run(args, ModelType.encoder_or_decoder)
+    runtime = build_data_efficiency_runtime(args, ModelType.encoder_or_decoder, run)
+    assert runtime.shape.seed == 99
+    assert _validate(tmp_path, None, "--seed", "5").data_efficiency.seed == 5
+
+
+def test_random_ltd_model_type_must_be_the_model(tmp_path):
+    from megatron.training import build_data_efficiency_runtime
+    args = _validate(tmp_path, DS, "--fp16")
+    with pytest.raises(ValueError, match="model_type 'decoder' contradicts the bert model"):
+        build_data_efficiency_runtime(args, ModelType.encoder, plan_run(args, ModelType.encoder))

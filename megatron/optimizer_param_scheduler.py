@@ -117,9 +117,7 @@ class OptimizerParamScheduler:
     """Sets ``lr`` (times the group's ``lr_mult``) and ``weight_decay`` (times
     ``wd_mult``) on the optimizer's param groups as training progresses.
 
-    ``override_on_load`` is ``--override-opt_param-scheduler``: on load, a schedule that
-    differs from the checkpoint's is taken from the flags; without it the difference is an
-    error (Megatron asserts the same).
+    ``override_on_load`` is ``--override-opt_param-scheduler`` (see ``load_state_dict``).
     """
 
     def __init__(self, optimizer, config: ScheduleConfig, override_on_load: bool = False) -> None:
@@ -162,23 +160,24 @@ class OptimizerParamScheduler:
                 "num_tokens": self.num_tokens, "config": asdict(self.config)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore progress (steps, samples, tokens); the schedule must be the checkpoint's
-        unless ``override_on_load``, when the current flags' is used.
+        """Restore progress (steps, samples, tokens); the schedule is the current flags'.
 
-        Raises:
-            ValueError: the schedule differs and ``override_on_load`` is False.
+        A schedule that differs from the checkpoint's is printed. With
+        ``override_on_load`` (``--override-opt_param-scheduler``) that is what was asked;
+        without it Megatron stops with an assertion, here the line says so and training
+        goes on with the flags' schedule (README, differences).
         """
         saved = state.get("config", {})
         changed = {k: (v, getattr(self.config, k)) for k, v in saved.items()
                    if getattr(self.config, k, v) != v}
         described = {k: f"{a} -> {b}" for k, (a, b) in changed.items()}
-        if changed and not self.override_on_load:
-            raise ValueError(f"the LR schedule of the flags differs from the checkpoint's: "
-                             f"{described}; pass --override-opt_param-scheduler to use the "
-                             f"flags' schedule (the step / sample / token counts are restored)")
-        if changed:
-            print(f" > LR schedule differs from the checkpoint, using the current flags "
-                  f"(--override-opt_param-scheduler): {described}", flush=True)
+        if changed and self.override_on_load:
+            print(f" > --override-opt_param-scheduler: the LR schedule comes from the flags, "
+                  f"not the checkpoint: {described}", flush=True)
+        elif changed:
+            print(f" > WARNING: the LR schedule of the flags differs from the checkpoint's "
+                  f"({described}); using the flags' (Megatron would stop here without "
+                  f"--override-opt_param-scheduler)", flush=True)
         self.num_steps = int(state["num_steps"])
         self.num_samples = int(state["num_samples"])
         self.num_tokens = int(state["num_tokens"])

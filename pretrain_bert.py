@@ -105,8 +105,10 @@ def forward_step(data_iterator, model):
 
 
 def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
-    """BERT datasets over ``--data-path`` (sentence-level stores) split by ``--split``."""
+    """BERT datasets over ``--data-path`` (sentence-level stores) split by ``--split``
+    (the train samples mapping loaded from ``--train-idx-path`` when given)."""
     from megatron.data.bert_dataset import build_train_valid_test_datasets
+    from megatron.deepspeed_compat import bert_train_mapping
     args = get_args()
     if not args.data_path:
         raise BadConfigError("pretrain_bert.py needs --data-path (a --split-sentences token store)")
@@ -116,7 +118,8 @@ def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
         train_valid_test_num_samples=train_val_test_num_samples,
         max_seq_length=args.seq_length, masked_lm_prob=args.mask_prob,
         short_seq_prob=args.short_seq_prob, seed=args.seed, tokenizer=get_tokenizer(),
-        binary_head=args.bert_binary_head, cache_dir=args.data_cache_path)
+        binary_head=args.bert_binary_head, cache_dir=args.data_cache_path,
+        train_mapping=bert_train_mapping(args))
     print_rank_0(" > finished creating BERT datasets ...")
     return datasets
 

@@ -130,19 +130,24 @@ def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
     """GPT datasets over ``--data-path`` split by ``--split``, or over separate
     ``--train-data-path`` / ``--valid-data-path`` / ``--test-data-path`` (each whole)."""
     from megatron.data.gpt_dataset import build_train_valid_test_datasets
+    from megatron.deepspeed_compat import gpt_train_index_maps
     args = get_args()
     build = partial(build_train_valid_test_datasets, seq_length=args.seq_length, seed=args.seed,
                     cache_dir=args.data_cache_path)
     print_rank_0(" > building train, validation, and test datasets for GPT ...")
+    maps = gpt_train_index_maps(args)
     if args.data_path:
-        datasets = build(args.data_path, args.split, train_val_test_num_samples)
+        datasets = build(args.data_path, args.split, train_val_test_num_samples,
+                         train_index_maps=maps)
     else:
         datasets = []
         for i, paths in enumerate((args.train_data_path, args.valid_data_path,
                                    args.test_data_path)):
             split, sizes = ["0", "0", "0"], [0, 0, 0]
             split[i], sizes[i] = "100", train_val_test_num_samples[i]
-            datasets.append(build(paths, ",".join(split), sizes)[i] if paths else None)
+            datasets.append(build(paths, ",".join(split), sizes,
+                                  train_index_maps=maps if i == 0 else None)[i]
+                            if paths else None)
     print_rank_0(" > finished creating GPT datasets ...")
     return tuple(datasets)
 

@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 
 from megatron.core import parallel_state
+from megatron.deepspeed_compat import (add_deepspeed_args, apply_deepspeed_flags,
+                                       default_tokenizer_type)
 from megatron.tokenizer import vocab_size_with_padding
 
 _GLOBAL_ARGS: argparse.Namespace | None = None
@@ -36,7 +38,7 @@ def parse_args(extra_args_provider: Callable | None = None, ignore_unknown_args:
                                      allow_abbrev=False)
     for add in (_add_model_args, _add_parallel_args, _add_training_args,
                 _add_mixed_precision_args, _add_data_args, _add_logging_args,
-                _add_data_efficiency_args, _add_moe_args):
+                _add_data_efficiency_args, _add_moe_args, add_deepspeed_args):
         add(parser)
     if extra_args_provider is not None:
         parser = extra_args_provider(parser)
@@ -149,10 +151,11 @@ def _add_mixed_precision_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--loss-scale", type=float, default=None,
                    help="static loss scale; default is dynamic loss scaling under --fp16")
-    g.add_argument("--initial-loss-scale", type=float, default=2.0 ** 32)
-    g.add_argument("--min-loss-scale", type=float, default=1.0)
-    g.add_argument("--loss-scale-window", type=int, default=1000)
-    g.add_argument("--hysteresis", type=int, default=2)
+    # defaults (2**32, 1.0, 1000, 2) are filled by validate_args, after a DeepSpeed JSON
+    g.add_argument("--initial-loss-scale", type=float, default=None)
+    g.add_argument("--min-loss-scale", type=float, default=None)
+    g.add_argument("--loss-scale-window", type=int, default=None)
+    g.add_argument("--hysteresis", type=int, default=None)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -222,7 +225,10 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
     Derived: ``world_size``, ``rank``, ``data_parallel_size``, ``ffn_hidden_size``,
     ``kv_channels``, ``global_batch_size`` (default MBS x DP), ``num_microbatches``,
     ``train_iters`` (the nominal estimate from samples / tokens; ``run_plan.plan_run``
-    counts the steps under the data-efficiency schedule), ``params_dtype``,
+    counts the steps under the data-efficiency schedule), ``train_iters_is_stop`` (whether
+    that count is itself a stop condition: ``--train-iters`` / ``--train-samples`` given),
+    the loss-scale defaults (after a ``--deepspeed_config``'s fp16 section, see
+    ``megatron.deepspeed_compat``), ``params_dtype``,
     ``virtual_pipeline_model_parallel_size``, ``orig_vocab_size`` / ``padded_vocab_size``
     (from ``tokenizer_vocab_size``, the built tokenizer's, or ``--vocab-size``) and
     ``data_efficiency`` (the typed ``DataEfficiencyConfig``).
@@ -238,7 +244,11 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
                  "micro_batch_size", "lr"):
         if getattr(args, name) is None:
             errors.append(f"--{name.replace('_', '-')} is required")
-    _exactly_one(args, ["train_iters", "train_samples", "train_tokens"], errors, required=True)
+    # --train-tokens is a stop condition of its own beside --train-iters / --train-samples
+    # (the first reached ends the run, as in Megatron-DeepSpeed)
+    _exactly_one(args, ["train_iters", "train_samples"], errors, required=False)
+    if args.train_iters is None and args.train_samples is None and args.train_tokens is None:
+        errors.append("one of --train-iters / --train-samples / --train-tokens is required")
     _exactly_one(args, ["lr_warmup_iters", "lr_warmup_fraction", "lr_warmup_samples",
                         "lr_warmup_tokens"], errors, required=False)
     _exactly_one(args, ["lr_decay_iters", "lr_decay_samples", "lr_decay_tokens"], errors,
@@ -256,6 +266,7 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
     _validate_model(args, errors)
     _derive_parallel(args, errors)
     _validate_moe(args, errors)
+    apply_deepspeed_flags(args, errors)
     if errors:
         raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors))
     _derive_training(args, tokenizer_vocab_size)
@@ -382,6 +393,7 @@ def _build_data_efficiency(args: argparse.Namespace) -> None:
 
 def _derive_training(args: argparse.Namespace, tokenizer_vocab_size: int | None) -> None:
     gbs, seq = args.global_batch_size, args.seq_length
+    args.train_iters_is_stop = args.train_iters is not None or args.train_samples is not None
     if args.train_iters is None:
         # Iteration count for display and data sizing; the stopping rule uses the given unit.
         if args.train_samples is not None:
@@ -390,8 +402,8 @@ def _derive_training(args: argparse.Namespace, tokenizer_vocab_size: int | None)
             args.train_iters = -(-args.train_tokens // (gbs * seq))
     args.params_dtype = torch.float16 if args.fp16 else (
         torch.bfloat16 if args.bf16 else torch.float32)
-    if args.tokenizer_type is None and args.vocab_size is not None:
-        args.tokenizer_type = "NullTokenizer"
+    if args.tokenizer_type is None:
+        args.tokenizer_type = default_tokenizer_type(args)
     vocab = tokenizer_vocab_size if tokenizer_vocab_size is not None else args.vocab_size
     args.orig_vocab_size = vocab          # saved in checkpoints (re-padding)
     args.padded_vocab_size = None if vocab is None else vocab_size_with_padding(

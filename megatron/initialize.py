@@ -50,7 +50,9 @@ def _build_tokenizer(args: argparse.Namespace, defaults: dict | None):
     ``validate_args`` can derive the padded vocabulary from it. A missing or unreadable
     vocabulary file is a ``MissingInputError`` / ``BadInputError`` naming the file."""
     from megatron.tokenizer import build_tokenizer
-    tokenizer_type = args.tokenizer_type or (defaults or {}).get("tokenizer_type")
+    from megatron.deepspeed_compat import default_tokenizer_type
+    tokenizer_type = args.tokenizer_type or (defaults or {}).get("tokenizer_type") or \
+        default_tokenizer_type(args)
     if tokenizer_type in (None, "NullTokenizer") and args.vocab_size is not None:
         return NullTokenizer(args.vocab_size)
     try:

@@ -115,11 +115,15 @@ def lr_at(progress: float, cfg: ScheduleConfig, warmup_progress: float | None = 
 
 class OptimizerParamScheduler:
     """Sets ``lr`` (times the group's ``lr_mult``) and ``weight_decay`` (times
-    ``wd_mult``) on the optimizer's param groups as training progresses."""
+    ``wd_mult``) on the optimizer's param groups as training progresses.
 
-    def __init__(self, optimizer, config: ScheduleConfig) -> None:
+    ``override_on_load`` is ``--override-opt_param-scheduler`` (see ``load_state_dict``).
+    """
+
+    def __init__(self, optimizer, config: ScheduleConfig, override_on_load: bool = False) -> None:
         self.optimizer = optimizer
         self.config = config
+        self.override_on_load = override_on_load
         self.num_steps = 0
         self.num_samples = 0
         self.num_tokens = 0
@@ -156,13 +160,24 @@ class OptimizerParamScheduler:
                 "num_tokens": self.num_tokens, "config": asdict(self.config)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore progress; the schedule itself comes from the current flags."""
+        """Restore progress (steps, samples, tokens); the schedule is the current flags'.
+
+        A schedule that differs from the checkpoint's is printed. With
+        ``override_on_load`` (``--override-opt_param-scheduler``) that is what was asked;
+        without it Megatron stops with an assertion, here the line says so and training
+        goes on with the flags' schedule (README, differences).
+        """
         saved = state.get("config", {})
         changed = {k: (v, getattr(self.config, k)) for k, v in saved.items()
                    if getattr(self.config, k, v) != v}
-        if changed:
-            print(f" > LR schedule differs from the checkpoint, using the current flags: "
-                  f"{ {k: f'{a} -> {b}' for k, (a, b) in changed.items()} }", flush=True)
+        described = {k: f"{a} -> {b}" for k, (a, b) in changed.items()}
+        if changed and self.override_on_load:
+            print(f" > --override-opt_param-scheduler: the LR schedule comes from the flags, "
+                  f"not the checkpoint: {described}", flush=True)
+        elif changed:
+            print(f" > WARNING: the LR schedule of the flags differs from the checkpoint's "
+                  f"({described}); using the flags' (Megatron would stop here without "
+                  f"--override-opt_param-scheduler)", flush=True)
         self.num_steps = int(state["num_steps"])
         self.num_samples = int(state["num_samples"])
         self.num_tokens = int(state["num_tokens"])

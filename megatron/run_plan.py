@@ -8,7 +8,9 @@ neither ``torch.distributed`` nor a model, and writes nothing to ``args``.
 With ``--train-tokens`` the steps are counted under the data-efficiency schedule (curriculum
 and random-LTD steps consume fewer tokens than ``global batch x seq length``), walking the
 same pure step plans training uses; seqreo's steps depend on the data, so its run is sized
-by the nominal estimate of ``validate_args``.
+by the nominal estimate of ``validate_args``. With ``--train-tokens`` beside
+``--train-iters`` / ``--train-samples`` (Megatron-DeepSpeed's two stop conditions) the run
+takes the fewer steps and the datasets are sized for the more.
 """
 from __future__ import annotations
 
@@ -59,12 +61,15 @@ def plan_run(args: argparse.Namespace,
     """
     from megatron.data_efficiency.step_plan import RunShape, StepPlanner
     nominal = args.train_iters
-    steps = nominal
+    steps = sized = nominal
     if args.train_tokens is not None:
         shape = RunShape(global_batch_size=args.global_batch_size, seq_length=args.seq_length,
-                         num_layers=args.num_layers, seed=args.seed,
+                         num_layers=args.num_layers, seed=args.data_efficiency.seed,
                          model=model_type.data_model)
         counted = StepPlanner(args.data_efficiency, shape).steps_for_tokens(args.train_tokens)
-        steps = nominal if counted is None else counted
-    return RunPlan(train_iters=steps, train_valid_test_num_samples=dataset_sizes(args, steps),
+        if not args.train_iters_is_stop:
+            steps = sized = nominal if counted is None else counted
+        elif counted is not None:   # two stop conditions: the first reached wins
+            steps, sized = min(nominal, counted), max(nominal, counted)
+    return RunPlan(train_iters=steps, train_valid_test_num_samples=dataset_sizes(args, sized),
                    nominal_train_iters=nominal)

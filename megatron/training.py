@@ -29,6 +29,7 @@ from megatron.data_efficiency.runtime import (DataEfficiencyRuntime, Parallelism
 from megatron.initialize import initialize_megatron
 from megatron.model.moe.monitor import MoEMonitor
 from megatron.optimizer import get_megatron_optimizer
+from megatron.optimizer.state_stats import adam_state_norms
 from megatron.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.run_plan import RunPlan, plan_run
 from megatron.training_data import build_train_valid_test_data_iterators, microbatch_feeds
@@ -98,7 +99,8 @@ def build_data_efficiency_runtime(args: argparse.Namespace, model_type: ModelTyp
     """Curriculum learning and random-LTD for this run from ``args.data_efficiency`` (the
     config ``validate_args`` built; the plain runtime when nothing is on)."""
     shape = RunShape(global_batch_size=args.global_batch_size, seq_length=args.seq_length,
-                     num_layers=args.num_layers, seed=args.seed, model=model_type.data_model,
+                     num_layers=args.num_layers, seed=args.data_efficiency.seed,
+                     model=model_type.data_model,
                      num_microbatches=args.num_microbatches,
                      pipeline_stages=args.pipeline_model_parallel_size)
     par = Parallelism(dp_rank=parallel_state.get_data_parallel_rank(),
@@ -221,12 +223,14 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     state.consumed_tokens += plan.consumed_tokens
     if "lm loss" in losses:
         state.history.append((state.iteration, losses["lm loss"]))
+    opt_states = (adam_state_norms(optimizer) if args.log_optimizer_states_to_tensorboard
+                  and state.iteration % args.tensorboard_log_interval == 0 else {})
     return StepStats(iteration=state.iteration, consumed_samples=state.consumed_samples,
                      consumed_tokens=state.consumed_tokens, step_tokens=plan.consumed_tokens,
                      learning_rate=scheduler.get_lr(), batch_size=args.global_batch_size,
                      loss_scale=optimizer.get_loss_scale(), grad_norm=grad_norm,
                      skipped=not ok, losses=losses,
-                     extra_scalars={**plan.scalars(), **plan.sampled_values,
+                     extra_scalars={**plan.scalars(), **plan.sampled_values, **opt_states,
                                     **moe_monitor.histograms()})
 
 
@@ -271,11 +275,13 @@ def _eval_due(iteration: int, args: argparse.Namespace, make_valid_iterator) -> 
 
 
 def _training_done(state: TrainState, args: argparse.Namespace, run: RunPlan) -> bool:
+    """Every given stop condition is checked; the first reached ends the run
+    (Megatron-DeepSpeed: --train-tokens beside --train-iters / --train-samples)."""
+    if args.train_tokens is not None and state.consumed_tokens >= args.train_tokens:
+        return True
     if args.train_samples is not None:
         return state.consumed_samples >= args.train_samples
-    if args.train_tokens is not None:
-        return state.consumed_tokens >= args.train_tokens
-    return state.iteration >= run.train_iters
+    return args.train_iters_is_stop and state.iteration >= args.train_iters
 
 
 def _time_is_up(start: float, args: argparse.Namespace) -> bool:
@@ -364,7 +370,8 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     model = build_model(model_provider, args)
     runtime = build_data_efficiency_runtime(args, model_type, run)
     optimizer = get_megatron_optimizer(model, optimizer_config_from_args(args))
-    scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args))
+    scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args),
+                                        override_on_load=args.override_opt_param_scheduler)
     state, de_state = TrainState(), {}
     remove_stale_temp_dirs(args.save)   # iter_X.tmp of killed saves (rank 0, before any save)
     if args.load:
@@ -387,7 +394,10 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
                             args.tensorboard_log_interval,
                             is_logging_rank=(not dist.is_initialized()
                                              or dist.get_rank() == dist.get_world_size() - 1),
-                            queue_size=args.tensorboard_queue_size)
+                            queue_size=args.tensorboard_queue_size,
+                            log_batch_size=args.log_batch_size_to_tensorboard,
+                            log_validation_ppl=args.log_validation_ppl_to_tensorboard,
+                            log_timers=args.log_timers_to_tensorboard)
     signal_handler.install(args.exit_signal_handler)
     try:
         print_rank_0(f" > training from iteration {state.iteration} "

@@ -35,12 +35,20 @@ class TrainingLogger:
         tensorboard_dir: where event files go (None: no TensorBoard).
         tensorboard_log_interval: write per-step scalars every this many iterations.
         is_logging_rank: the last rank prints and writes (it holds the loss).
+        log_batch_size: write ``batch-size`` (``--log-batch-size-to-tensorboard``).
+        log_validation_ppl: write ``<key> validation ppl``
+            (``--log-validation-ppl-to-tensorboard``).
+        log_timers: write ``iteration-time`` (``--log-timers-to-tensorboard``).
     """
 
     def __init__(self, train_iters: int, log_interval: int, tensorboard_dir: str | None,
                  tensorboard_log_interval: int = 1, is_logging_rank: bool = True,
-                 queue_size: int = 1000) -> None:
+                 queue_size: int = 1000, log_batch_size: bool = True,
+                 log_validation_ppl: bool = True, log_timers: bool = True) -> None:
         self.train_iters = train_iters
+        self.log_batch_size = log_batch_size
+        self.log_validation_ppl = log_validation_ppl
+        self.log_timers = log_timers
         self.log_interval = max(1, log_interval)
         self.tb_interval = max(1, tensorboard_log_interval)
         self.is_logging_rank = is_logging_rank
@@ -87,7 +95,8 @@ class TrainingLogger:
             return
         it, tok, smp = s.iteration, s.consumed_tokens, s.consumed_samples
         w = self.writer
-        for name, value in (("learning-rate", s.learning_rate), ("batch-size", s.batch_size),
+        batch = [("batch-size", s.batch_size)] if self.log_batch_size else []
+        for name, value in (("learning-rate", s.learning_rate), *batch,
                             ("loss-scale", s.loss_scale), ("grad-norm", s.grad_norm),
                             *s.losses.items()):
             if value is None or not math.isfinite(value):
@@ -107,8 +116,9 @@ class TrainingLogger:
     def _print_line(self, s: StepStats, elapsed_s: float) -> None:
         per_iter = elapsed_s / max(1, self.interval_iters)
         tokens_per_s = self.interval_tokens / elapsed_s if elapsed_s > 0 else 0.0
-        if self.writer is not None:
+        if self.writer is not None and self.log_timers:
             self.writer.add_scalar("iteration-time", per_iter, s.iteration)
+        if self.writer is not None:
             self.writer.add_scalar("tokens-per-second", tokens_per_s, s.iteration)
             self.writer.add_scalar("tokens-per-second vs tokens", tokens_per_s, s.consumed_tokens)
         if not self.is_logging_rank:
@@ -141,7 +151,8 @@ class TrainingLogger:
             if "loss" in key:   # a perplexity only for losses (not for e.g. lm accuracy)
                 ppl = math.exp(min(20.0, value))
                 text += f"{key} PPL: {ppl:.6E} | "
-                derived.append((" ppl", ppl))
+                if self.log_validation_ppl:   # --log-validation-ppl-to-tensorboard
+                    derived.append((" ppl", ppl))
             if self.writer is not None:
                 for suffix, v in derived:
                     name = f"{key} {prefix}{suffix}"

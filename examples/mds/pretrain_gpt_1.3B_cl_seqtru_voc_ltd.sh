@@ -4,9 +4,9 @@
 # with the settings of its "CL+random-LTD 300B tokens (100%)" block, in Megatron-DeepSpeed's
 # own flag spelling and ds_config JSON, launched by torchrun instead of deepspeed.
 #
-# Needs (phase 2 of issue 10) the DeepSpeed flags and --deepspeed_config support; see
-# README.md in this folder for what each flag maps to. Every setting below can be overridden
-# from the environment (the CPU test shrinks the model and the run that way).
+# See README.md in this folder (and the main README) for what each DeepSpeed-only flag maps
+# to. Every setting below can be overridden from the environment (the CPU test shrinks the
+# model and the run that way).
 # DRY_RUN=1 prints the launch command's arguments instead of running it.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -28,7 +28,7 @@ import torch
 
 from .blendable_dataset import blend_splits
 from .dataset_utils import (get_datasets_weights_and_num_samples, get_train_valid_test_split_,
-                            load_or_build_cached, log_rank_0)
+                            load_given_maps, load_or_build_cached, log_rank_0)
 from .indexed_dataset import MMapIndexedDataset
 
 LONG_SENTENCE_LEN = 512  # documents with a longer sentence are skipped, as in Megatron
@@ -124,7 +124,8 @@ class BertDataset(torch.utils.data.Dataset):
     def __init__(self, name: str, indexed_dataset: MMapIndexedDataset, data_prefix: str,
                  doc_idx: np.ndarray, num_samples: int, masked_lm_prob: float,
                  max_seq_length: int, short_seq_prob: float, seed: int, tokenizer,
-                 binary_head: bool = True, cache_dir: str | None = None) -> None:
+                 binary_head: bool = True, cache_dir: str | None = None,
+                 given_mapping: dict[str, str] | None = None) -> None:
         if max_seq_length < 8:
             raise ValueError(f"BERT max_seq_length {max_seq_length} is too short")
         self.name, self.indexed_dataset, self.seed = name, indexed_dataset, seed
@@ -140,6 +141,11 @@ class BertDataset(torch.utils.data.Dataset):
         stem = os.path.join(folder, f"{os.path.basename(data_prefix)}_{name}_bert_{num_samples}ns_"
                             f"{max_seq_length}msl_{short_seq_prob:g}ssp_{seed}s_"
                             f"{int(binary_head)}bh_{key}")
+        if given_mapping:   # Megatron-DeepSpeed's --train-idx-path
+            (self.samples_mapping,) = load_given_maps(given_mapping, f"{name} BERT samples "
+                                                                     f"mapping of {data_prefix}")
+            _check_given_mapping(self.samples_mapping, doc_idx, given_mapping)
+            return
         (self.samples_mapping,) = load_or_build_cached(
             stem, ("samples_mapping",),
             lambda: (build_samples_mapping(doc_idx, indexed_dataset.sizes, num_samples,
@@ -185,12 +191,26 @@ class BertDataset(torch.utils.data.Dataset):
                 "truncated": int(truncated), "sample_id": idx}
 
 
+def _check_given_mapping(mapping: np.ndarray, doc_idx: np.ndarray, flags: dict) -> None:
+    """A loaded mapping: rows (first sentence, end sentence, target length) of this split."""
+    lo, hi = int(doc_idx[0]), int(doc_idx[-1])
+    if mapping.ndim != 2 or mapping.shape[1] != 3 or len(mapping) == 0 \
+            or mapping[:, 0].min() < lo or mapping[:, 1].max() > hi \
+            or np.any(mapping[:, 1] <= mapping[:, 0]):
+        raise ValueError(f"{next(iter(flags))}: expected [samples, 3] rows (start sentence, "
+                         f"end sentence, target length) within the split's sentences {lo}..{hi}")
+
+
 def build_train_valid_test_datasets(data_prefix: list[str], splits_string: str,
                                     train_valid_test_num_samples: list[int], max_seq_length: int,
                                     masked_lm_prob: float, short_seq_prob: float, seed: int,
                                     tokenizer, binary_head: bool = True,
-                                    cache_dir: str | None = None):
+                                    cache_dir: str | None = None,
+                                    train_mapping: dict[str, str] | None = None):
     """BERT train / valid / test datasets of one prefix or a blend ``[w1, p1, ...]``.
+
+    ``train_mapping`` (``{"--train-idx-path": path}``) is the train split's samples mapping
+    to load instead of building (one prefix only).
 
     Splits are over documents (``doc_idx``), not sentences. A split with no documents is None.
     """
@@ -206,11 +226,15 @@ def build_train_valid_test_datasets(data_prefix: list[str], splits_string: str,
                 continue
             out.append(BertDataset(name, indexed, prefix, indexed.doc_idx[bounds[i]:bounds[i + 1] + 1],
                                    nums[i], masked_lm_prob, max_seq_length, short_seq_prob, seed,
-                                   tokenizer, binary_head, cache_dir))
+                                   tokenizer, binary_head, cache_dir,
+                                   train_mapping if name == "train" else None))
         return tuple(out)
 
     if len(data_prefix) == 1:
         return single(data_prefix[0], train_valid_test_num_samples)
+    if train_mapping:
+        raise ValueError("--train-idx-path names the samples mapping of one dataset; "
+                         "--data-path blends several")
     prefixes, weights, per_dataset = get_datasets_weights_and_num_samples(
         data_prefix, train_valid_test_num_samples)
     parts = [single(p, n) for p, n in zip(prefixes, per_dataset)]

@@ -59,6 +59,20 @@ def load_or_build_cached(stem: str, names: Sequence[str],
         return load()
 
 
+def load_given_maps(paths: dict[str, str], what: str) -> tuple:
+    """Sample maps named by flags (Megatron-DeepSpeed's ``--train-*-idx-path``), memory-mapped
+    read-only in the order of ``paths`` (``{flag: path}``); a missing or unreadable file is
+    an error naming its flag."""
+    out = []
+    for flag, path in paths.items():
+        try:
+            out.append(np.load(path, mmap_mode="r", allow_pickle=False))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{flag} {path}: cannot read the {what} ({err})") from None
+    log_rank_0(f" > loaded the {what} from " + ", ".join(paths.values()))
+    return tuple(out)
+
+
 def parse_splits_string(splits_string: str) -> list[float]:
     """``"969,30,1"`` (or ``"98/2/0"``, ``"100"``) -> three non-negative fractions summing to 1."""
     parts = [p for p in re.split(r"[,/]", splits_string.strip()) if p.strip()]

@@ -21,7 +21,7 @@ import torch
 from .blendable_dataset import blend_splits
 from .dataset_utils import (build_doc_idx, build_sample_idx, build_shuffle_idx,
                             get_datasets_weights_and_num_samples, get_train_valid_test_split_,
-                            load_or_build_cached, log_rank_0, num_epochs_for)
+                            load_given_maps, load_or_build_cached, log_rank_0, num_epochs_for)
 from .indexed_dataset import MMapIndexedDataset
 
 _SPLIT_NAMES = ("train", "valid", "test")
@@ -29,15 +29,23 @@ _SPLIT_NAMES = ("train", "valid", "test")
 
 def build_train_valid_test_datasets(data_prefix: list[str], splits_string: str,
                                     train_valid_test_num_samples: list[int], seq_length: int,
-                                    seed: int, cache_dir: str | None = None):
+                                    seed: int, cache_dir: str | None = None,
+                                    train_index_maps: dict[str, str] | None = None):
     """Train / valid / test datasets of one prefix or of a weighted blend ``[w1, p1, w2, p2, ...]``.
+
+    ``train_index_maps`` (``{flag: path}`` of the train split's doc / sample / shuffle
+    index, Megatron-DeepSpeed's ``--train-{doc,sample,shuffle}-idx-path``) are loaded
+    instead of built; one prefix only.
 
     Returns a tuple of three datasets (``GPTDataset`` or ``BlendableDataset``); a split with no
     documents is ``None``.
     """
     if len(data_prefix) == 1:
         return _build_single(data_prefix[0], splits_string, train_valid_test_num_samples,
-                             seq_length, seed, cache_dir)
+                             seq_length, seed, cache_dir, train_index_maps)
+    if train_index_maps:
+        raise ValueError(f"{sorted(train_index_maps)} name the maps of one dataset; "
+                         f"--data-path blends {len(data_prefix) // 2} prefixes")
     prefixes, weights, per_dataset = get_datasets_weights_and_num_samples(
         data_prefix, train_valid_test_num_samples)
     parts = [_build_single(p, splits_string, n, seq_length, seed, cache_dir)
@@ -46,7 +54,7 @@ def build_train_valid_test_datasets(data_prefix: list[str], splits_string: str,
 
 
 def _build_single(prefix: str, splits_string: str, num_samples: list[int], seq_length: int,
-                  seed: int, cache_dir: str | None):
+                  seed: int, cache_dir: str | None, train_index_maps: dict[str, str] | None = None):
     indexed = MMapIndexedDataset(prefix)
     total = len(indexed.sizes)  # as in Megatron, every sequence of the store is a document
     bounds = get_train_valid_test_split_(splits_string, total)
@@ -59,7 +67,7 @@ def _build_single(prefix: str, splits_string: str, num_samples: list[int], seq_l
             continue
         documents = np.arange(bounds[i], bounds[i + 1], dtype=np.int32)
         datasets.append(GPTDataset(name, prefix, documents, indexed, num_samples[i], seq_length,
-                                   seed, cache_dir))
+                                   seed, cache_dir, train_index_maps if name == "train" else None))
     return tuple(datasets)
 
 
@@ -75,11 +83,14 @@ class GPTDataset(torch.utils.data.Dataset):
         seq_length: tokens per sample minus one (inputs and shifted labels share them).
         seed: shuffling seed.
         cache_dir: where to cache the index maps (default: beside the data).
+        given_maps: ``{flag: path}`` of a doc / sample / shuffle index to load instead of
+            building them (checked against the split; the dataset is as long as they say).
     """
 
     def __init__(self, name: str, data_prefix: str, documents: np.ndarray,
                  indexed_dataset: MMapIndexedDataset, num_samples: int, seq_length: int,
-                 seed: int, cache_dir: str | None = None) -> None:
+                 seed: int, cache_dir: str | None = None,
+                 given_maps: dict[str, str] | None = None) -> None:
         if seq_length < 1 or num_samples < 0:
             raise ValueError(f"{data_prefix}: need seq_length >= 1 and num_samples >= 0")
         documents = np.asarray(documents, dtype=np.int32)
@@ -88,9 +99,14 @@ class GPTDataset(torch.utils.data.Dataset):
                              f"0..{len(indexed_dataset) - 1}")
         self.name, self.indexed_dataset, self.documents = name, indexed_dataset, documents
         self.seq_length = seq_length
-        self.doc_idx, self.sample_idx, self.shuffle_idx = load_or_build_index_maps(
-            name, data_prefix, documents, indexed_dataset.sizes, num_samples, seq_length, seed,
-            cache_dir)
+        if given_maps:
+            self.doc_idx, self.sample_idx, self.shuffle_idx = load_given_maps(
+                given_maps, f"{name} index maps of {data_prefix}")
+            _check_given_maps(self, given_maps)
+        else:
+            self.doc_idx, self.sample_idx, self.shuffle_idx = load_or_build_index_maps(
+                name, data_prefix, documents, indexed_dataset.sizes, num_samples, seq_length,
+                seed, cache_dir)
 
     def __len__(self) -> int:
         return len(self.sample_idx) - 1
@@ -112,6 +128,27 @@ class GPTDataset(torch.utils.data.Dataset):
             parts.append(get(int(self.doc_idx[dl]), length=ol + 1))
             text = np.concatenate(parts)
         return {"text": np.asarray(text, dtype=np.int64), "sample_id": idx}
+
+
+def _check_given_maps(ds: GPTDataset, flags: dict[str, str]) -> None:
+    """Loaded maps must describe samples of ``seq_length + 1`` tokens of the split's documents."""
+    doc_flag, sample_flag, shuffle_flag = flags
+    lo, hi = int(ds.documents.min()), int(ds.documents.max())
+    problems = []
+    if ds.doc_idx.ndim != 1 or len(ds.doc_idx) == 0 or ds.doc_idx.min() < lo \
+            or ds.doc_idx.max() > hi:
+        problems.append(f"{doc_flag}: document ids must lie in the {ds.name} split's {lo}..{hi}")
+    si = ds.sample_idx
+    if si.ndim != 2 or si.shape[1] != 2 or len(si) < 2 or si[:, 0].max() >= len(ds.doc_idx) \
+            or np.any(np.diff(si[:, 0].astype(np.int64)) < 0):
+        problems.append(f"{sample_flag}: expected [samples + 1, 2] (doc_idx position, offset) "
+                        f"rows in order within the {len(ds.doc_idx)} doc_idx entries")
+    sh = ds.shuffle_idx
+    if sh.ndim != 1 or len(sh) != len(si) - 1 or sh.min() < 0 or sh.max() >= len(si) - 1:
+        problems.append(f"{shuffle_flag}: expected {len(si) - 1} sample numbers (one per "
+                        f"{sample_flag} sample) within 0..{len(si) - 2}")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def index_map_stem(name: str, data_prefix: str, documents: np.ndarray, sizes: np.ndarray,

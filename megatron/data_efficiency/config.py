@@ -5,7 +5,7 @@ alone or a whole DeepSpeed config holding it; a DeepSpeed config's legacy top-le
 ``curriculum_learning`` section (``curriculum_type: seqlen``) is read as ``seqtru``::
 
     {"enabled": true, "seed": 1234,
-     "data_sampling": {"enabled": true, "num_epochs": 1000, "num_workers": 0,
+     "data_sampling": {"enabled": true, "num_workers": 0, "pin_memory": false,
        "curriculum_learning": {"enabled": true, "data_cluster_path": "ignored",
          "curriculum_metrics": {
            "vocabularyrarity": {"index_path": "DIR/voc", "difficulty_type": "percentile",
@@ -23,7 +23,11 @@ transforms (value-based, in tokens; no index is read, an ``index_*`` path such a
 DeepSpeed's ``"dummy"`` is ignored). Every other name is an index metric read from this
 project's analyzer folder: ``index_path`` (``DIR/<metric>``), or DeepSpeed's
 ``index_to_sample_path``/``index_to_metric_path`` when they name files of such a folder
-(``sorted_samples.npy`` / ``sample_to_metric.npy``). ``schedule_config.custom_function``
+(``sorted_samples.npy`` / ``sample_to_metric.npy``), or a DeepSpeed ``DataAnalyzer`` index
+(its ``<m>_index_to_sample[_percentile_merged]`` / ``<m>_index_to_metric`` files), read
+directly and checked to count the training set's samples. ``data_sampling.pin_memory``
+is accepted (the loader's host memory choice); ``num_workers`` must equal
+``--num-workers``; ``num_epochs`` is refused. ``schedule_config.custom_function``
 (``"module:function"``) is this project's addition for ``schedule_type: custom``.
 ``data_cluster_path`` is accepted and unused: no cluster file is ever written.
 Unknown keys and contradictions are errors naming the key path.
@@ -36,6 +40,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from megatron.data_efficiency.analyzer.deepspeed_index import DeepSpeedIndexPaths, resolve_paths
 from megatron.data_efficiency.curriculum.scheduler import SCHEDULE_TYPES, ScheduleConfig
 from megatron.data_efficiency.json_keys import check_keys
 from megatron.data_efficiency.random_ltd import config as random_ltd_config
@@ -47,7 +52,7 @@ TRANSFORM_ALIASES = {"seqlen_truncate": "seqtru", "seqtru": "seqtru",
 SEQLEN_INDEX_NAMES = ("seqlen", "seqlen_voc", "seqreo", "seqreo_voc")
 
 _DE_KEYS = {"enabled", "seed", "data_sampling", "data_routing"}
-_SAMPLING_KEYS = {"enabled", "num_epochs", "num_workers", "curriculum_learning",
+_SAMPLING_KEYS = {"enabled", "num_epochs", "num_workers", "pin_memory", "curriculum_learning",
                   "dynamic_batching"}
 _CL_KEYS = {"enabled", "data_cluster_path", "curriculum_metrics"}
 _METRIC_KEYS = {"index_to_sample_path", "index_to_metric_path", "index_path",
@@ -70,14 +75,15 @@ class CurriculumMetricConfig:
         clustering_type: ``"schedule_based"`` or ``"single_cluster"`` (an index metric
             with ``single_cluster`` is not used to filter, as in DeepSpeed).
         schedule: the pacing settings.
-        index_path: the analyzer folder of an index metric.
+        index_path: the analyzer folder of an index metric, or the DeepSpeed
+            ``DataAnalyzer`` index it reads directly (``DeepSpeedIndexPaths``).
     """
     name: str
     kind: str
     difficulty_type: str
     clustering_type: str
     schedule: ScheduleConfig
-    index_path: str | None = None
+    index_path: str | DeepSpeedIndexPaths | None = None
 
     @property
     def samples(self) -> bool:
@@ -115,9 +121,15 @@ class CurriculumConfig:
 class DataEfficiencyConfig:
     """Everything data efficiency reads, built once (in ``validate_args``) from the file
     or the flags, then passed in: the curriculum (sampling metrics and batch transform),
-    random-LTD, and through both the token accounting of every step."""
+    random-LTD, and through both the token accounting of every step.
+
+    ``seed`` seeds the curriculum sampler and the random-LTD draws (DeepSpeed's
+    ``data_efficiency.seed``; ``--seed`` when the config comes from flags).
+    ``num_workers`` is ``data_sampling.num_workers`` (checked against ``--num-workers``).
+    """
     enabled: bool = False
     seed: int = 1234
+    num_workers: int | None = None
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     random_ltd: RandomLTDConfig = field(default_factory=RandomLTDConfig)
     source: str = "flags"
@@ -133,11 +145,13 @@ def _number(d: dict, key: str, where: str) -> float:
     return v
 
 
-def _index_dir(m: dict, where: str) -> str | None:
-    """The analyzer folder named by ``index_path`` or DeepSpeed's two file paths."""
+def _index_dir(m: dict, where: str) -> str | DeepSpeedIndexPaths | None:
+    """The analyzer folder named by ``index_path`` or DeepSpeed's two file paths, or the
+    DeepSpeed ``DataAnalyzer`` index those two paths name (read directly)."""
     folders = {}
     if m.get("index_path") is not None:
         folders["index_path"] = os.path.normpath(m["index_path"])
+    ours = True
     for key, fname in (("index_to_sample_path", "sorted_samples.npy"),
                        ("index_to_metric_path", "sample_to_metric.npy")):
         path = m.get(key)
@@ -145,16 +159,36 @@ def _index_dir(m: dict, where: str) -> str | None:
             continue
         if os.path.basename(os.path.normpath(path)) == fname:
             folders[key] = os.path.dirname(os.path.normpath(path))
-        elif os.path.isdir(path):
+        elif os.path.isfile(os.path.join(path, "meta.json")):
             folders[key] = os.path.normpath(path)
         else:
-            raise ValueError(
-                f"{where}.{key}={path!r}: not this project's analyzer output (expected a "
-                f"folder or its {fname}); DeepSpeed's analyzer files are not read, run "
-                f"tools/analyze_data.py and give index_path")
+            ours = False
+    if not ours:
+        return _deepspeed_paths(m, where, folders)
     if len(set(folders.values())) > 1:
         raise ValueError(f"{where}: index paths are contradictory: {folders}")
     return next(iter(folders.values()), None)
+
+
+def _deepspeed_paths(m: dict, where: str, folders: dict) -> DeepSpeedIndexPaths:
+    """DeepSpeed's analyzer files named by ``index_to_sample_path`` / ``index_to_metric_path``
+    (both must name the same metric's pair; ``index_path`` cannot be given with them)."""
+    if folders:
+        raise ValueError(f"{where}: {sorted(folders)} name this project's index folder but "
+                         f"the other index path names DeepSpeed analyzer files: contradictory")
+    found = {}
+    for key in ("index_to_sample_path", "index_to_metric_path"):
+        if m.get(key) is None:
+            continue
+        try:
+            found[key] = resolve_paths(m[key])
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{where}.{key}={m[key]!r}: neither this project's analyzer "
+                             f"folder nor a DeepSpeed DataAnalyzer index ({err})") from None
+    if len({(p.index_to_sample, p.index_to_metric) for p in found.values()}) > 1:
+        raise ValueError(f"{where}: index_to_sample_path and index_to_metric_path name "
+                         f"different DeepSpeed indexes: {found}")
+    return next(iter(found.values()))
 
 
 def _schedule(m: dict, where: str, d_min: float, d_max: float) -> ScheduleConfig:
@@ -253,6 +287,18 @@ def config_from_dict(d: dict, source: str = "<dict>",
     sampling = check_keys(de.get("data_sampling", {}), _SAMPLING_KEYS, f"{where}.data_sampling")
     if sampling.get("dynamic_batching", {}).get("enabled", False):
         raise ValueError(f"{where}.data_sampling.dynamic_batching: not supported here")
+    if not isinstance(sampling.get("pin_memory", False), bool):
+        raise ValueError(f"{where}.data_sampling.pin_memory must be true or false")
+    if "num_epochs" in sampling:   # DeepSpeed's sampler stops after that many passes
+        raise ValueError(f"{where}.data_sampling.num_epochs: not supported (the run's length "
+                         f"is --train-iters / --train-samples / --train-tokens; the sampler "
+                         f"passes over the training set as often as they need)")
+    workers = sampling.get("num_workers")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 0):
+        raise ValueError(f"{where}.data_sampling.num_workers={workers!r}: expected an "
+                         f"integer >= 0")
+    cfg.num_workers = workers
     if sampling.get("enabled", False) or "curriculum_learning" in sampling:
         cfg.curriculum = _curriculum(sampling.get("curriculum_learning", {}),
                                      f"{where}.data_sampling.curriculum_learning")
@@ -278,15 +324,16 @@ def config_from_dict(d: dict, source: str = "<dict>",
     return cfg
 
 
-def load_config_file(path: str, seq_length: int | None = None) -> DataEfficiencyConfig:
-    """Read ``--data-efficiency-config FILE``."""
+def load_config_file(path: str, seq_length: int | None = None,
+                     flag: str = "--data-efficiency-config") -> DataEfficiencyConfig:
+    """Read ``--data-efficiency-config FILE`` (or ``--deepspeed_config FILE``: ``flag``)."""
     try:
         with open(path) as f:
             d = json.load(f)
     except OSError as err:
-        raise BadConfigError(f"--data-efficiency-config {path}: cannot read: {err}") from err
+        raise BadConfigError(f"{flag} {path}: cannot read: {err}") from err
     except json.JSONDecodeError as err:
-        raise BadConfigError(f"--data-efficiency-config {path}: not valid JSON: {err}") from err
+        raise BadConfigError(f"{flag} {path}: not valid JSON: {err}") from err
     try:
         return config_from_dict(d, source=path, seq_length=seq_length)
     except ValueError as err:   # a bad key or value: name the file, one line
@@ -364,16 +411,31 @@ def config_from_args(args: argparse.Namespace) -> DataEfficiencyConfig:
         ValueError: naming the contradictory or bad flags / keys.
     """
     cfg = _curriculum_from_args(args, args.seq_length)
-    from_flags = random_ltd_config.config_from_args(args, args.num_layers, args.seq_length)
-    if cfg.random_ltd.enabled and from_flags.enabled:
-        raise ValueError(f"random-LTD is set both in --data-efficiency-config "
-                         f"{args.data_efficiency_config} (data_routing.random_ltd) and by the "
-                         "--random-ltd flags; give it in one place")
+    file_flag, path = _config_file(args)
     if cfg.random_ltd.enabled:
+        # A bare --random-ltd beside the file's section is what Megatron-DeepSpeed's
+        # recipes pass (it builds the dropping layers; the JSON holds the settings).
+        given = [f"--{n.replace('_', '-')}" for n in random_ltd_config.FLAG_NAMES
+                 if getattr(args, n, None) is not None]
+        if given:
+            raise ValueError(f"random-LTD is set both in {file_flag} {path} "
+                             f"(data_routing.random_ltd) and by {given}; give it in one place")
+        cfg.random_ltd.check_total_layers(args.num_layers)
         cfg.random_ltd.resolve_layer_ids(args.num_layers)
     else:
-        cfg.random_ltd = from_flags
+        cfg.random_ltd = random_ltd_config.config_from_args(args, args.num_layers,
+                                                            args.seq_length)
+    if cfg.num_workers is not None and cfg.num_workers != args.num_workers:
+        raise ValueError(f"{file_flag} {path}: data_sampling.num_workers {cfg.num_workers} "
+                         f"contradicts --num-workers {args.num_workers}")
     return cfg
+
+
+def _config_file(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The flag naming the data-efficiency JSON and its path (None: no file)."""
+    if getattr(args, "deepspeed_config", None):
+        return "--deepspeed_config", args.deepspeed_config
+    return "--data-efficiency-config", getattr(args, "data_efficiency_config", None)
 
 
 def _curriculum_from_args(args: argparse.Namespace, seq_length: int | None
@@ -381,14 +443,15 @@ def _curriculum_from_args(args: argparse.Namespace, seq_length: int | None
     """The config of ``--data-efficiency-config`` or of the per-metric flags."""
     names = getattr(args, "curriculum_metric", None)
     seed = int(getattr(args, "seed", 1234) or 1234)
-    if getattr(args, "data_efficiency_config", None):
+    file_flag, path = _config_file(args)
+    if path is not None:
         if names:
-            raise ValueError("--curriculum-metric and --data-efficiency-config are "
+            raise ValueError(f"--curriculum-metric and {file_flag} are "
                              "contradictory: give the metrics in one place")
-        cfg = load_config_file(args.data_efficiency_config, seq_length)
+        cfg = load_config_file(path, seq_length, file_flag)
         if args.data_efficiency_curriculum_learning and not cfg.curriculum.enabled:
             raise ValueError(f"--data-efficiency-curriculum-learning is set but "
-                             f"{args.data_efficiency_config} does not enable curriculum learning")
+                             f"{path} does not enable curriculum learning")
         return cfg
     if not getattr(args, "data_efficiency_curriculum_learning", False):
         if names:

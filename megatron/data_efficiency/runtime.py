@@ -60,6 +60,11 @@ class DataEfficiencyRuntime:
                  parallelism: Parallelism | None = None,
                  index_fingerprint: Callable[[Any], str] | None = None,
                  index_hint: Callable[[Any], str] | None = None) -> None:
+        ltd_model = {"decoder": "gpt", "encoder": "bert"}.get(config.random_ltd.model_type)
+        if ltd_model is not None and ltd_model != shape.model:
+            raise ValueError(f"data_routing.random_ltd.model_type "
+                             f"{config.random_ltd.model_type!r} contradicts the {shape.model} "
+                             f"model being trained")
         self.config = config
         self.shape = shape
         self.par = parallelism or Parallelism()
@@ -157,7 +162,8 @@ class DataEfficiencyRuntime:
             self.sampler = build_sampler(cl, self.shape.global_batch_size, micro_batch_size,
                                          self.par.dp_rank, self.par.dp_size, self.shape.seed,
                                          expected_fingerprint=fingerprint,
-                                         first_step=first_iteration)
+                                         first_step=first_iteration,
+                                         num_samples=len(dataset))
         except ValueError as err:
             if self.index_hint is None or "fingerprint" not in str(err):
                 raise

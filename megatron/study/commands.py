@@ -128,6 +128,8 @@ def pretrain_command(preset: Preset, run: RunSpec, data: DataSpec, run_dir: str,
              "--data-cache-path", data.cache_dir, *data.tokenizer_flags,
              "--eval-full", "--eval-interval", str(p.eval_interval),
              "--log-interval", str(p.log_interval), "--tensorboard-dir", tensorboard_dir,
+             # iteration-time (the study's training time) and the validation ppl
+             "--log-timers-to-tensorboard", "--log-validation-ppl-to-tensorboard",
              "--save", ckpt, "--load", ckpt, "--save-interval", str(p.eval_interval),
              *p.extra]
     flags += curriculum_flags(run.arm, p, steps, index_dir)

@@ -92,10 +92,10 @@ def test_unknown_or_contradictory_keys_name_the_key(d, msg):
         config_from_dict(d, source="ds.json")
 
 
-def test_deepspeed_analyzer_files_are_refused_with_advice():
+def test_missing_deepspeed_analyzer_files_are_named():
     voc = dict(VOC, index_to_sample_path="/x/vocab_rarity_index_to_sample_percentile_merged")
     voc.pop("index_to_metric_path")
-    with pytest.raises(ValueError, match="index_path"):
+    with pytest.raises(ValueError, match="/x/vocab_rarity_index_to_sample.idx"):
         config_from_dict(_with(METRICS + ("vocabularyrarity",), voc))
 
 

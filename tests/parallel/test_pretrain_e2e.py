@@ -72,7 +72,9 @@ def two_rank_job(folder: str) -> tuple:
                    "--num-layers-per-virtual-pipeline-stage", "1"]
     runs = [["--tensor-model-parallel-size", "2"], ["--use-distributed-optimizer"],
             ["--pipeline-model-parallel-size", "2"], [*interleaved, "--save", ckpt],
-            [*interleaved, "--load", ckpt, "--train-iters", str(ITERS + 1)],
+            # a longer run changes the decay span: Megatron's --override-opt_param-scheduler
+            [*interleaved, "--load", ckpt, "--train-iters", str(ITERS + 1),
+             "--override-opt_param-scheduler"],
             ["--tensor-model-parallel-size", "2", *DATA_EFFICIENCY],
             ["--pipeline-model-parallel-size", "2", *DATA_EFFICIENCY]]
     return (_pretrain_worker, prefix, runs)

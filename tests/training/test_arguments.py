@@ -39,9 +39,9 @@ def test_errors_name_the_flags(extra, flags):
 
 def test_every_problem_reported_at_once():
     with pytest.raises(ArgumentValidationError) as info:
-        _validate("--fp16", "--bf16", "--train-iters", "1", "--train-tokens", "5")
+        _validate("--fp16", "--bf16", "--train-iters", "1", "--train-samples", "5")
     msg = str(info.value)
-    assert "--fp16" in msg and "--train-tokens" in msg
+    assert "--fp16" in msg and "--train-samples" in msg
 
 
 def test_world_size_divisibility(monkeypatch):

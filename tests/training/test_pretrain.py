@@ -19,7 +19,15 @@ LOG_LINE = re.compile(
 
 def test_log_lines_and_tensorboard(tmp_path, capsys):
     tb = str(tmp_path / "tb")
-    state = run_tiny("--tensorboard-dir", tb, iters=6)
+    built = []
+
+    def provider(pre_process=True, post_process=True):
+        built.append(pretrain_gpt.model_provider(pre_process, post_process))
+        return built[-1]
+
+    state = run_tiny("--tensorboard-dir", tb, "--log-batch-size-to-tensorboard",
+                     "--log-timers-to-tensorboard", "--log-validation-ppl-to-tensorboard",
+                     "--log-optimizer-states-to-tensorboard", iters=6, model_provider=provider)
     out = capsys.readouterr().out
     lines = LOG_LINE.findall(out)
     assert [int(m[0]) for m in lines] == [1, 2, 3, 4, 5, 6]
@@ -32,14 +40,38 @@ def test_log_lines_and_tensorboard(tmp_path, capsys):
     tags = set(acc.Tags()["scalars"])
     for tag in ("lm loss", "lm loss vs tokens", "lm loss validation", "lm loss validation vs tokens",
                 "learning-rate", "learning-rate vs tokens", "grad-norm", "loss-scale",
-                "batch-size", "iteration-time", "tokens-per-second", "consumed-tokens",
-                "steps-vs-tokens"):
+                "batch-size", "batch-size vs tokens", "iteration-time", "tokens-per-second",
+                "consumed-tokens", "steps-vs-tokens", "lm loss validation ppl",
+                "lm loss validation ppl vs tokens",
+                *(f"optimizer/{n}_{k} vs tokens" for n in ("variance", "variance_sqrt",
+                                                          "momentum", "weight")
+                  for k in ("l2", "l1", "abs_max"))):
         assert tag in tags, tag
+    weight = acc.Scalars("optimizer/weight_l2")[-1].value    # after the last step
+    assert weight == pytest.approx(_weight_norm(built[0]), rel=1e-5)
+    assert acc.Scalars("optimizer/variance_l2")[-1].value > 0
     loss_vs_tokens = acc.Scalars("lm loss vs tokens")
     assert [e.step for e in loss_vs_tokens] == [64 * i for i in range(1, 7)]
     assert [e.value for e in loss_vs_tokens] == pytest.approx([l for _, l in state.history])
     assert [(e.step, e.value) for e in acc.Scalars("steps-vs-tokens")][-1] == (384, 6.0)
     assert [e.step for e in acc.Scalars("lm loss validation")] == [3, 6]
+
+
+def _weight_norm(model) -> float:
+    return sum(float((p.detach().double() ** 2).sum()) for p in model.parameters()) ** 0.5
+
+
+def test_tensorboard_flags_gate_their_scalars(tmp_path):
+    """Megatron(-DeepSpeed) writes these only under --log-*-to-tensorboard."""
+    tb = str(tmp_path / "tb")
+    run_tiny("--tensorboard-dir", tb, iters=3)
+    acc = EventAccumulator(tb)
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert "lm loss validation" in tags and "learning-rate" in tags
+    for tag in ("batch-size", "iteration-time", "lm loss validation ppl",
+                "optimizer/weight_l2 vs tokens"):
+        assert tag not in tags, tag
 
 
 def test_train_tokens_stopping_rule():

@@ -108,6 +108,26 @@ def test_state_dict_round_trip():
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
 
 
+def test_changed_schedule_on_load_is_the_flags(capsys):
+    _, sched, _ = _sched((10, "steps"), "cosine")
+    for _ in range(5):
+        sched.step(1, GBS, 800)
+    state = sched.state_dict()
+    _, linear, _ = _sched((10, "steps"), "linear")
+    linear.load_state_dict(state)
+    assert "WARNING" in capsys.readouterr().out and linear.config.decay_style == "linear"
+    cfg = build_schedule_config(MAX_LR, MIN_LR, "linear", (10, "steps"),
+                                (DECAY_TOKENS, "tokens"), GBS, SEQ)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+    overriding = OptimizerParamScheduler(opt, cfg, override_on_load=True)
+    overriding.load_state_dict(state)
+    assert "--override-opt_param-scheduler: the LR schedule comes from the flags" in \
+        capsys.readouterr().out
+    assert (overriding.num_steps, overriding.num_tokens) == (5, 4000)   # counters restored
+    assert overriding.config.decay_style == "linear"                     # schedule: the flags'
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr_at(4000, cfg, 5))
+
+
 def test_weight_decay_multiplier():
     p1, p2 = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))
     opt = torch.optim.AdamW([{"params": [p1], "wd_mult": 1.0}, {"params": [p2], "wd_mult": 0.0}])

@@ -24,21 +24,32 @@ def curriculum_step(iteration: int) -> int:
 def build_sampler(config: CurriculumConfig, global_batch_size: int, micro_batch_size: int,
                   dp_rank: int, dp_size: int, seed: int,
                   expected_fingerprint: str | None = None,
-                  first_step: int = 0) -> CurriculumSampler | None:
+                  first_step: int = 0,
+                  num_samples: int | None = None) -> CurriculumSampler | None:
     """The curriculum sampler over the config's index metrics, or None if it has none.
 
     Indexes are opened memory-mapped through ``analyzer.index_io.MetricIndex.open``; a
-    fingerprint mismatch (index built for other data) is an error.
+    fingerprint mismatch (index built for other data) is an error. A DeepSpeed
+    ``DataAnalyzer`` index (no fingerprint) is read directly and must count
+    ``num_samples`` (the training set's length) samples.
     """
     metrics = config.sampling_metrics if config.enabled else []
     if not metrics:
         return None
-    from megatron.data_efficiency.analyzer.index_io import MetricIndex
-    built = [SamplerMetric(m.name, MetricIndex.open(m.index_path, expected_fingerprint),
+    built = [SamplerMetric(m.name, _open_index(m.index_path, expected_fingerprint, num_samples),
                            m.difficulty_type, CurriculumScheduler(m.schedule))
              for m in metrics]
     return CurriculumSampler(built, global_batch_size, micro_batch_size, dp_rank, dp_size,
                              seed=seed, first_step=first_step)
+
+
+def _open_index(path, expected_fingerprint: str | None, num_samples: int | None):
+    from megatron.data_efficiency.analyzer.deepspeed_index import (DeepSpeedIndexPaths,
+                                                                   open_deepspeed_index)
+    from megatron.data_efficiency.analyzer.index_io import MetricIndex
+    if isinstance(path, DeepSpeedIndexPaths):
+        return open_deepspeed_index(path, expected_num_samples=num_samples)
+    return MetricIndex.open(path, expected_fingerprint)
 
 
 class CurriculumTransform:

@@ -33,7 +33,7 @@ _DS_KEYS = {"enabled", "total_layer_num", "random_ltd_layer_num", "random_ltd_la
             "layer_token_lr_schedule"}
 _DS_SCHEDULE_KEYS = {"min_value", "max_value", "schedule_type", "schedule_config"}
 _DS_SCHEDULE_CONFIG_KEYS = {"require_steps", "seq_per_step"}
-_FLAGS = ("random_ltd_layer_num", "random_ltd_layer_ids", "random_ltd_min_seqlen",
+FLAG_NAMES = _FLAGS = ("random_ltd_layer_num", "random_ltd_layer_ids", "random_ltd_min_seqlen",
           "random_ltd_total_steps", "random_ltd_seq_per_step")
 
 
@@ -59,6 +59,14 @@ class RandomLTDConfig:
     max_seqlen: int | None = None
     total_steps: int | None = None
     seq_per_step: int = DEFAULT_SEQ_PER_STEP
+    total_layer_num: int | None = None
+    model_type: str | None = None   # DeepSpeed's "decoder" (GPT) / "encoder" (BERT)
+
+    def check_total_layers(self, num_layers: int) -> None:
+        """DeepSpeed's ``total_layer_num`` must be the model's ``--num-layers``."""
+        if self.total_layer_num is not None and self.total_layer_num != num_layers:
+            raise ValueError(f"data_routing.random_ltd.total_layer_num {self.total_layer_num} "
+                             f"contradicts --num-layers {num_layers}")
 
     def __post_init__(self) -> None:
         if not self.enabled:
@@ -119,15 +127,20 @@ class RandomLTDConfig:
             seq_length: the model's sequence length, used when ``max_value`` is absent.
 
         Returns:
-            The config. ``layer_token_lr_schedule`` is accepted for compatibility and
-            ignored: the consumed-token LR schedule here is set by the LR flags.
+            The config. As in DeepSpeed, ``random_ltd.enabled`` alone decides (its engine
+            never reads ``data_routing.enabled``). ``layer_token_lr_schedule`` must be
+            disabled (DeepSpeed raises on it too; the token-based LR here is set by the LR
+            flags).
         """
         if "data_routing" in d:
-            routing = d["data_routing"]
-            if routing.get("enabled", True) is False:
-                return cls(enabled=False)
+            routing = check_keys(d["data_routing"], {"enabled", "random_ltd"}, "data_routing")
             d = routing.get("random_ltd", {})
         check_keys(d, _DS_KEYS, "data_routing.random_ltd")
+        lr_sched = d.get("layer_token_lr_schedule", {})
+        if not isinstance(lr_sched, dict) or lr_sched.get("enabled", False):
+            raise ValueError("data_routing.random_ltd.layer_token_lr_schedule.enabled: not "
+                             "supported (DeepSpeed raises too); set the LR schedule with "
+                             "--lr-warmup-tokens / --lr-decay-tokens")
         if not d.get("enabled", False):
             return cls(enabled=False)
         if d.get("hidden_state_order", "seq_batch_dim") != "seq_batch_dim":
@@ -153,7 +166,8 @@ class RandomLTDConfig:
                    min_seqlen=int(sched.get("min_value", DEFAULT_MIN_SEQLEN)),
                    max_seqlen=None if max_value is None else int(max_value),
                    total_steps=sconf.get("require_steps"),
-                   seq_per_step=int(sconf.get("seq_per_step", DEFAULT_SEQ_PER_STEP)))
+                   seq_per_step=int(sconf.get("seq_per_step", DEFAULT_SEQ_PER_STEP)),
+                   total_layer_num=d.get("total_layer_num"), model_type=d.get("model_type"))
 
 
 def add_random_ltd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -1,0 +1,274 @@
+"""Megatron-DeepSpeed's flags and the top level of its DeepSpeed config, translated once.
+
+Megatron-DeepSpeed's recipes pass flags that only make sense with the DeepSpeed engine
+(``--deepspeed --deepspeed_config FILE --zero-stage N --checkpoint-activations ...``) and a
+DeepSpeed JSON whose top-level keys (batch, clipping, fp16, ZeRO) restate the flags. Here
+``add_deepspeed_args`` registers those flags and ``apply_deepspeed_flags`` (called by
+``validate_args``, before anything is derived) maps each onto this codebase's own flag:
+
+* ``--zero-stage 0|1`` (or ``zero_optimization.stage``): 1 = ``--use-distributed-optimizer``;
+  2 and 3 are refused (no gradient / parameter sharding here).
+* ``--checkpoint-activations`` (``--deepspeed-activation-checkpointing`` alongside): full
+  recompute, uniform, one layer per chunk.
+* ``--no-pipeline-parallel``, ``--data-impl mmap|infer``: accepted; a pipeline size > 1 with
+  the first is refused.
+* JSON ``train_batch_size`` / ``train_micro_batch_size_per_gpu`` / ``gradient_clipping`` /
+  ``steps_per_print`` / ``fp16.*`` / ``bf16.enabled`` / ``zero_optimization.stage``: checked
+  against the flags, a contradiction is an error naming both; the fp16 loss-scale settings
+  fill ``--initial-loss-scale`` etc. where the flag was not given (DeepSpeed's
+  ``initial_scale_power`` 11 is a scale of 2**11).
+* ``prescale_gradients``: the gradients are averaged over data-parallel ranks whichever way
+  round (an fp32 all-reduce of ``g / dp`` and ``(sum g) / dp`` differ only in rounding), so
+  both values are accepted. ``wall_clock_breakdown: false`` and
+  ``dataloader_drop_last: true`` are this codebase's behaviour; their opposites are refused.
+* Any other top-level key is refused by name. The ``data_efficiency`` section is read by
+  ``megatron.data_efficiency.config`` exactly as ``--data-efficiency-config`` reads it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from megatron.data_efficiency.json_keys import check_keys
+from megatron.errors import BadConfigError
+
+# Megatron's defaults of the loss-scale flags (None in the parser so that a value given in
+# the DeepSpeed JSON can fill a flag that was not given).
+LOSS_SCALE_DEFAULTS = {"initial_loss_scale": 2.0 ** 32, "min_loss_scale": 1.0,
+                       "loss_scale_window": 1000, "hysteresis": 2}
+_TOP_KEYS = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+             "steps_per_print", "zero_optimization", "gradient_clipping", "prescale_gradients",
+             "fp16", "bf16", "wall_clock_breakdown", "dataloader_drop_last", "data_efficiency",
+             "curriculum_learning"}
+_FP16_KEYS = {"enabled", "loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis",
+              "min_loss_scale"}
+
+
+def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
+    """Megatron-DeepSpeed's flags (see the module docstring for what each maps to)."""
+    g = parser.add_argument_group("Megatron-DeepSpeed compatibility")
+    g.add_argument("--deepspeed", action="store_true",
+                   help="Megatron-DeepSpeed's engine switch; needs --deepspeed_config")
+    g.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config",
+                   default=None, metavar="FILE",
+                   help="DeepSpeed JSON: its data_efficiency section is read as "
+                        "--data-efficiency-config, its batch/clipping/fp16/ZeRO keys are "
+                        "checked against the flags")
+    g.add_argument("--zero-stage", type=int, default=None,
+                   help="0: plain data parallel; 1: --use-distributed-optimizer")
+    g.add_argument("--checkpoint-activations", action="store_true",
+                   help="= --recompute-granularity full --recompute-method uniform")
+    g.add_argument("--deepspeed-activation-checkpointing", action="store_true",
+                   help="with --checkpoint-activations (DeepSpeed's implementation there)")
+    g.add_argument("--no-pipeline-parallel", action="store_true",
+                   help="non-pipeline model (needs --pipeline-model-parallel-size 1)")
+    g.add_argument("--data-impl", default="mmap", choices=["mmap", "infer"],
+                   help="indexed-dataset implementation: the store is always mmap")
+    g.add_argument("--override-opt_param-scheduler", "--override-opt-param-scheduler",
+                   dest="override_opt_param_scheduler", action="store_true",
+                   help="on load, take the LR schedule from the flags (only its step / "
+                        "sample / token counters from the checkpoint)")
+    g.add_argument("--log-batch-size-to-tensorboard", action="store_true")
+    g.add_argument("--log-validation-ppl-to-tensorboard", action="store_true")
+    g.add_argument("--log-optimizer-states-to-tensorboard", action="store_true")
+    g.add_argument("--train-doc-idx-path", default=None, help="GPT train split: doc_idx .npy")
+    g.add_argument("--train-sample-idx-path", default=None,
+                   help="GPT train split: sample_idx .npy")
+    g.add_argument("--train-shuffle-idx-path", default=None,
+                   help="GPT train split: shuffle_idx .npy")
+    g.add_argument("--train-idx-path", default=None, help="BERT train split: samples mapping .npy")
+
+
+_GPT_MAP_FLAGS = {"train_doc_idx_path": "--train-doc-idx-path",
+                  "train_sample_idx_path": "--train-sample-idx-path",
+                  "train_shuffle_idx_path": "--train-shuffle-idx-path"}
+
+
+def gpt_train_index_maps(args: argparse.Namespace) -> dict[str, str] | None:
+    """``{flag: path}`` of the GPT train split's doc / sample / shuffle maps to load, or None.
+
+    Raises:
+        BadConfigError: ``--train-idx-path`` (BERT's) was given to GPT.
+    """
+    if args.train_idx_path:
+        raise BadConfigError("--train-idx-path is the BERT samples mapping; GPT takes "
+                             "--train-doc-idx-path / --train-sample-idx-path / "
+                             "--train-shuffle-idx-path")
+    if args.train_doc_idx_path is None:
+        return None
+    return {flag: getattr(args, name) for name, flag in _GPT_MAP_FLAGS.items()}
+
+
+def bert_train_mapping(args: argparse.Namespace) -> dict[str, str] | None:
+    """``{"--train-idx-path": path}`` of the BERT train samples mapping to load, or None.
+
+    Raises:
+        BadConfigError: GPT's ``--train-*-idx-path`` maps were given to BERT.
+    """
+    given = [flag for name, flag in _GPT_MAP_FLAGS.items() if getattr(args, name)]
+    if given:
+        raise BadConfigError(f"{given} are GPT's sample maps; BERT takes --train-idx-path")
+    return None if args.train_idx_path is None else {"--train-idx-path": args.train_idx_path}
+
+
+def default_tokenizer_type(args: argparse.Namespace) -> str | None:
+    """The tokenizer when ``--tokenizer-type`` is not given (and the script names none):
+    ``NullTokenizer`` under ``--vocab-size``; Megatron-DeepSpeed's default
+    ``GPT2BPETokenizer`` when a ``--merge-file`` is given; else None."""
+    if args.vocab_size is not None:
+        return "NullTokenizer"
+    return "GPT2BPETokenizer" if args.merge_file else None
+
+
+def read_deepspeed_json(path: str) -> dict:
+    """The DeepSpeed config file of ``--deepspeed_config``, as a dict."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except OSError as err:
+        raise BadConfigError(f"--deepspeed_config {path}: cannot read: {err}") from err
+    except json.JSONDecodeError as err:
+        raise BadConfigError(f"--deepspeed_config {path}: not valid JSON: {err}") from err
+    if not isinstance(d, dict):
+        raise BadConfigError(f"--deepspeed_config {path}: top level must be a JSON object")
+    return d
+
+
+def apply_deepspeed_flags(args: argparse.Namespace, errors: list[str]) -> None:
+    """Map the Megatron-DeepSpeed flags and JSON top level onto this codebase's flags
+    (in place, inside ``validate_args``, once the parallel layout and the global batch size
+    are derived); every problem is appended to ``errors``."""
+    ds = None
+    if args.deepspeed and not args.deepspeed_config:
+        errors.append("--deepspeed needs --deepspeed_config FILE")
+    if args.deepspeed_config:
+        if args.data_efficiency_config:
+            errors.append("--deepspeed_config and --data-efficiency-config both name a "
+                          "data-efficiency config; give one")
+        try:
+            ds = read_deepspeed_json(args.deepspeed_config)
+            check_keys(ds, _TOP_KEYS, f"--deepspeed_config {args.deepspeed_config}")
+        except (BadConfigError, ValueError) as err:
+            errors.append(str(err))
+            ds = None
+    _zero_stage(args, ds, errors)
+    _activation_checkpointing(args, errors)
+    maps = [flag for name, flag in _GPT_MAP_FLAGS.items() if getattr(args, name)]
+    if maps and len(maps) != len(_GPT_MAP_FLAGS):
+        errors.append(f"{maps} given without the other of {list(_GPT_MAP_FLAGS.values())}: "
+                      "the three maps are loaded together")
+    if args.no_pipeline_parallel and args.pipeline_model_parallel_size > 1:
+        errors.append(f"--no-pipeline-parallel contradicts --pipeline-model-parallel-size "
+                      f"{args.pipeline_model_parallel_size}")
+    if ds is not None:
+        _check_top_level(args, ds, f"--deepspeed_config {args.deepspeed_config}", errors)
+    for key, default in LOSS_SCALE_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+
+
+def _zero_stage(args: argparse.Namespace, ds: dict | None, errors: list[str]) -> None:
+    zero = (ds or {}).get("zero_optimization", {})
+    if not isinstance(zero, dict) or set(zero) - {"stage"}:
+        errors.append(f"--deepspeed_config: zero_optimization supports only the key 'stage' "
+                      f"here, got {zero!r}")
+        zero = {}
+    stage = args.zero_stage
+    if "stage" in zero:
+        if stage is not None and stage != zero["stage"]:
+            errors.append(f"--zero-stage {stage} contradicts zero_optimization.stage "
+                          f"{zero['stage']} in --deepspeed_config")
+        stage = zero["stage"]
+    if stage is None or stage == 0:
+        return
+    if stage == 1:
+        args.use_distributed_optimizer = True   # ZeRO-1: optimizer states sharded over DP
+    else:
+        errors.append(f"ZeRO stage {stage} (--zero-stage / zero_optimization.stage) is not "
+                      f"supported: only 0 (data parallel) and 1 (--use-distributed-optimizer)")
+
+
+def _activation_checkpointing(args: argparse.Namespace, errors: list[str]) -> None:
+    if args.deepspeed_activation_checkpointing and not args.checkpoint_activations \
+            and args.recompute_granularity != "full":
+        errors.append("--deepspeed-activation-checkpointing does nothing without "
+                      "--checkpoint-activations (or --recompute-granularity full)")
+    if not args.checkpoint_activations:
+        return
+    if args.recompute_granularity not in (None, "full"):
+        errors.append(f"--checkpoint-activations (full recompute) contradicts "
+                      f"--recompute-granularity {args.recompute_granularity}")
+        return
+    args.recompute_granularity = "full"
+    if args.recompute_method is None:
+        args.recompute_method = "uniform"
+    if args.recompute_num_layers is None:
+        args.recompute_num_layers = 1
+
+
+def _check_top_level(args: argparse.Namespace, ds: dict, where: str,
+                     errors: list[str]) -> None:
+    dp, gbs = args.data_parallel_size, args.global_batch_size
+    for key, flag, value in (("train_batch_size", "--global-batch-size", gbs),
+                             ("train_micro_batch_size_per_gpu", "--micro-batch-size",
+                              args.micro_batch_size),
+                             ("gradient_clipping", "--clip-grad", args.clip_grad),
+                             ("steps_per_print", "--log-interval", args.log_interval)):
+        if key in ds and ds[key] != value:
+            errors.append(f"{where}: {key} {ds[key]} contradicts {flag} {value}")
+    if "gradient_accumulation_steps" in ds and args.micro_batch_size:
+        accum = gbs // (args.micro_batch_size * dp)
+        if ds["gradient_accumulation_steps"] != accum:
+            errors.append(f"{where}: gradient_accumulation_steps "
+                          f"{ds['gradient_accumulation_steps']} contradicts --global-batch-size "
+                          f"/ (--micro-batch-size x data-parallel size) = {accum}")
+    for key, ours in (("wall_clock_breakdown", False), ("dataloader_drop_last", True)):
+        if key in ds and ds[key] is not ours:
+            errors.append(f"{where}: {key} {ds[key]!r} is not supported (only {ours})")
+    if "prescale_gradients" in ds and not isinstance(ds["prescale_gradients"], bool):
+        errors.append(f"{where}: prescale_gradients must be true or false")
+    bf16 = ds.get("bf16", {})
+    if bool(bf16.get("enabled", False)) != args.bf16 and "bf16" in ds:
+        errors.append(f"{where}: bf16.enabled {bf16.get('enabled')} contradicts "
+                      f"{'--bf16' if args.bf16 else 'no --bf16'}")
+    if "fp16" in ds:
+        _check_fp16(args, ds["fp16"], where, errors)
+
+
+def _check_fp16(args: argparse.Namespace, fp16: dict, where: str, errors: list[str]) -> None:
+    try:
+        check_keys(fp16, _FP16_KEYS, f"{where}: fp16")
+    except ValueError as err:
+        errors.append(str(err))
+        return
+    enabled = bool(fp16.get("enabled", False))
+    if enabled != args.fp16:
+        errors.append(f"{where}: fp16.enabled {fp16.get('enabled')} contradicts "
+                      f"{'--fp16' if args.fp16 else 'no --fp16'}")
+    if not enabled:
+        return
+    static = fp16.get("loss_scale", 0)
+    if static and args.loss_scale is not None and static != args.loss_scale:
+        errors.append(f"{where}: fp16.loss_scale {static} contradicts --loss-scale "
+                      f"{args.loss_scale}")
+    elif not static and args.loss_scale is not None:
+        errors.append(f"{where}: fp16.loss_scale 0 (dynamic) contradicts --loss-scale "
+                      f"{args.loss_scale}")
+    elif static:
+        args.loss_scale = float(static)
+    json_values = {"min_loss_scale": fp16.get("min_loss_scale"),
+                   "loss_scale_window": fp16.get("loss_scale_window"),
+                   "hysteresis": fp16.get("hysteresis"),
+                   "initial_loss_scale": (None if "initial_scale_power" not in fp16
+                                          else 2.0 ** fp16["initial_scale_power"])}
+    for key, value in json_values.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        given = getattr(args, key)
+        if given is None:
+            setattr(args, key, type(LOSS_SCALE_DEFAULTS[key])(value))
+        elif given != value:
+            json_key = "initial_scale_power" if key == "initial_loss_scale" else key
+            errors.append(f"{where}: fp16.{json_key} {fp16[json_key]} contradicts {flag} "
+                          f"{given}")

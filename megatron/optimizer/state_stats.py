@@ -1,0 +1,80 @@
+"""Norms of Adam's states for ``--log-optimizer-states-to-tensorboard`` (Megatron-DeepSpeed's
+``optimizer/{variance,variance_sqrt,momentum,weight}_{l2,l1,abs_max}`` scalars).
+
+Every element is counted once over the whole model: copies that another rank already counts
+(``counts_toward_grad_norm``: TP-replicated parameters off TP rank 0, the last stage's tied
+embedding) are masked out, the model-parallel ranks are summed (max for ``abs_max``), and
+under ``--use-distributed-optimizer`` (ZeRO-1) the data-parallel shards too; a plain
+data-parallel rank holds the whole (replicated) state, so it is not summed over DP.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state
+from megatron.core.distributed.grads import counts_toward_grad_norm
+
+_NAMES = ("variance", "variance_sqrt", "momentum", "weight")
+
+
+def _entries(optimizer) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], bool]:
+    """``[(weight [n], mask [n] or a scalar)]`` of this rank's Adam parameters, and whether
+    the state is sharded over data-parallel ranks."""
+    inner = optimizer.optimizer
+    if hasattr(inner, "shard_slices"):          # the ZeRO-1 DistributedOptimizer
+        masters = [g["params"][0] for g in inner.optimizer.param_groups]
+        return [(m, inner.norm_mask[a:b]) for m, (a, b) in zip(masters, inner.shard_slices)
+                ], True
+    params = getattr(optimizer, "main_params", None) or optimizer.model_params
+    return [(p, torch.tensor(float(counts_toward_grad_norm(p)))) for p in params], False
+
+
+def _state_of(optimizer, param: torch.Tensor) -> dict:
+    inner = optimizer.optimizer
+    torch_opt = inner.optimizer if hasattr(inner, "shard_slices") else inner
+    return torch_opt.state.get(param, {})
+
+
+def adam_state_norms(optimizer) -> dict[str, float]:
+    """``{"optimizer/variance_l2": ..., ...}`` over the whole model (a collective over the
+    model-parallel group, and the data-parallel group under ZeRO-1); empty before the first
+    step or for an optimizer without Adam states.
+    """
+    entries, sharded = _entries(optimizer)
+    device = entries[0][0].device if entries else torch.device("cpu")
+    sums = torch.zeros(8, dtype=torch.float64, device=device)   # l2^2, then l1, of the four
+    maxes = torch.zeros(4, dtype=torch.float64, device=device)
+    found = False
+    for param, mask in entries:
+        state = _state_of(optimizer, param)
+        if "exp_avg" not in state or param.numel() == 0:
+            continue
+        found = True
+        mask = mask.to(param.device, torch.float32).reshape(-1) if mask.dim() else mask
+        v = state["exp_avg_sq"].detach().float().reshape(-1)
+        for i, t in enumerate((v, v.sqrt(), state["exp_avg"].detach().float().reshape(-1),
+                               param.detach().float().reshape(-1))):
+            t = (t * mask).abs().double()
+            sums[i] += (t * t).sum()
+            sums[4 + i] += t.sum()
+            maxes[i] = torch.maximum(maxes[i], t.max())
+    if dist.is_available() and dist.is_initialized():
+        flag = torch.tensor([float(found)], dtype=torch.float64, device=device)
+        groups = [parallel_state.get_model_parallel_group()]
+        if sharded:
+            groups.append(parallel_state.get_data_parallel_group())
+        for group in groups:
+            for t, op in ((sums, dist.ReduceOp.SUM), (maxes, dist.ReduceOp.MAX),
+                          (flag, dist.ReduceOp.MAX)):
+                dist.all_reduce(t, op=op, group=group)
+        found = bool(flag.item())
+    if not found:
+        return {}
+    sums, maxes = sums.tolist(), maxes.tolist()    # one host copy each
+    out = {}
+    for i, name in enumerate(_NAMES):
+        out[f"optimizer/{name}_l2"] = sums[i] ** 0.5
+        out[f"optimizer/{name}_l1"] = sums[4 + i]
+        out[f"optimizer/{name}_abs_max"] = maxes[i]
+    return out

@@ -35,7 +35,7 @@ def build_sampler(config: CurriculumConfig, global_batch_size: int, micro_batch_
         return None
     from megatron.data_efficiency.analyzer.index_io import MetricIndex
     built = [SamplerMetric(m.name, MetricIndex.open(m.index_path, expected_fingerprint),
-                           m.difficulty_type, CurriculumScheduler(m.schedule))
+                           m.difficulty_type, CurriculumScheduler(m.schedule), m.window_low)
              for m in metrics]
     return CurriculumSampler(built, global_batch_size, micro_batch_size, dp_rank, dp_size,
                              seed=seed, first_step=first_step)

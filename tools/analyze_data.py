@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -99,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--reference-batch-size", type=int, default=8, help="samples per forward pass")
     g.add_argument("--reference-device", default=None,
                    help="torch device (default: cuda:<local rank> if available, else cpu)")
+    g.add_argument("--kmeans-clusters", type=int, help="proto_dist: number of k-means centroids")
+    g.add_argument("--kmeans-fit-samples", type=int, default=20000,
+                   help="proto_dist: samples (drawn with --seed) the centroids are fitted on")
     args, training_flags = p.parse_known_args(argv)
     if training_flags:
         args.train_samples = _train_samples_from_training_flags(p, args, training_flags)
@@ -160,29 +164,45 @@ def _train_samples_from_training_flags(p: argparse.ArgumentParser, args: argpars
 
 def _check_model_metric_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from megatron.data_efficiency.analyzer.model_metrics import MODEL_METRICS
-    wanted = [m for m in args.metrics if m in MODEL_METRICS]
+    wanted = [m for m in args.metrics if m in MODEL_METRICS + ("proto_dist",)]
+    if ("proto_dist" in wanted) != (args.kmeans_clusters is not None):
+        p.error("--metrics proto_dist goes with --kmeans-clusters K (and K with proto_dist)")
+    if args.kmeans_clusters is not None and args.kmeans_clusters < 1:
+        p.error("--kmeans-clusters must be positive")
     if wanted and (args.reference_load is None or args.granularity != "sample"
                    or args.model != "gpt"):
         p.error(f"--metrics {' '.join(wanted)} needs --reference-load CKPT and "
                 f"--granularity sample (GPT samples)")
     if not wanted and args.reference_load is not None:
-        p.error("--reference-load needs --metrics loss and/or ppl")
+        p.error("--reference-load needs --metrics loss, ppl and/or proto_dist")
     if args.reference_batch_size < 1:
         p.error("--reference-batch-size must be positive")
 
 
-def _model_metrics(args: argparse.Namespace, rank: int) -> tuple:
-    """The --metrics loss / ppl callables over the reference model (loaded once)."""
+def _model_metrics(args: argparse.Namespace, comm, cfg: AnalyzerConfig) -> tuple:
+    """(source or None, the --metrics loss / ppl / proto_dist callables over the reference
+    model, loaded once per rank). proto_dist fits its centroids here (a collective)."""
+    from megatron.data_efficiency.analyzer.analyzer import build_source
     from megatron.data_efficiency.analyzer.model_metrics import (MODEL_METRICS, TokenLossMetric,
                                                                  load_reference_model)
     wanted = [m for m in args.metrics if m in MODEL_METRICS]
-    if not wanted:
-        return ()
+    if not wanted and args.kmeans_clusters is None:
+        return None, ()
     import torch
     device = args.reference_device or (
-        f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+        f"cuda:{comm.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     ref = load_reference_model(args.reference_load, args.reference_iteration, device)
-    return tuple(TokenLossMetric(ref, m, args.reference_batch_size) for m in wanted)
+    out = [TokenLossMetric(ref, m, args.reference_batch_size) for m in wanted]
+    source = None
+    if args.kmeans_clusters is not None:
+        from megatron.data_efficiency.analyzer import proto_metrics
+        source = build_source(cfg)
+        centroids = proto_metrics.fit_centroids(ref, source, comm, args.kmeans_clusters,
+                                                args.kmeans_fit_samples, args.seed,
+                                                args.reference_batch_size)
+        out.append(proto_metrics.ProtoDistMetric(ref, centroids, args.reference_batch_size, {
+            "kmeans_fit_samples": args.kmeans_fit_samples, "kmeans_seed": args.seed}))
+    return source, tuple(out)
 
 
 def _relaunch(num_workers: int, argv: list[str]) -> int:
@@ -225,21 +245,22 @@ def main(argv: list[str] | None = None) -> int:
         return _relaunch(args.num_workers, argv)
     from megatron.data_efficiency.analyzer.model_metrics import MODEL_METRICS
     comm = world()
-    try:
-        model_metrics = _model_metrics(args, comm.rank)
-    except (ValueError, FileNotFoundError) as e:     # a missing or unreadable checkpoint
-        print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
-        _abort_others(comm, 2)
-        return 2
     cfg = AnalyzerConfig(
         data_prefix=args.data_path[0], save_path=args.save_path,
-        metrics=tuple(m for m in args.metrics if m not in MODEL_METRICS),
-        model_metrics=model_metrics,
+        metrics=tuple(m for m in args.metrics if m not in MODEL_METRICS + ("proto_dist",)),
         metric_fns=tuple(args.metric_fn), granularity=args.granularity, split=args.split,
         seq_length=args.seq_length, seed=args.seed, train_samples=args.train_samples,
         vocab_size=args.vocab_size, pad_token_id=args.pad_token_id, shard_tokens=args.shard_tokens,
         chunk_tokens=args.chunk_tokens, batch_tokens=args.batch_tokens, force=args.force,
         keep_work=args.keep_work, cache_dir=args.data_cache_path, progress=not args.quiet)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
+            source, model_metrics = _model_metrics(args, comm, cfg)
+    except (ValueError, FileNotFoundError) as e:     # a missing or unreadable checkpoint
+        print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
+        _abort_others(comm, 2)
+        return 2
+    cfg = dataclasses.replace(cfg, model_metrics=model_metrics)
     # Ranks start (interpreter, imports, MPI init) at different moments; without this barrier
     # the first rank would count its wait for the last one's start-up as analysis time.
     comm.barrier()
@@ -251,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 stats = run_bert_analyzer(cfg, BertSampleParams(args.short_seq_prob,
                                                                 args.bert_binary_head), comm)
             else:
-                stats = run_analyzer(cfg, comm)
+                stats = run_analyzer(cfg, comm, source)
     except (ValueError, FileNotFoundError) as e:
         print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
         _abort_others(comm, 2)

@@ -123,19 +123,24 @@ def test_one_and_two_mpi_ranks_write_identical_indexes(setup, tmp_path):
     prefix, ckpt, _ = setup
     common = ["--data-path", prefix, "--granularity", "sample", "--split", "90,10,0",
               "--seq-length", str(SEQ), "--seed", str(SEED), "--train-samples", str(SAMPLES),
-              "--metrics", "loss", "--reference-load", ckpt, "--reference-batch-size", "4",
+              "--metrics", "loss", "proto_dist", "--kmeans-clusters", "3",
+              "--kmeans-fit-samples", "20", "--reference-load", ckpt,
+              "--reference-batch-size", "4",
               "--shard-tokens", "100", "--batch-tokens", "60", "--quiet",
               "--data-cache-path", str(tmp_path / "cache")]
     one = _tool(common + ["--save-path", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr
     two = _tool(common + ["--save-path", str(tmp_path / "two")], ranks=2)
     assert two.returncode == 0, two.stderr
-    for f in ("sample_to_metric.npy", "sorted_samples.npy", "values.npy", "offsets.npy",
-              "meta.json"):
-        a = open(tmp_path / "one" / "loss" / f, "rb").read()
-        assert a == open(tmp_path / "two" / "loss" / f, "rb").read(), f
-    meta = json.loads(open(tmp_path / "one" / "loss" / "meta.json").read())
-    assert meta["dtype"] == "float64" and math.isfinite(meta["max"])
+    for metric in ("loss", "proto_dist"):
+        for f in ("sample_to_metric.npy", "sorted_samples.npy", "values.npy", "offsets.npy",
+                  "meta.json"):
+            a = open(tmp_path / "one" / metric / f, "rb").read()
+            assert a == open(tmp_path / "two" / metric / f, "rb").read(), (metric, f)
+        meta = json.loads(open(tmp_path / "one" / metric / "meta.json").read())
+        assert meta["dtype"] == "float64" and math.isfinite(meta["max"])
+    meta = json.loads(open(tmp_path / "one" / "proto_dist" / "meta.json").read())
+    assert meta["kmeans_clusters"] == 3 and 0 <= meta["min"] <= meta["max"] <= 2
 
 
 def test_killed_run_resumes_and_another_checkpoint_does_not_reuse_its_shards(setup, tmp_path):
@@ -165,3 +170,32 @@ def test_killed_run_resumes_and_another_checkpoint_does_not_reuse_its_shards(set
     fresh = run_analyzer(_cfg(prefix, str(tmp_path / "s"), model_metrics=(
         TokenLossMetric(other, "loss", 4),), **kw))
     assert fresh["shards_reused"] == 0
+
+
+def test_proto_dist_matches_a_direct_computation_for_a_fixed_clustering(setup, tmp_path):
+    """Fixed centroids; embeddings read from the final layer norm's output by a hook on the
+    ordinary forward pass; distance 1 - cos to the Euclidean-nearest centroid."""
+    from megatron.data.gpt_dataset import build_train_valid_test_datasets
+    from megatron.data_efficiency.analyzer.proto_metrics import ProtoDistMetric
+    prefix, ckpt, _ = setup
+    ref = load_reference_model(ckpt)
+    centroids = np.random.default_rng(1).normal(size=(3, 16))
+    run_analyzer(_cfg(prefix, str(tmp_path / "p"), model_metrics=(
+        ProtoDistMetric(ref, centroids, batch_size=5),)))
+    got = np.asarray(MetricIndex.open(str(tmp_path / "p" / "proto_dist")).sample_to_metric)
+    train, _, _ = build_train_valid_test_datasets([prefix], "90,10,0", [SAMPLES, 0, 0], SEQ,
+                                                  SEED)
+    captured = []
+    hook = ref.model.transformer.final_layernorm.register_forward_hook(
+        lambda mod, inp, out: captured.append(out.detach()))
+    want = []
+    with torch.no_grad():
+        for i in range(len(train)):
+            t = torch.as_tensor(train[i]["text"])[None, :-1]
+            ref.model(t, torch.arange(SEQ)[None], None)
+            e = captured.pop()[:, 0].double().mean(0).numpy()       # [s, 1, h] -> [h]
+            e = e / np.linalg.norm(e)
+            c = centroids[np.argmin([np.linalg.norm(e - c) for c in centroids])]
+            want.append(1 - e @ c / np.linalg.norm(c))
+    hook.remove()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)

@@ -53,20 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _sample_dataset(args: argparse.Namespace):
     """The GPT training set the index numbers, and its fingerprint."""
-    from megatron.data.gpt_dataset import build_train_valid_test_datasets
-    from megatron.data_efficiency.analyzer.analyzer import gpt_samples_fingerprint
-    if not args.seq_length or not args.train_samples:
-        raise BadInputError(f"{args.index} indexes GPT samples: give the training dataset "
-                            f"flags it was built with (--split --seq-length --seed "
-                            f"--train-samples)")
-    train, _, _ = build_train_valid_test_datasets(
-        [args.data_path], args.split, [args.train_samples, 0, 0], args.seq_length, args.seed,
-        cache_dir=args.data_cache_path)
-    if train is None:
-        raise BadInputError(f"--split {args.split!r} leaves no training documents")
-    fp = gpt_samples_fingerprint(args.data_path, args.split, args.seq_length, args.seed,
-                                 train.doc_idx, train.sample_idx, train.shuffle_idx)
-    return train, fp
+    return prune.sample_dataset(args.data_path, args.index, args.split, args.seq_length,
+                                args.seed, args.train_samples, args.data_cache_path)
 
 
 def _open_index(args: argparse.Namespace, fingerprint: str) -> MetricIndex:
@@ -88,7 +76,7 @@ def main(argv: list[str] | None = None) -> prune.PruneResult:
     if existing and not args.force:
         raise BadInputError(f"output exists: {existing} (give --force to replace it)")
     store = MMapIndexedDataset(args.data_path)
-    meta_granularity = _granularity(args.index)
+    meta_granularity = prune.index_granularity(args.index)
     if meta_granularity == "document":
         fingerprint, dataset = dataset_fingerprint([args.data_path], "document"), None
     else:
@@ -114,22 +102,6 @@ def main(argv: list[str] | None = None) -> prune.PruneResult:
     print(f"kept {result.kept:,} of {result.total:,} {meta_granularity}s, "
           f"{result.tokens_kept:,} of {result.tokens_total:,} tokens -> {out}.bin/.idx/.json")
     return result
-
-
-def _granularity(index_path: str) -> str:
-    import json
-    meta = os.path.join(index_path, "meta.json")
-    try:
-        with open(meta) as f:
-            m = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise BadInputError(f"metric index {index_path}: cannot read meta.json: {err}") from err
-    g = m.get("granularity")
-    if g not in ("document", "sample") or m.get("model", "gpt") != "gpt":
-        raise BadInputError(f"metric index {index_path}: granularity {g!r}, model "
-                            f"{m.get('model', 'gpt')!r}; pruning reads GPT document or sample "
-                            f"indexes")
-    return g
 
 
 if __name__ == "__main__":

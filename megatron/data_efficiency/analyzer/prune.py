@@ -147,6 +147,43 @@ def write_samples(dataset, dtype: np.dtype, ids: np.ndarray, out_prefix: str) ->
     return tokens
 
 
+def sample_dataset(data_path: str, index_path: str, split: str, seq_length: int | None,
+                   seed: int, train_samples: int | None, cache_dir: str | None = None):
+    """The GPT training set a sample-granularity index numbers, and its fingerprint (as
+    training computes it). BadInputError without the dataset flags."""
+    from megatron.data.gpt_dataset import build_train_valid_test_datasets
+    from megatron.data_efficiency.analyzer.analyzer import gpt_samples_fingerprint
+    from megatron.errors import BadInputError
+    if not seq_length or not train_samples:
+        raise BadInputError(f"{index_path} indexes GPT samples: give the training dataset "
+                            f"flags it was built with (--split --seq-length --seed "
+                            f"--train-samples)")
+    train, _, _ = build_train_valid_test_datasets([data_path], split, [train_samples, 0, 0],
+                                                  seq_length, seed, cache_dir=cache_dir)
+    if train is None:
+        raise BadInputError(f"--split {split!r} leaves no training documents in {data_path}")
+    fp = gpt_samples_fingerprint(data_path, split, seq_length, seed, train.doc_idx,
+                                 train.sample_idx, train.shuffle_idx)
+    return train, fp
+
+
+def index_granularity(index_path: str) -> str:
+    """``document`` or ``sample`` from a GPT index's meta.json (BadInputError otherwise)."""
+    from megatron.errors import BadInputError
+    meta = os.path.join(index_path, "meta.json")
+    try:
+        with open(meta) as f:
+            m = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise BadInputError(f"metric index {index_path}: cannot read meta.json: {err}") from err
+    g = m.get("granularity")
+    if g not in ("document", "sample") or m.get("model", "gpt") != "gpt":
+        raise BadInputError(f"metric index {index_path}: granularity {g!r}, model "
+                            f"{m.get('model', 'gpt')!r}; this reads GPT document or sample "
+                            f"indexes")
+    return g
+
+
 def write_manifest(path: str, manifest: dict) -> None:
     """JSON to a temporary name, then renamed (the store's completion mark)."""
     tmp = f"{path}.tmp{os.getpid()}"

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -65,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-path", required=True, help="output folder")
     p.add_argument("--granularity", choices=["document", "sample"], default="document")
     p.add_argument("--metrics", nargs="+", default=["seqlen"],
-                   help=f"built-in metrics, any of {list(_metrics.BUILTIN_METRICS)}")
+                   help=f"built-in metrics, any of {list(_metrics.BUILTIN_METRICS)}, and the "
+                        f"model-based loss, ppl (with --reference-load)")
     p.add_argument("--metric-fn", nargs="+", action="extend", default=[],
                    help="user metric(s) as [name=]module:function (contract below)")
     p.add_argument("--model", choices=["gpt", "bert"], default="gpt",
@@ -91,6 +93,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-work", action="store_true", help="keep the shard files after success")
     p.add_argument("--quiet", action="store_true", help="no progress or dataset output")
     p.add_argument("--stats-json", help="write wall time and peak memory of every rank to this file")
+    g = p.add_argument_group("model-based metrics (--metrics loss ppl)")
+    g.add_argument("--reference-load", metavar="CKPT",
+                   help="checkpoint folder of this codebase (any TP/PP layout) that scores samples")
+    g.add_argument("--reference-iteration", type=int, help="default: the checkpoint's latest")
+    g.add_argument("--reference-batch-size", type=int, default=8, help="samples per forward pass")
+    g.add_argument("--reference-device", default=None,
+                   help="torch device (default: cuda:<local rank> if available, else cpu)")
+    g.add_argument("--kmeans-clusters", type=int, help="proto_dist: number of k-means centroids")
+    g.add_argument("--kmeans-fit-samples", type=int, default=20000,
+                   help="proto_dist: samples (drawn with --seed) the centroids are fitted on")
     args, training_flags = p.parse_known_args(argv)
     if training_flags:
         args.train_samples = _train_samples_from_training_flags(p, args, training_flags)
@@ -98,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--data-path: the analyzer indexes one dataset prefix at a time (blends: run it per prefix)")
     if args.model == "bert" and args.granularity != "sample":
         p.error("--model bert needs --granularity sample (BERT samples are sentence groups)")
+    _check_model_metric_args(p, args)
     for name in ("shard_tokens", "chunk_tokens", "batch_tokens", "num_workers"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive")
@@ -149,6 +162,49 @@ def _train_samples_from_training_flags(p: argparse.ArgumentParser, args: argpars
     return plan.train_valid_test_num_samples[0]
 
 
+def _check_model_metric_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from megatron.data_efficiency.analyzer.model_metrics import MODEL_METRICS
+    wanted = [m for m in args.metrics if m in MODEL_METRICS + ("proto_dist",)]
+    if ("proto_dist" in wanted) != (args.kmeans_clusters is not None):
+        p.error("--metrics proto_dist goes with --kmeans-clusters K (and K with proto_dist)")
+    if args.kmeans_clusters is not None and args.kmeans_clusters < 1:
+        p.error("--kmeans-clusters must be positive")
+    if wanted and (args.reference_load is None or args.granularity != "sample"
+                   or args.model != "gpt"):
+        p.error(f"--metrics {' '.join(wanted)} needs --reference-load CKPT and "
+                f"--granularity sample (GPT samples)")
+    if not wanted and args.reference_load is not None:
+        p.error("--reference-load needs --metrics loss, ppl and/or proto_dist")
+    if args.reference_batch_size < 1:
+        p.error("--reference-batch-size must be positive")
+
+
+def _model_metrics(args: argparse.Namespace, comm, cfg: AnalyzerConfig) -> tuple:
+    """(source or None, the --metrics loss / ppl / proto_dist callables over the reference
+    model, loaded once per rank). proto_dist fits its centroids here (a collective)."""
+    from megatron.data_efficiency.analyzer.analyzer import build_source
+    from megatron.data_efficiency.analyzer.model_metrics import (MODEL_METRICS, TokenLossMetric,
+                                                                 load_reference_model)
+    wanted = [m for m in args.metrics if m in MODEL_METRICS]
+    if not wanted and args.kmeans_clusters is None:
+        return None, ()
+    import torch
+    device = args.reference_device or (
+        f"cuda:{comm.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    ref = load_reference_model(args.reference_load, args.reference_iteration, device)
+    out = [TokenLossMetric(ref, m, args.reference_batch_size) for m in wanted]
+    source = None
+    if args.kmeans_clusters is not None:
+        from megatron.data_efficiency.analyzer import proto_metrics
+        source = build_source(cfg)
+        centroids = proto_metrics.fit_centroids(ref, source, comm, args.kmeans_clusters,
+                                                args.kmeans_fit_samples, args.seed,
+                                                args.reference_batch_size)
+        out.append(proto_metrics.ProtoDistMetric(ref, centroids, args.reference_batch_size, {
+            "kmeans_fit_samples": args.kmeans_fit_samples, "kmeans_seed": args.seed}))
+    return source, tuple(out)
+
+
 def _relaunch(num_workers: int, argv: list[str]) -> int:
     """Re-run this script under mpiexec with ``num_workers`` ranks."""
     mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -187,14 +243,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.num_workers > 1 and not launched_by_mpi():
         return _relaunch(args.num_workers, argv)
+    from megatron.data_efficiency.analyzer.model_metrics import MODEL_METRICS
+    comm = world()
     cfg = AnalyzerConfig(
-        data_prefix=args.data_path[0], save_path=args.save_path, metrics=tuple(args.metrics),
+        data_prefix=args.data_path[0], save_path=args.save_path,
+        metrics=tuple(m for m in args.metrics if m not in MODEL_METRICS + ("proto_dist",)),
         metric_fns=tuple(args.metric_fn), granularity=args.granularity, split=args.split,
         seq_length=args.seq_length, seed=args.seed, train_samples=args.train_samples,
         vocab_size=args.vocab_size, pad_token_id=args.pad_token_id, shard_tokens=args.shard_tokens,
         chunk_tokens=args.chunk_tokens, batch_tokens=args.batch_tokens, force=args.force,
         keep_work=args.keep_work, cache_dir=args.data_cache_path, progress=not args.quiet)
-    comm = world()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
+            source, model_metrics = _model_metrics(args, comm, cfg)
+    except (ValueError, FileNotFoundError) as e:     # a missing or unreadable checkpoint
+        print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
+        _abort_others(comm, 2)
+        return 2
+    cfg = dataclasses.replace(cfg, model_metrics=model_metrics)
     # Ranks start (interpreter, imports, MPI init) at different moments; without this barrier
     # the first rank would count its wait for the last one's start-up as analysis time.
     comm.barrier()
@@ -206,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 stats = run_bert_analyzer(cfg, BertSampleParams(args.short_seq_prob,
                                                                 args.bert_binary_head), comm)
             else:
-                stats = run_analyzer(cfg, comm)
+                stats = run_analyzer(cfg, comm, source)
     except (ValueError, FileNotFoundError) as e:
         print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
         _abort_others(comm, 2)

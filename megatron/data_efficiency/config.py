@@ -30,6 +30,10 @@ is accepted (the loader's host memory choice); ``num_workers`` must equal
 ``--num-workers``; ``num_epochs`` is refused. ``schedule_config.custom_function``
 (``"module:function"``) is this project's addition for ``schedule_type: custom``.
 ``data_cluster_path`` is accepted and unused: no cluster file is ever written.
+``difficulty_type: "percentile_window"`` (this project's addition, for pruning) takes
+``min_difficulty`` / ``max_difficulty`` as ``[lo, hi]`` percentile pairs with the same
+``lo``: the sampler admits the band from the ``lo`` to the scheduled ``hi`` percentile
+(a static window when both pairs are equal; then ``schedule_type`` may be left out).
 Unknown keys and contradictions are errors naming the key path.
 """
 from __future__ import annotations
@@ -84,6 +88,7 @@ class CurriculumMetricConfig:
     clustering_type: str
     schedule: ScheduleConfig
     index_path: str | DeepSpeedIndexPaths | None = None
+    window_low: float | None = None     # percentile_window: the band's fixed low percentile
 
     @property
     def samples(self) -> bool:
@@ -217,13 +222,44 @@ def _schedule(m: dict, where: str, d_min: float, d_max: float) -> ScheduleConfig
     return cfg
 
 
+def _window(m: dict, where: str) -> tuple[dict, float]:
+    """``percentile_window``: ``[lo, hi]`` pairs -> (the metric with plain ``hi``
+    difficulties, ``lo``). A static window needs no schedule (one discrete level)."""
+    pairs = []
+    for key in ("min_difficulty", "max_difficulty"):
+        v = m.get(key)
+        if (not isinstance(v, (list, tuple)) or len(v) != 2
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v)):
+            raise ValueError(f"{where}.{key}={v!r}: difficulty_type percentile_window takes "
+                             f"a [lo, hi] pair of percentiles")
+        pairs.append(v)
+    (lo, hi0), (lo1, hi1) = pairs
+    if lo != lo1:
+        raise ValueError(f"{where}: percentile_window low edges differ ({lo} and {lo1}); the "
+                         f"low edge is fixed (admitted samples stay admitted)")
+    if not 0 <= lo < hi0 <= hi1 <= 100:
+        raise ValueError(f"{where}: percentile_window needs 0 <= lo < hi <= 100, got "
+                         f"[{lo}, {hi0}] .. [{lo}, {hi1}]")
+    out = dict(m, min_difficulty=hi0, max_difficulty=hi1)
+    if hi0 == hi1 and "schedule_type" not in m:
+        out.update(schedule_type="fixed_discrete", schedule_config={"difficulty": [hi1]})
+    return out, lo
+
+
 def _metric(name: str, m: dict, where: str) -> CurriculumMetricConfig:
     check_keys(m, _METRIC_KEYS, where)
     kind = TRANSFORM_ALIASES.get(name, "index")
     default_type = "value" if kind != "index" else "percentile"
     dtype = m.get("difficulty_type", default_type)
-    if dtype not in ("value", "percentile"):
-        raise ValueError(f"{where}.difficulty_type={dtype!r}: expected value or percentile")
+    if dtype not in ("value", "percentile", "percentile_window"):
+        raise ValueError(f"{where}.difficulty_type={dtype!r}: expected value, percentile or "
+                         f"percentile_window")
+    window_low = None
+    if dtype == "percentile_window":
+        if kind != "index":
+            raise ValueError(f"{where}.difficulty_type=percentile_window contradicts "
+                             f"{name}, whose difficulty is a length in tokens (value)")
+        m, window_low = _window(m, where)
     if kind != "index" and dtype != "value":
         raise ValueError(f"{where}.difficulty_type=percentile contradicts {name}, whose "
                          f"difficulty is a length in tokens (value)")
@@ -240,7 +276,7 @@ def _metric(name: str, m: dict, where: str) -> CurriculumMetricConfig:
         raise ValueError(f"{where}: index metric {name!r} needs index_path (this project's "
                          f"analyzer folder DIR/<metric>)")
     return CurriculumMetricConfig(name, kind, dtype, ctype,
-                                  _schedule(m, where, d_min, d_max), index)
+                                  _schedule(m, where, d_min, d_max), index, window_low)
 
 
 def _curriculum(cl: dict, where: str) -> CurriculumConfig:
@@ -363,7 +399,11 @@ def add_curriculum_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                    help="metrics: seqtru|seqres (transforms) or analyzer metrics (voc, seqlen, ...)")
     g.add_argument("--curriculum-index-path", nargs="+", default=None, metavar="DIR")
     g.add_argument("--curriculum-difficulty-type", nargs="+", default=None,
-                   choices=["value", "percentile"])
+                   choices=["value", "percentile", "percentile_window"])
+    g.add_argument("--curriculum-window-low", nargs="+", type=float, default=None,
+                   metavar="PERCENTILE",
+                   help="percentile_window: the band's fixed low edge (the min/max "
+                        "difficulties pace its high edge)")
     g.add_argument("--curriculum-min-difficulty", nargs="+", type=float, default=None)
     g.add_argument("--curriculum-max-difficulty", nargs="+", type=float, default=None)
     g.add_argument("--curriculum-schedule-type", nargs="+", default=None, choices=SCHEDULE_TYPES)
@@ -377,7 +417,7 @@ def add_curriculum_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 _PER_METRIC = ("index_path", "difficulty_type", "min_difficulty", "max_difficulty",
                "schedule_type", "total_steps", "difficulty_step", "root_degree",
-               "custom_function")
+               "custom_function", "window_low")
 
 
 def _per_metric(args: argparse.Namespace, key: str, names: list[str]) -> list[Any]:
@@ -436,6 +476,19 @@ def _config_file(args: argparse.Namespace) -> tuple[str, str | None]:
     if getattr(args, "deepspeed_config", None):
         return "--deepspeed_config", args.deepspeed_config
     return "--data-efficiency-config", getattr(args, "data_efficiency_config", None)
+def _window_from_flags(m: dict, v: dict, name: str) -> None:
+    """``--curriculum-window-low`` with percentile_window: the JSON's [lo, hi] pairs (a
+    static window given without any schedule flag needs no schedule)."""
+    low = v["window_low"]
+    if v["schedule_type"] is None and v["total_steps"] is None and \
+            v["min_difficulty"] == v["max_difficulty"]:
+        del m["schedule_type"], m["schedule_config"]
+    if low is None:
+        raise ValueError(f"curriculum metric {name}: --curriculum-difficulty-type "
+                         f"percentile_window needs --curriculum-window-low")
+    for key in ("min_difficulty", "max_difficulty"):
+        if key in m:
+            m[key] = [_as_int_if_whole(low), m[key]]
 
 
 def _curriculum_from_args(args: argparse.Namespace, seq_length: int | None
@@ -461,6 +514,10 @@ def _curriculum_from_args(args: argparse.Namespace, seq_length: int | None
         raise ValueError("--data-efficiency-curriculum-learning needs --curriculum-metric "
                          "or --data-efficiency-config")
     cols = {k: _per_metric(args, k, names) for k in _PER_METRIC}
+    if getattr(args, "curriculum_window_low", None) is not None and \
+            "percentile_window" not in cols["difficulty_type"]:
+        raise ValueError("--curriculum-window-low needs a metric with "
+                         "--curriculum-difficulty-type percentile_window")
     metrics = {}
     for i, name in enumerate(names):
         v = {k: cols[k][i] for k in _PER_METRIC}
@@ -478,6 +535,8 @@ def _curriculum_from_args(args: argparse.Namespace, seq_length: int | None
         for key in ("difficulty_type", "index_path"):
             if v[key] is not None:
                 m[key] = v[key]
+        if v["difficulty_type"] == "percentile_window":
+            _window_from_flags(m, v, name)
         metrics[name] = m
     de = {"enabled": True, "seed": seed, "data_sampling": {"enabled": True,
           "curriculum_learning": {"enabled": True, "curriculum_metrics": metrics}}}

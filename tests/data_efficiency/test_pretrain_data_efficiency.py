@@ -238,3 +238,38 @@ def test_resume_mid_schedule_reproduces_the_token_drops(indexed_corpus, tmp_path
     for key, indices in {**first, **resumed}.items():
         assert torch.equal(indices, straight[key]), key
     assert not torch.equal(straight[(2, 0)], straight[(2, 1)])
+
+
+def test_difficulty_window_composes_with_seqtru_and_random_ltd(indexed_corpus):
+    """Pruning as a curriculum whose window never moves: with seqtru and random-LTD, and the
+    default prefetching loader, every trained sample lies in the [25, 75] voc band."""
+    from megatron.data_efficiency.analyzer.index_io import MetricIndex
+    prefix, index = indexed_corpus
+    trained: list[int] = []
+
+    def forward_step(data_iterator, model):
+        def batches():
+            for batch in data_iterator:
+                if model.training:
+                    trained.extend(batch["sample_id"].tolist())
+                yield batch
+        return pretrain_gpt.forward_step(batches(), model)
+
+    flags = ["--data-efficiency-curriculum-learning", "--curriculum-metric", "seqtru", "voc",
+             "--curriculum-index-path", index, "--curriculum-difficulty-type", "value",
+             "percentile_window", "--curriculum-window-low", "25",
+             "--curriculum-min-difficulty", "8", "75", "--curriculum-max-difficulty", str(SEQ),
+             "75", "--curriculum-schedule-type", "fixed_linear",
+             "--curriculum-total-steps", "4", "--curriculum-difficulty-step", "8", "1"]
+    state = _run(prefix, *flags, *LTD, workers=None, forward_step=forward_step)
+    assert len(trained) == ITERS * GBS and all(np.isfinite([x for _, x in state.history]))
+    idx = MetricIndex.open(index)
+    n = idx.num_samples
+    pos = np.empty(n, dtype=np.int64)
+    pos[np.asarray(idx.sorted_samples)] = np.arange(n)
+    lo, hi = (n // 100) * 25, (n // 100) * 75
+    assert ((pos[trained] >= lo) & (pos[trained] < hi)).all()
+    kept = [8, 8, 16, 24, 32, 32]                 # as the test above: seqtru 8 -> 32, LTD 8 -> 32
+    seqs = [8, 16, 24, 32, 32, 32]
+    assert state.consumed_tokens == sum(tokens_per_step(GBS, s, LAYERS, LAYERS - 2, min(r, s))
+                                        for s, r in zip(seqs, kept))

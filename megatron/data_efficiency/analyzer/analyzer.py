@@ -37,6 +37,8 @@ class AnalyzerConfig:
     save_path: str
     metrics: tuple[str, ...] = ("seqlen",)
     metric_fns: tuple[str, ...] = ()          # "[name=]module:function"
+    model_metrics: tuple = ()                 # callables with .name, .cache_tag, .meta
+                                              # (model_metrics.TokenLossMetric)
     granularity: str = "document"             # "document" | "sample"
     split: str = "969,30,1"
     seq_length: int | None = None
@@ -213,14 +215,17 @@ class _Run:
         return self.src.sample_values(np.arange(self.lo, self.hi, dtype=np.int64), order, ps, pe)
 
     # -- user metrics -------------------------------------------------------------------------
-    def user_metric(self, name: str, target: str) -> np.ndarray:
-        """Values of a --metric-fn metric for samples lo..hi-1 (int64, or float64 if any rank saw floats)."""
-        fn = metrics.load_metric_fn(target)
+    def user_metric(self, name: str, target, tag: str | None = None) -> np.ndarray:
+        """Values of a --metric-fn metric (``target``: "module:function" or the callable
+        itself; ``tag`` keys its resumable shards, e.g. by a model's fingerprint) for
+        samples lo..hi-1 (int64, or float64 if any rank saw floats)."""
+        fn = target if callable(target) else metrics.load_metric_fn(target)
+        key = f"user-{name}" if tag is None else f"model-{tag}"
         parts = []
 
         def work(s: int) -> int:
             lo, hi = int(self.out_shards[s]), int(self.out_shards[s + 1])
-            parts.append(self.store.get(f"user-{name}-{s}", lambda: {"v": self._user_shard(fn, name, lo, hi)})["v"])
+            parts.append(self.store.get(f"{key}-{s}", lambda: {"v": self._user_shard(fn, name, lo, hi)})["v"])
             return self._sample_tokens(lo, hi)
 
         total = int(self.src.bounds[-1] - self.src.bounds[0]) if self.src.granularity == "document" \
@@ -354,6 +359,7 @@ def run_analyzer(cfg: AnalyzerConfig, comm: Comm | None = None, source=None) -> 
         _write_counts(run, counts)
     out = _builtin_values(run, wanted, counts)
     out += [(name, run.user_metric(name, target), {"metric_fn": target}) for name, target in user]
+    out += [(m.name, run.user_metric(m.name, m, m.cache_tag), m.meta) for m in cfg.model_metrics]
     clock.mark("value_pass")
     base = {"granularity": cfg.granularity, "data_prefix": cfg.data_prefix}
     for name, values, extra in out:  # nothing is published until every metric is computed

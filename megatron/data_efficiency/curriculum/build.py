@@ -37,7 +37,7 @@ def build_sampler(config: CurriculumConfig, global_batch_size: int, micro_batch_
     if not metrics:
         return None
     built = [SamplerMetric(m.name, _open_index(m.index_path, expected_fingerprint, num_samples),
-                           m.difficulty_type, CurriculumScheduler(m.schedule))
+                           m.difficulty_type, CurriculumScheduler(m.schedule), m.window_low)
              for m in metrics]
     return CurriculumSampler(built, global_batch_size, micro_batch_size, dp_rank, dp_size,
                              seed=seed, first_step=first_step)

@@ -7,9 +7,13 @@ epoch ``e`` walks ``feistel(0 .. D-1)`` keyed by (seed, cluster, e) and keeps th
 
 * One metric: the cluster is the slice ``sorted_samples[start : start + length]``, so
   every output below ``length`` is a member.
+* A metric with a difficulty window (``percentile_window``) admits the band
+  ``sorted_samples[low : end]``: ``low`` is fixed for the run (``ClusterStreams(lows=)``),
+  only ``end`` grows, so admitted samples stay admitted and the clusters are as above.
 * Several metrics: the cluster is ``{s in sorted_samples_p[:length] : admitted by every
-  metric now, not admitted by all before}`` with ``p`` the most selective metric; the
-  walk over that prefix keeps members only, tested through each metric's
+  metric now, not admitted by all before}`` with ``p`` the most selective metric (with
+  windows: ``sorted_samples_p[low_p:end_p]``, the narrowest band); the walk over it keeps
+  members only, tested through each metric's
   ``sample_to_metric`` and its (value, id) sort key. The size is counted once when the
   cluster is created, by a chunked scan (O(length) time, O(chunk) memory).
 
@@ -47,13 +51,25 @@ def prefix_length(index: MetricIndexLike, difficulty_type: str, difficulty: floa
     ``value``: every sample with value ``<= difficulty``. ``percentile``: DeepSpeed's
     ``(N // max_difficulty) * difficulty`` lowest samples of the sorted order (ties broken
     by id), all ``N`` at ``max_difficulty``; a percentage is taken exactly as written
-    (12.5 is 1/8).
+    (12.5 is 1/8). ``percentile_window``: the same end; its band starts at
+    ``window_start``.
     """
     if difficulty_type == "value":
         return value_end(index.values, index.offsets, difficulty)
-    if difficulty_type == "percentile":
+    if difficulty_type in ("percentile", "percentile_window"):
         return percentile_prefix(int(index.num_samples), difficulty, max_difficulty)
-    raise ValueError(f"difficulty_type must be 'value' or 'percentile', got {difficulty_type!r}")
+    raise ValueError(f"difficulty_type must be 'value', 'percentile' or 'percentile_window', "
+                     f"got {difficulty_type!r}")
+
+
+def window_start(index: MetricIndexLike, window_low: float | None,
+                 max_difficulty: float = 100) -> int:
+    """First position of ``sorted_samples`` a window admits: the samples below the
+    ``window_low`` percentile (same arithmetic as ``prefix_length``) are never drawn;
+    0 without a window."""
+    if window_low is None:
+        return 0
+    return percentile_prefix(int(index.num_samples), window_low, max_difficulty)
 
 
 class Boundary:
@@ -112,10 +128,14 @@ class ClusterStreams:
         indexes: the sampling metrics' indexes, all over the same samples.
         seed: shared by all ranks; with the cluster number and epoch it keys the shuffle.
         buffer_size: ids held per cluster (memory: 8 bytes each).
+        lows: per index, the fixed first admitted position of its sorted order (a
+            difficulty window's lower edge; default 0: a prefix).
     """
 
-    def __init__(self, indexes: Sequence[MetricIndexLike], seed: int, buffer_size: int = 4096):
+    def __init__(self, indexes: Sequence[MetricIndexLike], seed: int, buffer_size: int = 4096,
+                 lows: Sequence[int] | None = None):
         self.indexes = list(indexes)
+        self.lows = [int(x) for x in lows] if lows is not None else [0] * len(self.indexes)
         self.seed = int(seed)
         self.buffer_size = int(buffer_size)
         self.defs: list[dict[str, Any]] = []
@@ -130,14 +150,15 @@ class ClusterStreams:
     def add(self, ends_old: list[int], ends_new: list[int]) -> bool:
         """Create the cluster admitted when the prefixes grow ``ends_old -> ends_new``.
 
-        Returns False (nothing added) when no sample is new.
+        Returns False (nothing added) when no sample is new. An end never lies below its
+        index's low edge (the sampler starts the ends there).
         """
         if len(self.indexes) == 1:
             c = {"primary": 0, "start": ends_old[0], "length": ends_new[0] - ends_old[0]}
             c["size"] = c["length"]
         else:
-            p = int(np.argmin(ends_new))
-            c = {"primary": p, "start": 0, "length": ends_new[p]}
+            p = int(np.argmin([e - lo for e, lo in zip(ends_new, self.lows)]))
+            c = {"primary": p, "start": self.lows[p], "length": ends_new[p] - self.lows[p]}
         c.update(ends_old=list(ends_old), ends_new=list(ends_new))
         bounds = self._make_bounds(c)
         if len(self.indexes) > 1:
@@ -167,18 +188,20 @@ class ClusterStreams:
 
     def _make_bounds(self, c: dict):
         if len(self.indexes) == 1:
-            return ([], [])
+            return ([], [], [])
         return ([Boundary(x, e) for x, e in zip(self.indexes, c["ends_new"])],
-                [Boundary(x, e) for x, e in zip(self.indexes, c["ends_old"])])
+                [Boundary(x, e) for x, e in zip(self.indexes, c["ends_old"])],
+                [Boundary(x, lo) for x, lo in zip(self.indexes, self.lows)])
 
     def _members(self, ids: np.ndarray, bounds) -> np.ndarray:
         """Which ids are admitted by every metric now and were not by all before."""
         new_ok = np.ones(len(ids), dtype=bool)
         old_ok = np.ones(len(ids), dtype=bool)
-        for index, bn, bo in zip(self.indexes, *bounds):
+        for index, bn, bo, bl in zip(self.indexes, *bounds):
             vals = index.sample_to_metric[ids]
-            new_ok &= bn.admits(vals, ids)
-            old_ok &= bo.admits(vals, ids)
+            in_band = ~bl.admits(vals, ids)          # at or above the window's low edge
+            new_ok &= bn.admits(vals, ids) & in_band
+            old_ok &= bo.admits(vals, ids) & in_band
         return new_ok & ~old_ok
 
     # -- streams -------------------------------------------------------------------
@@ -259,7 +282,7 @@ class ClusterStreams:
                      ptr=int(ptr[i])) for i in range(k)]
 
     def load_state_dict(self, clusters: list[dict[str, Any]]) -> None:
-        self.__init__(self.indexes, self.seed, self.buffer_size)
+        self.__init__(self.indexes, self.seed, self.buffer_size, self.lows)
         keys = ("primary", "start", "length", "size", "ends_old", "ends_new")
         for st in clusters:
             c = {k: st[k] for k in keys}

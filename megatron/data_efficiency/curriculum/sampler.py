@@ -14,6 +14,10 @@ Semantics follow DeepSpeed's data sampler, without its cluster files and broadca
   so no broadcast is needed and every pipeline stage and DP rank can build it. This DP
   rank's micro-batches follow Megatron's order: micro-batch ``m`` of rank ``r`` is
   ``global[m*mbs*dp + r*mbs : m*mbs*dp + (r+1)*mbs]`` (disjoint, union = global batch).
+* A ``percentile_window`` metric admits a band ``[window_low, difficulty]`` of
+  percentiles instead of a prefix: the low edge is fixed for the run and the scheduled
+  difficulty is the high edge, so pruning is a curriculum whose window never moves
+  (``min_difficulty == max_difficulty``) and a scheduled window only grows upwards.
 * Nothing is ever written; the indexes are only read (memory-mapped).
 
 Steps are 1-based, as the scheduler's: the first global batch is step 1, i.e. Megatron's
@@ -31,7 +35,7 @@ from megatron.core.parallel_state import parallel_layout_problems
 
 from megatron.data_efficiency.curriculum import permutation as perm
 from megatron.data_efficiency.curriculum.clusters import (ClusterStreams, MetricIndexLike,
-                                                          prefix_length)
+                                                          prefix_length, window_start)
 from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler
 
 __all__ = ["SamplerMetric", "CurriculumSampler", "prefix_length", "MetricIndexLike"]
@@ -42,8 +46,20 @@ class SamplerMetric:
     """One metric the sampler filters on."""
     name: str
     index: MetricIndexLike
-    difficulty_type: str            # "value" | "percentile"
+    difficulty_type: str            # "value" | "percentile" | "percentile_window"
     scheduler: CurriculumScheduler
+    window_low: float | None = None     # percentile_window: the band's fixed low edge
+
+    @property
+    def percent_scale(self) -> float:
+        """What a percentile is a fraction of: DeepSpeed's ``max_difficulty`` for
+        ``percentile``; 100 for a window, whose edges are plain percentiles."""
+        return 100 if self.difficulty_type == "percentile_window" \
+            else self.scheduler.config.max_difficulty
+
+    def low_position(self) -> int:
+        """First admitted position of the sorted order (0 unless a window)."""
+        return window_start(self.index, self.window_low, self.percent_scale)
 
 
 class CurriculumSampler:
@@ -75,9 +91,7 @@ class CurriculumSampler:
             raise ValueError(f"curriculum metric indexes disagree on the number of "
                              f"samples: {sizes}")
         for m in metrics:
-            if m.difficulty_type not in ("value", "percentile"):
-                raise ValueError(f"curriculum metric {m.name}: difficulty_type must be "
-                                 f"'value' or 'percentile', got {m.difficulty_type!r}")
+            _check_metric(m)
         problems, _ = parallel_layout_problems(data_parallel_size, 1, 1,
                                                global_batch_size=global_batch_size,
                                                micro_batch_size=micro_batch_size)
@@ -94,12 +108,14 @@ class CurriculumSampler:
         self.dp_rank, self.dp_size = data_parallel_rank, data_parallel_size
         self.num_micro_batches = global_batch_size // per_step
         self.seed = int(seed)
-        self._streams = ClusterStreams([m.index for m in metrics], self.seed, buffer_size)
+        self._lows = [m.low_position() for m in metrics]
+        self._streams = ClusterStreams([m.index for m in metrics], self.seed, buffer_size,
+                                       self._lows)
         self._history: collections.deque = collections.deque(maxlen=history)
         self._batches: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self.step = int(first_step)                      # last step drawn (1-based)
         self.current_difficulties: dict[str, float] = {}
-        self._ends = [0] * len(self.metrics)             # admitted prefix per metric
+        self._ends = list(self._lows)                    # admitted band's end per metric
         self._end_cache: dict[int, tuple[float, int]] = {}
 
     @property
@@ -120,8 +136,7 @@ class CurriculumSampler:
             self.current_difficulties[m.name] = d
             cached = self._end_cache.get(i)
             if cached is None or cached[0] != d:
-                cached = (d, prefix_length(m.index, m.difficulty_type, d,
-                                           m.scheduler.config.max_difficulty))
+                cached = (d, prefix_length(m.index, m.difficulty_type, d, m.percent_scale))
                 self._end_cache[i] = cached
             ends[i] = max(ends[i], cached[1])
         if ends != self._ends:
@@ -196,7 +211,8 @@ class CurriculumSampler:
             snap = found[0]
         step, ends, diffs, streams = snap
         return {"version": 2, "seed": self.seed, "num_samples": self.num_samples,
-                "metrics": [m.name for m in self.metrics], "step": step, "ends": ends,
+                "metrics": [m.name for m in self.metrics], "lows": list(self._lows),
+                "step": step, "ends": ends,
                 "difficulties": diffs, "clusters": self._streams.state_dict(streams)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -206,6 +222,11 @@ class CurriculumSampler:
         if mine != theirs:
             raise ValueError(f"curriculum sampler checkpoint does not match this run: "
                              f"(seed, num_samples, metrics) is {theirs} there, {mine} here")
+        lows = [int(x) for x in state.get("lows", [0] * len(self.metrics))]
+        if lows != self._lows:
+            raise ValueError(f"curriculum sampler checkpoint does not match this run: its "
+                             f"difficulty windows start at sorted positions {lows}, this "
+                             f"run's at {self._lows} (window_low changed?)")
         self.step = int(state["step"])
         self._ends = [int(e) for e in state["ends"]]
         self.current_difficulties = dict(state["difficulties"])
@@ -213,3 +234,12 @@ class CurriculumSampler:
         self._streams.load_state_dict(state["clusters"])
         self._history.clear()
         self._batches.clear()
+
+
+def _check_metric(m: SamplerMetric) -> None:
+    if m.difficulty_type not in ("value", "percentile", "percentile_window"):
+        raise ValueError(f"curriculum metric {m.name}: difficulty_type must be 'value', "
+                         f"'percentile' or 'percentile_window', got {m.difficulty_type!r}")
+    if (m.window_low is not None) != (m.difficulty_type == "percentile_window"):
+        raise ValueError(f"curriculum metric {m.name}: window_low goes with (and only with) "
+                         f"difficulty_type 'percentile_window'")

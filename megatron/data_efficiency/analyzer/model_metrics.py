@@ -1,0 +1,140 @@
+"""Model-based analyzer metrics: each sample's mean token loss (or perplexity) under a
+reference checkpoint of this codebase.
+
+The checkpoint may have been saved with any TP/PP layout: its rank files are merged into
+one whole model (``megatron.core.distributed.checkpoint_layout``, as
+``tools/checkpoint_util.py`` does) and loaded into one process per analyzer rank, in eval
+mode (no dropout, no token dropping). A metric is an ordinary analyzer user metric
+(``fn(tokens, offsets) -> values``), so it runs batched over the analyzer's shards, across
+MPI ranks, resumes from finished shards and is written as a float64 index with the data's
+fingerprint. Its shard cache is keyed by the model's fingerprint (a hash of every weight),
+so a resume with another checkpoint recomputes.
+
+Values:
+* ``loss``: mean over the sample's predicted tokens of ``-ln p(token | prefix)``, the
+  training loss of that one sample (GPT samples of ``seq_length + 1`` tokens: inputs
+  ``t[:-1]``, labels ``t[1:]``, causal mask, positions ``0..s-1``), computed in float32;
+* ``ppl``: ``exp(loss)``.
+
+Batches of ``batch_size`` samples are cut from the start of each analyzer batch, whose
+bounds do not depend on the number of ranks, so every rank count writes the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from argparse import Namespace
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MODEL_METRICS = ("loss", "ppl")
+_UNSUPPORTED_ARGS = ("reset_position_ids", "reset_attention_mask", "eod_mask_loss")
+
+
+def _checkpoint_util():
+    """tools/checkpoint_util.py (the one reader of a checkpoint's rank layout)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+    spec = importlib.util.spec_from_file_location(
+        "_megatron_checkpoint_util", os.path.join(root, "tools", "checkpoint_util.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """16 hex characters of a sha256 over every tensor (name, dtype, shape, bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class ReferenceModel:
+    """A whole GPT model from a checkpoint, ready for evaluation."""
+    model: torch.nn.Module
+    seq_length: int
+    iteration: int
+    fingerprint: str
+    load_dir: str
+
+
+def load_reference_model(load_dir: str, iteration: int | None = None,
+                         device: str | torch.device = "cpu") -> ReferenceModel:
+    """Merge the checkpoint's TP/PP rank files and build one GPTModel on ``device``."""
+    from megatron.arguments import transformer_config_from_args
+    from megatron.core.distributed import checkpoint_layout
+    from megatron.errors import CheckpointError
+    from megatron.model.gpt_model import GPTModel
+    cu = _checkpoint_util()
+    iteration, iter_dir = cu._iteration_dir(load_dir, iteration)
+    source = cu.read_layout(iter_dir)
+    args = dict(source[(0, 0)].get("args") or {})
+    if not args:
+        raise CheckpointError(f"{iter_dir}: no saved args, cannot rebuild the model")
+    bad = [k for k in _UNSUPPORTED_ARGS if args.get(k)]
+    if bad:
+        raise CheckpointError(f"{iter_dir}: trained with {bad}; the loss metric scores plain "
+                              f"causal samples only")
+    specs = cu.template_specs(args)
+    full = checkpoint_layout.merge_state_dicts({k: v["model"] for k, v in source.items()},
+                                               specs, int(args["num_layers"]))
+    config = transformer_config_from_args(Namespace(**{
+        **args, "use_cpu_initialization": True, "sequence_parallel": False,
+        "recompute_granularity": None, "tensor_model_parallel_size": 1,
+        "pipeline_model_parallel_size": 1}))
+    model = GPTModel(config, parallel_output=True)
+    model.load_state_dict(full, strict=True)
+    model.to(device).eval()
+    return ReferenceModel(model, int(args["seq_length"]), iteration, state_fingerprint(full),
+                          os.path.abspath(load_dir))
+
+
+class TokenLossMetric:
+    """Analyzer user metric: mean token loss (``loss``) or its exp (``ppl``) per sample.
+
+    Args:
+        ref: the reference model.
+        kind: ``"loss"`` or ``"ppl"``.
+        batch_size: samples per forward pass.
+    """
+
+    def __init__(self, ref: ReferenceModel, kind: str = "loss", batch_size: int = 8):
+        if kind not in MODEL_METRICS:
+            raise ValueError(f"model metric must be one of {MODEL_METRICS}, got {kind!r}")
+        self.ref, self.name, self.batch_size = ref, kind, int(batch_size)
+        self.device = next(ref.model.parameters()).device
+        self.cache_tag = f"{kind}-{ref.fingerprint}-b{self.batch_size}"
+        self.meta = {"reference_load": ref.load_dir, "reference_iteration": ref.iteration,
+                     "reference_fingerprint": ref.fingerprint, "model_metric": kind,
+                     "reference_batch_size": self.batch_size}
+
+    @torch.no_grad()
+    def sample_losses(self, samples: np.ndarray) -> np.ndarray:
+        """Mean token loss of each row.              # [n, s + 1] int -> [n] float64"""
+        out = []
+        for a in range(0, len(samples), self.batch_size):
+            t = torch.as_tensor(np.asarray(samples[a:a + self.batch_size], dtype=np.int64),
+                                device=self.device)
+            pos = torch.arange(t.shape[1] - 1, device=self.device).expand(t.shape[0], -1)
+            loss = self.ref.model(t[:, :-1], pos, None, labels=t[:, 1:])   # [b, s] fp32
+            out.append(loss.float().mean(dim=1).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def __call__(self, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        lengths = np.diff(offsets)
+        if len(lengths) and (lengths != lengths[0]).any():
+            raise ValueError("model metrics need samples of one length (--granularity sample)")
+        if len(lengths) and lengths[0] - 1 > self.ref.seq_length:
+            raise ValueError(f"samples of {lengths[0]} tokens exceed the reference model's "
+                             f"sequence length {self.ref.seq_length} + 1")
+        n = len(lengths)
+        rows = np.asarray(tokens).reshape(n, -1) if n else np.zeros((0, 2), np.int64)
+        loss = self.sample_losses(rows)
+        return np.exp(loss) if self.name == "ppl" else loss

@@ -1,0 +1,201 @@
+"""Model-based analyzer metrics (--metrics loss ppl --reference-load CKPT): the index holds
+each training sample's own loss under the checkpoint (any TP layout it was saved with),
+1 and 2 MPI ranks write the same bytes, a killed run resumes, and another checkpoint
+never reuses the first one's shards."""
+import json
+import math
+import os
+import subprocess
+import sys
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+
+from megatron.data.indexed_dataset import MMapIndexedDatasetBuilder
+from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig, run_analyzer
+from megatron.data_efficiency.analyzer.index_io import MetricIndex
+from megatron.data_efficiency.analyzer.model_metrics import TokenLossMetric, load_reference_model
+from megatron.data_efficiency.analyzer.shards import ShardLimitReached
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+TOOL = os.path.join(ROOT, "tools", "analyze_data.py")
+VOCAB, SEQ, SEED, SAMPLES = 64, 16, 3, 24
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A token store, and a tiny GPT trained 2 steps on it and saved (TP1), plus the same
+    checkpoint converted to TP2 by tools/checkpoint_util.py."""
+    from megatron.core.enums import ModelType
+    from megatron.training import pretrain
+    import pretrain_gpt
+    sys.path.insert(0, os.path.join(ROOT, "tests", "tools"))
+    from tool_loader import load_tool
+    root = tmp_path_factory.mktemp("model_metrics")
+    prefix = str(root / "corpus")
+    rng = np.random.default_rng(0)
+    b = MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for _ in range(60):
+        doc = np.minimum(rng.zipf(1.4, size=int(rng.integers(4, 40))), VOCAB - 2)
+        b.add_document(np.append(doc, VOCAB - 1), [len(doc) + 1])
+    b.finalize(prefix + ".idx")
+    ckpt = str(root / "ckpt")
+    pretrain(pretrain_gpt.train_valid_test_datasets_provider, pretrain_gpt.model_provider,
+             ModelType.encoder_or_decoder, pretrain_gpt.forward_step, argv=[
+                 "--num-layers", "2", "--hidden-size", "16", "--num-attention-heads", "2",
+                 "--seq-length", str(SEQ), "--max-position-embeddings", str(SEQ),
+                 "--micro-batch-size", "2", "--global-batch-size", "4", "--train-iters", "2",
+                 "--lr", "1e-2", "--vocab-size", str(VOCAB), "--data-path", prefix,
+                 "--split", "90,10,0", "--seed", str(SEED), "--num-workers", "0",
+                 "--eval-interval", "100", "--eval-iters", "1", "--save", ckpt,
+                 "--save-interval", "2", "--hidden-dropout", "0.1"])
+    tp2 = str(root / "ckpt_tp2")
+    load_tool("checkpoint_util").convert(ckpt, tp2, 2, 1)
+    return prefix, ckpt, tp2
+
+
+def _cfg(prefix, save, **kw):
+    return AnalyzerConfig(data_prefix=prefix, save_path=save, metrics=(), granularity="sample",
+                          split="90,10,0", seq_length=SEQ, seed=SEED, train_samples=SAMPLES,
+                          progress=False, **kw)
+
+
+def _direct_losses(ckpt, samples):
+    """The training loss (pretrain_gpt.loss_func) of each sample alone, with the model
+    rebuilt from the TP1 checkpoint file by hand."""
+    from megatron.arguments import transformer_config_from_args
+    from megatron.model.gpt_model import GPTModel
+    import pretrain_gpt
+    state = torch.load(os.path.join(ckpt, "iter_0000002", "mp_rank_00", "model_optim_rng.pt"),
+                       weights_only=False)
+    model = GPTModel(transformer_config_from_args(Namespace(**state["args"])))
+    model.load_state_dict(state["model"])
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for text in samples:
+            t = torch.as_tensor(text)[None]
+            losses = model(t[:, :-1], torch.arange(SEQ)[None], None, labels=t[:, 1:])
+            loss, _ = pretrain_gpt.loss_func(torch.ones(1, SEQ), losses)
+            out.append(float(loss))
+    return np.array(out)
+
+
+def test_loss_index_equals_each_samples_own_loss_for_any_tp_layout(setup, tmp_path):
+    from megatron.data.gpt_dataset import build_train_valid_test_datasets
+    prefix, ckpt, tp2 = setup
+    results = {}
+    for name, path in (("tp1", ckpt), ("tp2", tp2)):
+        ref = load_reference_model(path)
+        run_analyzer(_cfg(prefix, str(tmp_path / name), model_metrics=(
+            TokenLossMetric(ref, "loss", batch_size=5), TokenLossMetric(ref, "ppl", 5))))
+        results[name] = MetricIndex.open(str(tmp_path / name / "loss"))
+    train, _, _ = build_train_valid_test_datasets([prefix], "90,10,0", [SAMPLES, 0, 0], SEQ,
+                                                  SEED)
+    ids = [0, 3, 7, len(train) - 1]
+    want = _direct_losses(ckpt, [train[i]["text"] for i in ids])
+    for name, index in results.items():
+        got = np.asarray(index.sample_to_metric)[ids]
+        assert index.sample_to_metric.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
+        assert index.meta["fingerprint"] and index.meta["model_metric"] == "loss"
+    np.testing.assert_allclose(np.asarray(results["tp2"].sample_to_metric),
+                               np.asarray(results["tp1"].sample_to_metric), rtol=1e-5)
+    # (the TP2 checkpoint's vocabulary is padded to other rows, so its weight hash differs)
+    ppl = MetricIndex.open(str(tmp_path / "tp1" / "ppl"))
+    np.testing.assert_allclose(np.asarray(ppl.sample_to_metric),
+                               np.exp(np.asarray(results["tp1"].sample_to_metric)))
+
+
+def _tool(args, ranks=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    cmd = [sys.executable, TOOL, *args] + (["--num-workers", str(ranks)] if ranks else [])
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_one_and_two_mpi_ranks_write_identical_indexes(setup, tmp_path):
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if not os.path.exists(mpiexec):
+        pytest.skip("no mpiexec beside the interpreter")
+    prefix, ckpt, _ = setup
+    common = ["--data-path", prefix, "--granularity", "sample", "--split", "90,10,0",
+              "--seq-length", str(SEQ), "--seed", str(SEED), "--train-samples", str(SAMPLES),
+              "--metrics", "loss", "proto_dist", "--kmeans-clusters", "3",
+              "--kmeans-fit-samples", "20", "--reference-load", ckpt,
+              "--reference-batch-size", "4",
+              "--shard-tokens", "100", "--batch-tokens", "60", "--quiet",
+              "--data-cache-path", str(tmp_path / "cache")]
+    one = _tool(common + ["--save-path", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    two = _tool(common + ["--save-path", str(tmp_path / "two")], ranks=2)
+    assert two.returncode == 0, two.stderr
+    for metric in ("loss", "proto_dist"):
+        for f in ("sample_to_metric.npy", "sorted_samples.npy", "values.npy", "offsets.npy",
+                  "meta.json"):
+            a = open(tmp_path / "one" / metric / f, "rb").read()
+            assert a == open(tmp_path / "two" / metric / f, "rb").read(), (metric, f)
+        meta = json.loads(open(tmp_path / "one" / metric / "meta.json").read())
+        assert meta["dtype"] == "float64" and math.isfinite(meta["max"])
+    meta = json.loads(open(tmp_path / "one" / "proto_dist" / "meta.json").read())
+    assert meta["kmeans_clusters"] == 3 and 0 <= meta["min"] <= meta["max"] <= 2
+
+
+def test_killed_run_resumes_and_another_checkpoint_does_not_reuse_its_shards(setup, tmp_path):
+    prefix, ckpt, _ = setup
+    ref = load_reference_model(ckpt)
+    metric = (TokenLossMetric(ref, "loss", 4),)
+    kw = dict(shard_tokens=100, batch_tokens=60)
+    clean = run_analyzer(_cfg(prefix, str(tmp_path / "clean"), model_metrics=metric, **kw))
+    assert clean["shards_computed"] >= 3
+    with pytest.raises(ShardLimitReached):
+        run_analyzer(_cfg(prefix, str(tmp_path / "r"), model_metrics=metric,
+                          fail_after_shards=2, **kw))
+    resumed = run_analyzer(_cfg(prefix, str(tmp_path / "r"), model_metrics=metric, **kw))
+    assert resumed["shards_reused"] == 2
+    for f in ("sample_to_metric.npy", "sorted_samples.npy", "meta.json"):
+        assert open(tmp_path / "clean" / "loss" / f, "rb").read() == \
+            open(tmp_path / "r" / "loss" / f, "rb").read()
+    # Same save path, interrupted again, then resumed with other weights: nothing reused.
+    with pytest.raises(ShardLimitReached):
+        run_analyzer(_cfg(prefix, str(tmp_path / "s"), model_metrics=metric,
+                          fail_after_shards=2, **kw))
+    other = load_reference_model(ckpt)
+    with torch.no_grad():
+        for p in other.model.parameters():
+            p.add_(0.01)
+    other.fingerprint = "perturbed-weights"
+    fresh = run_analyzer(_cfg(prefix, str(tmp_path / "s"), model_metrics=(
+        TokenLossMetric(other, "loss", 4),), **kw))
+    assert fresh["shards_reused"] == 0
+
+
+def test_proto_dist_matches_a_direct_computation_for_a_fixed_clustering(setup, tmp_path):
+    """Fixed centroids; embeddings read from the final layer norm's output by a hook on the
+    ordinary forward pass; distance 1 - cos to the Euclidean-nearest centroid."""
+    from megatron.data.gpt_dataset import build_train_valid_test_datasets
+    from megatron.data_efficiency.analyzer.proto_metrics import ProtoDistMetric
+    prefix, ckpt, _ = setup
+    ref = load_reference_model(ckpt)
+    centroids = np.random.default_rng(1).normal(size=(3, 16))
+    run_analyzer(_cfg(prefix, str(tmp_path / "p"), model_metrics=(
+        ProtoDistMetric(ref, centroids, batch_size=5),)))
+    got = np.asarray(MetricIndex.open(str(tmp_path / "p" / "proto_dist")).sample_to_metric)
+    train, _, _ = build_train_valid_test_datasets([prefix], "90,10,0", [SAMPLES, 0, 0], SEQ,
+                                                  SEED)
+    captured = []
+    hook = ref.model.transformer.final_layernorm.register_forward_hook(
+        lambda mod, inp, out: captured.append(out.detach()))
+    want = []
+    with torch.no_grad():
+        for i in range(len(train)):
+            t = torch.as_tensor(train[i]["text"])[None, :-1]
+            ref.model(t, torch.arange(SEQ)[None], None)
+            e = captured.pop()[:, 0].double().mean(0).numpy()       # [s, 1, h] -> [h]
+            e = e / np.linalg.norm(e)
+            c = centroids[np.argmin([np.linalg.norm(e - c) for c in centroids])]
+            want.append(1 - e @ c / np.linalg.norm(c))
+    hook.remove()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)

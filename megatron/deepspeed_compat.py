@@ -27,8 +27,8 @@ DeepSpeed JSON whose top-level keys (batch, clipping, fp16, ZeRO) restate the fl
 from __future__ import annotations
 
 import argparse
-import json
 
+from megatron.data_efficiency.config import read_json_object
 from megatron.data_efficiency.json_keys import check_keys
 from megatron.errors import BadConfigError
 
@@ -122,16 +122,7 @@ def default_tokenizer_type(args: argparse.Namespace) -> str | None:
 
 def read_deepspeed_json(path: str) -> dict:
     """The DeepSpeed config file of ``--deepspeed_config``, as a dict."""
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except OSError as err:
-        raise BadConfigError(f"--deepspeed_config {path}: cannot read: {err}") from err
-    except json.JSONDecodeError as err:
-        raise BadConfigError(f"--deepspeed_config {path}: not valid JSON: {err}") from err
-    if not isinstance(d, dict):
-        raise BadConfigError(f"--deepspeed_config {path}: top level must be a JSON object")
-    return d
+    return read_json_object(path, "--deepspeed_config")
 
 
 def apply_deepspeed_flags(args: argparse.Namespace, errors: list[str]) -> None:

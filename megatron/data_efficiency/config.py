@@ -360,9 +360,9 @@ def config_from_dict(d: dict, source: str = "<dict>",
     return cfg
 
 
-def load_config_file(path: str, seq_length: int | None = None,
-                     flag: str = "--data-efficiency-config") -> DataEfficiencyConfig:
-    """Read ``--data-efficiency-config FILE`` (or ``--deepspeed_config FILE``: ``flag``)."""
+def read_json_object(path: str, flag: str) -> dict:
+    """The JSON object in the file a config flag names; a missing, unreadable or malformed
+    file is a ``BadConfigError`` naming the flag and the file."""
     try:
         with open(path) as f:
             d = json.load(f)
@@ -370,6 +370,15 @@ def load_config_file(path: str, seq_length: int | None = None,
         raise BadConfigError(f"{flag} {path}: cannot read: {err}") from err
     except json.JSONDecodeError as err:
         raise BadConfigError(f"{flag} {path}: not valid JSON: {err}") from err
+    if not isinstance(d, dict):
+        raise BadConfigError(f"{flag} {path}: top level must be a JSON object")
+    return d
+
+
+def load_config_file(path: str, seq_length: int | None = None,
+                     flag: str = "--data-efficiency-config") -> DataEfficiencyConfig:
+    """Read ``--data-efficiency-config FILE`` (or ``--deepspeed_config FILE``: ``flag``)."""
+    d = read_json_object(path, flag)
     try:
         return config_from_dict(d, source=path, seq_length=seq_length)
     except ValueError as err:   # a bad key or value: name the file, one line

@@ -127,6 +127,12 @@ _GPT_CPU = _CPU_FLAGS + ("--position-embedding-type", "rope")
 # Smoke runs last seconds: one prefetching loader worker instead of two halves the
 # worker start-up that dominates them (every evaluation starts its own loader).
 _SMOKE_LOADER = ("--num-workers", "1")
+# The paper's MoE setting (Table 2, cases 16-17) scaled down: experts in every other layer
+# (Megatron-DeepSpeed's --expert-interval 2), top-1, its capacity and loss defaults.
+_MOE = ("--num-experts", "4", "--expert-interval", "2", "--moe-router-topk", "1",
+        "--moe-aux-loss-coeff", "0.01", "--moe-train-capacity-factor", "1.0",
+        "--moe-eval-capacity-factor", "1.0", "--moe-min-capacity", "4")
+_MOE_PLAN = (("baseline", 1.0), ("CL_seqtru_voc+random-LTD", 1.0))
 
 PRESETS = {(p.model, p.name): p for p in [
     # Every arm on a tiny model: seconds per run (tests, CI).
@@ -155,6 +161,16 @@ PRESETS = {(p.model, p.name): p for p in [
            min_lr=1e-4, warmup_fraction=0.05, eval_interval=40, log_interval=10, seeds=2,
            corpus_bytes=8_000_000, vocab_size=8000, split="99,1,0",
            plan=paper_plan(BERT_ARMS), extra=_CPU_FLAGS),
+    # MoE: the MoE baseline against CL_seqtru_voc + random-LTD at the same data (paper
+    # Table 2, cases 16-17), on the smoke model (tests) and on the demo's model and data.
+    Preset("moe-smoke", "gpt", 4, 32, 2, 32, 4, 4, train_tokens=4 * 32 * 24, lr=3e-3,
+           min_lr=3e-4, warmup_fraction=0.05, eval_interval=8, log_interval=1, seeds=1,
+           corpus_bytes=300_000, vocab_size=500, split="90,10,0", plan=_MOE_PLAN,
+           extra=_GPT_CPU + _SMOKE_LOADER + _MOE),
+    Preset("moe", "gpt", 4, 256, 4, 256, 4, 4, train_tokens=250 * 4 * 256, lr=2e-3,
+           min_lr=2e-4, warmup_fraction=0.06, eval_interval=50, log_interval=10, seeds=1,
+           corpus_bytes=8_000_000, vocab_size=8000, split="98,2,0", plan=_MOE_PLAN,
+           extra=_GPT_CPU + _MOE),
     # GPT-2 125M at sequence 1024 on the user's token store (GPU). 2.5B tokens at 100%.
     Preset("gpu-125m", "gpt", 12, 768, 12, 1024, 8, 256, train_tokens=2_500_000_000, lr=6e-4,
            min_lr=6e-5, warmup_fraction=0.01, eval_interval=500, log_interval=50, seeds=1,

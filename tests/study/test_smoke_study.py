@@ -126,3 +126,17 @@ def test_bert_smoke_arms(study, tmp_path):
         assert (FIELDS - {"val_accuracy"}) <= set(r) and "val_accuracy" not in r
         assert math.isfinite(r["val_loss"]) and r["consumed_tokens"] >= 3072
     assert "val acc" not in open(os.path.join(out, "study.md")).read()
+
+
+def test_moe_preset_runs_the_moe_baseline_and_the_composed_arm(study, tmp_path):
+    """The MoE preset (paper Table 2, cases 16-17): both arms train a 4-expert model (the
+    runs log the MoE load-balancing loss) and are recorded at the same budget."""
+    out = str(tmp_path / "moe")
+    assert study.main(["--preset", "moe-smoke", "--out", out, "--threads-per-job", "1"]) == 0
+    runs = json.load(open(os.path.join(out, "study.json")))["runs"]
+    assert [(r["arm"], r["budget_fraction"]) for r in runs] == \
+        [("baseline", 1.0), ("CL_seqtru_voc+random-LTD", 1.0)]
+    for r in runs:
+        assert math.isfinite(r["val_loss"]) and r["consumed_tokens"] >= 3072
+        log = open(os.path.join(out, "runs", f"{r['arm']}_100_s{r['seed']}", "train.log")).read()
+        assert "moe/load_balancing_loss" in log, log[-2000:]

@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron.data_efficiency.analyzer import metrics as _metrics  # noqa: E402
 from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig, run_analyzer  # noqa: E402
 from megatron.data_efficiency.analyzer.bert_samples import BertSampleParams, run_bert_analyzer  # noqa: E402
+from megatron.data_efficiency.analyzer.cli_args import add_training_set_args  # noqa: E402
 from megatron.data_efficiency.analyzer.comm import launched_by_mpi, world  # noqa: E402
 
 _USER_CONTRACT = """user metrics (--metric-fn [name=]module:function):
@@ -70,18 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"model-based loss, ppl (with --reference-load)")
     p.add_argument("--metric-fn", nargs="+", action="extend", default=[],
                    help="user metric(s) as [name=]module:function (contract below)")
-    p.add_argument("--model", choices=["gpt", "bert"], default="gpt",
-                   help="which training samples --granularity sample numbers (GPTDataset or BertDataset)")
-    p.add_argument("--short-seq-prob", type=float, default=0.1, help="BERT: as in pretrain_bert.py")
-    p.add_argument("--bert-no-binary-head", action="store_false", dest="bert_binary_head",
-                   help="BERT: as in pretrain_bert.py (one segment, two special tokens per sample)")
-    p.add_argument("--split", default="969,30,1")
-    p.add_argument("--seq-length", type=int)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--train-samples", type=int,
-                   help="training samples to index; or give the training run's sizing flags "
-                        "instead (see 'Run sizing' below)")
-    p.add_argument("--data-cache-path", default=None)
+    add_training_set_args(p, train_samples_help="training samples to index; or give the "
+                          "training run's sizing flags instead (see 'Run sizing' below)")
     p.add_argument("--vocab-size", type=int, help="vocabulary size (default: largest token id + 1)")
     p.add_argument("--pad-token-id", type=int, help="token excluded from seqlen")
     p.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per resumable map shard")

@@ -25,6 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.data_efficiency.analyzer import deepspeed_index as dsi  # noqa: E402
+from megatron.data_efficiency.analyzer.cli_args import add_training_set_args  # noqa: E402
 from megatron.data_efficiency.analyzer.index_io import check_sample_count  # noqa: E402
 
 
@@ -37,16 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--names", nargs="+", help="output metric names, one per input")
     p.add_argument("--num-samples", type=int, help="refuse indexes not over exactly this many samples")
     p.add_argument("--data-path", help="token store prefix of the training set (with the flags below)")
-    p.add_argument("--model", choices=["gpt", "bert"], default="gpt",
-                   help="which training samples the index numbers (GPTDataset or BertDataset)")
-    p.add_argument("--short-seq-prob", type=float, default=0.1, help="BERT: as in pretrain_bert.py")
-    p.add_argument("--bert-no-binary-head", action="store_false", dest="bert_binary_head",
-                   help="BERT: as in pretrain_bert.py")
-    p.add_argument("--split", default="969,30,1")
-    p.add_argument("--seq-length", type=int)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--train-samples", type=int)
-    p.add_argument("--data-cache-path", default=None)
+    add_training_set_args(p)
     args = p.parse_args(argv)
     if args.names and len(args.names) != len(args.inputs):
         p.error(f"--names: {len(args.names)} names for {len(args.inputs)} inputs")

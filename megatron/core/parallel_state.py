@@ -46,10 +46,6 @@ class ParallelLayout:
     data_parallel_size: int
     expert_model_parallel_size: int = 1
 
-    @property
-    def expert_data_parallel_size(self) -> int:
-        return self.data_parallel_size // self.expert_model_parallel_size
-
 
 def parallel_layout_problems(world_size: int, tensor_model_parallel_size: int,
                              pipeline_model_parallel_size: int,
@@ -414,10 +410,6 @@ def get_expert_model_parallel_world_size() -> int:
 
 def get_expert_model_parallel_rank() -> int:
     return _rank(_EXPERT_MODEL_PARALLEL_GROUP)
-
-
-def get_expert_data_parallel_world_size() -> int:
-    return _size(_EXPERT_DATA_PARALLEL_GROUP)
 
 
 def get_expert_data_parallel_rank() -> int:

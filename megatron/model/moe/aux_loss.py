@@ -20,10 +20,6 @@ def set_aux_loss_grad_scale(scale: float) -> None:
     _GRAD_SCALE = float(scale)
 
 
-def get_aux_loss_grad_scale() -> float:
-    return _GRAD_SCALE
-
-
 class _AttachAuxLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, output: torch.Tensor, aux_loss: torch.Tensor) -> torch.Tensor:

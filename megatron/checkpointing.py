@@ -223,11 +223,14 @@ def _publish(tmp_dir: str, final_dir: str, root: str, iteration: int) -> None:
     os.replace(tracker_tmp, os.path.join(root, TRACKER))
 
 
-def _saved_args(args: Namespace | None) -> dict | None:
-    """The run's flags plus the layout and vocabulary facts a converter needs."""
+def _saved_args(args: Namespace | None, model_type: str | None) -> dict | None:
+    """The run's flags plus the model type (``gpt`` / ``bert``), layout and vocabulary facts
+    a converter needs."""
     if args is None:
         return None
     saved = dict(vars(args))
+    if model_type is not None:
+        saved["model_type"] = model_type
     saved.setdefault("tensor_model_parallel_size",
                      parallel_state.get_tensor_model_parallel_world_size())
     saved.setdefault("pipeline_model_parallel_size",
@@ -246,8 +249,9 @@ def _model_keys(num_chunks: int) -> list[str]:
 def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimizer,
                     opt_param_scheduler, extra_state: dict, *, save_dir: str,
                     save_optim: bool = True, save_rng: bool = True,
-                    args: Namespace | None = None) -> str:
+                    args: Namespace | None = None, model_type: str | None = None) -> str:
     """Write checkpoint ``iteration`` under ``save_dir`` (collective: every rank calls it).
+    ``model_type`` (``gpt`` / ``bert``) is recorded with ``args`` for the converters.
 
     Returns:
         The published iteration folder.
@@ -270,7 +274,7 @@ def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimiz
     # One file per expert-parallel rank (its experts differ); dense weights in each.
     if parallel_state.get_expert_data_parallel_rank() == 0:
         state = {"iteration": iteration, "checkpoint_version": 3.0,
-                 "args": _saved_args(args),
+                 "args": _saved_args(args, model_type),
                  "optimizer": optim_state, "rng_state": rng_states,
                  "opt_param_scheduler": (None if opt_param_scheduler is None
                                          else opt_param_scheduler.state_dict()),

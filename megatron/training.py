@@ -265,7 +265,7 @@ def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], mo
 def _save(state, runtime, model, optimizer, scheduler, args) -> None:
     save_checkpoint(state.iteration, model, optimizer, scheduler, state.extra_state(runtime),
                     save_dir=args.save, save_optim=not args.no_save_optim,
-                    save_rng=not args.no_save_rng, args=args)
+                    save_rng=not args.no_save_rng, args=args, model_type=runtime.shape.model)
     print_rank_0(f" > saved checkpoint at iteration {state.iteration} to {args.save}")
 
 

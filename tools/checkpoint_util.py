@@ -30,6 +30,10 @@ it can be converted again. Padding ids take no part in the softmax (the model ma
 them, see ``megatron/core/tensor_parallel/cross_entropy.py``), so a re-padded model
 computes exactly the losses of the original.
 
+The model type is the checkpoint's (``model_type``, recorded by every run since it was
+added; an older checkpoint without it is GPT). ``--model-type GPT|BERT`` (Megatron's flag)
+is checked against it, and names the type of an older BERT checkpoint that predates it.
+
 Everything is checked before anything is created; the result is written into
 ``iter_XXXXXXX.tmp`` and renamed into place, and a failure removes what this run created
 (the temp folder, and ``--save-dir`` itself when the tool made it).
@@ -182,22 +186,35 @@ def target_vocab_rows(args: dict, rows: int, target_tp: int, true_vocab: int | N
 
 def convert(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
             iteration: int | None = None, true_vocab_size: int | None = None,
-            target_ep: int | None = None) -> str:
+            target_ep: int | None = None, model_type: str | None = None) -> str:
     """Convert the checkpoint; returns the written iteration folder."""
-    iteration, first, args, full = load_whole(load_dir, iteration)
+    iteration, first, args, full = load_whole(load_dir, iteration, model_type)
     return save_layout(save_dir, iteration, first, args, full, target_tp, target_pp,
                        true_vocab_size, target_ep)
 
 
-def load_whole(load_dir: str, iteration: int | None = None
+def with_model_type(args: dict, given: str | None, where: str) -> dict:
+    """``args`` with the model type (``gpt`` / ``bert``) that ``--model-type`` names,
+    refused when it contradicts the type the checkpoint recorded."""
+    if given is None:
+        return args
+    recorded = args.get("model_type")
+    if recorded is not None and recorded != given.lower():
+        raise BadConfigError(f"--model-type {given}: {where} holds a {recorded.upper()} model")
+    return {**args, "model_type": given.lower()}
+
+
+def load_whole(load_dir: str, iteration: int | None = None, model_type: str | None = None
                ) -> tuple[int, dict, dict, dict[str, torch.Tensor]]:
-    """(iteration, rank (0, 0)'s checkpoint, its args, the merged whole-model state dict)."""
+    """(iteration, rank (0, 0)'s checkpoint, its args, the merged whole-model state dict).
+    ``model_type``: ``--model-type`` (checked against the checkpoint's)."""
     iteration, iter_dir = _iteration_dir(load_dir, iteration)
     source = read_layout(iter_dir)
     first = source[(0, 0)]
     args = dict(first.get("args") or {})
     if not args:
         raise CheckpointError(f"{first['_path']} has no saved args: cannot rebuild the model shape")
+    args = with_model_type(args, model_type, first["_path"])
     full = checkpoint_layout.merge_state_dicts({k: v["model"] for k, v in source.items()},
                                                template_specs(args), int(args["num_layers"]))
     return iteration, first, args, full
@@ -287,7 +304,7 @@ def _hf_dispatch(a: argparse.Namespace) -> None:
     """--saver hf / --loader hf: the work lives in megatron/hf/ (needs requirements-eval.txt)."""
     if a.saver == "hf":
         from megatron.hf.convert import save_hf
-        _, _, args, full = load_whole(a.load_dir, a.iteration)
+        _, _, args, full = load_whole(a.load_dir, a.iteration, a.model_type)
         if a.true_vocab_size:
             args["orig_vocab_size"] = a.true_vocab_size
         out, note = save_hf(full, args, a.save_dir)
@@ -296,6 +313,7 @@ def _hf_dispatch(a: argparse.Namespace) -> None:
         return
     from megatron.hf.convert import load_hf
     args, full = load_hf(a.load_dir, a.make_vocab_size_divisible_by or 128)
+    args = with_model_type({"model_type": "gpt", **args}, a.model_type, a.load_dir)
     tp, pp = a.target_tensor_parallel_size or 1, a.target_pipeline_parallel_size or 1
     out = save_layout(a.save_dir, 0, {"checkpoint_version": 3.0}, args, full, tp, pp)
     print(f" > wrote {out} (TP {tp}, PP {pp}, iteration 0); start from it with --finetune "
@@ -305,7 +323,9 @@ def _hf_dispatch(a: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-type", default="GPT", choices=["GPT"])
+    parser.add_argument("--model-type", default=None, choices=["GPT", "BERT"],
+                        help="checked against the checkpoint's recorded type (default: "
+                             "the checkpoint's; an older checkpoint without one is GPT)")
     parser.add_argument("--loader", default="megatron", choices=["megatron", "hf"],
                         help="hf: --load-dir is a local transformers model directory")
     parser.add_argument("--saver", default="megatron", choices=["megatron", "hf"],
@@ -330,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     out = convert(a.load_dir, a.save_dir, a.target_tensor_parallel_size,
                   a.target_pipeline_parallel_size, a.iteration, a.true_vocab_size,
-                  a.target_expert_parallel_size)
+                  a.target_expert_parallel_size, a.model_type)
     print(f" > wrote {out} (TP {a.target_tensor_parallel_size}, PP "
           f"{a.target_pipeline_parallel_size}); optimizer and RNG state dropped: load with "
           "--finetune, or --no-load-optim --no-load-rng", flush=True)

@@ -8,6 +8,11 @@ in tokens, quality on the whole validation split.
         --vocab-file gpt2-vocab.json --merge-file gpt2-merges.txt \\
         --arms baseline,CL_seqtru_voc+random-LTD --budgets 0.5
 
+GPT presets also run the pruning arms (prune_ppl_middle50, prune_ppl_easy50, prune_random50):
+a small reference model trains first on data disjoint from the study's (on the default
+corpus, the documents after the study's; on your data, --reference-data-path) and the
+analyzer scores every training sample by its perplexity.
+
 Writes DIR/study.md, DIR/study.json, DIR/loss_vs_tokens.png, DIR/loss_vs_time.png, one
 folder per run under DIR/runs/ and its TensorBoard events under DIR/tensorboard/. Rerunning
 skips finished runs and resumes an interrupted one from its checkpoint.
@@ -21,6 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.study.cli import add_data_args, data_spec, preset_from_args, split_extra  # noqa: E402,E501
+from megatron.study.commands import DataSpec  # noqa: E402
 from megatron.study.runner import RunFailed, StudyConfig, run_study  # noqa: E402
 
 
@@ -33,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--budgets", default=None,
                    help="comma-separated budget fractions to keep, e.g. 1,0.5 (default: all)")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side")
+    p.add_argument("--reference-data-path",
+                   help="the pruning arms' reference model's token store (same tokenizer, "
+                        "disjoint from --data-path; default corpus: a disjoint slice of it)")
     argv, extra = split_extra(sys.argv[1:] if argv is None else argv)
     return p.parse_args(argv), extra
 
@@ -55,6 +64,17 @@ def select_plan(plan, arms: str | None, budgets: str | None) -> list[tuple[str, 
     return chosen
 
 
+def reference_spec(args: argparse.Namespace) -> DataSpec | None:
+    """--reference-data-path with the study's tokenizer flags and cache."""
+    spec = data_spec(args)
+    if args.reference_data_path is None:
+        return None
+    if spec is None:   # the default corpus: its tokenizer is built by the study
+        raise ValueError("--reference-data-path goes with --data-path and its tokenizer "
+                         "flags (on the default corpus the study builds a disjoint slice)")
+    return DataSpec(args.reference_data_path, spec.tokenizer_flags, spec.cache_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = parse_args(argv)
     try:
@@ -62,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = StudyConfig(preset=preset, out_dir=args.out, seeds=args.seeds or preset.seeds,
                           plan=select_plan(preset.plan, args.arms, args.budgets),
                           data=data_spec(args), jobs=args.jobs,
-                          threads_per_job=args.threads_per_job, extra=tuple(extra))
+                          threads_per_job=args.threads_per_job, extra=tuple(extra),
+                          reference_data=reference_spec(args))
         _, paths = run_study(cfg)
     except RunFailed as exc:
         print(f"study stopped: {exc}", file=sys.stderr)

@@ -13,6 +13,10 @@ DIFFICULTY_STEP = 8
 SEQ_PER_STEP = 16
 # Which analyzer metric each index-based curriculum metric reads.
 INDEX_OF = {"voc": "voc", "seqreo": "seqlen", "seqreo_voc": "seqlen_voc"}
+# The pruning windows' indexes: perplexity under the reference model (an analyzer model
+# metric), and the random control, a user metric (a hash of each sample's tokens).
+MODEL_METRICS = ("ppl",)
+RANDOM_METRIC_FN = "random=megatron.data_efficiency.analyzer.valuation:random_rank"
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,15 @@ def train_samples(preset: Preset) -> int:
 
 
 def analyzer_metrics(arms) -> list[str]:
-    """Analyzer metrics the given arms need (empty: no index to build)."""
+    """Analyzer metrics the given arms' curricula need (empty: no index to build)."""
     wanted = {INDEX_OF[m] for arm in arms for m in arm.curriculum if m in INDEX_OF}
     metrics = (["total_vocab_freq"] if any("voc" in m for m in wanted) else []) + sorted(wanted)
     return metrics
+
+
+def window_metrics(arms) -> list[str]:
+    """The indexes the given arms' pruning windows read (``ppl``, ``random``), sorted."""
+    return sorted({arm.window.metric for arm in arms if arm.window is not None})
 
 
 def _metric_columns(metric: str, preset: Preset, index_dir: str) -> tuple:
@@ -74,8 +83,22 @@ def _metric_columns(metric: str, preset: Preset, index_dir: str) -> tuple:
             1, root)
 
 
+def window_flags(arm: Arm, index_dir: str) -> list[str]:
+    """A pruning arm's static ``percentile_window``: the sampler draws only the samples
+    between the two percentiles of the index, for the whole run."""
+    w = arm.window
+    return ["--data-efficiency-curriculum-learning", "--curriculum-metric", w.metric,
+            "--curriculum-index-path", os.path.join(index_dir, w.metric),
+            "--curriculum-difficulty-type", "percentile_window",
+            "--curriculum-window-low", str(w.low), "--curriculum-min-difficulty", str(w.high),
+            "--curriculum-max-difficulty", str(w.high)]
+
+
 def curriculum_flags(arm: Arm, preset: Preset, steps: int, index_dir: str) -> list[str]:
-    """The curriculum flags of ``arm`` for a run of ``steps`` baseline steps."""
+    """The curriculum (or pruning window) flags of ``arm`` for a run of ``steps`` baseline
+    steps."""
+    if arm.window is not None:
+        return window_flags(arm, index_dir)
     if not arm.curriculum:
         return []
     cols = list(zip(*(_metric_columns(m, preset, index_dir) for m in arm.curriculum)))

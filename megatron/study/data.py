@@ -1,5 +1,6 @@
 """The study's data: the default corpus, tokenizer and token store (built once, by the
-project's tools), and the analyzer index each seed's training samples need."""
+project's tools), the pruning arms' reference model and its disjoint slice of the corpus,
+and the analyzer index each seed's training samples need."""
 from __future__ import annotations
 
 import os
@@ -7,20 +8,27 @@ import subprocess
 import sys
 from typing import Callable
 
-from megatron.study.commands import DataSpec, analyzer_metrics, train_samples
+from megatron.study.commands import (MODEL_METRICS, RANDOM_METRIC_FN, DataSpec,
+                                     analyzer_metrics, train_samples, window_metrics)
 from megatron.study.presets import Preset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_tool(name: str, args: list[str], log: Callable[[str], None]) -> None:
-    """Run ``tools/<name>`` with this Python; on failure raise with its output's tail."""
-    cmd = [sys.executable, os.path.join(ROOT, "tools", name), *args]
+def run_tool(name: str, args: list[str], log: Callable[[str], None],
+             log_file: str | None = None) -> None:
+    """Run ``tools/<name>`` (or a top-level script, ``name`` starting with ``../``) with
+    this Python; on failure raise with its output's tail. ``log_file`` keeps the output."""
+    cmd = [sys.executable, os.path.normpath(os.path.join(ROOT, "tools", name)), *args]
     log(f"  $ {' '.join(cmd[1:])}")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if log_file is not None:
+        with open(log_file, "a") as f:
+            f.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-3000:]
-        raise RuntimeError(f"tools/{name} failed (exit {proc.returncode}):\n{tail}")
+        raise RuntimeError(f"{os.path.relpath(cmd[1], ROOT)} failed (exit {proc.returncode}):"
+                           f"\n{tail}")
 
 
 def default_corpus(preset: Preset, data_dir: str, log: Callable[[str], None]) -> DataSpec:
@@ -61,22 +69,96 @@ def default_corpus(preset: Preset, data_dir: str, log: Callable[[str], None]) ->
     return DataSpec(store, tok, cache)
 
 
+def reference_slice(preset: Preset, data: DataSpec, data_dir: str,
+                    log: Callable[[str], None]) -> DataSpec:
+    """The reference model's data on the default corpus: the ``reference.corpus_bytes`` of
+    documents that follow the study's own in the corpus order (so disjoint from its train
+    and validation splits), as a token store of the study's tokenizer. Built once."""
+    own = os.path.join(data_dir, "stdlib.jsonl")
+    text = os.path.join(data_dir, "reference.jsonl")
+    if not os.path.exists(text):
+        longer = text + ".longer.part"
+        run_tool("prepare_default_corpus.py", [
+            "--output", longer, "--skip-tests",
+            "--max-bytes", str(preset.corpus_bytes + preset.reference.corpus_bytes)], log)
+        with open(own, "rb") as f:
+            own_docs = f.readlines()
+        with open(longer, "rb") as f:
+            docs = f.readlines()
+        if docs[:len(own_docs)] != own_docs:   # the slice must not overlap the study's data
+            raise RuntimeError(f"{own} is not a prefix of the longer corpus {longer}: was "
+                               "it built by another Python or seed? Remove the data folder.")
+        if len(docs) == len(own_docs):
+            raise ValueError("the default corpus has no documents left for the reference "
+                             "model's slice")
+        with open(text + ".part", "wb") as f:
+            f.writelines(docs[len(own_docs):])
+        os.replace(text + ".part", text)
+        os.remove(longer)
+    prefix = os.path.join(data_dir, "reference")
+    store = prefix + "_text_document"
+    if not os.path.exists(store + ".idx"):
+        run_tool("preprocess_data.py", ["--input", text, "--output-prefix", prefix,
+                                        *data.tokenizer_flags, "--append-eod",
+                                        "--workers", "2"], log)
+    return DataSpec(store, data.tokenizer_flags, data.cache_dir)
+
+
+def train_reference(preset: Preset, ref_data: DataSpec, out_dir: str, seed: int,
+                    log: Callable[[str], None]) -> str:
+    """Train the preset's reference model on ``ref_data`` once (at the preset's sequence
+    length, batch, learning rate and extra flags; all of ``ref_data`` is training data);
+    returns its checkpoint folder, which the analyzer loads to score samples."""
+    r = preset.reference
+    ckpt = os.path.join(out_dir, "checkpoints")
+    latest = os.path.join(ckpt, "latest_checkpointed_iteration.txt")
+    if os.path.exists(latest) and open(latest).read().strip() == str(r.train_iters):
+        return ckpt
+    os.makedirs(out_dir, exist_ok=True)
+    p = preset
+    run_tool("../pretrain_gpt.py", [
+        "--num-layers", str(r.num_layers), "--hidden-size", str(r.hidden_size),
+        "--num-attention-heads", str(r.num_attention_heads),
+        "--seq-length", str(p.seq_length), "--max-position-embeddings", str(p.seq_length),
+        "--micro-batch-size", str(p.micro_batch_size),
+        "--global-batch-size", str(p.global_batch_size),
+        "--train-iters", str(r.train_iters), "--lr", str(p.lr), "--min-lr", str(p.min_lr),
+        "--lr-decay-style", "cosine", "--lr-warmup-iters", str(max(1, r.train_iters // 20)),
+        "--seed", str(seed), "--data-path", ref_data.data_path, "--split", "100,0,0",
+        "--data-cache-path", ref_data.cache_dir, *ref_data.tokenizer_flags,
+        "--eval-iters", "0", "--log-interval", str(p.log_interval),
+        "--save", ckpt, "--load", ckpt, "--save-interval", str(r.train_iters), *p.extra],
+        log, log_file=os.path.join(out_dir, "train.log"))
+    return ckpt
+
+
 def build_index(preset: Preset, data: DataSpec, seed: int, index_dir: str, arms,
-                log: Callable[[str], None], samples: int | None = None) -> None:
+                log: Callable[[str], None], samples: int | None = None,
+                reference: str | None = None) -> None:
     """Index the training samples of ``seed`` (the sample order depends on it) by every
     metric ``arms`` need, once: ``tools/analyze_data.py`` resumes or skips finished work.
 
     ``samples``: the training samples a run asks for (default: the 100% baseline's). The
     index is valid for every run whose request builds the same number of epochs.
+    ``reference``: the reference model's checkpoint, for the pruning arms' ``ppl``.
     """
-    metrics = analyzer_metrics(arms)
-    if not metrics or all(os.path.exists(os.path.join(index_dir, m, "meta.json"))
-                          for m in metrics):
+    windows = window_metrics(arms)
+    metrics = analyzer_metrics(arms) + [m for m in windows if m in MODEL_METRICS]
+    fns = [RANDOM_METRIC_FN] if "random" in windows else []
+    if all(os.path.exists(os.path.join(index_dir, m, "meta.json"))
+           for m in metrics + [f.split("=")[0] for f in fns]):
         return
+    model = []
+    if any(m in MODEL_METRICS for m in metrics):
+        if reference is None:
+            raise ValueError(f"the {', '.join(windows)} index needs the reference model")
+        model = ["--reference-load", reference]
     bert = ["--model", "bert"] if preset.model == "bert" else []
     run_tool("analyze_data.py", ["--data-path", data.data_path, "--granularity", "sample",
                                  *bert, "--split", preset.split,
                                  "--seq-length", str(preset.seq_length), "--seed", str(seed),
                                  "--train-samples", str(samples or train_samples(preset)),
-                                 "--data-cache-path", data.cache_dir, "--metrics", *metrics,
+                                 "--data-cache-path", data.cache_dir,
+                                 *(["--metrics", *metrics] if metrics else []),
+                                 *(["--metric-fn", *fns] if fns else []), *model,
                                  "--save-path", index_dir, "--quiet"], log)

@@ -1,23 +1,40 @@
-"""The study's tables, as data: the paper's arms (Tables 2 and 3), its Table 1
-hyper-parameters (as fractions, scaled to each run) and the presets (model size, token
-budget, corpus). Nothing here runs anything."""
+"""The study's tables, as data: the paper's arms (Tables 2 and 3), the pruning arms, its
+Table 1 hyper-parameters (as fractions, scaled to each run) and the presets (model size,
+token budget, corpus, the pruning arms' reference model). Nothing here runs anything."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
+class Window:
+    """A static percentile window over an analyzer index: the half of the training samples
+    a pruning arm keeps (``metric`` is the index it is taken on)."""
+    metric: str
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
 class Arm:
-    """One row of the paper's tables.
+    """One row of the study's tables.
 
     Attributes:
-        name: as in the paper (``CL_seqtru_voc+random-LTD``).
+        name: as in the paper (``CL_seqtru_voc+random-LTD``), or a pruning arm's
+            (``prune_ppl_middle50``).
         curriculum: curriculum metrics, in flag order (``seqtru``, ``voc``, ...).
         random_ltd: whether random-LTD is on.
+        window: a pruning arm's kept band (such arms have no curriculum of their own).
     """
     name: str
     curriculum: tuple[str, ...] = ()
     random_ltd: bool = False
+    window: Window | None = None
+
+    def __post_init__(self) -> None:
+        if self.window is not None and self.curriculum:
+            raise ValueError(f"arm {self.name}: a pruning window is not combined with a "
+                             "curriculum here")
 
 
 def _arm(name: str) -> Arm:
@@ -39,6 +56,14 @@ GPT_ARMS = {a.name: a for a in map(_arm, [
 BERT_ARMS = {a.name: a for a in map(_arm, [
     "baseline", "CL_seqtru", "CL_seqreo", "CL_voc", "CL_seqtru_voc", "CL_seqreo_voc",
     "random-LTD", "CL_seqtru_voc+random-LTD"])}
+# Data pruning at equal tokens (issue 14): keep half of the training samples, by their
+# perplexity under a small reference model (``ppl`` index) or at random (``random`` index:
+# a hash of each sample's tokens), and train on it for the baseline's whole budget.
+PRUNE_ARMS = {a.name: a for a in [
+    Arm("prune_ppl_middle50", window=Window("ppl", 25, 75)),
+    Arm("prune_ppl_easy50", window=Window("ppl", 0, 50)),
+    Arm("prune_random50", window=Window("random", 0, 50))]}
+PRUNE_PLAN = tuple((a, 1.0) for a in PRUNE_ARMS)
 REDUCED_ARMS = ("baseline", "CL_seqtru_voc", "random-LTD", "CL_seqtru_voc+random-LTD")
 
 
@@ -74,6 +99,24 @@ TABLE1 = {"gpt": HyperParams(d_s_seqlen=80 / 2048, d_s_percentile=1, t_c=0.4,
 
 
 @dataclass(frozen=True)
+class Reference:
+    """The pruning arms' reference model: a small GPT trained first on data disjoint from
+    the study's training data (on the default corpus: the ``corpus_bytes`` of documents
+    that follow the study's), then used by the analyzer to score every training sample.
+
+    Attributes:
+        train_iters: its training steps (at the preset's batch and sequence length).
+        corpus_bytes: size of its slice of the default corpus (None: the preset trains on
+            the user's data, and the reference model on ``--reference-data-path``).
+    """
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    train_iters: int
+    corpus_bytes: int | None
+
+
+@dataclass(frozen=True)
 class Preset:
     """A study size: model, batch, token budget, data, evaluation.
 
@@ -89,6 +132,7 @@ class Preset:
         vocab_size: the tokenizer trained on the default corpus.
         plan: the (arm, budget fraction) pairs run by default.
         extra: more ``pretrain_*.py`` flags, appended as given.
+        reference: the pruning arms' reference model (None: no pruning arms; GPT only).
     """
     name: str
     model: str
@@ -111,6 +155,7 @@ class Preset:
     plan: tuple[tuple[str, float], ...]
     extra: tuple[str, ...] = ()
     hyper: HyperParams = field(default=None)   # None: TABLE1[model]
+    reference: Reference | None = None
 
     def __post_init__(self) -> None:
         if self.hyper is None:
@@ -118,7 +163,9 @@ class Preset:
 
     @property
     def arms(self) -> dict[str, Arm]:
-        return GPT_ARMS if self.model == "gpt" else BERT_ARMS
+        if self.model == "bert":
+            return BERT_ARMS
+        return {**GPT_ARMS, **PRUNE_ARMS} if self.reference is not None else GPT_ARMS
 
 
 _CPU_FLAGS = ("--hidden-dropout", "0.0", "--attention-dropout", "0.0", "--weight-decay", "0.01",
@@ -138,8 +185,9 @@ PRESETS = {(p.model, p.name): p for p in [
     # Every arm on a tiny model: seconds per run (tests, CI).
     Preset("smoke", "gpt", 3, 32, 2, 32, 4, 4, train_tokens=4 * 32 * 24, lr=3e-3, min_lr=3e-4,
            warmup_fraction=0.05, eval_interval=8, log_interval=1, seeds=1,
-           corpus_bytes=300_000, vocab_size=500, split="90,10,0", plan=paper_plan(GPT_ARMS),
-           extra=_GPT_CPU + _SMOKE_LOADER),
+           corpus_bytes=300_000, vocab_size=500, split="90,10,0",
+           plan=paper_plan(GPT_ARMS) + PRUNE_PLAN, extra=_GPT_CPU + _SMOKE_LOADER,
+           reference=Reference(2, 32, 2, train_iters=12, corpus_bytes=100_000)),
     Preset("smoke", "bert", 3, 32, 2, 32, 4, 4, train_tokens=4 * 32 * 24, lr=3e-3, min_lr=3e-4,
            warmup_fraction=0.05, eval_interval=8, log_interval=1, seeds=1,
            corpus_bytes=500_000, vocab_size=800, split="80,20,0", plan=paper_plan(BERT_ARMS),
@@ -151,11 +199,14 @@ PRESETS = {(p.model, p.name): p for p in [
            plan=(("baseline", 1.0), ("CL_seqtru_voc+random-LTD", 0.5)), extra=_GPT_CPU),
     # Table 2 on the default corpus, sized for ~90 minutes on a quiet 2-core machine: 2 seeds
     # x 12.7 budgets' worth of tokens at ~2,300 tokens/s (the demo model's throughput),
-    # plus the whole-split evaluations (1% of the documents, ~50k tokens, ~8 s each).
+    # plus the whole-split evaluations (1% of the documents, ~50k tokens, ~8 s each); then
+    # the pruning arms (3 more budgets per seed) and their reference model (2 MB of
+    # other documents, 200 steps of a 2-layer model).
     Preset("cpu", "gpt", 4, 256, 4, 256, 8, 8, train_tokens=160 * 8 * 256, lr=2e-3,
            min_lr=2e-4, warmup_fraction=0.05, eval_interval=40, log_interval=10, seeds=2,
            corpus_bytes=8_000_000, vocab_size=8000, split="99,1,0",
-           plan=paper_plan(GPT_ARMS), extra=_GPT_CPU),
+           plan=paper_plan(GPT_ARMS) + PRUNE_PLAN, extra=_GPT_CPU,
+           reference=Reference(2, 128, 4, train_iters=200, corpus_bytes=2_000_000)),
     # Table 3 on the default corpus (BERT, masked LM + sentence order), the same token sizes.
     Preset("cpu", "bert", 4, 256, 4, 128, 8, 16, train_tokens=160 * 16 * 128, lr=1e-3,
            min_lr=1e-4, warmup_fraction=0.05, eval_interval=40, log_interval=10, seeds=2,
@@ -176,7 +227,8 @@ PRESETS = {(p.model, p.name): p for p in [
            min_lr=6e-5, warmup_fraction=0.01, eval_interval=500, log_interval=50, seeds=1,
            corpus_bytes=None, vocab_size=0, split="969,30,1", plan=paper_plan(GPT_ARMS),
            extra=("--bf16", "--hidden-dropout", "0.0", "--attention-dropout", "0.0",
-                  "--weight-decay", "0.1", "--clip-grad", "1.0", "--adam-beta2", "0.95")),
+                  "--weight-decay", "0.1", "--clip-grad", "1.0", "--adam-beta2", "0.95"),
+           reference=Reference(4, 512, 8, train_iters=2000, corpus_bytes=None)),
 ]}
 
 

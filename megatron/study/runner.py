@@ -16,7 +16,8 @@ from typing import Callable
 
 from megatron.study import data as study_data
 from megatron.study import results
-from megatron.study.commands import DataSpec, RunSpec, budget_tokens, pretrain_command
+from megatron.study.commands import (MODEL_METRICS, DataSpec, RunSpec, budget_tokens,
+                                     pretrain_command)
 from megatron.study.presets import Preset
 
 BASE_SEED = 1234
@@ -35,7 +36,9 @@ class RunFailed(RuntimeError):
 @dataclass
 class StudyConfig:
     """What to run. ``plan`` lists (arm name, budget fraction); ``data`` None builds the
-    default corpus; ``extra`` flags go to every run (after the preset's)."""
+    default corpus; ``extra`` flags go to every run (after the preset's);
+    ``reference_data``: the pruning arms' reference model's token store (default: on the
+    default corpus, a disjoint slice of it; required with the user's ``data``)."""
     preset: Preset
     out_dir: str
     seeds: int
@@ -45,6 +48,7 @@ class StudyConfig:
     threads_per_job: int | None = None
     extra: tuple[str, ...] = ()
     title: str = ""
+    reference_data: DataSpec | None = None
     printer: Callable[[str], None] = field(default=None)
 
     def __post_init__(self) -> None:
@@ -117,7 +121,8 @@ def _index_samples_needed(log_path: str) -> int | None:
 
 
 def execute_run(preset: Preset, run: RunSpec, data: DataSpec, out_dir: str, index_dir: str,
-                extra: tuple[str, ...], threads: int, progress: Progress) -> dict:
+                extra: tuple[str, ...], threads: int, progress: Progress,
+                reference: str | None = None) -> dict:
     """Run one arm x budget x seed unless its ``result.json`` exists; an interrupted run
     resumes from its last checkpoint (``--load``). An arm that draws more training samples
     than the shared index covers gets an index of its own (``<index>_n<samples>``, kept in
@@ -145,7 +150,7 @@ def execute_run(preset: Preset, run: RunSpec, data: DataSpec, out_dir: str, inde
         index_dir = f"{index_dir}_n{needed}"
         progress.say(f"  [{run.name}] draws {needed} samples: its own index -> {index_dir}")
         study_data.build_index(preset, data, run.seed, index_dir, [run.arm], progress.say,
-                               samples=needed)
+                               samples=needed, reference=reference)
         results.write_atomic(own_index, index_dir + "\n")
     if rc != 0:
         with open(log_path) as f:
@@ -183,6 +188,30 @@ def plan_runs(cfg: StudyConfig) -> list[RunSpec]:
     return [RunSpec(arms[a], f, seed) for a, f in cfg.plan for seed in cfg.seeds_list()]
 
 
+def reference_model(cfg: StudyConfig, data: DataSpec, arms,
+                    say: Callable[[str], None]) -> str | None:
+    """The reference model's checkpoint when a pruning arm windows on a model metric
+    (trained first, once, under ``OUT/reference``); None when no arm needs one."""
+    preset, out = cfg.preset, cfg.out_dir
+    if not any(a.window is not None and a.window.metric in MODEL_METRICS for a in arms):
+        if cfg.reference_data is not None:
+            raise ValueError("--reference-data-path is read only by the pruning arms "
+                             "(prune_ppl_*), and none is in this study's plan")
+        return None
+    if cfg.reference_data is not None:
+        ref = cfg.reference_data
+    elif cfg.data is None:
+        ref = study_data.reference_slice(preset, data, os.path.join(out, "data"), say)
+    else:
+        raise ValueError("the pruning arms on your --data-path need --reference-data-path: "
+                         "a token store of the same tokenizer, disjoint from the training "
+                         "data, that the reference model trains on")
+    say(f"reference model ({preset.reference.train_iters} steps on {ref.data_path}) -> "
+        f"{os.path.join(out, 'reference')}")
+    return study_data.train_reference(preset, ref, os.path.join(out, "reference"), BASE_SEED,
+                                      say)
+
+
 def run_study(cfg: StudyConfig) -> tuple[list[dict], list[str]]:
     """Data, indexes, runs, outputs. Returns the records and the output paths."""
     say = Progress(0, cfg.printer).say
@@ -195,10 +224,11 @@ def run_study(cfg: StudyConfig) -> tuple[list[dict], list[str]]:
         say(f"data: the default corpus -> {os.path.join(out, 'data')}")
         data = study_data.default_corpus(preset, os.path.join(out, "data"), say)
     arms = {r.arm.name: r.arm for r in runs}.values()
+    reference = reference_model(cfg, data, arms, say)
     for seed in cfg.seeds_list():
         say(f"analyzer index for seed {seed} (as needed) -> {out}/index/s{seed}")
         study_data.build_index(preset, data, seed, os.path.join(out, "index", f"s{seed}"),
-                               arms, say)
+                               arms, say, reference=reference)
     threads = cfg.threads_per_job or max(1, (os.cpu_count() or 1) // max(1, cfg.jobs))
     progress = Progress(len(runs), cfg.printer)
     say(f"{len(runs)} runs, {cfg.jobs} at a time, {threads} thread(s) each; "
@@ -206,7 +236,7 @@ def run_study(cfg: StudyConfig) -> tuple[list[dict], list[str]]:
 
     def one(run: RunSpec) -> dict:
         return execute_run(preset, run, data, out, os.path.join(out, "index", f"s{run.seed}"),
-                           cfg.extra, threads, progress)
+                           cfg.extra, threads, progress, reference)
 
     with ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:
         records = [f.result() for f in [pool.submit(one, r) for r in runs]]

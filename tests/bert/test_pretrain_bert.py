@@ -1,6 +1,8 @@
 """pretrain_bert.py end to end on a slice of the default corpus, and exact resume."""
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import pretrain_bert
@@ -48,3 +50,39 @@ def test_resume_is_exact(bert_data, tmp_path):
     assert resumed.iteration == 6 and resumed.consumed_samples == 48
     assert first.history == straight.history[:3]
     assert resumed.history == straight.history[3:]
+
+
+def test_checkpoint_records_bert_and_converts_as_bert(bert_data, tmp_path):
+    """A pretrain_bert.py checkpoint says it is BERT, so tools/checkpoint_util.py rebuilds a
+    BERT (heads included) and the converted checkpoint trains on; ``--model-type`` is
+    checked against it."""
+    import pytest
+    import torch
+
+    from megatron.errors import BadConfigError
+    from tests.tools.tool_loader import load_tool
+    ckpt, out = str(tmp_path / "ckpt"), str(tmp_path / "converted")
+    common = ("--log-interval", "1", "--eval-iters", "0")
+    pretrain_bert.main(_flags(bert_data, *common, "--save", ckpt, iters=2))
+    saved = torch.load(os.path.join(ckpt, "iter_0000002", "mp_rank_00", "model_optim_rng.pt"),
+                       map_location="cpu", weights_only=False)
+    assert saved["args"]["model_type"] == "bert"
+    util = load_tool("checkpoint_util")
+    with pytest.raises(BadConfigError, match="BERT"):
+        util.main(["--model-type", "GPT", "--load-dir", ckpt, "--save-dir", out,
+                   "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1"])
+    util.main(["--model-type", "BERT", "--load-dir", ckpt, "--save-dir", out,
+               "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1"])
+    converted = torch.load(os.path.join(out, "iter_0000002", "mp_rank_00", "model_optim_rng.pt"),
+                           map_location="cpu", weights_only=False)["model"]
+    assert converted.keys() == saved["model"].keys()
+    for k, v in saved["model"].items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(converted[k], v), k
+    state = pretrain_bert.main(_flags(bert_data, *common, "--load", out, "--finetune", iters=3))
+    assert state.iteration == 3    # --finetune: loaded, the counters restarted
+    # the Hugging Face export reads the recorded type too (it once wrote a GPT-2 for BERT)
+    pytest.importorskip("transformers")
+    util.main(["--saver", "hf", "--load-dir", ckpt, "--save-dir", str(tmp_path / "hf")])
+    config = json.load(open(tmp_path / "hf" / "config.json"))
+    assert config["model_type"] == "megatron-bert", config

@@ -8,8 +8,9 @@ import pytest
 
 from megatron.arguments import parse_args
 from megatron.study.commands import (DataSpec, RunSpec, analyzer_metrics, nominal_steps,
-                                     pretrain_command)
-from megatron.study.presets import BERT_ARMS, GPT_ARMS, get_preset, paper_plan, with_hyper
+                                     pretrain_command, window_metrics)
+from megatron.study.presets import (BERT_ARMS, GPT_ARMS, PRUNE_ARMS, Arm, Window, get_preset,
+                                    paper_plan, with_hyper)
 
 DATA = DataSpec("/d/corpus_text_document", ("--tokenizer-type", "NullTokenizer"), "/d/cache")
 
@@ -83,3 +84,23 @@ def test_overrides_and_run_names():
         "CL_seqtru_voc+random-LTD_67_s1235"
     with pytest.raises(ValueError, match="known"):
         get_preset("cpu", "t5")
+
+
+def test_pruning_arms_are_static_windows_over_their_index():
+    preset = get_preset("cpu")
+    assert list(PRUNE_ARMS) == ["prune_ppl_middle50", "prune_ppl_easy50", "prune_random50"]
+    assert set(PRUNE_ARMS) <= set(preset.arms) and not set(PRUNE_ARMS) & set(BERT_ARMS)
+    for name, (metric, lo, hi) in {"prune_ppl_middle50": ("ppl", 25, 75),
+                                   "prune_ppl_easy50": ("ppl", 0, 50),
+                                   "prune_random50": ("random", 0, 50)}.items():
+        _, args = _parsed(preset, PRUNE_ARMS[name])
+        assert args.data_efficiency_curriculum_learning and args.curriculum_metric == [metric]
+        assert args.curriculum_index_path == [f"/o/index/{metric}"]
+        assert args.curriculum_difficulty_type == ["percentile_window"]
+        assert args.curriculum_window_low == [lo]
+        assert args.curriculum_min_difficulty == args.curriculum_max_difficulty == [hi]
+        assert not args.random_ltd and args.train_tokens == preset.train_tokens   # equal tokens
+    assert window_metrics(PRUNE_ARMS.values()) == ["ppl", "random"]
+    assert analyzer_metrics(PRUNE_ARMS.values()) == [] and window_metrics(GPT_ARMS.values()) == []
+    with pytest.raises(ValueError, match="not combined"):
+        Arm("x", curriculum=("voc",), window=Window("ppl", 0, 50))

@@ -1,6 +1,7 @@
-"""tools/data_efficiency_study.py --preset smoke end to end: every arm of Table 2 as a real
-pretrain_gpt.py run on the default corpus; outputs, skipping finished runs, resuming an
-interrupted one; and one real (tiny) search of tools/tune_data_efficiency.py."""
+"""tools/data_efficiency_study.py --preset smoke end to end: every arm of Table 2 and the
+pruning arms as real pretrain_gpt.py runs on the default corpus; outputs, skipping finished
+runs, resuming an interrupted one; and one real (tiny) search of
+tools/tune_data_efficiency.py."""
 from __future__ import annotations
 
 import json
@@ -63,6 +64,46 @@ def test_smoke_preset_writes_the_table_json_and_plots(smoke, study, capsys):
     assert json.load(open(os.path.join(smoke, "study.json")))["runs"] == runs
     assert logs == {r: os.path.getsize(os.path.join(smoke, "runs", r, "train.log"))
                     for r in logs}
+
+
+def _sampled(tensorboard_dir: str, metric: str) -> tuple[float, float, int]:
+    """(lowest, highest, count) of the metric values of every sample a run trained on, from
+    its per-step ``curriculum/<metric>_sampled`` histograms."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(tensorboard_dir, size_guidance={"histograms": 0})
+    acc.Reload()
+    hs = [e.histogram_value for e in acc.Histograms(f"curriculum/{metric}_sampled")]
+    return min(h.min for h in hs), max(h.max for h in hs), int(sum(h.num for h in hs))
+
+
+@pytest.mark.slow
+def test_pruning_arms_train_only_inside_their_band_at_the_baselines_tokens(smoke):
+    """The reference model trains on documents the study's corpus does not hold; its ppl
+    index (and the random control's) covers the training samples; each pruning arm draws
+    every training sample from its band of that index, for the baseline's whole budget."""
+    from megatron.data_efficiency.analyzer.index_io import MetricIndex, percentile_prefix
+    data = os.path.join(smoke, "data")
+    own = set(open(os.path.join(data, "stdlib.jsonl")).read().splitlines())
+    reference = open(os.path.join(data, "reference.jsonl")).read().splitlines()
+    assert reference and not own & set(reference)
+    ckpt = os.path.join(smoke, "reference", "checkpoints", "latest_checkpointed_iteration.txt")
+    assert open(ckpt).read().strip() == str(get_preset("smoke").reference.train_iters)
+    runs = {r["arm"]: r for r in json.load(open(os.path.join(smoke, "study.json")))["runs"]}
+    for arm, metric, lo, hi in (("prune_ppl_middle50", "ppl", 25, 75),
+                                ("prune_ppl_easy50", "ppl", 0, 50),
+                                ("prune_random50", "random", 0, 50)):
+        index = MetricIndex.open(os.path.join(smoke, "index", "s1234", metric))
+        n = index.num_samples
+        band = (index.value_at(percentile_prefix(n, lo, 100)),
+                index.value_at(percentile_prefix(n, hi, 100) - 1))
+        low, high, count = _sampled(os.path.join(smoke, "tensorboard", runs[arm]["run"]), metric)
+        assert band[0] <= low and high <= band[1], (arm, band, low, high)
+        assert count == runs[arm]["iterations"] * 4 and runs[arm]["consumed_tokens"] == \
+            runs["baseline"]["consumed_tokens"]
+    # the two ppl bands differ where they should: the easy half stops below the middle's top
+    assert _sampled(os.path.join(smoke, "tensorboard", runs["prune_ppl_easy50"]["run"]),
+                    "ppl")[0] < _sampled(os.path.join(
+                        smoke, "tensorboard", runs["prune_ppl_middle50"]["run"]), "ppl")[0]
 
 
 def _own_data(smoke: str) -> list[str]:

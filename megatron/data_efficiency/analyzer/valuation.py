@@ -1,9 +1,11 @@
 """What a metric rewards: the distribution of an analyzer index and its extreme samples.
 
-Used by ``tools/inspect_index.py`` before pruning or windowing with a metric.
+Used by ``tools/inspect_index.py`` before pruning or windowing with a metric; also home of
+``random_rank``, the random control metric the study's ``prune_random50`` arm windows on.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -49,3 +51,16 @@ def histogram_png(index: MetricIndex, path: str, bins: int = 60) -> None:
     fig.savefig(tmp, format="png")
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def random_rank(tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The random control of pruning, as an analyzer user metric (``--metric-fn
+    random=megatron.data_efficiency.analyzer.valuation:random_rank``): each sample's value
+    is uniform in [0, 1), taken from a BLAKE2 hash of its tokens, so it is a pure function
+    of the sample (the same on any number of ranks, batches or runs) and unrelated to its
+    difficulty. A window ``[0, 50]`` over it keeps a random half.     # float64 [n]"""
+    out = np.empty(len(offsets) - 1, dtype=np.float64)
+    for k in range(len(out)):
+        digest = hashlib.blake2b(tokens[offsets[k]:offsets[k + 1]].tobytes(), digest_size=8)
+        out[k] = (int.from_bytes(digest.digest(), "little") >> 11) / 2.0 ** 53  # 53 bits: < 1
+    return out

@@ -181,3 +181,15 @@ def test_moe_preset_runs_the_moe_baseline_and_the_composed_arm(study, tmp_path):
         assert math.isfinite(r["val_loss"]) and r["consumed_tokens"] >= 3072
         log = open(os.path.join(out, "runs", f"{r['arm']}_100_s{r['seed']}", "train.log")).read()
         assert "moe/load_balancing_loss" in log, log[-2000:]
+
+
+def test_reference_data_flag_is_required_on_own_data_and_never_ignored(study, tmp_path, capsys):
+    own = ["--data-path", str(tmp_path / "none_text_document"), "--tokenizer-type",
+           "NullTokenizer"]
+    cases = [(["--arms", "prune_ppl_easy50", *own], "need --reference-data-path"),
+             (["--arms", "baseline", *own, "--reference-data-path", "x"], "read only by"),
+             (["--arms", "prune_ppl_easy50", "--reference-data-path", "x"], "goes with --data-path"),
+             (["--model", "bert", "--arms", "prune_ppl_easy50"], "unknown arm")]
+    for args, message in cases:
+        assert study.main(["--preset", "smoke", "--out", str(tmp_path / "o"), *args]) == 2
+        assert message in capsys.readouterr().err, args

@@ -51,7 +51,7 @@ def parse_args(extra_args_provider: Callable | None = None, ignore_unknown_args:
 
 def _add_data_efficiency_args(p: argparse.ArgumentParser) -> None:
     """Curriculum learning and random-LTD flags (their modules own the definitions)."""
-    from megatron.data_efficiency.config import add_curriculum_args
+    from megatron.data_efficiency.config_flags import add_curriculum_args
     from megatron.data_efficiency.random_ltd.config import add_random_ltd_args
     add_curriculum_args(p)
     add_random_ltd_args(p)
@@ -365,7 +365,7 @@ def _derive_virtual_pipeline(args: argparse.Namespace, errors: list[str]) -> Non
 
 def _build_data_efficiency(args: argparse.Namespace) -> None:
     """The typed data-efficiency config, and the conflicts it has with other flags."""
-    from megatron.data_efficiency.config import config_from_args
+    from megatron.data_efficiency.config_flags import config_from_args
     try:
         args.data_efficiency = config_from_args(args)
     except ValueError as exc:

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from megatron.data_efficiency.random_ltd import add_random_ltd_args
-from megatron.data_efficiency.config import (add_curriculum_args, config_from_args,
-                                             config_from_dict, load_config_file)
+from megatron.data_efficiency.config import config_from_dict, load_config_file
+from megatron.data_efficiency.config_flags import add_curriculum_args, config_from_args
 
 VOC = {"index_to_sample_path": "/data/an/voc/sorted_samples.npy",
        "index_to_metric_path": "/data/an/voc/sample_to_metric.npy",

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from curriculum_testlib import linear, memory_index
 
-from megatron.data_efficiency.config import (add_curriculum_args, config_from_args,
-                                             config_from_dict)
+from megatron.data_efficiency.config import config_from_dict
+from megatron.data_efficiency.config_flags import add_curriculum_args, config_from_args
 from megatron.data_efficiency.curriculum.sampler import CurriculumSampler, SamplerMetric
 from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler, ScheduleConfig
 

@@ -88,7 +88,10 @@ def test_pruning_arms_train_only_inside_their_band_at_the_baselines_tokens(smoke
     assert reference and not own & set(reference)
     ckpt = os.path.join(smoke, "reference", "checkpoints", "latest_checkpointed_iteration.txt")
     assert open(ckpt).read().strip() == str(get_preset("smoke").reference.train_iters)
-    runs = {r["arm"]: r for r in json.load(open(os.path.join(smoke, "study.json")))["runs"]}
+    # keyed by arm and budget: the baseline also runs at 67% and 50%
+    runs = {(r["arm"], r["budget_fraction"]): r
+            for r in json.load(open(os.path.join(smoke, "study.json")))["runs"]}
+    baseline = runs[("baseline", 1.0)]
     for arm, metric, lo, hi in (("prune_ppl_middle50", "ppl", 25, 75),
                                 ("prune_ppl_easy50", "ppl", 0, 50),
                                 ("prune_random50", "random", 0, 50)):
@@ -96,14 +99,15 @@ def test_pruning_arms_train_only_inside_their_band_at_the_baselines_tokens(smoke
         n = index.num_samples
         band = (index.value_at(percentile_prefix(n, lo, 100)),
                 index.value_at(percentile_prefix(n, hi, 100) - 1))
-        low, high, count = _sampled(os.path.join(smoke, "tensorboard", runs[arm]["run"]), metric)
+        run = runs[(arm, 1.0)]
+        low, high, count = _sampled(os.path.join(smoke, "tensorboard", run["run"]), metric)
         assert band[0] <= low and high <= band[1], (arm, band, low, high)
-        assert count == runs[arm]["iterations"] * 4 and runs[arm]["consumed_tokens"] == \
-            runs["baseline"]["consumed_tokens"]
-    # the two ppl bands differ where they should: the easy half stops below the middle's top
-    assert _sampled(os.path.join(smoke, "tensorboard", runs["prune_ppl_easy50"]["run"]),
-                    "ppl")[0] < _sampled(os.path.join(
-                        smoke, "tensorboard", runs["prune_ppl_middle50"]["run"]), "ppl")[0]
+        assert count == run["iterations"] * 4
+        assert run["consumed_tokens"] == baseline["consumed_tokens"]
+    # the two ppl bands differ where they should: the easy half reaches below the middle's floor
+    easy, middle = (os.path.join(smoke, "tensorboard", runs[(a, 1.0)]["run"])
+                    for a in ("prune_ppl_easy50", "prune_ppl_middle50"))
+    assert _sampled(easy, "ppl")[0] < _sampled(middle, "ppl")[0]
 
 
 def _own_data(smoke: str) -> list[str]:

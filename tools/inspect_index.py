@@ -4,7 +4,8 @@
         [--data-path PREFIX --tokenizer-type T (--tokenizer-model M | --vocab-file V
          [--merge-file F])] [--split S --seq-length L --seed N --train-samples K]
 
-Prints the quantiles of the metric (values of real samples at those sorted positions);
+Prints the quantiles of the metric (values of real samples at those sorted positions) and
+its mean over samples;
 ``--png`` writes a histogram (matplotlib). With ``--data-path`` it also prints the
 ``--show`` easiest and hardest samples, decoded with the tokenizer (token ids without one);
 a sample-granularity index needs the training dataset flags it was built with. The index
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
           f"values ({index.meta.get('granularity')} granularity, {index.meta.get('dtype')})")
     for q, v in valuation.quantiles(index):
         print(f"  q{q * 100:g}\t{v:.6g}")
+    print(f"  mean\t{valuation.mean(index):.6g}")
     if args.png:
         valuation.histogram_png(index, args.png, args.bins)
         print(f"histogram -> {args.png}")

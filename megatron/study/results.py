@@ -109,23 +109,30 @@ def study_table(records: list[dict], title: str) -> str:
 
 def plot_curves(records: list[dict], out_dir: str) -> list[str]:
     """``loss_vs_tokens.png`` and ``loss_vs_time.png``: validation loss of every run, one
-    colour per (arm, budget), one line per seed."""
+    colour per arm, one line style per budget, one line per seed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    groups = _groups(records)
+    arms = list(dict.fromkeys(arm for (arm, _), _ in groups))
+    # tab20 has enough distinct colours for every arm of Table 2 plus the pruning arms
+    colour = {arm: plt.get_cmap("tab20")(i % 20) for i, arm in enumerate(arms)}
+    styles = ("-", "--", ":", "-.")
+    budgets = sorted({f for (_, f), _ in groups}, reverse=True)
+    style = {f: styles[i % len(styles)] for i, f in enumerate(budgets)}
     paths = []
     for key, label, name in (("tokens", "consumed tokens (layer-weighted)", "loss_vs_tokens"),
                              ("seconds", "training wall time (s)", "loss_vs_time")):
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for i, ((arm, f), rs) in enumerate(_groups(records)):
+        fig, ax = plt.subplots(figsize=(10, 5.5))
+        for (arm, f), rs in groups:
             for j, r in enumerate(rs):
                 ax.plot([p[key] for p in r["curve"]], [p["loss"] for p in r["curve"]],
-                        color=f"C{i % 10}", marker=".", alpha=0.85,
+                        color=colour[arm], linestyle=style[f], marker=".", alpha=0.85,
                         label=f"{arm} ({round(f * 100)}%)" if j == 0 else None)
         ax.set_xlabel(label)
         ax.set_ylabel("validation loss (whole split)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         path = os.path.join(out_dir, name + ".png")
         fig.tight_layout()
         fig.savefig(path + ".tmp.png", dpi=110)

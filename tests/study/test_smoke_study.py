@@ -110,6 +110,38 @@ def test_pruning_arms_train_only_inside_their_band_at_the_baselines_tokens(smoke
     assert _sampled(easy, "ppl")[0] < _sampled(middle, "ppl")[0]
 
 
+@pytest.mark.slow
+def test_heldout_script_scores_final_checkpoints_on_the_reference_slice(smoke):
+    """examples/study_heldout.sh: each named run's final checkpoint scores the training
+    samples of the first 20% of the reference slice (documents no study run saw); it prints
+    the run's whole-split validation loss beside the mean of that loss index."""
+    import subprocess
+    import sys
+    from megatron.data_efficiency.analyzer import prune, valuation
+    from megatron.data_efficiency.analyzer.index_io import MetricIndex
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    runs = ["baseline_100_s1234", "CL_seqtru_voc+random-LTD_100_s1234"]
+    out = subprocess.run(["bash", os.path.join(repo, "examples", "study_heldout.sh"), smoke,
+                          *runs], env={**os.environ, "PYTHON": sys.executable},
+                         capture_output=True, text=True, check=True).stdout
+    printed = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    assert list(printed) == runs
+    reference = os.path.join(smoke, "data", "reference_text_document")
+    means = []
+    for run in runs:
+        path = os.path.join(smoke, "heldout", run, "loss")
+        train, fp = prune.sample_dataset(reference, path, "20,80,0", 32, 1234, 1,
+                                         os.path.join(smoke, "data", "cache"))
+        index = MetricIndex.open(path, fp)       # the reference slice's samples, all of them
+        assert index.num_samples == len(train) > 0
+        result = json.load(open(os.path.join(smoke, "runs", run, "result.json")))
+        val, heldout = map(float, printed[run])
+        assert val == pytest.approx(result["val_loss"], abs=1e-4)
+        assert heldout == pytest.approx(valuation.mean(index), rel=1e-5)
+        means.append(heldout)
+    assert means[0] != means[1] and all(0 < m < math.log(500) + 1 for m in means)
+
+
 def _own_data(smoke: str) -> list[str]:
     """The smoke study's token store and tokenizer, given as a user's --data-path."""
     data = os.path.join(smoke, "data")

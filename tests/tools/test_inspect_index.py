@@ -43,6 +43,7 @@ def test_quantiles_png_and_decoded_extremes(indexed, capsys):
     vals = np.sort(np.asarray(MetricIndex.open(index).sample_to_metric))
     for q in (0, 50, 100):
         assert f"q{q}\t{vals[int(np.floor(q / 100 * (len(vals) - 1)))]:.6g}" in out
+    assert f"mean\t{vals.mean():.6g}" in out
     tok = build_tokenizer("GPTSentencePieceTokenizer", tokenizer_model=str(d / "sp.model"))
     ds = MMapIndexedDataset(prefix)
     s2m = np.asarray(MetricIndex.open(index).sample_to_metric)

@@ -24,6 +24,16 @@ def quantiles(index: MetricIndex, qs=QUANTILES) -> list[tuple[float, float]]:
     return [(q, index.value_at(int(np.floor(q * (n - 1))))) for q in qs]
 
 
+def mean(index: MetricIndex) -> float:
+    """The mean value over samples (for the ``loss`` metric of equal-length GPT samples: the
+    mean token loss of the indexed data under the reference checkpoint)."""
+    n = index.num_samples
+    if n == 0:
+        return float("nan")
+    counts = np.diff(np.asarray(index.offsets, dtype=np.int64))
+    return float(np.dot(np.asarray(index.values, dtype=np.float64), counts) / n)
+
+
 def extremes(index: MetricIndex, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` easiest ids (lowest first) and ``k`` hardest (highest first)."""
     ss = index.sorted_samples

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from megatron.study.presets import get_preset
@@ -140,6 +141,35 @@ def test_heldout_script_scores_final_checkpoints_on_the_reference_slice(smoke):
         assert heldout == pytest.approx(valuation.mean(index), rel=1e-5)
         means.append(heldout)
     assert means[0] != means[1] and all(0 < m < math.log(500) + 1 for m in means)
+
+
+def test_split_makeup_counts_every_token_of_each_split(smoke, capsys):
+    """examples/split_makeup.py: the train and valid lines hold every document and token of
+    their split; a string every text contains matches all of them, one none contains none."""
+    import importlib.util
+    from megatron.data.dataset_utils import get_train_valid_test_split_
+    from megatron.data.indexed_dataset import MMapIndexedDataset
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location(
+        "split_makeup", os.path.join(repo, "examples", "split_makeup.py"))
+    makeup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(makeup)
+    data = os.path.join(smoke, "data")
+    prefix = os.path.join(data, "stdlib_text_document")
+    store = MMapIndexedDataset(prefix)
+    b = get_train_valid_test_split_("90,10,0", len(store.doc_idx) - 1)
+    for match, everything in (("", True), ("\x00no such text", False)):
+        assert makeup.main(["--data-path", prefix, "--split", "90,10,0", "--tokenizer-model",
+                            os.path.join(data, "stdlib_sp.model"), "--match", match]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split(":")[0] for line in lines] == ["train", "valid"]
+        for line, first, last in zip(lines, b[:2], b[1:3]):
+            docs = last - first
+            tokens = int(np.asarray(store.sizes[store.doc_idx[first]:store.doc_idx[last]]).sum())
+            matching = docs if everything else 0
+            share = "100.0%" if everything else "0.0%"
+            assert line == (f"{line.split(':')[0]}: {docs} documents ({matching} matching), "
+                            f"{tokens:,} tokens, {share} in matching documents")
 
 
 def _own_data(smoke: str) -> list[str]:

@@ -10,6 +10,10 @@ For ``--granularity sample`` give the training dataset arguments (``--split --se
 sampler will draw. Output layout: see megatron/data_efficiency/analyzer/index_io.py and the
 README. A killed job restarted with the same arguments reuses every finished shard.
 
+Model-based metrics (``--metrics loss ppl proto_dist --reference-load CKPT``) score GPT
+samples, or at ``--granularity document`` whole documents read as windows of
+``--seq-length`` (default: the reference's) + 1 tokens (analyzer/document_scoring.py).
+
 ``--granularity sample --model bert`` numbers BertDataset samples instead (a sentence-level
 store from ``preprocess_data.py --split-sentences``; give ``--short-seq-prob`` and
 ``--bert-no-binary-head`` as to pretrain_bert.py). Metric definitions and limits:

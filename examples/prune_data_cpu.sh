@@ -10,7 +10,8 @@
 #   7. four runs on the main slice at equal steps and tokens, same validation set: all
 #      data, and percentile windows over the loss index: middle [25, 75], easy [0, 50],
 #      hard [50, 100]. Prints each run's final validation loss.
-# Each finished step is skipped on the next run (rm -rf build/prune to start over).
+# Each finished step is skipped on the next run (rm -rf build/prune to start over);
+# PRUNE_UNTIL=N stops after step N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -50,6 +51,8 @@ step "3 reference model on the reference slice ($REF_ITERS steps) -> $OUT/ref_ck
 [[ -s $OUT/ref_ckpt/latest_checkpointed_iteration.txt ]] || "$PY" pretrain_gpt.py "${MODEL[@]}" \
     --train-iters "$REF_ITERS" --data-path "$OUT/ref_text_document" --eval-interval 1000 \
     --eval-iters 1 --save "$OUT/ref_ckpt" --save-interval "$REF_ITERS" > "$OUT/ref_train.log"
+
+[[ ${PRUNE_UNTIL:-7} -ge 4 ]] || exit 0    # examples/prune_documents_cpu.sh needs steps 1-3
 
 step "4 score the main slice's training samples: loss under the reference -> $OUT/index/loss"
 DATA=(--data-path "$OUT/main_text_document" --split $SPLIT --seq-length $SEQ --seed $SEED

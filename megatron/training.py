@@ -389,7 +389,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     iterators = build_train_valid_test_data_iterators(
         train_valid_test_datasets_provider, args, runtime, run.train_valid_test_num_samples,
         every_stage=model_type is ModelType.encoder, consumed_samples=state.consumed_samples,
-        iteration=state.iteration, data_efficiency_state=de_state)
+        iteration=state.iteration, data_efficiency_state=de_state, train_iters=run.train_iters)
     logger = TrainingLogger(run.train_iters, args.log_interval, args.tensorboard_dir,
                             args.tensorboard_log_interval,
                             is_logging_rank=(not dist.is_initialized()

@@ -117,7 +117,8 @@ def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Nam
                                           runtime: DataEfficiencyRuntime,
                                           sizes: tuple[int, int, int], every_stage: bool,
                                           consumed_samples: int, iteration: int,
-                                          data_efficiency_state: dict | None = None):
+                                          data_efficiency_state: dict | None = None,
+                                          train_iters: int | None = None):
     """Returns ``(train_iterator, make_valid_iterator, make_test_iterator)``.
 
     Args:
@@ -126,6 +127,8 @@ def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Nam
         consumed_samples, iteration: where the run resumes; the default sampler starts at
             ``consumed_samples``, the curriculum sampler at ``iteration``, from the
             checkpoint's ``data_efficiency_state``.
+        train_iters: the steps the run takes (``RunPlan.train_iters``), for the bound of
+            ``data_sampling.num_epochs``.
 
     The ``make_*`` callables return a fresh iterator from the start of their split (None
     on stages without data), and are themselves None when the split is empty.
@@ -138,10 +141,12 @@ def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Nam
     train_iterator = None
     if train_ds is not None:
         sampler = runtime.train_batch_sampler(train_ds, args.micro_batch_size, iteration,
-                                              data_efficiency_state)
+                                              data_efficiency_state, train_iters)
         train_iterator = _iterate(build_pretraining_data_loader(
             train_ds, consumed_samples, batch_sampler=sampler,
-            dataloader_type=args.dataloader_type, **loader_kwargs))
+            dataloader_type=args.dataloader_type,
+            pin_memory=runtime.config.loader_pin_memory(torch.cuda.is_available()),
+            **loader_kwargs))
     elif _needs_data(every_stage):
         raise ValueError("the datasets provider returned no training dataset")
 

@@ -10,6 +10,10 @@ For ``--granularity sample`` give the training dataset arguments (``--split --se
 sampler will draw. Output layout: see megatron/data_efficiency/analyzer/index_io.py and the
 README. A killed job restarted with the same arguments reuses every finished shard.
 
+Model-based metrics (``--metrics loss ppl proto_dist --reference-load CKPT``) score GPT
+samples, or at ``--granularity document`` whole documents read as windows of
+``--seq-length`` (default: the reference's) + 1 tokens (analyzer/document_scoring.py).
+
 ``--granularity sample --model bert`` numbers BertDataset samples instead (a sentence-level
 store from ``preprocess_data.py --split-sentences``; give ``--short-seq-prob`` and
 ``--bert-no-binary-head`` as to pretrain_bert.py). Metric definitions and limits:
@@ -84,11 +88,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-work", action="store_true", help="keep the shard files after success")
     p.add_argument("--quiet", action="store_true", help="no progress or dataset output")
     p.add_argument("--stats-json", help="write wall time and peak memory of every rank to this file")
-    g = p.add_argument_group("model-based metrics (--metrics loss ppl)")
+    g = p.add_argument_group("model-based metrics (--metrics loss ppl proto_dist)",
+                             "--granularity document reads each document as windows of "
+                             "--seq-length + 1 tokens (default: the reference's --seq-length)")
     g.add_argument("--reference-load", metavar="CKPT",
-                   help="checkpoint folder of this codebase (any TP/PP layout) that scores samples")
+                   help="checkpoint folder of this codebase (any TP/PP layout) that scores "
+                        "samples or documents")
     g.add_argument("--reference-iteration", type=int, help="default: the checkpoint's latest")
-    g.add_argument("--reference-batch-size", type=int, default=8, help="samples per forward pass")
+    g.add_argument("--reference-batch-size", type=int, default=8,
+                   help="samples (document windows) per forward pass")
     g.add_argument("--reference-device", default=None,
                    help="torch device (default: cuda:<local rank> if available, else cpu)")
     g.add_argument("--kmeans-clusters", type=int, help="proto_dist: number of k-means centroids")
@@ -160,10 +168,9 @@ def _check_model_metric_args(p: argparse.ArgumentParser, args: argparse.Namespac
         p.error("--metrics proto_dist goes with --kmeans-clusters K (and K with proto_dist)")
     if args.kmeans_clusters is not None and args.kmeans_clusters < 1:
         p.error("--kmeans-clusters must be positive")
-    if wanted and (args.reference_load is None or args.granularity != "sample"
-                   or args.model != "gpt"):
-        p.error(f"--metrics {' '.join(wanted)} needs --reference-load CKPT and "
-                f"--granularity sample (GPT samples)")
+    if wanted and (args.reference_load is None or args.model != "gpt"):
+        p.error(f"--metrics {' '.join(wanted)} needs --reference-load CKPT (a GPT checkpoint) "
+                f"and GPT samples or documents (--model gpt)")
     if not wanted and args.reference_load is not None:
         p.error("--reference-load needs --metrics loss, ppl and/or proto_dist")
     if args.reference_batch_size < 1:
@@ -183,16 +190,18 @@ def _model_metrics(args: argparse.Namespace, comm, cfg: AnalyzerConfig) -> tuple
     device = args.reference_device or (
         f"cuda:{comm.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     ref = load_reference_model(args.reference_load, args.reference_iteration, device)
-    out = [TokenLossMetric(ref, m, args.reference_batch_size) for m in wanted]
+    # documents are read as windows of --seq-length (default: the reference's) + 1 tokens
+    window = (args.seq_length or ref.seq_length) if args.granularity == "document" else None
+    out = [TokenLossMetric(ref, m, args.reference_batch_size, window) for m in wanted]
     source = None
     if args.kmeans_clusters is not None:
         from megatron.data_efficiency.analyzer import proto_metrics
         source = build_source(cfg)
         centroids = proto_metrics.fit_centroids(ref, source, comm, args.kmeans_clusters,
                                                 args.kmeans_fit_samples, args.seed,
-                                                args.reference_batch_size)
+                                                args.reference_batch_size, window)
         out.append(proto_metrics.ProtoDistMetric(ref, centroids, args.reference_batch_size, {
-            "kmeans_fit_samples": args.kmeans_fit_samples, "kmeans_seed": args.seed}))
+            "kmeans_fit_samples": args.kmeans_fit_samples, "kmeans_seed": args.seed}, window))
     return source, tuple(out)
 
 

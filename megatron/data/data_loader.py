@@ -31,7 +31,8 @@ def collate_samples(samples: list[dict]) -> dict[str, torch.Tensor]:
 def build_pretraining_data_loader(dataset, consumed_samples: int, micro_batch_size: int,
                                   data_parallel_rank: int, data_parallel_size: int,
                                   num_workers: int = 0, batch_sampler=None,
-                                  dataloader_type: str = "single"):
+                                  dataloader_type: str = "single",
+                                  pin_memory: bool | None = None):
     """A ``torch.utils.data.DataLoader`` over ``dataset`` for one data-parallel rank.
 
     Args:
@@ -43,6 +44,7 @@ def build_pretraining_data_loader(dataset, consumed_samples: int, micro_batch_si
         batch_sampler: a custom sampler of id lists (e.g. the curriculum sampler); when given,
             it replaces Megatron's sampler.
         dataloader_type: ``"single"`` (sequential) or ``"cyclic"`` (reshuffled every epoch).
+        pin_memory: the loader's ``pin_memory`` (None: pinned when CUDA is present).
     """
     if dataset is None:
         return None
@@ -59,6 +61,7 @@ def build_pretraining_data_loader(dataset, consumed_samples: int, micro_batch_si
             raise ValueError(f"--dataloader-type {dataloader_type!r}: use 'single' or 'cyclic'")
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-        collate_fn=collate_samples, pin_memory=torch.cuda.is_available(),
+        collate_fn=collate_samples,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
         worker_init_fn=ignore_in_worker)   # a group-wide SIGTERM leaves the step to finish

@@ -27,24 +27,28 @@ project's analyzer folder: ``index_path`` (``DIR/<metric>``), or DeepSpeed's
 (``sorted_samples.npy`` / ``sample_to_metric.npy``), or a DeepSpeed ``DataAnalyzer`` index
 (its ``<m>_index_to_sample[_percentile_merged]`` / ``<m>_index_to_metric`` files), read
 directly and checked to count the training set's samples. ``data_sampling.pin_memory``
-is accepted (the loader's host memory choice); ``num_workers`` must equal
-``--num-workers``; ``num_epochs`` is refused. ``schedule_config.custom_function``
+is the training loader's pinning (true needs CUDA); ``num_workers`` must equal
+``--num-workers``; ``num_epochs`` bounds the samples a run may draw, as DeepSpeed's
+sampler does; ``dynamic_batching`` is refused. ``schedule_config.custom_function``
 (``"module:function"``) is this project's addition for ``schedule_type: custom``.
 ``data_cluster_path`` is accepted and unused: no cluster file is ever written.
 ``difficulty_type: "percentile_window"`` (this project's addition, for pruning) takes
 ``min_difficulty`` / ``max_difficulty`` as ``[lo, hi]`` percentile pairs with the same
 ``lo``: the sampler admits the band from the ``lo`` to the scheduled ``hi`` percentile
 (a static window when both pairs are equal; then ``schedule_type`` may be left out).
-Unknown keys and contradictions are errors naming the key path.
+Unknown keys and contradictions are errors naming the key path; which DeepSpeed key
+acts, is refused or is a documented no-op is one table, ``deepspeed_keys.py``.
 """
 from __future__ import annotations
 
 import json
-import os
+import math
 from dataclasses import dataclass, field
 
-from megatron.data_efficiency.analyzer.deepspeed_index import DeepSpeedIndexPaths, resolve_paths
+from megatron.data_efficiency.analyzer.deepspeed_index import DeepSpeedIndexPaths
 from megatron.data_efficiency.curriculum.scheduler import SCHEDULE_TYPES, ScheduleConfig
+from megatron.data_efficiency.index_paths import index_dir
+from megatron.data_efficiency import deepspeed_keys as dsk
 from megatron.data_efficiency.json_keys import check_keys
 from megatron.data_efficiency.random_ltd.config import RandomLTDConfig
 from megatron.errors import BadConfigError
@@ -53,15 +57,7 @@ TRANSFORM_ALIASES = {"seqlen_truncate": "seqtru", "seqtru": "seqtru",
                      "seqlen_reshape": "seqres", "seqres": "seqres"}
 SEQLEN_INDEX_NAMES = ("seqlen", "seqlen_voc", "seqreo", "seqreo_voc")
 
-_DE_KEYS = {"enabled", "seed", "data_sampling", "data_routing"}
-_SAMPLING_KEYS = {"enabled", "num_epochs", "num_workers", "pin_memory", "curriculum_learning",
-                  "dynamic_batching"}
-_CL_KEYS = {"enabled", "data_cluster_path", "curriculum_metrics"}
-_METRIC_KEYS = {"index_to_sample_path", "index_to_metric_path", "index_path",
-                "difficulty_type", "clustering_type", "min_difficulty", "max_difficulty",
-                "schedule_type", "schedule_config"}
-_SCHED_KEYS = {"total_curriculum_step", "difficulty_step", "root_degree", "difficulty",
-               "max_step", "custom_function"}
+_DE_KEYS = set(dsk.known_keys(dsk.DE))
 _LEGACY_KEYS = {"enabled", "curriculum_type", "min_difficulty", "max_difficulty",
                 "schedule_type", "schedule_config"}
 
@@ -128,7 +124,9 @@ class DataEfficiencyConfig:
 
     ``seed`` seeds the curriculum sampler and the random-LTD draws (DeepSpeed's
     ``data_efficiency.seed``; ``--seed`` when the config comes from flags).
-    ``num_workers`` is ``data_sampling.num_workers`` (checked against ``--num-workers``).
+    ``num_workers`` is ``data_sampling.num_workers`` (checked against ``--num-workers``),
+    ``pin_memory`` the training loader's pinning (``loader_pin_memory``), ``num_epochs``
+    the bound on the samples a run may draw (``check_num_epochs``); None: not given.
     """
     enabled: bool = False
     seed: int = 1234
@@ -136,6 +134,48 @@ class DataEfficiencyConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     random_ltd: RandomLTDConfig = field(default_factory=RandomLTDConfig)
     source: str = "flags"
+    pin_memory: bool | None = None
+    num_epochs: float | None = None
+
+    def loader_pin_memory(self, cuda_available: bool) -> bool:
+        """The training DataLoader's ``pin_memory``: ``data_sampling.pin_memory`` when
+        given, else pinned exactly when CUDA is present.
+
+        Raises:
+            BadConfigError: ``pin_memory`` true without CUDA (pinned host memory only
+                speeds copies to a GPU; PyTorch would ignore it with a warning).
+        """
+        if self.pin_memory is None:
+            return cuda_available
+        if self.pin_memory and not cuda_available:
+            raise BadConfigError(f"{self.source}: data_efficiency.data_sampling.pin_memory "
+                                 f"true needs CUDA: pinned host memory only speeds copies to "
+                                 f"a GPU, and there is none here (set it false or drop it)")
+        return self.pin_memory
+
+    def check_num_epochs(self, planned_samples: int, epoch_samples: int,
+                         samples_per_microbatch: int) -> None:
+        """Refuse a run that would draw more training samples than DeepSpeed's sampler
+        yields with ``data_sampling.num_epochs``: it yields micro-batches of all DP ranks
+        (``samples_per_microbatch`` = micro batch x DP) while its count of samples drawn
+        is at most ``num_epochs x epoch_samples`` (the training set's length), i.e. one
+        micro-batch past that count at most; a run asking for more ended mid-run there.
+
+        Raises:
+            BadConfigError: naming the planned samples and the bound.
+        """
+        if self.num_epochs is None:
+            return
+        bound = self.num_epochs * epoch_samples
+        limit = (math.floor(bound / samples_per_microbatch) + 1) * samples_per_microbatch
+        if planned_samples > limit:
+            raise BadConfigError(
+                f"{self.source}: data_efficiency.data_sampling.num_epochs {self.num_epochs}: "
+                f"the run draws {planned_samples} training samples, but {self.num_epochs} "
+                f"passes over the {epoch_samples} samples of the training set allow "
+                f"{bound:g} (DeepSpeed's sampler stops at the first micro-batch of "
+                f"{samples_per_microbatch} past that: {limit}); raise num_epochs or "
+                f"shorten the run")
 
 
 # -- JSON ------------------------------------------------------------------------------
@@ -148,57 +188,16 @@ def _number(d: dict, key: str, where: str) -> float:
     return v
 
 
-def _index_dir(m: dict, where: str) -> str | DeepSpeedIndexPaths | None:
-    """The analyzer folder named by ``index_path`` or DeepSpeed's two file paths, or the
-    DeepSpeed ``DataAnalyzer`` index those two paths name (read directly)."""
-    folders = {}
-    if m.get("index_path") is not None:
-        folders["index_path"] = os.path.normpath(m["index_path"])
-    ours = True
-    for key, fname in (("index_to_sample_path", "sorted_samples.npy"),
-                       ("index_to_metric_path", "sample_to_metric.npy")):
-        path = m.get(key)
-        if path is None:
-            continue
-        if os.path.basename(os.path.normpath(path)) == fname:
-            folders[key] = os.path.dirname(os.path.normpath(path))
-        elif os.path.isfile(os.path.join(path, "meta.json")):
-            folders[key] = os.path.normpath(path)
-        else:
-            ours = False
-    if not ours:
-        return _deepspeed_paths(m, where, folders)
-    if len(set(folders.values())) > 1:
-        raise ValueError(f"{where}: index paths are contradictory: {folders}")
-    return next(iter(folders.values()), None)
-
-
-def _deepspeed_paths(m: dict, where: str, folders: dict) -> DeepSpeedIndexPaths:
-    """DeepSpeed's analyzer files named by ``index_to_sample_path`` / ``index_to_metric_path``
-    (both must name the same metric's pair; ``index_path`` cannot be given with them)."""
-    if folders:
-        raise ValueError(f"{where}: {sorted(folders)} name this project's index folder but "
-                         f"the other index path names DeepSpeed analyzer files: contradictory")
-    found = {}
-    for key in ("index_to_sample_path", "index_to_metric_path"):
-        if m.get(key) is None:
-            continue
-        try:
-            found[key] = resolve_paths(m[key])
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{where}.{key}={m[key]!r}: neither this project's analyzer "
-                             f"folder nor a DeepSpeed DataAnalyzer index ({err})") from None
-    if len({(p.index_to_sample, p.index_to_metric) for p in found.values()}) > 1:
-        raise ValueError(f"{where}: index_to_sample_path and index_to_metric_path name "
-                         f"different DeepSpeed indexes: {found}")
-    return next(iter(found.values()))
+_SCHEDULE_READS = {"fixed_linear": {"total_curriculum_step", "difficulty_step", "root_degree"},
+                   "fixed_root": {"total_curriculum_step", "difficulty_step", "root_degree"},
+                   "fixed_discrete": {"difficulty", "max_step"}, "custom": {"custom_function"}}
 
 
 def _schedule(m: dict, where: str, d_min: float, d_max: float) -> ScheduleConfig:
     stype = m.get("schedule_type")
     if stype not in SCHEDULE_TYPES:
         raise ValueError(f"{where}.schedule_type={stype!r}: expected one of {SCHEDULE_TYPES}")
-    sc = check_keys(m.get("schedule_config", {}), _SCHED_KEYS, f"{where}.schedule_config")
+    sc = dsk.check_section(m.get("schedule_config", {}), dsk.SCHEDULE, f"{where}.schedule_config")
     sw = f"{where}.schedule_config"
     cfg = ScheduleConfig(stype, d_min, d_max)
     if stype in ("fixed_linear", "fixed_root"):
@@ -214,8 +213,10 @@ def _schedule(m: dict, where: str, d_min: float, d_max: float) -> ScheduleConfig
         cfg.max_step = [int(x) for x in sc.get("max_step", [])]
     else:
         cfg.custom_function = sc.get("custom_function")
-    if stype != "custom" and "custom_function" in sc:
-        raise ValueError(f"{sw}.custom_function: contradicts schedule_type {stype}")
+    unread = sorted(set(sc) - _SCHEDULE_READS[stype])
+    if unread:   # DeepSpeed ignores them; a setting that does nothing is a mistake here
+        raise ValueError(f"{sw}.{unread[0]}: contradicts schedule_type {stype}, which does "
+                         f"not read it")
     cfg.validate(where)
     return cfg
 
@@ -245,7 +246,7 @@ def _window(m: dict, where: str) -> tuple[dict, float]:
 
 
 def _metric(name: str, m: dict, where: str) -> CurriculumMetricConfig:
-    check_keys(m, _METRIC_KEYS, where)
+    dsk.check_section(m, dsk.METRIC, where)
     kind = TRANSFORM_ALIASES.get(name, "index")
     default_type = "value" if kind != "index" else "percentile"
     dtype = m.get("difficulty_type", default_type)
@@ -269,7 +270,7 @@ def _metric(name: str, m: dict, where: str) -> CurriculumMetricConfig:
     if dtype == "percentile" and not 0 <= d_min <= d_max <= 100:
         raise ValueError(f"{where}: percentile difficulties must satisfy 0 <= min_difficulty "
                          f"<= max_difficulty <= 100, got {d_min}, {d_max}")
-    index = _index_dir(m, where) if kind == "index" else None
+    index = index_dir(m, where) if kind == "index" else None
     if kind == "index" and index is None:
         raise ValueError(f"{where}: index metric {name!r} needs index_path (this project's "
                          f"analyzer folder DIR/<metric>)")
@@ -278,7 +279,7 @@ def _metric(name: str, m: dict, where: str) -> CurriculumMetricConfig:
 
 
 def _curriculum(cl: dict, where: str) -> CurriculumConfig:
-    check_keys(cl, _CL_KEYS, where)
+    dsk.check_section(cl, dsk.CL, where)
     if not cl.get("enabled", False):
         return CurriculumConfig(False)
     metrics = cl.get("curriculum_metrics", {})
@@ -304,6 +305,28 @@ def _legacy(cl: dict, where: str) -> CurriculumConfig:
     return CurriculumConfig(True, [_metric("seqtru", m, where)])
 
 
+def _read_sampling(cfg: DataEfficiencyConfig, sampling: dict, where: str) -> None:
+    """``data_sampling``'s own keys (not the curriculum): num_workers, pin_memory,
+    num_epochs; dynamic_batching is refused key by key (``deepspeed_keys``)."""
+    dsk.check_section(sampling, dsk.SAMPLING, where)
+    if "dynamic_batching" in sampling:
+        dsk.check_section(sampling["dynamic_batching"], dsk.BATCHING,
+                          f"{where}.dynamic_batching")
+    pin = sampling.get("pin_memory")
+    if pin is not None and not isinstance(pin, bool):
+        raise ValueError(f"{where}.pin_memory={pin!r}: expected true or false")
+    epochs = sampling.get("num_epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float))
+                               or not 0 < epochs < float("inf")):
+        raise ValueError(f"{where}.num_epochs={epochs!r}: expected a number > 0 (passes over "
+                         f"the training set)")
+    workers = sampling.get("num_workers")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 0):
+        raise ValueError(f"{where}.num_workers={workers!r}: expected an integer >= 0")
+    cfg.num_workers, cfg.pin_memory, cfg.num_epochs = workers, pin, epochs
+
+
 def config_from_dict(d: dict, source: str = "<dict>",
                      seq_length: int | None = None) -> DataEfficiencyConfig:
     """Parse a ``data_efficiency`` section or a whole DeepSpeed config (see module doc)."""
@@ -315,24 +338,11 @@ def config_from_dict(d: dict, source: str = "<dict>",
                          f"holding one (keys: {sorted(d)})")
     de = d.get("data_efficiency", {}) if whole else d
     where = f"{source}: data_efficiency"
-    check_keys(de, _DE_KEYS, where)
+    dsk.check_section(de, dsk.DE, where)
     cfg = DataEfficiencyConfig(enabled=bool(de.get("enabled", False)),
                                seed=int(de.get("seed", 1234)), source=source)
-    sampling = check_keys(de.get("data_sampling", {}), _SAMPLING_KEYS, f"{where}.data_sampling")
-    if sampling.get("dynamic_batching", {}).get("enabled", False):
-        raise ValueError(f"{where}.data_sampling.dynamic_batching: not supported here")
-    if not isinstance(sampling.get("pin_memory", False), bool):
-        raise ValueError(f"{where}.data_sampling.pin_memory must be true or false")
-    if "num_epochs" in sampling:   # DeepSpeed's sampler stops after that many passes
-        raise ValueError(f"{where}.data_sampling.num_epochs: not supported (the run's length "
-                         f"is --train-iters / --train-samples / --train-tokens; the sampler "
-                         f"passes over the training set as often as they need)")
-    workers = sampling.get("num_workers")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 0):
-        raise ValueError(f"{where}.data_sampling.num_workers={workers!r}: expected an "
-                         f"integer >= 0")
-    cfg.num_workers = workers
+    sampling = de.get("data_sampling", {})
+    _read_sampling(cfg, sampling, f"{where}.data_sampling")
     if sampling.get("enabled", False) or "curriculum_learning" in sampling:
         cfg.curriculum = _curriculum(sampling.get("curriculum_learning", {}),
                                      f"{where}.data_sampling.curriculum_learning")

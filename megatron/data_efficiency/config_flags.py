@@ -159,8 +159,13 @@ def _curriculum_from_args(args: argparse.Namespace, seq_length: int | None
     metrics = {}
     for i, name in enumerate(names):
         v = {k: cols[k][i] for k in _PER_METRIC}
-        sc = {"total_curriculum_step": v["total_steps"],
-              "difficulty_step": v["difficulty_step"] or 1}
+        sc = {}
+        if (v["schedule_type"] or "fixed_linear") in ("fixed_linear", "fixed_root"):
+            sc = {"total_curriculum_step": v["total_steps"],
+                  "difficulty_step": v["difficulty_step"] or 1}
+        elif v["total_steps"] is not None or v["difficulty_step"] is not None:
+            sc = {"total_curriculum_step": v["total_steps"],
+                  "difficulty_step": v["difficulty_step"]}   # refused: not read
         sc = {k: x for k, x in sc.items() if x is not None}
         if v["root_degree"] is not None:
             sc["root_degree"] = _as_int_if_whole(v["root_degree"])

@@ -143,16 +143,22 @@ class DataEfficiencyRuntime:
 
     # -- data ----------------------------------------------------------------------------
     def train_batch_sampler(self, dataset, micro_batch_size: int, first_iteration: int,
-                            state: dict | None = None):
+                            state: dict | None = None, train_iters: int | None = None):
         """The curriculum sampler over the analyzer's index, positioned at the loop's
         ``first_iteration`` (from the checkpoint's ``state`` when given), or None for the
-        default ``MegatronPretrainingSampler``.
+        default ``MegatronPretrainingSampler``. With ``train_iters`` (the run's steps)
+        the run's training samples are first checked against ``data_sampling.num_epochs``
+        passes over ``dataset``, whichever sampler draws them.
 
         Raises:
             ValueError: the index does not describe this run's samples (with the analyzer
                 command that builds one that does), or the checkpoint's sampler is at
                 another step than the loop.
+            BadConfigError: the run draws more samples than ``num_epochs`` allows.
         """
+        if train_iters is not None:
+            self.config.check_num_epochs(train_iters * self.shape.global_batch_size,
+                                         len(dataset), micro_batch_size * self.par.dp_size)
         cl = self.config.curriculum
         if not cl.enabled or not cl.sampling_metrics:
             return None

@@ -125,8 +125,8 @@ def test_flags_without_their_partner_are_refused(tmp_path):
      "layer_token_lr_schedule.enabled"),
     ({"data_efficiency__data_sampling": {"enabled": False, "num_workers": 2}},
      "data_sampling.num_workers 2 contradicts --num-workers 0"),
-    ({"data_efficiency__data_sampling": {"enabled": False, "num_epochs": 1000}},
-     "data_sampling.num_epochs"),
+    ({"data_efficiency__data_sampling": {"enabled": False, "num_epochs": 0}},
+     "data_sampling.num_epochs=0: expected a number > 0"),
 ])
 def test_data_efficiency_keys_checked(tmp_path, change, named):
     msg = _refused(tmp_path, _with(**change), "--fp16")

@@ -134,3 +134,36 @@ def test_state_is_only_what_cannot_be_recomputed():
     assert set(rt.state_dict(5)) == {"random_ltd"}        # no sampler: schedules are pure
     plain = DataEfficiencyRuntime(_config(), RunShape(GBS, SEQ, LAYERS))
     assert plain.state_dict(5) == {} and plain.train_batch_sampler(None, 2, 0) is None
+
+
+def _deepspeed_yields(num_epochs: float, epoch: int, per_microbatch: int) -> int:
+    """Micro-batches DeepSpeedDataSampler.__iter__ (0.19.8) yields before it stops: it
+    loops ``while consumed_samples <= one_epoch_total_samples * num_epochs``, yielding one
+    micro-batch of every DP rank (``per_microbatch`` samples) per turn."""
+    consumed = yields = 0
+    while consumed <= epoch * num_epochs:
+        consumed += per_microbatch
+        yields += 1
+    return yields
+
+
+@pytest.mark.parametrize("num_epochs, epoch, mbs, dp, gbs",
+                         [(1, 40, 2, 1, 4), (0.5, 40, 2, 2, 8), (2, 13, 1, 3, 6), (0.1, 97, 4, 1, 8)])
+def test_num_epochs_bounds_the_samples_a_run_draws(num_epochs, epoch, mbs, dp, gbs):
+    """A run is refused up front exactly when DeepSpeed's sampler would run dry before its
+    last step (which ended the run mid-way there), with and without a curriculum sampler."""
+    from megatron.data_efficiency.runtime import Parallelism
+    from megatron.errors import BadConfigError
+    steps_possible = _deepspeed_yields(num_epochs, epoch, mbs * dp) // (gbs // (mbs * dp))
+    dataset = [None] * epoch
+    for curriculum in (CurriculumConfig(), _seqtru()):
+        cfg = dataclasses.replace(_config(curriculum), num_epochs=num_epochs, source="ds.json")
+        rt = DataEfficiencyRuntime(cfg, RunShape(gbs, SEQ, LAYERS), Parallelism(0, dp))
+        assert rt.train_batch_sampler(dataset, mbs, 0, None, train_iters=steps_possible) is None
+        with pytest.raises(BadConfigError) as err:
+            rt.train_batch_sampler(dataset, mbs, 0, None, train_iters=steps_possible + 1)
+        msg = str(err.value)
+        assert f"num_epochs {num_epochs}" in msg and f"draws {(steps_possible + 1) * gbs}" in msg
+        assert f"the {epoch} samples of the training set" in msg
+    unbounded = DataEfficiencyRuntime(_config(), RunShape(gbs, SEQ, LAYERS), Parallelism(0, dp))
+    assert unbounded.train_batch_sampler(dataset, mbs, 0, None, train_iters=10 ** 6) is None

@@ -14,10 +14,13 @@ Values:
 * ``loss``: mean over the sample's predicted tokens of ``-ln p(token | prefix)``, the
   training loss of that one sample (GPT samples of ``seq_length + 1`` tokens: inputs
   ``t[:-1]``, labels ``t[1:]``, causal mask, positions ``0..s-1``), computed in float32;
+  for a document (``document_window``), the mean over all its predicted tokens when it
+  is read as windows of ``document_window + 1`` tokens (``document_scoring.py``);
 * ``ppl``: ``exp(loss)``.
 
-Batches of ``batch_size`` samples are cut from the start of each analyzer batch, whose
-bounds do not depend on the number of ranks, so every rank count writes the same bytes.
+Batches of ``batch_size`` samples (document windows) are cut from each analyzer batch,
+whose bounds do not depend on the number of ranks, so every rank count writes the same
+bytes.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from megatron.data_efficiency.analyzer import document_scoring
 
 MODEL_METRICS = ("loss", "ppl")
 _UNSUPPORTED_ARGS = ("reset_position_ids", "reset_attention_mask", "eod_mask_loss")
@@ -96,24 +101,48 @@ def load_reference_model(load_dir: str, iteration: int | None = None,
                           os.path.abspath(load_dir))
 
 
+def check_window(ref: ReferenceModel, window: int | None) -> int | None:
+    """A document window's ``seq_length``: positive and within the reference's."""
+    if window is not None and not 1 <= window <= ref.seq_length:
+        raise ValueError(f"document windows of {window} + 1 tokens: the reference model at "
+                         f"{ref.load_dir} reads at most {ref.seq_length} positions")
+    return window
+
+
+def window_meta(window: int | None) -> dict:
+    """meta.json's record of how documents were read (nothing for GPT samples)."""
+    if window is None:
+        return {}
+    return {"document_window_tokens": window + 1,
+            "document_scoring": "windows of document_window_tokens sharing their boundary "
+                                "token; every token after a document's first predicted "
+                                "once; documents under two tokens: nothing predicted"}
+
+
 class TokenLossMetric:
     """Analyzer user metric: mean token loss (``loss``) or its exp (``ppl``) per sample.
 
     Args:
         ref: the reference model.
         kind: ``"loss"`` or ``"ppl"``.
-        batch_size: samples per forward pass.
+        batch_size: samples (document windows) per forward pass.
+        document_window: score documents of any length, read as windows of this
+            ``seq_length`` (at most the reference's); None: GPT samples of one length.
     """
 
-    def __init__(self, ref: ReferenceModel, kind: str = "loss", batch_size: int = 8):
+    def __init__(self, ref: ReferenceModel, kind: str = "loss", batch_size: int = 8,
+                 document_window: int | None = None):
         if kind not in MODEL_METRICS:
             raise ValueError(f"model metric must be one of {MODEL_METRICS}, got {kind!r}")
         self.ref, self.name, self.batch_size = ref, kind, int(batch_size)
+        self.window = check_window(ref, document_window)
         self.device = next(ref.model.parameters()).device
-        self.cache_tag = f"{kind}-{ref.fingerprint}-b{self.batch_size}"
+        self.cache_tag = f"{kind}-{ref.fingerprint}-b{self.batch_size}" + (
+            "" if self.window is None else f"-w{self.window}")
         self.meta = {"reference_load": ref.load_dir, "reference_iteration": ref.iteration,
                      "reference_fingerprint": ref.fingerprint, "model_metric": kind,
-                     "reference_batch_size": self.batch_size}
+                     "reference_batch_size": self.batch_size,
+                     **window_meta(self.window)}
 
     @torch.no_grad()
     def sample_losses(self, samples: np.ndarray) -> np.ndarray:
@@ -128,6 +157,10 @@ class TokenLossMetric:
         return np.concatenate(out) if out else np.zeros(0)
 
     def __call__(self, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        if self.window is not None:
+            loss = document_scoring.document_losses(self.ref.model, tokens, offsets,
+                                                    self.window, self.batch_size)
+            return np.exp(loss) if self.name == "ppl" else loss
         lengths = np.diff(offsets)
         if len(lengths) and (lengths != lengths[0]).any():
             raise ValueError("model metrics need samples of one length (--granularity sample)")

@@ -2,7 +2,9 @@
 in the embedding space of a reference checkpoint.
 
 * Embedding of a sample: the mean over its positions of the reference model's final
-  hidden states (after the final layer norm), L2-normalised. float64 from here on.
+  hidden states (after the final layer norm), L2-normalised. float64 from here on. A
+  document (``document_window``) is read as windows (``document_scoring.py``): the mean
+  runs over the input positions of all its windows.
 * Centroids: scikit-learn's ``MiniBatchKMeans`` (``random_state=seed``) fitted on the
   embeddings of ``fit_samples`` sample ids drawn with ``seed``; the fit set is embedded
   by all ranks (fixed batches of ids, handed out round-robin, so the bytes do not depend
@@ -20,7 +22,9 @@ import hashlib
 import numpy as np
 import torch
 
-from megatron.data_efficiency.analyzer.model_metrics import ReferenceModel
+from megatron.data_efficiency.analyzer import document_scoring
+from megatron.data_efficiency.analyzer.model_metrics import (ReferenceModel, check_window,
+                                                             window_meta)
 
 
 @torch.no_grad()
@@ -33,9 +37,7 @@ def embed(ref: ReferenceModel, samples: np.ndarray, batch_size: int = 8) -> np.n
     for a in range(0, len(samples), batch_size):
         t = torch.as_tensor(np.asarray(samples[a:a + batch_size], dtype=np.int64)[:, :-1],
                             device=device)
-        pos = torch.arange(t.shape[1], device=device).expand(t.shape[0], -1)
-        rope = model.rotary_pos_emb(pos) if model.rotary_pos_emb is not None else None
-        hidden = model.transformer(model.embedding(t, pos), None, rope, None)   # [s, b, h]
+        hidden = document_scoring.final_hidden_states(model, t)                 # [s, b, h]
         out.append(hidden.float().mean(dim=0).double().cpu().numpy())
     e = np.concatenate(out) if out else np.zeros((0, model.config.hidden_size))
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
@@ -55,9 +57,24 @@ def fit_ids(num_samples: int, fit_samples: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(num_samples, size=k, replace=False))
 
 
+def embed_ids(ref: ReferenceModel, source, ids: np.ndarray, batch_size: int,
+              document_window: int | None = None) -> np.ndarray:
+    """Embeddings of samples (documents) ``ids`` of an analyzer source.   # -> [n, h]"""
+    parts = [source.batch(int(i), int(i) + 1) for i in ids]
+    if document_window is None:
+        return embed(ref, np.stack([tokens for tokens, _ in parts]), batch_size)
+    lengths = [len(tokens) for tokens, _ in parts]
+    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    tokens = np.concatenate([t for t, _ in parts]) if parts else np.zeros(0, np.int64)
+    return document_scoring.document_embeddings(ref.model, tokens, offsets, document_window,
+                                                batch_size)
+
+
 def fit_centroids(ref: ReferenceModel, source, comm, clusters: int, fit_samples: int,
-                  seed: int, batch_size: int = 8) -> np.ndarray:
-    """k-means centroids over the fit set, the same on every rank.      # -> [K, h] float64"""
+                  seed: int, batch_size: int = 8,
+                  document_window: int | None = None) -> np.ndarray:
+    """k-means centroids over the fit set (samples, or documents read as windows of
+    ``document_window``), the same on every rank.                      # -> [K, h] float64"""
     from sklearn.cluster import MiniBatchKMeans
     ids = fit_ids(source.num_samples, fit_samples, seed)
     if len(ids) < clusters:
@@ -65,8 +82,7 @@ def fit_centroids(ref: ReferenceModel, source, comm, clusters: int, fit_samples:
     chunks = [ids[a:a + batch_size] for a in range(0, len(ids), batch_size)]
     mine = {}
     for j in range(comm.rank, len(chunks), comm.size):
-        rows = np.stack([source.batch(int(i), int(i) + 1)[0] for i in chunks[j]])
-        mine[j] = embed(ref, rows, batch_size)
+        mine[j] = embed_ids(ref, source, chunks[j], batch_size, document_window)
     gathered = {}
     for part in comm.allgather(mine):
         gathered.update(part)
@@ -85,16 +101,21 @@ class ProtoDistMetric:
     name = "proto_dist"
 
     def __init__(self, ref: ReferenceModel, centroids: np.ndarray, batch_size: int = 8,
-                 fit: dict | None = None):
+                 fit: dict | None = None, document_window: int | None = None):
         self.ref, self.centroids, self.batch_size = ref, np.asarray(centroids), int(batch_size)
+        self.window = check_window(ref, document_window)
         digest = hashlib.sha256(np.ascontiguousarray(self.centroids).tobytes()).hexdigest()[:16]
-        self.cache_tag = f"proto-{ref.fingerprint}-{digest}-b{self.batch_size}"
+        self.cache_tag = f"proto-{ref.fingerprint}-{digest}-b{self.batch_size}" + (
+            "" if self.window is None else f"-w{self.window}")
         self.meta = {"reference_load": ref.load_dir, "reference_iteration": ref.iteration,
                      "reference_fingerprint": ref.fingerprint, "model_metric": "proto_dist",
                      "kmeans_clusters": int(len(self.centroids)), "centroids_sha256": digest,
-                     **(fit or {})}
+                     **(fit or {}), **window_meta(self.window)}
 
     def __call__(self, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        if self.window is not None:
+            return cosine_distances(document_scoring.document_embeddings(
+                self.ref.model, tokens, offsets, self.window, self.batch_size), self.centroids)
         lengths = np.diff(offsets)
         if len(lengths) and (lengths != lengths[0]).any():
             raise ValueError("proto_dist needs samples of one length (--granularity sample)")

@@ -23,16 +23,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from megatron.data_efficiency.json_keys import check_keys
+from megatron.data_efficiency import deepspeed_keys as dsk
 
 DEFAULT_MIN_SEQLEN = 128
 DEFAULT_SEQ_PER_STEP = 16
 
-_DS_KEYS = {"enabled", "total_layer_num", "random_ltd_layer_num", "random_ltd_layer_id",
-            "model_mask_name", "model_type", "hidden_state_order", "random_ltd_schedule",
-            "layer_token_lr_schedule"}
-_DS_SCHEDULE_KEYS = {"min_value", "max_value", "schedule_type", "schedule_config"}
-_DS_SCHEDULE_CONFIG_KEYS = {"require_steps", "seq_per_step"}
 FLAG_NAMES = _FLAGS = ("random_ltd_layer_num", "random_ltd_layer_ids", "random_ltd_min_seqlen",
           "random_ltd_total_steps", "random_ltd_seq_per_step")
 
@@ -128,36 +123,26 @@ class RandomLTDConfig:
 
         Returns:
             The config. As in DeepSpeed, ``random_ltd.enabled`` alone decides (its engine
-            never reads ``data_routing.enabled``). ``layer_token_lr_schedule`` must be
-            disabled (DeepSpeed raises on it too; the token-based LR here is set by the LR
-            flags).
+            never reads ``data_routing.enabled``). Which keys are read, refused (e.g. an
+            enabled ``layer_token_lr_schedule``: DeepSpeed raises on it too) or no-ops:
+            ``deepspeed_keys.py``.
         """
         if "data_routing" in d:
-            routing = check_keys(d["data_routing"], {"enabled", "random_ltd"}, "data_routing")
+            routing = dsk.check_section(d["data_routing"], dsk.ROUTING, "data_routing")
             d = routing.get("random_ltd", {})
-        check_keys(d, _DS_KEYS, "data_routing.random_ltd")
-        lr_sched = d.get("layer_token_lr_schedule", {})
-        if not isinstance(lr_sched, dict) or lr_sched.get("enabled", False):
-            raise ValueError("data_routing.random_ltd.layer_token_lr_schedule.enabled: not "
-                             "supported (DeepSpeed raises too); set the LR schedule with "
-                             "--lr-warmup-tokens / --lr-decay-tokens")
+        dsk.check_section(d, dsk.LTD, "data_routing.random_ltd")
+        dsk.check_section(d.get("layer_token_lr_schedule", {}), dsk.LTD_LR,
+                          "data_routing.random_ltd.layer_token_lr_schedule")
         if not d.get("enabled", False):
             return cls(enabled=False)
-        if d.get("hidden_state_order", "seq_batch_dim") != "seq_batch_dim":
-            raise ValueError(f"data_routing.random_ltd.hidden_state_order "
-                             f"{d['hidden_state_order']!r}: only 'seq_batch_dim' is supported "
-                             f"(hidden states here are [s, b, h])")
         if d.get("model_type", "decoder") not in ("decoder", "encoder"):
             raise ValueError(f"data_routing.random_ltd.model_type {d['model_type']!r} must be "
                              f"'decoder' or 'encoder'")
         sched = d.get("random_ltd_schedule", {})
-        check_keys(sched, _DS_SCHEDULE_KEYS, "data_routing.random_ltd.random_ltd_schedule")
-        if sched.get("schedule_type", "fixed_linear") != "fixed_linear":
-            raise ValueError(f"data_routing.random_ltd.random_ltd_schedule.schedule_type "
-                             f"{sched['schedule_type']!r}: only 'fixed_linear' is supported")
+        dsk.check_section(sched, dsk.LTD_SCHEDULE, "data_routing.random_ltd.random_ltd_schedule")
         sconf = sched.get("schedule_config", {})
-        check_keys(sconf, _DS_SCHEDULE_CONFIG_KEYS,
-                        "data_routing.random_ltd.random_ltd_schedule.schedule_config")
+        dsk.check_section(sconf, dsk.LTD_SCHEDULE_CONFIG,
+                          "data_routing.random_ltd.random_ltd_schedule.schedule_config")
         ids = d.get("random_ltd_layer_id")
         max_value = sched.get("max_value", seq_length)
         return cls(enabled=True,

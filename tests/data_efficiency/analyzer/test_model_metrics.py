@@ -199,3 +199,150 @@ def test_proto_dist_matches_a_direct_computation_for_a_fixed_clustering(setup, t
             want.append(1 - e @ c / np.linalg.norm(c))
     hook.remove()
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+# -- documents (--granularity document) ------------------------------------------------------
+DOC_LENGTHS = [0, 1, 2, 3, SEQ, SEQ + 1, SEQ + 2, 2 * SEQ + 1, 2 * SEQ + 2, 40]
+
+
+@pytest.fixture(scope="module")
+def doc_store(tmp_path_factory):
+    """Documents of 0, 1 and 2 tokens, ones at and around window boundaries, random ones;
+    some documents of two sequences."""
+    rng = np.random.default_rng(4)
+    lengths = DOC_LENGTHS + [int(x) for x in rng.integers(2, 60, size=20)]
+    docs = [rng.integers(0, VOCAB, size=n) for n in lengths]
+    prefix = str(tmp_path_factory.mktemp("docs") / "docs")
+    b = MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for k, doc in enumerate(docs):
+        cut = [len(doc)] if k % 3 or len(doc) < 2 else [len(doc) // 2, len(doc) - len(doc) // 2]
+        b.add_document(doc, cut)
+    b.finalize(prefix + ".idx")
+    return prefix, docs
+
+
+def test_windows_share_their_boundary_token_and_cover_every_prediction_once():
+    from megatron.data_efficiency.analyzer.document_scoring import cut_windows
+    offsets = np.cumsum([0] + DOC_LENGTHS)
+    w = cut_windows(offsets, SEQ)
+    for d, n in enumerate(DOC_LENGTHS):
+        mine = w.doc == d
+        starts, lengths = w.start[mine] - offsets[d], w.length[mine]
+        want = list(range(0, max(n - 1, 0), SEQ))
+        assert starts.tolist() == want, (n, starts)
+        assert (lengths <= SEQ + 1).all() and (lengths >= 2).all()
+        assert int((lengths - 1).sum()) == max(n - 1, 0)          # each prediction once
+        assert all(s + k <= n for s, k in zip(starts, lengths))
+
+
+def _windowed_loss(model, doc, window):
+    """Mean token loss of one document by hand: its windows one at a time, unpadded."""
+    total = 0.0
+    for start in range(0, len(doc) - 1, window):
+        t = torch.as_tensor(doc[start:start + window + 1], dtype=torch.long)[None]
+        pos = torch.arange(t.shape[1] - 1)[None]
+        total += float(model(t[:, :-1], pos, None, labels=t[:, 1:]).double().sum())
+    return total / (len(doc) - 1) if len(doc) > 1 else 0.0
+
+
+def test_document_loss_is_the_mean_over_its_windows_and_resumes(setup, doc_store, tmp_path):
+    _, ckpt, _ = setup
+    prefix, docs = doc_store
+    ref = load_reference_model(ckpt)
+    cfg = dict(data_prefix=prefix, metrics=(), granularity="document", progress=False,
+               shard_tokens=120, batch_tokens=90)
+    for window in (SEQ, 5):
+        metric = (TokenLossMetric(ref, "loss", 3, window), TokenLossMetric(ref, "ppl", 3, window))
+        run_analyzer(AnalyzerConfig(save_path=str(tmp_path / f"w{window}"), model_metrics=metric,
+                                    **cfg))
+        loss = MetricIndex.open(str(tmp_path / f"w{window}" / "loss"))
+        with torch.no_grad():
+            want = [_windowed_loss(ref.model, doc, window) for doc in docs]
+        np.testing.assert_allclose(np.asarray(loss.sample_to_metric), want, rtol=1e-5, atol=1e-7)
+        assert loss.sample_to_metric[0] == loss.sample_to_metric[1] == 0.0   # nothing predicted
+        assert loss.meta["granularity"] == "document"
+        assert loss.meta["document_window_tokens"] == window + 1
+        ppl = MetricIndex.open(str(tmp_path / f"w{window}" / "ppl"))
+        np.testing.assert_allclose(np.asarray(ppl.sample_to_metric),
+                                   np.exp(np.asarray(loss.sample_to_metric)))
+    with pytest.raises(ShardLimitReached):      # killed after two shards, then resumed
+        run_analyzer(AnalyzerConfig(save_path=str(tmp_path / "r"), fail_after_shards=2,
+                                    model_metrics=(TokenLossMetric(ref, "loss", 3, SEQ),), **cfg))
+    resumed = run_analyzer(AnalyzerConfig(save_path=str(tmp_path / "r"), model_metrics=(
+        TokenLossMetric(ref, "loss", 3, SEQ),), **cfg))
+    assert resumed["shards_reused"] == 2
+    for f in ("sample_to_metric.npy", "sorted_samples.npy", "meta.json"):
+        assert open(tmp_path / f"w{SEQ}" / "loss" / f, "rb").read() == \
+            open(tmp_path / "r" / "loss" / f, "rb").read()
+    with pytest.raises(ShardLimitReached):      # another window never reuses those shards
+        run_analyzer(AnalyzerConfig(save_path=str(tmp_path / "s"), fail_after_shards=2,
+                                    model_metrics=(TokenLossMetric(ref, "loss", 3, 5),), **cfg))
+    assert run_analyzer(AnalyzerConfig(save_path=str(tmp_path / "s"), model_metrics=(
+        TokenLossMetric(ref, "loss", 3, SEQ),), **cfg))["shards_reused"] == 0
+    with pytest.raises(ValueError, match=f"reads at most {SEQ} positions"):
+        TokenLossMetric(ref, "loss", 3, SEQ + 1)
+
+
+def test_document_proto_dist_averages_every_window_input(setup, doc_store, tmp_path):
+    from megatron.data_efficiency.analyzer.proto_metrics import ProtoDistMetric
+    _, ckpt, _ = setup
+    prefix, docs = doc_store
+    ref = load_reference_model(ckpt)
+    centroids = np.random.default_rng(1).normal(size=(3, 16))
+    run_analyzer(AnalyzerConfig(data_prefix=prefix, save_path=str(tmp_path), metrics=(),
+                                granularity="document", progress=False, model_metrics=(
+                                    ProtoDistMetric(ref, centroids, 4, document_window=SEQ),)))
+    got = np.asarray(MetricIndex.open(str(tmp_path / "proto_dist")).sample_to_metric)
+    captured = []
+    hook = ref.model.transformer.final_layernorm.register_forward_hook(
+        lambda mod, inp, out: captured.append(out.detach()))
+    want = []
+    with torch.no_grad():
+        for doc in docs:
+            e = np.zeros(16)
+            for start in range(0, len(doc) - 1, SEQ):
+                t = torch.as_tensor(doc[start:start + SEQ + 1], dtype=torch.long)[None, :-1]
+                ref.model(t, torch.arange(t.shape[1])[None], None)
+                e += captured.pop()[:, 0].double().sum(0).numpy()
+            if not e.any():
+                want.append(1.0)                    # no input: zero embedding, cos 0
+                continue
+            e = e / np.linalg.norm(e)
+            c = centroids[np.argmin([np.linalg.norm(e - c) for c in centroids])]
+            want.append(1 - e @ c / np.linalg.norm(c))
+    hook.remove()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_tool_scores_documents_and_prune_keeps_the_lowest_perplexity(setup, doc_store, tmp_path):
+    """The analyzer tool at --granularity document (window: the reference's --seq-length),
+    then tools/prune_data.py keeps the lowest-perplexity 60% of the documents."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "tools"))
+    from tool_loader import load_tool
+    from megatron.data.indexed_dataset import MMapIndexedDataset
+    from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint
+    _, ckpt, _ = setup
+    prefix, docs = doc_store
+    assert load_tool("analyze_data").main([
+        "--data-path", prefix, "--granularity", "document", "--metrics", "ppl", "proto_dist",
+        "--kmeans-clusters", "2", "--kmeans-fit-samples", "12", "--reference-load", ckpt,
+        "--reference-batch-size", "3", "--save-path", str(tmp_path / "an"), "--quiet"]) == 0
+    ppl = MetricIndex.open(str(tmp_path / "an" / "ppl"),
+                           dataset_fingerprint([prefix], "document"))
+    assert ppl.meta["document_window_tokens"] == SEQ + 1 and ppl.num_samples == len(docs)
+    with torch.no_grad():
+        want = np.exp([_windowed_loss(load_reference_model(ckpt).model, d, SEQ) for d in docs])
+    np.testing.assert_allclose(np.asarray(ppl.sample_to_metric), want, rtol=1e-5)
+    proto = MetricIndex.open(str(tmp_path / "an" / "proto_dist"))
+    assert proto.meta["kmeans_clusters"] == 2 and proto.meta["granularity"] == "document"
+    out = str(tmp_path / "low_ppl")
+    result = load_tool("prune_data").main(["--data-path", prefix, "--index",
+                                           str(tmp_path / "an" / "ppl"), "--keep-fraction", "0.6",
+                                           "--order", "easy", "--output-prefix", out])
+    values = np.asarray(ppl.sample_to_metric)
+    kept = np.sort(np.lexsort((np.arange(len(values)), values))[:int(0.6 * len(values))])
+    pruned = MMapIndexedDataset(out)
+    assert result.kept == len(kept) == pruned.num_documents
+    for k, d in enumerate(kept):
+        np.testing.assert_array_equal(
+            pruned.tokens[pruned.pointers[pruned.doc_idx[k]] // 2:][:len(docs[d])], docs[d])

@@ -139,8 +139,9 @@ def check_task_flags(given: argparse.Namespace, tasks: tuple[str, ...]) -> None:
         problems.append("--train-data is required to finetune (--epochs > 0)")
     if not given.valid_data:
         problems.append("--valid-data is required (the files scored after every epoch)")
-    if given.pretrained_checkpoint is None and given.load is None:
-        problems.append("--pretrained-checkpoint (or --load of a finetuning run) is required")
+    if given.pretrained_checkpoint is None:
+        problems.append("--pretrained-checkpoint is required (also to resume with --load: "
+                        "the model shape is read from it)")
     if given.eval_micro_batch_size is not None and given.eval_micro_batch_size < 1:
         problems.append("--eval-micro-batch-size must be >= 1")
     if problems:

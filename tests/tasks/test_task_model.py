@@ -68,12 +68,16 @@ def test_checkpoint_must_be_bert_of_the_flags_shape(glue_env):
         check_against_checkpoint(args, {**saved, "model_type": "gpt"}, "ckpt")
 
 
-def test_pretraining_flags_are_refused(glue_env):
+def test_pretraining_and_missing_task_flags_are_refused(glue_env):
     with pytest.raises(BadConfigError, match=r"--train-iters: finetuning runs --epochs(.|\n)*"
                                              r"--random-ltd: curriculum"):
         tasks_main.main(glue_env["flags"]("--train-iters", "10", "--random-ltd"))
     with pytest.raises(BadConfigError, match="--task XNLI: choose one of MNLI, QQP"):
         tasks_main.main(glue_env["flags"]("--task", "XNLI"))
+    flags = glue_env["flags"]()
+    i = flags.index("--pretrained-checkpoint")
+    with pytest.raises(BadConfigError, match="--pretrained-checkpoint is required"):
+        tasks_main.main(flags[:i] + flags[i + 2:] + ["--load", glue_env["ckpt"]])
 
 
 def test_load_of_a_pretraining_checkpoint_is_refused(glue_env):

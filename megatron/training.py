@@ -342,6 +342,34 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
     return True
 
 
+def load_for_run(model, optimizer, scheduler,
+                 args: argparse.Namespace) -> tuple[TrainState, dict]:
+    """``--load`` into the model, optimizer, LR scheduler and RNGs as the flags say
+    (``--finetune``: the model only, counters at 0; ``--no-load-optim``, ``--no-load-rng``,
+    ``--ckpt-fallback``). Returns the restored counters and the checkpoint's extra state."""
+    _, extra = load_checkpoint(model, optimizer, scheduler, load_dir=args.load,
+                               load_optim=not args.no_load_optim,
+                               load_rng=not args.no_load_rng, finetune=args.finetune,
+                               args=args, fallback=args.ckpt_fallback)
+    state = TrainState(iteration=int(extra.get("iteration", 0)),
+                       consumed_samples=int(extra.get("consumed_samples", 0)),
+                       consumed_tokens=int(extra.get("consumed_tokens", 0)))
+    return state, extra
+
+
+def training_logger(args: argparse.Namespace, train_iters: int) -> TrainingLogger:
+    """The log line and TensorBoard writer of the ``--log-*`` / ``--tensorboard-*`` flags
+    (the last rank prints and writes: it holds the loss)."""
+    return TrainingLogger(train_iters, args.log_interval, args.tensorboard_dir,
+                          args.tensorboard_log_interval,
+                          is_logging_rank=(not dist.is_initialized()
+                                           or dist.get_rank() == dist.get_world_size() - 1),
+                          queue_size=args.tensorboard_queue_size,
+                          log_batch_size=args.log_batch_size_to_tensorboard,
+                          log_validation_ppl=args.log_validation_ppl_to_tensorboard,
+                          log_timers=args.log_timers_to_tensorboard)
+
+
 def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable,
              model_type: ModelType, forward_step_func: Callable,
              extra_args_provider: Callable | None = None, args_defaults: dict | None = None,
@@ -375,13 +403,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     state, de_state = TrainState(), {}
     remove_stale_temp_dirs(args.save)   # iter_X.tmp of killed saves (rank 0, before any save)
     if args.load:
-        _, extra = load_checkpoint(model, optimizer, scheduler, load_dir=args.load,
-                                   load_optim=not args.no_load_optim,
-                                   load_rng=not args.no_load_rng, finetune=args.finetune,
-                                   args=args, fallback=args.ckpt_fallback)
-        state.iteration = int(extra.get("iteration", 0))
-        state.consumed_samples = int(extra.get("consumed_samples", 0))
-        state.consumed_tokens = int(extra.get("consumed_tokens", 0))
+        state, extra = load_for_run(model, optimizer, scheduler, args)
         de_state = extra.get("data_efficiency", {})
         runtime.check_resumed_state(de_state)
     from megatron.model.moe.flags import moe_config_from_args
@@ -390,14 +412,7 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         train_valid_test_datasets_provider, args, runtime, run.train_valid_test_num_samples,
         every_stage=model_type is ModelType.encoder, consumed_samples=state.consumed_samples,
         iteration=state.iteration, data_efficiency_state=de_state, train_iters=run.train_iters)
-    logger = TrainingLogger(run.train_iters, args.log_interval, args.tensorboard_dir,
-                            args.tensorboard_log_interval,
-                            is_logging_rank=(not dist.is_initialized()
-                                             or dist.get_rank() == dist.get_world_size() - 1),
-                            queue_size=args.tensorboard_queue_size,
-                            log_batch_size=args.log_batch_size_to_tensorboard,
-                            log_validation_ppl=args.log_validation_ppl_to_tensorboard,
-                            log_timers=args.log_timers_to_tensorboard)
+    logger = training_logger(args, run.train_iters)
     signal_handler.install(args.exit_signal_handler)
     try:
         print_rank_0(f" > training from iteration {state.iteration} "

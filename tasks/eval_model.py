@@ -99,6 +99,18 @@ def _global_specs(model) -> dict[str, checkpoint_layout.ParamSpec]:
     return specs
 
 
+def rank_state_dict(full: dict[str, torch.Tensor], model: torch.nn.Module, num_layers: int,
+                    tied_embeddings: bool) -> dict[str, torch.Tensor]:
+    """This process's (tp, pp) part of a whole-model state dict, under the stage-local names
+    of ``model`` (this rank's stage)."""
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    parts = checkpoint_layout.split_state_dict(full, _global_specs(model), tp, pp, num_layers,
+                                               tied_embeddings)
+    return parts[(parallel_state.get_tensor_model_parallel_rank(),
+                  parallel_state.get_pipeline_model_parallel_rank())]
+
+
 def load_eval_model(load_dir: str, iteration: int | None = None,
                     tokenizer_flags: TokenizerFlags = TokenizerFlags()) -> EvalModel:
     """Load a GPT checkpoint of any layout for this process's (tp, pp) rank."""
@@ -109,7 +121,6 @@ def load_eval_model(load_dir: str, iteration: int | None = None,
     if args.get("model_type") == "bert":
         raise ValueError(f"{load_dir} is a BERT checkpoint; the harness scores GPT models")
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    pp = parallel_state.get_pipeline_model_parallel_world_size()
     rows = full[checkpoint_layout.WORD_EMBEDDING_KEY].shape[0]
     new_rows = target_vocab_rows(args, rows, tp, None)
     checkpoint_layout.resize_vocab(full, rows, new_rows)
@@ -121,12 +132,9 @@ def load_eval_model(load_dir: str, iteration: int | None = None,
     model = GPTModel(config, pre_process=parallel_state.is_pipeline_first_stage(),
                      post_process=parallel_state.is_pipeline_last_stage(),
                      parallel_output=False)
-    parts = checkpoint_layout.split_state_dict(
-        full, _global_specs(model), tp, pp, int(args["num_layers"]),
-        not args.get("untie_embeddings_and_output_weights", False))
-    mine = (parallel_state.get_tensor_model_parallel_rank(),
-            parallel_state.get_pipeline_model_parallel_rank())
-    model.load_state_dict(parts[mine], strict=True)
+    model.load_state_dict(rank_state_dict(
+        full, model, int(args["num_layers"]),
+        not args.get("untie_embeddings_and_output_weights", False)), strict=True)
     if torch.cuda.is_available():
         model = model.to(torch.cuda.current_device())
     vocab = int(args.get("orig_vocab_size") or args.get("vocab_size") or rows)

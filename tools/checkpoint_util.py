@@ -139,6 +139,16 @@ def _merge_expert_ranks(found: dict[tuple, dict]) -> dict[tuple[int, int], dict]
     return merged
 
 
+def read_args(load_dir: str, iteration: int | None = None) -> tuple[int, dict]:
+    """(iteration, the saved args) of a checkpoint, read from one rank's file."""
+    iteration, iter_dir = _iteration_dir(load_dir, iteration)
+    names = sorted(n for n in os.listdir(iter_dir) if _RANK_DIR.match(n))
+    if not names:
+        raise MissingInputError(f"{iter_dir} holds no mp_rank_* folders")
+    first = _read_checkpoint_file(os.path.join(iter_dir, names[0], CKPT_NAME))
+    return iteration, dict(first.get("args") or {})
+
+
 def template_specs(args: dict) -> dict[str, checkpoint_layout.ParamSpec]:
     """Split metadata of every parameter, read from a single-rank model of the same shape."""
     from megatron.arguments import transformer_config_from_args
@@ -155,6 +165,9 @@ def template_specs(args: dict) -> dict[str, checkpoint_layout.ParamSpec]:
 
 def _template_model(config, args: dict) -> torch.nn.Module:
     """GPT, or BERT for checkpoints of pretrain_bert.py (``model_type`` "bert")."""
+    if args.get("model_type") not in (None, "gpt", "bert"):
+        raise BadConfigError(f"the checkpoint holds a {args['model_type']!r} model; this tool "
+                             "converts GPT and BERT pretraining checkpoints")
     if args.get("model_type") == "bert":
         from megatron.model.bert_model import BertModel
         binary = bool(args.get("bert_binary_head", True))

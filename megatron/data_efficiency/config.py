@@ -385,8 +385,13 @@ def read_json_object(path: str, flag: str) -> dict:
 
 def load_config_file(path: str, seq_length: int | None = None,
                      flag: str = "--data-efficiency-config") -> DataEfficiencyConfig:
-    """Read ``--data-efficiency-config FILE`` (or ``--deepspeed_config FILE``: ``flag``)."""
+    """Read ``--data-efficiency-config FILE`` (or ``--deepspeed_config FILE``: ``flag``;
+    a DeepSpeed config without data-efficiency sections, as Megatron-DeepSpeed's baseline
+    and finetuning recipes pass, turns data efficiency off)."""
     d = read_json_object(path, flag)
+    if flag == "--deepspeed_config" and not set(d) & {"data_efficiency", "curriculum_learning",
+                                                       "data_sampling", "data_routing"}:
+        return DataEfficiencyConfig(source=path)
     try:
         return config_from_dict(d, source=path, seq_length=seq_length)
     except ValueError as err:   # a bad key or value: name the file, one line

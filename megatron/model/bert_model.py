@@ -24,7 +24,22 @@ def bert_extended_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (~both).unsqueeze(1)
 
 
-def _replicated_linear(config: TransformerConfig, n_in: int, n_out: int,
+def bert_encode(embedding: Embedding | None, transformer: ParallelTransformer,
+                input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                tokentype_ids: torch.Tensor | None, token_drop_plan=None) -> torch.Tensor:
+    """This stage's encoder: the embeddings (first stage, ``embedding`` not None) and the
+    layers under the padding mask; ``input_ids`` / ``attention_mask`` [b, s] ->
+    hidden [s, b, h]."""
+    mask = bert_extended_attention_mask(attention_mask)
+    hidden = None
+    if embedding is not None:
+        b, s = input_ids.shape
+        position_ids = torch.arange(s, device=input_ids.device).expand(b, s)
+        hidden = embedding(input_ids, position_ids, tokentype_ids)
+    return transformer(hidden, mask, None, token_drop_plan)
+
+
+def replicated_linear(config: TransformerConfig, n_in: int, n_out: int,
                        sees_split_sequence: bool) -> nn.Linear:
     """A small replicated layer, keyed (use_cpu_initialization) or from the default RNG:
     equal on all TP ranks either way.
@@ -42,6 +57,19 @@ def _replicated_linear(config: TransformerConfig, n_in: int, n_out: int,
     return layer
 
 
+def pool_first_token(hidden: torch.Tensor, pooler: nn.Linear,
+                     sequence_parallel: bool) -> torch.Tensor:
+    """Megatron's pooler: ``tanh(pooler(h[CLS]))``, hidden [s, b, h] -> [b, h].
+
+    Under --sequence-parallel the [CLS] row lives on TP rank 0 only, so the sequence is
+    gathered first; the pooled output is then the same on every TP rank.
+    """
+    if sequence_parallel and parallel_state.get_tensor_model_parallel_world_size() > 1:
+        hidden = tensor_parallel.gather_from_sequence_parallel_region(
+            hidden, tensor_parallel_output_grad=False)
+    return torch.tanh(pooler(hidden[0]))
+
+
 class BertLMHead(nn.Module):
     """dense -> tanh GeLU -> LayerNorm -> logits against the tied embedding + vocab-split bias."""
 
@@ -49,7 +77,7 @@ class BertLMHead(nn.Module):
         super().__init__()
         tp = parallel_state.get_tensor_model_parallel_world_size()
         self.config = config
-        self.dense = _replicated_linear(config, config.hidden_size, config.hidden_size,
+        self.dense = replicated_linear(config, config.hidden_size, config.hidden_size,
                                         sees_split_sequence=True)
         self.layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon,
                                    config.sequence_parallel, config.params_dtype)
@@ -98,10 +126,10 @@ class BertModel(MegatronModule):
                 self.lm_head = BertLMHead(config)
                 if add_binary_head:
                     # both see the gathered [CLS] row: full grads on every rank
-                    self.pooler = _replicated_linear(config, config.hidden_size,
+                    self.pooler = replicated_linear(config, config.hidden_size,
                                                      config.hidden_size,
                                                      sees_split_sequence=False)
-                    self.binary_head = _replicated_linear(config, config.hidden_size, 2,
+                    self.binary_head = replicated_linear(config, config.hidden_size, 2,
                                                           sees_split_sequence=False)
         self.setup_output_embedding()
 
@@ -126,13 +154,8 @@ class BertModel(MegatronModule):
             (lm_loss [b, s] fp32 or logits [b, s, v/tp], binary_logits [b, 2] or None) on
             the last stage; hidden [s, b, h] elsewhere.
         """
-        mask = bert_extended_attention_mask(attention_mask)
-        hidden = None
-        if self.pre_process:
-            b, s = input_ids.shape
-            position_ids = torch.arange(s, device=input_ids.device).expand(b, s)
-            hidden = self.embedding(input_ids, position_ids, tokentype_ids)
-        hidden = self.transformer(hidden, mask, None, token_drop_plan)
+        hidden = bert_encode(self.embedding, self.transformer, input_ids, attention_mask,
+                             tokentype_ids, token_drop_plan)
         if not self.post_process:
             return hidden
         return self._heads(hidden, lm_labels)
@@ -141,12 +164,7 @@ class BertModel(MegatronModule):
         logits = self.lm_head(hidden, self.shared_embedding_weight())  # [s, b, v/tp]
         binary_logits = None
         if self.binary_head is not None:
-            full = hidden
-            if self.config.sequence_parallel and \
-                    parallel_state.get_tensor_model_parallel_world_size() > 1:
-                full = tensor_parallel.gather_from_sequence_parallel_region(
-                    hidden, tensor_parallel_output_grad=False)
-            pooled = torch.tanh(self.pooler(full[0]))  # [CLS] token: [b, h]
+            pooled = pool_first_token(hidden, self.pooler, self.config.sequence_parallel)
             binary_logits = self.binary_head(pooled).float()
         if lm_labels is None:
             logits = tensor_parallel.mask_padded_vocab(logits, self.config.vocab_size)

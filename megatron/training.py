@@ -296,6 +296,19 @@ def _time_is_up(start: float, args: argparse.Namespace) -> bool:
     return bool(flag.item())
 
 
+def _early_exit_reason(iteration: int, start: float, args: argparse.Namespace) -> str | None:
+    """Why the run stops after this step (None: it goes on). Every rank calls it every
+    step: the signal and time checks are collectives."""
+    time_up = _time_is_up(start, args)
+    if signal_handler.exit_requested():
+        return signal_handler.exit_reason()
+    if args.exit_interval and iteration % args.exit_interval == 0:
+        return f"--exit-interval {args.exit_interval}"
+    if time_up:
+        return f"--exit-duration-in-mins {args.exit_duration_in_mins:g} reached"
+    return None
+
+
 def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, state: TrainState,
           args: argparse.Namespace, logger: TrainingLogger, run: RunPlan,
           moe_monitor: MoEMonitor | None = None) -> bool:
@@ -328,13 +341,11 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
         if args.save and args.save_interval and it % args.save_interval == 0:
             _save(state, runtime, model, optimizer, scheduler, args)
             saved = True
-        stop = (args.exit_interval and it % args.exit_interval == 0) or _time_is_up(start, args)
-        stop = signal_handler.exit_requested() or stop   # every step: a collective
-        if stop:
+        reason = _early_exit_reason(it, start, args)
+        if reason is not None:
             if args.save and not saved:
                 _save(state, runtime, model, optimizer, scheduler, args)
-            print_rank_0(f" > exiting at iteration {it} (--exit-interval / "
-                         "--exit-duration-in-mins)")
+            print_rank_0(f" > exiting at iteration {it}: {reason}")
             return False
     saved_last = args.save_interval and state.iteration % args.save_interval == 0
     if args.save and state.iteration > first_iteration and not saved_last:

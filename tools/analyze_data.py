@@ -80,7 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, default=1 << 20, help="tokens per --metric-fn call")
     p.add_argument("--num-workers", type=int, default=1,
                    help="without mpiexec: launch this many local MPI ranks")
-    p.add_argument("--force", action="store_true", help="recompute finished shards")
+    p.add_argument("--force", action="store_true",
+                   help="recompute finished shards, and replace indexes in --save-path made "
+                        "with other data or settings (refused without it)")
     p.add_argument("--keep-work", action="store_true", help="keep the shard files after success")
     p.add_argument("--quiet", action="store_true", help="no progress or dataset output")
     p.add_argument("--stats-json", help="write wall time and peak memory of every rank to this file")

@@ -59,8 +59,7 @@ def _sample_dataset(args: argparse.Namespace):
 
 def _open_index(args: argparse.Namespace, fingerprint: str) -> MetricIndex:
     try:
-        index = MetricIndex.open(args.index, fingerprint)
-        prune.verify_index(index)
+        index = MetricIndex.open(args.index, fingerprint)   # validates the arrays too
     except ValueError as err:
         raise BadInputError(f"{err} (the index must come from tools/analyze_data.py on "
                             f"--data-path {args.data_path})") from err

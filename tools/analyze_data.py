@@ -198,6 +198,22 @@ def _model_metrics(args: argparse.Namespace, comm, cfg: AnalyzerConfig) -> tuple
     return source, tuple(out)
 
 
+def _check_store(args: argparse.Namespace, model_metrics: tuple) -> None:
+    """The store against what this run knows of its tokenizer: the reference model's
+    (model metrics) and ``--vocab-size`` (megatron/data/provenance.py)."""
+    from megatron.data import provenance
+    from megatron.tokenizer.identity import NULL_TYPE
+    prefix = args.data_path[0]
+    known = [m.ref.tokenizer for m in model_metrics if getattr(m, "ref", None) is not None
+             and m.ref.tokenizer is not None][:1]
+    if args.vocab_size is not None:
+        known.append({"type": NULL_TYPE, "vocab_size": args.vocab_size})
+    for identity in known:
+        provenance.check_store(prefix, identity)
+    if not known:
+        provenance.warn_if_unrecorded(prefix)
+
+
 def _relaunch(num_workers: int, argv: list[str]) -> int:
     """Re-run this script under mpiexec with ``num_workers`` ranks."""
     mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -250,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
             source, model_metrics = _model_metrics(args, comm, cfg)
     except (ValueError, FileNotFoundError) as e:     # a missing or unreadable checkpoint
+        print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
+        _abort_others(comm, 2)
+        return 2
+    try:
+        _check_store(args, model_metrics)
+    except (ValueError, FileNotFoundError) as e:
         print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
         _abort_others(comm, 2)
         return 2

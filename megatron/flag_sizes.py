@@ -36,9 +36,6 @@ def size_problems(args: argparse.Namespace) -> list[str]:
             value = getattr(args, name, None)
             if value is not None and value < low:
                 problems.append(f"{_flag(name)} must be >= {low}, got {value}")
-    if args.vocab_size is not None and args.vocab_size < 2:
-        problems.append(f"--vocab-size must be >= 2 (the last id is the end of document), "
-                        f"got {args.vocab_size}")
     if args.exit_duration_in_mins is not None and args.exit_duration_in_mins <= 0:
         problems.append(f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}")
     given = [n for n in ("train_iters", "train_samples", "train_tokens")

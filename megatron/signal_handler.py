@@ -14,9 +14,9 @@ Signals are process-wide, so the handler state is too (one per process). ``insta
 """
 from __future__ import annotations
 
-import atexit
-import functools
 import multiprocessing
+import multiprocessing.util
+import os
 import signal
 import sys
 
@@ -63,8 +63,8 @@ def worker_init_fn(shield_workers: bool):
     process group; a worker that died of it would break the step the main process still
     has to finish and save, so the workers ignore both signals. Python's exit handlers
     stop daemonic children with SIGTERM and then wait for them, which such a worker
-    ignores, so an exit hook (registered here, run before multiprocessing's) kills them
-    with SIGKILL instead: an exit after an exception can never hang on a worker.
+    ignores, so an exit hook (registered here, run before that) kills them with SIGKILL
+    instead: an exit after an exception can never hang on a worker.
     Without the handler the workers keep the default signal effects.
     """
     if not shield_workers:
@@ -79,11 +79,17 @@ def _ignore_signals_in_worker(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-@functools.cache
+_exit_hook_pid: list[int] = []   # the process that registered the exit hook
+
+
 def _kill_daemonic_children_at_exit() -> None:
-    """Once per process; atexit runs hooks in reverse order of registration, and
-    multiprocessing registered its own (terminate + join) when it was imported."""
-    atexit.register(_kill_daemonic_children)
+    """Once per process. A multiprocessing finalizer of priority >= 0 runs before
+    multiprocessing terminates and joins the daemonic children at exit: at interpreter
+    exit in a main process, and at the end of a rank that multiprocessing started itself
+    (which never runs ``atexit`` hooks). Forked children start with no finalizers."""
+    if _exit_hook_pid != [os.getpid()]:
+        _exit_hook_pid[:] = [os.getpid()]
+        multiprocessing.util.Finalize(None, _kill_daemonic_children, exitpriority=10)
 
 
 def _kill_daemonic_children() -> None:

@@ -199,19 +199,22 @@ def _model_metrics(args: argparse.Namespace, comm, cfg: AnalyzerConfig) -> tuple
 
 
 def _check_store(args: argparse.Namespace, model_metrics: tuple) -> None:
-    """The store against what this run knows of its tokenizer: the reference model's
-    (model metrics) and ``--vocab-size`` (megatron/data/provenance.py)."""
+    """The store's tokenizer record against what this run knows of its tokenizer: the
+    reference model's (model metrics) and ``--vocab-size`` (megatron/data/provenance.py).
+    A store without a record is not scanned here: the count pass reads every id anyway."""
     from megatron.data import provenance
     from megatron.tokenizer.identity import NULL_TYPE
     prefix = args.data_path[0]
+    if provenance.read_record(prefix) is None:
+        if not args.quiet:
+            provenance.warn_if_unrecorded(prefix)
+        return
     known = [m.ref.tokenizer for m in model_metrics if getattr(m, "ref", None) is not None
              and m.ref.tokenizer is not None][:1]
     if args.vocab_size is not None:
         known.append({"type": NULL_TYPE, "vocab_size": args.vocab_size})
     for identity in known:
         provenance.check_store(prefix, identity)
-    if not known:
-        provenance.warn_if_unrecorded(prefix)
 
 
 def _relaunch(num_workers: int, argv: list[str]) -> int:

@@ -60,6 +60,8 @@ def tokenizer_identity(tokenizer_type: str, tokenizer, *, vocab_file: str | None
 
 def describe(identity: dict) -> str:
     """``TYPE (vocab N, model 1a2b3c4d...)`` for messages."""
+    if identity.get("type") == NULL_TYPE:
+        return f"--vocab-size {identity.get('vocab_size')} (no tokenizer)"
     files = ", ".join(f"{role.replace('_file', '').replace('tokenizer_', '')} {digest[:8]}"
                       for role, digest in sorted(identity.get("files", {}).items()))
     return f"{identity.get('type')} (vocab {identity.get('vocab_size')}" + \

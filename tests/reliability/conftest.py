@@ -9,8 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.reliability.helpers import WORDS, Corpus, gpt2_files
-from tests.tools.tool_loader import load_tool
+from tests.reliability.helpers import WORDS, Corpus, gpt2_files, tool
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +25,6 @@ def corpus(tmp_path_factory) -> Corpus:
     tok_a = gpt2_files(os.path.join(root, "tok_a"), merges)
     tok_b = gpt2_files(os.path.join(root, "tok_b"), merges[:4])
     prefix = os.path.join(root, "a")
-    assert load_tool("preprocess_data").main(["--input", jsonl, "--output-prefix", prefix,
+    assert tool("preprocess_data").main(["--input", jsonl, "--output-prefix", prefix,
                                               "--append-eod", *tok_a]) == 0
     return Corpus(root, jsonl, prefix + "_text_document", tok_a, tok_b)

@@ -27,6 +27,14 @@ class Corpus:
     tokenizer_b: tuple[str, ...]
 
 
+def tool(name: str):
+    """A tools/ script as a module, the one already loaded if another test loaded it
+    (loading it again would replace it in sys.modules, and the other test's worker pool
+    could no longer pickle its classes)."""
+    from tests.tools.tool_loader import load_tool
+    return sys.modules.get(name) or load_tool(name)
+
+
 def gpt2_files(folder: str, merges: list[tuple[str, str]]) -> tuple[str, ...]:
     symbols = list(bytes_to_unicode().values()) + [a + b for a, b in merges] + ["<|endoftext|>"]
     vocab, merge = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")

@@ -24,7 +24,6 @@ def _validate(*flags: str):
     (("--num-workers", "-1"), "--num-workers must be >= 0, got -1"),
     (("--eval-iters", "-1"), "--eval-iters must be >= 0, got -1"),
     (("--save-interval", "-1"), "--save-interval must be >= 0, got -1"),
-    (("--vocab-size", "1"), "--vocab-size must be >= 2"),
     (("--make-vocab-size-divisible-by", "0"), "--make-vocab-size-divisible-by must be >= 1"),
     (("--log-interval", "0"), "--log-interval must be >= 1, got 0"),
     (("--train-iters", "0", "--eval-iters", "0"), "--train-iters 0 trains nothing and "
@@ -34,6 +33,13 @@ def test_invalid_sizes_are_one_validation_error(flags, message):
     with pytest.raises(ArgumentValidationError) as err:
         _validate(*flags, "--lr", "-1")          # a second problem is listed with it
     assert message in str(err.value) and "--lr must be > 0" in str(err.value)
+
+
+def test_a_vocabulary_of_one_id_is_a_config_error():
+    from megatron.errors import BadConfigError
+    from megatron.initialize import NullTokenizer
+    with pytest.raises(BadConfigError, match="--vocab-size must be at least 2"):
+        NullTokenizer(1)
 
 
 def test_train_iters_0_evaluates_only(capsys):

@@ -15,8 +15,7 @@ from megatron.data import provenance
 from megatron.data.indexed_dataset import MMapIndexedDatasetBuilder
 from megatron.errors import BadInputError
 from megatron.tokenizer.identity import NULL_TYPE
-from tests.reliability.helpers import gpt_flags
-from tests.tools.tool_loader import load_tool
+from tests.reliability.helpers import gpt_flags, tool
 
 
 def _unrecorded_copy(store: str, dst: str) -> str:
@@ -83,20 +82,20 @@ def test_preprocessing_only_empty_documents_is_an_error(corpus, tmp_path, capsys
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"text": ""}\n{"text": ""}\n')
     prefix = str(tmp_path / "out")
-    assert load_tool("preprocess_data").main(["--input", str(empty), "--output-prefix", prefix,
+    assert tool("preprocess_data").main(["--input", str(empty), "--output-prefix", prefix,
                                               *corpus.tokenizer_a]) == 1
     assert "all 2 documents are empty" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["empty.jsonl"]
 
 
 def test_the_analyzer_and_the_index_inspector_check_the_store(corpus, tmp_path, capsys):
-    assert load_tool("analyze_data").main(["--data-path", corpus.store, "--metrics", "seqlen",
+    assert tool("analyze_data").main(["--data-path", corpus.store, "--metrics", "seqlen",
                                            "--save-path", str(tmp_path / "idx"), "--quiet",
                                            "--vocab-size", "200"]) == 2
     assert "holds token id 262, outside the vocabulary" in capsys.readouterr().err
-    assert load_tool("analyze_data").main(["--data-path", corpus.store, "--metrics", "seqlen",
+    assert tool("analyze_data").main(["--data-path", corpus.store, "--metrics", "seqlen",
                                            "--save-path", str(tmp_path / "idx"),
                                            "--quiet"]) == 0
     with pytest.raises(BadInputError, match="made with tokenizer GPT2BPETokenizer \\(vocab 263"):
-        load_tool("inspect_index").main([str(tmp_path / "idx" / "seqlen"), "--data-path",
+        tool("inspect_index").main([str(tmp_path / "idx" / "seqlen"), "--data-path",
                                          corpus.store, *corpus.tokenizer_b])

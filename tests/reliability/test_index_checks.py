@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig, run_analyzer
-from megatron.data_efficiency.analyzer.index_io import (MetricIndex, save_npy,
-                                                         validate_index_arrays,
-                                                         write_metric_index)
+from megatron.data_efficiency.analyzer.index_checks import validate_index_arrays
+from megatron.data_efficiency.analyzer.index_io import MetricIndex, save_npy, write_metric_index
 
 
 @pytest.fixture()

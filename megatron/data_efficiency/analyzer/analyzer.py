@@ -23,8 +23,8 @@ import numpy as np
 from megatron.data.indexed_dataset import MMapIndexedDataset
 from megatron.data_efficiency.analyzer import kernels, metrics
 from megatron.data_efficiency.analyzer.comm import Comm, world
-from megatron.data_efficiency.analyzer.index_io import (dataset_fingerprint, new_tmp_dir, publish_dir,
-                                                         replacement_problem, save_npy)
+from megatron.data_efficiency.analyzer.index_checks import refuse_replacing
+from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint, publish_dir, new_tmp_dir, save_npy
 from megatron.data_efficiency.analyzer.shards import (Progress, ShardStore, my_block, my_weighted_block,
                                                       plan_range_shards, plan_unit_shards, run_rounds)
 from megatron.data_efficiency.analyzer.sort_write import write_index_parallel
@@ -388,16 +388,6 @@ def run_analyzer(cfg: AnalyzerConfig, comm: Comm | None = None, source=None) -> 
     cfg.stats.update(shards_computed=comm.allreduce_sum(run.store.computed),
                      shards_reused=comm.allreduce_sum(run.store.reused), phases_s=clock.phases)
     return cfg.stats
-
-
-def refuse_replacing(cfg: AnalyzerConfig, comm: Comm, fingerprint: str,
-                     planned: dict[str, dict]) -> None:
-    """Collective: without ``--force``, stop before any work when ``cfg.save_path`` holds
-    indexes made with other data or settings (``index_io.replacement_problem``)."""
-    problem = comm.bcast(replacement_problem(cfg.save_path, fingerprint, planned)
-                         if comm.rank == 0 and not cfg.force else None)
-    if problem is not None:
-        raise ValueError(problem)
 
 
 class _PhaseClock:

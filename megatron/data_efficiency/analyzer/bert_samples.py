@@ -25,7 +25,8 @@ import numpy as np
 
 from megatron.data_efficiency.analyzer import kernels
 from megatron.data_efficiency.analyzer.analyzer import (AnalyzerConfig, _summary, _write_counts,
-                                                        refuse_replacing, seqlen_voc_entry)
+                                                        seqlen_voc_entry)
+from megatron.data_efficiency.analyzer.index_checks import refuse_replacing
 from megatron.data_efficiency.analyzer.comm import Comm, world
 from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint
 from megatron.data_efficiency.analyzer.sort_write import write_index_parallel

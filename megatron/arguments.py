@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from megatron.core import parallel_state
+from megatron.flag_sizes import size_problems
 from megatron.deepspeed_compat import (add_deepspeed_args, apply_deepspeed_flags,
                                        default_tokenizer_type)
 from megatron.tokenizer import vocab_size_with_padding
@@ -204,6 +205,15 @@ def _add_logging_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt-fallback", action="store_true",
                    help="when the newest checkpoint cannot be read, load the newest earlier "
                         "complete one (default: stop and list the loadable iterations)")
+    g.add_argument("--overwrite-checkpoints", action="store_true",
+                   help="save into a --save folder holding checkpoints this run did not load "
+                        "(saves replace iterations of the same number; default: refuse)")
+    g.add_argument("--override-data-efficiency-state", action="store_true",
+                   help="resume a checkpoint trained with another curriculum / random-LTD "
+                        "schedule (the curriculum sampler restarts its streams)")
+    g.add_argument("--override-training-data", action="store_true",
+                   help="resume a checkpoint trained on other data, split, --seq-length, "
+                        "--seed or tokenizer")
 
 
 def _exactly_one(args: argparse.Namespace, names: list[str], errors: list[str],
@@ -263,6 +273,9 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
         errors.append(f"--lr must be > 0, got {args.lr}")
     if args.lr is not None and args.min_lr > args.lr:
         errors.append(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr})")
+    sizes = size_problems(args)
+    if sizes:   # the checks and derivations below divide by these
+        raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors + sizes))
     _validate_model(args, errors)
     _derive_parallel(args, errors)
     _validate_moe(args, errors)

@@ -21,15 +21,15 @@ A file that cannot be read is reported with its path and the reason
 (``--ckpt-fallback``) then loads the newest earlier iteration that every rank can read;
 without it the run stops and lists the iterations on disk that are complete. All ranks
 agree on the outcome, so they load the same iteration or fail together.
-``remove_stale_temp_dirs`` removes ``iter_X.tmp`` folders of killed saves at start-up.
+The folder-level parts (tracker, complete iterations, stale ``iter_X.tmp`` folders, whether
+a run may save into a folder) are in ``megatron.checkpoint_folder``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-import re
 import shutil
-import zipfile
 from argparse import Namespace
 
 import numpy as np
@@ -38,12 +38,12 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import get_rng_tracker
-from megatron.errors import CheckpointError
+from megatron.checkpoint_folder import (CKPT_NAME, TRACKER, checkpoint_dir,  # noqa: F401
+                                        iteration_folders, loadable_iterations, read_tracker,
+                                        remove_stale_temp_dirs, describe_iterations,
+                                        describe_folder)
+from megatron.errors import CheckpointError, agreed_problems
 
-TRACKER = "latest_checkpointed_iteration.txt"
-CKPT_NAME = "model_optim_rng.pt"
-_ITER_DIR = re.compile(r"^iter_(\d{7})$")
-_TMP_DIR = re.compile(r"^iter_\d{7}\.tmp$")
 # Flags that must match between the checkpoint and the run that loads it.
 _ARCH_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
                "padded_vocab_size", "position_embedding_type", "swiglu",
@@ -66,10 +66,6 @@ def _rank() -> int:
     return dist.get_rank() if _dist() else 0
 
 
-def checkpoint_dir(root: str, iteration: int) -> str:
-    return os.path.join(root, f"iter_{iteration:07d}")
-
-
 def checkpoint_file(iter_dir: str) -> str:
     """This rank's file inside an iteration folder."""
     tp = parallel_state.get_tensor_model_parallel_rank()
@@ -79,22 +75,6 @@ def checkpoint_file(iter_dir: str) -> str:
     if parallel_state.get_expert_model_parallel_world_size() > 1:   # Megatron-LM's suffix
         name += f"_{parallel_state.get_expert_model_parallel_rank():03d}"
     return os.path.join(iter_dir, name, CKPT_NAME)
-
-
-def read_tracker(root: str) -> int | None:
-    """The iteration in ``root``'s tracker file, or None when there is none."""
-    path = os.path.join(root, TRACKER)
-    if not os.path.isfile(path):
-        return None
-    try:
-        text = open(path).read().strip()
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read the tracker file: {err}") from None
-    if not text.isdigit():
-        raise CheckpointError(f"{path}: expected an iteration number, got {text!r} (fix or "
-                              f"remove it; complete iterations on disk: "
-                              f"{_describe(loadable_iterations(root))})")
-    return int(text)
 
 
 def read_checkpoint_file(path: str) -> dict:
@@ -111,55 +91,6 @@ def read_checkpoint_file(path: str) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
     return state
-
-
-def _file_is_whole(path: str) -> bool:
-    """A cheap completeness check: the zip archive's central directory reads (a file cut
-    short loses it). Used to list candidates, not to trust a file."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return bool(archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def loadable_iterations(root: str) -> list[int]:
-    """Published iterations under ``root`` whose every rank file looks complete, ascending."""
-    if not os.path.isdir(root):
-        return []
-    found = []
-    for name in os.listdir(root):
-        match = _ITER_DIR.match(name)
-        folder = os.path.join(root, name)
-        if not match or not os.path.isdir(folder):
-            continue
-        files = [os.path.join(folder, d, CKPT_NAME) for d in os.listdir(folder)
-                 if d.startswith("mp_rank_")]
-        if files and all(_file_is_whole(f) for f in files):
-            found.append(int(match.group(1)))
-    return sorted(found)
-
-
-def _describe(iterations: list[int]) -> str:
-    return ", ".join(str(i) for i in iterations) if iterations else "none"
-
-
-def remove_stale_temp_dirs(save_dir: str | None) -> list[str]:
-    """Delete ``iter_X.tmp`` folders (saves killed before their rename) in ``save_dir``.
-
-    Collective: rank 0 deletes, every rank waits, so it must run before any save.
-
-    Returns:
-        The folders removed (on rank 0; empty elsewhere).
-    """
-    removed = []
-    if save_dir and _rank() == 0 and os.path.isdir(save_dir):
-        for name in sorted(os.listdir(save_dir)):
-            if _TMP_DIR.match(name):
-                shutil.rmtree(os.path.join(save_dir, name), ignore_errors=True)
-                removed.append(os.path.join(save_dir, name))
-    _barrier()
-    return removed
 
 
 def unwrap_model(module: torch.nn.Module) -> torch.nn.Module:
@@ -267,50 +198,88 @@ def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimiz
     rng_states = _gather_rng_over_dp() if save_rng else None
     path = checkpoint_file(tmp_dir)
     dp_rank = parallel_state.get_data_parallel_rank()
-    if getattr(optimizer, "sharded_state", False) and optim_state is not None:
-        # ZeRO-1: every DP rank holds a different shard of the optimizer state.
-        _atomic_save(optim_state, _optim_shard_file(path, dp_rank))
-        optim_state = "sharded"
-    # One file per expert-parallel rank (its experts differ); dense weights in each.
-    if parallel_state.get_expert_data_parallel_rank() == 0:
-        state = {"iteration": iteration, "checkpoint_version": 3.0,
-                 "args": _saved_args(args, model_type),
-                 "optimizer": optim_state, "rng_state": rng_states,
-                 "opt_param_scheduler": (None if opt_param_scheduler is None
-                                         else opt_param_scheduler.state_dict()),
-                 "extra_state": extra_state}
-        state.update({key: unwrap_model(m).state_dict()
-                      for key, m in zip(_model_keys(len(model_chunks)), model_chunks)})
-        _atomic_save(state, path)
+    with _save_errors(save_dir, iteration):
+        if getattr(optimizer, "sharded_state", False) and optim_state is not None:
+            # ZeRO-1: every DP rank holds a different shard of the optimizer state.
+            _atomic_save(optim_state, _optim_shard_file(path, dp_rank))
+            optim_state = "sharded"
+        # One file per expert-parallel rank (its experts differ); dense weights in each.
+        if parallel_state.get_expert_data_parallel_rank() == 0:
+            state = {"iteration": iteration, "checkpoint_version": 3.0,
+                     "args": _saved_args(args, model_type),
+                     "optimizer": optim_state, "rng_state": rng_states,
+                     "opt_param_scheduler": (None if opt_param_scheduler is None
+                                             else opt_param_scheduler.state_dict()),
+                     "extra_state": extra_state}
+            state.update({key: unwrap_model(m).state_dict()
+                          for key, m in zip(_model_keys(len(model_chunks)), model_chunks)})
+            _atomic_save(state, path)
     _barrier()
     if _rank() == 0:
-        _publish(tmp_dir, final_dir, save_dir, iteration)
+        with _save_errors(save_dir, iteration):
+            _publish(tmp_dir, final_dir, save_dir, iteration)
     _barrier()
     return final_dir
 
 
-def _check_args(saved: dict | None, args: Namespace | None, path: str) -> None:
+class SaveError(CheckpointError):
+    """Writing this rank's part of a checkpoint failed (disk full, I/O error)."""
+    same_on_all_ranks = False
+
+
+@contextlib.contextmanager
+def _save_errors(save_dir: str, iteration: int):
+    """An ``OSError`` while saving becomes a ``SaveError`` naming what stays trusted."""
+    try:
+        yield
+    except OSError as err:
+        last = read_tracker(save_dir)
+        raise SaveError(f"saving iteration {iteration} to {save_dir} failed: {err}; nothing of "
+                        f"it was published, the last complete checkpoint is "
+                        f"{'none' if last is None else f'iteration {last}'}") from err
+
+
+def _conversion_hint(load_dir: str) -> str:
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    return (f"convert it with python tools/checkpoint_util.py --load-dir {load_dir} "
+            f"--save-dir NEW_DIR --target-tensor-parallel-size {tp} "
+            f"--target-pipeline-parallel-size {pp}, then --load NEW_DIR")
+
+
+def _layout_problem(load_dir: str, iteration: int) -> str | None:
+    """This rank's file is missing but the iteration holds other rank folders: it was
+    saved with another tensor / pipeline layout."""
+    iter_dir = checkpoint_dir(load_dir, iteration)
+    path = checkpoint_file(iter_dir)
+    if os.path.isfile(path) or not os.path.isdir(iter_dir):
+        return None
+    present = sorted(d for d in os.listdir(iter_dir) if d.startswith("mp_rank_"))
+    if not present:
+        return None
+    return (f"{iter_dir} was saved with another parallel layout (it holds "
+            f"{', '.join(present)}; this rank needs {os.path.basename(os.path.dirname(path))}): "
+            + _conversion_hint(load_dir))
+
+
+def _check_args(saved: dict | None, args: Namespace | None, path: str, load_dir: str) -> None:
     if saved is None or args is None:
         return
-    bad = [f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, now {getattr(args, k)!r}"
-           for k in _ARCH_FLAGS if k in saved and hasattr(args, k) and saved[k] != getattr(args, k)]
+    bad = [k for k in _ARCH_FLAGS if k in saved and hasattr(args, k) and saved[k] != getattr(args, k)]
     if bad:
+        layout = any(k.endswith("parallel_size") for k in bad)
         raise CheckpointError(f"{path} was saved with a different model layout: "
-                              + "; ".join(bad))
-
-
-def _agreed_errors(error: str | None) -> list[str]:
-    """Every rank's read error (None when its read worked), so all ranks decide alike."""
-    if not _dist():
-        return [error] if error else []
-    errors = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
-    return [e for e in errors if e]
+                              + "; ".join(f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, "
+                                          f"now {getattr(args, k)!r}" for k in bad)
+                              + (f"; {_conversion_hint(load_dir)}" if layout else ""))
 
 
 def _read_agreed(load_dir: str, iteration: int, fallback: bool) -> tuple[int, dict]:
     """Read this rank's file of ``iteration``, or with ``fallback`` of the newest earlier
     iteration that every rank can read. Raises CheckpointError naming the damaged file."""
+    layout = agreed_problems(_layout_problem(load_dir, iteration))
+    if layout:   # every iteration has it: no fallback helps
+        raise CheckpointError(layout[0])
     candidates = [iteration]
     if fallback:   # rank 0's view of the folder, so every rank walks the same list
         candidates += sorted((i for i in loadable_iterations(load_dir) if i < iteration),
@@ -325,7 +294,7 @@ def _read_agreed(load_dir: str, iteration: int, fallback: bool) -> tuple[int, di
             state = read_checkpoint_file(checkpoint_file(checkpoint_dir(load_dir, it)))
         except CheckpointError as err:
             error = f"iteration {it}: {err}"
-        errors = _agreed_errors(error)
+        errors = agreed_problems(error)
         if not errors:
             return it, state
         if not fallback:
@@ -333,13 +302,13 @@ def _read_agreed(load_dir: str, iteration: int, fallback: bool) -> tuple[int, di
             hint = (f"; rerun with --ckpt-fallback to resume from iteration {older[-1]}"
                     if older else "")
             raise CheckpointError(f"{errors[0]}; complete iterations in {load_dir}: "
-                                  f"{_describe(older)}{hint}")
+                                  f"{describe_iterations(older)}{hint}")
         if _rank() == 0:
             print(f" > WARNING: {errors[0]}; --ckpt-fallback: "
                   + (f"trying iteration {candidates[n + 1]}" if n + 1 < len(candidates)
                      else "no earlier iteration left"), flush=True)
     raise CheckpointError(f"no iteration in {load_dir} can be read by every rank "
-                          f"(tried {_describe(candidates)})")
+                          f"(tried {describe_iterations(candidates)})")
 
 
 def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_scheduler, *,
@@ -357,12 +326,19 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
         With ``finetune`` only the model is loaded and the iteration is 0.
     """
     iteration = read_tracker(load_dir)
+    if iteration is None and iteration_folders(load_dir):
+        complete = loadable_iterations(load_dir)
+        restore = (f"echo {complete[-1]} > {os.path.join(load_dir, TRACKER)} to resume from "
+                   f"iteration {complete[-1]}" if complete else "nothing there is complete")
+        raise CheckpointError(f"--load {load_dir}: the tracker file {TRACKER} is missing but "
+                              f"the folder holds checkpoints ({describe_folder(load_dir)}); "
+                              f"{restore}, or start from scratch without --load")
     if iteration is None:
         print(f" > no checkpoint tracker in {load_dir}; starting from scratch", flush=True)
         return 0, {}
     iteration, state = _read_agreed(load_dir, iteration, fallback)
     path = checkpoint_file(checkpoint_dir(load_dir, iteration))
-    _check_args(state.get("args"), args, path)
+    _check_args(state.get("args"), args, path, load_dir)
     keys = _model_keys(len(model_chunks))
     if any(key not in state for key in keys):
         held = sorted(k for k in state if k.startswith("model"))

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from megatron.arguments import ArgumentValidationError, parse_args, set_args, validate_args
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import set_initialization_seed
-from megatron.errors import BadInputError, MissingInputError
+from megatron.errors import BadConfigError, BadInputError, MissingInputError
 from megatron.core.tensor_parallel.random import model_parallel_seed
 
 _GLOBAL_TOKENIZER = None
@@ -27,7 +27,8 @@ class NullTokenizer:
 
     def __init__(self, vocab_size: int) -> None:
         if vocab_size < 2:
-            raise ValueError(f"--vocab-size must be at least 2, got {vocab_size}")
+            raise BadConfigError(f"--vocab-size must be at least 2 (the last id is the end "
+                                 f"of document), got {vocab_size}")
         self.vocab_size = vocab_size
         self.eod = vocab_size - 1
 

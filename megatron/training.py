@@ -26,7 +26,8 @@ from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 from megatron.core.enums import ModelType
 from megatron.data_efficiency.runtime import (DataEfficiencyRuntime, Parallelism, RunShape,
                                               StepPlan)
-from megatron.initialize import initialize_megatron
+from megatron import preflight
+from megatron.initialize import get_tokenizer, initialize_megatron
 from megatron.model.moe.monitor import MoEMonitor
 from megatron.optimizer import get_megatron_optimizer
 from megatron.optimizer.state_stats import adam_state_norms
@@ -48,11 +49,13 @@ class TrainState:
     consumed_tokens: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)   # (iteration, lm loss)
     last_validation: dict[str, float] = field(default_factory=dict)
+    run_record: dict = field(default_factory=dict)   # what the run trains with (run_record.py)
 
     def extra_state(self, runtime: DataEfficiencyRuntime) -> dict:
         return {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
                 "consumed_tokens": self.consumed_tokens,
-                "data_efficiency": runtime.state_dict(self.iteration)}
+                "data_efficiency": runtime.state_dict(self.iteration),
+                "run_record": self.run_record}
 
 
 def _is_rank_zero() -> bool:
@@ -296,6 +299,19 @@ def _time_is_up(start: float, args: argparse.Namespace) -> bool:
     return bool(flag.item())
 
 
+def _early_exit_reason(iteration: int, start: float, args: argparse.Namespace) -> str | None:
+    """Why the run stops after this step (None: it goes on). Every rank calls it every
+    step: the signal and time checks are collectives."""
+    time_up = _time_is_up(start, args)
+    if signal_handler.exit_requested():
+        return signal_handler.exit_reason()
+    if args.exit_interval and iteration % args.exit_interval == 0:
+        return f"--exit-interval {args.exit_interval}"
+    if time_up:
+        return f"--exit-duration-in-mins {args.exit_duration_in_mins:g} reached"
+    return None
+
+
 def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, state: TrainState,
           args: argparse.Namespace, logger: TrainingLogger, run: RunPlan,
           moe_monitor: MoEMonitor | None = None) -> bool:
@@ -328,13 +344,11 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
         if args.save and args.save_interval and it % args.save_interval == 0:
             _save(state, runtime, model, optimizer, scheduler, args)
             saved = True
-        stop = (args.exit_interval and it % args.exit_interval == 0) or _time_is_up(start, args)
-        stop = signal_handler.exit_requested() or stop   # every step: a collective
-        if stop:
+        reason = _early_exit_reason(it, start, args)
+        if reason is not None:
             if args.save and not saved:
                 _save(state, runtime, model, optimizer, scheduler, args)
-            print_rank_0(f" > exiting at iteration {it} (--exit-interval / "
-                         "--exit-duration-in-mins)")
+            print_rank_0(f" > exiting at iteration {it}: {reason}")
             return False
     saved_last = args.save_interval and state.iteration % args.save_interval == 0
     if args.save and state.iteration > first_iteration and not saved_last:
@@ -391,6 +405,19 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         validation losses).
     """
     args = initialize_megatron(extra_args_provider, args_defaults, args=argv)
+    record = preflight.check_inputs(args, get_tokenizer())
+    lock = preflight.claim_save_dir(args)
+    try:
+        return _build_and_train(args, record, train_valid_test_datasets_provider, model_provider,
+                                model_type, forward_step_func)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_datasets_provider,
+                     model_provider, model_type: ModelType, forward_step_func) -> TrainState:
+    """``pretrain()`` once the inputs are checked and the save folder is this run's."""
     run = plan_run(args, model_type)
     if run.train_iters != run.nominal_train_iters:
         print_rank_0(f" > --train-tokens {args.train_tokens}: {run.train_iters} steps under the "
@@ -400,12 +427,12 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     optimizer = get_megatron_optimizer(model, optimizer_config_from_args(args))
     scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args),
                                         override_on_load=args.override_opt_param_scheduler)
-    state, de_state = TrainState(), {}
+    state, de_state = TrainState(run_record=record), {}
     remove_stale_temp_dirs(args.save)   # iter_X.tmp of killed saves (rank 0, before any save)
     if args.load:
         state, extra = load_for_run(model, optimizer, scheduler, args)
-        de_state = extra.get("data_efficiency", {})
-        runtime.check_resumed_state(de_state)
+        state.run_record = record
+        de_state = preflight.resumed_data_efficiency_state(extra, record, args)
     from megatron.model.moe.flags import moe_config_from_args
     moe_monitor = MoEMonitor(model, moe_config_from_args(args))
     iterators = build_train_valid_test_data_iterators(
@@ -415,12 +442,19 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     logger = training_logger(args, run.train_iters)
     signal_handler.install(args.exit_signal_handler)
     try:
-        print_rank_0(f" > training from iteration {state.iteration} "
-                     f"(consumed samples {state.consumed_samples}, tokens {state.consumed_tokens})")
+        if _training_done(state, args, run):
+            print_rank_0(f" > nothing to train: iteration {state.iteration} already meets the "
+                         "stopping rule (--train-iters / --train-samples / --train-tokens); "
+                         "evaluating only")
+        else:
+            print_rank_0(f" > training from iteration {state.iteration} (consumed samples "
+                         f"{state.consumed_samples}, tokens {state.consumed_tokens})")
+        first_iteration = state.iteration
         finished = train(forward_step_func, model, optimizer, scheduler, runtime, iterators,
                          state, args, logger, run, moe_monitor)
-        if (finished and args.eval_iters > 0 and iterators[1] is not None
-                and not _eval_due(state.iteration, args, iterators[1])):
+        evaluated = (state.iteration > first_iteration   # the loop's last step evaluated
+                     and _eval_due(state.iteration, args, iterators[1]))
+        if finished and args.eval_iters > 0 and iterators[1] is not None and not evaluated:
             state.last_validation = evaluate(forward_step_func, iterators[1], model, args,
                                              iteration=state.iteration)
             logger.validation(state.iteration, state.consumed_samples, state.consumed_tokens,

@@ -137,7 +137,8 @@ def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Nam
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     loader_kwargs = dict(micro_batch_size=args.micro_batch_size, num_workers=args.num_workers,
-                         data_parallel_rank=dp_rank, data_parallel_size=dp_size)
+                         data_parallel_rank=dp_rank, data_parallel_size=dp_size,
+                         shield_workers=args.exit_signal_handler)
     train_iterator = None
     if train_ds is not None:
         sampler = runtime.train_batch_sampler(train_ds, args.micro_batch_size, iteration,

@@ -84,7 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, default=1 << 20, help="tokens per --metric-fn call")
     p.add_argument("--num-workers", type=int, default=1,
                    help="without mpiexec: launch this many local MPI ranks")
-    p.add_argument("--force", action="store_true", help="recompute finished shards")
+    p.add_argument("--force", action="store_true",
+                   help="recompute finished shards, and replace indexes in --save-path made "
+                        "with other data or settings (refused without it)")
     p.add_argument("--keep-work", action="store_true", help="keep the shard files after success")
     p.add_argument("--quiet", action="store_true", help="no progress or dataset output")
     p.add_argument("--stats-json", help="write wall time and peak memory of every rank to this file")
@@ -205,6 +207,25 @@ def _model_metrics(args: argparse.Namespace, comm, cfg: AnalyzerConfig) -> tuple
     return source, tuple(out)
 
 
+def _check_store(args: argparse.Namespace, model_metrics: tuple) -> None:
+    """The store's tokenizer record against what this run knows of its tokenizer: the
+    reference model's (model metrics) and ``--vocab-size`` (megatron/data/provenance.py).
+    A store without a record is not scanned here: the count pass reads every id anyway."""
+    from megatron.data import provenance
+    from megatron.tokenizer.identity import NULL_TYPE
+    prefix = args.data_path[0]
+    if provenance.read_record(prefix) is None:
+        if not args.quiet:
+            provenance.warn_if_unrecorded(prefix)
+        return
+    known = [m.ref.tokenizer for m in model_metrics if getattr(m, "ref", None) is not None
+             and m.ref.tokenizer is not None][:1]
+    if args.vocab_size is not None:
+        known.append({"type": NULL_TYPE, "vocab_size": args.vocab_size})
+    for identity in known:
+        provenance.check_store(prefix, identity)
+
+
 def _relaunch(num_workers: int, argv: list[str]) -> int:
     """Re-run this script under mpiexec with ``num_workers`` ranks."""
     mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -257,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
             source, model_metrics = _model_metrics(args, comm, cfg)
     except (ValueError, FileNotFoundError) as e:     # a missing or unreadable checkpoint
+        print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
+        _abort_others(comm, 2)
+        return 2
+    try:
+        _check_store(args, model_metrics)
+    except (ValueError, FileNotFoundError) as e:
         print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
         _abort_others(comm, 2)
         return 2

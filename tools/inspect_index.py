@@ -66,9 +66,14 @@ def _sample_reader(args: argparse.Namespace):
 def _decoder(args: argparse.Namespace):
     if not args.tokenizer_type:
         return lambda ids: " ".join(map(str, ids))
+    from megatron.data.provenance import check_store
     from megatron.tokenizer import build_tokenizer
+    from megatron.tokenizer.identity import tokenizer_identity
     tok = build_tokenizer(args.tokenizer_type, vocab_file=args.vocab_file,
                           merge_file=args.merge_file, tokenizer_model=args.tokenizer_model)
+    check_store(args.data_path, tokenizer_identity(   # decoding with another one is garbage
+        args.tokenizer_type, tok, vocab_file=args.vocab_file, merge_file=args.merge_file,
+        tokenizer_model=args.tokenizer_model))
     return tok.detokenize
 
 

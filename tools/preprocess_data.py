@@ -4,7 +4,9 @@
         --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model data/stdlib_sp.model \
         --append-eod --workers 4
 
-writes ``data/stdlib_text_document.bin/.idx`` (one sequence per document). With
+writes ``data/stdlib_text_document.bin/.idx`` (one sequence per document) and its record
+``data/stdlib_text_document.tokenizer.json`` (the tokenizer's identity and the largest id:
+see megatron/data/provenance.py). With
 ``--split-sentences`` (BERT data) each sentence is a sequence, documents are groups of them,
 and the files are named ``{prefix}_{key}_sentence.bin/.idx`` as in Megatron-LM.
 
@@ -30,7 +32,9 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pa
 
 from megatron.data.indexed_dataset import (  # noqa: E402
     MMapIndexedDatasetBuilder, best_fitting_dtype, data_file_path, index_file_path)
+from megatron.data import provenance  # noqa: E402
 from megatron.tokenizer import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
+from megatron.tokenizer.identity import tokenizer_identity  # noqa: E402
 
 _BOUNDARY = regex.compile(r"""[.!?]["')\]]*\s+(?=["'(\[]?[\p{Lu}\p{N}])|\n[ \t]*\n\s*""")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "vs", "etc", "e.g", "i.e", "no",
@@ -136,11 +140,19 @@ def preprocess(args: argparse.Namespace) -> dict:
     """Run the whole conversion; returns the summary. Raises ValueError on bad input."""
     Encoder(args).initializer()  # fail fast on bad tokenizer flags, and size the dtype
     dtype = best_fitting_dtype(Encoder.tokenizer.vocab_size)
+    identity = tokenizer_identity(args.tokenizer_type, Encoder.tokenizer,
+                                  vocab_file=args.vocab_file, merge_file=args.merge_file,
+                                  tokenizer_model=args.tokenizer_model,
+                                  vocab_extra_ids=args.vocab_extra_ids)
+    for key in args.json_keys:   # an old record must not outlive the store it described
+        provenance.remove_record(output_prefix(args, key))
     builders = {k: MMapIndexedDatasetBuilder(data_file_path(output_prefix(args, k)), dtype=dtype)
                 for k in args.json_keys}
     progress = _Progress(args.log_interval)
     stats = {"documents": 0, "empty_skipped": {k: 0 for k in args.json_keys},
-             "tokens": {k: 0 for k in args.json_keys}}
+             "tokens": {k: 0 for k in args.json_keys}, "max_id": {k: -1 for k in args.json_keys},
+             "sequences": {k: 0 for k in args.json_keys},
+             "stored_documents": {k: 0 for k in args.json_keys}}
     stream = None
     try:
         with open(args.input, "rb") as fin:  # bytes: a bad encoding is reported by line
@@ -159,11 +171,20 @@ def preprocess(args: argparse.Namespace) -> dict:
                     lengths = [len(s) for s in sentences]
                     builders[key].add_document([t for s in sentences for t in s], lengths)
                     stats["tokens"][key] += sum(lengths)
+                    stats["sequences"][key] += len(lengths)
+                    stats["stored_documents"][key] += 1
+                    stats["max_id"][key] = max(stats["max_id"][key], max(map(max, sentences)))
         if stats["documents"] == 0:
             raise ValueError(f"{args.input}: no documents (the file is empty or holds only "
                              "blank lines); nothing written")
+        empty = [k for k in args.json_keys if stats["tokens"][k] == 0]
+        if empty:
+            raise ValueError(f"{args.input}: all {stats['documents']} documents are empty for "
+                             f"json key(s) {empty} (no tokens); nothing written")
         for key, builder in builders.items():
             builder.finalize(index_file_path(output_prefix(args, key)))
+            provenance.write_record(output_prefix(args, key), identity, stats["max_id"][key],
+                                    stats["sequences"][key], stats["stored_documents"][key])
     except BaseException:
         if stream is not None:
             stream.close()  # stops the worker pool now, not at garbage collection

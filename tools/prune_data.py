@@ -8,8 +8,9 @@ The index's granularity decides what is kept: ``document`` keeps whole documents
 byte; ``sample`` keeps GPT training samples, each as a document of one sequence, and needs
 the training dataset flags the index was built with (``--split --seq-length --seed
 --train-samples``). ``--keep-percentile`` keeps what a ``percentile_window`` of the same
-band admits. Writes ``OUT.bin``, ``OUT.idx`` and the manifest ``OUT.json`` (temporary names,
-then renamed; the manifest last). See megatron/data_efficiency/analyzer/prune.py.
+band admits. Writes ``OUT.bin``, ``OUT.idx``, the source's tokenizer record
+``OUT.tokenizer.json`` (when the source has one) and the manifest ``OUT.json`` (temporary
+names, then renamed; the manifest last). See megatron/data_efficiency/analyzer/prune.py.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron.data import provenance  # noqa: E402
 from megatron.data.indexed_dataset import MMapIndexedDataset  # noqa: E402
 from megatron.data_efficiency.analyzer import prune  # noqa: E402
 from megatron.data_efficiency.analyzer.index_io import MetricIndex, dataset_fingerprint  # noqa: E402
@@ -59,8 +61,7 @@ def _sample_dataset(args: argparse.Namespace):
 
 def _open_index(args: argparse.Namespace, fingerprint: str) -> MetricIndex:
     try:
-        index = MetricIndex.open(args.index, fingerprint)
-        prune.verify_index(index)
+        index = MetricIndex.open(args.index, fingerprint)   # validates the arrays too
     except ValueError as err:
         raise BadInputError(f"{err} (the index must come from tools/analyze_data.py on "
                             f"--data-path {args.data_path})") from err
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> prune.PruneResult:
     index = _open_index(args, fingerprint)
     ids = prune.kept_ids(index, args.selection)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    provenance.remove_record(out)   # an older output's
     if dataset is None:
         tokens = prune.write_documents(store, ids, out)
         total_tokens = len(store.tokens)
@@ -92,6 +94,11 @@ def main(argv: list[str] | None = None) -> prune.PruneResult:
         total_tokens = index.num_samples * (args.seq_length + 1)
     result = prune.PruneResult(out, meta_granularity, len(ids), index.num_samples, tokens,
                                total_tokens, prune.ids_hash(ids))
+    record = provenance.read_record(args.data_path)
+    if record is not None:   # the kept ids are the source's: same tokenizer, ids within its max
+        kept = MMapIndexedDataset(out)
+        provenance.write_record(out, record["tokenizer"], record["max_token_id"],
+                                len(kept.sizes), len(kept.doc_idx) - 1)
     source = {"prefix": os.path.abspath(args.data_path), "fingerprint": fingerprint,
               "dtype": str(store.dtype)}
     if dataset is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megatron.signal_handler import ignore_in_worker
+from megatron.signal_handler import worker_init_fn
 
 from .samplers import MegatronPretrainingRandomSampler, MegatronPretrainingSampler
 
@@ -32,7 +32,7 @@ def build_pretraining_data_loader(dataset, consumed_samples: int, micro_batch_si
                                   data_parallel_rank: int, data_parallel_size: int,
                                   num_workers: int = 0, batch_sampler=None,
                                   dataloader_type: str = "single",
-                                  pin_memory: bool | None = None):
+                                  pin_memory: bool | None = None, shield_workers: bool = False):
     """A ``torch.utils.data.DataLoader`` over ``dataset`` for one data-parallel rank.
 
     Args:
@@ -45,6 +45,8 @@ def build_pretraining_data_loader(dataset, consumed_samples: int, micro_batch_si
             it replaces Megatron's sampler.
         dataloader_type: ``"single"`` (sequential) or ``"cyclic"`` (reshuffled every epoch).
         pin_memory: the loader's ``pin_memory`` (None: pinned when CUDA is present).
+        shield_workers: the run has ``--exit-signal-handler``: workers ignore SIGTERM /
+            SIGINT so the step in flight can finish (``signal_handler.worker_init_fn``).
     """
     if dataset is None:
         return None
@@ -64,4 +66,4 @@ def build_pretraining_data_loader(dataset, consumed_samples: int, micro_batch_si
         collate_fn=collate_samples,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
-        worker_init_fn=ignore_in_worker)   # a group-wide SIGTERM leaves the step to finish
+        worker_init_fn=worker_init_fn(shield_workers and num_workers > 0))

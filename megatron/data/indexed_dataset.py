@@ -68,6 +68,21 @@ def dtype_code(dtype) -> int:
                          f"use one of {sorted(str(np.dtype(t)) for t in DTYPE_CODES.values())}")
 
 
+def read_index_header(prefix: str) -> tuple[np.dtype, int, int]:
+    """``(token dtype, sequences, documents)`` from ``prefix.idx``'s header alone."""
+    path = index_file_path(prefix)
+    if not os.path.isfile(path):
+        raise MissingInputError(f"indexed dataset file not found: {path}")
+    with open(path, "rb") as f:
+        header = f.read(_HEADER.size)
+    if len(header) < _HEADER.size or header[:len(_MAGIC)] != _MAGIC:
+        raise BadInputError(f"{path}: not a Megatron mmap index (bad or short header)")
+    _, _, code, n, d1 = _HEADER.unpack(header)
+    if code not in DTYPE_CODES:
+        raise BadInputError(f"{path}: unknown dtype code {code}; known codes {sorted(DTYPE_CODES)}")
+    return np.dtype(DTYPE_CODES[code]), int(n), int(d1) - 1
+
+
 class MMapIndexedDataset:
     """Read-only, memory-mapped view of ``prefix.bin`` / ``prefix.idx``.
 

@@ -185,19 +185,13 @@ class DataEfficiencyRuntime:
     # -- checkpoint ----------------------------------------------------------------------
     def state_dict(self, iteration: int) -> dict:
         """The sampler's state after ``iteration`` steps (rewound past the batches a
-        prefetching loader drew ahead) and the random-LTD settings (to warn on change).
-        Schedules are pure functions of the iteration: nothing else is saved."""
+        prefetching loader drew ahead). Schedules are pure functions of the iteration:
+        nothing else is saved (the settings are in the checkpoint's run record,
+        ``megatron.run_record``)."""
         state: dict = {}
         if self.sampler is not None:
             state["curriculum_sampler"] = self.sampler.state_dict(steps_consumed=iteration)
-        if self.planner.random_ltd is not None:
-            state["random_ltd"] = self.planner.random_ltd.settings()
         return state
-
-    def check_resumed_state(self, state: dict) -> None:
-        """Warn when the checkpoint's random-LTD settings differ from this run's."""
-        if self.planner.random_ltd is not None and "random_ltd" in state:
-            self.planner.random_ltd.warn_if_changed(state["random_ltd"])
 
 
 def _agree(local_tokens: int, longest: int, par: Parallelism) -> tuple[int, int]:

@@ -38,11 +38,33 @@ def store(tmp_path_factory):
     return root, prefix
 
 
-def _run(*flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, os.path.join(ROOT, "pretrain_gpt.py"),
-                           *tiny_gpt_flags("--eval-iters", "0", *flags, iters=2)],
-                          capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+def _start(*flags: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain_gpt.py"),
+                             *tiny_gpt_flags("--eval-iters", "0", *flags, iters=2)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _wait(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _run_all(runs: dict[str, tuple], at_once: int = 3) -> dict[str, subprocess.CompletedProcess]:
+    """``{name: (flags, env)}`` run as separate processes, ``at_once`` at a time (they are
+    mostly interpreter start-up, which overlaps well)."""
+    pending, running, done = list(runs.items()), [], {}
+    while pending or running:
+        while pending and len(running) < at_once:
+            name, (flags, env) = pending.pop(0)
+            running.append((name, _start(*flags, env=env)))
+        name, proc = running.pop(0)
+        done[name] = _wait(proc)
+    return done
 
 
 def _one_error_line(proc: subprocess.CompletedProcess, returncode: int = 1) -> str:
@@ -88,22 +110,25 @@ def test_probes_print_one_error_line(store):
     }
     # a bad config file is found by validate_args (with the other flag errors): exit 2
     returncodes = {"bad JSON": 2}
+    results = _run_all({name: (flags, None) for name, (flags, _) in probes.items()})
     for name, (flags, expected) in probes.items():
-        line = _one_error_line(_run(*flags), returncodes.get(name, 1))
+        line = _one_error_line(results[name], returncodes.get(name, 1))
         assert expected in line, (name, line)
 
 
 def test_traceback_on_request_and_validation_errors_stay_one_line(store):
     root, _ = store
-    shown = _run("--data-path", str(root / "nope"), "--split", "90,10,0",
-                 env={"MEGATRON_TRACEBACK": "1"})
+    runs = _run_all({
+        "shown": (("--data-path", str(root / "nope"), "--split", "90,10,0"),
+                  {"MEGATRON_TRACEBACK": "1"}),
+        "bad_lr": (("--lr", "0", "--min-lr", "0"), None),
+        # a flag error is the same on every rank: rank 1 stays silent
+        "silent": (("--lr", "-1", "--min-lr", "0"), {"RANK": "1"})})
+    shown, bad_lr, silent = runs["shown"], runs["bad_lr"], runs["silent"]
     assert shown.returncode == 1 and "Traceback" in shown.stderr
     assert "MissingInputError" in shown.stderr
-    bad_lr = _run("--lr", "0", "--min-lr", "0")
     assert bad_lr.returncode == 2 and "--lr must be > 0, got 0.0" in bad_lr.stderr
     assert "Traceback" not in bad_lr.stderr
-    # a flag error is the same on every rank: rank 1 stays silent
-    silent = _run("--lr", "-1", "--min-lr", "0", env={"RANK": "1"})
     assert silent.returncode == 2 and "error:" not in silent.stderr
 
 
@@ -143,5 +168,7 @@ def test_sigterm_to_the_process_group_saves_and_exits_0(store, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-3000:]
     assert "received SIGTERM" in err and "saved checkpoint at iteration" in out
+    assert "exiting at iteration" in out and \
+        ": received SIGTERM (--exit-signal-handler)" in out   # the real cause is named
     saved = int((ckpt / "latest_checkpointed_iteration.txt").read_text())
     assert 3 <= saved < 100000 and (ckpt / f"iter_{saved:07d}").is_dir()

@@ -1,4 +1,5 @@
-"""First contact and hard failures: an exact TP1 -> TP2 conversion, a damaged newest
+"""First contact and hard failures: an exact TP1 -> TP2 conversion (an unconverted TP1
+checkpoint at TP2 is refused with the conversion command), a damaged newest
 checkpoint (named; --ckpt-fallback resumes from the previous one), stale temp folders,
 and --exit-signal-handler (SIGTERM mid-run on one rank saves on all, bit-exact resume)."""
 from __future__ import annotations
@@ -41,7 +42,13 @@ def _two_rank_jobs(rank, world_size, converted, ckpt):
                    forward_step=_signalling_forward_step)
     cut_at, saved = cut.iteration, read_tracker(ckpt)
     resumed = run_tiny("--load", ckpt, iters=6)
-    return {"tp2": tp2.history, "straight": straight.history, "cut": cut.history,
+    try:   # the TP1 checkpoint itself, unconverted
+        run_tiny(*NO_DROPOUT, *WIDE_PADDING, "--tensor-model-parallel-size", "2",
+                 "--load", os.path.join(os.path.dirname(converted), "tp1"), iters=6)
+        unconverted = None
+    except CheckpointError as err:
+        unconverted = str(err)
+    return {"unconverted": unconverted, "tp2": tp2.history, "straight": straight.history, "cut": cut.history,
             "cut_at": cut_at, "saved": saved, "resumed": resumed.history,
             "validation": (straight.last_validation, resumed.last_validation),
             "fallback": _damaged_on_one_rank(rank, ckpt + "_tp2")}
@@ -89,6 +96,17 @@ def test_tp1_to_tp2_conversion_resumes_with_the_unconverted_loss(two_ranks):
         (it, loss), *_ = out["tp2"]
         # the step after the checkpoint: same weights, same batch, more padding rows
         assert it == 5 and loss == pytest.approx(unconverted[5], rel=1e-6, abs=1e-6)
+
+
+def test_a_tp1_checkpoint_loaded_at_tp2_is_refused_with_the_conversion_command(two_ranks):
+    _, converted, per_rank = two_ranks
+    tp1 = os.path.join(os.path.dirname(converted), "tp1")
+    for out in per_rank:     # both ranks, the same advice (no --ckpt-fallback: it cannot help)
+        message = out["unconverted"]
+        assert message is not None and "saved with another parallel layout" in message
+        assert (f"tools/checkpoint_util.py --load-dir {tp1} --save-dir NEW_DIR "
+                "--target-tensor-parallel-size 2 --target-pipeline-parallel-size 1") in message
+        assert "--ckpt-fallback" not in message
 
 
 def test_round_trip_tp1_tp2_tp1_is_exact(two_ranks, tmp_path):

@@ -23,6 +23,7 @@ import numpy as np
 from megatron.data.indexed_dataset import MMapIndexedDataset
 from megatron.data_efficiency.analyzer import kernels, metrics
 from megatron.data_efficiency.analyzer.comm import Comm, world
+from megatron.data_efficiency.analyzer.index_checks import refuse_replacing
 from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint, publish_dir, new_tmp_dir, save_npy
 from megatron.data_efficiency.analyzer.shards import (Progress, ShardStore, my_block, my_weighted_block,
                                                       plan_range_shards, plan_unit_shards, run_rounds)
@@ -351,6 +352,15 @@ def run_analyzer(cfg: AnalyzerConfig, comm: Comm | None = None, source=None) -> 
         metrics.load_metric_fn(target)  # fail before any pass over the data
     clock = _PhaseClock()
     run = _Run(cfg, comm, source if source is not None else build_source(cfg))
+    same = {"granularity": cfg.granularity}
+    planned = {m: {**same, **({"pad_token_id": cfg.pad_token_id} if m == "seqlen" else {})}
+               for m in cfg.metrics if m != "total_vocab_freq"}
+    planned.update({name: {**same, "metric_fn": target} for name, target in user})
+    planned.update({m.name: {**same, **{k: v for k, v in m.meta.items() if k != "reference_load"}}
+                    for m in cfg.model_metrics})
+    if "total_vocab_freq" in cfg.metrics:
+        planned["total_vocab_freq"] = {}
+    refuse_replacing(cfg, comm, run.fingerprint, planned)
     clock.mark("setup")
     wanted = set(cfg.metrics)
     counts = run.counts() if wanted & {"voc", "total_vocab_freq", "seqlen_voc"} else None

@@ -26,6 +26,7 @@ import numpy as np
 from megatron.data_efficiency.analyzer import kernels
 from megatron.data_efficiency.analyzer.analyzer import (AnalyzerConfig, _summary, _write_counts,
                                                         seqlen_voc_entry)
+from megatron.data_efficiency.analyzer.index_checks import refuse_replacing
 from megatron.data_efficiency.analyzer.comm import Comm, world
 from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint
 from megatron.data_efficiency.analyzer.sort_write import write_index_parallel
@@ -152,13 +153,16 @@ def run_bert_analyzer(cfg: AnalyzerConfig, params: BertSampleParams, comm: Comm 
     fingerprint = comm.bcast(bert_samples_fingerprint(
         cfg.data_prefix, cfg.split, cfg.seq_length, cfg.seed, src.mapping) if comm.rank == 0 else None)
     wanted = set(cfg.metrics)
+    base = {"granularity": "sample", "model": "bert", "short_seq_prob": params.short_seq_prob,
+            "binary_head": params.binary_head}
+    refuse_replacing(cfg, comm, fingerprint, {m: ({} if m == "total_vocab_freq" else base)
+                                              for m in wanted})
     counts = _token_counts(src, comm, cfg) if wanted & {"voc", "total_vocab_freq", "seqlen_voc"} \
         else None
     if "total_vocab_freq" in wanted:
         _write_counts(_RunInfo(cfg, comm, fingerprint), counts)
     lo, hi = _my_range(comm, src.num_samples)
-    base = {"granularity": "sample", "model": "bert", "data_prefix": cfg.data_prefix,
-            "short_seq_prob": params.short_seq_prob, "binary_head": params.binary_head}
+    base = {**base, "data_prefix": cfg.data_prefix}
     for name, values, extra in _values(src, comm, cfg, wanted, counts, lo, hi):
         write_index_parallel(comm, os.path.join(cfg.save_path, name), name, lo, values,
                              fingerprint, {**base, **extra})

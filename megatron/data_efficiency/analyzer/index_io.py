@@ -31,6 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from megatron.data_efficiency.analyzer.index_checks import validate_index_arrays
+
 FORMAT_VERSION = 1
 INDEX_FILES = ("sample_to_metric.npy", "sorted_samples.npy", "values.npy", "offsets.npy", "meta.json")
 
@@ -110,8 +112,9 @@ class MetricIndex:
     @classmethod
     def open(cls, path: str, expected_fingerprint: str | None = None,
              expected_num_samples: int | None = None) -> "MetricIndex":
-        """Map the index in ``path``; ValueError if it is incomplete, inconsistent or
-        belongs to other data (``expected_fingerprint`` given and different).
+        """Map the index in ``path``; ValueError if it is incomplete, inconsistent, damaged
+        (``validate_index_arrays``) or belongs to other data (``expected_fingerprint``
+        given and different).
 
         An index converted from DeepSpeed has no fingerprint (``meta["source"] ==
         "deepspeed"``): for it the check is the sample count, ``expected_num_samples``.
@@ -150,7 +153,9 @@ class MetricIndex:
                             f"do not match the arrays ({n}, {v})")
         if problems:
             raise ValueError(f"metric index {path} is inconsistent: " + "; ".join(problems))
-        return cls(path, meta, arrays)
+        index = cls(path, meta, arrays)
+        validate_index_arrays(index)   # index_checks.py
+        return index
 
     def samples_at_or_below(self, value: float) -> int:
         """End of the prefix of ``sorted_samples`` whose values are <= ``value``."""

@@ -68,6 +68,7 @@ class ReferenceModel:
     iteration: int
     fingerprint: str
     load_dir: str
+    tokenizer: dict | None = None   # the identity its run record names (None: older checkpoint)
 
 
 def load_reference_model(load_dir: str, iteration: int | None = None,
@@ -97,8 +98,9 @@ def load_reference_model(load_dir: str, iteration: int | None = None,
     model = GPTModel(config, parallel_output=True)
     model.load_state_dict(full, strict=True)
     model.to(device).eval()
+    record = (source[(0, 0)].get("extra_state") or {}).get("run_record") or {}
     return ReferenceModel(model, int(args["seq_length"]), iteration, state_fingerprint(full),
-                          os.path.abspath(load_dir))
+                          os.path.abspath(load_dir), record.get("tokenizer"))
 
 
 def check_window(ref: ReferenceModel, window: int | None) -> int | None:

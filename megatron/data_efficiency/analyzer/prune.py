@@ -13,7 +13,8 @@ curriculum sampler reads it), so ``--keep-percentile LO HI`` keeps exactly the s
 Beside it, ``OUT.json`` (the manifest) records the source store and its fingerprint, the
 index, the selection, a sha256 of the kept ids and the tokens kept. All three files are
 written under temporary names and renamed, the manifest last: a store with a manifest is
-complete. An index that is damaged, inconsistent or built for other data is refused.
+complete. An index that is damaged, inconsistent or built for other data is refused
+(``MetricIndex.open`` validates the arrays as training does).
 """
 from __future__ import annotations
 
@@ -70,30 +71,6 @@ def kept_ids(index: MetricIndex, sel: Selection) -> np.ndarray:
             start = {"easy": 0, "hard": n - k, "middle": (n - k) // 2}[sel.order]
             band = order[start:start + k]
     return np.sort(np.asarray(band, dtype=np.int64))
-
-
-def verify_index(index: MetricIndex) -> None:
-    """Refuse an index whose arrays contradict each other (O(N) time and memory).
-
-    ``MetricIndex.open`` checks sizes and the fingerprint; this also checks that
-    ``sorted_samples`` holds every id once, sorted by (value, id), and matches the CSR
-    ``values`` / ``offsets``.
-    """
-    n, where = index.num_samples, f"metric index {index.path}"
-    ss = np.asarray(index.sorted_samples)
-    s2m = np.asarray(index.sample_to_metric)
-    if n and (ss.min() < 0 or ss.max() >= n or np.bincount(ss, minlength=n).max() != 1):
-        raise ValueError(f"{where} is damaged: sorted_samples is not a permutation of 0..{n - 1}")
-    vals = s2m[ss]
-    if vals.dtype.kind == "f" and not np.isfinite(vals).all():
-        raise ValueError(f"{where} is damaged: non-finite metric values")
-    step = np.diff(vals)
-    if (step < 0).any() or ((step == 0) & (np.diff(ss) < 0)).any():
-        raise ValueError(f"{where} is damaged: sorted_samples is not sorted by (value, id)")
-    offsets = np.asarray(index.offsets)
-    if (np.diff(offsets) <= 0).any() or \
-            not np.array_equal(np.repeat(np.asarray(index.values), np.diff(offsets)), vals):
-        raise ValueError(f"{where} is damaged: values / offsets disagree with sorted_samples")
 
 
 @dataclass(frozen=True)

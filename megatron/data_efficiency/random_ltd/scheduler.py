@@ -14,7 +14,6 @@ Reference: 128 -> 2048, step 16, T_r 200000 gives 608 at 50000, 1088 at 100000, 
 """
 from __future__ import annotations
 
-import warnings
 
 from megatron.data_efficiency.random_ltd.config import RandomLTDConfig
 from megatron.data_efficiency.pacing import paced_value
@@ -68,18 +67,3 @@ class RandomLTDScheduler:
         r = mslg_kept_length(iteration, cfg.min_seqlen, self.max_seqlen,
                              cfg.total_steps, cfg.seq_per_step)
         return r if seq_length is None else min(r, seq_length)
-
-    def settings(self) -> dict:
-        """What fixes every draw and kept length; saved in checkpoints to warn on change."""
-        return {"seed": self.seed, "layer_ids": sorted(self.layer_ids),
-                "min_seqlen": self.config.min_seqlen, "max_seqlen": self.max_seqlen,
-                "total_steps": self.config.total_steps,
-                "seq_per_step": self.config.seq_per_step}
-
-    def warn_if_changed(self, saved: dict) -> None:
-        """Warn when a checkpoint's settings differ (the resumed run draws differently)."""
-        mine = self.settings()
-        changed = [k for k in mine if k in saved and saved[k] != mine[k]]
-        if changed:
-            warnings.warn(f"random-LTD settings {changed} differ from the checkpoint; the "
-                          f"resumed run will not reproduce the original draws/schedule")

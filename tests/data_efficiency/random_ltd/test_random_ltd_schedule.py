@@ -59,13 +59,6 @@ def test_layer_choice():
         RandomLTDConfig(enabled=True, total_steps=1, layer_ids=(1, 2), layer_num=3)
 
 
-def test_changed_settings_warn_on_resume():
-    a = _scheduler()
-    a.warn_if_changed(_scheduler().settings())                       # same: silent
-    with pytest.warns(UserWarning, match="min_seqlen"):
-        a.warn_if_changed(_scheduler(min_seqlen=64).settings())
-
-
 def test_draw_at_once_equals_the_per_layer_draws_and_moves_once():
     """All dropping layers of a micro-batch drawn into one tensor give exactly the draws of
     each layer alone, so the plan is device-independent; moving it is one copy."""

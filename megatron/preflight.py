@@ -1,0 +1,167 @@
+"""What ``pretrain()`` checks before it builds anything, so a run fails at start, not at
+step 1 or at its first save.
+
+* Inputs: every token store of ``--data-path`` / ``--train-data-path`` / ... exists, is
+  readable and was made with this run's tokenizer (``megatron.data.provenance``);
+  ``--load`` is a readable folder when it exists (a missing one starts from scratch).
+* The save folder (``claim_save_dir``): created, locked for this run
+  (``megatron.save_dir_lock``), written to by every rank, and not holding another run's
+  checkpoints unless ``--overwrite-checkpoints``.
+* The run record of this run (``megatron.run_record``), returned for the checkpoints and
+  compared on resume with the loaded checkpoint's (``resumed_data_efficiency_state``).
+
+Every rank runs the same checks on the same files and raises the same error, printed once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import torch.distributed as dist
+
+from megatron.checkpoint_folder import save_dir_conflict
+from megatron.data.provenance import check_store, store_summary
+from megatron.errors import BadInputError, CheckpointError, raise_agreed
+from megatron.run_record import OVERRIDE_FLAGS, check_resume, data_efficiency_record, run_record
+from megatron.save_dir_lock import SaveDirLock, SaveDirLockedError
+from megatron.tokenizer.identity import NULL_TYPE, tokenizer_identity
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _print_rank_0(message: str) -> None:
+    if _rank() == 0:
+        print(message, flush=True)
+
+
+def tokenizer_identity_of(args: argparse.Namespace, tokenizer) -> dict:
+    """The identity of the run's tokenizer (``NullTokenizer`` under ``--vocab-size``)."""
+    from megatron.initialize import NullTokenizer
+    kind = NULL_TYPE if isinstance(tokenizer, NullTokenizer) else args.tokenizer_type
+    return tokenizer_identity(kind, tokenizer, vocab_file=args.vocab_file,
+                              merge_file=args.merge_file, tokenizer_model=args.tokenizer_model,
+                              vocab_extra_ids=args.vocab_extra_ids)
+
+
+def store_prefixes(args: argparse.Namespace) -> dict[str, list[tuple[float, str]]]:
+    """``{"all" | "train" | "valid" | "test": [(weight, prefix), ...]}`` of the run's data
+    flags (one prefix has weight 1; a blend ``w1 p1 w2 p2 ...`` its weights)."""
+    out = {}
+    for name, paths in (("all", args.data_path), ("train", args.train_data_path),
+                        ("valid", args.valid_data_path), ("test", args.test_data_path)):
+        if not paths:
+            continue
+        if len(paths) == 1:
+            out[name] = [(1.0, paths[0])]
+            continue
+        try:
+            out[name] = [(float(w), p) for w, p in zip(paths[0::2], paths[1::2])]
+        except ValueError:
+            raise BadInputError(f"--data-path {' '.join(paths)}: a blend is weight / prefix "
+                                "pairs") from None
+    return out
+
+
+def check_inputs(args: argparse.Namespace, tokenizer) -> dict:
+    """Check the data and ``--load`` (see the module docstring); returns this run's
+    record (``megatron.run_record``)."""
+    identity = tokenizer_identity_of(args, tokenizer)
+    groups = store_prefixes(args)
+    for prefix in sorted({p for pairs in groups.values() for _, p in pairs}):
+        check_store(prefix, identity)
+    if args.load and os.path.exists(args.load) and not (
+            os.path.isdir(args.load) and os.access(args.load, os.R_OK | os.X_OK)):
+        raise CheckpointError(f"--load {args.load}: not a readable folder")
+    data = {"split": args.split if args.data_path else None,
+            "splits": {name: [[w, store_summary(p)] for w, p in pairs]
+                       for name, pairs in groups.items()},
+            "paths": {name: [os.path.abspath(p) for _, p in pairs]
+                      for name, pairs in groups.items()}}
+    return run_record(data_efficiency=data_efficiency_record(args.data_efficiency, args.seed),
+                      seq_length=args.seq_length, seed=args.seed, data=data, tokenizer=identity)
+
+
+def _same_folder(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def claim_save_dir(args: argparse.Namespace) -> SaveDirLock | None:
+    """Collective: make ``--save`` this run's (see the module docstring). Returns the
+    lock on rank 0 (None elsewhere and without ``--save``); release it when the run ends.
+
+    Raises:
+        CheckpointError: on every rank, naming the folder and the problem (the holder of
+            the lock, an unwritable folder, another run's checkpoints).
+    """
+    save = args.save
+    if not save:
+        return None
+    lock, problem = None, None
+    if _rank() == 0:
+        lock, problem = _lock_on_rank_0(args)
+    try:
+        raise_agreed(problem, CheckpointError)
+        raise_agreed(_write_test(save), CheckpointError)   # every rank, every node
+    except CheckpointError:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def _lock_on_rank_0(args: argparse.Namespace) -> tuple[SaveDirLock | None, str | None]:
+    save = args.save
+    try:
+        os.makedirs(save, exist_ok=True)
+        lock = SaveDirLock(save).acquire()
+    except SaveDirLockedError as err:
+        return None, str(err)
+    except OSError as err:
+        return None, f"--save {save}: cannot create or write the folder ({err.strerror})"
+    if lock.took_over:
+        print(f" > {lock.path}: taking over the lock of an ended run ({lock.took_over})",
+              flush=True)
+    resumes = _same_folder(args.load, save) and not args.finetune
+    conflict = save_dir_conflict(save, resumes)
+    if conflict is not None and not args.overwrite_checkpoints:
+        lock.release()
+        return None, conflict
+    if conflict is not None:
+        print(f" > WARNING: --overwrite-checkpoints: {conflict.split('; its saves')[0]}; "
+              "this run's saves replace iterations of the same number", flush=True)
+    return lock, None
+
+
+def _write_test(save: str) -> str | None:
+    """This rank's problem writing into ``save`` (None: it can)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=save, prefix=".write_test_"):
+            pass
+    except OSError as err:
+        return f"--save {save}: not writable ({err.strerror})"
+    return None
+
+
+def resumed_data_efficiency_state(extra: dict, record: dict,
+                                   args: argparse.Namespace) -> dict:
+    """The checkpoint's data-efficiency state to restore, once its run record is checked
+    against this run's (refused unless overridden; the curriculum sampler's streams start
+    afresh when the flags accepted a change)."""
+    de_state = extra.get("data_efficiency", {})
+    if args.finetune or not extra:   # nothing loaded, or fresh counters
+        return de_state
+    overrides = {flag for flag, given in (
+        (OVERRIDE_FLAGS["data_efficiency"], args.override_data_efficiency_state),
+        (OVERRIDE_FLAGS["data"], args.override_training_data)) if given}
+    lines, changed = check_resume(extra.get("run_record"), record, overrides,
+                                  f"--load {args.load}")
+    for line in lines:
+        _print_rank_0(f" > {line}")
+    if changed and "curriculum_sampler" in de_state:
+        _print_rank_0(" > the curriculum sampler starts its streams afresh at the resumed "
+                      "iteration")
+        de_state = {k: v for k, v in de_state.items() if k != "curriculum_sampler"}
+    return de_state

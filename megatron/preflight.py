@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 from megatron.checkpoint_folder import save_dir_conflict
 from megatron.data.provenance import check_store, store_summary
-from megatron.errors import BadInputError, CheckpointError, raise_agreed
+from megatron.errors import BadConfigError, BadInputError, CheckpointError, raise_agreed
+from megatron.flag_sizes import idle_run_problem
 from megatron.run_record import OVERRIDE_FLAGS, check_resume, data_efficiency_record, run_record
 from megatron.save_dir_lock import SaveDirLock, SaveDirLockedError
 from megatron.tokenizer.identity import NULL_TYPE, tokenizer_identity
@@ -68,6 +69,9 @@ def store_prefixes(args: argparse.Namespace) -> dict[str, list[tuple[float, str]
 def check_inputs(args: argparse.Namespace, tokenizer) -> dict:
     """Check the data and ``--load`` (see the module docstring); returns this run's
     record (``megatron.run_record``)."""
+    idle = idle_run_problem(args)
+    if idle is not None:
+        raise BadConfigError(idle)
     identity = tokenizer_identity_of(args, tokenizer)
     groups = store_prefixes(args)
     for prefix in sorted({p for pairs in groups.values() for _, p in pairs}):

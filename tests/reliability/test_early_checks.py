@@ -1,6 +1,7 @@
 """Everything a flag can get wrong is found by validate_args as one error listing the
 problems (no ZeroDivisionError or model-building traceback later), and --train-iters 0
-means "evaluate only" (as in Megatron-LM), refused when evaluation is off too."""
+means "evaluate only" (as in Megatron-LM); pretrain() refuses it when evaluation is off too
+(a finetuning script with --epochs 0 still scores its tasks, so that is not a flag rule)."""
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,6 @@ def _validate(*flags: str):
     (("--save-interval", "-1"), "--save-interval must be >= 0, got -1"),
     (("--make-vocab-size-divisible-by", "0"), "--make-vocab-size-divisible-by must be >= 1"),
     (("--log-interval", "0"), "--log-interval must be >= 1, got 0"),
-    (("--train-iters", "0", "--eval-iters", "0"), "--train-iters 0 trains nothing and "
-                                                   "--eval-iters 0 evaluates nothing"),
 ])
 def test_invalid_sizes_are_one_validation_error(flags, message):
     with pytest.raises(ArgumentValidationError) as err:
@@ -47,3 +46,10 @@ def test_train_iters_0_evaluates_only(capsys):
     assert state.history == [] and "lm loss" in state.last_validation
     assert "nothing to train: iteration 0 already meets the stopping rule" in \
         capsys.readouterr().out
+
+
+def test_a_run_that_neither_trains_nor_evaluates_is_refused():
+    from megatron.errors import BadConfigError
+    with pytest.raises(BadConfigError, match="--train-iters 0 trains nothing and --eval-iters 0 "
+                                             "evaluates nothing"):
+        run_tiny("--lr-warmup-iters", "0", "--eval-iters", "0", iters=0)

@@ -64,7 +64,7 @@ def test_fp16_overflow_skips_step_and_backs_off():
     x = torch.randn(3, 4, dtype=torch.float16)
     opt.zero_grad()
     opt.scale_loss(_loss(model, x)).backward()
-    next(model.parameters()).grad[0, 0] = float("inf")
+    next(model.parameters()).main_grad[0, 0] = float("inf")   # backward filled the buffer
     ok, norm, _ = opt.step()
     assert ok is False and opt.get_loss_scale() == 2.0 ** 15
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -95,7 +95,7 @@ def test_fp32_nan_gradient_is_not_applied():
     opt = get_megatron_optimizer([model], OptimizerConfig())
     before = [p.detach().clone() for p in model.parameters()]
     _loss(model, torch.randn(2, 4)).backward()
-    next(model.parameters()).grad[0, 0] = float("nan")
+    next(model.parameters()).main_grad[0, 0] = float("nan")
     ok, norm, _ = opt.step()
     assert ok is False and math.isnan(norm)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

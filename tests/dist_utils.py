@@ -44,6 +44,9 @@ class DistributedTestError(RuntimeError):
 def _rank_main(fn: Callable, rank: int, world_size: int, init_file: str,
                pg_timeout_s: float, results: Any, args: tuple, kwargs: dict) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
+    # gloo ranks train on the CPU: on a machine with GPUs, hide them (the model would go
+    # to the GPU while the gloo groups take CPU tensors)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     torch.set_num_threads(1)
     # Some code (torchrun-style launch paths) reads these; keep them consistent.
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size),

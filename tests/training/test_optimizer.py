@@ -124,3 +124,12 @@ def test_clip_grad_norm_counts_tp_duplicates_once():
     norms = run_distributed(_tp_norm_worker, 2)
     expect = math.sqrt(1 + 4 + 4 + 16 + 100)
     assert norms == [pytest.approx(expect), pytest.approx(expect)]
+
+
+def test_distributed_optimizer_refuses_a_checkpoint_of_the_flat_layout():
+    """A distrib_optim_dp*.pt written before the gradient buffers (one flat layout, integer
+    sizes) is refused with the flag that resumes without it."""
+    opt = get_megatron_optimizer([_model()], OptimizerConfig(use_distributed_optimizer=True))
+    with pytest.raises(ValueError, match="--no-load-optim"):
+        opt.load_state_dict({"optimizer": {}, "masters": [], "dp_rank": 0, "dp_size": 1,
+                             "padded_numel": 66})

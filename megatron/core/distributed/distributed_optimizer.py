@@ -257,6 +257,9 @@ class DistributedOptimizer:
 
     def load_state_dict(self, state: dict) -> None:
         """Load a shard saved by the same DP rank under the same layout."""
+        if isinstance(state.get("padded_numel"), int):
+            raise ValueError("distributed optimizer checkpoint: written before the gradient "
+                             "buffers (one flat layout); load it with --no-load-optim")
         for key, mine in self._layout().items():
             if state.get(key) != mine:
                 raise ValueError(f"distributed optimizer checkpoint: {key} is {state.get(key)} "

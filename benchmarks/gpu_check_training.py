@@ -62,16 +62,19 @@ def shared_data(preset, out: str, log=print):
     return study_data.default_corpus(preset, os.path.join(out, "data"), log)
 
 
-def _run(cmd: list[str], log_path: str, cpu: bool) -> list[tuple[int, float]]:
+def _start(cmd: list[str], log_path: str, cpu: bool) -> subprocess.Popen:
     env = dict(os.environ)
     if cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     with open(log_path, "w") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            cwd=ROOT).returncode
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def _losses(proc: subprocess.Popen, log_path: str) -> list[tuple[int, float]]:
+    rc = proc.wait()
     text = open(log_path).read()
     if rc != 0:
-        raise RuntimeError(f"{' '.join(cmd[:2])} failed (exit {rc}): {text[-2000:]}")
+        raise RuntimeError(f"{' '.join(proc.args[:2])} failed (exit {rc}): {text[-2000:]}")
     return [(int(i), float(v)) for i, v in _LOSS.findall(text)]
 
 
@@ -86,7 +89,7 @@ def check_train(smoke: bool, out: str) -> dict:
     index_dir = os.path.join(out, "train", "index")
     study_data.build_index(variant, data, run.seed, index_dir, [run.arm], print)
     extra = ("--use-distributed-optimizer", "--log-interval", "1")
-    runs = {}
+    started = {}
     for name, flags, cpu in (("bf16", variant.extra, smoke),
                              ("fp32_cpu", tuple(f for f in variant.extra if f != "--bf16"), True)):
         run_dir = os.path.join(out, "train", name)
@@ -94,7 +97,9 @@ def check_train(smoke: bool, out: str) -> dict:
         more = extra + (("--exit-interval", str(cpu_steps)) if name == "fp32_cpu" else ())
         cmd = [sys.executable, *pretrain_command(replace(variant, extra=flags), run, data, run_dir,
                                                  os.path.join(run_dir, "tb"), index_dir, more)]
-        runs[name] = _run(cmd, os.path.join(run_dir, "train.log"), cpu)
+        log = os.path.join(run_dir, "train.log")
+        started[name] = (_start(cmd, log, cpu), log)     # side by side: GPU and CPU
+    runs = {name: _losses(proc, log) for name, (proc, log) in started.items()}
     gpu, cpu = dict(runs["bf16"]), dict(runs["fp32_cpu"])
     compared = sorted(set(gpu) & set(cpu))
     worst = max((abs(gpu[i] - cpu[i]) / cpu[i] for i in compared), default=math.inf)
@@ -207,8 +212,10 @@ def check_study(smoke: bool, out: str) -> dict:
     from megatron.study.runner import StudyConfig, run_study
     preset = preset_for(smoke)
     data = shared_data(preset, out)
+    # one GPU: one run at a time; the CPU smoke runs them side by side
     records, _ = run_study(StudyConfig(preset=preset, out_dir=os.path.join(out, "study"),
-                                       seeds=1, plan=list(preset.plan), data=data))
+                                       seeds=1, plan=list(preset.plan), data=data,
+                                       jobs=3 if smoke else 1, threads_per_job=1 if smoke else None))
     by = {(r["arm"], r["budget_fraction"]): r for r in records}
     base = by[("baseline", 1.0)]
     rows = [{"arm": a, "budget": f, "train_seconds": r["train_seconds"],

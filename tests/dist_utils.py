@@ -151,3 +151,17 @@ def _check(outcomes: list[tuple], procs: list, world_size: int, timeout_s: float
             "None means it was still running and was killed)", by_rank)
     return [torch.load(io.BytesIO(payload), weights_only=False)
             for _, _, payload in sorted(outcomes, key=lambda o: o[0])]
+
+
+def isolated_jobs(rank: int, world_size: int, jobs: list[tuple]) -> list:
+    """Run several ``(worker, *args)`` jobs in one spawn (starting ranks is the slow part):
+    ``worker(rank, world_size, *args)`` each, results in order, each job starting from no
+    model-parallel groups and an empty tensor-parallel RNG tracker."""
+    from megatron.core import parallel_state, tensor_parallel
+    out = []
+    for worker, *args in jobs:
+        out.append(worker(rank, world_size, *args))
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        tensor_parallel.get_rng_tracker().reset()
+    return out

@@ -12,7 +12,7 @@ The runs go through every code path that issues a collective:
   loss, the sequence-parallel gradients, the loss scaler's overflow vote;
 and, called directly: BERT's seqreo transform on a collated (host) batch and the
 gradient-norm fallback of a rank without gradients. The numbers are a CPU run's (the same
-CPU kernels compute the wrapped data). Runs in the shared 2-rank spawn (conftest.py).
+CPU kernels compute the wrapped data). Runs in the shared 2-rank spawn (tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -82,10 +82,12 @@ def worker(rank: int, world_size: int, folder: str) -> dict:
     return out
 
 
-def job(folder: str) -> tuple:
-    """The simulated runs, in the shared 2-rank spawn; the corpus is written here."""
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """The simulated runs, in the session's shared 2-rank spawn (tests/conftest.py); the
+    corpus is written here."""
+    folder = str(tmp_path_factory.mktemp("devices"))
     _corpus(os.path.join(folder, "corpus"))
-    return (worker, folder)
+    return {"devices": (worker, folder)}
 
 
 def test_every_collective_gets_tensors_on_its_groups_device(two_rank_spawn):

@@ -114,8 +114,13 @@ def worker(rank: int, world_size: int) -> dict:
             "scaled": scaled_weights, "skipped": skipped and unchanged}
 
 
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """This module's job in the session's shared 2-rank spawn (tests/conftest.py)."""
+    return {"distopt": (worker,)}
+
+
 def test_distributed_optimizer_matches_adamw_and_resumes_exactly(two_rank_spawn):
-    results = two_rank_spawn["distopt"]  # worker() on DP2, in the shared spawn (conftest.py)
+    results = two_rank_spawn["distopt"]  # worker() on DP2, in the shared spawn
     ref_weights, ref_norms = _reference()
     for result in results:
         for step in range(STEPS):

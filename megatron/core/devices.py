@@ -30,11 +30,11 @@ def collective_device(group=None) -> torch.device:
         group: a process group (None: the default group).
 
     Returns:
-        The accelerator for an NCCL group, else the CPU (also without torch.distributed,
-        where no collective runs and a host tensor is the cheapest to read back).
+        The accelerator for an NCCL group, else the CPU; without torch.distributed (no
+        collective runs) the accelerator, where the values reduced into it already are.
     """
     if not (dist.is_available() and dist.is_initialized()):
-        return torch.device("cpu")
+        return accelerator_device()
     if dist.get_backend(group) in ACCELERATOR_BACKENDS:
         return accelerator_device()
     return torch.device("cpu")

@@ -113,11 +113,12 @@ class GradBuffer:
 
     def all_reduce(self, bucket_numel: int) -> None:
         """Average the whole buffer over the group, ``bucket_numel`` elements per call."""
+        bucket_numel = max(1, bucket_numel)
         if self.divisor != 1:
             self.grad_data.div_(self.divisor)
         if self.size == 1:
             return
-        for start in range(0, self.padded_numel, max(1, bucket_numel)):
+        for start in range(0, self.padded_numel, bucket_numel):
             dist.all_reduce(self.grad_data[start:start + bucket_numel], group=self.group)
 
     def reduce_scatter(self) -> torch.Tensor:

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -92,12 +93,16 @@ def _spawn(name: str, smoke: bool, out: str, limit: float) -> dict:
     cmd += ["--smoke"] if smoke else []
     start = time.time()
     with open(os.path.join(out, f"{name}.log"), "w") as log:
+        # its own process group: a part's training runs die with it when it is stopped
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
         try:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                timeout=limit).returncode
+            rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             return {"status": "timed out", "seconds": round(time.time() - start, 1),
-                    "summary": f"over its {limit:.0f} s limit (log: {name}.log)"}
+                    "summary": f"over its {limit:g} s limit (log: {name}.log)"}
     seconds = round(time.time() - start, 1)
     if rc != 0 or not os.path.exists(result_file):
         tail = open(os.path.join(out, f"{name}.log")).read().strip().splitlines()[-1:]

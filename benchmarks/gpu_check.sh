@@ -50,11 +50,12 @@ PYEOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total \
     --format=csv,noheader
 
-# The project's other dependencies, without touching the machine's torch / triton.
-NEEDED=$(grep -v -E '^\s*(#|$)|^(torch|triton)\b' requirements.txt | tr '\n' ' ')
+# The project's other dependencies, one by one (one that fails to install does not stop
+# the others), without touching the machine's torch / triton.
 if ! "$PY" -c "import numpy, sentencepiece, regex, tensorboard, matplotlib, tqdm" 2>/dev/null; then
-    echo "installing missing packages: $NEEDED"
-    "$PY" -m pip install --disable-pip-version-check -q $NEEDED \
-        || echo "pip could not install them (offline?): the parts that need them are skipped"
+    for pkg in $(grep -v -E '^\s*(#|$)|^(torch|triton)\b' requirements.txt | sort -u); do
+        "$PY" -m pip install --disable-pip-version-check -q "$pkg" \
+            || echo "pip could not install $pkg (offline?): the parts that need it are skipped"
+    done
 fi
 exec "$PY" benchmarks/gpu_check.py $SMOKE --out "$OUT"

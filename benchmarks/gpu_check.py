@@ -1,170 +1,176 @@
-"""GPU checks of the random-LTD hot path, run by ``benchmarks/gpu_check.sh``.
+"""The acceptance check for the first GPU: runs the parts of ``benchmarks/gpu_check.sh``
+(each in its own process, with a time limit), writes one JSON report and prints a table.
 
-    python benchmarks/gpu_check.py kernels [--smoke]   # Triton vs PyTorch path
-    python benchmarks/gpu_check.py ltd [--smoke]       # step-time ratios at kept 1/4, 1/2, 3/4
+    python benchmarks/gpu_check.py --out build/gpu_check          # on a CUDA machine
+    python benchmarks/gpu_check.py --smoke --out /tmp/gpu_smoke   # the CPU parts, seconds
+    python benchmarks/gpu_check.py --part kernels --out DIR       # one part
 
-``kernels``: the Triton gather / combine kernels compiled for the device against the
-PyTorch reference path, fp32 and bf16, sequence lengths up to 8192: bit-exact outputs and
-gradients, and the time of each path (CUDA events, median) as a ratio to the PyTorch path.
+Parts (what each checks: ``gpu_check_training.py``, ``gpu_check_kernels.py``):
+(data) the gpu-smoke preset's corpus, tokenizer and token store (shared by a and f);
+(a) pretrain_gpt.py bf16 + CL_seqtru_voc + random-LTD + distributed optimizer on the GPU,
+    against fp32 on the CPU for the first steps; (b) the Triton random-LTD kernels against
+    the PyTorch path, bit-exact, and their times; (c) MFU of a 350M-class bf16 step against
+    the spec peak and a measured matmul peak; (d) random-LTD step time against the FLOP
+    ideal at kept 1/4, 1/2, 3/4; (e) memory against the ZeRO-1 formula and an estimate;
+    (f) the gpu-smoke study: baseline 100%, composed arm 50%, baseline 50%.
 
-``ltd``: a bf16 training step (forward, backward, AdamW with fp32 main parameters) of a GPT
-with every layer but the first and the last dropping tokens, at kept fractions 1/4, 1/2 and
-3/4 of the sequence, each as a ratio to the same model's step without dropping measured in
-the same run, beside the ratio of the model FLOPs kept (``random_ltd_speed.ideal_ratio``).
-The token-drop plans are drawn as training draws them (``TokenDropPlan.draw``: all layers
-at once, one non-blocking copy per micro-batch).
-
-``--smoke`` runs tiny sizes on the CPU (Triton under ``TRITON_INTERPRET=1``) to check that
-the script itself works; its figures mean nothing.
+The report (``OUT/gpu_check.json``): the machine (torch, CUDA, Triton, GPU), then per part
+``status`` (ok / failed / skipped / timed out), ``seconds``, a one-line ``summary`` and
+the part's figures. The limits add up to under 8 minutes on one GPU. ``--smoke`` runs the
+parts one after the other in this process (Triton interpreted), without limits.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
+import platform
+import signal
+import subprocess
 import sys
 import time
+import traceback
 
-import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from megatron.data_efficiency.random_ltd import ops  # noqa: E402
-from megatron.data_efficiency.random_ltd.plan import TokenDropPlan  # noqa: E402
-
-
-def _device(smoke: bool) -> torch.device:
-    if smoke:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_check: no CUDA device (use --smoke to check the script on CPU)")
-    return torch.device("cuda", torch.cuda.current_device())
-
-
-def _timed(fn, device: torch.device, reps: int) -> float:
-    """Median seconds of ``fn()`` over ``reps`` runs after one warm-up (CUDA events on GPU)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+HERE = os.path.dirname(os.path.abspath(__file__))
+# name -> (title, time limit on a GPU in s, python packages it needs)
+PARTS = {
+    "data": ("data: corpus, tokenizer, token store", 90, ("numpy", "sentencepiece", "regex")),
+    "train": ("(a) pretrain bf16 CL+LTD+ZeRO-1 vs fp32 CPU", 75,
+              ("numpy", "sentencepiece", "tensorboard")),
+    "kernels": ("(b) Triton kernels vs PyTorch", 40, ("triton",)),
+    "mfu": ("(c) MFU, 350M bf16 step", 40, ()),
+    "ltd": ("(d) random-LTD step vs FLOP ideal", 40, ()),
+    "memory": ("(e) memory vs ZeRO-1 formula", 30, ()),
+    "study": ("(f) gpu-smoke study", 150, ("numpy", "sentencepiece", "tensorboard",
+                                          "matplotlib")),
+}
 
 
-def _gather_combine(impl: str, x: torch.Tensor, idx: torch.Tensor, grad: torch.Tensor):
-    x = x.detach().requires_grad_(True)
-    part = ops.gather_tokens(x, idx, impl=impl)
-    new = part * 3 + 1
-    out = ops.combine_tokens(x, new, idx, impl=impl)
-    gx, gnew = torch.autograd.grad(out, (x, new), grad)
-    return part.detach(), out.detach(), gx, gnew
+def _missing(packages) -> list[str]:
+    import importlib.util
+    return [p for p in packages if importlib.util.find_spec(p) is None]
 
 
-def check_kernels(smoke: bool) -> None:
-    device = _device(smoke)
-    seqs, b, h, reps = ((64, 256), 2, 48, 1) if smoke else ((1024, 2048, 4096, 8192), 4, 1024, 20)
-    print(f"kernels on {device}: gather + combine, forward + backward, b={b} h={h}, "
-          f"kept half of the sequence; time ratio triton / torch (median of {reps})")
-    failures = 0
-    for dtype in (torch.float32, torch.bfloat16):
-        for s in seqs:
-            plan = TokenDropPlan.draw(frozenset({1}), s // 2, 1234, 0, 0, 0, b, s, device)
-            idx = plan.kept_indices(1, b, s, device)
-            gen = torch.Generator(device=device.type).manual_seed(s)
-            x = torch.randn(s, b, h, device=device, generator=gen).to(dtype)
-            grad = torch.randn(s, b, h, device=device, generator=gen).to(dtype)
-            want = _gather_combine("torch", x, idx, grad)
-            got = _gather_combine("triton", x, idx, grad)
-            exact = all(torch.equal(w, g) for w, g in zip(want, got))
-            failures += not exact
-            t_torch = _timed(lambda: _gather_combine("torch", x, idx, grad), device, reps)
-            t_triton = _timed(lambda: _gather_combine("triton", x, idx, grad), device, reps)
-            print(f"  {str(dtype).split('.')[-1]:8s} s={s:5d}: bit-exact {exact}; torch "
-                  f"{t_torch * 1e3:.3f} ms, triton {t_triton * 1e3:.3f} ms, ratio "
-                  f"{t_triton / t_torch:.2f}", flush=True)
-    if failures:
-        raise SystemExit(f"gpu_check: {failures} kernel configurations differ from the "
-                         "PyTorch path")
+def run_part(name: str, smoke: bool, out: str) -> dict:
+    """Run one part in this process; returns its result dict."""
+    missing = _missing(PARTS[name][2])
+    if missing:
+        return {"status": "skipped", "summary": f"missing python package(s) {missing} "
+                                                "(pip could not install them)"}
+    sys.path.insert(0, HERE)
+    if name in ("kernels", "ltd"):
+        import gpu_check_kernels as k
+        return k.check_kernels(smoke) if name == "kernels" else k.check_ltd(smoke)
+    import gpu_check_training as t
+    if name == "data":
+        data = t.shared_data(t.preset_for(smoke), out)
+        return {"status": "ok", "summary": f"token store {data.data_path}"}
+    if name in ("train", "study"):
+        return (t.check_train if name == "train" else t.check_study)(smoke, out)
+    return t.check_mfu(smoke) if name == "mfu" else t.check_memory(smoke)
 
 
-def _ltd_model(args, device):
-    from megatron.model.config import TransformerConfig
-    from megatron.model.gpt_model import GPTModel
-    from megatron.optimizer import OptimizerConfig, get_megatron_optimizer
-    config = TransformerConfig(
-        num_layers=args.num_layers, hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads, padded_vocab_size=args.vocab_size,
-        max_position_embeddings=args.seq_length, position_embedding_type="rope",
-        hidden_dropout=0.0, attention_dropout=0.0,
-        params_dtype=torch.float32 if args.smoke else torch.bfloat16)
-    torch.manual_seed(1234)
-    model = GPTModel(config).to(device).train()
-    return model, get_megatron_optimizer([model], OptimizerConfig(lr=1e-4, bf16=not args.smoke))
+def _machine() -> dict:
+    info = {"python": platform.python_version(), "host": platform.node()}
+    try:
+        import torch
+        info.update(torch=torch.__version__, cuda=torch.version.cuda,
+                    gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+        import triton
+        info["triton"] = triton.__version__
+    except Exception as exc:  # noqa: BLE001 - the report says what it could not read
+        info["error"] = repr(exc)
+    return info
 
 
-def check_ltd(args) -> None:
-    from random_ltd_speed import ideal_ratio
-    device = _device(args.smoke)
-    model, optimizer = _ltd_model(args, device)
-    b, s, layers = args.micro_batch_size, args.seq_length, args.num_layers
-    dropping = frozenset(range(1, layers - 1))
-    gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, args.vocab_size, (b, s + 1), generator=gen).to(device)
-    positions = torch.arange(s, device=device).expand(b, s)
-    step_no = [0]
-
-    def step(kept: int | None) -> None:
-        step_no[0] += 1
-        plan = None if kept is None else TokenDropPlan.draw(
-            dropping, kept, 1234, step_no[0], 0, 0, b, s, device)
-        optimizer.zero_grad()
-        loss = model(tokens[:, :-1], positions, None, labels=tokens[:, 1:],
-                     token_drop_plan=plan).float().mean()
-        loss.backward()
-        optimizer.step()
-
-    base = _timed(lambda: step(None), device, args.steps)
-    print(f"random-LTD on {device}: GPT l={layers} h={args.hidden_size} "
-          f"heads={args.num_attention_heads} s={s} V={args.vocab_size} B={b}, "
-          f"{'fp32' if args.smoke else 'bf16'}, layers 1..{layers - 2} dropping; baseline "
-          f"step {base * 1e3:.1f} ms (median of {args.steps})")
-    ffn = 4 * args.hidden_size
-    for frac in (0.25, 0.5, 0.75):
-        kept = int(round(frac * s))
-        t = _timed(lambda: step(kept), device, args.steps)
-        ideal = ideal_ratio(s, kept, layers, len(dropping), args.hidden_size, ffn,
-                            args.vocab_size)
-        print(f"  kept {frac:g} ({kept} tokens): step {t * 1e3:.1f} ms, ratio to baseline "
-              f"{t / base:.3f}, ideal (FLOPs kept) {ideal:.3f}", flush=True)
+def _spawn(name: str, smoke: bool, out: str, limit: float) -> dict:
+    """One part in a child process (a crash or a hang cannot take the report with it)."""
+    env = dict(os.environ)
+    result_file = os.path.join(out, f"{name}.json")
+    if os.path.exists(result_file):
+        os.remove(result_file)
+    cmd = [sys.executable, os.path.abspath(__file__), "--part", name, "--out", out]
+    cmd += ["--smoke"] if smoke else []
+    start = time.time()
+    with open(os.path.join(out, f"{name}.log"), "w") as log:
+        # its own process group: a part's training runs die with it when it is stopped
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return {"status": "timed out", "seconds": round(time.time() - start, 1),
+                    "summary": f"over its {limit:g} s limit (log: {name}.log)"}
+    seconds = round(time.time() - start, 1)
+    if rc != 0 or not os.path.exists(result_file):
+        tail = open(os.path.join(out, f"{name}.log")).read().strip().splitlines()[-1:]
+        return {"status": "failed", "seconds": seconds,
+                "summary": f"exit {rc}: {tail[0] if tail else ''} (log: {name}.log)"}
+    with open(result_file) as f:
+        return {**json.load(f), "seconds": seconds}
 
 
-def main(argv=None) -> None:
+def table(report: dict) -> str:
+    lines = [f"{'part':44s} {'status':9s} {'seconds':>7s}  result", "-" * 110]
+    for name, r in report["parts"].items():
+        lines.append(f"{PARTS[name][0]:44s} {r['status']:9s} {r.get('seconds', 0):7.1f}  "
+                     f"{r.get('summary', '')}")
+    return "\n".join(lines)
+
+
+def _in_process(name: str, out: str) -> dict:
+    """``--smoke``: one part in this process (no time limit; the CPU sizes take seconds)."""
+    start = time.time()
+    try:
+        result = run_part(name, True, out)
+    except Exception as exc:  # noqa: BLE001 - reported as the part's failure
+        traceback.print_exc()
+        result = {"status": "failed", "summary": f"{type(exc).__name__}: {exc}"[:300]}
+    return {**result, "seconds": round(time.time() - start, 1)}
+
+
+def run_all(smoke: bool, out: str, parts: list[str]) -> dict:
+    os.makedirs(out, exist_ok=True)
+    report = {"created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "smoke": smoke,
+              "machine": _machine(), "parts": {}}
+    for name in parts:
+        limit = PARTS[name][1]
+        print(f"== {PARTS[name][0]}" + ("" if smoke else f" (limit {limit} s)"), flush=True)
+        result = _in_process(name, out) if smoke else _spawn(name, smoke, out, limit)
+        report["parts"][name] = result
+        print(f"   {result['status']}: {result.get('summary', '')}", flush=True)
+        with open(os.path.join(out, "gpu_check.json"), "w") as f:   # a partial report too
+            json.dump(report, f, indent=1, default=str)
+    print("\n" + table(report))
+    print(f"\nreport: {os.path.join(out, 'gpu_check.json')}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("check", choices=["kernels", "ltd"])
-    p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU")
-    p.add_argument("--num-layers", type=int, default=24)
-    p.add_argument("--hidden-size", type=int, default=1024)
-    p.add_argument("--num-attention-heads", type=int, default=16)
-    p.add_argument("--seq-length", type=int, default=2048)
-    p.add_argument("--vocab-size", type=int, default=50304)
-    p.add_argument("--micro-batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
+    p.add_argument("--out", default=os.path.join("build", "gpu_check"))
+    p.add_argument("--part", choices=list(PARTS), help="run one part in this process")
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts to run")
     args = p.parse_args(argv)
-    if args.check == "kernels":
-        check_kernels(args.smoke)
-    else:
-        check_ltd(args)
+    if args.smoke:   # the Triton kernels on the CPU: set before triton is first imported
+        os.environ["TRITON_INTERPRET"] = "1"
+    out = os.path.abspath(args.out)
+    if args.part is None:
+        report = run_all(args.smoke, out, [s for s in args.parts.split(",") if s])
+        return 0 if all(r["status"] in ("ok", "skipped") for r in report["parts"].values()) else 1
+    os.makedirs(out, exist_ok=True)
+    try:
+        result = run_part(args.part, args.smoke, out)
+    except Exception as exc:  # noqa: BLE001 - reported as the part's failure
+        traceback.print_exc()
+        result = {"status": "failed", "summary": f"{type(exc).__name__}: {exc}"[:300]}
+    with open(os.path.join(out, f"{args.part}.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

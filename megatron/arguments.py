@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from megatron.core import parallel_state
+from megatron.core.devices import backend_problem
 from megatron.flag_sizes import size_problems
 from megatron.deepspeed_compat import (add_deepspeed_args, apply_deepspeed_flags,
                                        default_tokenizer_type)
@@ -152,6 +153,9 @@ def _add_mixed_precision_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--loss-scale", type=float, default=None,
                    help="static loss scale; default is dynamic loss scaling under --fp16")
+    g.add_argument("--accumulate-allreduce-grads-in-fp32", action="store_true",
+                   help="accumulate and all-reduce gradients in an fp32 main-grad buffer "
+                        "(always on under --bf16, as in Megatron)")
     # defaults (2**32, 1.0, 1000, 2) are filled by validate_args, after a DeepSpeed JSON
     g.add_argument("--initial-loss-scale", type=float, default=None)
     g.add_argument("--min-loss-scale", type=float, default=None)
@@ -339,6 +343,9 @@ def _derive_parallel(args: argparse.Namespace, errors: list[str]) -> None:
         expert_model_parallel_size=args.expert_model_parallel_size)
     errors.extend(problems)
     args.data_parallel_size = dp or 1
+    problem = backend_problem(args.distributed_backend, torch.cuda.is_available())
+    if problem:
+        errors.append(problem)
     _derive_virtual_pipeline(args, errors)
     if pp > 2 and (args.reset_position_ids or args.reset_attention_mask):
         errors.append("--reset-position-ids / --reset-attention-mask need "
@@ -415,6 +422,8 @@ def _derive_training(args: argparse.Namespace, tokenizer_vocab_size: int | None)
             args.train_iters = -(-args.train_tokens // (gbs * seq))
     args.params_dtype = torch.float16 if args.fp16 else (
         torch.bfloat16 if args.bf16 else torch.float32)
+    # Megatron: bf16 gradients are accumulated and reduced in fp32, whatever the flag says
+    args.accumulate_allreduce_grads_in_fp32 = args.accumulate_allreduce_grads_in_fp32 or args.bf16
     if args.tokenizer_type is None:
         args.tokenizer_type = default_tokenizer_type(args)
     vocab = tokenizer_vocab_size if tokenizer_vocab_size is not None else args.vocab_size
@@ -471,7 +480,8 @@ def optimizer_config_from_args(args: argparse.Namespace):
         clip_grad=args.clip_grad, fp16=args.fp16, bf16=args.bf16, loss_scale=args.loss_scale,
         initial_loss_scale=args.initial_loss_scale, min_loss_scale=args.min_loss_scale,
         loss_scale_window=args.loss_scale_window, hysteresis=args.hysteresis,
-        use_distributed_optimizer=args.use_distributed_optimizer)
+        use_distributed_optimizer=args.use_distributed_optimizer,
+        accumulate_allreduce_grads_in_fp32=args.accumulate_allreduce_grads_in_fp32)
 
 
 def schedule_config_from_args(args: argparse.Namespace):

@@ -23,6 +23,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from megatron.core.devices import collective_device
+
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 _previous: dict[int, object] = {}   # signal -> handler in place before install()
@@ -117,8 +119,7 @@ def exit_requested() -> bool:
         return False
     flag = float(bool(_received))
     if dist.is_available() and dist.is_initialized():
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        tensor = torch.tensor([flag], device=device)
+        tensor = torch.tensor([flag], device=collective_device())
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         flag = tensor.item()
     return flag > 0

@@ -20,6 +20,7 @@ from megatron.arguments import optimizer_config_from_args, schedule_config_from_
 from megatron import signal_handler
 from megatron.checkpointing import load_checkpoint, remove_stale_temp_dirs, save_checkpoint
 from megatron.core import parallel_state
+from megatron.core.devices import accelerator_device, collective_device
 from megatron.core.distributed.errors import collective_context
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
@@ -81,8 +82,7 @@ def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torc
             parallel_state.set_virtual_pipeline_model_parallel_rank(i)
         chunk = model_provider(pre_process=parallel_state.is_pipeline_first_stage(),
                                post_process=parallel_state.is_pipeline_last_stage())
-        if torch.cuda.is_available():
-            chunk = chunk.cuda(torch.cuda.current_device())
+        chunk = chunk.to(accelerator_device())
         if args.fp16 or args.bf16:
             from megatron.model.module import Float16Module
             chunk = Float16Module(chunk, args.params_dtype)
@@ -169,7 +169,9 @@ def _reduce_losses(loss_dicts: list[dict]) -> dict[str, float]:
     means = torch.stack([torch.stack([torch.as_tensor(d[k]).float().reshape(())
                                       for d in loss_dicts]).mean() for k in keys])  # [keys]
     if dist.is_initialized() and parallel_state.get_data_parallel_world_size() > 1:
-        dist.all_reduce(means, group=parallel_state.get_data_parallel_group())
+        group = parallel_state.get_data_parallel_group()
+        means = means.to(collective_device(group))
+        dist.all_reduce(means, group=group)
         means = means / parallel_state.get_data_parallel_world_size()
     return dict(zip(keys, means.tolist()))
 
@@ -291,9 +293,8 @@ def _time_is_up(start: float, args: argparse.Namespace) -> bool:
     """--exit-duration-in-mins, agreed by all ranks (MAX) so they stop together."""
     if args.exit_duration_in_mins is None:
         return False
-    device = "cuda" if dist.is_initialized() and dist.get_backend() == "nccl" else "cpu"
     flag = torch.tensor([float(time.time() - start > args.exit_duration_in_mins * 60.0)],
-                        device=device)
+                        device=collective_device())
     if dist.is_initialized():
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
@@ -365,6 +366,8 @@ def load_for_run(model, optimizer, scheduler,
                                load_optim=not args.no_load_optim,
                                load_rng=not args.no_load_rng, finetune=args.finetune,
                                args=args, fallback=args.ckpt_fallback)
+    if args.finetune or args.no_load_optim:
+        optimizer.reload_model_params()   # fp32 masters from the weights just loaded
     state = TrainState(iteration=int(extra.get("iteration", 0)),
                        consumed_samples=int(extra.get("consumed_samples", 0)),
                        consumed_tokens=int(extra.get("consumed_tokens", 0)))

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.core import parallel_state
+from megatron.core.devices import accelerator_device, collective_device
 from megatron.data.data_loader import build_pretraining_data_loader
 from megatron.data_efficiency.curriculum.transforms import BatchShape
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
@@ -58,13 +59,6 @@ class MicrobatchFeed:
         return batch
 
 
-def model_device() -> torch.device:
-    """Where the model runs (the token-drop indices are moved there)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def microbatch_feeds(iterator: Iterator | None, runtime: DataEfficiencyRuntime | None,
                      plan: StepPlan | None, seq_length: int, micro_batch_size: int,
                      num_chunks: int = 1) -> list[MicrobatchFeed]:
@@ -76,7 +70,7 @@ def microbatch_feeds(iterator: Iterator | None, runtime: DataEfficiencyRuntime |
     of them, so this rank's single data iterator goes to that chunk and the other chunks'
     feeds carry only the token-drop plan and the sequence length.
     """
-    device = model_device()
+    device = accelerator_device()   # where the model runs: token-drop indices go there
     if num_chunks == 1:
         return [MicrobatchFeed(iterator, runtime, plan, seq_length, micro_batch_size, device)]
     readers = set()
@@ -190,8 +184,7 @@ def _max_over_ranks(value: float) -> float:
     """The largest ``value`` of all ranks (middle stages hold no split but must still run
     evaluation's schedule in step with the others)."""
     if dist.is_initialized():
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        t = torch.tensor([value], dtype=torch.float64, device=device)
+        t = torch.tensor([value], dtype=torch.float64, device=collective_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         value = t.item()
     return value

@@ -44,6 +44,9 @@ class DistributedTestError(RuntimeError):
 def _rank_main(fn: Callable, rank: int, world_size: int, init_file: str,
                pg_timeout_s: float, results: Any, args: tuple, kwargs: dict) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
+    # gloo ranks train on the CPU: on a machine with GPUs, hide them (the model would go
+    # to the GPU while the gloo groups take CPU tensors)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     torch.set_num_threads(1)
     # Some code (torchrun-style launch paths) reads these; keep them consistent.
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size),
@@ -148,3 +151,17 @@ def _check(outcomes: list[tuple], procs: list, world_size: int, timeout_s: float
             "None means it was still running and was killed)", by_rank)
     return [torch.load(io.BytesIO(payload), weights_only=False)
             for _, _, payload in sorted(outcomes, key=lambda o: o[0])]
+
+
+def isolated_jobs(rank: int, world_size: int, jobs: list[tuple]) -> list:
+    """Run several ``(worker, *args)`` jobs in one spawn (starting ranks is the slow part):
+    ``worker(rank, world_size, *args)`` each, results in order, each job starting from no
+    model-parallel groups and an empty tensor-parallel RNG tracker."""
+    from megatron.core import parallel_state, tensor_parallel
+    out = []
+    for worker, *args in jobs:
+        out.append(worker(rank, world_size, *args))
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        tensor_parallel.get_rng_tracker().reset()
+    return out

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from megatron.core.devices import collective_device
 from megatron.data_efficiency.config import DataEfficiencyConfig
 from megatron.data_efficiency.curriculum.build import build_sampler, sampled_values_histogram
 from megatron.data_efficiency.curriculum.transforms import BatchShape
@@ -200,7 +201,7 @@ def _agree(local_tokens: int, longest: int, par: Parallelism) -> tuple[int, int]
     stages that did); one device-to-host copy for the step."""
     if not dist.is_initialized() or (par.dp_size == 1 and par.pp_size == 1):
         return int(local_tokens), int(longest)
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    device = collective_device(par.dp_group if par.dp_size > 1 else par.pp_group)
     tokens = torch.tensor([local_tokens], dtype=torch.long, device=device)
     length = torch.tensor([longest], dtype=torch.long, device=device)
     if par.dp_size > 1:

@@ -54,12 +54,7 @@ class Embedding(nn.Module):
         if self.position_embeddings is not None:
             if position_ids is None:
                 raise ValueError("learned_absolute position embeddings need position_ids")
-            # (checked on CPU only: on GPU the check would synchronise every step)
-            if not position_ids.is_cuda and \
-                    int(position_ids.max()) >= self.config.max_position_embeddings:
-                raise ValueError(f"position id {int(position_ids.max())} is out of range for "
-                                 f"--max-position-embeddings "
-                                 f"{self.config.max_position_embeddings}")
+            check_positions(position_ids, self.config.max_position_embeddings)
             emb = emb + self.position_embeddings(position_ids)
         if self.tokentype_embeddings is not None and tokentype_ids is not None:
             emb = emb + self.tokentype_embeddings(tokentype_ids)
@@ -71,6 +66,30 @@ class Embedding(nn.Module):
             rng = tp_rng_fork()  # ranks now hold different tokens: different masks
         with rng:
             return F.dropout(emb, p=self.embedding_dropout, training=self.training)
+
+
+def check_positions(position_ids: torch.Tensor, max_positions: int) -> None:
+    """One clear error, before the lookup, for positions past the table, on every device.
+
+    The batches of this codebase number positions ``0..s-1`` (restarting after an EOD under
+    ``--reset-position-ids``), so ``s <= max_positions`` is checked from the shape, with no
+    host sync. Positions given by other callers on the CPU are also checked by value
+    (free there); on an accelerator a value check would stop the step for a device-to-host
+    copy, so it is not made.
+
+    Args:
+        position_ids: [b, s] long.
+        max_positions: rows of the position table (``--max-position-embeddings``).
+    """
+    s = position_ids.shape[-1]
+    if s > max_positions:
+        raise ValueError(f"a sequence of {s} tokens needs positions up to {s - 1}, past "
+                         f"--max-position-embeddings {max_positions}")
+    if position_ids.device.type == "cpu" and position_ids.numel():
+        largest = int(position_ids.max())
+        if largest >= max_positions:
+            raise ValueError(f"position id {largest} is out of range for "
+                             f"--max-position-embeddings {max_positions}")
 
 
 def parallel_lm_logits(hidden: torch.Tensor, word_embeddings_weight: torch.Tensor,

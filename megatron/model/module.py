@@ -8,6 +8,7 @@ import torch.distributed as dist
 from torch import nn
 
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.devices import collective_device
 from megatron.core.tensor_parallel.layers import init_scope
 
 
@@ -50,15 +51,14 @@ class MegatronModule(nn.Module):
         if self.pre_process == self.post_process:
             return  # a middle stage, or one chunk holding both ends: nothing to sync
         weight = self.shared_embedding_weight()
+        group = parallel_state.get_embedding_group()
         with torch.no_grad():
             if not self.pre_process:
                 weight.zero_()
-            buf = weight.data
-            if dist.get_backend() == "nccl" and not buf.is_cuda:
-                buf = buf.cuda()
-            dist.all_reduce(buf, group=parallel_state.get_embedding_group())
+            buf = weight.data.to(collective_device(group))   # built on the CPU before .cuda()
+            dist.all_reduce(buf, group=group)
             if buf is not weight.data:
-                weight.data.copy_(buf.cpu())
+                weight.data.copy_(buf)
 
     def shared_embedding_weight(self) -> torch.Tensor:
         """The word embedding used for input and (tied) output on this stage: [v/tp, h]."""

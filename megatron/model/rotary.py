@@ -6,11 +6,13 @@ gathered (random-LTD) or that belong to a later document keep their real positio
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from megatron.model.precision import Fp32Module
 
 
-class RotaryEmbedding(nn.Module):
-    """``inv_freq[i] = base^(-2i/dim)``; forward maps positions to rotation angles.
+class RotaryEmbedding(Fp32Module):
+    """``inv_freq[i] = base^(-2i/dim)``; forward maps positions to rotation angles, both
+    fp32 whatever the model's dtype (the module is never cast, see ``precision``).
 
     Args:
         dim: rotated dimensions per head (even).

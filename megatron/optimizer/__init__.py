@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from megatron.core import parallel_state
+from megatron.core.distributed.distributed_optimizer import DistributedOptimizer
+from megatron.core.distributed.grad_buffer import build_grad_buffers
 from megatron.optimizer.grad_scaler import ConstantGradScaler, DynamicGradScaler
 from megatron.optimizer.optimizer import (FP32Optimizer, MegatronOptimizer,
                                          MixedPrecisionOptimizer, ShardedOptimizer)
@@ -69,26 +70,28 @@ def get_megatron_optimizer(model_chunks: list[torch.nn.Module],
                            config: OptimizerConfig) -> MegatronOptimizer:
     """Build the optimizer for this rank's model chunks.
 
-    ``config.use_distributed_optimizer`` selects
-    ``megatron.core.distributed.distributed_optimizer.DistributedOptimizer`` (ZeRO-1
-    sharding of the main params and optimizer state over the DP group).
+    Every trainable parameter gets an ``main_grad`` in a contiguous gradient buffer
+    (``megatron.core.distributed.grad_buffer``; fp32 under bf16 or
+    ``accumulate_allreduce_grads_in_fp32``) that backward accumulates into and
+    ``finalize_model_grads`` reduces. ``config.use_distributed_optimizer`` selects
+    ``megatron.core.distributed.distributed_optimizer.DistributedOptimizer`` (ZeRO-1: the
+    buffers are reduce-scattered and the fp32 masters and Adam state sharded over DP).
     """
     groups = get_param_groups(model_chunks)
     model_params = [p for g in groups for p in g["params"]]
     if config.use_distributed_optimizer:
-        from megatron.core.distributed.distributed_optimizer import DistributedOptimizer
-        if parallel_state.get_expert_model_parallel_world_size() > 1:   # MoE experts
-            from megatron.core.distributed.expert_distributed_optimizer import (
-                ExpertParallelDistributedOptimizer as DistributedOptimizer)
-        inner = DistributedOptimizer(groups, lambda g, **_: _torch_optimizer(g, config),
-                                     clip_grad=config.clip_grad, grad_scaler=_grad_scaler(config))
+        inner = DistributedOptimizer(groups, lambda g: _torch_optimizer(g, config),
+                                     clip_grad=config.clip_grad, grad_scaler=_grad_scaler(config),
+                                     grad_dtype=config.grad_dtype)
         return ShardedOptimizer(inner, model_params)
+    buffers = build_grad_buffers(groups, config.grad_dtype)
     if not (config.fp16 or config.bf16):
-        return FP32Optimizer(_torch_optimizer(groups, config), config.clip_grad, model_params)
+        return FP32Optimizer(_torch_optimizer(groups, config), config.clip_grad, model_params,
+                             buffers)
     main_groups, main_params = [], []
     for g in groups:
         mains = MixedPrecisionOptimizer.make_main_params(g["params"])
         main_groups.append({**g, "params": mains})
         main_params.extend(mains)
     return MixedPrecisionOptimizer(_torch_optimizer(main_groups, config), config.clip_grad,
-                                   model_params, main_params, _grad_scaler(config))
+                                   model_params, buffers, main_params, _grad_scaler(config))

@@ -14,18 +14,22 @@ import torch
 import torch.distributed as dist
 
 from megatron.core import parallel_state
+from megatron.core.devices import collective_device
 from megatron.core.distributed.grads import counts_toward_grad_norm, grad_buffer
 
 
 def _local_norm_term(grads: list[torch.Tensor], norm_type: float,
                      device: torch.device) -> torch.Tensor:
-    """This rank's max |g| (inf norm) or sum |g|^p of ``grads``, as an fp32 scalar."""
+    """This rank's max |g| (inf norm) or sum |g|^p of ``grads``, as an fp32 scalar on
+    ``device`` (the collective's)."""
     if not grads:
         return torch.zeros((), device=device)
     if norm_type == math.inf:
-        return torch.stack([g.detach().abs().max().float() for g in grads]).max()
-    norms = torch._foreach_norm([g.detach() for g in grads], norm_type)
-    return (torch.stack([n.float() for n in norms]) ** norm_type).sum()
+        term = torch.stack([g.detach().abs().max().float() for g in grads]).max()
+    else:
+        norms = torch._foreach_norm([g.detach() for g in grads], norm_type)
+        term = (torch.stack([n.float() for n in norms]) ** norm_type).sum()
+    return term.to(device)
 
 
 def _combine(a: torch.Tensor, b: torch.Tensor, norm_type: float) -> torch.Tensor:
@@ -41,7 +45,7 @@ def _split_expert(params: list) -> tuple[list, list]:
 
 def _expert_norm_term(grads: list[torch.Tensor], norm_type: float, op,
                       device: torch.device) -> torch.Tensor:
-    term = _local_norm_term(grads, norm_type, device).reshape(1).clone()
+    term = _local_norm_term(grads, norm_type, device).reshape(1).to(device)
     if parallel_state.get_expert_model_parallel_world_size() > 1:
         dist.all_reduce(term, op=op, group=parallel_state.get_expert_model_parallel_group())
     return term.reshape(())
@@ -65,13 +69,14 @@ def get_grad_norm(params: Iterable[torch.nn.Parameter], norm_type: float = 2.0,
         model_parallel_group = parallel_state.get_model_parallel_group()
     op = (dist.ReduceOp.MAX if norm_type == math.inf else dist.ReduceOp.SUM) \
         if dist.is_available() else None
-    device = grad_buffer(counted[0]).device if counted else torch.device("cpu")
+    # the collectives' device, also for a rank without gradients (its term is 0)
+    device = collective_device(model_parallel_group)
     dense, expert = _split_expert(counted)
     total = _local_norm_term([grad_buffer(p) for p in dense], norm_type, device)
     if expert:
         total = _combine(total, _expert_norm_term([grad_buffer(p) for p in expert], norm_type, op,
                                                   device), norm_type)
-    total = total.reshape(1).clone()
+    total = total.reshape(1).to(device)
     if model_parallel_group is not None:
         dist.all_reduce(total, op=op, group=model_parallel_group)
     value = total.item()
@@ -98,17 +103,3 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float,
         if coeff < 1.0:
             torch._foreach_mul_([grad_buffer(p) for p in params], coeff)
     return total
-
-
-def count_zeros(params: Iterable[torch.nn.Parameter], model_parallel_group=None) -> int:
-    """Number of exactly-zero gradient entries (counted once across model-parallel ranks)."""
-    total = torch.zeros(1, dtype=torch.float64)
-    for p in params:
-        g = grad_buffer(p)
-        if g is not None and counts_toward_grad_norm(p):
-            total += (g == 0).sum().to(total.device, torch.float64)
-    if model_parallel_group is None and dist.is_available() and dist.is_initialized():
-        model_parallel_group = parallel_state.get_model_parallel_group()
-    if model_parallel_group is not None:
-        dist.all_reduce(total, group=model_parallel_group)
-    return int(total.item())

@@ -1,5 +1,10 @@
 """Optimizer wrappers: fp32, and mixed precision (fp16/bf16 model, fp32 main params).
 
+Gradients arrive in each parameter's ``main_grad``, a view of a contiguous gradient buffer
+(``megatron.core.distributed.grad_buffer``) that backward accumulates into and
+``finalize_model_grads`` reduces; the wrappers hand it to the torch optimizer as ``.grad``
+without copying when it is already fp32.
+
 ``step()`` returns ``(update_successful, grad_norm, num_zeros_in_grad)``. A step is not
 applied when a gradient is not finite: under fp16 that is the loss scaler's overflow
 (skipped and reported), under fp32/bf16 the caller stops training.
@@ -12,6 +17,8 @@ import torch
 import torch.distributed as dist
 
 from megatron.core import parallel_state
+from megatron.core.devices import collective_device
+from megatron.core.distributed.grad_buffer import GradBuffer
 from megatron.core.distributed.grads import grad_buffer
 from megatron.optimizer.clip_grads import clip_grad_norm
 from megatron.optimizer.grad_scaler import ConstantGradScaler
@@ -28,13 +35,22 @@ def _model_parallel_group():
 
 
 class MegatronOptimizer:
-    """Base wrapper around a ``torch.optim`` optimizer built on ``main_params``."""
+    """Base wrapper around a ``torch.optim`` optimizer built on ``main_params``.
+
+    Args:
+        optimizer: the torch optimizer.
+        clip_grad: clip the global gradient norm to this value; 0 only measures it.
+        model_params: the model's trainable parameters.
+        buffers: the gradient buffers holding their ``main_grad`` (empty: ``.grad``).
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, clip_grad: float,
-                 model_params: list[torch.nn.Parameter]) -> None:
+                 model_params: list[torch.nn.Parameter],
+                 buffers: list[GradBuffer] | None = None) -> None:
         self.optimizer = optimizer
         self.clip_grad = clip_grad
         self.model_params = model_params
+        self.buffers = list(buffers or [])
         self.grad_scaler: ConstantGradScaler | None = None
 
     @property
@@ -49,10 +65,14 @@ class MegatronOptimizer:
         return loss if self.grad_scaler is None else loss * self.grad_scaler.scale
 
     def zero_grad(self) -> None:
+        for buffer in self.buffers:
+            buffer.zero()
         for p in self.model_params:
             p.grad = None
-            if getattr(p, "main_grad", None) is not None:
-                p.main_grad.zero_()
+
+    def reload_model_params(self) -> None:
+        """Make the optimizer's own copy of the weights (if any) equal the model's again,
+        after the model was loaded without optimizer state."""
 
     def _clip_and_step(self, params: list[torch.nn.Parameter]) -> tuple[bool, float]:
         grad_norm = clip_grad_norm(params, self.clip_grad, _model_parallel_group())
@@ -67,9 +87,11 @@ class FP32Optimizer(MegatronOptimizer):
 
     def step(self) -> tuple[bool, float, int | None]:
         for p in self.model_params:
-            if p.grad is None:
-                p.grad = grad_buffer(p)
+            p.grad = grad_buffer(p)      # main_grad itself: no copy
         ok, grad_norm = self._clip_and_step(self.model_params)
+        if self.buffers:
+            for p in self.model_params:
+                p.grad = None            # the next backward accumulates into main_grad
         return ok, grad_norm, None
 
     def state_dict(self) -> dict:
@@ -87,9 +109,10 @@ class MixedPrecisionOptimizer(MegatronOptimizer):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, clip_grad: float,
-                 model_params: list[torch.nn.Parameter], main_params: list[torch.nn.Parameter],
+                 model_params: list[torch.nn.Parameter], buffers: list[GradBuffer],
+                 main_params: list[torch.nn.Parameter],
                  grad_scaler: ConstantGradScaler | None) -> None:
-        super().__init__(optimizer, clip_grad, model_params)
+        super().__init__(optimizer, clip_grad, model_params, buffers)
         self.main_params = main_params
         self.grad_scaler = grad_scaler
 
@@ -106,21 +129,29 @@ class MixedPrecisionOptimizer(MegatronOptimizer):
         return mains
 
     def _copy_grads_to_main(self) -> None:
+        """fp32 gradients of the main params: the fp32 main_grad itself (a view of the
+        buffer, no copy), or an fp32 copy of an fp16 one."""
         for model, main in zip(self.model_params, self.main_params):
             grad = grad_buffer(model)
             main.grad = None if grad is None else grad.detach().float()
 
+    @torch.no_grad()
+    def reload_model_params(self) -> None:
+        torch._foreach_copy_([m.data for m in self.main_params],
+                             [p.data for p in self.model_params])
+
     def _unscale_and_check(self) -> bool:
         """Divide grads by the loss scale; True if any is inf/nan on any MP rank."""
         grads = [m.grad for m in self.main_params if m.grad is not None]
+        group = _model_parallel_group()
         if grads:
             torch._foreach_mul_(grads, self.grad_scaler.inv_scale)
             maxes = torch.stack(torch._foreach_norm(grads, math.inf))
             found = (~torch.isfinite(maxes)).any().float().reshape(1)
-        else:
+        else:   # a rank without gradients still takes part
             found = torch.zeros(1)
-        group = _model_parallel_group()
         if group is not None:
+            found = found.to(collective_device(group))
             dist.all_reduce(found, op=dist.ReduceOp.MAX, group=group)
         return bool(found.item() > 0)
 
@@ -165,11 +196,15 @@ class ShardedOptimizer(MegatronOptimizer):
     sharded_state = True
 
     def __init__(self, distributed_optimizer, model_params: list[torch.nn.Parameter]) -> None:
-        super().__init__(distributed_optimizer, distributed_optimizer.clip_grad, model_params)
+        super().__init__(distributed_optimizer, distributed_optimizer.clip_grad, model_params,
+                         distributed_optimizer.buffers)
         self.grad_scaler = distributed_optimizer.grad_scaler    # fp16: the shards share one scale
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()
+
+    def reload_model_params(self) -> None:
+        self.optimizer.reload_model_params()
 
     def step(self) -> tuple[bool, float, int | None]:
         return self.optimizer.step()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass
 class OptimizerConfig:
@@ -24,3 +26,11 @@ class OptimizerConfig:
     loss_scale_window: int = 1000
     hysteresis: int = 2
     use_distributed_optimizer: bool = False
+    # main_grad buffer in fp32 (always under bf16); fp16 without it keeps fp16 gradients
+    accumulate_allreduce_grads_in_fp32: bool = False
+
+    def grad_dtype(self, param_dtype: torch.dtype) -> torch.dtype:
+        """The dtype gradients of ``param_dtype`` parameters accumulate and reduce in."""
+        if param_dtype == torch.float32 or self.bf16 or self.accumulate_allreduce_grads_in_fp32:
+            return torch.float32
+        return param_dtype

@@ -13,26 +13,25 @@ import torch
 import torch.distributed as dist
 
 from megatron.core import parallel_state
+from megatron.core.devices import collective_device
 from megatron.core.distributed.grads import counts_toward_grad_norm
 
 _NAMES = ("variance", "variance_sqrt", "momentum", "weight")
 
 
-def _entries(optimizer) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], bool]:
-    """``[(weight [n], mask [n] or a scalar)]`` of this rank's Adam parameters, and whether
-    the state is sharded over data-parallel ranks."""
+def _entries(optimizer) -> tuple[list[tuple[torch.Tensor, list[tuple[int, int]]]], bool]:
+    """``[(weight, counted ranges of its flattened elements)]`` of this rank's Adam
+    parameters, and whether the state is sharded over data-parallel ranks."""
     inner = optimizer.optimizer
-    if hasattr(inner, "shard_slices"):          # the ZeRO-1 DistributedOptimizer
-        masters = [g["params"][0] for g in inner.optimizer.param_groups]
-        return [(m, inner.norm_mask[a:b]) for m, (a, b) in zip(masters, inner.shard_slices)
-                ], True
+    if hasattr(inner, "pieces"):          # the ZeRO-1 DistributedOptimizer
+        return [(piece.master, piece.counted) for piece in inner.pieces], True
     params = getattr(optimizer, "main_params", None) or optimizer.model_params
-    return [(p, torch.tensor(float(counts_toward_grad_norm(p)))) for p in params], False
+    return [(p, [(0, p.numel())] if counts_toward_grad_norm(p) else []) for p in params], False
 
 
 def _state_of(optimizer, param: torch.Tensor) -> dict:
     inner = optimizer.optimizer
-    torch_opt = inner.optimizer if hasattr(inner, "shard_slices") else inner
+    torch_opt = inner.optimizer if hasattr(inner, "pieces") else inner
     return torch_opt.state.get(param, {})
 
 
@@ -42,23 +41,23 @@ def adam_state_norms(optimizer) -> dict[str, float]:
     step or for an optimizer without Adam states.
     """
     entries, sharded = _entries(optimizer)
-    device = entries[0][0].device if entries else torch.device("cpu")
+    device = collective_device(parallel_state.get_model_parallel_group())
     sums = torch.zeros(8, dtype=torch.float64, device=device)   # l2^2, then l1, of the four
     maxes = torch.zeros(4, dtype=torch.float64, device=device)
     found = False
-    for param, mask in entries:
+    for param, counted in entries:
         state = _state_of(optimizer, param)
         if "exp_avg" not in state or param.numel() == 0:
             continue
         found = True
-        mask = mask.to(param.device, torch.float32).reshape(-1) if mask.dim() else mask
-        v = state["exp_avg_sq"].detach().float().reshape(-1)
-        for i, t in enumerate((v, v.sqrt(), state["exp_avg"].detach().float().reshape(-1),
-                               param.detach().float().reshape(-1))):
-            t = (t * mask).abs().double()
-            sums[i] += (t * t).sum()
-            sums[4 + i] += t.sum()
-            maxes[i] = torch.maximum(maxes[i], t.max())
+        v = state["exp_avg_sq"].detach().reshape(-1)
+        m, w = state["exp_avg"].detach().reshape(-1), param.detach().reshape(-1)
+        for a, b in counted:                   # views: no full-size temporary per tensor
+            for i, t in enumerate((v[a:b], v[a:b].sqrt(), m[a:b], w[a:b])):
+                t = t.abs().double()
+                sums[i] += (t * t).sum().to(device)
+                sums[4 + i] += t.sum().to(device)
+                maxes[i] = torch.maximum(maxes[i], t.max().to(device))
     if dist.is_available() and dist.is_initialized():
         flag = torch.tensor([float(found)], dtype=torch.float64, device=device)
         groups = [parallel_state.get_model_parallel_group()]

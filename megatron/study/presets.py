@@ -222,6 +222,17 @@ PRESETS = {(p.model, p.name): p for p in [
            min_lr=2e-4, warmup_fraction=0.06, eval_interval=50, log_interval=10, seeds=1,
            corpus_bytes=8_000_000, vocab_size=8000, split="98,2,0", plan=_MOE_PLAN,
            extra=_GPT_CPU + _MOE),
+    # The first GPU's check (benchmarks/gpu_check.sh, part f): a ~23M-parameter GPT
+    # (6 layers, hidden 512, seq 512) on 8 MB of the default corpus, baseline at 100% and
+    # 50% and the composed arm at 50%, 500 baseline steps at 100%: sized for minutes on
+    # one GPU (not yet run on one).
+    Preset("gpu-smoke", "gpt", 6, 512, 8, 512, 16, 32, train_tokens=500 * 32 * 512, lr=1e-3,
+           min_lr=1e-4, warmup_fraction=0.02, eval_interval=250, log_interval=25, seeds=1,
+           corpus_bytes=8_000_000, vocab_size=8000, split="98,2,0",
+           plan=(("baseline", 1.0), ("CL_seqtru_voc+random-LTD", 0.5), ("baseline", 0.5)),
+           extra=("--bf16", "--position-embedding-type", "rope", "--hidden-dropout", "0.0",
+                  "--attention-dropout", "0.0", "--weight-decay", "0.1", "--clip-grad", "1.0",
+                  "--adam-beta2", "0.95")),
     # GPT-2 125M at sequence 1024 on the user's token store (GPU). 2.5B tokens at 100%.
     Preset("gpu-125m", "gpt", 12, 768, 12, 1024, 8, 256, train_tokens=2_500_000_000, lr=6e-4,
            min_lr=6e-5, warmup_fraction=0.01, eval_interval=500, log_interval=50, seeds=1,

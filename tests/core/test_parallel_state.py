@@ -3,7 +3,6 @@ import pytest
 import torch.distributed as dist
 
 from megatron.core import parallel_state as ps
-from tests.dist_utils import run_distributed
 
 
 @pytest.mark.parametrize("kwargs, fragments", [
@@ -87,8 +86,13 @@ def _groups_worker(rank, world_size, layouts):
     return out
 
 
-def test_groups_on_four_ranks():
-    res = run_distributed(_groups_worker, 4, [(2, 2), (2, 1)])
+def four_rank_jobs(tmp_path_factory) -> dict:
+    """This module's job in the session's shared 4-rank spawn (tests/conftest.py)."""
+    return {"groups": (_groups_worker, [(2, 2), (2, 1)])}
+
+
+def test_groups_on_four_ranks(four_rank_spawn):
+    res = four_rank_spawn["groups"]
     for rank, (tp2pp2, dp2tp2, bad) in enumerate(res):
         # TP2 x PP2: rank = pp*2 + tp, DP size 1
         assert tp2pp2["tp"] == [rank - rank % 2, rank - rank % 2 + 1]

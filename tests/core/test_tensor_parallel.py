@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel as tp
-from tests.dist_utils import run_distributed
 
 CFG = SimpleNamespace(params_dtype=torch.float32, use_cpu_initialization=True,
                       sequence_parallel=False)
@@ -179,8 +178,13 @@ def _tp2_worker(rank, world_size):
     return True
 
 
-def test_tensor_parallel_on_two_ranks():
-    assert run_distributed(_tp2_worker, 2) == [True, True]
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """This module's job in the session's shared 2-rank spawn (tests/conftest.py)."""
+    return {"tensor_parallel": (_tp2_worker,)}
+
+
+def test_tensor_parallel_on_two_ranks(two_rank_spawn):
+    assert two_rank_spawn["tensor_parallel"] == [True, True]
 
 
 def test_cross_entropy_matches_torch_single_process():

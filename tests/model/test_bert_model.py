@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from megatron.core import parallel_state as ps
 from megatron.model import BertModel, Float16Module, TransformerConfig
-from tests.dist_utils import run_distributed
 
 V, S, B, SEED = 64, 16, 2, 99
 
@@ -93,10 +92,15 @@ def _tp2_worker(rank, world_size):
     return out
 
 
-def test_tp2_and_sequence_parallel_match_tp1():
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """This module's job in the session's shared 2-rank spawn (tests/conftest.py)."""
+    return {"bert_tp2": (_tp2_worker,)}
+
+
+def test_tp2_and_sequence_parallel_match_tp1(two_rank_spawn):
     ref = _model()
     ref_loss, ref_binary = _grads(ref)
-    for per_rank in run_distributed(_tp2_worker, 2):
+    for per_rank in two_rank_spawn["bert_tp2"]:
         for loss, binary, grads in per_rank:
             assert torch.allclose(torch.from_numpy(loss), ref_loss, atol=1e-5)
             assert torch.allclose(torch.from_numpy(binary), ref_binary, atol=1e-5)

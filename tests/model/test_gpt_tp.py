@@ -6,7 +6,6 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.initialize import set_seeds
 from megatron.model import GPTModel, TransformerConfig
-from tests.dist_utils import run_distributed
 
 V, S, B, SEED = 64, 16, 2, 1234
 VARIANTS = [dict(position_embedding_type="learned_absolute"),
@@ -77,10 +76,15 @@ def _both_worker(rank, world_size, state):
     return tp2, _pp2_worker(rank, world_size, state)
 
 
-def test_tp2_and_pp2_match_tp1():
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """This module's job in the session's shared 2-rank spawn (tests/conftest.py)."""
     torch.manual_seed(SEED)
     state = {k: v.clone() for k, v in GPTModel(_config()).state_dict().items()}
-    both = run_distributed(_both_worker, 2, state)
+    return {"gpt_tp2_pp2": (_both_worker, state)}
+
+
+def test_tp2_and_pp2_match_tp1(two_rank_spawn):
+    both = two_rank_spawn["gpt_tp2_pp2"]
     _check_tp2([b[0] for b in both])
     _check_pp2([b[1] for b in both])
 

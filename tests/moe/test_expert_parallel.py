@@ -11,7 +11,6 @@ import torch
 
 from megatron.core import parallel_state
 from megatron.core.distributed import checkpoint_layout
-from tests.dist_utils import run_distributed
 from tests.moe.ep_harness import EPLayout, global_expert_names, layouts_worker, reference
 from tests.parallel.gpt_harness import LAYERS
 
@@ -54,9 +53,20 @@ def _check(layout: EPLayout, ref: dict, results: list[dict]) -> None:
             assert seen[pos] == set(part), f"{name}: {set(part) - seen[pos]} held by no rank"
 
 
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """The 2-rank layouts, in the session's shared 2-rank spawn (tests/conftest.py)."""
+    return {"moe_layouts": (layouts_worker, TWO)}
+
+
+def four_rank_jobs(tmp_path_factory) -> dict:
+    """The 4-rank layouts, in the session's shared 4-rank spawn (tests/conftest.py)."""
+    return {"moe_layouts": (layouts_worker, FOUR)}
+
+
 @pytest.mark.parametrize("world,layouts", [(2, TWO), (4, FOUR)], ids=["2ranks", "4ranks"])
-def test_expert_parallel_layouts_match_single_process(world, layouts):
-    results = run_distributed(layouts_worker, world, layouts, timeout_s=300)
+def test_expert_parallel_layouts_match_single_process(world, layouts, request):
+    spawn = request.getfixturevalue("two_rank_spawn" if world == 2 else "four_rank_spawn")
+    results = spawn["moe_layouts"]
     for i, layout in enumerate(layouts):
         _check(layout, reference(layout), [r[i] for r in results])
 

@@ -170,8 +170,3 @@ def layouts_worker(rank: int, world_size: int, layouts: list[Layout]) -> list:
     """Run every layout in turn on this rank."""
     return [run_layout(layout) for layout in layouts]
 
-
-def jobs_worker(rank: int, world_size: int, jobs: list[tuple]) -> list:
-    """Run several ``(worker, *args)`` jobs in one spawn (starting ranks is the slow part):
-    ``worker(rank, world_size, *args)`` each, results in order."""
-    return [worker(rank, world_size, *args) for worker, *args in jobs]

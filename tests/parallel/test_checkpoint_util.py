@@ -57,11 +57,23 @@ def _model_file(root: str, name: str) -> dict:
                       weights_only=False)
 
 
+_TP2: list[tuple[str, dict]] = []   # (folder, whole-model state dict), set with the jobs
+
+
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """save_tp2 in the session's shared 2-rank spawn (tests/conftest.py)."""
+    full, specs = reference_weights()
+    save_dir = str(tmp_path_factory.mktemp("ckpt") / "tp2")
+    _TP2[:] = [(save_dir, full)]
+    return {"tp2_checkpoint": (save_tp2, save_dir, full, specs)}
+
+
 @pytest.fixture
 def tp2_checkpoint(two_rank_spawn) -> tuple[str, dict]:
     """A TP2 checkpoint of the reference weights, saved by save_tp2 on 2 ranks (in the
-    shared spawn, conftest.py)."""
-    return two_rank_spawn["tp2_checkpoint"]
+    shared spawn)."""
+    assert two_rank_spawn["tp2_checkpoint"]
+    return _TP2[0]
 
 
 def test_tp2_checkpoint_converts_to_tp1_and_back(tmp_path, tp2_checkpoint):

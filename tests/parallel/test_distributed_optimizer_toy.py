@@ -104,8 +104,8 @@ def worker(rank: int, world_size: int) -> dict:
     # An overflow on one rank skips the step on every rank and leaves the weights alone.
     before = [p.detach().clone() for p in scaled_model.parameters()]
     scaled.zero_grad()
-    for p in scaled_model.parameters():
-        p.grad = torch.full_like(p, float("inf") if rank == 1 else 1.0)
+    for p in scaled_model.parameters():   # the gradient buffer the step reduces
+        p.main_grad.fill_(float("inf") if rank == 1 else 1.0)
     skipped = scaled.step()[0] is False
     unchanged = all(torch.equal(a, b) for a, b in zip(before, scaled_model.parameters()))
     parallel_state.destroy_model_parallel()
@@ -114,8 +114,13 @@ def worker(rank: int, world_size: int) -> dict:
             "scaled": scaled_weights, "skipped": skipped and unchanged}
 
 
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """This module's job in the session's shared 2-rank spawn (tests/conftest.py)."""
+    return {"distopt": (worker,)}
+
+
 def test_distributed_optimizer_matches_adamw_and_resumes_exactly(two_rank_spawn):
-    results = two_rank_spawn["distopt"]  # worker() on DP2, in the shared spawn (conftest.py)
+    results = two_rank_spawn["distopt"]  # worker() on DP2, in the shared spawn
     ref_weights, ref_norms = _reference()
     for result in results:
         for step in range(STEPS):

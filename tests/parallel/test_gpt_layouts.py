@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from megatron.core.distributed import checkpoint_layout
-from tests.dist_utils import run_distributed
-from tests.parallel.gpt_harness import (LAYERS, Layout, jobs_worker, layouts_worker, reference,
+from tests.parallel.gpt_harness import (LAYERS, Layout, layouts_worker, reference,
                                         stage_states)
 from tests.parallel.test_pipeline_toy import check_interleaved, interleaved_worker
 
@@ -80,16 +79,28 @@ def _check_all(layouts: list[Layout], per_rank: list[list[dict]]) -> None:
         _check(layout, ref, [results[i] for results in per_rank])
 
 
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """This module's job in the session's shared 2-rank spawn (tests/conftest.py)."""
+    from tests.parallel.gpt_harness import layouts_worker
+    return {"layouts": (layouts_worker, TWO_RANKS)}
+
+
 def test_two_rank_layouts_match_single_process(two_rank_spawn):
-    _check_all(TWO_RANKS, two_rank_spawn["layouts"])  # run in the shared spawn (conftest.py)
+    _check_all(TWO_RANKS, two_rank_spawn["layouts"])  # run in the shared spawn
+
+
+INTERLEAVED_COUNTS = [8, 4]
+
+
+def four_rank_jobs(tmp_path_factory) -> dict:
+    """The 4-rank layouts and, in the same session-wide 4-rank spawn (tests/conftest.py),
+    the toy interleaved 1F1B over 4 stages (test_pipeline_toy), where the activation sent
+    by the last stage wraps around to the first."""
+    return {"layouts": (layouts_worker, FOUR_RANKS),
+            "interleaved": (interleaved_worker, INTERLEAVED_COUNTS)}
 
 
 @pytest.mark.slow
-def test_four_rank_layouts_match_single_process():
-    """Also, in the same spawn, the toy interleaved 1F1B over 4 stages (test_pipeline_toy),
-    where the activation sent by the last stage wraps around to the first."""
-    counts = [8, 4]
-    jobs = [(layouts_worker, FOUR_RANKS), (interleaved_worker, counts)]
-    per_rank = run_distributed(jobs_worker, 4, jobs, timeout_s=240)
-    _check_all(FOUR_RANKS, [r[0] for r in per_rank])
-    check_interleaved(4, counts, [r[1] for r in per_rank])
+def test_four_rank_layouts_match_single_process(four_rank_spawn):
+    _check_all(FOUR_RANKS, four_rank_spawn["layouts"])
+    check_interleaved(4, INTERLEAVED_COUNTS, four_rank_spawn["interleaved"])

@@ -50,13 +50,17 @@ FP16 = ("--fp16", "--hidden-dropout", "0", "--attention-dropout", "0", "--eval-i
         "--lr", "0.05")
 
 
-def test_distributed_optimizer_trains_under_fp16():
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """This module's job in the session's shared 2-rank spawn (tests/conftest.py)."""
+    return {"fp16_distopt": (_fp16_worker,)}
+
+
+def test_distributed_optimizer_trains_under_fp16(two_rank_spawn):
     """ZeRO-1 with fp16 loss scaling on 2 DP ranks trains as one process with the plain
     fp16 optimizer: same losses step by step (fp32 main params on both sides)."""
-    from tests.dist_utils import run_distributed
     from tests.training.helpers import run_tiny
     reference = run_tiny(*FP16, iters=4).history
-    results = run_distributed(_fp16_worker, 2, timeout_s=300)
+    results = two_rank_spawn["fp16_distopt"]
     assert [it for it, _ in reference] == [1, 2, 3, 4]
     assert reference[-1][1] < reference[0][1]                 # it learns
     for history in results:

@@ -1,7 +1,7 @@
 """1F1B schedule, p2p exchange and gradient finalisation on a toy model (no GPTModel).
 
-On 2 gloo ranks (in the spawn shared through conftest.py) these checks run, each against
-a single-process reference computed in the parent with the same seed:
+On 2 gloo ranks (in the session's shared spawn, tests/conftest.py) these checks run, each
+against a single-process reference computed in the parent with the same seed:
 * PP2 with 4 micro-batches under 1F1B: per-micro-batch losses and every gradient;
 * DP2: the bucketed data-parallel all-reduce gives the full-batch gradient;
 * PP2: the tied-embedding all-reduce sums the copies of the first and last stage;
@@ -117,6 +117,11 @@ def _check_embedding(rank: int) -> torch.Tensor:
 TWO_STAGE_INTERLEAVED = [4, 2, 6]
 
 
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """This module's job in the session's shared 2-rank spawn (tests/conftest.py)."""
+    return {"pipeline": (worker,)}
+
+
 def worker(rank: int, world_size: int) -> dict:
     return {"pipeline": _check_pipeline(rank), "dp": _check_data_parallel(rank),
             "embedding": _check_embedding(rank),
@@ -124,7 +129,7 @@ def worker(rank: int, world_size: int) -> dict:
 
 
 def test_1f1b_data_parallel_and_embedding_grads_match_single_process(two_rank_spawn):
-    results = two_rank_spawn["pipeline"]  # the worker above, in the shared spawn (conftest.py)
+    results = two_rank_spawn["pipeline"]  # the worker above, in the shared spawn
     ref_losses, ref_grads = _reference()
 
     # 1F1B: the last stage reports every micro-batch's loss; each stage owns half the grads.

@@ -63,9 +63,14 @@ def _pretrain_worker(rank: int, world_size: int, prefix: str,
     return histories
 
 
-def two_rank_job(folder: str) -> tuple:
-    """The 2-rank job (run in the shared spawn, conftest.py): writes the corpus under
-    ``folder``; the interleaved run checkpoints into ``folder/ckpt`` and is resumed."""
+_FOLDER: list[str] = []   # the runs' folder, set when the shared spawn's jobs are built
+
+
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """The 2-rank job (run in the session's shared spawn, tests/conftest.py): writes the
+    corpus; the interleaved run checkpoints into ``FOLDER/ckpt`` and is resumed."""
+    folder = str(tmp_path_factory.mktemp("e2e"))
+    _FOLDER[:] = [folder]
     prefix, ckpt = os.path.join(folder, "corpus"), os.path.join(folder, "ckpt")
     _corpus(prefix)
     interleaved = ["--pipeline-model-parallel-size", "2",
@@ -77,12 +82,12 @@ def two_rank_job(folder: str) -> tuple:
              "--override-opt_param-scheduler"],
             ["--tensor-model-parallel-size", "2", *DATA_EFFICIENCY],
             ["--pipeline-model-parallel-size", "2", *DATA_EFFICIENCY]]
-    return (_pretrain_worker, prefix, runs)
+    return {"e2e": (_pretrain_worker, prefix, runs)}
 
 
 @pytest.mark.slow
 def test_pretrain_gpt_two_ranks_matches_one(two_rank_spawn):
-    folder = two_rank_spawn["e2e_folder"]
+    folder = _FOLDER[0]
     per_rank = two_rank_spawn["e2e"]
     # the single-process reference runs here, in the test process (no process group)
     ((reference, ref_valid),) = _pretrain_worker(0, 1, os.path.join(folder, "corpus"), [[]])
@@ -108,7 +113,7 @@ def test_pretrain_gpt_two_ranks_matches_one(two_rank_spawn):
 
 @pytest.mark.slow
 def test_curriculum_and_random_ltd_under_tp2_and_pp2_match_one(two_rank_spawn):
-    folder = two_rank_spawn["e2e_folder"]
+    folder = _FOLDER[0]
     per_rank = two_rank_spawn["e2e"]
     ((reference, _),) = _pretrain_worker(0, 1, os.path.join(folder, "corpus"),
                                          [DATA_EFFICIENCY])

@@ -4,7 +4,6 @@ import os
 
 import pytest
 
-from tests.dist_utils import run_distributed
 from tests.training.helpers import run_tiny
 
 FLAGS = ("--hidden-dropout", "0", "--attention-dropout", "0", "--eval-iters", "1")
@@ -16,10 +15,19 @@ def _worker(rank, world_size, ckpt):
     return state.history, state.last_validation
 
 
-def test_pipeline_and_data_parallel_match_single_process(tmp_path):
+_CKPT: list[str] = []    # the runs' checkpoint folder, set when the spawn's jobs are built
+
+
+def four_rank_jobs(tmp_path_factory) -> dict:
+    """This module's job in the session's shared 4-rank spawn (tests/conftest.py)."""
+    _CKPT[:] = [str(tmp_path_factory.mktemp("pp2dp2") / "ckpt")]
+    return {"pp2_dp2_distopt": (_worker, _CKPT[0])}
+
+
+def test_pipeline_and_data_parallel_match_single_process(four_rank_spawn):
     reference = run_tiny(*FLAGS, iters=4)
-    ckpt = str(tmp_path / "ckpt")
-    results = run_distributed(_worker, 4, ckpt, timeout_s=300)
+    ckpt = _CKPT[0]
+    results = four_rank_spawn["pp2_dp2_distopt"]
     # Ranks 0, 1: first stage (no loss); ranks 2, 3: last stage, DP-averaged loss.
     assert results[0] == results[1] == ([], {})
     for history, validation in results[2:]:

@@ -64,7 +64,7 @@ def test_fp16_overflow_skips_step_and_backs_off():
     x = torch.randn(3, 4, dtype=torch.float16)
     opt.zero_grad()
     opt.scale_loss(_loss(model, x)).backward()
-    next(model.parameters()).grad[0, 0] = float("inf")
+    next(model.parameters()).main_grad[0, 0] = float("inf")   # backward filled the buffer
     ok, norm, _ = opt.step()
     assert ok is False and opt.get_loss_scale() == 2.0 ** 15
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -95,7 +95,7 @@ def test_fp32_nan_gradient_is_not_applied():
     opt = get_megatron_optimizer([model], OptimizerConfig())
     before = [p.detach().clone() for p in model.parameters()]
     _loss(model, torch.randn(2, 4)).backward()
-    next(model.parameters()).grad[0, 0] = float("nan")
+    next(model.parameters()).main_grad[0, 0] = float("nan")
     ok, norm, _ = opt.step()
     assert ok is False and math.isnan(norm)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -124,3 +124,12 @@ def test_clip_grad_norm_counts_tp_duplicates_once():
     norms = run_distributed(_tp_norm_worker, 2)
     expect = math.sqrt(1 + 4 + 4 + 16 + 100)
     assert norms == [pytest.approx(expect), pytest.approx(expect)]
+
+
+def test_distributed_optimizer_refuses_a_checkpoint_of_the_flat_layout():
+    """A distrib_optim_dp*.pt written before the gradient buffers (one flat layout, integer
+    sizes) is refused with the flag that resumes without it."""
+    opt = get_megatron_optimizer([_model()], OptimizerConfig(use_distributed_optimizer=True))
+    with pytest.raises(ValueError, match="--no-load-optim"):
+        opt.load_state_dict({"optimizer": {}, "masters": [], "dp_rank": 0, "dp_size": 1,
+                             "padded_numel": 66})

@@ -3,8 +3,11 @@
 After the forward/backward schedule each rank holds gradients of its own micro-batches
 only. Three reductions turn them into the gradients of the whole global batch:
 
-1. Data parallel: average over the data-parallel group, in flat buckets (one collective
-   per ~32 MB instead of one per parameter).
+1. Data parallel: average over the data-parallel group. Parameters with a gradient buffer
+   (``grad_buffer.GradBuffer``, built with the optimizer) are reduced in place, the whole
+   buffer in ~32 MB views; a buffer of the distributed optimizer is skipped here (its
+   step reduce-scatters it). Parameters without one (a model with no optimizer yet) are
+   reduced from ``.grad`` in flat buckets.
 2. Sequence parallel: layer-norm (and other replicated) weights marked
    ``sequence_parallel=True`` saw only this rank's slice of the sequence, so their
    gradients are summed over the tensor-parallel group.
@@ -12,8 +15,8 @@ only. Three reductions turn them into the gradients of the whole global batch:
    the last stage (output layer, tied weights). Each stage holds its own copy; summing
    their gradients over the embedding group keeps the two copies identical after the step.
 
-Gradients are read from ``param.grad``, or from ``param.main_grad`` when a wrapper
-accumulates there and leaves ``.grad`` empty (the optimizer reads them the same way).
+Gradients are read from ``param.main_grad`` when it has one, else from ``param.grad`` (the
+optimizer reads them the same way).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from megatron.core import parallel_state
+from megatron.core.distributed.grad_buffer import grad_buffers_of
 from megatron.core.distributed.grads import grad_buffer
 
 DEFAULT_BUCKET_SIZE_MB = 32.0
@@ -87,25 +91,28 @@ def allreduce_data_parallel_grads(model_chunks: list[nn.Module],
     """Average the gradients of every trainable parameter over the data-parallel group."""
     if parallel_state.get_data_parallel_world_size() == 1:
         return
-    # Parameters of a distributed optimizer are reduce-scattered in its step() instead.
-    grads = [grad_buffer(p, allocate=True) for p in _trainable(model_chunks)
-             if not getattr(p, "grad_reduced_by_optimizer", False)
-             and not getattr(p, "expert_parallel", False)]
+    params = _trainable(model_chunks)
+    for buffer in grad_buffers_of(params):
+        if not buffer.sharded:     # the distributed optimizer reduce-scatters its own
+            buffer.all_reduce(int(bucket_size_mb * 1024 * 1024) // buffer.grad_data.element_size())
+    loose = [p for p in params if getattr(p, "main_grad_buffer", None) is None]
+    grads = [grad_buffer(p, allocate=True) for p in loose
+             if not getattr(p, "expert_parallel", False)]
     if grads:
         all_reduce_bucketed(grads, parallel_state.get_data_parallel_group(), average=True,
                             bucket_size_mb=bucket_size_mb)
-    allreduce_expert_grads(model_chunks, bucket_size_mb)
+    allreduce_expert_grads(loose, bucket_size_mb)
 
 
-def allreduce_expert_grads(model_chunks: list[nn.Module],
+def allreduce_expert_grads(params: list[nn.Parameter],
                            bucket_size_mb: float = DEFAULT_BUCKET_SIZE_MB) -> None:
-    """MoE expert parameters (``expert_parallel=True``) differ across the expert-parallel
-    ranks: sum them over the expert-data-parallel group (the ranks holding the same
-    experts), divided by the data-parallel size like every other gradient (the all-to-all
-    backward already summed the contributions of the expert-parallel ranks' tokens)."""
-    grads = [grad_buffer(p, allocate=True) for p in _trainable(model_chunks)
-             if getattr(p, "expert_parallel", False)
-             and not getattr(p, "grad_reduced_by_optimizer", False)]
+    """MoE expert parameters (``expert_parallel=True``) without a gradient buffer differ
+    across the expert-parallel ranks: sum them over the expert-data-parallel group (the
+    ranks holding the same experts), divided by the data-parallel size like every other
+    gradient (the all-to-all backward already summed the contributions of the
+    expert-parallel ranks' tokens)."""
+    grads = [grad_buffer(p, allocate=True) for p in params
+             if getattr(p, "expert_parallel", False)]
     if not grads:
         return
     all_reduce_bucketed(grads, parallel_state.get_expert_data_parallel_group(), average=True,
@@ -156,9 +163,8 @@ def finalize_model_grads(model_chunks: list[nn.Module],
     """Reduce gradients across DP, sequence-parallel TP, and the tied embedding.
 
     Call after the forward/backward schedule and before the optimizer step. A no-op in a
-    single process. Parameters marked ``grad_reduced_by_optimizer = True`` (set by the
-    distributed optimizer, which reduce-scatters them in its step) skip the data-parallel
-    all-reduce.
+    single process. The distributed optimizer's buffers skip the data-parallel all-reduce
+    (its step reduce-scatters them).
 
     Args:
         model_chunks: the model chunks of this rank (one unless interleaving).

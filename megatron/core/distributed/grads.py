@@ -9,7 +9,8 @@ from megatron.core import parallel_state
 
 
 def grad_buffer(param: nn.Parameter, allocate: bool = False) -> torch.Tensor | None:
-    """The gradient the optimizer reads: ``.grad``, else a ``.main_grad`` buffer.
+    """The gradient the optimizer reads: ``.main_grad`` (a view of the parameter's
+    gradient buffer, see ``grad_buffer.GradBuffer``), else ``.grad``.
 
     Args:
         param: the parameter.
@@ -17,10 +18,10 @@ def grad_buffer(param: nn.Parameter, allocate: bool = False) -> torch.Tensor | N
             must reduce the same list of tensors, so one that took no part in this
             rank's backward contributes zeros rather than being skipped).
     """
-    if param.grad is not None:
-        return param.grad
     if getattr(param, "main_grad", None) is not None:
         return param.main_grad
+    if param.grad is not None:
+        return param.grad
     if allocate:
         param.grad = torch.zeros_like(param)
     return param.grad

@@ -20,15 +20,10 @@ import torch
 import torch.distributed as dist
 
 from megatron.core import parallel_state
+from megatron.core.devices import collective_device
 
 Shape = Sequence[int]
 _FORWARD_TAG, _BACKWARD_TAG = 1, 2  # gloo matches by tag; NCCL ignores tags (order matters)
-
-
-def _device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def _communicate(tensor_send_next: torch.Tensor | None, tensor_send_prev: torch.Tensor | None,
@@ -47,7 +42,7 @@ def _communicate(tensor_send_next: torch.Tensor | None, tensor_send_prev: torch.
     Returns:
         ``(tensor_from_prev, tensor_from_next)``, None where nothing was received.
     """
-    device = _device()
+    device = collective_device(parallel_state.get_pipeline_model_parallel_group())
     recv_prev_buf = torch.empty(tuple(tensor_shape), dtype=dtype, device=device) \
         if recv_prev else None
     recv_next_buf = torch.empty(tuple(tensor_shape), dtype=dtype, device=device) \

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from megatron.core.devices import collective_device
+
 Batch = dict[str, Any]
 
 
@@ -118,16 +120,19 @@ def seqreo(batch: Batch, group: Any = None, multiple: int = 8) -> tuple[Batch, B
 
     The length is agreed across ``group`` (the data-parallel group) with an all-reduce MAX
     so that every DP rank runs the same shape; ``group=None`` or no initialised
-    ``torch.distributed`` means local only. Every rank of the group must call this.
+    ``torch.distributed`` means local only. Every rank of the group must call this. The
+    agreed length travels on the group's device (NCCL takes CUDA tensors only); reading
+    it back is the one host sync this transform needs.
     """
     mask = batch.get("padding_mask")
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
         raise ValueError("seqreo needs a BERT batch with 'padding_mask' [b, s]")
     b, s = mask.shape
     real = (mask != 0).sum(dim=1)                                   # [b]
-    longest = torch.tensor([int(real.max()) if b else 0], dtype=torch.long)
+    longest = real.max().reshape(1) if b else torch.zeros(1, dtype=torch.long)
     if group is not None and torch.distributed.is_available() \
             and torch.distributed.is_initialized():
+        longest = longest.to(collective_device(group), torch.long)
         torch.distributed.all_reduce(longest, op=torch.distributed.ReduceOp.MAX, group=group)
     length = min(s, -(-int(longest.item()) // multiple) * multiple)
     length = max(length, min(s, multiple))

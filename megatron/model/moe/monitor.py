@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from megatron.core import parallel_state
+from megatron.core.devices import collective_device
 from megatron.model.moe.aux_loss import set_aux_loss_grad_scale
 from megatron.model.moe.config import MoEConfig
 
@@ -47,10 +48,10 @@ class MoEMonitor:
             if layer_id in self.layers:
                 rows[i] = self.layers[layer_id].stats.as_vector()
         if dist.is_initialized():
-            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            flat = rows.to(device)
-            for group in (parallel_state.get_pipeline_model_parallel_group(),
-                          parallel_state.get_data_parallel_group()):
+            groups = (parallel_state.get_pipeline_model_parallel_group(),
+                      parallel_state.get_data_parallel_group())
+            flat = rows.to(collective_device(groups[0]))
+            for group in groups:
                 dist.all_reduce(flat, group=group)
             rows = flat.cpu()
         self.last = rows

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from megatron.core.tensor_parallel.layers import init_whole_weight
+from megatron.model.precision import Fp32Module
 
 
 def topk_routing(logits: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor,
@@ -105,8 +106,9 @@ def capacity_keep_mask(weights: torch.Tensor, experts: torch.Tensor, num_experts
     return keep.view(experts.shape[1], experts.shape[0]).t()
 
 
-class Router(nn.Module):
-    """The linear gate ``h -> E`` kept and applied in fp32 (replicated on TP ranks)."""
+class Router(Fp32Module):
+    """The linear gate ``h -> E`` kept and applied in fp32 (replicated on TP ranks): the
+    weight stays fp32 when the model is cast to bf16/fp16 (``precision.Fp32Module``)."""
 
     def __init__(self, hidden_size: int, num_experts: int, init_method) -> None:
         super().__init__()
@@ -115,4 +117,4 @@ class Router(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """[T, h] -> fp32 logits [T, E]."""
-        return torch.nn.functional.linear(tokens.float(), self.weight.float())
+        return torch.nn.functional.linear(tokens.float(), self.weight)

@@ -37,7 +37,7 @@ from megatron.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.training import (TrainState, build_data_efficiency_runtime, build_model,
                                evaluate, load_for_run, print_rank_0, train_step,
                                training_logger)
-from megatron.training_data import model_device
+from megatron.core.devices import accelerator_device
 from tasks import finetune_args as flags
 from tasks.eval_model import rank_state_dict
 from tasks.eval_utils import TaskMetric, evaluate_files, is_last_rank
@@ -71,7 +71,7 @@ class TaskSpec:
 
 def _device_batch(batch: dict) -> dict:
     """The micro-batch as model rows (``example_rows``) on the model's device."""
-    dev = model_device()
+    dev = accelerator_device()
     batch = example_rows(batch)
     return {k: batch[k].to(dev, non_blocking=True)
             for k in ("text", "types", "padding_mask", "label")}

@@ -213,9 +213,12 @@ def test_tuner_runs_a_real_search(smoke, tmp_path, capsys):
     assert 1 <= len(trials) <= 2 + 2   # r_s in (16, 32), then T_r in (0.5, 0.7, 1.0)
     for t in trials:   # each trial is a real run with several whole-split evaluations
         assert len(t["perplexities"]) >= 3 and all(p > 1 for p in t["perplexities"])
+    out = capsys.readouterr().out
+    assert f"[trial {len(trials)} of at most 4]" in out        # 2 starts, then 3 durations
+    assert "warning" not in result                             # r_s 16 and 32 differ
     if result["r_s"] is not None:
         assert result["r_s"] in (16, 32) and result["T_r"] in (0.5, 0.7, 1.0)
-        assert "--random-ltd-min-seqlen" in capsys.readouterr().out
+        assert "--random-ltd-min-seqlen" in out
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ test: $(STAMP) $(EVAL_STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/demo.sh
+	bash examples/demo.sh   # examples/_python.sh finds .venv
 
 clean-demo:
 	rm -rf build/demo

@@ -204,7 +204,8 @@ def _model_metrics(args: argparse.Namespace, comm, cfg: AnalyzerConfig) -> tuple
         source = build_source(cfg)
         centroids = proto_metrics.fit_centroids(ref, source, comm, args.kmeans_clusters,
                                                 args.kmeans_fit_samples, args.seed,
-                                                args.reference_batch_size)
+                                                args.reference_batch_size,
+                                                show_progress=not args.quiet)
         out.append(proto_metrics.ProtoDistMetric(ref, centroids, args.reference_batch_size, {
             "kmeans_fit_samples": args.kmeans_fit_samples, "kmeans_seed": args.seed}))
     return source, tuple(out)

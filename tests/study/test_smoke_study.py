@@ -117,13 +117,13 @@ def test_heldout_script_scores_final_checkpoints_on_the_reference_slice(smoke):
     samples of the first 20% of the reference slice (documents no study run saw); it prints
     the run's whole-split validation loss beside the mean of that loss index."""
     import subprocess
-    import sys
     from megatron.data_efficiency.analyzer import prune, valuation
+    from tests.examples.no_python import no_python_env
     from megatron.data_efficiency.analyzer.index_io import MetricIndex
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     runs = ["baseline_100_s1234", "CL_seqtru_voc+random-LTD_100_s1234"]
     out = subprocess.run(["bash", os.path.join(repo, "examples", "study_heldout.sh"), smoke,
-                          *runs], env={**os.environ, "PYTHON": sys.executable},
+                          *runs], env=no_python_env(os.path.join(smoke, "env")),
                          capture_output=True, text=True, check=True).stdout
     printed = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
     assert list(printed) == runs

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 
 from megatron.arguments import parse_args, validate_args
 from megatron.run_plan import plan_run
+from tests.examples.no_python import no_python_env
 from tests.tools.tool_loader import ROOT, load_tool
 
 SIZING = ["--num-layers", "4", "--global-batch-size", "8", "--train-tokens", "40000",
@@ -44,8 +44,8 @@ def test_dry_run_runs_the_whole_recipe_on_cpu(tmp_path):
     out = tmp_path / "dry"
     proc = subprocess.run(["bash", os.path.join(ROOT, "examples", "pretrain_gpt_1.3B_cl_ltd.sh")],
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "DRY_RUN": "1", "OUT": str(out),
-                               "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"})
+                          env=no_python_env(str(tmp_path), DRY_RUN="1", OUT=str(out),
+                                            OMP_NUM_THREADS="1"))   # finds .venv itself
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     steps = re.search(r"\[analyzer\] the training run takes (\d+) steps", log).group(1)

@@ -109,6 +109,7 @@ class TokenLossMetric:
         if kind not in MODEL_METRICS:
             raise ValueError(f"model metric must be one of {MODEL_METRICS}, got {kind!r}")
         self.ref, self.name, self.batch_size = ref, kind, int(batch_size)
+        self.progress = None   # a RowProgress the analyzer sets: advanced per forward batch
         self.device = next(ref.model.parameters()).device
         self.cache_tag = f"{kind}-{ref.fingerprint}-b{self.batch_size}"
         self.meta = {"reference_load": ref.load_dir, "reference_iteration": ref.iteration,
@@ -125,6 +126,8 @@ class TokenLossMetric:
             pos = torch.arange(t.shape[1] - 1, device=self.device).expand(t.shape[0], -1)
             loss = self.ref.model(t[:, :-1], pos, None, labels=t[:, 1:])   # [b, s] fp32
             out.append(loss.float().mean(dim=1).double().cpu().numpy())
+            if self.progress is not None:
+                self.progress.advance(len(t))
         return np.concatenate(out) if out else np.zeros(0)
 
     def __call__(self, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:

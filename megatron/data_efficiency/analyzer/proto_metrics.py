@@ -21,12 +21,15 @@ import numpy as np
 import torch
 
 from megatron.data_efficiency.analyzer.model_metrics import ReferenceModel
+from megatron.data_efficiency.analyzer.row_progress import RowProgress
 
 
 @torch.no_grad()
-def embed(ref: ReferenceModel, samples: np.ndarray, batch_size: int = 8) -> np.ndarray:
+def embed(ref: ReferenceModel, samples: np.ndarray, batch_size: int = 8,
+          progress: RowProgress | None = None) -> np.ndarray:
     """Unit-norm mean final hidden state over each training sample's inputs ``t[:-1]``
-    (what the model reads in training).             # [n, s + 1] int -> [n, h] float64"""
+    (what the model reads in training); ``progress`` advances per forward batch.
+                                                    # [n, s + 1] int -> [n, h] float64"""
     model = ref.model
     device = next(model.parameters()).device
     out = []
@@ -37,6 +40,8 @@ def embed(ref: ReferenceModel, samples: np.ndarray, batch_size: int = 8) -> np.n
         rope = model.rotary_pos_emb(pos) if model.rotary_pos_emb is not None else None
         hidden = model.transformer(model.embedding(t, pos), None, rope, None)   # [s, b, h]
         out.append(hidden.float().mean(dim=0).double().cpu().numpy())
+        if progress is not None:
+            progress.advance(len(t))
     e = np.concatenate(out) if out else np.zeros((0, model.config.hidden_size))
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
@@ -56,17 +61,20 @@ def fit_ids(num_samples: int, fit_samples: int, seed: int) -> np.ndarray:
 
 
 def fit_centroids(ref: ReferenceModel, source, comm, clusters: int, fit_samples: int,
-                  seed: int, batch_size: int = 8) -> np.ndarray:
+                  seed: int, batch_size: int = 8, show_progress: bool = True) -> np.ndarray:
     """k-means centroids over the fit set, the same on every rank.      # -> [K, h] float64"""
     from sklearn.cluster import MiniBatchKMeans
     ids = fit_ids(source.num_samples, fit_samples, seed)
     if len(ids) < clusters:
         raise ValueError(f"--kmeans-clusters {clusters} exceeds the {len(ids)} samples to fit on")
     chunks = [ids[a:a + batch_size] for a in range(0, len(ids), batch_size)]
-    mine = {}
-    for j in range(comm.rank, len(chunks), comm.size):
+    mine, my_chunks = {}, range(comm.rank, len(chunks), comm.size)
+    progress = RowProgress("proto_dist: embedding the k-means fit set",
+                           sum(len(chunks[j]) for j in my_chunks),
+                           enabled=show_progress and comm.rank == 0)
+    for j in my_chunks:
         rows = np.stack([source.batch(int(i), int(i) + 1)[0] for i in chunks[j]])
-        mine[j] = embed(ref, rows, batch_size)
+        mine[j] = embed(ref, rows, batch_size, progress)
     gathered = {}
     for part in comm.allgather(mine):
         gathered.update(part)
@@ -87,6 +95,7 @@ class ProtoDistMetric:
     def __init__(self, ref: ReferenceModel, centroids: np.ndarray, batch_size: int = 8,
                  fit: dict | None = None):
         self.ref, self.centroids, self.batch_size = ref, np.asarray(centroids), int(batch_size)
+        self.progress = None   # a RowProgress the analyzer sets: advanced per forward batch
         digest = hashlib.sha256(np.ascontiguousarray(self.centroids).tobytes()).hexdigest()[:16]
         self.cache_tag = f"proto-{ref.fingerprint}-{digest}-b{self.batch_size}"
         self.meta = {"reference_load": ref.load_dir, "reference_iteration": ref.iteration,
@@ -99,4 +108,5 @@ class ProtoDistMetric:
         if len(lengths) and (lengths != lengths[0]).any():
             raise ValueError("proto_dist needs samples of one length (--granularity sample)")
         rows = np.asarray(tokens).reshape(len(lengths), -1)
-        return cosine_distances(embed(self.ref, rows, self.batch_size), self.centroids)
+        return cosine_distances(embed(self.ref, rows, self.batch_size, self.progress),
+                                self.centroids)

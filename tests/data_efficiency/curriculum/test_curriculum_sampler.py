@@ -48,6 +48,23 @@ def test_batches_mix_clusters_in_proportion_to_size():
     assert abs(frac - 0.25) < 0.01
 
 
+def test_a_slot_on_a_cluster_edge_belongs_to_the_cluster_that_starts_there():
+    """Each step after the first admits one more sample (value t at step t): clusters of
+    one (the first holds values 0 and 1). A slot
+    drawn exactly at a cluster's first position is that cluster's, so every admitted
+    sample is drawn at the same rate; an off-by-one in the search over the clusters'
+    cumulative edges would hand those slots to the cluster before and starve each new
+    one."""
+    vals = np.arange(8)
+    s = sampler([("m", vals, "value", (0, 7, 7, 1))], gbs=800, mbs=8, dp_size=1)
+    for step in range(1, 8):
+        s.next_global_batch()
+        assert s.admitted_samples == step + 1 and s.num_clusters == step
+    counts = np.bincount(np.concatenate([s.next_global_batch() for _ in range(5)]),
+                         minlength=8)
+    assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean(), counts
+
+
 def test_dp_shares_are_disjoint_and_complete_and_stages_agree():
     spec = [("m", VALUES, "percentile", (10, 100, 30, 10))]
     ranks = [sampler(spec, gbs=48, mbs=3, dp_rank=r, dp_size=4) for r in range(4)]

@@ -12,7 +12,8 @@
 #      hard [50, 100]. Prints each run's final validation loss.
 # Each finished step is skipped on the next run (rm -rf build/prune to start over). Sizes:
 # PRUNE_ITERS (steps of each run in 7, default 200), PRUNE_REF_ITERS (the reference model's
-# steps, 200), PRUNE_CORPUS_BYTES (the corpus, 6000000), OUT (build/prune).
+# steps, 200), PRUNE_CORPUS_BYTES (the corpus, 6000000), PRUNE_VOCAB (the tokenizer's
+# vocabulary, 4000), OUT (build/prune).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source examples/_python.sh
@@ -35,7 +36,7 @@ fi
 step "2 tokenizer and token stores"
 TOK=(--tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$OUT/sp.model")
 [[ -s $OUT/sp.model ]] || "$PYTHON" tools/train_tokenizer.py --input "$OUT/all.jsonl" \
-    --model-prefix "$OUT/sp" --vocab-size 4000 --num-threads 2
+    --model-prefix "$OUT/sp" --vocab-size "${PRUNE_VOCAB:-4000}" --num-threads 2
 for s in ref main; do
   [[ -s $OUT/${s}_text_document.idx ]] || "$PYTHON" tools/preprocess_data.py \
       --input "$OUT/$s.jsonl" --output-prefix "$OUT/$s" "${TOK[@]}" --append-eod --workers 2

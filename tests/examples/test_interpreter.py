@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.examples.no_python import no_python_env
+from tests.examples.fresh_clone import no_python_env
 from tests.tools.tool_loader import ROOT
 
 ROOT = os.path.abspath(ROOT)

@@ -54,7 +54,7 @@ from megatron.data.dataset_utils import get_train_valid_test_split_  # noqa: E40
 from megatron.data.indexed_dataset import MMapIndexedDataset  # noqa: E402
 from megatron.data_efficiency.analyzer import deepspeed_index as dsi  # noqa: E402
 from megatron.tokenizer.gpt2_tokenization import bytes_to_unicode  # noqa: E402
-from tests.examples.no_python import no_python_env  # noqa: E402
+from tests.examples.fresh_clone import no_python_env  # noqa: E402
 from tools import build_wordpiece_vocab, prepare_default_corpus, preprocess_data  # noqa: E402
 
 SPLIT = "949,50,1"       # both recipes' --split

@@ -24,7 +24,7 @@ _TOKENS = re.compile(r"iteration\s+(\d+)/\s*\d+ \| consumed samples:\s+\d+ \| "
 
 @pytest.mark.slow
 def test_finetune_example_lowers_validation_perplexity(tmp_path):
-    from tests.examples.no_python import no_python_env
+    from tests.examples.fresh_clone import no_python_env
     hf = make_tiny_gpt2(str(tmp_path / "gpt2"), positions=SEQ)
     data = tmp_path / "corpus.jsonl"
     data.write_text("".join(json.dumps({"text": line}) + "\n" for line in corpus(2000, 9)))

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from tests.examples.fresh_clone import fresh_tree  # noqa: E402
 from tests.mutations.catalog import MUTATIONS, Mutation  # noqa: E402
 
 
@@ -55,23 +56,6 @@ def check_catalog(root: str = ROOT, mutations=MUTATIONS) -> list[str]:
             if not os.path.exists(os.path.join(root, t.split("::")[0])):
                 problems.append(f"{m.name}: no test {t}")
     return problems
-
-
-def scratch_copy(root: str, into: str) -> str:
-    """The tracked files of ``root`` copied under ``into`` (times kept), ``.venv`` linked."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True,
-                           capture_output=True).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src = os.path.join(root, rel)
-        if not os.path.isfile(src):
-            continue
-        dst = os.path.join(into, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copy2(src, dst)
-    venv = os.path.realpath(os.path.join(root, ".venv"))
-    if os.path.isdir(venv):
-        os.symlink(venv, os.path.join(into, ".venv"))
-    return into
 
 
 def apply(tree: str, m: Mutation) -> str:
@@ -136,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = max(1, min(args.jobs, len(chosen)))
     base = tempfile.mkdtemp(prefix="mutate-")
     try:
-        trees = [scratch_copy(ROOT, os.path.join(base, f"tree{j}")) for j in range(jobs)]
+        trees = [fresh_tree(ROOT, os.path.join(base, f"tree{j}")) for j in range(jobs)]
         if not args.skip_baseline:
             tests = sorted({t for m in chosen for t in m.tests})
             print(f"baseline: {len(tests)} test paths on the unmutated tree ...", flush=True)

@@ -118,7 +118,7 @@ def test_heldout_script_scores_final_checkpoints_on_the_reference_slice(smoke):
     the run's whole-split validation loss beside the mean of that loss index."""
     import subprocess
     from megatron.data_efficiency.analyzer import prune, valuation
-    from tests.examples.no_python import no_python_env
+    from tests.examples.fresh_clone import no_python_env
     from megatron.data_efficiency.analyzer.index_io import MetricIndex
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     runs = ["baseline_100_s1234", "CL_seqtru_voc+random-LTD_100_s1234"]

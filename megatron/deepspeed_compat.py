@@ -272,7 +272,7 @@ def _check_fp16(args: argparse.Namespace, fp16: dict, where: str, errors: list[s
         errors.append(f"{where}: fp16.loss_scale 0 (dynamic) contradicts --loss-scale "
                       f"{args.loss_scale}")
     elif static:
-        args.loss_scale = float(static)
+        note_from_config(args, "loss_scale", float(static), f"{where} fp16.loss_scale")
     json_values = {"min_loss_scale": fp16.get("min_loss_scale"),
                    "loss_scale_window": fp16.get("loss_scale_window"),
                    "hysteresis": fp16.get("hysteresis"),
@@ -281,11 +281,11 @@ def _check_fp16(args: argparse.Namespace, fp16: dict, where: str, errors: list[s
     for key, value in json_values.items():
         if value is None:
             continue
-        flag = "--" + key.replace("_", "-")
-        given = getattr(args, key)
+        json_key = "initial_scale_power" if key == "initial_loss_scale" else key
+        given = getattr(args, key)   # None: not given (the defaults are filled afterwards)
         if given is None:
-            setattr(args, key, type(LOSS_SCALE_DEFAULTS[key])(value))
+            note_from_config(args, key, type(LOSS_SCALE_DEFAULTS[key])(value),
+                             f"{where} fp16.{json_key}")
         elif given != value:
-            json_key = "initial_scale_power" if key == "initial_loss_scale" else key
-            errors.append(f"{where}: fp16.{json_key} {fp16[json_key]} contradicts {flag} "
-                          f"{given}")
+            errors.append(f"{where}: fp16.{json_key} {fp16[json_key]} contradicts "
+                          f"--{key.replace('_', '-')} {given}")

@@ -69,6 +69,8 @@ def test_recipe_shaped_config_is_read(tmp_path):
         ("full", "uniform", 1)
     assert args.initial_loss_scale == 2.0 ** 11 and args.loss_scale_window == 500
     assert args.loss_scale is None and args.min_loss_scale == 1.0 and args.hysteresis == 2
+    assert any(n.startswith("--loss-scale-window 500 from --deepspeed_config")
+               and "fp16.loss_scale_window" in n for n in args.flags_from_config)
     cfg = args.data_efficiency
     assert cfg.seed == 99 and cfg.random_ltd.enabled and cfg.random_ltd.layer_ids == (1, 2)
 

@@ -19,6 +19,8 @@ cd "$(dirname "$0")/.."
 source examples/_python.sh
 OUT=${OUT:-build/prune}
 ITERS=${PRUNE_ITERS:-200}; REF_ITERS=${PRUNE_REF_ITERS:-200}
+SHORTEST=$(( ITERS < REF_ITERS ? ITERS : REF_ITERS ))
+WARMUP=$(( SHORTEST < 20 ? (SHORTEST + 1) / 2 : 10 ))   # 10 steps, or half a shrunk run
 SEQ=128; GBS=8; SEED=1234; SPLIT=95,5,0
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT"
@@ -44,7 +46,7 @@ done
 
 MODEL=(--num-layers 2 --hidden-size 128 --num-attention-heads 4 --seq-length $SEQ
        --max-position-embeddings $SEQ --position-embedding-type rope --micro-batch-size $GBS
-       --global-batch-size $GBS --lr 2e-3 --min-lr 2e-4 --lr-warmup-iters 10
+       --global-batch-size $GBS --lr 2e-3 --min-lr 2e-4 --lr-warmup-iters $WARMUP
        --lr-decay-style cosine --weight-decay 0.01 --clip-grad 1.0 --hidden-dropout 0.0
        --attention-dropout 0.0 --seed $SEED --split $SPLIT "${TOK[@]}"
        --data-cache-path "$OUT/cache" --num-workers 1 --log-interval 50)

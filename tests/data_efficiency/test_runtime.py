@@ -81,6 +81,15 @@ def test_plans_are_pure_in_the_iteration():
         forward[0].seq_length = 5
 
 
+def test_a_kept_length_at_or_above_the_length_drops_nothing():
+    """Layers that keep as many tokens as the (curriculum-truncated) sequence has, or more,
+    count the whole sequence: the kept length never adds tokens."""
+    full = tokens_per_step(4, 64, num_layers=4)
+    assert tokens_per_step(4, 64, 4, 2, kept_length=64) == full == 4 * 64
+    assert tokens_per_step(4, 64, 4, 2, kept_length=128) == full
+    assert tokens_per_step(4, 64, 4, 2, kept_length=32) == 4 * ((64 * 2 + 32 * 2) // 4)
+
+
 def test_seqres_counts_the_real_rows():
     plan = _planner(_seqtru(kind="seqres")).plan(0)
     assert (plan.seq_length, plan.rows) == (24, GBS * (SEQ // 24))

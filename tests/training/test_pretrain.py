@@ -74,6 +74,15 @@ def test_tensorboard_flags_gate_their_scalars(tmp_path):
         assert tag not in tags, tag
 
 
+def test_loss_is_the_mean_over_the_tokens_the_mask_keeps():
+    import torch
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    loss, reported = pretrain_gpt.loss_func(mask, per_token)
+    assert loss.item() == pytest.approx((1 + 2 + 6 + 7) / 4) == reported["lm loss"].item()
+    assert pretrain_gpt.loss_func(torch.zeros(2, 4), per_token)[0].item() == 0.0
+
+
 def test_train_tokens_stopping_rule_at_the_exact_boundary():
     """--train-tokens equal to 3 steps' tokens stops after exactly 3 steps (the step that
     reaches the budget is the last), and the run plan says so before training."""

@@ -29,6 +29,15 @@ def test_every_id_is_eligible_at_the_threshold_in_force(kind, pace):
     assert len(seen) > 0.8 * len(VALUES)          # the pool really grew
 
 
+def test_percentile_prefix_is_deepspeeds_arithmetic():
+    """A percentile p admits (N // max_difficulty) * p samples (DeepSpeed's integer
+    arithmetic, all N at the maximum), not p% of N."""
+    from megatron.data_efficiency.analyzer.index_io import percentile_prefix
+    assert percentile_prefix(1005, 50) == (1005 // 100) * 50 == 500      # not 502
+    assert percentile_prefix(1005, 100) == 1005
+    assert percentile_prefix(1005, 12.5) == 125 and percentile_prefix(1005, 3, 10) == 300
+
+
 def test_cluster_draws_without_replacement_then_reshuffles():
     vals = np.arange(256)
     s = sampler([("m", vals, "value", (1000, 1000, 10, 1))], gbs=32, mbs=4, dp_size=1)

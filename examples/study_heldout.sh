@@ -6,7 +6,8 @@
 #
 #   bash examples/study_heldout.sh [DIR] [RUN ...]     # DIR defaults to build/study_cpu,
 #                                                      # RUN to every run under DIR/runs
-# Prints "run  val_loss(whole split)  heldout_loss" per run; indexes go to DIR/heldout/<run>.
+# Prints "run  val_loss(whole split)  heldout_loss" per run on stdout (the analyzer's
+# progress goes to stderr); indexes go to DIR/heldout/<run>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source examples/_python.sh
@@ -24,7 +25,7 @@ for run in "${RUNS[@]}"; do
         "$PYTHON" tools/analyze_data.py --data-path "$DIR/data/reference_text_document" \
             --granularity sample --split 20,80,0 --seq-length "$SEQ" --seed 1234 \
             --train-samples 1 --data-cache-path "$DIR/data/cache" --metrics loss \
-            --reference-load "$DIR/runs/$run/checkpoints" --save-path "$out"
+            --reference-load "$DIR/runs/$run/checkpoints" --save-path "$out" >&2
     fi
     heldout=$("$PYTHON" tools/inspect_index.py "$out/loss" | awk '$1 == "mean" {print $2}')
     val=$("$PYTHON" -c "import json,sys; print(f\"{json.load(open(sys.argv[1]))['val_loss']:.4f}\")" \

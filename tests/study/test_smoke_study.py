@@ -205,7 +205,7 @@ def test_tuner_runs_a_real_search(smoke, tmp_path, capsys):
     tuner = load_tool("tune_data_efficiency")
     out = str(tmp_path / "tune")
     assert tuner.main(["--technique", "ltd", "--preset", "smoke", "--out", out,
-                       "--fraction", "0.5", "--durations", "0.5,1.0",
+                       "--fraction", "0.34", "--durations", "0.5,1.0",
                        "--threads-per-job", "1", *_own_data(smoke)]) == 0
     result = json.load(open(os.path.join(out, "tuning.json")))
     assert set(result) >= {"r_s", "T_r", "trials"}

@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EVAL_STAMP := $(VENV)/.installed-eval
 
-.PHONY: setup setup-eval test demo clean-demo
+.PHONY: setup setup-eval test demo clean-demo mutate
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,13 @@ setup-eval: $(EVAL_STAMP)
 test: $(STAMP) $(EVAL_STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
+# Not in CI (long): plants the curated core mutations (tests/mutations/catalog.py) one at a
+# time in scratch copies and prints caught / survived per mutation and the score.
+mutate: $(STAMP) $(EVAL_STAMP)
+	$(PY) tests/mutations/mutate.py --jobs $(or $(JOBS),1)
+
 demo: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/demo.sh
+	bash examples/demo.sh   # examples/_python.sh finds .venv
 
 clean-demo:
 	rm -rf build/demo

@@ -14,9 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python}
+source examples/_python.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 start=$(date +%s)
-"$PY" tools/data_efficiency_study.py --preset demo --out build/demo "$@"
+"$PYTHON" tools/data_efficiency_study.py --preset demo --out build/demo "$@"
 echo "demo done in $(( $(date +%s) - start ))s; plot: build/demo/loss_vs_tokens.png;" \
      "TensorBoard: tensorboard --logdir build/demo/tensorboard"

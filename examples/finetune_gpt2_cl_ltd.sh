@@ -20,7 +20,7 @@
 # from the environment (the CPU test shrinks them for a tiny model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+source examples/_python.sh
 HF_MODEL=${HF_MODEL:?set HF_MODEL to a local GPT-2 directory}
 DATA_JSONL=${DATA_JSONL:?set DATA_JSONL to a jsonl corpus, one JSON object with a text key per line}
 OUT=${OUT:-build/finetune_gpt2}
@@ -40,13 +40,13 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 
 if [[ $NPROC -gt 1 ]]; then
-  LAUNCH=("$(dirname "$PY")/torchrun" --standalone --nproc-per-node "$NPROC")
+  LAUNCH=("${TORCHRUN[@]}" --standalone --nproc-per-node "$NPROC")
 else
-  LAUNCH=("$PY")
+  LAUNCH=("$PYTHON")
 fi
 
 # The model's shape, from its config.json (GPT-2 names).
-read -r LAYERS HIDDEN HEADS POSITIONS < <("$PY" -c '
+read -r LAYERS HIDDEN HEADS POSITIONS < <("$PYTHON" -c '
 import json, sys
 c = json.load(open(sys.argv[1]))
 if c.get("model_type") != "gpt2":
@@ -58,7 +58,7 @@ fi
 
 # 1. import
 if [[ ! -f "$OUT/imported/latest_checkpointed_iteration.txt" ]]; then
-  "$PY" tools/checkpoint_util.py --loader hf --load-dir "$HF_MODEL" --save-dir "$OUT/imported" \
+  "$PYTHON" tools/checkpoint_util.py --loader hf --load-dir "$HF_MODEL" --save-dir "$OUT/imported" \
       --target-tensor-parallel-size "$TP" --target-pipeline-parallel-size "$PP"
 fi
 
@@ -67,7 +67,7 @@ TOKENIZER=(--tokenizer-type GPT2BPETokenizer --vocab-file "$HF_MODEL/vocab.json"
            --merge-file "$HF_MODEL/merges.txt")
 if [[ ! -f "$OUT/data/corpus_text_document.idx" ]]; then
   mkdir -p "$OUT/data"
-  "$PY" tools/preprocess_data.py --input "$DATA_JSONL" --output-prefix "$OUT/data/corpus" \
+  "$PYTHON" tools/preprocess_data.py --input "$DATA_JSONL" --output-prefix "$OUT/data/corpus" \
       "${TOKENIZER[@]}" --append-eod --workers "$WORKERS"
 fi
 
@@ -104,5 +104,5 @@ DATA_EFFICIENCY=(
 
 # 5. back to transformers
 rm -rf "$OUT/hf"
-"$PY" tools/checkpoint_util.py --saver hf --load-dir "$OUT/checkpoints" --save-dir "$OUT/hf"
+"$PYTHON" tools/checkpoint_util.py --saver hf --load-dir "$OUT/checkpoints" --save-dir "$OUT/hf"
 grep -h "validation loss at iteration" "$OUT/baseline.log" "$OUT/finetune.log"

@@ -19,7 +19,7 @@ VOCAB_SIZE=${VOCAB_SIZE:-5000}
 ITERS=${ITERS:-300}
 MINUTES=${MINUTES:-4}
 NPROC=${NPROC:-1}
-PYTHON=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python )}
+source examples/_python.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT"
 
@@ -57,7 +57,7 @@ OUTPUT=(
 )
 
 if [[ $NPROC -gt 1 ]]; then
-  LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$NPROC")
+  LAUNCH=("${TORCHRUN[@]}" --standalone --nproc-per-node "$NPROC")
 else
   LAUNCH=("$PYTHON")
 fi

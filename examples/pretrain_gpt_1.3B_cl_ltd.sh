@@ -23,14 +23,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python}
+source examples/_python.sh
 DRY_RUN=${DRY_RUN:-0}
 TOKENS_FRACTION=${TOKENS_FRACTION:-0.5}      # of the 300B-token baseline budget
 
 # Per-budget settings of the published runs (Megatron-DeepSpeed's data_efficiency GPT
 # scripts): LR 2e-4 at 300B tokens, scaled with 1/budget (3e-4 at 200B, 4e-4 at 150B) and
 # kept at 4e-4 below 150B (no published point to extrapolate to); warmup 3B tokens.
-LR=${LR:-$("$PY" -c "f = $TOKENS_FRACTION; print(f'{2e-4 / max(f, 0.5):.1e}')")}
+LR=${LR:-$("$PYTHON" -c "f = $TOKENS_FRACTION; print(f'{2e-4 / max(f, 0.5):.1e}')")}
 WARMUP_TOKENS=${WARMUP_TOKENS:-3000000000}
 
 if [[ $DRY_RUN == 1 ]]; then
@@ -38,11 +38,11 @@ if [[ $DRY_RUN == 1 ]]; then
   mkdir -p "$OUT"
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
   if [[ ! -s $OUT/corpus_text_document.idx ]]; then
-    "$PY" tools/prepare_default_corpus.py --output "$OUT/corpus.jsonl" --skip-tests \
+    "$PYTHON" tools/prepare_default_corpus.py --output "$OUT/corpus.jsonl" --skip-tests \
         --max-bytes 1500000
-    "$PY" tools/train_tokenizer.py --input "$OUT/corpus.jsonl" --model-prefix "$OUT/sp" \
+    "$PYTHON" tools/train_tokenizer.py --input "$OUT/corpus.jsonl" --model-prefix "$OUT/sp" \
         --vocab-size 2000 --num-threads 2
-    "$PY" tools/preprocess_data.py --input "$OUT/corpus.jsonl" --output-prefix "$OUT/corpus" \
+    "$PYTHON" tools/preprocess_data.py --input "$OUT/corpus.jsonl" --output-prefix "$OUT/corpus" \
         --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$OUT/sp.model" \
         --append-eod --workers 2
   fi
@@ -50,7 +50,7 @@ if [[ $DRY_RUN == 1 ]]; then
   TOKENIZER=(--tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$OUT/sp.model")
   SEQ=128; GBS=8; MBS=4; BASE_TOKENS=$(( 12 * GBS * SEQ * 2 ))   # 12 nominal steps at 0.5
   MODEL=(--num-layers 4 --hidden-size 64 --num-attention-heads 4 --init-method-std 0.02)
-  PRECISION=(); ANALYZER=("$PY"); LAUNCH=("$PY")
+  PRECISION=(); ANALYZER=("$PYTHON"); LAUNCH=("$PYTHON")
   WARMUP_TOKENS=$(( GBS * SEQ ))
   EVAL=(--eval-interval 6 --eval-iters 2); LOGS=(--log-interval 2 --save-interval 6)
 else
@@ -64,14 +64,14 @@ else
   SEQ=2048; GBS=512; MBS=${MBS:-4}; BASE_TOKENS=300000000000
   MODEL=(--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --init-method-std 0.013)
   PRECISION=(--bf16 --use-distributed-optimizer)
-  ANALYZER=(mpiexec -n "${ANALYZER_RANKS:-32}" "$PY")
-  LAUNCH=(torchrun --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" --node_rank "$NODE_RANK"
+  ANALYZER=("$MPIEXEC" -n "${ANALYZER_RANKS:-32}" "$PYTHON")
+  LAUNCH=("${TORCHRUN[@]}" --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" --node_rank "$NODE_RANK"
           --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
   EVAL=(--eval-interval 1000 --eval-iters 10); LOGS=(--log-interval 10 --save-interval 2000)
 fi
 INDEX=${INDEX:-$OUT/analysis}
 SEED=1234; SPLIT=949,50,1
-TRAIN_TOKENS=$("$PY" -c "print(int($BASE_TOKENS * $TOKENS_FRACTION))")
+TRAIN_TOKENS=$("$PYTHON" -c "print(int($BASE_TOKENS * $TOKENS_FRACTION))")
 # Schedules in steps of the nominal batch; curriculum and random-LTD steps consume fewer
 # tokens, so the run takes more steps than this until --train-tokens are consumed.
 NOMINAL_STEPS=$(( TRAIN_TOKENS / (GBS * SEQ) ))

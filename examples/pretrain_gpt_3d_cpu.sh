@@ -13,8 +13,7 @@
 #       --target-pipeline-parallel-size 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-TORCHRUN=${TORCHRUN:-.venv/bin/torchrun}
+source examples/_python.sh
 NPROC=${NPROC:-4}
 DATA=${DATA:-build/demo/data}
 OUT=${OUT:-build/example_3d}
@@ -24,19 +23,19 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 #    (skipped when they are already there).
 if [ ! -s "$DATA/stdlib_text_document.idx" ] || [ ! -s "$DATA/stdlib_sp.model" ]; then
   mkdir -p "$DATA"
-  $PY tools/prepare_default_corpus.py --output "$DATA/stdlib.jsonl.part" --skip-tests \
+  "$PYTHON" tools/prepare_default_corpus.py --output "$DATA/stdlib.jsonl.part" --skip-tests \
       --max-bytes 8000000
   mv "$DATA/stdlib.jsonl.part" "$DATA/stdlib.jsonl"
-  $PY tools/train_tokenizer.py --input "$DATA/stdlib.jsonl" --model-prefix "$DATA/stdlib_sp" \
+  "$PYTHON" tools/train_tokenizer.py --input "$DATA/stdlib.jsonl" --model-prefix "$DATA/stdlib_sp" \
       --vocab-size 8000 --num-threads 2
-  $PY tools/preprocess_data.py --input "$DATA/stdlib.jsonl" --output-prefix "$DATA/stdlib" \
+  "$PYTHON" tools/preprocess_data.py --input "$DATA/stdlib.jsonl" --output-prefix "$DATA/stdlib" \
       --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$DATA/stdlib_sp.model" \
       --append-eod --workers 2
 fi
 
 # 2. TP 2 x PP 2 on 4 local ranks (gloo). --use-cpu-initialization makes the initial
 #    weights the same as a single-process run with the same seed, layout for layout.
-$TORCHRUN --standalone --nproc_per_node "$NPROC" pretrain_gpt.py \
+"${TORCHRUN[@]}" --standalone --nproc_per_node "$NPROC" pretrain_gpt.py \
     --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 \
     --distributed-backend gloo --distributed-timeout-minutes 5 --use-cpu-initialization \
     --num-layers 4 --hidden-size 128 --num-attention-heads 4 \

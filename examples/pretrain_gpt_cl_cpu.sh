@@ -15,7 +15,7 @@
 # and consumed-tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+source examples/_python.sh
 CL=${CL:-seqtru_voc}
 OUT=${OUT:-build/example_cl_$CL}
 DATA=${DATA:-build/example_cl_data}
@@ -27,10 +27,10 @@ CL_STEPS=40                        # T_c = 40% of the steps (paper Table 1, GPT)
 
 # 1. Corpus, tokenizer and token store (skipped when already there).
 if [ ! -f "$DATA/stdlib_text_document.idx" ]; then
-  $PY tools/prepare_default_corpus.py --output "$DATA/stdlib.jsonl" --max-files 300 --skip-tests
-  $PY tools/train_tokenizer.py --input "$DATA/stdlib.jsonl" --model-prefix "$DATA/stdlib_sp" \
+  "$PYTHON" tools/prepare_default_corpus.py --output "$DATA/stdlib.jsonl" --max-files 300 --skip-tests
+  "$PYTHON" tools/train_tokenizer.py --input "$DATA/stdlib.jsonl" --model-prefix "$DATA/stdlib_sp" \
       --vocab-size 4000
-  $PY tools/preprocess_data.py --input "$DATA/stdlib.jsonl" --output-prefix "$DATA/stdlib" \
+  "$PYTHON" tools/preprocess_data.py --input "$DATA/stdlib.jsonl" --output-prefix "$DATA/stdlib" \
       --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$DATA/stdlib_sp.model" \
       --append-eod --workers 1
 fi
@@ -62,13 +62,13 @@ esac
 
 # 3. Offline index for the voc curricula (skipped when already there).
 if [[ "$CL" == *voc* && ! -f "$OUT/index/voc/meta.json" ]]; then
-  $PY tools/analyze_data.py --data-path "$DATA/stdlib_text_document" --granularity sample \
+  "$PYTHON" tools/analyze_data.py --data-path "$DATA/stdlib_text_document" --granularity sample \
       --split $SPLIT --seq-length $SEQ --seed $SEED --train-samples $((TRAIN_ITERS * GBS)) \
       --metrics total_vocab_freq voc --save-path "$OUT/index"
 fi
 
 # 4. Train.
-$PY pretrain_gpt.py \
+"$PYTHON" pretrain_gpt.py \
     --num-layers 4 --hidden-size 128 --num-attention-heads 4 \
     --seq-length $SEQ --max-position-embeddings $SEQ \
     --micro-batch-size 4 --global-batch-size $GBS \

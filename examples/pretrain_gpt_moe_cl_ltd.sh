@@ -16,6 +16,7 @@
 # load-balancing loss coefficient 0.01).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source examples/_python.sh
 
 DATA=${DATA:?set DATA to the token store prefix (without .bin/.idx)}
 VOCAB=${VOCAB:?set VOCAB to gpt2-vocab.json}
@@ -38,7 +39,7 @@ DE_ARGS=()
 if [[ $ARM == cl_ltd ]]; then
   TRAIN_SAMPLES=${TRAIN_SAMPLES:-$(( NOMINAL_STEPS * GBS ))}
   if [[ ! -f $INDEX/voc/meta.json && $NODE_RANK == 0 ]]; then
-    mpiexec -n "$ANALYZER_RANKS" python tools/analyze_data.py --data-path "$DATA" \
+    "$MPIEXEC" -n "$ANALYZER_RANKS" "$PYTHON" tools/analyze_data.py --data-path "$DATA" \
         --granularity sample --split $SPLIT --seq-length $SEQ --seed $SEED \
         --train-samples "$TRAIN_SAMPLES" --metrics total_vocab_freq voc --save-path "$INDEX"
   fi
@@ -53,7 +54,7 @@ elif [[ $ARM != baseline ]]; then
   echo "ARM must be cl_ltd or baseline, got '$ARM'" >&2; exit 2
 fi
 
-torchrun --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" --node_rank "$NODE_RANK" \
+"${TORCHRUN[@]}" --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" --node_rank "$NODE_RANK" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" pretrain_gpt.py \
     --num-layers 24 --hidden-size 1024 --num-attention-heads 16 \
     --seq-length $SEQ --max-position-embeddings $SEQ \

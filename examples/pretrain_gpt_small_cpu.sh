@@ -13,8 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PY:-.venv/bin/python}
-TORCHRUN=${TORCHRUN:-.venv/bin/torchrun}
+source examples/_python.sh
 DATA=${DATA:-build/example_small_data}
 RUN=${RUN:-build/example_small}
 NPROC=${NPROC:-1}
@@ -22,10 +21,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 if [ ! -s "$DATA/stdlib_text_document.idx" ]; then
   mkdir -p "$DATA"
-  $PY tools/prepare_default_corpus.py --output "$DATA/stdlib.jsonl" --max-files 300 --skip-tests
-  $PY tools/train_tokenizer.py --input "$DATA/stdlib.jsonl" --model-prefix "$DATA/stdlib_sp" \
+  "$PYTHON" tools/prepare_default_corpus.py --output "$DATA/stdlib.jsonl" --max-files 300 --skip-tests
+  "$PYTHON" tools/train_tokenizer.py --input "$DATA/stdlib.jsonl" --model-prefix "$DATA/stdlib_sp" \
       --vocab-size 4000
-  $PY tools/preprocess_data.py --input "$DATA/stdlib.jsonl" --output-prefix "$DATA/stdlib" \
+  "$PYTHON" tools/preprocess_data.py --input "$DATA/stdlib.jsonl" --output-prefix "$DATA/stdlib" \
       --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$DATA/stdlib_sp.model" \
       --append-eod --workers 2
 fi
@@ -55,8 +54,8 @@ OUTPUT=(
 )
 
 if [[ $NPROC -gt 1 ]]; then
-  LAUNCH=("$TORCHRUN" --standalone --nproc-per-node "$NPROC")
+  LAUNCH=("${TORCHRUN[@]}" --standalone --nproc-per-node "$NPROC")
 else
-  LAUNCH=("$PY")
+  LAUNCH=("$PYTHON")
 fi
 "${LAUNCH[@]}" pretrain_gpt.py "${MODEL[@]}" "${TRAINING[@]}" "${DATA_ARGS[@]}" "${OUTPUT[@]}" "$@"

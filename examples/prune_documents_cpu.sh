@@ -11,27 +11,27 @@
 # Each finished step is skipped on the next run (rm -rf build/prune/doc_* to redo 4-6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
-OUT=build/prune
+source examples/_python.sh
+OUT=${OUT:-build/prune}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 step() { echo; echo "=== $*"; }
 
-PRUNE_UNTIL=3 bash examples/prune_data_cpu.sh
+PRUNE_UNTIL=3 OUT="$OUT" bash examples/prune_data_cpu.sh
 TOK=(--tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$OUT/sp.model")
 MAIN=(--data-path "$OUT/main_text_document")
 
 step "4 score the main slice's documents: loss and ppl under the reference -> $OUT/doc_index"
-[[ -s $OUT/doc_index/ppl/meta.json ]] || "$PY" tools/analyze_data.py "${MAIN[@]}" \
+[[ -s $OUT/doc_index/ppl/meta.json ]] || "$PYTHON" tools/analyze_data.py "${MAIN[@]}" \
     --granularity document --metrics loss ppl --reference-load "$OUT/ref_ckpt" \
-    --save-path "$OUT/doc_index" --quiet
+    --save-path "$OUT/doc_index"
 
 step "5 inspect the document perplexities"
-"$PY" tools/inspect_index.py "$OUT/doc_index/ppl" --png "$OUT/doc_ppl_hist.png" --show 1 \
+"$PYTHON" tools/inspect_index.py "$OUT/doc_index/ppl" --png "$OUT/doc_ppl_hist.png" --show 1 \
     --max-chars 200 "${MAIN[@]}" "${TOK[@]}"
 
 step "6 CCNet-style filters: the lowest-perplexity 70% of documents; the 10th-90th percentile"
-[[ -s $OUT/doc_ppl_low70.json ]] || "$PY" tools/prune_data.py "${MAIN[@]}" \
+[[ -s $OUT/doc_ppl_low70.json ]] || "$PYTHON" tools/prune_data.py "${MAIN[@]}" \
     --index "$OUT/doc_index/ppl" --keep-fraction 0.7 --order easy \
     --output-prefix "$OUT/doc_ppl_low70"
-[[ -s $OUT/doc_ppl_p10_p90.json ]] || "$PY" tools/prune_data.py "${MAIN[@]}" \
+[[ -s $OUT/doc_ppl_p10_p90.json ]] || "$PYTHON" tools/prune_data.py "${MAIN[@]}" \
     --index "$OUT/doc_index/ppl" --keep-percentile 10 90 --output-prefix "$OUT/doc_ppl_p10_p90"

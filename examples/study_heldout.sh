@@ -6,10 +6,11 @@
 #
 #   bash examples/study_heldout.sh [DIR] [RUN ...]     # DIR defaults to build/study_cpu,
 #                                                      # RUN to every run under DIR/runs
-# Prints "run  val_loss(whole split)  heldout_loss" per run; indexes go to DIR/heldout/<run>.
+# Prints "run  val_loss(whole split)  heldout_loss" per run on stdout (the analyzer's
+# progress goes to stderr); indexes go to DIR/heldout/<run>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+source examples/_python.sh
 DIR=${1:-build/study_cpu}
 shift || true
 RUNS=("$@")
@@ -21,13 +22,13 @@ printf "%-36s %10s %10s\n" run val_loss heldout
 for run in "${RUNS[@]}"; do
     out="$DIR/heldout/$run"
     if [ ! -e "$out/loss" ]; then
-        "$PY" tools/analyze_data.py --data-path "$DIR/data/reference_text_document" \
+        "$PYTHON" tools/analyze_data.py --data-path "$DIR/data/reference_text_document" \
             --granularity sample --split 20,80,0 --seq-length "$SEQ" --seed 1234 \
             --train-samples 1 --data-cache-path "$DIR/data/cache" --metrics loss \
-            --reference-load "$DIR/runs/$run/checkpoints" --save-path "$out" --quiet
+            --reference-load "$DIR/runs/$run/checkpoints" --save-path "$out" >&2
     fi
-    heldout=$("$PY" tools/inspect_index.py "$out/loss" | awk '$1 == "mean" {print $2}')
-    val=$("$PY" -c "import json,sys; print(f\"{json.load(open(sys.argv[1]))['val_loss']:.4f}\")" \
+    heldout=$("$PYTHON" tools/inspect_index.py "$out/loss" | awk '$1 == "mean" {print $2}')
+    val=$("$PYTHON" -c "import json,sys; print(f\"{json.load(open(sys.argv[1]))['val_loss']:.4f}\")" \
           "$DIR/runs/$run/result.json")
     printf "%-36s %10s %10s\n" "$run" "$val" "$heldout"
 done

@@ -17,7 +17,8 @@ from megatron.core import parallel_state
 from megatron.core.devices import backend_problem
 from megatron.flag_sizes import size_problems
 from megatron.deepspeed_compat import (add_deepspeed_args, apply_deepspeed_flags,
-                                       default_tokenizer_type)
+                                       check_deepspeed_batch, default_tokenizer_type)
+from megatron.given_flags import given_dests
 from megatron.tokenizer import vocab_size_with_padding
 
 _GLOBAL_ARGS: argparse.Namespace | None = None
@@ -48,6 +49,7 @@ def parse_args(extra_args_provider: Callable | None = None, ignore_unknown_args:
         parsed, _ = parser.parse_known_args(args)
     else:
         parsed = parser.parse_args(args)
+    parsed.given_flags = given_dests(parser, args)   # explicit beats default (given_flags.py)
     return parsed
 
 
@@ -254,6 +256,7 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     errors: list[str] = []
+    deepspeed_json = apply_deepspeed_flags(args, errors)   # fills flags not given
     for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length",
                  "micro_batch_size", "lr"):
         if getattr(args, name) is None:
@@ -283,7 +286,7 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
     _validate_model(args, errors)
     _derive_parallel(args, errors)
     _validate_moe(args, errors)
-    apply_deepspeed_flags(args, errors)
+    check_deepspeed_batch(args, deepspeed_json, errors)
     if errors:
         raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors))
     _derive_training(args, tokenizer_vocab_size)

@@ -13,10 +13,12 @@ DeepSpeed JSON whose top-level keys (batch, clipping, fp16, ZeRO) restate the fl
 * ``--no-pipeline-parallel``, ``--data-impl mmap|infer``: accepted; a pipeline size > 1 with
   the first is refused.
 * JSON ``train_batch_size`` / ``train_micro_batch_size_per_gpu`` / ``gradient_clipping`` /
-  ``steps_per_print`` / ``fp16.*`` / ``bf16.enabled`` / ``zero_optimization.stage``: checked
-  against the flags, a contradiction is an error naming both; the fp16 loss-scale settings
-  fill ``--initial-loss-scale`` etc. where the flag was not given (DeepSpeed's
-  ``initial_scale_power`` 11 is a scale of 2**11).
+  ``steps_per_print`` / ``fp16.enabled`` / ``bf16.enabled`` / ``zero_optimization.stage``
+  restate flags: explicit beats default (``megatron.given_flags``). A value fills the flag
+  when the user did not give it (the start-up log says so); a flag the user gave must
+  equal it, else an error names both. The fp16 loss-scale settings fill
+  ``--initial-loss-scale`` etc. the same way (DeepSpeed's ``initial_scale_power`` 11 is a
+  scale of 2**11); ``gradient_accumulation_steps`` must match the derived layout.
 * ``prescale_gradients``: the gradients are averaged over data-parallel ranks whichever way
   round (an fp32 all-reduce of ``g / dp`` and ``(sum g) / dp`` differ only in rounding), so
   both values are accepted. ``wall_clock_breakdown: false`` and
@@ -31,6 +33,7 @@ import argparse
 from megatron.data_efficiency.config import read_json_object
 from megatron.data_efficiency.json_keys import check_keys
 from megatron.errors import BadConfigError
+from megatron.given_flags import note_from_config, was_given
 
 # Megatron's defaults of the loss-scale flags (None in the parser so that a value given in
 # the DeepSpeed JSON can fill a flag that was not given).
@@ -125,10 +128,12 @@ def read_deepspeed_json(path: str) -> dict:
     return read_json_object(path, "--deepspeed_config")
 
 
-def apply_deepspeed_flags(args: argparse.Namespace, errors: list[str]) -> None:
-    """Map the Megatron-DeepSpeed flags and JSON top level onto this codebase's flags
-    (in place, inside ``validate_args``, once the parallel layout and the global batch size
-    are derived); every problem is appended to ``errors``."""
+def apply_deepspeed_flags(args: argparse.Namespace, errors: list[str]) -> dict | None:
+    """Map the Megatron-DeepSpeed flags and the JSON top level onto this codebase's flags
+    (in place, at the start of ``validate_args``); every problem is appended to ``errors``.
+    A JSON value fills a flag the user did not give (``megatron.given_flags``) and must
+    equal one the user gave. Returns the JSON (None without one) for
+    ``check_deepspeed_batch``, which runs once the layout is derived."""
     ds = None
     if args.deepspeed and not args.deepspeed_config:
         errors.append("--deepspeed needs --deepspeed_config FILE")
@@ -156,6 +161,22 @@ def apply_deepspeed_flags(args: argparse.Namespace, errors: list[str]) -> None:
     for key, default in LOSS_SCALE_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, default)
+    return ds
+
+
+def check_deepspeed_batch(args: argparse.Namespace, ds: dict | None,
+                          errors: list[str]) -> None:
+    """The JSON's ``gradient_accumulation_steps`` against the micro-batches per step the
+    derived layout gives (``--global-batch-size`` / (``--micro-batch-size`` x data-parallel
+    size))."""
+    if ds is None or args.micro_batch_size is None or "gradient_accumulation_steps" not in ds:
+        return
+    where = f"--deepspeed_config {args.deepspeed_config}"
+    accum = args.global_batch_size // (args.micro_batch_size * args.data_parallel_size)
+    if ds["gradient_accumulation_steps"] != accum:
+        errors.append(f"{where}: gradient_accumulation_steps "
+                      f"{ds['gradient_accumulation_steps']} contradicts --global-batch-size "
+                      f"/ (--micro-batch-size x data-parallel size) = {accum}")
 
 
 def _zero_stage(args: argparse.Namespace, ds: dict | None, errors: list[str]) -> None:
@@ -197,31 +218,40 @@ def _activation_checkpointing(args: argparse.Namespace, errors: list[str]) -> No
         args.recompute_num_layers = 1
 
 
+# JSON key -> the flag it restates; a flag not given takes the JSON's value.
+_RESTATED = (("train_batch_size", "global_batch_size"),
+             ("train_micro_batch_size_per_gpu", "micro_batch_size"),
+             ("gradient_clipping", "clip_grad"), ("steps_per_print", "log_interval"))
+
+
+def _agree(args: argparse.Namespace, dest: str, value, where: str, key: str,
+           errors: list[str]) -> None:
+    """The JSON's ``key`` and the flag of ``dest``: the value fills a flag that was not
+    given; a given flag must equal it."""
+    flag = "--" + dest.replace("_", "-")
+    if not was_given(args, dest):
+        if getattr(args, dest) != value:
+            note_from_config(args, dest, value, f"{where} {key}")
+    elif getattr(args, dest) != value:
+        errors.append(f"{where}: {key} {value} contradicts {flag} {getattr(args, dest)}")
+
+
 def _check_top_level(args: argparse.Namespace, ds: dict, where: str,
                      errors: list[str]) -> None:
-    dp, gbs = args.data_parallel_size, args.global_batch_size
-    for key, flag, value in (("train_batch_size", "--global-batch-size", gbs),
-                             ("train_micro_batch_size_per_gpu", "--micro-batch-size",
-                              args.micro_batch_size),
-                             ("gradient_clipping", "--clip-grad", args.clip_grad),
-                             ("steps_per_print", "--log-interval", args.log_interval)):
-        if key in ds and ds[key] != value:
-            errors.append(f"{where}: {key} {ds[key]} contradicts {flag} {value}")
-    if "gradient_accumulation_steps" in ds and args.micro_batch_size:
-        accum = gbs // (args.micro_batch_size * dp)
-        if ds["gradient_accumulation_steps"] != accum:
-            errors.append(f"{where}: gradient_accumulation_steps "
-                          f"{ds['gradient_accumulation_steps']} contradicts --global-batch-size "
-                          f"/ (--micro-batch-size x data-parallel size) = {accum}")
+    for key, dest in _RESTATED:
+        if key in ds:
+            _agree(args, dest, ds[key], where, key, errors)
     for key, ours in (("wall_clock_breakdown", False), ("dataloader_drop_last", True)):
         if key in ds and ds[key] is not ours:
             errors.append(f"{where}: {key} {ds[key]!r} is not supported (only {ours})")
     if "prescale_gradients" in ds and not isinstance(ds["prescale_gradients"], bool):
         errors.append(f"{where}: prescale_gradients must be true or false")
-    bf16 = ds.get("bf16", {})
-    if bool(bf16.get("enabled", False)) != args.bf16 and "bf16" in ds:
-        errors.append(f"{where}: bf16.enabled {bf16.get('enabled')} contradicts "
-                      f"{'--bf16' if args.bf16 else 'no --bf16'}")
+    for kind in ("fp16", "bf16"):
+        if kind in ds and isinstance(ds[kind], dict):
+            _agree(args, kind, bool(ds[kind].get("enabled", False)), where, f"{kind}.enabled",
+                   errors)
+    if args.fp16 and args.bf16:
+        errors.append(f"{where}: fp16 and bf16 are both enabled (by the JSON or the flags)")
     if "fp16" in ds:
         _check_fp16(args, ds["fp16"], where, errors)
 
@@ -232,11 +262,7 @@ def _check_fp16(args: argparse.Namespace, fp16: dict, where: str, errors: list[s
     except ValueError as err:
         errors.append(str(err))
         return
-    enabled = bool(fp16.get("enabled", False))
-    if enabled != args.fp16:
-        errors.append(f"{where}: fp16.enabled {fp16.get('enabled')} contradicts "
-                      f"{'--fp16' if args.fp16 else 'no --fp16'}")
-    if not enabled:
+    if not bool(fp16.get("enabled", False)):
         return
     static = fp16.get("loss_scale", 0)
     if static and args.loss_scale is not None and static != args.loss_scale:
@@ -246,7 +272,7 @@ def _check_fp16(args: argparse.Namespace, fp16: dict, where: str, errors: list[s
         errors.append(f"{where}: fp16.loss_scale 0 (dynamic) contradicts --loss-scale "
                       f"{args.loss_scale}")
     elif static:
-        args.loss_scale = float(static)
+        note_from_config(args, "loss_scale", float(static), f"{where} fp16.loss_scale")
     json_values = {"min_loss_scale": fp16.get("min_loss_scale"),
                    "loss_scale_window": fp16.get("loss_scale_window"),
                    "hysteresis": fp16.get("hysteresis"),
@@ -255,11 +281,11 @@ def _check_fp16(args: argparse.Namespace, fp16: dict, where: str, errors: list[s
     for key, value in json_values.items():
         if value is None:
             continue
-        flag = "--" + key.replace("_", "-")
-        given = getattr(args, key)
+        json_key = "initial_scale_power" if key == "initial_loss_scale" else key
+        given = getattr(args, key)   # None: not given (the defaults are filled afterwards)
         if given is None:
-            setattr(args, key, type(LOSS_SCALE_DEFAULTS[key])(value))
+            note_from_config(args, key, type(LOSS_SCALE_DEFAULTS[key])(value),
+                             f"{where} fp16.{json_key}")
         elif given != value:
-            json_key = "initial_scale_power" if key == "initial_loss_scale" else key
-            errors.append(f"{where}: fp16.{json_key} {fp16[json_key]} contradicts {flag} "
-                          f"{given}")
+            errors.append(f"{where}: fp16.{json_key} {fp16[json_key]} contradicts "
+                          f"--{key.replace('_', '-')} {given}")

@@ -133,6 +133,8 @@ def initialize_megatron(extra_args_provider: Callable | None = None,
     set_seeds(parsed.seed)
     set_args(parsed)
     if parsed.rank == 0:
+        for note in getattr(parsed, "flags_from_config", ()):   # explicit beats default
+            print(f" > {note}", flush=True)
         print(f" > world size {parsed.world_size}: TP {parsed.tensor_model_parallel_size}, "
               f"PP {parsed.pipeline_model_parallel_size}, DP {parsed.data_parallel_size}; "
               f"{parsed.num_microbatches} micro-batches of {parsed.micro_batch_size} per step",

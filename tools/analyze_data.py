@@ -19,16 +19,12 @@ store from ``preprocess_data.py --split-sentences``; give ``--short-seq-prob`` a
 ``--bert-no-binary-head`` as to pretrain_bert.py). Metric definitions and limits:
 megatron/data_efficiency/analyzer/bert_samples.py.
 
-Run sizing: instead of ``--train-samples N``, give the flags that size the training run,
-exactly as ``pretrain_gpt.py`` / ``pretrain_bert.py`` get them (``--train-iters`` /
-``--train-samples`` / ``--train-tokens``, ``--global-batch-size``, ``--num-layers``, the
-curriculum and random-LTD schedule flags or ``--data-efficiency-config``, ``--eval-*``).
-Any flag this tool does not know is taken as a training flag; the sample count then comes
-from ``megatron.run_plan.plan_run``, the function training sizes itself with.
+Run sizing (which training flags this tool takes instead of ``--train-samples``): printed
+by ``--help``, from ``_RUN_SIZING`` below.
 
-    python tools/analyze_data.py --data-path PREFIX --granularity sample --split 969,30,1 \
-        --seq-length 2048 --seed 1234 --metrics total_vocab_freq voc --save-path DIR \
-        --train-tokens 150000000000 --global-batch-size 512 --num-layers 24 \
+    python tools/analyze_data.py --data-path PREFIX --granularity sample --split 969,30,1 \\
+        --seq-length 2048 --seed 1234 --metrics total_vocab_freq voc --save-path DIR \\
+        --train-tokens 150000000000 --global-batch-size 512 --num-layers 24 \\
         --data-efficiency-curriculum-learning --curriculum-metric seqtru voc ... --random-ltd ...
 """
 
@@ -55,6 +51,21 @@ from megatron.data_efficiency.analyzer.bert_samples import BertSampleParams, run
 from megatron.data_efficiency.analyzer.cli_args import add_training_set_args  # noqa: E402
 from megatron.data_efficiency.analyzer.comm import launched_by_mpi, world  # noqa: E402
 
+_RUN_SIZING = """run sizing (--granularity sample):
+  Instead of --train-samples N, give the flags that size the training run, exactly as
+  pretrain_gpt.py / pretrain_bert.py (--model bert) get them; the sample count then comes
+  from megatron.run_plan.plan_run, the function training sizes itself with, so the index
+  always fits the run. Any flag this tool does not take is read as a training flag. Those
+  that change the count: --train-iters / --train-samples / --train-tokens,
+  --global-batch-size, --num-layers, the curriculum flags
+  (--data-efficiency-curriculum-learning --curriculum-metric --curriculum-total-steps ...)
+  and random-LTD flags (--random-ltd --random-ltd-min-seqlen --random-ltd-total-steps ...)
+  or --data-efficiency-config / --deepspeed_config, and --eval-interval --eval-iters
+  --eval-full (validation samples). Flags training requires but that do not change the
+  count (--hidden-size --num-attention-heads --micro-batch-size --lr) may be left out.
+
+"""
+
 _USER_CONTRACT = """user metrics (--metric-fn [name=]module:function):
   def function(tokens, offsets) -> array-like
     tokens:  1-D numpy array of token ids holding a batch of n samples back to back
@@ -65,7 +76,8 @@ _USER_CONTRACT = """user metrics (--metric-fn [name=]module:function):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=_USER_CONTRACT,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=_RUN_SIZING + _USER_CONTRACT,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-path", nargs="+", required=True, help="token store prefix (no .bin/.idx)")
     p.add_argument("--save-path", required=True, help="output folder")
@@ -76,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metric-fn", nargs="+", action="extend", default=[],
                    help="user metric(s) as [name=]module:function (contract below)")
     add_training_set_args(p, train_samples_help="training samples to index; or give the "
-                          "training run's sizing flags instead (see 'Run sizing' below)")
+                          "training run's sizing flags instead (see 'run sizing' below)")
     p.add_argument("--vocab-size", type=int, help="vocabulary size (default: largest token id + 1)")
     p.add_argument("--pad-token-id", type=int, help="token excluded from seqlen")
     p.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per resumable map shard")
@@ -88,7 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="recompute finished shards, and replace indexes in --save-path made "
                         "with other data or settings (refused without it)")
     p.add_argument("--keep-work", action="store_true", help="keep the shard files after success")
-    p.add_argument("--quiet", action="store_true", help="no progress or dataset output")
+    p.add_argument("--quiet", action="store_true",
+                   help="print errors only: hides the per-shard and per-batch progress "
+                        "(rate, ETA), the dataset builder's lines and the final summary")
     p.add_argument("--stats-json", help="write wall time and peak memory of every rank to this file")
     g = p.add_argument_group("model-based metrics (--metrics loss ppl proto_dist)",
                              "--granularity document reads each document as windows of "
@@ -201,7 +215,8 @@ def _model_metrics(args: argparse.Namespace, comm, cfg: AnalyzerConfig) -> tuple
         source = build_source(cfg)
         centroids = proto_metrics.fit_centroids(ref, source, comm, args.kmeans_clusters,
                                                 args.kmeans_fit_samples, args.seed,
-                                                args.reference_batch_size, window)
+                                                args.reference_batch_size, window,
+                                                show_progress=not args.quiet)
         out.append(proto_metrics.ProtoDistMetric(ref, centroids, args.reference_batch_size, {
             "kmeans_fit_samples": args.kmeans_fit_samples, "kmeans_seed": args.seed}, window))
     return source, tuple(out)

@@ -11,7 +11,7 @@ of ``megatron/data_efficiency/analyzer/index_io.py``.
 
 DeepSpeed indexes carry no fingerprint, so the sample count is checked instead:
 ``--num-samples N`` refuses an index that does not describe exactly N samples; the
-dataset flags (as ``tools/analyze_data.py --granularity sample [--model bert]``) build the training set,
+dataset flags (those of a sample-granularity analyzer run, ``--model bert`` for BERT) build the training set,
 check its count and stamp its fingerprint into the output, so training accepts it as an
 index made by ``tools/analyze_data.py`` for that dataset. Without either, the output has
 no fingerprint and training must check the count itself.

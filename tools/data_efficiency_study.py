@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--budgets", default=None,
                    help="comma-separated budget fractions to keep, e.g. 1,0.5 (default: all)")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side")
+    p.add_argument("--threads-per-job", type=int, default=None,
+                   help="OMP_NUM_THREADS of each run (default: cores / --jobs)")
     p.add_argument("--reference-data-path",
                    help="the pruning arms' reference model's token store (same tokenizer, "
                         "disjoint from --data-path; default corpus: a disjoint slice of it)")

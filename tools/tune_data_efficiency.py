@@ -10,8 +10,12 @@ for which the validation perplexity never rises above 1.3x the best seen so far.
 
 Each trial is an ordinary pretraining run of the preset's model on the given data (flags
 after -- go to every trial) with the LR, T_c and T_r schedules compressed into the trial;
-T_c / T_r are fractions of a run's steps, so they carry over to the full run. Writes
-DIR/tuning.json and prints the flags to paste.
+T_c / T_r are fractions of a run's steps, so they carry over to the full run. A trial
+evaluates on the whole validation split every ceil(steps / 8) steps and at its end.
+Trials too short to separate the settings are refused before anything runs (fewer than 4
+evaluations: the message names the --fraction that gives 4), and a search whose trials
+all gave the same perplexities ends with exit status 3 and no flags; --force goes on in
+both cases, with the warning. Writes DIR/tuning.json and prints the flags to paste.
 """
 from __future__ import annotations
 
@@ -27,9 +31,12 @@ from megatron.study.cli import add_data_args, data_spec, preset_from_args, split
 from megatron.study.commands import budget_tokens, nominal_steps  # noqa: E402
 from megatron.study.results import write_atomic  # noqa: E402
 from megatron.study.runner import Progress, RunFailed, print_flush  # noqa: E402
-from megatron.study.trials import (DURATIONS, start_candidates, technique,  # noqa: E402
-                                   trial_preset, trial_runner)
-from megatron.study.tuning import tune  # noqa: E402
+from megatron.study.trials import (DURATIONS, MIN_EVALUATIONS, fraction_needed,  # noqa: E402
+                                   start_candidates, technique, trial_evaluations,
+                                   trial_preset, trial_runner, trial_steps)
+from megatron.study.tuning import max_trials, separated, tune  # noqa: E402
+
+NO_SIGNAL = 3   # exit status: the trials could not tell the settings apart
 
 
 def parse_args(argv):
@@ -47,6 +54,12 @@ def parse_args(argv):
                    help="comma-separated candidate starts (tokens, or percent for voc/seqreo)")
     p.add_argument("--durations", default=None,
                    help="comma-separated candidate durations (fractions; default 0.1..1.0)")
+    p.add_argument("--threads-per-job", type=int, default=None,
+                   help="OMP_NUM_THREADS of each trial run (default: all cores; trials run "
+                        "one after the other)")
+    p.add_argument("--force", action="store_true",
+                   help="run trials shorter than %d evaluations, and print the flags even "
+                        "when every trial gave the same perplexities" % MIN_EVALUATIONS)
     argv, extra = split_extra(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.technique == "cl" and args.metric is None:
@@ -68,26 +81,54 @@ def paste_flags(tech, preset, start, duration) -> dict[str, str]:
             "study": f"{study_start} --t-c {duration:g}"}
 
 
+def too_short(preset, fraction: float) -> str | None:
+    """Why trials of ``fraction`` cannot separate the settings (None: long enough)."""
+    steps = trial_steps(preset, fraction)
+    evaluations = trial_evaluations(steps)
+    if evaluations >= MIN_EVALUATIONS:
+        return None
+    return (f"trials of --fraction {fraction:g} of the {preset.name} preset's budget are "
+            f"{steps} step(s) with {evaluations} evaluation(s); the stability rule needs at "
+            f"least {MIN_EVALUATIONS} evaluations to see a rise: use --fraction "
+            f"{fraction_needed(preset):g} or more")
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = parse_args(argv)
     preset = preset_from_args(args)
     tech = technique(args.technique, args.metric)
+    short = too_short(preset, args.fraction)
+    if short and not args.force:
+        print(f"error: {short} (or --force)", file=sys.stderr)
+        return 2
+    if short:
+        print(f"warning: {short}; going on (--force)", file=sys.stderr)
     trial = trial_preset(preset, args.fraction)
-    os.makedirs(args.out, exist_ok=True)
-    progress = Progress(0, print_flush)
-    data = data_spec(args) or study_data.default_corpus(preset, os.path.join(args.out, "data"),
-                                                        progress.say)
     starts = ([float(s) for s in args.starts.split(",")] if args.starts
               else start_candidates(tech, preset.seq_length))
     durations = [float(d) for d in args.durations.split(",")] if args.durations else DURATIONS
     default = getattr(preset.hyper, tech.duration_key)
+    os.makedirs(args.out, exist_ok=True)
+    bound = max_trials(len(starts), len(set(durations) | {default}))
+    progress = Progress(bound, print_flush, unit="trial", at_most=True)
+    data = data_spec(args) or study_data.default_corpus(preset, os.path.join(args.out, "data"),
+                                                        progress.say)
     threads = args.threads_per_job or (os.cpu_count() or 1)
+    steps = trial_steps(preset, args.fraction)
+    progress.say(f"binary search: at most {bound} trials of {steps}+ steps "
+                 f"({trial_evaluations(steps)} evaluations each), {threads} thread(s)")
     try:
         run = trial_runner(trial, tech, data, args.out, tuple(extra), threads, progress)
         result = tune(run, sorted(starts), sorted(durations), default, args.ratio)
     except RunFailed as exc:
         print(f"tuning stopped: {exc}", file=sys.stderr)
         return 1
+    return report(args, preset, tech, result)
+
+
+def report(args, preset, tech, result) -> int:
+    """Write tuning.json and print the result (the flags only when the trials told the
+    settings apart, or with --force)."""
     start_key = "r_s" if tech.arm.random_ltd else "d_s"
     dur_key = "T_r" if tech.arm.random_ltd else "T_c"
     out = {start_key: result.start, dur_key: result.duration, "technique": args.technique,
@@ -95,11 +136,21 @@ def main(argv: list[str] | None = None) -> int:
            "fraction": args.fraction, "ratio": args.ratio,
            "start_unit": tech.start_unit, "duration_unit": "fraction of the run's steps",
            "trials": result.to_dict()["trials"]}
-    if result.start is not None:
+    signal = separated(result.trials)
+    if result.start is not None and (signal or args.force):
         out["flags"] = paste_flags(tech, preset, result.start, result.duration)
+    if not signal:
+        out["warning"] = (f"all {len(result.trials)} trials gave the same validation "
+                          f"perplexities: the trials are too short to separate the settings")
     write_atomic(os.path.join(args.out, "tuning.json"), json.dumps(out, indent=1) + "\n")
     print(f"\n{len(result.trials)} trials; {start_key} = {result.start}, "
           f"{dur_key} = {result.duration}  ({os.path.join(args.out, 'tuning.json')})")
+    if not signal:
+        longer = max(fraction_needed(preset, 8), round(min(1.0, 2 * args.fraction), 4))
+        print(f"warning: {out['warning']}; the result is no evidence either way. Rerun with "
+              f"a larger --fraction (e.g. {longer:g})", file=sys.stderr)
+        if not args.force:
+            return NO_SIGNAL
     if result.start is None:
         print("no start kept the perplexity stable: keep the paper's presets")
         return 0

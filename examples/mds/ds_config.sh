@@ -43,10 +43,10 @@ fill_ds_config() {   # fill_ds_config TEMPLATE OUTPUT
         "$1" > "$2"
 }
 
-# Runs the launcher, or with DRY_RUN=1 prints its arguments one per line (what a test or a
-# reader wants to see without a GPU cluster).
+# Runs the launcher, or with PRINT_COMMAND=1 prints its arguments one per line (what a test
+# or a reader wants to see without a GPU cluster).
 launch() {
-    if [ "${DRY_RUN:-0}" = "1" ]; then
+    if [ "${PRINT_COMMAND:-0}" = "1" ]; then
         printf '%s\n' "$@"
     else
         "$@"

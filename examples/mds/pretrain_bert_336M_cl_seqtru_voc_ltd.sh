@@ -6,11 +6,13 @@
 #
 # See README.md in this folder (and the main README) for what each DeepSpeed-only flag maps
 # to. Every setting below can be overridden from the environment.
-# DRY_RUN=1 prints the launch command's arguments instead of running it.
+# PRINT_COMMAND=1 prints the launch command's arguments instead of running it. The
+# launcher is the torchrun of $PYTHON (examples/_python.sh: the project's .venv by default).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 source "$here/ds_config.sh"
+source "$root/examples/_python.sh"
 
 ### Model (BERT-large 336M) and batch
 seq_len=${SEQ_LEN:-512}
@@ -98,7 +100,7 @@ mkdir -p "$checkpoint_path" "$tensorboard_path" "$data_cluster_path"
 config_json="${output_home}/ds_config_gbs${global_batch_size}_mbs${batch_size}_zero${zero_stage}_ltd_${ltd_start}_${ltd_step}_cl.json"
 fill_ds_config "$here/ds_config_bert_2clmetrics_TEMPLATE.json" "$config_json"
 
-launch torchrun --nnodes "$num_nodes" --nproc_per_node "$nproc_per_node" "$root/pretrain_bert.py" \
+launch "${TORCHRUN[@]}" --nnodes "$num_nodes" --nproc_per_node "$nproc_per_node" "$root/pretrain_bert.py" \
     --override-opt_param-scheduler \
     --adam-beta1 0.9 \
     --adam-beta2 0.999 \

@@ -7,11 +7,13 @@
 # See README.md in this folder (and the main README) for what each DeepSpeed-only flag maps
 # to. Every setting below can be overridden from the environment (the CPU test shrinks the
 # model and the run that way).
-# DRY_RUN=1 prints the launch command's arguments instead of running it.
+# PRINT_COMMAND=1 prints the launch command's arguments instead of running it. The
+# launcher is the torchrun of $PYTHON (examples/_python.sh: the project's .venv by default).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 source "$here/ds_config.sh"
+source "$root/examples/_python.sh"
 
 ### Model (GPT-3 XL 1.3B) and batch
 seq_len=${SEQ_LEN:-2048}
@@ -100,7 +102,7 @@ mkdir -p "$checkpoint_path" "$tensorboard_path" "$data_cluster_path"
 config_json="${output_home}/ds_config_gbs${global_batch_size}_mbs${batch_size}_zero${zero_stage}_ltd_${ltd_start}_${ltd_step}_cl.json"
 fill_ds_config "$here/ds_config_gpt_2clmetrics_TEMPLATE.json" "$config_json"
 
-launch torchrun --nnodes "$num_nodes" --nproc_per_node "$nproc_per_node" "$root/pretrain_gpt.py" \
+launch "${TORCHRUN[@]}" --nnodes "$num_nodes" --nproc_per_node "$nproc_per_node" "$root/pretrain_gpt.py" \
     --override-opt_param-scheduler \
     --adam-beta1 0.9 \
     --adam-beta2 0.95 \

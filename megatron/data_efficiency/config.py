@@ -27,8 +27,8 @@ project's analyzer folder: ``index_path`` (``DIR/<metric>``), or DeepSpeed's
 (``sorted_samples.npy`` / ``sample_to_metric.npy``), or a DeepSpeed ``DataAnalyzer`` index
 (its ``<m>_index_to_sample[_percentile_merged]`` / ``<m>_index_to_metric`` files), read
 directly and checked to count the training set's samples. ``data_sampling.pin_memory``
-is the training loader's pinning (true needs CUDA); ``num_workers`` must equal
-``--num-workers``; ``num_epochs`` bounds the samples a run may draw, as DeepSpeed's
+is the training loader's pinning (true needs CUDA); ``num_workers`` sets
+``--num-workers`` when that flag was not given, else must equal it; ``num_epochs`` bounds the samples a run may draw, as DeepSpeed's
 sampler does; ``dynamic_batching`` is refused. ``schedule_config.custom_function``
 (``"module:function"``) is this project's addition for ``schedule_type: custom``.
 ``data_cluster_path`` is accepted and unused: no cluster file is ever written.
@@ -124,7 +124,7 @@ class DataEfficiencyConfig:
 
     ``seed`` seeds the curriculum sampler and the random-LTD draws (DeepSpeed's
     ``data_efficiency.seed``; ``--seed`` when the config comes from flags).
-    ``num_workers`` is ``data_sampling.num_workers`` (checked against ``--num-workers``),
+    ``num_workers`` is ``data_sampling.num_workers`` (fills or is checked against ``--num-workers``),
     ``pin_memory`` the training loader's pinning (``loader_pin_memory``), ``num_epochs``
     the bound on the samples a run may draw (``check_num_epochs``); None: not given.
     """

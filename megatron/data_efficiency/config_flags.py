@@ -13,6 +13,7 @@ from megatron.data_efficiency.config import (TRANSFORM_ALIASES, DataEfficiencyCo
                                              config_from_dict, load_config_file)
 from megatron.data_efficiency.curriculum.scheduler import SCHEDULE_TYPES
 from megatron.data_efficiency.random_ltd import config as random_ltd_config
+from megatron.given_flags import note_from_config, was_given
 
 
 def add_curriculum_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -84,6 +85,8 @@ def config_from_args(args: argparse.Namespace) -> DataEfficiencyConfig:
     """The whole data-efficiency config from the parsed flags: the curriculum from
     ``--data-efficiency-config`` or the ``--curriculum-*`` flags, random-LTD from the
     file's ``data_routing.random_ltd`` or the ``--random-ltd*`` flags (one place only).
+    The file's ``data_sampling.num_workers`` sets ``--num-workers`` when that flag was not
+    given (``megatron.given_flags``), and must equal it when it was.
 
     Raises:
         ValueError: naming the contradictory or bad flags / keys.
@@ -104,8 +107,12 @@ def config_from_args(args: argparse.Namespace) -> DataEfficiencyConfig:
         cfg.random_ltd = random_ltd_config.config_from_args(args, args.num_layers,
                                                             args.seq_length)
     if cfg.num_workers is not None and cfg.num_workers != args.num_workers:
-        raise ValueError(f"{file_flag} {path}: data_sampling.num_workers {cfg.num_workers} "
-                         f"contradicts --num-workers {args.num_workers}")
+        # explicit beats default: the file's value replaces the --num-workers default
+        if was_given(args, "num_workers"):
+            raise ValueError(f"{file_flag} {path}: data_sampling.num_workers {cfg.num_workers} "
+                             f"contradicts --num-workers {args.num_workers}")
+        note_from_config(args, "num_workers", cfg.num_workers,
+                         f"{file_flag} {path} data_sampling.num_workers")
     return cfg
 
 

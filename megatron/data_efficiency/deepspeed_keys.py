@@ -99,7 +99,8 @@ KEYS: tuple[DeepSpeedKey, ...] = (
        default_here="absent: no bound (DeepSpeed's 1000 passes bind only a run that its "
                     "sampler would end mid-run)"),
     _k("DATA_SAMPLING_NUM_WORKERS", SAMPLING + ".num_workers", ACTS,
-       "must equal --num-workers, the training loader's worker processes",
+       "sets --num-workers when that flag was not given, else must equal it (the training "
+       "loader's worker processes)",
        deepspeed_default=0,
        default_here="absent: --num-workers decides (the workers never change the batches)"),
     _k("DATA_SAMPLING_PIN_MEMORY", SAMPLING + ".pin_memory", ACTS,

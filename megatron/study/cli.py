@@ -37,8 +37,6 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     h.add_argument("--t-c", type=float, help="curriculum duration, fraction of baseline steps")
     h.add_argument("--r-s", type=float, help="random-LTD start length, fraction of seq length")
     h.add_argument("--t-r", type=float, help="random-LTD duration, fraction of baseline steps")
-    p.add_argument("--threads-per-job", type=int, default=None,
-                   help="OMP_NUM_THREADS of each run (default: cores / --jobs)")
 
 
 def data_spec(args: argparse.Namespace) -> DataSpec | None:

@@ -15,20 +15,32 @@ from megatron.study.presets import Preset
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# Output lines of a tool that are passed on as progress: the analyzer's (per shard, and
+# per forward batch of a model metric, with rate and ETA) and training's log lines.
+_PROGRESS_LINES = ("[analyzer]", " iteration ")
+
+
 def run_tool(name: str, args: list[str], log: Callable[[str], None],
              log_file: str | None = None) -> None:
     """Run ``tools/<name>`` (or a top-level script, ``name`` starting with ``../``) with
-    this Python; on failure raise with its output's tail. ``log_file`` keeps the output."""
+    this Python, passing its progress lines to ``log`` as they come; on failure raise with
+    its output's tail. ``log_file`` keeps the whole output."""
     cmd = [sys.executable, os.path.normpath(os.path.join(ROOT, "tools", name)), *args]
     log(f"  $ {' '.join(cmd[1:])}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    output = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          cwd=ROOT) as proc:
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith(_PROGRESS_LINES):
+                log("    " + line.strip())
+    text = "".join(output)
     if log_file is not None:
         with open(log_file, "a") as f:
-            f.write(proc.stdout + proc.stderr)
+            f.write(text)
     if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-3000:]
         raise RuntimeError(f"{os.path.relpath(cmd[1], ROOT)} failed (exit {proc.returncode}):"
-                           f"\n{tail}")
+                           f"\n{text[-3000:]}")
 
 
 def default_corpus(preset: Preset, data_dir: str, log: Callable[[str], None]) -> DataSpec:
@@ -161,4 +173,4 @@ def build_index(preset: Preset, data: DataSpec, seed: int, index_dir: str, arms,
                                  "--data-cache-path", data.cache_dir,
                                  *(["--metrics", *metrics] if metrics else []),
                                  *(["--metric-fn", *fns] if fns else []), *model,
-                                 "--save-path", index_dir, "--quiet"], log)
+                                 "--save-path", index_dir], log)

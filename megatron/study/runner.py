@@ -60,10 +60,14 @@ class StudyConfig:
 
 
 class Progress:
-    """Thread-safe condensed progress lines: one per training log line and validation."""
+    """Thread-safe condensed progress lines: one per training log line and validation, and
+    ``[run N/M]`` as each run ends (``unit`` names the runs; ``at_most``: M is an upper
+    bound, as for the tuner's binary search)."""
 
-    def __init__(self, total_runs: int, printer: Callable[[str], None]) -> None:
+    def __init__(self, total_runs: int, printer: Callable[[str], None], unit: str = "run",
+                 at_most: bool = False) -> None:
         self.total, self.done, self.lock, self.printer = total_runs, 0, threading.Lock(), printer
+        self.unit, self.at_most = unit, at_most
 
     def say(self, text: str) -> None:
         with self.lock:
@@ -86,7 +90,8 @@ class Progress:
         with self.lock:
             self.done += 1
         how = "already done, skipped" if skipped else f"{record['train_seconds']:.1f} s"
-        self.say(f"[run {self.done}/{self.total}] {name}: val loss {record['val_loss']:.4f}, "
+        of = f" of at most {self.total}" if self.at_most else f"/{self.total}"
+        self.say(f"[{self.unit} {self.done}{of}] {name}: val loss {record['val_loss']:.4f}, "
                  f"{record['consumed_tokens']:,} tokens, {how}")
 
 

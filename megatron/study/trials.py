@@ -52,11 +52,45 @@ def start_candidates(tech: Technique, seq_length: int) -> list[int]:
     return list(range(step, seq_length + 1, step))
 
 
-def trial_preset(preset: Preset, fraction: float, evals: int = 8) -> Preset:
+# A trial evaluates (whole validation split) every ceil(steps / 8) steps and at its end:
+# up to 8 points, and the stability rule needs a few of them to see a rise.
+EVALUATIONS = 8
+MIN_EVALUATIONS = 4
+
+
+def trial_steps(preset: Preset, fraction: float) -> int:
+    """Baseline steps of a trial of ``fraction`` of the preset's budget (a curriculum or
+    random-LTD trial takes at least as many)."""
+    return nominal_steps(preset, budget_tokens(preset, fraction))
+
+
+def trial_interval(steps: int) -> int:
+    return max(1, math.ceil(steps / EVALUATIONS))
+
+
+def trial_evaluations(steps: int) -> int:
+    """Whole-split evaluations of a trial of ``steps`` steps: every interval, and at the
+    end."""
+    return math.ceil(steps / trial_interval(steps))
+
+
+def fraction_needed(preset: Preset, evaluations: int = MIN_EVALUATIONS) -> float:
+    """The smallest ``--fraction`` (rounded up to two significant digits) whose trials
+    evaluate at least ``evaluations`` times."""
+    steps = next(n for n in range(1, 10 ** 9) if trial_evaluations(n) >= evaluations)
+    per_step = preset.global_batch_size * preset.seq_length
+    exact = ((steps - 1) * per_step + 1) / preset.train_tokens   # just over steps - 1
+    digits = 1 - math.floor(math.log10(exact))
+    fraction = math.ceil(exact * 10 ** digits) / 10 ** digits
+    while trial_evaluations(trial_steps(preset, fraction)) < evaluations:
+        fraction = round(fraction + 10 ** -digits, digits)
+    return fraction
+
+
+def trial_preset(preset: Preset, fraction: float) -> Preset:
     """The preset for trials of ``fraction`` of its budget: the schedules (LR, T_c, T_r)
-    compress into the trial, with about ``evals`` whole-split evaluations."""
-    steps = nominal_steps(preset, budget_tokens(preset, fraction))
-    interval = max(1, math.ceil(steps / evals))
+    compress into the trial, evaluated ``trial_evaluations`` times."""
+    interval = trial_interval(trial_steps(preset, fraction))
     return replace(preset, train_tokens=budget_tokens(preset, fraction), plan=(),
                    eval_interval=interval, log_interval=min(preset.log_interval, interval))
 

@@ -34,6 +34,29 @@ def smallest_passing(candidates: Sequence[T], passes: Callable[[T], bool]) -> T 
     return best
 
 
+def max_calls(n: int) -> int:
+    """The most ``passes`` calls a binary search over ``n`` candidates makes."""
+    return max(0, int(n)).bit_length()
+
+
+def max_trials(num_starts: int, num_durations: int) -> int:
+    """The most trial runs ``tune`` makes: one search over the starts, one over the
+    durations (the default duration among them)."""
+    return max_calls(num_starts) + max_calls(num_durations)
+
+
+def separated(trials: Sequence["Trial"], rel: float = 1e-9) -> bool:
+    """False when two or more trials all gave the same validation perplexities (within
+    ``rel``): the trials were too short for the settings to make any difference, so their
+    verdicts carry no signal."""
+    curves = [t.perplexities for t in trials]
+    if len(curves) < 2:
+        return True
+    first = curves[0]
+    return not all(len(c) == len(first) and all(math.isclose(a, b, rel_tol=rel)
+                                                for a, b in zip(c, first)) for c in curves[1:])
+
+
 def largest_passing(candidates: Sequence[T], passes: Callable[[T], bool]) -> T | None:
     """The largest candidate (ascending list) that passes, assuming every smaller one
     passes too; None if none does."""

@@ -69,6 +69,8 @@ def test_recipe_shaped_config_is_read(tmp_path):
         ("full", "uniform", 1)
     assert args.initial_loss_scale == 2.0 ** 11 and args.loss_scale_window == 500
     assert args.loss_scale is None and args.min_loss_scale == 1.0 and args.hysteresis == 2
+    assert any(n.startswith("--loss-scale-window 500 from --deepspeed_config")
+               and "fp16.loss_scale_window" in n for n in args.flags_from_config)
     cfg = args.data_efficiency
     assert cfg.seed == 99 and cfg.random_ltd.enabled and cfg.random_ltd.layer_ids == (1, 2)
 
@@ -84,9 +86,11 @@ def test_defaults_without_a_deepspeed_config(tmp_path):
     (_with(train_batch_size=8), ["--fp16"], ["train_batch_size 8", "--global-batch-size 4"]),
     (_with(train_micro_batch_size_per_gpu=1), ["--fp16"],
      ["train_micro_batch_size_per_gpu 1", "--micro-batch-size 2"]),
-    (_with(gradient_clipping=0.5), ["--fp16"], ["gradient_clipping 0.5", "--clip-grad 1.0"]),
+    (_with(gradient_clipping=0.5), ["--fp16", "--clip-grad", "1.0"],
+     ["gradient_clipping 0.5", "--clip-grad 1.0"]),
     (_with(steps_per_print=1), ["--fp16"], ["steps_per_print 1", "--log-interval 10"]),
-    (DS, [], ["fp16.enabled True", "no --fp16"]),
+    (_with(fp16__enabled=False), ["--fp16"], ["fp16.enabled False", "--fp16 True"]),
+    (_with(bf16={"enabled": False}), ["--bf16"], ["bf16.enabled False", "--bf16 True"]),
     (DS, ["--fp16", "--loss-scale-window", "100"],
      ["fp16.loss_scale_window 500", "--loss-scale-window 100"]),
     (DS, ["--fp16", "--initial-loss-scale", "65536"],
@@ -106,6 +110,51 @@ def test_contradictions_name_both(tmp_path, ds, extra, named):
     msg = _refused(tmp_path, ds, *extra)
     for text in named:
         assert text in msg, msg
+
+
+def test_explicit_flag_beats_config_value_beats_default(tmp_path, capsys):
+    """Only a flag the user gave can contradict the JSON; a flag left at its default takes
+    the JSON's value, and the start-up log says which one applied."""
+    base = BASE[:BASE.index("--global-batch-size")] + BASE[BASE.index("--lr"):-2]
+    assert "--log-interval" not in base and "--global-batch-size" not in base
+    ds = _with(steps_per_print=7, gradient_clipping=0.5, train_batch_size=8,
+               gradient_accumulation_steps=4)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(ds))
+    argv = base + ["--train-iters", "10", "--deepspeed", "--deepspeed_config", str(path)]
+    args = validate_args(parse_args(args=argv))                    # no --fp16 either
+    assert (args.log_interval, args.clip_grad, args.global_batch_size, args.fp16) == \
+        (7, 0.5, 8, True)
+    assert args.num_microbatches == 4                              # 8 / (2 x 1 rank)
+    notes = "\n".join(args.flags_from_config)
+    for text in ("--log-interval 7 from --deepspeed_config", "steps_per_print",
+                 "--clip-grad 0.5", "--global-batch-size 8", "--fp16 True",
+                 "(--log-interval not given)"):
+        assert text in notes, notes
+    # the same values given as flags are no contradiction; other values are, naming both
+    same = validate_args(parse_args(args=argv + ["--log-interval", "7", "--clip-grad", "0.5"]))
+    assert "--log-interval" not in "\n".join(same.flags_from_config)
+    with pytest.raises(ArgumentValidationError, match="steps_per_print 7 contradicts "
+                                                      "--log-interval 100"):
+        validate_args(parse_args(args=argv + ["--log-interval", "100"]))   # = the default
+    # without a config nothing is noted, and the parser's defaults stay
+    plain = _validate(tmp_path)
+    assert not getattr(plain, "flags_from_config", ()) and plain.clip_grad == 1.0
+
+
+def test_data_sampling_num_workers_beats_only_the_default(tmp_path):
+    ds = _with(data_efficiency__data_sampling={"enabled": False, "num_workers": 3})
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(ds))
+    i = BASE.index("--num-workers")
+    base = BASE[:i] + BASE[i + 2:]
+    args = validate_args(parse_args(args=base + ["--train-iters", "10", "--fp16",
+                                                 "--deepspeed_config", str(path)]))
+    assert args.num_workers == 3 and args.data_efficiency.num_workers == 3
+    assert any("--num-workers 3 from --deepspeed_config" in n and "data_sampling.num_workers" in n
+               for n in args.flags_from_config)
+    msg = _refused(tmp_path, ds, "--fp16", "--num-workers", "2")   # given, even = default
+    assert "data_sampling.num_workers 3 contradicts --num-workers 2" in msg
 
 
 def test_flags_without_their_partner_are_refused(tmp_path):

@@ -11,6 +11,7 @@ from megatron.data.blendable_dataset import BlendableDataset
     ("969,30,1", 1000, [0, 969, 999, 1000]),
     ("8,1,1", 10, [0, 8, 9, 10]),
     ("1,1,1", 10, [0, 4, 7, 10]),      # Megatron moves the rounding error onto the boundaries
+    ("949,50,1", 33, [0, 31, 33, 33]),  # each split rounded (1.65 -> 2), not truncated
     ("98/2", 7, [0, 7, 7, 7]),
     ("100", 3, [0, 3, 3, 3]),
 ])

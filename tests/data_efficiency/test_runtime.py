@@ -12,6 +12,7 @@ from megatron.data_efficiency.random_ltd import RandomLTDConfig, mslg_kept_lengt
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime
 from megatron.data_efficiency.step_plan import RunShape, StepPlanner
 from megatron.data_efficiency.token_accounting import tokens_per_step
+from tests.dist_utils import run_distributed
 
 GBS, SEQ, LAYERS = 8, 128, 6
 
@@ -80,6 +81,15 @@ def test_plans_are_pure_in_the_iteration():
         forward[0].seq_length = 5
 
 
+def test_a_kept_length_at_or_above_the_length_drops_nothing():
+    """Layers that keep as many tokens as the (curriculum-truncated) sequence has, or more,
+    count the whole sequence: the kept length never adds tokens."""
+    full = tokens_per_step(4, 64, num_layers=4)
+    assert tokens_per_step(4, 64, 4, 2, kept_length=64) == full == 4 * 64
+    assert tokens_per_step(4, 64, 4, 2, kept_length=128) == full
+    assert tokens_per_step(4, 64, 4, 2, kept_length=32) == 4 * ((64 * 2 + 32 * 2) // 4)
+
+
 def test_seqres_counts_the_real_rows():
     plan = _planner(_seqtru(kind="seqres")).plan(0)
     assert (plan.seq_length, plan.rows) == (24, GBS * (SEQ // 24))
@@ -117,6 +127,27 @@ def test_seqreo_plan_is_completed_from_the_lengths_it_saw():
     assert done.consumed_tokens == 2 * 16 + 2 * 32 and done.seq_length == 32
     assert done.scalars()["seqlen/actual_seq_length"] == 32
     assert rt.steps_for_tokens(10 ** 6) is None
+
+
+def _seqreo_dp_rank(rank: int, world_size: int) -> tuple[int, int, int]:
+    from megatron.data_efficiency.curriculum.transforms import BatchShape, seqreo
+    from megatron.data_efficiency.runtime import Parallelism
+    group = torch.distributed.group.WORLD
+    mask = torch.zeros(2, 64, dtype=torch.long)
+    mask[:, : 3 + 20 * rank] = 1                                # rank 1 has the longest
+    _, cut = seqreo({"text": torch.zeros(2, 64), "padding_mask": mask}, group=group)
+    rt = _seqreo_runtime()
+    rt.par = Parallelism(dp_rank=rank, dp_size=world_size, dp_group=group)
+    # each rank saw its own rows: 2 x 16 tokens on rank 0, 2 x 32 on rank 1
+    done = rt.finish_step(rt.plan_step(0), [BatchShape(2, 16 * (rank + 1))])
+    return cut.seq_length, done.consumed_tokens, done.seq_length
+
+
+def test_seqreo_agrees_across_data_parallel_ranks_and_sums_their_tokens():
+    """The seqreo cut is the longest real sample over DP ranks (rounded up to 8); the
+    step's tokens are every DP rank's rows, summed (the step's length is the maximum),
+    the same on every rank."""
+    assert run_distributed(_seqreo_dp_rank, 2) == [(24, 2 * 16 + 2 * 32, 32)] * 2
 
 
 def test_feed_check_refuses_a_batch_that_is_not_the_plans():

@@ -15,7 +15,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def _dry_run(script: str, tmp_path, **env) -> list[str]:
-    env = {**os.environ, "DRY_RUN": "1", "OUTPUT_HOME": str(tmp_path / "out"), **env}
+    env = {**os.environ, "PRINT_COMMAND": "1", "OUTPUT_HOME": str(tmp_path / "out"), **env}
     out = subprocess.run(["bash", os.path.join(ROOT, "examples", "mds", script)], env=env,
                          check=True, capture_output=True, text=True).stdout
     return out.splitlines()
@@ -29,7 +29,8 @@ def test_generated_ds_config_is_read(tmp_path, script, model, seq):
     argv = _dry_run(script, tmp_path, NUM_LAYERS="4", SEQ_LEN=str(seq), GLOBAL_BATCH_SIZE="8",
                     NPROC_PER_NODE="2", LTD_START="16", CL_2nd_MIN="24",
                     CL_1st_SAMPLE_PATH=index, CL_1st_METRIC_PATH=index)
-    assert argv[0] == "torchrun" and argv[5].endswith(f"pretrain_{model}.py")
+    assert argv[1:3] == ["-m", "torch.distributed.run"]               # torchrun of .venv
+    assert argv[7].endswith(f"pretrain_{model}.py")
     assert argv[argv.index("--num-layers") + 1] == "4"
     assert argv[argv.index("--micro-batch-size") + 1] == "4"      # 8 / (2 ranks)
     cfg = load_config_file(argv[argv.index("--deepspeed_config") + 1], seq_length=seq)
@@ -48,12 +49,12 @@ def test_generated_ds_config_is_read(tmp_path, script, model, seq):
 
 import json  # noqa: E402
 import re  # noqa: E402
-import sys  # noqa: E402
 
 from megatron.data.dataset_utils import get_train_valid_test_split_  # noqa: E402
 from megatron.data.indexed_dataset import MMapIndexedDataset  # noqa: E402
 from megatron.data_efficiency.analyzer import deepspeed_index as dsi  # noqa: E402
 from megatron.tokenizer.gpt2_tokenization import bytes_to_unicode  # noqa: E402
+from tests.examples.fresh_clone import no_python_env  # noqa: E402
 from tools import build_wordpiece_vocab, prepare_default_corpus, preprocess_data  # noqa: E402
 
 SPLIT = "949,50,1"       # both recipes' --split
@@ -115,8 +116,8 @@ def _gpt2_files(d) -> tuple[str, str]:
 def _launch(script: str, out_dir, env: dict) -> subprocess.CompletedProcess:
     """Run a recipe for real (torchrun, one CPU rank), shrunk through its environment
     variables: model, batch, run length, schedules' lengths, logging cadence."""
-    env = {**os.environ, "OUTPUT_HOME": str(out_dir), "OMP_NUM_THREADS": "1",
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    env = {**no_python_env(str(out_dir)),                    # the recipe finds .venv itself
+           "OUTPUT_HOME": str(out_dir), "OMP_NUM_THREADS": "1",
            "NPROC_PER_NODE": "1", "NUM_LAYERS": "4", "HIDDEN_SIZE": "32", "NUM_ATTN_HEADS": "2",
            "GLOBAL_BATCH_SIZE": "4", "MICRO_BATCH_SIZE": "2", "LOG_INTERVAL": "1",
            "EVAL_ITERS": "1", "EVAL_INTERVAL": "2", "SAVE_INTERVAL": "1000", "LTD_START": "16",

@@ -24,11 +24,11 @@ _TOKENS = re.compile(r"iteration\s+(\d+)/\s*\d+ \| consumed samples:\s+\d+ \| "
 
 @pytest.mark.slow
 def test_finetune_example_lowers_validation_perplexity(tmp_path):
-    import sys
+    from tests.examples.fresh_clone import no_python_env
     hf = make_tiny_gpt2(str(tmp_path / "gpt2"), positions=SEQ)
     data = tmp_path / "corpus.jsonl"
     data.write_text("".join(json.dumps({"text": line}) + "\n" for line in corpus(2000, 9)))
-    env = {**os.environ, "PY": sys.executable, "HF_MODEL": hf, "DATA_JSONL": str(data),
+    env = {**no_python_env(str(tmp_path)), "HF_MODEL": hf, "DATA_JSONL": str(data),
            "OUT": str(tmp_path / "out"), "SEQ": str(SEQ), "TRAIN_ITERS": str(ITERS),
            "MBS": "4", "GBS": str(GBS), "LR": "1e-3", "MIN_LR": "1e-4", "EVAL_INTERVAL": "10",
            "EVAL_ITERS": "4", "CL_MIN": "16", "LTD_MIN": "16", "LTD_STEP": "8",

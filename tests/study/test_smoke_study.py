@@ -117,13 +117,13 @@ def test_heldout_script_scores_final_checkpoints_on_the_reference_slice(smoke):
     samples of the first 20% of the reference slice (documents no study run saw); it prints
     the run's whole-split validation loss beside the mean of that loss index."""
     import subprocess
-    import sys
     from megatron.data_efficiency.analyzer import prune, valuation
+    from tests.examples.fresh_clone import no_python_env
     from megatron.data_efficiency.analyzer.index_io import MetricIndex
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     runs = ["baseline_100_s1234", "CL_seqtru_voc+random-LTD_100_s1234"]
     out = subprocess.run(["bash", os.path.join(repo, "examples", "study_heldout.sh"), smoke,
-                          *runs], env={**os.environ, "PYTHON": sys.executable},
+                          *runs], env=no_python_env(os.path.join(smoke, "env")),
                          capture_output=True, text=True, check=True).stdout
     printed = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
     assert list(printed) == runs
@@ -205,7 +205,7 @@ def test_tuner_runs_a_real_search(smoke, tmp_path, capsys):
     tuner = load_tool("tune_data_efficiency")
     out = str(tmp_path / "tune")
     assert tuner.main(["--technique", "ltd", "--preset", "smoke", "--out", out,
-                       "--fraction", "0.5", "--durations", "0.5,1.0",
+                       "--fraction", "0.34", "--durations", "0.5,1.0",
                        "--threads-per-job", "1", *_own_data(smoke)]) == 0
     result = json.load(open(os.path.join(out, "tuning.json")))
     assert set(result) >= {"r_s", "T_r", "trials"}
@@ -213,9 +213,12 @@ def test_tuner_runs_a_real_search(smoke, tmp_path, capsys):
     assert 1 <= len(trials) <= 2 + 2   # r_s in (16, 32), then T_r in (0.5, 0.7, 1.0)
     for t in trials:   # each trial is a real run with several whole-split evaluations
         assert len(t["perplexities"]) >= 3 and all(p > 1 for p in t["perplexities"])
+    out = capsys.readouterr().out
+    assert f"[trial {len(trials)} of at most 4]" in out        # 2 starts, then 3 durations
+    assert "warning" not in result                             # r_s 16 and 32 differ
     if result["r_s"] is not None:
         assert result["r_s"] in (16, 32) and result["T_r"] in (0.5, 0.7, 1.0)
-        assert "--random-ltd-min-seqlen" in capsys.readouterr().out
+        assert "--random-ltd-min-seqlen" in out
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import math
 
-from megatron.study.tuning import is_stable, largest_passing, smallest_passing, tune
+from megatron.study.tuning import (Trial, is_stable, largest_passing, max_trials, separated,
+                                  smallest_passing, tune)
 
 
 def test_stability_rule():
@@ -54,3 +55,29 @@ def test_tune_finds_the_known_optimum():
 def test_tune_reports_when_nothing_is_stable():
     result = tune(_synthetic(10_000, 1.0), [8, 16, 32], [0.5, 1.0], default_duration=0.5)
     assert result.start is None and result.duration is None and len(result.trials) == 2
+
+
+def test_trials_at_most_the_bound():
+    """``max_trials`` bounds the runs of any search (the tuner's ``[trial N of at most M]``)."""
+    import random
+    rng = random.Random(0)
+    for _ in range(200):
+        starts = list(range(rng.randint(1, 40)))
+        durations = sorted({rng.randint(1, 30) / 10 for _ in range(rng.randint(1, 12))})
+        default = rng.choice(durations + [0.45])
+        s_cut, d_cut = rng.choice(starts + [99]), rng.random() * 3
+
+        def curve(start, duration):
+            return [3.0, 2.0, 9.0] if start < s_cut or duration > d_cut else [3.0, 2.0, 1.0]
+        result = tune(curve, starts, durations, default)
+        assert len(result.trials) <= max_trials(len(starts), len(set(durations) | {default}))
+    assert max_trials(32, 20) == 6 + 5
+
+
+def test_trials_that_all_agree_carry_no_signal():
+    same = [Trial(s, 0.4, [90.0, 80.0, 70.0, 65.0], True) for s in (8, 16, 24)]
+    assert not separated(same)
+    assert separated(same[:1])                       # one trial: nothing to compare
+    differ = same[:2] + [Trial(24, 0.4, [90.0, 80.0, 70.0, 65.1], True)]
+    assert separated(differ)
+    assert separated([same[0], Trial(8, 0.5, [90.0, 80.0, 70.0], True)])

@@ -1,16 +1,11 @@
-"""examples/pretrain_gpt_1.3B_cl_ltd.sh runs first time: DRY_RUN=1 runs the whole recipe
-(corpus, tokenizer, token store, analyzer, training with CL_seqtru_voc + random-LTD) on
-CPU, and the analyzer sizes its index with training's own function, from the same flags."""
+"""The flagship recipe's analyzer sizes its index with training's own function, from the
+same flags. (Its DRY_RUN=1, the whole recipe on CPU, runs as the README shows it, with no
+python on PATH: tests/test_readme.py.)"""
 from __future__ import annotations
-
-import os
-import re
-import subprocess
-import sys
 
 from megatron.arguments import parse_args, validate_args
 from megatron.run_plan import plan_run
-from tests.tools.tool_loader import ROOT, load_tool
+from tests.tools.tool_loader import load_tool
 
 SIZING = ["--num-layers", "4", "--global-batch-size", "8", "--train-tokens", "40000",
           "--data-efficiency-curriculum-learning", "--curriculum-metric", "seqtru", "voc",
@@ -38,17 +33,3 @@ def test_analyzer_takes_the_training_sizing_flags():
     assert training.train_iters == nominal     # plan_run does not write args
     assert args.train_samples == plan.train_valid_test_num_samples[0] == plan.train_iters * 8
     assert args.metrics == ["voc"]             # the analyzer's own flags are still its own
-
-
-def test_dry_run_runs_the_whole_recipe_on_cpu(tmp_path):
-    out = tmp_path / "dry"
-    proc = subprocess.run(["bash", os.path.join(ROOT, "examples", "pretrain_gpt_1.3B_cl_ltd.sh")],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "DRY_RUN": "1", "OUT": str(out),
-                               "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"})
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
-    steps = re.search(r"\[analyzer\] the training run takes (\d+) steps", log).group(1)
-    assert f"validation loss at iteration {steps} " in log          # trained to the end
-    assert (out / "analysis" / "voc" / "meta.json").is_file()
-    assert re.search(r"lm loss: \d", log) and "learning rate: 3.9" in log   # 4e-4 at 0.5

@@ -106,6 +106,9 @@ def test_clip_grad_norm_single_process():
     p.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
     assert clip_grad_norm([p], 1.0) == pytest.approx(5.0)
     assert p.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
+    p.grad = torch.tensor([0.3, 0.4, 0.0, 0.0])       # below the threshold: left alone
+    assert clip_grad_norm([p], 1.0) == pytest.approx(0.5)
+    assert torch.equal(p.grad, torch.tensor([0.3, 0.4, 0.0, 0.0]))
 
 
 def _tp_norm_worker(rank, world_size):

@@ -74,14 +74,30 @@ def test_tensorboard_flags_gate_their_scalars(tmp_path):
         assert tag not in tags, tag
 
 
-def test_train_tokens_stopping_rule():
+def test_loss_is_the_mean_over_the_tokens_the_mask_keeps():
+    import torch
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    loss, reported = pretrain_gpt.loss_func(mask, per_token)
+    assert loss.item() == pytest.approx((1 + 2 + 6 + 7) / 4) == reported["lm loss"].item()
+    assert pretrain_gpt.loss_func(torch.zeros(2, 4), per_token)[0].item() == 0.0
+
+
+def test_train_tokens_stopping_rule_at_the_exact_boundary():
+    """--train-tokens equal to 3 steps' tokens stops after exactly 3 steps (the step that
+    reaches the budget is the last), and the run plan says so before training."""
+    from types import SimpleNamespace
+    from megatron.training import TrainState, _training_done
     flags = tiny_gpt_flags("--eval-iters", "0")
     i = flags.index("--train-iters")
-    flags[i:i + 2] = ["--train-tokens", "200"]
+    flags[i:i + 2] = ["--train-tokens", str(3 * 64)]               # 64 tokens per step
     state = pretrain(synthetic_provider, pretrain_gpt.model_provider,
                      ModelType.encoder_or_decoder, pretrain_gpt.forward_step,
                      argv=flags)
-    assert state.iteration == 4 and state.consumed_tokens == 256   # 64 tokens per step
+    assert state.iteration == 3 and state.consumed_tokens == 192
+    args = SimpleNamespace(train_tokens=192, train_samples=None, train_iters_is_stop=False)
+    assert [_training_done(TrainState(consumed_tokens=t), args, None)
+            for t in (191, 192, 193)] == [False, True, True]
 
 
 def _poisoned_forward(at_call: int):

@@ -25,6 +25,7 @@ from megatron.data_efficiency.analyzer import kernels, metrics
 from megatron.data_efficiency.analyzer.comm import Comm, world
 from megatron.data_efficiency.analyzer.index_checks import refuse_replacing
 from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint, publish_dir, new_tmp_dir, save_npy
+from megatron.data_efficiency.analyzer.row_progress import RowProgress
 from megatron.data_efficiency.analyzer.shards import (Progress, ShardStore, my_block, my_weighted_block,
                                                       plan_range_shards, plan_unit_shards, run_rounds)
 from megatron.data_efficiency.analyzer.sort_write import write_index_parallel
@@ -223,6 +224,12 @@ class _Run:
         fn = target if callable(target) else metrics.load_metric_fn(target)
         key = f"user-{name}" if tag is None else f"model-{tag}"
         parts = []
+        if hasattr(fn, "progress"):   # a model metric: it reports every forward batch
+            rows = [int(self.out_shards[s + 1] - self.out_shards[s]) for s in self.my_out
+                    if not os.path.isfile(self.store.path(f"{key}-{s}"))]
+            share = f" of rank 0's share ({self.comm.size} ranks)" if self.comm.size > 1 else ""
+            fn.progress = RowProgress(f"metric {name}", sum(rows), share=share,
+                                      enabled=self.cfg.progress and self.comm.rank == 0)
 
         def work(s: int) -> int:
             lo, hi = int(self.out_shards[s]), int(self.out_shards[s + 1])

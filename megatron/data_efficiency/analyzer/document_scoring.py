@@ -14,7 +14,8 @@ Windows of many documents are batched together, longest first, ``batch_size`` to
 forward pass, each batch padded to its longest window (padding is after the real tokens,
 so a causal model's real positions never see it, and it is masked out of every sum).
 The batches depend only on the documents passed in, so the bytes written do not depend on
-the number of analyzer ranks.
+the number of analyzer ranks. A ``progress`` (``row_progress.RowProgress``) counts
+documents: each batch advances it by the documents whose last window it scored.
 """
 from __future__ import annotations
 
@@ -51,6 +52,27 @@ def cut_windows(offsets: np.ndarray, seq_length: int) -> Windows:
     return Windows(doc, offsets[doc] + start, length)
 
 
+class _DocumentsDone:
+    """Documents finished as window batches are scored, for a progress count."""
+
+    def __init__(self, windows: Windows, num_docs: int, progress) -> None:
+        self.doc, self.progress = windows.doc, progress
+        self.left = np.bincount(windows.doc, minlength=num_docs)
+        self.done = int((self.left == 0).sum())          # no window: nothing to score
+
+    def scored(self, idx: np.ndarray) -> None:
+        if self.progress is None:
+            return
+        np.subtract.at(self.left, self.doc[idx], 1)
+        docs = np.unique(self.doc[idx])
+        self.progress.advance(int((self.left[docs] == 0).sum()) + self.done)
+        self.done = 0
+
+    def close(self) -> None:
+        if self.progress is not None and self.done:
+            self.progress.advance(self.done)
+
+
 def window_batches(windows: Windows, batch_size: int) -> list[np.ndarray]:
     """Window indices per forward pass: longest first (stable), ``batch_size`` each."""
     order = np.argsort(-windows.length, kind="stable")
@@ -83,7 +105,7 @@ def final_hidden_states(model: torch.nn.Module, inputs: torch.Tensor) -> torch.T
 
 @torch.no_grad()
 def document_losses(model: torch.nn.Module, tokens: np.ndarray, offsets: np.ndarray,
-                    seq_length: int, batch_size: int) -> np.ndarray:
+                    seq_length: int, batch_size: int, progress=None) -> np.ndarray:
     """Mean token loss of each document: the sum of ``-ln p(token | its window's
     prefix)`` over its ``L - 1`` predicted tokens, divided by ``L - 1`` (0 when ``L < 2``).
     Token losses in float32 as training computes them, summed in float64.
@@ -91,29 +113,35 @@ def document_losses(model: torch.nn.Module, tokens: np.ndarray, offsets: np.ndar
     device = next(model.parameters()).device
     windows = cut_windows(offsets, seq_length)
     sums = np.zeros(len(offsets) - 1)
+    done = _DocumentsDone(windows, len(sums), progress)
     for idx in window_batches(windows, batch_size):
         t = _padded(tokens, windows, idx).to(device)
         pos = torch.arange(t.shape[1] - 1, device=device).expand(t.shape[0], -1)
         loss = model(t[:, :-1], pos, None, labels=t[:, 1:])               # [b, s] fp32
         mask = _input_mask(windows.length[idx], t.shape[1], device)
         np.add.at(sums, windows.doc[idx], (loss.double() * mask).sum(1).cpu().numpy())
+        done.scored(idx)
+    done.close()
     predicted = np.maximum(np.diff(np.asarray(offsets, dtype=np.int64)) - 1, 0)
     return np.divide(sums, predicted, out=np.zeros_like(sums), where=predicted > 0)
 
 
 @torch.no_grad()
 def document_embeddings(model: torch.nn.Module, tokens: np.ndarray, offsets: np.ndarray,
-                        seq_length: int, batch_size: int) -> np.ndarray:
+                        seq_length: int, batch_size: int, progress=None) -> np.ndarray:
     """Unit-norm mean of the final hidden states over every input position of each
     document's windows (the positions its loss is predicted from); the zero vector for a
     document shorter than two tokens.         # tokens [T], offsets [n+1] -> [n, h] float64"""
     device = next(model.parameters()).device
     windows = cut_windows(offsets, seq_length)
     sums = np.zeros((len(offsets) - 1, model.config.hidden_size))
+    done = _DocumentsDone(windows, len(sums), progress)
     for idx in window_batches(windows, batch_size):
         t = _padded(tokens, windows, idx).to(device)
         hidden = final_hidden_states(model, t[:, :-1]).double()          # [s, b, h]
         mask = _input_mask(windows.length[idx], t.shape[1], device)      # [b, s]
         np.add.at(sums, windows.doc[idx], torch.einsum("sbh,bs->bh", hidden, mask).cpu().numpy())
+        done.scored(idx)
+    done.close()
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     return np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)

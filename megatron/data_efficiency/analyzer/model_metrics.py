@@ -138,6 +138,7 @@ class TokenLossMetric:
             raise ValueError(f"model metric must be one of {MODEL_METRICS}, got {kind!r}")
         self.ref, self.name, self.batch_size = ref, kind, int(batch_size)
         self.window = check_window(ref, document_window)
+        self.progress = None   # a RowProgress the analyzer sets: advanced per forward batch
         self.device = next(ref.model.parameters()).device
         self.cache_tag = f"{kind}-{ref.fingerprint}-b{self.batch_size}" + (
             "" if self.window is None else f"-w{self.window}")
@@ -156,12 +157,14 @@ class TokenLossMetric:
             pos = torch.arange(t.shape[1] - 1, device=self.device).expand(t.shape[0], -1)
             loss = self.ref.model(t[:, :-1], pos, None, labels=t[:, 1:])   # [b, s] fp32
             out.append(loss.float().mean(dim=1).double().cpu().numpy())
+            if self.progress is not None:
+                self.progress.advance(len(t))
         return np.concatenate(out) if out else np.zeros(0)
 
     def __call__(self, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         if self.window is not None:
             loss = document_scoring.document_losses(self.ref.model, tokens, offsets,
-                                                    self.window, self.batch_size)
+                                                    self.window, self.batch_size, self.progress)
             return np.exp(loss) if self.name == "ppl" else loss
         lengths = np.diff(offsets)
         if len(lengths) and (lengths != lengths[0]).any():

@@ -25,12 +25,15 @@ import torch
 from megatron.data_efficiency.analyzer import document_scoring
 from megatron.data_efficiency.analyzer.model_metrics import (ReferenceModel, check_window,
                                                              window_meta)
+from megatron.data_efficiency.analyzer.row_progress import RowProgress
 
 
 @torch.no_grad()
-def embed(ref: ReferenceModel, samples: np.ndarray, batch_size: int = 8) -> np.ndarray:
+def embed(ref: ReferenceModel, samples: np.ndarray, batch_size: int = 8,
+          progress: RowProgress | None = None) -> np.ndarray:
     """Unit-norm mean final hidden state over each training sample's inputs ``t[:-1]``
-    (what the model reads in training).             # [n, s + 1] int -> [n, h] float64"""
+    (what the model reads in training); ``progress`` advances per forward batch.
+                                                    # [n, s + 1] int -> [n, h] float64"""
     model = ref.model
     device = next(model.parameters()).device
     out = []
@@ -39,6 +42,8 @@ def embed(ref: ReferenceModel, samples: np.ndarray, batch_size: int = 8) -> np.n
                             device=device)
         hidden = document_scoring.final_hidden_states(model, t)                 # [s, b, h]
         out.append(hidden.float().mean(dim=0).double().cpu().numpy())
+        if progress is not None:
+            progress.advance(len(t))
     e = np.concatenate(out) if out else np.zeros((0, model.config.hidden_size))
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
@@ -58,21 +63,22 @@ def fit_ids(num_samples: int, fit_samples: int, seed: int) -> np.ndarray:
 
 
 def embed_ids(ref: ReferenceModel, source, ids: np.ndarray, batch_size: int,
-              document_window: int | None = None) -> np.ndarray:
+              document_window: int | None = None,
+              progress: RowProgress | None = None) -> np.ndarray:
     """Embeddings of samples (documents) ``ids`` of an analyzer source.   # -> [n, h]"""
     parts = [source.batch(int(i), int(i) + 1) for i in ids]
     if document_window is None:
-        return embed(ref, np.stack([tokens for tokens, _ in parts]), batch_size)
+        return embed(ref, np.stack([tokens for tokens, _ in parts]), batch_size, progress)
     lengths = [len(tokens) for tokens, _ in parts]
     offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
     tokens = np.concatenate([t for t, _ in parts]) if parts else np.zeros(0, np.int64)
     return document_scoring.document_embeddings(ref.model, tokens, offsets, document_window,
-                                                batch_size)
+                                                batch_size, progress)
 
 
 def fit_centroids(ref: ReferenceModel, source, comm, clusters: int, fit_samples: int,
-                  seed: int, batch_size: int = 8,
-                  document_window: int | None = None) -> np.ndarray:
+                  seed: int, batch_size: int = 8, document_window: int | None = None,
+                  show_progress: bool = True) -> np.ndarray:
     """k-means centroids over the fit set (samples, or documents read as windows of
     ``document_window``), the same on every rank.                      # -> [K, h] float64"""
     from sklearn.cluster import MiniBatchKMeans
@@ -80,9 +86,12 @@ def fit_centroids(ref: ReferenceModel, source, comm, clusters: int, fit_samples:
     if len(ids) < clusters:
         raise ValueError(f"--kmeans-clusters {clusters} exceeds the {len(ids)} samples to fit on")
     chunks = [ids[a:a + batch_size] for a in range(0, len(ids), batch_size)]
-    mine = {}
-    for j in range(comm.rank, len(chunks), comm.size):
-        mine[j] = embed_ids(ref, source, chunks[j], batch_size, document_window)
+    mine, my_chunks = {}, range(comm.rank, len(chunks), comm.size)
+    progress = RowProgress("proto_dist: embedding the k-means fit set",
+                           sum(len(chunks[j]) for j in my_chunks),
+                           enabled=show_progress and comm.rank == 0)
+    for j in my_chunks:
+        mine[j] = embed_ids(ref, source, chunks[j], batch_size, document_window, progress)
     gathered = {}
     for part in comm.allgather(mine):
         gathered.update(part)
@@ -104,6 +113,7 @@ class ProtoDistMetric:
                  fit: dict | None = None, document_window: int | None = None):
         self.ref, self.centroids, self.batch_size = ref, np.asarray(centroids), int(batch_size)
         self.window = check_window(ref, document_window)
+        self.progress = None   # a RowProgress the analyzer sets: advanced per forward batch
         digest = hashlib.sha256(np.ascontiguousarray(self.centroids).tobytes()).hexdigest()[:16]
         self.cache_tag = f"proto-{ref.fingerprint}-{digest}-b{self.batch_size}" + (
             "" if self.window is None else f"-w{self.window}")
@@ -115,9 +125,11 @@ class ProtoDistMetric:
     def __call__(self, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         if self.window is not None:
             return cosine_distances(document_scoring.document_embeddings(
-                self.ref.model, tokens, offsets, self.window, self.batch_size), self.centroids)
+                self.ref.model, tokens, offsets, self.window, self.batch_size, self.progress),
+                self.centroids)
         lengths = np.diff(offsets)
         if len(lengths) and (lengths != lengths[0]).any():
             raise ValueError("proto_dist needs samples of one length (--granularity sample)")
         rows = np.asarray(tokens).reshape(len(lengths), -1)
-        return cosine_distances(embed(self.ref, rows, self.batch_size), self.centroids)
+        return cosine_distances(embed(self.ref, rows, self.batch_size, self.progress),
+                                self.centroids)

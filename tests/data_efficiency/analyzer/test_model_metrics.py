@@ -2,6 +2,7 @@
 each training sample's own loss under the checkpoint (any TP layout it was saved with),
 1 and 2 MPI ranks write the same bytes, a killed run resumes, and another checkpoint
 never reuses the first one's shards."""
+import dataclasses
 import json
 import math
 import os
@@ -346,3 +347,41 @@ def test_tool_scores_documents_and_prune_keeps_the_lowest_perplexity(setup, doc_
     for k, d in enumerate(kept):
         np.testing.assert_array_equal(
             pruned.tokens[pruned.pointers[pruned.doc_idx[k]] // 2:][:len(docs[d])], docs[d])
+
+
+def test_model_scoring_reports_every_batch_with_rate_and_eta(setup, tmp_path, capsys):
+    """Scoring prints progress per forward batch (not only per shard): the first batch at
+    once, then at most every 10 s, and the end; the total is this rank's rows still to
+    score (shards finished earlier are not counted)."""
+    prefix, ckpt, _ = setup
+    metric = TokenLossMetric(load_reference_model(ckpt), "loss", batch_size=5)
+    cfg = _cfg(prefix, str(tmp_path / "idx"), model_metrics=(metric,))
+    cfg = dataclasses.replace(cfg, progress=True, shard_tokens=10 ** 6)
+    run_analyzer(cfg)
+    lines = [ln for ln in capsys.readouterr().err.splitlines()
+             if ln.startswith("[analyzer] metric loss:") and " samples (" in ln]
+    total = metric.progress.total
+    assert total == len(MetricIndex.open(str(tmp_path / "idx" / "loss")).sample_to_metric)
+    assert lines[0].startswith(f"[analyzer] metric loss: 5/{total:,} samples (")
+    assert "samples/s" in lines[0] and "ETA " in lines[0]
+    assert lines[-1].startswith(f"[analyzer] metric loss: {total:,}/{total:,} samples (100.0%")
+    assert lines[-1].endswith("done")
+
+
+def test_row_progress_lines_are_spaced_and_counted():
+    import io
+    from megatron.data_efficiency.analyzer.row_progress import RowProgress, clock
+    t = [0.0]
+    out = io.StringIO()
+    p = RowProgress("metric loss", 100, every=10.0, stream=out, now=lambda: t[0])
+    for _ in range(20):          # a batch of 5 rows per second
+        t[0] += 1.0
+        p.advance(5)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3       # the first batch, 10 s later, the end
+    assert lines[0] == ("[analyzer] metric loss: 5/100 samples (5.0%), 5.0 samples/s, "
+                        "1s elapsed, ETA 19s")
+    assert lines[1].startswith("[analyzer] metric loss: 55/100 samples (55.0%)")
+    assert lines[-1].endswith("100/100 samples (100.0%), 5.0 samples/s, 20s elapsed, done")
+    assert RowProgress("x", 0, stream=out).enabled is False
+    assert (clock(59), clock(61), clock(3725)) == ("59s", "1m01s", "1h02m")

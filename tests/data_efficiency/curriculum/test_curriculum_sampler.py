@@ -29,6 +29,15 @@ def test_every_id_is_eligible_at_the_threshold_in_force(kind, pace):
     assert len(seen) > 0.8 * len(VALUES)          # the pool really grew
 
 
+def test_percentile_prefix_is_deepspeeds_arithmetic():
+    """A percentile p admits (N // max_difficulty) * p samples (DeepSpeed's integer
+    arithmetic, all N at the maximum), not p% of N."""
+    from megatron.data_efficiency.analyzer.index_io import percentile_prefix
+    assert percentile_prefix(1005, 50) == (1005 // 100) * 50 == 500      # not 502
+    assert percentile_prefix(1005, 100) == 1005
+    assert percentile_prefix(1005, 12.5) == 125 and percentile_prefix(1005, 3, 10) == 300
+
+
 def test_cluster_draws_without_replacement_then_reshuffles():
     vals = np.arange(256)
     s = sampler([("m", vals, "value", (1000, 1000, 10, 1))], gbs=32, mbs=4, dp_size=1)
@@ -46,6 +55,23 @@ def test_batches_mix_clusters_in_proportion_to_size():
     s.next_global_batch()
     frac = np.mean([(s.next_global_batch() < 1000).mean() for _ in range(200)])
     assert abs(frac - 0.25) < 0.01
+
+
+def test_a_slot_on_a_cluster_edge_belongs_to_the_cluster_that_starts_there():
+    """Each step after the first admits one more sample (value t at step t): clusters of
+    one (the first holds values 0 and 1). A slot
+    drawn exactly at a cluster's first position is that cluster's, so every admitted
+    sample is drawn at the same rate; an off-by-one in the search over the clusters'
+    cumulative edges would hand those slots to the cluster before and starve each new
+    one."""
+    vals = np.arange(8)
+    s = sampler([("m", vals, "value", (0, 7, 7, 1))], gbs=800, mbs=8, dp_size=1)
+    for step in range(1, 8):
+        s.next_global_batch()
+        assert s.admitted_samples == step + 1 and s.num_clusters == step
+    counts = np.bincount(np.concatenate([s.next_global_batch() for _ in range(5)]),
+                         minlength=8)
+    assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean(), counts
 
 
 def test_dp_shares_are_disjoint_and_complete_and_stages_agree():

@@ -5,7 +5,6 @@ import torch
 from megatron.data_efficiency.curriculum.transforms import (BatchShape, seqreo, seqres, seqtru,
                                                             shape_for_difficulty)
 from megatron.data_efficiency.token_accounting import tokens_per_step
-from tests.dist_utils import run_distributed
 
 
 def gpt_batch(b=3, s=10):
@@ -72,18 +71,6 @@ def test_seqreo_truncates_to_longest_real_sample_rounded_to_8():
     out, shape = seqreo(batch)
     assert shape == BatchShape(2, 16) and out["text"].shape == (2, 16)
     assert torch.equal(out["text"], batch["text"][:, :16])
-
-
-def _seqreo_rank(rank, world_size):
-    mask = torch.zeros(2, 64, dtype=torch.long)
-    mask[:, : 3 + 20 * rank] = 1                                # rank 1 has the longest
-    _, shape = seqreo({"text": torch.zeros(2, 64), "padding_mask": mask},
-                      group=torch.distributed.group.WORLD)
-    return shape.seq_length
-
-
-def test_seqreo_agrees_across_data_parallel_ranks():
-    assert run_distributed(_seqreo_rank, 2) == [24, 24]
 
 
 def test_bad_difficulty_and_unknown_transform():

@@ -37,7 +37,7 @@ def parse_args(extra_args_provider: Callable | None = None, ignore_unknown_args:
         ignore_unknown_args: if True, unknown flags are dropped instead of failing.
         args: the argument list; ``None`` reads ``sys.argv[1:]``.
     """
-    parser = argparse.ArgumentParser(description="Megatron-style pretraining",
+    parser = argparse.ArgumentParser(description="Megatron-style pretraining.",
                                      allow_abbrev=False)
     for add in (_add_model_args, _add_parallel_args, _add_training_args,
                 _add_mixed_precision_args, _add_data_args, _add_logging_args,

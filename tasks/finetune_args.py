@@ -51,6 +51,8 @@ _REFUSED = {
 
 def add_tasks_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Megatron's ``tasks/main.py`` flags (those the GLUE and RACE tasks read)."""
+    parser.description = ("Finetune a pretrained BERT checkpoint on a GLUE or RACE task and "
+                          "score its validation files (Megatron's tasks/main.py flags).")
     g = parser.add_argument_group("tasks")
     g.add_argument("--task", default=None,
                    help="MNLI, QQP, QNLI, SST-2, CoLA, STS-B, MRPC, RTE or RACE")

@@ -28,6 +28,7 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
+import torch.distributed.distributed_c10d as c10d
 import torch.optim.optimizer as torch_optimizer
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -176,7 +177,11 @@ def simulated_accelerator() -> Iterator[None]:
     get_backend_method = dist.ProcessGroup.__dict__["_get_backend"]   # restored as it was
     get_backend = dist.ProcessGroup._get_backend
     fused_devices = torch_optimizer._get_fused_kernels_supported_devices
+    object_device = c10d._get_object_coll_device
     try:
+        # object collectives (all_gather_object, ...) pick the group's device as torch does
+        # for NCCL: the current CUDA device
+        c10d._get_object_coll_device = lambda group=None: "cuda"
         # torch's fused AdamW runs on the accelerator (here: its CPU kernel on the data)
         torch_optimizer._get_fused_kernels_supported_devices = \
             lambda: [*fused_devices(), SIM.type]
@@ -190,6 +195,7 @@ def simulated_accelerator() -> Iterator[None]:
             yield
     finally:
         devices.ACCELERATOR_BACKENDS = saved_backends
+        c10d._get_object_coll_device = object_device
         dist.ProcessGroup._get_backend = get_backend_method
         torch_optimizer._get_fused_kernels_supported_devices = fused_devices
         for name, fn in saved.items():

@@ -18,8 +18,10 @@ from megatron.arguments import parse_args as training_parse_args
 from tests.tools.tool_loader import ROOT
 
 SCRIPTS = sorted(os.path.relpath(p, ROOT) for pattern in
-                 ("tools/*.py", "benchmarks/*.py", "tasks/eval_harness.py", "examples/*.py")
-                 for p in glob.glob(os.path.join(ROOT, pattern)))
+                 ("tools/*.py", "benchmarks/*.py", "tasks/eval_harness.py", "tasks/main.py",
+                  "examples/*.py")
+                 for p in glob.glob(os.path.join(ROOT, pattern))
+                 if 'if __name__ == "__main__"' in open(p).read())   # scripts, not helpers
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]")
 
 
@@ -59,7 +61,8 @@ def test_help_is_whole_and_names_only_its_flags(script):
     assert description.endswith((".", ")", ":")), f"{script}: description cut off: {description!r}"
     own = {s for a in parser._actions for s in a.option_strings}
     known = own | (_training_flags() if script == "tools/analyze_data.py" else set())
-    unknown = sorted(set(FLAG.findall(text)) - known)
+    unwrapped = re.sub(r"-\n\s+", "-", text)   # argparse wraps lines at a flag's hyphens
+    unknown = sorted(set(FLAG.findall(unwrapped)) - known)
     assert not unknown, f"{script} --help mentions flags it does not take: {unknown}"
     headings = {line.strip().rstrip(":").lower() for line in text.splitlines()
                 if line.strip().endswith(":") or line.strip().endswith("):")}

@@ -97,10 +97,12 @@ DATA_EFFICIENCY=(
   --random-ltd --random-ltd-min-seqlen "$LTD_MIN" --random-ltd-total-steps "$LTD_STEPS"
   --random-ltd-seq-per-step "$LTD_STEP"
 )
-"${LAUNCH[@]}" pretrain_gpt.py "${COMMON[@]}" "${DATA_EFFICIENCY[@]}" \
-    --train-iters "$TRAIN_ITERS" --eval-interval "$EVAL_INTERVAL" \
-    --save "$OUT/checkpoints" --save-interval "$TRAIN_ITERS" \
-    --tensorboard-dir "$OUT/tensorboard" 2>&1 | tee "$OUT/finetune.log"
+if [[ ! -f "$OUT/checkpoints/latest_checkpointed_iteration.txt" ]]; then   # done on a rerun
+  "${LAUNCH[@]}" pretrain_gpt.py "${COMMON[@]}" "${DATA_EFFICIENCY[@]}" \
+      --train-iters "$TRAIN_ITERS" --eval-interval "$EVAL_INTERVAL" \
+      --save "$OUT/checkpoints" --save-interval "$TRAIN_ITERS" \
+      --tensorboard-dir "$OUT/tensorboard" 2>&1 | tee "$OUT/finetune.log"
+fi
 
 # 5. back to transformers
 rm -rf "$OUT/hf"

@@ -11,6 +11,7 @@
 #   .venv/bin/python tools/checkpoint_util.py --load-dir build/example_3d/checkpoints \
 #       --save-dir build/example_3d/checkpoints_tp1 --target-tensor-parallel-size 1 \
 #       --target-pipeline-parallel-size 1
+# A rerun resumes from build/example_3d/checkpoints (rm -rf it to start over).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source examples/_python.sh
@@ -46,4 +47,4 @@ fi
     --train-iters 50 --eval-interval 25 --eval-iters 2 --log-interval 5 \
     --data-path "$DATA/stdlib_text_document" --split 949,50,1 \
     --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$DATA/stdlib_sp.model" \
-    --save "$OUT/checkpoints" --save-interval 25 "$@"
+    --save "$OUT/checkpoints" --load "$OUT/checkpoints" --save-interval 25 "$@"

@@ -12,7 +12,7 @@
 # samples as training so sample ids match). Pacing follows the paper's GPT preset: seqtru /
 # seqres fixed_linear from 16 tokens (step 8), voc fixed_root (root 2) from 1%, both over
 # T_c = 40% of the steps. TensorBoard shows curriculum/<metric>, seqlen/curriculum_seqlen
-# and consumed-tokens.
+# and consumed-tokens. A rerun resumes from $OUT/checkpoints (rm -rf $OUT to start over).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source examples/_python.sh
@@ -77,5 +77,6 @@ fi
     --train-iters $TRAIN_ITERS --eval-interval 50 --eval-iters 5 --log-interval 10 \
     --data-path "$DATA/stdlib_text_document" --split $SPLIT \
     --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$DATA/stdlib_sp.model" \
-    --save "$OUT/checkpoints" --save-interval 50 --tensorboard-dir "$OUT/tensorboard" \
+    --save "$OUT/checkpoints" --load "$OUT/checkpoints" --save-interval 50 \
+    --tensorboard-dir "$OUT/tensorboard" \
     "${CL_ARGS[@]}" "$@"

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from megatron.model.moe.config import MoEConfig
+from megatron.model.norms import NORMS
 
 
 def init_method_normal(std: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -53,6 +54,7 @@ class TransformerConfig:
     attention_dropout: float = 0.1
     init_method_std: float = 0.02
     layernorm_epsilon: float = 1e-5
+    normalization: str = "LayerNorm"            # a name of norms.NORMS
     swiglu: bool = False
     add_bias_linear: bool = True
     untie_embeddings_and_output_weights: bool = False
@@ -95,6 +97,9 @@ class TransformerConfig:
             if not 0 < self.rotary_percent <= 1 or rot % 2 != 0 or rot == 0:
                 problems.append(f"--rotary-percent {self.rotary_percent} x kv-channels "
                                 f"{self.kv_channels} must give a positive even number")
+        if self.normalization not in NORMS:
+            problems.append(f"--normalization must be one of {sorted(NORMS)}, got "
+                            f"{self.normalization!r}")
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"--{name.replace('_', '-')} must be in [0, 1), "

@@ -8,7 +8,7 @@ from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 from megatron.model import GPTModel
 from megatron.model.fused_layer_norm import LayerNorm
 from megatron.model.module import Float16Module
-from megatron.model.transformer import core_attention
+from megatron.model.attention import core_attention
 from megatron.optimizer import OptimizerConfig, get_megatron_optimizer
 from tests.moe.helpers import model_config, moe_config
 

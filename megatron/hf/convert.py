@@ -55,8 +55,7 @@ def save_hf(full: dict[str, torch.Tensor], args: dict, save_dir: str) -> tuple[s
     if arch == "megatron_bert" and _TOKENTYPES not in full:
         # no segment table: transformers always adds row 0 of one, so give it zeros
         full[_TOKENTYPES] = torch.zeros(2, hidden, dtype=full["embedding.word_embeddings.weight"].dtype)
-    tensors = mapping.to_hf(full, arch, int(args["num_layers"]),
-                            int(args["num_attention_heads"]), vocab)
+    tensors = mapping.to_hf(full, arch, mapping.AttentionShape.from_args(args), vocab)
     config = architecture.hf_config(arch, args, vocab, _eod(args))
     files, tok_config, note = hf_dir.tokenizer_files(args)
     return hf_dir.write_model_dir(save_dir, config, tensors, files, tok_config), note
@@ -92,7 +91,8 @@ def load_hf(load_dir: str, make_vocab_size_divisible_by: int = 128
     config, hf = hf_dir.read_model_dir(load_dir)
     arch, ours = architecture.args_from_hf_config(config)
     tied = not ours["untie_embeddings_and_output_weights"]
-    full = mapping.from_hf(hf, arch, ours["num_layers"], ours["num_attention_heads"], tied)
+    full = mapping.from_hf(hf, arch, mapping.AttentionShape.from_args(ours), ours["num_layers"],
+                           tied)
     if arch == "megatron_bert":
         ours["bert_binary_head"] = _bert_heads(full)
     vocab = full["embedding.word_embeddings.weight"].shape[0]

@@ -246,6 +246,11 @@ def save_layout(save_dir: str, iteration: int, first: dict, args: dict,
     if heads % target_tp != 0:
         raise BadConfigError(f"--target-tensor-parallel-size {target_tp} does not divide "
                          f"--num-attention-heads {heads}")
+    groups = int(args.get("num_query_groups") or heads)
+    if groups % target_tp != 0:
+        raise BadConfigError(f"--target-tensor-parallel-size {target_tp} does not divide "
+                             f"--num-query-groups {groups} (each rank holds whole query "
+                             "groups)")
     specs = template_specs(args)
     rows = full[checkpoint_layout.WORD_EMBEDDING_KEY].shape[0]
     new_rows = target_vocab_rows(args, rows, target_tp, true_vocab_size)

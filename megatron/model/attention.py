@@ -1,4 +1,11 @@
-"""The attention slot: self-attention with heads split over the tensor-parallel ranks.
+"""The attention slot: self-attention with query groups split over the tensor-parallel ranks.
+
+Grouped-query attention: ``n`` query heads share ``g`` key/value heads (``g`` divides
+``n``; ``g == n`` is multi-head attention, ``g == 1`` multi-query). The fused
+``query_key_value`` rows are laid out per query group as ``[q_1 .. q_m k v]`` with
+``m = n / g`` (Megatron-LM's layout; per head ``[q k v]`` when ``g == n``), so a
+contiguous column split gives each tensor-parallel rank whole groups: ``g / tp`` groups
+and their ``n / tp`` query heads. ``g`` must divide by the tensor-parallel size.
 
 Hidden states are ``[s, b, h]``; masks are ``None`` (plain causal) or a bool
 ``[b|1, 1, s, s]`` tensor with ``True`` = masked out (docs/CONTRACTS.md).
@@ -11,6 +18,7 @@ from torch import nn
 
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.tensor_parallel.utils import divide
+from megatron.errors import BadConfigError
 from megatron.model.config import TransformerConfig
 from megatron.model.dropout import tp_rng_fork
 from megatron.model.rotary import apply_rotary_pos_emb
@@ -18,7 +26,16 @@ from megatron.model.rotary import apply_rotary_pos_emb
 
 def core_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    attention_mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
-    """Scaled dot-product attention on ``[s, b, n, d]`` inputs -> context ``[s, b, n*d]``."""
+    """Scaled dot-product attention -> context ``[s, b, n*d]``.
+
+    Args:
+        query: [s, b, n, d].
+        key, value: [s, b, g, d], ``g`` dividing ``n`` (query head ``j`` reads group
+            ``j // (n / g)``).
+    """
+    if key.shape[2] != query.shape[2]:   # grouped-query: each group serves n/g heads
+        per_group = query.shape[2] // key.shape[2]
+        key, value = (x.repeat_interleave(per_group, dim=2) for x in (key, value))
     q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, n, s, d]
     if attention_mask is None:
         ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
@@ -33,23 +50,31 @@ def core_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
 
 class ParallelAttention(nn.Module):
-    """Self-attention with heads split over the tensor-parallel ranks."""
+    """Self-attention with query groups split over the tensor-parallel ranks."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         tp = parallel_state.get_tensor_model_parallel_world_size()
-        self.heads_per_partition = divide(config.num_attention_heads, tp)
-        self.head_dim = config.kv_channels
+        heads, groups, d = config.num_attention_heads, config.num_query_groups, config.kv_channels
+        if groups % tp != 0:
+            raise BadConfigError(f"--num-query-groups {groups} is not divisible by "
+                                 f"--tensor-model-parallel-size {tp} (each rank holds whole "
+                                 "query groups)")
+        self.heads_per_partition = divide(heads, tp)
+        self.groups_per_partition = groups // tp
+        self.head_dim = d
         self.attention_dropout = config.attention_dropout
         self.recompute_core = config.recompute_granularity == "selective"
-        proj = config.kv_channels * config.num_attention_heads
-        # Output laid out per head as [q k v], so contiguous column splits are whole heads.
         self.query_key_value = tensor_parallel.ColumnParallelLinear(
-            config.hidden_size, 3 * proj, config=config, init_method=config.init_method,
-            bias=config.add_bias_linear)
+            config.hidden_size, (heads + 2 * groups) * d, config=config,
+            init_method=config.init_method, bias=config.add_bias_linear)
         self.dense = tensor_parallel.RowParallelLinear(
-            proj, config.hidden_size, config=config,
+            heads * d, config.hidden_size, config=config,
             init_method=config.output_layer_init_method, bias=config.add_bias_linear)
+        # a layout conversion must keep the query groups whole (checkpoint_layout)
+        for p in (self.query_key_value.weight, self.query_key_value.bias, self.dense.weight):
+            if p is not None:
+                p.partition_units = groups
 
     def _core(self, q, k, v, mask):
         p = self.attention_dropout if self.training else 0.0
@@ -62,10 +87,11 @@ class ParallelAttention(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
                 rotary_pos_emb: torch.Tensor | None = None) -> torch.Tensor:
         """[s, b, h] -> [s, b, h]; ``rotary_pos_emb`` is [s, b, 1, d_rot] or None."""
-        qkv, _ = self.query_key_value(hidden)  # [s, b, 3 * n/tp * d]
-        s, b = qkv.shape[0], qkv.shape[1]
-        qkv = qkv.view(s, b, self.heads_per_partition, 3 * self.head_dim)
-        q, k, v = qkv.split(self.head_dim, dim=-1)  # each [s, b, n/tp, d]
+        qkv, _ = self.query_key_value(hidden)  # [s, b, g/tp * (m + 2) * d]
+        s, b, d = qkv.shape[0], qkv.shape[1], self.head_dim
+        qkv = qkv.view(s, b, self.groups_per_partition, -1)
+        q, k, v = qkv.split([qkv.shape[-1] - 2 * d, d, d], dim=-1)
+        q = q.reshape(s, b, self.heads_per_partition, d)  # [s, b, n/tp, d]; k, v [s, b, g/tp, d]
         if rotary_pos_emb is not None:
             q = apply_rotary_pos_emb(q, rotary_pos_emb)
             k = apply_rotary_pos_emb(k, rotary_pos_emb)

@@ -15,6 +15,9 @@ LayerNorm, biases and the tanh-approximate GeLU (``F.gelu(approximate="tanh")``)
   ``MegatronBertForPreTraining`` (``MegatronBertForMaskedLM`` without the binary head).
   ``BertForPreTraining`` is post-LN and cannot hold it.
 
+With RMSNorm and rotary positions: ``LlamaForCausalLM`` (``megatron/hf/llama.py``: SwiGLU,
+grouped-query attention, biases or none, Llama-3 rope scaling).
+
 Anything the chosen architecture cannot express exactly (each architecture's ``_holds``
 below names it) is refused with a message naming it.
 """
@@ -22,9 +25,11 @@ from __future__ import annotations
 
 import torch
 
+from megatron.hf import llama
+
 TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new")   # the same function; the first is our op
 HF_CLASS = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM",
-            "megatron_bert": "MegatronBertForPreTraining"}
+            "megatron_bert": "MegatronBertForPreTraining", "llama": "LlamaForCausalLM"}
 
 
 def is_bert(args: dict) -> bool:
@@ -65,6 +70,10 @@ def _holds(arch: str, args: dict) -> list[str]:
     if args.get("num_experts"):
         problems.append("MoE layers (--num-experts): no dense transformers architecture "
                         "holds them")
+    if arch == "llama":
+        return problems + llama.export_problems(args)
+    if args.get("use_rope_scaling"):
+        problems.append("--use-rope-scaling (Llama-3 scaling: a Llama model with RMSNorm)")
     problems += _classic_layer_problems(args)
     if arch == "megatron_bert" and args.get("position_embedding_type") == "rope":
         problems.append("BERT with rotary positions")
@@ -79,10 +88,12 @@ def choose_architecture(args: dict) -> str:
     """
     if is_bert(args):
         arch = "megatron_bert"
-    elif args.get("position_embedding_type") == "rope":
-        arch = "gpt_neox"
-    else:
+    elif args.get("position_embedding_type") != "rope":
         arch = "gpt2"
+    elif (args.get("normalization") or "LayerNorm") == "RMSNorm":
+        arch = "llama"
+    else:
+        arch = "gpt_neox"
     problems = _holds(arch, args)
     if problems:
         raise ValueError("cannot export to transformers without changing the model: "
@@ -102,6 +113,8 @@ def hf_config(arch: str, args: dict, vocab_size: int, eod: int | None):
                   initializer_range=float(args.get("init_method_std", 0.02)))
     hdrop, adrop = float(args.get("hidden_dropout", 0.1)), float(args.get("attention_dropout", 0.1))
     eps = float(args.get("layernorm_epsilon", 1e-5))
+    if arch == "llama":
+        return llama.llama_config(args, vocab_size, eod, common)
     if arch == "gpt2":
         common["n_positions"] = common.pop("max_position_embeddings")
         return transformers.GPT2Config(
@@ -158,16 +171,19 @@ def args_from_hf_config(config) -> tuple[str, dict]:
         ValueError: an architecture or setting our model cannot reproduce exactly.
     """
     kind = config.model_type
-    names = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "megatron-bert": "megatron_bert"}
+    names = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "megatron-bert": "megatron_bert",
+             "llama": "llama"}
     if kind not in names:
         hint = " (post-LN BERT: ours is Megatron's pre-LN BERT, MegatronBert)" \
             if kind == "bert" else ""
         raise ValueError(f"cannot import model_type {kind!r}{hint}; supported: "
                          f"{sorted(names)}")
-    problems = _check_import(config)
+    problems = llama.import_problems(config) if kind == "llama" else _check_import(config)
     if problems:
         raise ValueError(f"cannot import this {kind} model exactly: " + "; ".join(problems))
     arch = names[kind]
+    if arch == "llama":
+        return arch, llama.args_from_llama(config)
     if arch == "gpt2":
         hidden, layers, heads = config.n_embd, config.n_layer, config.n_head
         ffn, positions = config.n_inner or 4 * hidden, config.n_positions

@@ -136,6 +136,13 @@ LAYOUTS: dict[str, Layout] = {
          "lm_head.layernorm": "cls.predictions.transform.LayerNorm",
          "lm_head": "cls.predictions", "pooler": "bert.pooler.dense",
          "binary_head": "cls.seq_relationship"}),
+    "llama": Layout(
+        "model.layers.{i}.",
+        {_NORM1: (("input_layernorm",), WHOLE),
+         _QKV: (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), QKV),
+         _DENSE: (("self_attn.o_proj",), WHOLE), _NORM2: (("post_attention_layernorm",), WHOLE),
+         _FC1: (("mlp.gate_proj", "mlp.up_proj"), GATE_UP), _FC2: (("mlp.down_proj",), WHOLE)},
+        {_WORD: "model.embed_tokens", _FINAL: "model.norm", _OUT: "lm_head"}),
 }
 ARCHITECTURES = tuple(LAYOUTS)
 

@@ -246,6 +246,11 @@ def save_layout(save_dir: str, iteration: int, first: dict, args: dict,
     if heads % target_tp != 0:
         raise BadConfigError(f"--target-tensor-parallel-size {target_tp} does not divide "
                          f"--num-attention-heads {heads}")
+    groups = int(args.get("num_query_groups") or heads)
+    if groups % target_tp != 0:
+        raise BadConfigError(f"--target-tensor-parallel-size {target_tp} does not divide "
+                             f"--num-query-groups {groups} (each rank holds whole query "
+                             "groups)")
     specs = template_specs(args)
     rows = full[checkpoint_layout.WORD_EMBEDDING_KEY].shape[0]
     new_rows = target_vocab_rows(args, rows, target_tp, true_vocab_size)
@@ -324,14 +329,24 @@ def _hf_dispatch(a: argparse.Namespace) -> None:
         print(f" > wrote the transformers model {out}" + (f"; {note}" if note else ""),
               flush=True)
         return
-    from megatron.hf.convert import load_hf
+    from megatron.hf.convert import load_hf, model_flags
     args, full = load_hf(a.load_dir, a.make_vocab_size_divisible_by or 128)
     args = with_model_type({"model_type": "gpt", **args}, a.model_type, a.load_dir)
+    _check_tensors(full, template_specs(args), a.load_dir)
     tp, pp = a.target_tensor_parallel_size or 1, a.target_pipeline_parallel_size or 1
     out = save_layout(a.save_dir, 0, {"checkpoint_version": 3.0}, args, full, tp, pp)
     print(f" > wrote {out} (TP {tp}, PP {pp}, iteration 0); start from it with --finetune "
           f"--load {a.save_dir}" + (f" --tokenizer-type {args['tokenizer_type']}"
-                                    if args.get("tokenizer_type") else ""), flush=True)
+                                    if args.get("tokenizer_type") else "")
+          + " " + " ".join(model_flags(args)), flush=True)
+
+
+def _check_tensors(full: dict, specs: dict, where: str) -> None:
+    """The imported tensors are exactly those of the model their flags build (its spec)."""
+    missing, extra = sorted(set(specs) - set(full)), sorted(set(full) - set(specs))
+    if missing or extra:
+        raise BadConfigError(f"{where}: the tensors do not fit the model its config describes"
+                             f" (missing {missing[:4]}, unexpected {extra[:4]})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,9 +2,11 @@
 
 * :mod:`megatron.hf.mapping` -- pure tensor renames/reshapes between our whole-model state
   dict and the ``transformers`` one (GPT2LMHeadModel, GPTNeoXForCausalLM,
-  MegatronBertForPreTraining / MegatronBertForMaskedLM); torch only.
+  MegatronBertForPreTraining / MegatronBertForMaskedLM, LlamaForCausalLM), by the layer
+  spec's slots; torch only.
 * :mod:`megatron.hf.architecture` -- which ``transformers`` architecture equals a
-  checkpoint's model (or why none does), and the config in both directions.
+  checkpoint's model (or why none does), and the config in both directions;
+  :mod:`megatron.hf.llama` the Llama config and its checks.
 * :mod:`megatron.hf.hf_dir` -- read/write a model directory (``config.json``,
   ``model.safetensors``, tokenizer files), atomically.
 

@@ -1,7 +1,10 @@
 """Which ``transformers`` architecture equals our model, and the config both ways.
 
-Our GPT layer is pre-LayerNorm, sequential residuals, biases everywhere, tanh-approximate
-GeLU (``F.gelu(approximate="tanh")``), softmax scaled by ``1/sqrt(d)``:
+The choice reads the model's layer spec (``megatron/model/layer_spec.py``) as the
+checkpoint's flags set it: the norm (``normalization``), the attention's query groups and
+head size, the MLP (GeLU or SwiGLU, dense or MoE), biases or none, the positions. Our GPT
+layer is pre-norm with sequential residuals and softmax scaled by ``1/sqrt(d)``; with
+LayerNorm, biases and the tanh-approximate GeLU (``F.gelu(approximate="tanh")``):
 
 * learned absolute positions -> ``GPT2LMHeadModel`` (``activation_function``
   ``gelu_pytorch_tanh``, the same op as ours);
@@ -12,20 +15,69 @@ GeLU (``F.gelu(approximate="tanh")``), softmax scaled by ``1/sqrt(d)``:
   ``MegatronBertForPreTraining`` (``MegatronBertForMaskedLM`` without the binary head).
   ``BertForPreTraining`` is post-LN and cannot hold it.
 
-Anything these cannot express exactly (SwiGLU, no biases, ``kv_channels x heads !=
-hidden``, parallel residuals, exact-erf GeLU) is refused with a message naming it.
+With RMSNorm and rotary positions: ``LlamaForCausalLM`` (``megatron/hf/llama.py``: SwiGLU,
+grouped-query attention, biases or none, Llama-3 rope scaling).
+
+Anything the chosen architecture cannot express exactly (each architecture's ``_holds``
+below names it) is refused with a message naming it.
 """
 from __future__ import annotations
 
 import torch
 
+from megatron.hf import llama
+
 TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new")   # the same function; the first is our op
 HF_CLASS = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM",
-            "megatron_bert": "MegatronBertForPreTraining"}
+            "megatron_bert": "MegatronBertForPreTraining", "llama": "LlamaForCausalLM"}
 
 
 def is_bert(args: dict) -> bool:
     return args.get("model_type") == "bert"
+
+
+def _heads(args: dict) -> tuple[int, int, int]:
+    """(query heads, query groups, head size) of the attention slot."""
+    heads = int(args["num_attention_heads"])
+    return (heads, int(args.get("num_query_groups") or heads),
+            int(args.get("kv_channels") or int(args["hidden_size"]) // heads))
+
+
+def _classic_layer_problems(args: dict) -> list[str]:
+    """What a LayerNorm / biased linears / GeLU / one-key-per-head layer (GPT-2, GPT-NeoX,
+    Megatron-BERT) cannot hold."""
+    problems = []
+    norm = args.get("normalization") or "LayerNorm"
+    if norm != "LayerNorm":
+        problems.append(f"--normalization {norm} (this architecture has LayerNorm)")
+    if args.get("swiglu"):
+        problems.append("--swiglu (no transformers architecture pairs a SwiGLU MLP with our "
+                        "biased LayerNorm layer)")
+    if args.get("add_bias_linear") is False:
+        problems.append("linear layers without biases")
+    heads, groups, head_dim = _heads(args)
+    if groups != heads:
+        problems.append(f"grouped-query attention ({groups} query groups for {heads} heads)")
+    if head_dim * heads != int(args["hidden_size"]):
+        problems.append(f"--kv-channels {head_dim} x {heads} heads != --hidden-size "
+                        f"{args['hidden_size']}")
+    return problems
+
+
+def _holds(arch: str, args: dict) -> list[str]:
+    """What of our model ``arch`` cannot hold (empty: it holds it exactly)."""
+    problems = []
+    if args.get("num_experts"):
+        problems.append("MoE layers (--num-experts): no dense transformers architecture "
+                        "holds them")
+    if arch == "llama":
+        return problems + llama.export_problems(args)
+    if args.get("use_rope_scaling"):
+        problems.append("--use-rope-scaling (Llama-3 scaling: a Llama model with RMSNorm)")
+    problems += _classic_layer_problems(args)
+    if arch == "megatron_bert" and args.get("position_embedding_type") == "rope":
+        problems.append("BERT with rotary positions")
+    return problems
 
 
 def choose_architecture(args: dict) -> str:
@@ -34,25 +86,19 @@ def choose_architecture(args: dict) -> str:
     Raises:
         ValueError: no ``transformers`` architecture equals this model.
     """
-    problems = []
-    if args.get("swiglu"):
-        problems.append("--swiglu (no transformers architecture pairs a SwiGLU MLP with our "
-                        "biased LayerNorm layer)")
-    if args.get("add_bias_linear") is False:
-        problems.append("linear layers without biases")
-    hidden, heads = int(args["hidden_size"]), int(args["num_attention_heads"])
-    kv = args.get("kv_channels") or hidden // heads
-    if kv * heads != hidden:
-        problems.append(f"--kv-channels {kv} x {heads} heads != --hidden-size {hidden}")
-    bert = is_bert(args)
-    if bert and args.get("position_embedding_type", "learned_absolute") != "learned_absolute":
-        problems.append("BERT with rotary positions")
+    if is_bert(args):
+        arch = "megatron_bert"
+    elif args.get("position_embedding_type") != "rope":
+        arch = "gpt2"
+    elif (args.get("normalization") or "LayerNorm") == "RMSNorm":
+        arch = "llama"
+    else:
+        arch = "gpt_neox"
+    problems = _holds(arch, args)
     if problems:
         raise ValueError("cannot export to transformers without changing the model: "
                          + "; ".join(problems))
-    if bert:
-        return "megatron_bert"
-    return "gpt_neox" if args.get("position_embedding_type") == "rope" else "gpt2"
+    return arch
 
 
 def hf_config(arch: str, args: dict, vocab_size: int, eod: int | None):
@@ -67,6 +113,8 @@ def hf_config(arch: str, args: dict, vocab_size: int, eod: int | None):
                   initializer_range=float(args.get("init_method_std", 0.02)))
     hdrop, adrop = float(args.get("hidden_dropout", 0.1)), float(args.get("attention_dropout", 0.1))
     eps = float(args.get("layernorm_epsilon", 1e-5))
+    if arch == "llama":
+        return llama.llama_config(args, vocab_size, eod, common)
     if arch == "gpt2":
         common["n_positions"] = common.pop("max_position_embeddings")
         return transformers.GPT2Config(
@@ -123,16 +171,19 @@ def args_from_hf_config(config) -> tuple[str, dict]:
         ValueError: an architecture or setting our model cannot reproduce exactly.
     """
     kind = config.model_type
-    names = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "megatron-bert": "megatron_bert"}
+    names = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "megatron-bert": "megatron_bert",
+             "llama": "llama"}
     if kind not in names:
         hint = " (post-LN BERT: ours is Megatron's pre-LN BERT, MegatronBert)" \
             if kind == "bert" else ""
         raise ValueError(f"cannot import model_type {kind!r}{hint}; supported: "
                          f"{sorted(names)}")
-    problems = _check_import(config)
+    problems = llama.import_problems(config) if kind == "llama" else _check_import(config)
     if problems:
         raise ValueError(f"cannot import this {kind} model exactly: " + "; ".join(problems))
     arch = names[kind]
+    if arch == "llama":
+        return arch, llama.args_from_llama(config)
     if arch == "gpt2":
         hidden, layers, heads = config.n_embd, config.n_layer, config.n_head
         ffn, positions = config.n_inner or 4 * hidden, config.n_positions

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from megatron.hf import architecture, hf_dir, mapping
+from megatron.hf.architecture import is_bert
 
 _TOKENTYPES = "embedding.tokentype_embeddings.weight"
 
@@ -55,11 +56,37 @@ def save_hf(full: dict[str, torch.Tensor], args: dict, save_dir: str) -> tuple[s
     if arch == "megatron_bert" and _TOKENTYPES not in full:
         # no segment table: transformers always adds row 0 of one, so give it zeros
         full[_TOKENTYPES] = torch.zeros(2, hidden, dtype=full["embedding.word_embeddings.weight"].dtype)
-    tensors = mapping.to_hf(full, arch, int(args["num_layers"]),
-                            int(args["num_attention_heads"]), vocab)
+    tensors = mapping.to_hf(full, arch, mapping.AttentionShape.from_args(args), vocab)
     config = architecture.hf_config(arch, args, vocab, _eod(args))
     files, tok_config, note = hf_dir.tokenizer_files(args)
     return hf_dir.write_model_dir(save_dir, config, tensors, files, tok_config), note
+
+
+def model_flags(args: dict) -> list[str]:
+    """The model flags of ``pretrain_gpt.py`` / ``pretrain_bert.py`` that build an imported
+    checkpoint's model (to finetune or continue pretraining it with ``--finetune --load``)."""
+    heads = int(args["num_attention_heads"])
+    flags = [f"--num-layers {args['num_layers']}", f"--hidden-size {args['hidden_size']}",
+             f"--num-attention-heads {heads}", f"--kv-channels {args['kv_channels']}",
+             f"--ffn-hidden-size {args['ffn_hidden_size']}",
+             f"--max-position-embeddings {args['max_position_embeddings']}",
+             f"--layernorm-epsilon {args['layernorm_epsilon']}"]
+    if (args.get("normalization") or "LayerNorm") != "LayerNorm":
+        flags.append(f"--normalization {args['normalization']}")
+    if args.get("position_embedding_type") == "rope":
+        flags += ["--position-embedding-type rope", f"--rotary-base {args['rotary_base']}"]
+    if args.get("use_rope_scaling"):
+        flags.append(f"--use-rope-scaling --rope-scaling-factor {args['rope_scaling_factor']}")
+    if int(args.get("num_query_groups") or heads) != heads:
+        flags.append(f"--group-query-attention --num-query-groups {args['num_query_groups']}")
+    flags += [flag for flag, on in (("--swiglu", args.get("swiglu")),
+                                    ("--disable-bias-linear", args.get("add_bias_linear") is False),
+                                    ("--untie-embeddings-and-output-weights",
+                                     args.get("untie_embeddings_and_output_weights")),
+                                    ("--bert-no-binary-head",
+                                     is_bert(args) and not args.get("bert_binary_head", True)))
+              if on]
+    return " ".join(flags).split()
 
 
 def _bert_heads(full: dict[str, torch.Tensor]) -> bool:
@@ -92,7 +119,8 @@ def load_hf(load_dir: str, make_vocab_size_divisible_by: int = 128
     config, hf = hf_dir.read_model_dir(load_dir)
     arch, ours = architecture.args_from_hf_config(config)
     tied = not ours["untie_embeddings_and_output_weights"]
-    full = mapping.from_hf(hf, arch, ours["num_layers"], ours["num_attention_heads"], tied)
+    full = mapping.from_hf(hf, arch, mapping.AttentionShape.from_args(ours), ours["num_layers"],
+                           tied)
     if arch == "megatron_bert":
         ours["bert_binary_head"] = _bert_heads(full)
     vocab = full["embedding.word_embeddings.weight"].shape[0]

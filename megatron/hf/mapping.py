@@ -1,9 +1,21 @@
 """Tensor mapping between our whole-model state dict and ``transformers`` state dicts.
 
-Our fused ``query_key_value`` is laid out per head as ``[q_h k_h v_h]`` (rows
-``n * 3d + j * d + i``): GPT-NeoX uses the same layout, GPT-2's ``c_attn`` groups all
-queries, then keys, then values (and, as a ``Conv1D``, stores weights as ``[in, out]``),
-Megatron-BERT keeps three separate ``query``/``key``/``value`` linears.
+Driven by the layer spec (``megatron/model/layer_spec.py``): a layer is the modules of its
+slots (``input_layernorm``, ``self_attention.query_key_value`` / ``.dense``,
+``post_attention_layernorm``, ``mlp.dense_h_to_4h`` / ``.dense_4h_to_h``), and each
+architecture below names the ``transformers`` module(s) of each of ours and how a tensor
+is cut into theirs. Which tensors a module has (a weight, and a bias or not) is read from
+the state dict itself, never assumed; the q/k/v parts are cut by the attention's shape
+(heads, query groups, head size), not in three equal parts.
+
+Our fused ``query_key_value`` rows are laid out per query group as ``[q_1 .. q_m k v]``
+(``m = heads / groups`` query heads of ``head_dim`` rows each; with ``groups == heads``
+that is GPT-NeoX's per-head ``[q k v]``). GPT-2's ``c_attn`` holds all queries, then keys,
+then values (and, as a ``Conv1D``, stores weights as ``[in, out]``); Megatron-BERT and
+Llama keep separate ``query``/``key``/``value`` (``q_proj``/``k_proj``/``v_proj``) linears.
+Our SwiGLU ``dense_h_to_4h`` is ``[gate; up]``, Llama's ``gate_proj`` and ``up_proj``.
+Our rotary embedding rotates the two halves of each head (``rotate_half``), as
+``transformers`` does, so query and key rows need no permutation.
 
 Vocabulary rows: ours are padded (``--make-vocab-size-divisible-by`` x TP); the exported
 tensors keep only the first ``vocab_size`` rows, and the import returns unpadded tensors
@@ -12,175 +24,214 @@ Tied output weights are not written (``transformers`` ties them from the config)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 Tensor = torch.Tensor
-ARCHITECTURES = ("gpt2", "gpt_neox", "megatron_bert")
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """How the fused query/key/value rows divide: ``heads`` query heads in ``groups``
+    query groups (one key and one value head each), ``head_dim`` rows per head."""
+
+    heads: int
+    groups: int
+    head_dim: int
+
+    @classmethod
+    def from_args(cls, args: dict) -> "AttentionShape":
+        heads = int(args["num_attention_heads"])
+        return cls(heads, int(args.get("num_query_groups") or heads),
+                   int(args.get("kv_channels") or int(args["hidden_size"]) // heads))
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One of our tensors <-> its ``transformers`` part(s), in the order of their names."""
+
+    split: Callable[[Tensor, AttentionShape], list[Tensor]]
+    join: Callable[[list[Tensor], AttentionShape], Tensor]
+
+
+def _qkv_parts(t: Tensor, shape: AttentionShape) -> list[Tensor]:
+    """Per-group ``[q_1 .. q_m k v]`` rows -> ``[q (all heads), k (all groups), v]``."""
+    per_group = shape.heads // shape.groups
+    rest = t.shape[1:]
+    g = t.reshape(shape.groups, per_group + 2, shape.head_dim, *rest)
+    return [g[:, :per_group].reshape(-1, *rest).clone(),
+            g[:, per_group].reshape(-1, *rest).clone(),
+            g[:, per_group + 1].reshape(-1, *rest).clone()]
+
+
+def _qkv_join(parts: list[Tensor], shape: AttentionShape) -> Tensor:
+    """Inverse of :func:`_qkv_parts`."""
+    q, k, v = parts
+    rest = q.shape[1:]
+    q = q.reshape(shape.groups, shape.heads // shape.groups, shape.head_dim, *rest)
+    k, v = (x.reshape(shape.groups, 1, shape.head_dim, *rest) for x in (k, v))
+    return torch.cat([q, k, v], dim=1).reshape(-1, *rest).contiguous()
+
+
+WHOLE = Cut(lambda t, shape: [t.clone()], lambda parts, shape: parts[0].clone())
+QKV = Cut(_qkv_parts, _qkv_join)                     # three linears
+QKV_ROWS = Cut(lambda t, shape: [torch.cat(_qkv_parts(t, shape))],   # one [q; k; v] linear
+               lambda parts, shape: _qkv_join(
+                   list(parts[0].split([shape.heads * shape.head_dim,
+                                        shape.groups * shape.head_dim,
+                                        shape.groups * shape.head_dim])), shape))
+GATE_UP = Cut(lambda t, shape: [x.clone() for x in t.chunk(2)],
+              lambda parts, shape: torch.cat(parts))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where our modules live in one ``transformers`` architecture.
+
+    Attributes:
+        layer_prefix: their prefix of layer ``i`` (``{i}`` in it).
+        layer: our module inside a layer -> (their module(s) inside the layer, the cut).
+        top: our module outside the layers -> their module (one tensor per tensor).
+        conv1d: their layers' linears store ``[in, out]`` (GPT-2's ``Conv1D``).
+    """
+
+    layer_prefix: str
+    layer: dict[str, tuple[tuple[str, ...], Cut]]
+    top: dict[str, str]
+    conv1d: bool = False
+
+
+_QKV, _DENSE = "self_attention.query_key_value", "self_attention.dense"
+_FC1, _FC2 = "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"
+_NORM1, _NORM2 = "input_layernorm", "post_attention_layernorm"
+_WORD, _FINAL, _OUT = "embedding.word_embeddings", "transformer.final_layernorm", "output_layer"
+
+LAYOUTS: dict[str, Layout] = {
+    "gpt2": Layout(
+        "transformer.h.{i}.",
+        {_NORM1: (("ln_1",), WHOLE), _QKV: (("attn.c_attn",), QKV_ROWS),
+         _DENSE: (("attn.c_proj",), WHOLE), _NORM2: (("ln_2",), WHOLE),
+         _FC1: (("mlp.c_fc",), WHOLE), _FC2: (("mlp.c_proj",), WHOLE)},
+        {_WORD: "transformer.wte", "embedding.position_embeddings": "transformer.wpe",
+         _FINAL: "transformer.ln_f", _OUT: "lm_head"},
+        conv1d=True),
+    # GPT-NeoX names its layer modules as we do, with "attention." for "self_attention."
+    "gpt_neox": Layout(
+        "gpt_neox.layers.{i}.",
+        {m: ((m.replace("self_attention.", "attention."),), WHOLE)
+         for m in (_NORM1, _QKV, _DENSE, _NORM2, _FC1, _FC2)},
+        {_WORD: "gpt_neox.embed_in", _FINAL: "gpt_neox.final_layer_norm", _OUT: "lm_head"}),
+    "megatron_bert": Layout(
+        "bert.encoder.layer.{i}.",
+        {_NORM1: (("attention.ln",), WHOLE),
+         _QKV: (("attention.self.query", "attention.self.key", "attention.self.value"), QKV),
+         _DENSE: (("attention.output.dense",), WHOLE), _NORM2: (("ln",), WHOLE),
+         _FC1: (("intermediate.dense",), WHOLE), _FC2: (("output.dense",), WHOLE)},
+        {_WORD: "bert.embeddings.word_embeddings",
+         "embedding.position_embeddings": "bert.embeddings.position_embeddings",
+         "embedding.tokentype_embeddings": "bert.embeddings.token_type_embeddings",
+         _FINAL: "bert.encoder.ln", "lm_head.dense": "cls.predictions.transform.dense",
+         "lm_head.layernorm": "cls.predictions.transform.LayerNorm",
+         "lm_head": "cls.predictions", "pooler": "bert.pooler.dense",
+         "binary_head": "cls.seq_relationship"}),
+    "llama": Layout(
+        "model.layers.{i}.",
+        {_NORM1: (("input_layernorm",), WHOLE),
+         _QKV: (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), QKV),
+         _DENSE: (("self_attn.o_proj",), WHOLE), _NORM2: (("post_attention_layernorm",), WHOLE),
+         _FC1: (("mlp.gate_proj", "mlp.up_proj"), GATE_UP), _FC2: (("mlp.down_proj",), WHOLE)},
+        {_WORD: "model.embed_tokens", _FINAL: "model.norm", _OUT: "lm_head"}),
+}
+ARCHITECTURES = tuple(LAYOUTS)
 
 # Tensors of a transformers checkpoint that carry no weights of ours (buffers, tied copies).
 _IGNORED_HF_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".attention.bias",
                         ".attention.masked_bias", "embeddings.position_ids",
                         "cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
                         "rotary_emb.inv_freq")
-
-
-def _grouped_qkv(w: Tensor, heads: int) -> Tensor:
-    """Per-head ``[q_h k_h v_h]`` rows -> ``[q (all heads); k; v]`` rows."""
-    rest = w.shape[1:]
-    return w.reshape(heads, 3, -1, *rest).transpose(0, 1).reshape(w.shape).contiguous()
-
-
-def _per_head_qkv(w: Tensor, heads: int) -> Tensor:
-    """Inverse of :func:`_grouped_qkv`."""
-    rest = w.shape[1:]
-    return w.reshape(3, heads, -1, *rest).transpose(0, 1).reshape(w.shape).contiguous()
-
-
-def _same(t: Tensor, heads: int) -> Tensor:
-    return t.clone()
-
-
-def _t(t: Tensor, heads: int) -> Tensor:
-    return t.t().contiguous()
-
-
-def _grouped_qkv_t(t: Tensor, heads: int) -> Tensor:
-    return _grouped_qkv(t, heads).t().contiguous()
-
-
-def _t_per_head_qkv(t: Tensor, heads: int) -> Tensor:
-    return _per_head_qkv(t.t().contiguous(), heads)
-
-
-# (our name inside layer i, transformers name inside layer i, ours -> hf, hf -> ours)
-_Rule = tuple[str, str, Callable[[Tensor, int], Tensor], Callable[[Tensor, int], Tensor]]
-_A, _M = "self_attention.", "mlp."
-_GPT2_LAYER: list[_Rule] = [
-    ("input_layernorm.weight", "ln_1.weight", _same, _same),
-    ("input_layernorm.bias", "ln_1.bias", _same, _same),
-    (_A + "query_key_value.weight", "attn.c_attn.weight", _grouped_qkv_t, _t_per_head_qkv),
-    (_A + "query_key_value.bias", "attn.c_attn.bias", _grouped_qkv, _per_head_qkv),
-    (_A + "dense.weight", "attn.c_proj.weight", _t, _t),
-    (_A + "dense.bias", "attn.c_proj.bias", _same, _same),
-    ("post_attention_layernorm.weight", "ln_2.weight", _same, _same),
-    ("post_attention_layernorm.bias", "ln_2.bias", _same, _same),
-    (_M + "dense_h_to_4h.weight", "mlp.c_fc.weight", _t, _t),
-    (_M + "dense_h_to_4h.bias", "mlp.c_fc.bias", _same, _same),
-    (_M + "dense_4h_to_h.weight", "mlp.c_proj.weight", _t, _t),
-    (_M + "dense_4h_to_h.bias", "mlp.c_proj.bias", _same, _same),
-]
-# GPT-NeoX names its layer tensors as we do, with "attention." for "self_attention."
-_NEOX_LAYER: list[_Rule] = [(ours, ours.replace(_A, "attention."), _same, _same)
-                            for ours, _, _, _ in _GPT2_LAYER]
-_BERT_LAYER: list[_Rule] = [
-    ("input_layernorm.weight", "attention.ln.weight", _same, _same),
-    ("input_layernorm.bias", "attention.ln.bias", _same, _same),
-    (_A + "dense.weight", "attention.output.dense.weight", _same, _same),
-    (_A + "dense.bias", "attention.output.dense.bias", _same, _same),
-    ("post_attention_layernorm.weight", "ln.weight", _same, _same),
-    ("post_attention_layernorm.bias", "ln.bias", _same, _same),
-    (_M + "dense_h_to_4h.weight", "intermediate.dense.weight", _same, _same),
-    (_M + "dense_h_to_4h.bias", "intermediate.dense.bias", _same, _same),
-    (_M + "dense_4h_to_h.weight", "output.dense.weight", _same, _same),
-    (_M + "dense_4h_to_h.bias", "output.dense.bias", _same, _same),
-]
-_BERT_QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
-
-_WORD = "embedding.word_embeddings.weight"
-_TOP: dict[str, list[tuple[str, str]]] = {   # (ours, transformers); vocab rows marked below
-    "gpt2": [(_WORD, "transformer.wte.weight"),
-             ("embedding.position_embeddings.weight", "transformer.wpe.weight"),
-             ("transformer.final_layernorm.weight", "transformer.ln_f.weight"),
-             ("transformer.final_layernorm.bias", "transformer.ln_f.bias"),
-             ("output_layer.weight", "lm_head.weight")],
-    "gpt_neox": [(_WORD, "gpt_neox.embed_in.weight"),
-                 ("transformer.final_layernorm.weight", "gpt_neox.final_layer_norm.weight"),
-                 ("transformer.final_layernorm.bias", "gpt_neox.final_layer_norm.bias"),
-                 ("output_layer.weight", "lm_head.weight")],
-    "megatron_bert": [
-        (_WORD, "bert.embeddings.word_embeddings.weight"),
-        ("embedding.position_embeddings.weight", "bert.embeddings.position_embeddings.weight"),
-        ("embedding.tokentype_embeddings.weight", "bert.embeddings.token_type_embeddings.weight"),
-        ("transformer.final_layernorm.weight", "bert.encoder.ln.weight"),
-        ("transformer.final_layernorm.bias", "bert.encoder.ln.bias"),
-        ("lm_head.dense.weight", "cls.predictions.transform.dense.weight"),
-        ("lm_head.dense.bias", "cls.predictions.transform.dense.bias"),
-        ("lm_head.layernorm.weight", "cls.predictions.transform.LayerNorm.weight"),
-        ("lm_head.layernorm.bias", "cls.predictions.transform.LayerNorm.bias"),
-        ("lm_head.bias", "cls.predictions.bias"),
-        ("pooler.weight", "bert.pooler.dense.weight"),
-        ("pooler.bias", "bert.pooler.dense.bias"),
-        ("binary_head.weight", "cls.seq_relationship.weight"),
-        ("binary_head.bias", "cls.seq_relationship.bias")],
-}
-_VOCAB_ROWS = {_WORD, "output_layer.weight", "lm_head.bias"}
-_LAYER_PREFIX = {"gpt2": ("transformer.h.", _GPT2_LAYER),
-                 "gpt_neox": ("gpt_neox.layers.", _NEOX_LAYER),
-                 "megatron_bert": ("bert.encoder.layer.", _BERT_LAYER)}
+_VOCAB_ROWS = {f"{_WORD}.weight", f"{_OUT}.weight", "lm_head.bias"}
 _OUR_LAYER = "transformer.layers."
+_PARAMS = ("weight", "bias")
 
 
-def to_hf(full: dict[str, Tensor], arch: str, num_layers: int, heads: int,
+def _transpose(t: Tensor, conv1d: bool) -> Tensor:
+    return t.t().contiguous() if conv1d and t.dim() == 2 else t
+
+
+def _their_names(name: str, layout: Layout) -> tuple[tuple[str, ...], Cut, bool]:
+    """(their tensor name(s), the cut, whether they are Conv1D) of our tensor ``name``."""
+    module, param = name.rsplit(".", 1)
+    if name.startswith(_OUR_LAYER):
+        i, inner = module[len(_OUR_LAYER):].split(".", 1)
+        if inner in layout.layer:
+            theirs, cut = layout.layer[inner]
+            prefix = layout.layer_prefix.format(i=i)
+            return tuple(f"{prefix}{t}.{param}" for t in theirs), cut, layout.conv1d
+    elif module in layout.top:
+        return (f"{layout.top[module]}.{param}",), WHOLE, False
+    raise ValueError(f"our tensor {name!r} has no counterpart in transformers' "
+                     f"{layout.layer_prefix.split('.')[0]} architecture")
+
+
+def to_hf(full: dict[str, Tensor], arch: str, shape: AttentionShape,
           vocab_size: int) -> dict[str, Tensor]:
     """Our whole-model (TP1/PP1) state dict -> the ``transformers`` state dict of ``arch``.
 
     Args:
         full: merged state dict (padded vocabulary rows allowed).
         arch: one of :data:`ARCHITECTURES`.
-        num_layers, heads: the model's layer and attention-head counts.
+        shape: the attention's heads, query groups and head size.
         vocab_size: the real vocabulary size; rows past it are dropped.
+
+    Raises:
+        ValueError: a tensor of ours has no place in ``arch``.
     """
-    out: dict[str, Tensor] = {}
-    for ours, theirs in _TOP[arch]:
-        if ours in full:
-            t = full[ours]
-            out[theirs] = (t[:vocab_size] if ours in _VOCAB_ROWS else t).clone()
-    prefix, rules = _LAYER_PREFIX[arch]
-    for i in range(num_layers):
-        src = f"{_OUR_LAYER}{i}."
-        for ours, theirs, forward, _ in rules:
-            out[f"{prefix}{i}.{theirs}"] = forward(full[src + ours], heads)
-        if arch == "megatron_bert":
-            for suffix in ("weight", "bias"):
-                qkv = _grouped_qkv(full[f"{src}{_A}query_key_value.{suffix}"], heads)
-                for name, part in zip(_BERT_QKV, qkv.chunk(3, dim=0)):
-                    out[f"{prefix}{i}.{name}.{suffix}"] = part.clone()
+    layout, out = LAYOUTS[arch], {}
+    for name, tensor in full.items():
+        theirs, cut, conv1d = _their_names(name, layout)
+        if name in _VOCAB_ROWS:
+            tensor = tensor[:vocab_size]
+        for their, part in zip(theirs, cut.split(tensor, shape)):
+            out[their] = _transpose(part, conv1d).clone()
     return out
 
 
-def from_hf(hf: dict[str, Tensor], arch: str, num_layers: int, heads: int,
+def from_hf(hf: dict[str, Tensor], arch: str, shape: AttentionShape, num_layers: int,
             tied: bool) -> dict[str, Tensor]:
-    """Inverse of :func:`to_hf` (unpadded vocabulary rows).
+    """Inverse of :func:`to_hf` (unpadded vocabulary rows): every tensor ``hf`` holds for a
+    module of ours (a bias only where they have one; every layer module has a weight).
 
     With ``tied`` output weights a stored ``lm_head.weight`` (a copy) is ignored.
 
     Raises:
         ValueError: a tensor of ``hf`` has no place in our model (an unsupported variant),
-            or one we need is missing; the message names them.
+            or a module has only some of its parts; the message names them.
     """
+    layout = LAYOUTS[arch]
+    modules = {ours: ((theirs,), WHOLE, False) for ours, theirs in layout.top.items()
+               if not (tied and ours == _OUT)}
+    for i in range(num_layers):
+        prefix = layout.layer_prefix.format(i=i)
+        modules.update({f"{_OUR_LAYER}{i}.{ours}": (tuple(prefix + t for t in theirs), cut,
+                                                    layout.conv1d)
+                        for ours, (theirs, cut) in layout.layer.items()})
     out: dict[str, Tensor] = {}
     used: set[str] = set()
-
-    def take(name: str) -> Tensor:
-        if name not in hf:
-            raise ValueError(f"the transformers checkpoint has no tensor {name!r}")
-        used.add(name)
-        return hf[name]
-
-    for ours, theirs in _TOP[arch]:
-        if theirs in hf and not (tied and ours == "output_layer.weight"):
-            out[ours] = take(theirs).clone()
-    prefix, rules = _LAYER_PREFIX[arch]
-    for i in range(num_layers):
-        dst, src = f"{_OUR_LAYER}{i}.", f"{prefix}{i}."
-        for ours, theirs, _, backward in rules:
-            out[dst + ours] = backward(take(src + theirs), heads)
-        if arch == "megatron_bert":
-            for suffix in ("weight", "bias"):
-                qkv = torch.cat([take(f"{src}{name}.{suffix}") for name in _BERT_QKV])
-                out[f"{dst}{_A}query_key_value.{suffix}"] = _per_head_qkv(qkv, heads)
+    for ours, (theirs, cut, conv1d) in modules.items():
+        for param in _PARAMS:
+            names = [f"{t}.{param}" for t in theirs]
+            present = [n for n in names if n in hf]
+            if not present and param == "weight" and ours.startswith(_OUR_LAYER):
+                raise ValueError(f"the transformers checkpoint has no tensor {names[0]!r}")
+            if not present:
+                continue
+            if len(present) < len(names):
+                raise ValueError(f"the transformers checkpoint has {present} but not "
+                                 f"{sorted(set(names) - set(present))}")
+            used.update(names)
+            out[f"{ours}.{param}"] = cut.join([_transpose(hf[n], conv1d) for n in names], shape)
     ignored = _IGNORED_HF_SUFFIXES + (("lm_head.weight",) if tied else ())
     left = sorted(k for k in hf if k not in used and not k.endswith(ignored))
     if left:

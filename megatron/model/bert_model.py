@@ -8,9 +8,9 @@ from torch import nn
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.tensor_parallel.layers import init_scope, init_whole_weight
 from megatron.model.config import TransformerConfig
-from megatron.model.fused_layer_norm import LayerNorm
 from megatron.model.language_model import Embedding, parallel_lm_logits
 from megatron.model.module import MegatronModule
+from megatron.model.norms import build_norm
 from megatron.model.transformer import ParallelTransformer
 
 
@@ -71,7 +71,7 @@ def pool_first_token(hidden: torch.Tensor, pooler: nn.Linear,
 
 
 class BertLMHead(nn.Module):
-    """dense -> tanh GeLU -> LayerNorm -> logits against the tied embedding + vocab-split bias."""
+    """dense -> tanh GeLU -> norm -> logits against the tied embedding + vocab-split bias."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -79,8 +79,7 @@ class BertLMHead(nn.Module):
         self.config = config
         self.dense = replicated_linear(config, config.hidden_size, config.hidden_size,
                                         sees_split_sequence=True)
-        self.layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon,
-                                   config.sequence_parallel, config.params_dtype)
+        self.layernorm = build_norm(config)
         self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size // tp,
                                              dtype=config.params_dtype))
         tensor_parallel.set_tensor_model_parallel_attributes(self.bias, True, 0, 1)

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from megatron.model.moe.config import MoEConfig
+from megatron.model.norms import NORMS
 
 
 def init_method_normal(std: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -46,13 +47,17 @@ class TransformerConfig:
     max_position_embeddings: int
     ffn_hidden_size: int | None = None          # 4h
     kv_channels: int | None = None              # h / heads
+    num_query_groups: int | None = None         # grouped-query attention; None: one per head
     position_embedding_type: str = "learned_absolute"   # or "rope"
     rotary_base: float = 10000.0
     rotary_percent: float = 1.0                 # fraction of each head's dims that rotate
+    rope_scaling: bool = False                  # Llama-3's frequency scaling of the rotary
+    rope_scaling_factor: float = 8.0            # embedding (rotary.llama3_inv_freq)
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     init_method_std: float = 0.02
     layernorm_epsilon: float = 1e-5
+    normalization: str = "LayerNorm"            # a name of norms.NORMS
     swiglu: bool = False
     add_bias_linear: bool = True
     untie_embeddings_and_output_weights: bool = False
@@ -95,6 +100,15 @@ class TransformerConfig:
             if not 0 < self.rotary_percent <= 1 or rot % 2 != 0 or rot == 0:
                 problems.append(f"--rotary-percent {self.rotary_percent} x kv-channels "
                                 f"{self.kv_channels} must give a positive even number")
+        if self.rope_scaling and self.position_embedding_type != "rope":
+            problems.append("--use-rope-scaling needs rotary positions (--position-embedding-"
+                            "type rope)")
+        if self.rope_scaling and not self.rope_scaling_factor >= 1.0:
+            problems.append(f"--rope-scaling-factor must be >= 1, got {self.rope_scaling_factor}")
+        problems += self._query_group_problems()
+        if self.normalization not in NORMS:
+            problems.append(f"--normalization must be one of {sorted(NORMS)}, got "
+                            f"{self.normalization!r}")
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"--{name.replace('_', '-')} must be in [0, 1), "
@@ -105,6 +119,16 @@ class TransformerConfig:
                             "supported")
         if problems:
             raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
+
+    def _query_group_problems(self) -> list[str]:
+        heads = self.num_attention_heads
+        if self.num_query_groups is None:
+            self.num_query_groups = heads
+        groups = self.num_query_groups
+        if not isinstance(groups, int) or groups < 1 or heads % groups != 0:
+            return [f"--num-query-groups {groups!r} must be a positive divisor of "
+                    f"--num-attention-heads {heads}"]
+        return []
 
     def _recompute_problems(self) -> list[str]:
         problems = []

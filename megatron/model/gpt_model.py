@@ -32,7 +32,9 @@ class GPTModel(MegatronModule):
         self.rotary_pos_emb = None
         if config.position_embedding_type == "rope":
             rot_dim = int(config.kv_channels * config.rotary_percent)
-            self.rotary_pos_emb = RotaryEmbedding(rot_dim, config.rotary_base)
+            self.rotary_pos_emb = RotaryEmbedding(
+                rot_dim, config.rotary_base,
+                config.rope_scaling_factor if config.rope_scaling else None)
         self.transformer = ParallelTransformer(config, pre_process, post_process)
         self.output_layer = None
         if post_process and config.untie_embeddings_and_output_weights:

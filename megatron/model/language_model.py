@@ -10,7 +10,7 @@ from torch import nn
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.tensor_parallel.layers import init_scope, init_whole_weight
 from megatron.model.config import TransformerConfig
-from megatron.model.transformer import tp_rng_fork
+from megatron.model.dropout import tp_rng_fork
 
 
 class Embedding(nn.Module):

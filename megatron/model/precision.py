@@ -6,8 +6,9 @@ as in Megatron some numbers keep fp32 whatever the model's dtype:
 * RoPE's ``inv_freq`` and the rotation angles (``rotary.RotaryEmbedding``): in bf16 the
   angle of position 2047 is off by about 0.37 rad;
 * the MoE router's weight and logits (``moe.router.Router``);
-* LayerNorm statistics (``fused_layer_norm``: torch's and apex's kernels accumulate in fp32);
-* the attention softmax (``transformer.core_attention``: SDPA accumulates in fp32) and the
+* the statistics of every norm of ``norms.NORMS`` (LayerNorm: torch's and apex's kernels
+  accumulate in fp32);
+* the attention softmax (``attention.core_attention``: SDPA accumulates in fp32) and the
   loss (``tensor_parallel.cross_entropy`` works on fp32 logits);
 * the main gradients and the optimizer's master weights (``megatron.optimizer``).
 

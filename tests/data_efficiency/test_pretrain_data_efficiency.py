@@ -1,7 +1,8 @@
 """pretrain_gpt.py with curriculum learning and random-LTD, end to end on a token store
-indexed by the analyzer: every curriculum variant runs, tokens are counted as DESIGN
-section 3 says, TensorBoard shows the curves, and a resumed run reproduces the
-uninterrupted one exactly (same sample ids, same token drops, same losses)."""
+indexed by the analyzer: every curriculum variant runs, on the GPT-shaped and the
+Llama-shaped model, tokens are counted as DESIGN section 3 says, TensorBoard shows the
+curves, and a resumed run reproduces the uninterrupted one exactly (same sample ids, same
+token drops, same losses; on the Llama shape for every curriculum metric)."""
 import numpy as np
 import torch
 import pytest
@@ -73,6 +74,13 @@ def _curriculum(kind, index):
 
 LTD = ["--random-ltd", "--random-ltd-min-seqlen", "8", "--random-ltd-total-steps", "4",
        "--random-ltd-seq-per-step", "8"]
+# Megatron-DeepSpeed's Llama-2 model flags (one query group for the 2 heads)
+LLAMA = ["--normalization", "rmsnorm", "--num-key-value-heads", "1", "--swiglu",
+         "--disable-bias-linear", "--untie-embeddings-and-output-weights",
+         "--use-rotary-position-embeddings", "--no-position-embedding", "--rotary-base",
+         "500000", "--use-rope-scaling", "--no-query-key-layer-scaling"]
+SHAPES = {"gpt": [], "llama": LLAMA}
+CURRICULA = ["seqtru", "seqres", "voc", "seqtru_voc", "seqres_voc"]
 
 
 def _run(prefix, *extra, iters=ITERS, workers="0", forward_step=pretrain_gpt.forward_step):
@@ -81,10 +89,11 @@ def _run(prefix, *extra, iters=ITERS, workers="0", forward_step=pretrain_gpt.for
                     argv=_flags(prefix, *extra, iters=iters, workers=workers))
 
 
-@pytest.mark.parametrize("kind", ["seqtru", "seqres", "voc", "seqtru_voc", "seqres_voc"])
-def test_every_curriculum_trains_and_counts_its_tokens(indexed_corpus, kind):
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("kind", CURRICULA)
+def test_every_curriculum_trains_and_counts_its_tokens(indexed_corpus, kind, shape):
     prefix, index = indexed_corpus
-    state = _run(prefix, *_curriculum(kind, index), *LTD)
+    state = _run(prefix, *_curriculum(kind, index), *LTD, *SHAPES[shape])
     losses = [loss for _, loss in state.history]
     assert len(losses) == ITERS and all(np.isfinite(losses))
     # Pacing over 4 steps from 8 to 32 in steps of 8 (DeepSpeed's 1-based steps):
@@ -110,6 +119,37 @@ def test_resume_reproduces_ids_drops_and_losses(indexed_corpus, tmp_path, worker
     assert first.iteration == 3
     resumed = _run(prefix, *flags, "--load", save, "--save", save, "--save-interval", "100",
                    workers=workers)
+    assert resumed.iteration == ITERS and resumed.consumed_tokens == straight.consumed_tokens
+    assert [loss for _, loss in resumed.history] == [loss for _, loss in straight.history[3:]]
+
+
+def _llama_checked(seen: list):
+    """``forward_step`` that records whether the model trained is Llama-shaped: RMSNorm,
+    2 heads in 1 query group ([q q k v] x 16 rows), no bias, no position table."""
+    from megatron.checkpointing import unwrap_model
+    from megatron.model.norms import RMSNorm
+
+    def forward_step(data_iterator, model):
+        if not seen:
+            gpt = unwrap_model(model)
+            qkv = gpt.transformer.layers[0].self_attention.query_key_value.weight
+            seen.append(isinstance(gpt.transformer.final_layernorm, RMSNorm)
+                        and qkv.shape[0] == 4 * 16 and gpt.embedding.position_embeddings is None
+                        and not [n for n, _ in gpt.named_parameters() if "bias" in n])
+        return pretrain_gpt.forward_step(data_iterator, model)
+    return forward_step
+
+
+@pytest.mark.parametrize("kind", CURRICULA)
+def test_llama_resumes_every_curriculum_with_random_ltd_exactly(indexed_corpus, tmp_path, kind):
+    prefix, index = indexed_corpus
+    flags = [*_curriculum(kind, index), *LTD, *LLAMA, "--hidden-dropout", "0.1"]
+    seen: list[bool] = []
+    straight = _run(prefix, *flags, forward_step=_llama_checked(seen))
+    assert seen == [True]
+    save = str(tmp_path / "ckpt")
+    _run(prefix, *flags, "--save", save, "--save-interval", "3", "--exit-interval", "3")
+    resumed = _run(prefix, *flags, "--load", save, "--save", save, "--save-interval", "100")
     assert resumed.iteration == ITERS and resumed.consumed_tokens == straight.consumed_tokens
     assert [loss for _, loss in resumed.history] == [loss for _, loss in straight.history[3:]]
 

@@ -27,6 +27,14 @@ KINDS = {
     "gpt_rope_untied": dict(position_embedding_type="rope",
                             untie_embeddings_and_output_weights=True),
     "bert": dict(model_type="bert", bert_binary_head=True),
+    # Llama: RMSNorm, 4 heads in 2 query groups, SwiGLU, no biases, Llama-3 scaled rotary
+    "llama": dict(normalization="RMSNorm", group_query_attention=True, num_query_groups=2,
+                  swiglu=True, add_bias_linear=False, position_embedding_type="rope",
+                  add_position_embedding=False, rotary_base=500000.0, use_rope_scaling=True,
+                  rope_scaling_factor=8.0, untie_embeddings_and_output_weights=True),
+    # and with biases, tied embeddings, one key/value head per query head, no scaling
+    "llama_bias_tied": dict(normalization="RMSNorm", swiglu=True,
+                            position_embedding_type="rope", add_position_embedding=False),
 }
 
 

@@ -116,39 +116,44 @@ class BruteForce:
         return self.tok.detokenize(new).split(stop)[0]
 
 
-@pytest.fixture(scope="module")
-def harness_run(tmp_path_factory):
-    """A tiny GPT checkpoint with a BPE tokenizer, the local tasks, and one
-    single-process harness run over them: (folder, model, tokenizer, argv, results file)."""
+def _tiny_checkpoint(tmp_path, kind: str):
+    """A tiny ``kind`` checkpoint (tests/hf/helpers.py KINDS) with a BPE tokenizer and the
+    local tasks: (model, tokenizer, the harness's argv without the tasks)."""
     from megatron.tokenizer import build_tokenizer
-    tmp_path = tmp_path_factory.mktemp("harness")
-    # lm-eval's local tasks go through `datasets`: keep its cache out of the home folder
-    # (the environment variable reaches the spawned ranks too)
-    os.environ["HF_DATASETS_CACHE"] = str(tmp_path / "datasets_cache")
-    import datasets.config
-    datasets.config.HF_DATASETS_CACHE = tmp_path / "datasets_cache"
     vocab_file, merge_file = make_bpe(str(tmp_path / "tok"))
     tok = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab_file, merge_file=merge_file)
-    model, _ = save_tiny("gpt_learned", str(tmp_path / "ckpt"), seq_length=MAX_LEN,
+    model, _ = save_tiny(kind, str(tmp_path / "ckpt"), seq_length=MAX_LEN,
                          max_position_embeddings=MAX_LEN, tokenizer_type="GPT2BPETokenizer",
                          vocab_file=vocab_file, merge_file=merge_file, vocab_size=None,
                          orig_vocab_size=tok.vocab_size, padded_vocab_size=304)
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     _write_tasks(tasks)
+    argv = ["--load", str(tmp_path / "ckpt"), "--include-path", str(tasks), "--batch-size",
+            "4", "--log-samples", "--bootstrap-iters", "0"]
+    return model, tok, argv
+
+
+@pytest.fixture(scope="module")
+def harness_run(tmp_path_factory):
+    """A tiny GPT checkpoint with a BPE tokenizer, the local tasks, and one
+    single-process harness run over them: (folder, model, tokenizer, argv, results file)."""
+    tmp_path = tmp_path_factory.mktemp("harness")
+    # lm-eval's local tasks go through `datasets`: keep its cache out of the home folder
+    # (the environment variable reaches the spawned ranks too)
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path / "datasets_cache")
+    import datasets.config
+    datasets.config.HF_DATASETS_CACHE = tmp_path / "datasets_cache"
+    model, tok, argv = _tiny_checkpoint(tmp_path, "gpt_learned")
     from tasks import eval_harness
-    argv = ["--load", str(tmp_path / "ckpt"), "--tasks", *TASKS, "--include-path",
-            str(tasks), "--batch-size", "4", "--log-samples", "--bootstrap-iters", "0"]
+    argv = argv + ["--tasks", *TASKS]
     out = tmp_path / "results.json"
     eval_harness.main(argv + ["--output-path", str(out)])
     return tmp_path, model, tok, argv, out
 
 
-def test_harness_equals_brute_force_scoring(harness_run):
-    _, model, tok, _, out = harness_run
-    results = json.load(open(out))["results"]
-    brute, docs = BruteForce(model, tok, tok.vocab_size), _docs()
-
+def _check_mc(out, brute: "BruteForce") -> None:
+    results, docs = json.load(open(out))["results"], _docs()
     mc = [[brute.continuation(d["question"], " " + c)[0] for c in d["choices"]]
           for d in docs["tiny_mc"]]
     acc = sum(max(range(4), key=lambda k: s[k]) == d["answer"]
@@ -160,6 +165,9 @@ def test_harness_equals_brute_force_scoring(harness_run):
         got = [float(r[0][0]) for r in sample["resps"]]
         assert got == pytest.approx(expect, abs=1e-4)
 
+
+def _check_lambada(out, brute: "BruteForce") -> None:
+    results, docs = json.load(open(out))["results"], _docs()
     lam = [brute.continuation(" ".join(d["text"].split(" ")[:-1]), " " + d["text"].split(" ")[-1])
            for d in docs["tiny_lambada"]]
     assert results["tiny_lambada"]["acc,none"] == pytest.approx(
@@ -167,17 +175,45 @@ def test_harness_equals_brute_force_scoring(harness_run):
     assert results["tiny_lambada"]["perplexity,none"] == pytest.approx(
         math.exp(-sum(ll for ll, _ in lam) / len(lam)), rel=1e-5)
 
+
+def _check_rolling(out, brute: "BruteForce", tok) -> None:
+    results, docs = json.load(open(out))["results"], _docs()
     rolling = [brute.rolling(d["text"]) for d in docs["tiny_rolling"]]
     assert any(len(tok.tokenize(d["text"])) > 2 * MAX_LEN for d in docs["tiny_rolling"])
     words = sum(len(re.split(r"\s+", d["text"])) for d in docs["tiny_rolling"])
     assert results["tiny_rolling"]["word_perplexity,none"] == pytest.approx(
         math.exp(-sum(rolling) / words), rel=1e-5)
 
+
+def _check_gen(out, brute: "BruteForce") -> None:
+    results, docs = json.load(open(out))["results"], _docs()
     gens = [brute.greedy(d["prompt"], 5, ".") for d in docs["tiny_gen"]]
     got = {s["doc_id"]: s["resps"][0][0] for s in json.load(open(out))["samples"]["tiny_gen"]}
     assert [got[i] for i in range(len(gens))] == gens
     assert results["tiny_gen"]["exact_match,none"] == pytest.approx(
         sum(g == d["target"] for g, d in zip(gens, docs["tiny_gen"])) / len(gens))
+
+
+def test_harness_equals_brute_force_scoring(harness_run):
+    _, model, tok, _, out = harness_run
+    brute = BruteForce(model, tok, tok.vocab_size)
+    _check_mc(out, brute)
+    _check_lambada(out, brute)
+    _check_rolling(out, brute, tok)
+    _check_gen(out, brute)
+
+
+def test_harness_on_a_llama_model_equals_brute_force_scoring(harness_run, tmp_path):
+    """The Llama shape (RMSNorm, grouped-query attention, SwiGLU, no biases, scaled rotary,
+    untied): multiple choice and greedy generation score as the brute-force scorer does."""
+    from tasks import eval_harness
+    model, tok, argv = _tiny_checkpoint(tmp_path, "llama")
+    assert model.config.normalization == "RMSNorm" and model.config.num_query_groups == 2
+    out = tmp_path / "results.json"
+    eval_harness.main(argv + ["--tasks", "tiny_mc", "tiny_gen", "--output-path", str(out)])
+    brute = BruteForce(model, tok, tok.vocab_size)
+    _check_mc(out, brute)
+    _check_gen(out, brute)
 
 
 def _harness_worker(rank: int, world_size: int, argv: list[str]) -> dict:

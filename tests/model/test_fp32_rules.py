@@ -8,7 +8,8 @@ from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 from megatron.model import GPTModel
 from megatron.model.fused_layer_norm import LayerNorm
 from megatron.model.module import Float16Module
-from megatron.model.transformer import core_attention
+from megatron.model.norms import RMSNorm
+from megatron.model.attention import core_attention
 from megatron.optimizer import OptimizerConfig, get_megatron_optimizer
 from tests.moe.helpers import model_config, moe_config
 
@@ -54,6 +55,19 @@ def test_layer_norm_statistics_are_fp32():
     got = norm(x)
     assert got.dtype == torch.bfloat16
     assert (got.double() - want).abs().max() < 0.02   # bf16 rounding of the output only
+
+
+def test_rms_norm_statistics_are_fp32():
+    """A constant row normalises to exactly 1 (weight 1): fp32 statistics give 1 - ~eps/2c^2,
+    which rounds to 1.0 in bf16; bf16 statistics (a rounded c^2 and rsqrt) miss by an ulp
+    for some c."""
+    norm = RMSNorm(256, dtype=torch.bfloat16)
+    c = 1 + torch.arange(128, dtype=torch.float32) / 128          # every bf16 value in [1, 2)
+    x = c[:, None].expand(128, 256).bfloat16()
+    got = norm(x)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, torch.ones_like(got)), got.unique()
+    assert torch.equal(norm(-x), -torch.ones_like(got))
 
 
 def test_attention_softmax_is_fp32():

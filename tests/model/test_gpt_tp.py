@@ -1,11 +1,15 @@
 """GPTModel under TP2 (use_cpu_initialization) equals the TP1 model: loss and gathered
-grads; and a PP2 split (manual send/recv) with the shared word embedding equals it too."""
+grads (GPT-2- and Llama-shaped: RMSNorm, grouped-query attention with one query group per
+rank, no bias anywhere); and a PP2 split (manual send/recv) with the shared word embedding
+equals it too. Query groups that do not divide by TP are refused."""
 import torch
 import torch.distributed as dist
 
 from megatron.core import parallel_state as ps
 from megatron.initialize import set_seeds
+from megatron.errors import BadConfigError
 from megatron.model import GPTModel, TransformerConfig
+from tests.parallel.gpt_harness import LLAMA_SHAPE
 
 V, S, B, SEED = 64, 16, 2, 1234
 VARIANTS = [dict(position_embedding_type="learned_absolute"),
@@ -13,7 +17,8 @@ VARIANTS = [dict(position_embedding_type="learned_absolute"),
             dict(position_embedding_type="rope", untie_embeddings_and_output_weights=True),
             dict(position_embedding_type="rope", sequence_parallel=True),
             dict(recompute_granularity="full", recompute_method="uniform",
-                 recompute_num_layers=1, distribute_saved_activations=True)]
+                 recompute_num_layers=1, distribute_saved_activations=True),
+            dict(LLAMA_SHAPE), dict(LLAMA_SHAPE, sequence_parallel=True)]
 
 
 def _config(**kw):
@@ -66,6 +71,11 @@ def _tp2_worker(rank, world_size):
         # with the worker process
         out.append((loss.numpy(), {n: _gather_param(p).numpy()
                                    for n, p in model.named_parameters()}))
+    try:
+        GPTModel(_config(**dict(LLAMA_SHAPE, num_query_groups=1)))
+        out.append("built")
+    except BadConfigError as exc:
+        out.append(str(exc))
     return out
 
 
@@ -90,12 +100,18 @@ def test_tp2_and_pp2_match_tp1(two_rank_spawn):
 
 
 def _check_tp2(results):
+    for rank in range(2):
+        assert results[rank][-1] == ("--num-query-groups 1 is not divisible by "
+                                     "--tensor-model-parallel-size 2 (each rank holds whole "
+                                     "query groups)")
     for i, variant in enumerate(VARIANTS):
         torch.manual_seed(SEED)
         ref = GPTModel(_config(**variant))
         ref_loss = _run(ref)
         for rank in range(2):
             loss, grads = results[rank][i]
+            if variant.get("add_bias_linear") is False:   # no bias under TP either
+                assert not [n for n in grads if "bias" in n], variant
             assert torch.allclose(torch.from_numpy(loss), ref_loss, atol=1e-5), (variant, rank)
             for name, p in ref.named_parameters():
                 assert torch.allclose(torch.from_numpy(grads[name]), p.grad, atol=1e-5,

@@ -22,7 +22,8 @@ from megatron.model.moe.aux_loss import set_aux_loss_grad_scale
 from megatron.model.moe.checkpoint import to_global_expert_ids
 from megatron.model.moe.config import MoEConfig, moe_layer_ids
 from megatron.optimizer import OptimizerConfig, get_megatron_optimizer
-from tests.parallel.gpt_harness import LAYERS, SEED, SEQ, STEPS, VOCAB, forward_step, microbatches
+from tests.parallel.gpt_harness import (LAYERS, LLAMA_SHAPE, SEED, SEQ, STEPS, VOCAB,
+                                        forward_step, microbatches)
 
 EXPERTS = 4
 
@@ -37,13 +38,14 @@ class EPLayout:
     micro_batch_size: int = 2
     capacity_factor: float | None = None    # None: no token dropped
     distributed_optimizer: bool = False
+    llama: bool = False     # gpt_harness.LLAMA_SHAPE (RMSNorm, GQA, SwiGLU experts, no biases)
 
     @property
     def name(self) -> str:
         cap = "nodrop" if self.capacity_factor is None else f"cf{self.capacity_factor}"
         opt = "+distopt" if self.distributed_optimizer else ""
         return (f"EP{self.ep}xTP{self.tp}xPP{self.pp}xDP{self.dp}/{self.num_microbatches}mb/"
-                f"{cap}{opt}")
+                f"{cap}{opt}" + ("+llama" if self.llama else ""))
 
 
 def model_config(layout: EPLayout) -> TransformerConfig:
@@ -54,7 +56,8 @@ def model_config(layout: EPLayout) -> TransformerConfig:
     return TransformerConfig(num_layers=LAYERS, hidden_size=32, num_attention_heads=4,
                              padded_vocab_size=VOCAB, max_position_embeddings=SEQ,
                              hidden_dropout=0.0, attention_dropout=0.0,
-                             use_cpu_initialization=True, moe=moe)
+                             use_cpu_initialization=True, moe=moe,
+                             **(LLAMA_SHAPE if layout.llama else {}))
 
 
 def optimizer_config(layout: EPLayout) -> OptimizerConfig:
@@ -99,7 +102,7 @@ def reference(layout: EPLayout) -> dict:
     torch.manual_seed(SEED)
     whole = EPLayout(num_microbatches=layout.num_microbatches * layout.dp,
                      micro_batch_size=layout.micro_batch_size,
-                     capacity_factor=layout.capacity_factor)
+                     capacity_factor=layout.capacity_factor, llama=layout.llama)
     model = GPTModel(model_config(whole))
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     out = train(model, whole, 0)

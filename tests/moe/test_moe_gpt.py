@@ -5,7 +5,7 @@ import torch
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.model.gpt_model import GPTModel
 from megatron.model.moe.layer import MoELayer
-from megatron.model.transformer import ParallelMLP
+from megatron.model.mlp import ParallelMLP
 
 from tests.moe.helpers import model_config, moe_config
 

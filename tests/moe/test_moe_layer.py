@@ -4,7 +4,7 @@ import torch
 
 from megatron.model.moe import aux_loss
 from megatron.model.moe.layer import MoELayer
-from megatron.model.transformer import ParallelMLP
+from megatron.model.mlp import ParallelMLP
 
 from tests.moe.helpers import model_config, moe_config
 

@@ -25,6 +25,12 @@ from megatron.model.gpt_model import GPTModel
 from megatron.optimizer import OptimizerConfig, get_megatron_optimizer
 
 SEED, STEPS, SEQ, VOCAB, LAYERS = 1234, 3, 16, 64, 4
+# A Llama-shaped model: RMSNorm, 4 heads in 2 query groups (one per rank at TP2), SwiGLU,
+# no biases, rotary with a large base and Llama-3 scaling, untied output layer.
+LLAMA_SHAPE = dict(normalization="RMSNorm", num_query_groups=2, swiglu=True,
+                   add_bias_linear=False, position_embedding_type="rope", rotary_base=500000.0,
+                   rope_scaling=True, rope_scaling_factor=8.0,
+                   untie_embeddings_and_output_weights=True)
 
 
 @dataclass(frozen=True)
@@ -37,12 +43,13 @@ class Layout:
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
     vp: int | None = None   # model chunks per stage (interleaved 1F1B)
+    llama: bool = False     # LLAMA_SHAPE instead of the GPT-2-shaped model
 
     @property
     def name(self) -> str:
         extra = ("+SP" if self.sequence_parallel else "") + \
             ("+distopt" if self.distributed_optimizer else "") + \
-            (f"xV{self.vp}" if self.vp else "")
+            (f"xV{self.vp}" if self.vp else "") + ("+llama" if self.llama else "")
         return f"TP{self.tp}xPP{self.pp}xDP{self.dp}/{self.num_microbatches}mb{extra}"
 
 
@@ -51,7 +58,8 @@ def model_config(layout: Layout) -> TransformerConfig:
                              padded_vocab_size=VOCAB, max_position_embeddings=SEQ,
                              hidden_dropout=0.0, attention_dropout=0.0,
                              use_cpu_initialization=True,
-                             sequence_parallel=layout.sequence_parallel)
+                             sequence_parallel=layout.sequence_parallel,
+                             **(LLAMA_SHAPE if layout.llama else {}))
 
 
 def optimizer_config(layout: Layout) -> OptimizerConfig:

@@ -8,12 +8,11 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from megatron.data.indexed_dataset import MMapIndexedDatasetBuilder
 from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig, run_analyzer
 from megatron.errors import BadInputError, CheckpointError, format_error
+from tests.token_store import write_random_store
 from tests.training.helpers import VOCAB, tiny_gpt_flags
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir)
@@ -23,13 +22,7 @@ ROOT = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir)
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("entry")
     prefix = str(root / "corpus")
-    rng = np.random.default_rng(0)
-    builder = MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    for _ in range(120):
-        builder.add_item(np.append(rng.integers(0, VOCAB - 1, int(rng.integers(5, 60))),
-                                   VOCAB - 1))
-        builder.end_document()
-    builder.finalize(prefix + ".idx")
+    write_random_store(prefix, VOCAB, 120, (5, 60))
     # an index of another seed's samples: the training run below must refuse it
     run_analyzer(AnalyzerConfig(data_prefix=prefix, save_path=str(root / "index"),
                                 metrics=("total_vocab_freq", "voc"), granularity="sample",

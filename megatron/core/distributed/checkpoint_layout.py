@@ -6,7 +6,9 @@ state dict per (tp_rank, pp_rank). Two facts let us move between layouts:
 * Tensor parallel: a weight marked ``tensor_model_parallel`` is split along
   ``partition_dim`` into ``TP * stride`` equal pieces, rank ``r`` holding pieces
   ``r, r + TP, ...`` (``partition_stride`` > 1 interleaves); every other tensor is
-  replicated. The marks come from a template model (see :func:`param_specs`).
+  replicated. A weight made of blocks a rank must hold whole (``partition_units``: the
+  attention's query groups, ``[q_1 .. q_m k v]`` rows each) splits only over a ``TP``
+  that divides the blocks. The marks come from a template model (see :func:`param_specs`).
 * Pipeline parallel: stage ``p`` holds transformer layers ``p * L/PP .. (p+1) * L/PP - 1``
   renumbered from 0, the first stage also holds ``embedding.*``, the last stage everything
   else (final layer norm, output layer, heads). With tied embeddings and PP > 1 the last
@@ -35,6 +37,7 @@ class ParamSpec:
     tensor_model_parallel: bool = False
     partition_dim: int = -1
     partition_stride: int = 1
+    partition_units: int = 0     # whole blocks along partition_dim (query groups); 0: any
 
 
 def param_specs(model: nn.Module) -> dict[str, ParamSpec]:
@@ -43,7 +46,8 @@ def param_specs(model: nn.Module) -> dict[str, ParamSpec]:
     for name, param in model.named_parameters():
         specs[name] = ParamSpec(bool(getattr(param, "tensor_model_parallel", False)),
                                 int(getattr(param, "partition_dim", -1)),
-                                int(getattr(param, "partition_stride", 1)))
+                                int(getattr(param, "partition_stride", 1)),
+                                int(getattr(param, "partition_units", 0)))
     return specs
 
 
@@ -59,6 +63,9 @@ def split_tensor(full: torch.Tensor, spec: ParamSpec, tp: int, rank: int) -> tor
     if not spec.tensor_model_parallel or tp == 1:
         return full.clone()
     size = full.shape[spec.partition_dim]
+    if spec.partition_units and spec.partition_units % (tp * spec.partition_stride) != 0:
+        raise ValueError(f"{spec.partition_units} query groups cannot be split over {tp} "
+                         "tensor-parallel ranks (each rank holds whole groups)")
     if size % (tp * spec.partition_stride) != 0:
         raise ValueError(f"dimension {spec.partition_dim} of size {size} cannot be split into "
                          f"{tp} x stride {spec.partition_stride} pieces")

@@ -16,6 +16,7 @@ from torch import nn
 
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import init_scope
+from megatron.model.mlp import ParallelMLP
 from megatron.model.moe import router as routing
 from megatron.model.moe import token_exchange
 from megatron.model.moe.aux_loss import MoEStepStats, attach_aux_loss
@@ -40,7 +41,6 @@ class MoELayer(nn.Module):
 
     def __init__(self, config, moe: MoEConfig, layer_id: int) -> None:
         super().__init__()
-        from megatron.model.transformer import ParallelMLP   # the experts are plain MLPs
         self.moe, self.layer_id = moe, layer_id
         self.ep_size = parallel_state.get_expert_model_parallel_world_size()
         if self.ep_size != moe.expert_model_parallel_size:
@@ -54,7 +54,7 @@ class MoELayer(nn.Module):
         # Keyed whole-weight init for every expert, whatever the flags: without it the
         # expert-parallel ranks (data-parallel ranks with one seed) would draw equal experts.
         expert_config = dataclasses.replace(config, use_cpu_initialization=True)
-        experts = []
+        experts = []   # plain dense MLPs
         for e in range(first, first + moe.num_local_experts):
             with init_scope(f"experts.{e}"):   # global expert id: same weights in any layout
                 experts.append(ParallelMLP(expert_config))

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from megatron import checkpointing
+from megatron.checkpointing import save_load
 from megatron.checkpointing import TRACKER, load_checkpoint, read_tracker, save_checkpoint
 from megatron.errors import CheckpointError
 from megatron.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -54,7 +54,7 @@ def test_crash_before_rename_keeps_old_checkpoint(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed before publishing")
 
-    monkeypatch.setattr(checkpointing, "_publish", crash)
+    monkeypatch.setattr(save_load, "publish", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(4, [model], opt, sched, {"step": 4}, save_dir=str(tmp_path))
     monkeypatch.undo()

@@ -5,10 +5,11 @@ step 1 or at its first save.
   readable and was made with this run's tokenizer (``megatron.data.provenance``);
   ``--load`` is a readable folder when it exists (a missing one starts from scratch).
 * The save folder (``claim_save_dir``): created, locked for this run
-  (``megatron.save_dir_lock``), written to by every rank, and not holding another run's
-  checkpoints unless ``--overwrite-checkpoints``.
-* The run record of this run (``megatron.run_record``), returned for the checkpoints and
-  compared on resume with the loaded checkpoint's (``resumed_data_efficiency_state``).
+  (``megatron.checkpointing.lock``), written to by every rank, and not holding another
+  run's checkpoints unless ``--overwrite-checkpoints``.
+* The run record of this run (``megatron.checkpointing.run_record``), returned for the
+  checkpoints and compared on resume with the loaded checkpoint's
+  (``resumed_data_efficiency_state``).
 
 Every rank runs the same checks on the same files and raises the same error, printed once.
 """
@@ -20,12 +21,13 @@ import tempfile
 
 import torch.distributed as dist
 
-from megatron.checkpoint_folder import save_dir_conflict
+from megatron.checkpointing.folder import save_dir_conflict
+from megatron.checkpointing.lock import SaveDirLock, SaveDirLockedError
+from megatron.checkpointing.run_record import (OVERRIDE_FLAGS, check_resume,
+                                               data_efficiency_record, run_record)
 from megatron.data.provenance import check_store, store_summary
 from megatron.errors import BadConfigError, BadInputError, CheckpointError, raise_agreed
 from megatron.flag_sizes import idle_run_problem
-from megatron.run_record import OVERRIDE_FLAGS, check_resume, data_efficiency_record, run_record
-from megatron.save_dir_lock import SaveDirLock, SaveDirLockedError
 from megatron.tokenizer.identity import NULL_TYPE, tokenizer_identity
 
 
@@ -68,7 +70,7 @@ def store_prefixes(args: argparse.Namespace) -> dict[str, list[tuple[float, str]
 
 def check_inputs(args: argparse.Namespace, tokenizer) -> dict:
     """Check the data and ``--load`` (see the module docstring); returns this run's
-    record (``megatron.run_record``)."""
+    record (``megatron.checkpointing.run_record``)."""
     idle = idle_run_problem(args)
     if idle is not None:
         raise BadConfigError(idle)

@@ -26,8 +26,9 @@ from megatron.arguments import (optimizer_config_from_args, parse_args,
                                 schedule_config_from_args, transformer_config_from_args)
 from megatron.checkpointing import (read_tracker, remove_stale_temp_dirs, save_checkpoint,
                                     unwrap_model)
+from megatron.checkpointing import model_split
+from megatron.checkpointing.whole_model import load_whole, rank_state_dict, read_args
 from megatron.core import parallel_state
-from megatron.core.distributed import checkpoint_layout
 from megatron.core.enums import ModelType
 from megatron.errors import BadConfigError, CheckpointError
 from megatron.initialize import get_tokenizer, initialize_megatron
@@ -39,7 +40,6 @@ from megatron.training import (TrainState, build_data_efficiency_runtime, build_
                                training_logger)
 from megatron.core.devices import accelerator_device
 from tasks import finetune_args as flags
-from tasks.eval_model import rank_state_dict
 from tasks.eval_utils import TaskMetric, evaluate_files, is_last_rank
 from tasks.finetune_data import CyclingSplit, EpochBatchSampler, example_rows, train_iterator
 from tasks.finetune_results import FinetuneResults
@@ -126,7 +126,6 @@ def _prepare(specs: dict[str, TaskSpec], argv: list[str] | None):
         raise BadConfigError("tasks/main.py does not take these pretraining flags:\n  "
                              + "\n  ".join(refused))
     spec = specs[given.task]
-    from tools.checkpoint_util import load_whole, read_args
     resume = bool(given.load) and read_tracker(given.load) is not None
     if resume:
         _check_resumable(given)
@@ -151,7 +150,6 @@ def _prepare(specs: dict[str, TaskSpec], argv: list[str] | None):
 
 def _check_resumable(given: argparse.Namespace) -> None:
     """``--load`` must hold a finetuning run of the same task."""
-    from tools.checkpoint_util import read_args
     try:
         _, saved = read_args(given.load)
     except CheckpointError:
@@ -172,8 +170,8 @@ def load_pretrained(model: list[torch.nn.Module], full: dict[str, torch.Tensor],
     do a pooler and a segment table the checkpoint lacks (``--bert-no-binary-head``)."""
     full = {k: v for k, v in full.items()
             if k.startswith(("embedding.", "transformer.", "pooler."))}
-    rows = full[checkpoint_layout.WORD_EMBEDDING_KEY].shape[0]
-    checkpoint_layout.resize_vocab(full, rows, args.padded_vocab_size)
+    rows = full[model_split.WORD_EMBEDDING_KEY].shape[0]
+    model_split.resize_vocab(full, rows, args.padded_vocab_size)
     chunk = unwrap_model(model[0])
     part = rank_state_dict(full, chunk, args.num_layers, tied_embeddings=False)
     missing, unexpected = chunk.load_state_dict(part, strict=False)

@@ -197,15 +197,17 @@ def _model_metrics(args: argparse.Namespace, comm, cfg: AnalyzerConfig) -> tuple
     """(source or None, the --metrics loss / ppl / proto_dist callables over the reference
     model, loaded once per rank). proto_dist fits its centroids here (a collective)."""
     from megatron.data_efficiency.analyzer.analyzer import build_source
+    from megatron.checkpointing.whole_model import load_model
     from megatron.data_efficiency.analyzer.model_metrics import (MODEL_METRICS, TokenLossMetric,
-                                                                 load_reference_model)
+                                                                 reference_model)
     wanted = [m for m in args.metrics if m in MODEL_METRICS]
     if not wanted and args.kmeans_clusters is None:
         return None, ()
     import torch
     device = args.reference_device or (
         f"cuda:{comm.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
-    ref = load_reference_model(args.reference_load, args.reference_iteration, device)
+    ref = reference_model(load_model(args.reference_load, args.reference_iteration,
+                                     device=device))
     # documents are read as windows of --seq-length (default: the reference's) + 1 tokens
     window = (args.seq_length or ref.seq_length) if args.granularity == "document" else None
     out = [TokenLossMetric(ref, m, args.reference_batch_size, window) for m in wanted]

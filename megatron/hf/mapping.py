@@ -19,7 +19,7 @@ Our rotary embedding rotates the two halves of each head (``rotate_half``), as
 
 Vocabulary rows: ours are padded (``--make-vocab-size-divisible-by`` x TP); the exported
 tensors keep only the first ``vocab_size`` rows, and the import returns unpadded tensors
-(:func:`megatron.core.distributed.checkpoint_layout.resize_vocab` pads them for a layout).
+(:func:`megatron.checkpointing.model_split.resize_vocab` pads them for a layout).
 Tied output weights are not written (``transformers`` ties them from the config).
 """
 from __future__ import annotations

@@ -71,7 +71,7 @@ class ParallelAttention(nn.Module):
         self.dense = tensor_parallel.RowParallelLinear(
             heads * d, config.hidden_size, config=config,
             init_method=config.output_layer_init_method, bias=config.add_bias_linear)
-        # a layout conversion must keep the query groups whole (checkpoint_layout)
+        # a layout conversion must keep the query groups whole (checkpointing.model_split)
         for p in (self.query_key_value.weight, self.query_key_value.bias, self.dense.weight):
             if p is not None:
                 p.partition_units = groups

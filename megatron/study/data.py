@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Callable
 
+from megatron.checkpointing import read_tracker
 from megatron.study.commands import (MODEL_METRICS, RANDOM_METRIC_FN, DataSpec,
                                      analyzer_metrics, train_samples, window_metrics)
 from megatron.study.presets import Preset
@@ -123,8 +124,7 @@ def train_reference(preset: Preset, ref_data: DataSpec, out_dir: str, seed: int,
     returns its checkpoint folder, which the analyzer loads to score samples."""
     r = preset.reference
     ckpt = os.path.join(out_dir, "checkpoints")
-    latest = os.path.join(ckpt, "latest_checkpointed_iteration.txt")
-    if os.path.exists(latest) and open(latest).read().strip() == str(r.train_iters):
+    if read_tracker(ckpt) == r.train_iters:
         return ckpt
     os.makedirs(out_dir, exist_ok=True)
     p = preset

@@ -111,10 +111,10 @@ def test_llama3_rope_scaling_and_fp32_frequencies():
 
 
 def test_layout_conversion_keeps_query_groups_whole():
-    """checkpoint_layout splits the fused q/k/v rows (and the output projection's columns)
+    """model_split splits the fused q/k/v rows (and the output projection's columns)
     only over a TP that divides the query groups: 4 heads in 2 groups go to TP2, not TP4,
     although 4 heads and the (4 + 2 x 2) x 8 rows both divide by 4."""
-    from megatron.core.distributed import checkpoint_layout
+    from megatron.checkpointing import model_split as checkpoint_layout
     model = GPTModel(_config(**LLAMA))
     specs = checkpoint_layout.param_specs(model)
     qkv = "transformer.layers.0.self_attention.query_key_value.weight"

@@ -1,10 +1,10 @@
 """Expert weights between expert-parallel files and one model (pure renaming), and
-checkpoint_util's reading of Megatron-LM's mp_rank_TT[_PPP]_EEE folders."""
+the checkpoint package's reading of Megatron-LM's mp_rank_TT[_PPP]_EEE folders."""
 import pytest
 import torch
 
+from megatron.checkpointing.whole_model import merge_expert_ranks
 from megatron.model.moe.checkpoint import merge_expert_parallel, split_expert_parallel
-from tests.tools.tool_loader import load_tool
 
 
 def _whole(num_experts=4):
@@ -37,7 +37,6 @@ def test_merge_refuses_ranks_of_different_models():
 
 @pytest.mark.parametrize("pp", [1, 2])
 def test_checkpoint_util_reads_expert_parallel_folders(pp):
-    util = load_tool("checkpoint_util")
     args = {"expert_model_parallel_size": 2, "pipeline_model_parallel_size": pp,
             "num_experts": [4]}
     parts = split_expert_parallel(_whole(), 4, 2)
@@ -46,9 +45,9 @@ def test_checkpoint_util_reads_expert_parallel_folders(pp):
         for ep in range(2):
             key = (0, ep) if pp == 1 else (0, stage, ep)    # mp_rank_00_EEE / _PPP_EEE
             found[key] = {"args": args, "model": parts[ep]}
-    merged = util._merge_expert_ranks(found)
+    merged = merge_expert_ranks(found)
     assert sorted(merged) == [(0, s) for s in range(pp)]
     assert merged[(0, 0)]["model"].keys() == _whole().keys()
     del found[next(iter(found))]
     with pytest.raises(FileNotFoundError, match="expert-parallel ranks"):
-        util._merge_expert_ranks(found)
+        merge_expert_ranks(found)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from megatron.core import parallel_state
-from megatron.core.distributed import checkpoint_layout
+from megatron.checkpointing import model_split as checkpoint_layout
 from tests.moe.ep_harness import EPLayout, global_expert_names, layouts_worker, reference
 from tests.parallel.gpt_harness import LAYERS
 

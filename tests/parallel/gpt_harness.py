@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.core import parallel_state
-from megatron.core.distributed import checkpoint_layout
+from megatron.checkpointing import model_split as checkpoint_layout
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 from megatron.initialize import set_seeds

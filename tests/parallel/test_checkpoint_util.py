@@ -13,7 +13,7 @@ import torch
 
 from megatron.checkpointing import load_checkpoint, save_checkpoint
 from megatron.core import parallel_state
-from megatron.core.distributed import checkpoint_layout
+from megatron.checkpointing import model_split as checkpoint_layout
 from megatron.core.tensor_parallel.random import model_parallel_seed
 from megatron.model.gpt_model import GPTModel
 from tests.parallel.gpt_harness import LAYERS, SEED, Layout, model_config

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron.core.distributed import checkpoint_layout
+from megatron.checkpointing import model_split as checkpoint_layout
 from tests.parallel.gpt_harness import (LAYERS, Layout, layouts_worker, reference,
                                         stage_states)
 from tests.parallel.test_pipeline_toy import check_interleaved, interleaved_worker

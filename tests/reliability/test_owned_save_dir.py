@@ -13,12 +13,12 @@ import pytest
 
 from megatron.checkpointing import TRACKER, read_tracker
 from megatron.errors import CheckpointError
-from megatron.save_dir_lock import LOCK_NAME
+from megatron.checkpointing.lock import LOCK_NAME
 from tests.reliability.helpers import ROOT
 from tests.training.helpers import run_tiny
 
 HOLD = ("import sys, time; sys.path.insert(0, sys.argv[2]); "
-        "from megatron.save_dir_lock import SaveDirLock; SaveDirLock(sys.argv[1]).acquire(); "
+        "from megatron.checkpointing.lock import SaveDirLock; SaveDirLock(sys.argv[1]).acquire(); "
         "print('locked', flush=True); time.sleep(600)")
 
 

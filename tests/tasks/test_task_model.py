@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from megatron.arguments import transformer_config_from_args
+from megatron.checkpointing.whole_model import read_args
 from megatron.errors import BadConfigError, CheckpointError
 from megatron.model.classification import Classification
 from tasks import main as tasks_main
@@ -58,8 +59,7 @@ def test_pretrained_encoder_loads_from_any_layout(glue_env, tmp_path, capsys):
 
 
 def test_checkpoint_must_be_bert_of_the_flags_shape(glue_env):
-    from tests.tools.tool_loader import load_tool
-    _, saved = load_tool("checkpoint_util").read_args(glue_env["ckpt"])
+    _, saved = read_args(glue_env["ckpt"])
     args = Namespace(**saved)
     check_against_checkpoint(args, saved, "ckpt")
     with pytest.raises(CheckpointError, match=r"--num-layers 4 \(checkpoint: 2\)"):

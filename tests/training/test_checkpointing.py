@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from megatron import checkpointing
+from megatron.checkpointing import save_load
 from megatron.checkpointing import TRACKER, load_checkpoint, read_tracker, save_checkpoint
 from megatron.errors import CheckpointError
 from megatron.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -54,7 +54,7 @@ def test_crash_before_rename_keeps_old_checkpoint(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed before publishing")
 
-    monkeypatch.setattr(checkpointing, "_publish", crash)
+    monkeypatch.setattr(save_load, "publish", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(4, [model], opt, sched, {"step": 4}, save_dir=str(tmp_path))
     monkeypatch.undo()
@@ -100,3 +100,15 @@ def test_load_rejects_a_different_model(tmp_path):
     run_tiny("--save", ckpt, "--eval-iters", "0", "--exit-interval", "1", iters=3)
     with pytest.raises(ValueError, match="--hidden-size: checkpoint 32, now 16"):
         run_tiny("--load", ckpt, "--hidden-size", "16", "--eval-iters", "0", iters=3)
+
+
+def test_load_names_a_different_norm_or_bias_choice(tmp_path):
+    """The Llama-family choices that change the tensors are named as one line, not a
+    strict-load shape error (a fine-tune from RMSNorm / bias-free weights with the wrong
+    flags)."""
+    ckpt = str(tmp_path / "ckpt")
+    run_tiny("--save", ckpt, "--eval-iters", "0", "--exit-interval", "1",
+             "--normalization", "RMSNorm", "--disable-bias-linear", iters=3)
+    with pytest.raises(CheckpointError, match="--normalization: checkpoint 'RMSNorm', now "
+                                              "'LayerNorm'; --disable-bias-linear"):
+        run_tiny("--load", ckpt, "--eval-iters", "0", iters=3)

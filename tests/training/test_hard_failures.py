@@ -146,13 +146,13 @@ def test_failed_conversion_leaves_nothing(tmp_path):
 
     def fail(*args, **kwargs):
         raise OSError("disk full")
-    real_save = tool.torch.save
-    tool.torch.save = fail
+    real_save = torch.save
+    torch.save = fail
     try:
         with pytest.raises(OSError, match="disk full"):
             tool.convert(ckpt, str(out), 1, 1)
     finally:
-        tool.torch.save = real_save
+        torch.save = real_save
     assert not out.exists()              # no iter_X.tmp, no empty --save-dir
 
 

@@ -1,10 +1,11 @@
 """Model-based analyzer metrics: each sample's mean token loss (or perplexity) under a
 reference checkpoint of this codebase.
 
-The checkpoint may have been saved with any TP/PP layout: its rank files are merged into
-one whole model (``megatron.core.distributed.checkpoint_layout``, as
-``tools/checkpoint_util.py`` does) and loaded into one process per analyzer rank, in eval
-mode (no dropout, no token dropping). A metric is an ordinary analyzer user metric
+The checkpoint may have been saved with any TP/PP layout: the caller
+(``tools/analyze_data.py``) loads it as one whole model per analyzer rank with
+``megatron.checkpointing.whole_model.load_model`` (eval mode: no dropout, no token
+dropping) and hands it to :func:`reference_model`; this module never reads checkpoints
+or builds models itself. A metric is an ordinary analyzer user metric
 (``fn(tokens, offsets) -> values``), so it runs batched over the analyzer's shards, across
 MPI ranks, resumes from finished shards and is written as a float64 index with the data's
 fingerprint. Its shard cache is keyed by the model's fingerprint (a hash of every weight),
@@ -25,29 +26,16 @@ bytes.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
-from argparse import Namespace
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from megatron.data_efficiency.analyzer import document_scoring
+from megatron.errors import CheckpointError
 
 MODEL_METRICS = ("loss", "ppl")
 _UNSUPPORTED_ARGS = ("reset_position_ids", "reset_attention_mask", "eod_mask_loss")
-
-
-def _checkpoint_util():
-    """tools/checkpoint_util.py (the one reader of a checkpoint's rank layout)."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))))
-    spec = importlib.util.spec_from_file_location(
-        "_megatron_checkpoint_util", os.path.join(root, "tools", "checkpoint_util.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -71,36 +59,25 @@ class ReferenceModel:
     tokenizer: dict | None = None   # the identity its run record names (None: older checkpoint)
 
 
-def load_reference_model(load_dir: str, iteration: int | None = None,
-                         device: str | torch.device = "cpu") -> ReferenceModel:
-    """Merge the checkpoint's TP/PP rank files and build one GPTModel on ``device``."""
-    from megatron.arguments import transformer_config_from_args
-    from megatron.core.distributed import checkpoint_layout
-    from megatron.errors import CheckpointError
-    from megatron.model.gpt_model import GPTModel
-    cu = _checkpoint_util()
-    iteration, iter_dir = cu._iteration_dir(load_dir, iteration)
-    source = cu.read_layout(iter_dir)
-    args = dict(source[(0, 0)].get("args") or {})
-    if not args:
-        raise CheckpointError(f"{iter_dir}: no saved args, cannot rebuild the model")
-    bad = [k for k in _UNSUPPORTED_ARGS if args.get(k)]
+def reference_model(loaded) -> ReferenceModel:
+    """The analyzer's reference from a checkpoint loaded as one whole model
+    (``megatron.checkpointing.whole_model.LoadedModel``).
+
+    Raises:
+        CheckpointError: not a GPT, or trained on samples the loss metric cannot score
+            alike (positions or attention reset at document ends, end-of-document loss
+            masked).
+    """
+    if loaded.args.get("model_type", "gpt") != "gpt":
+        raise CheckpointError(f"{loaded.load_dir} holds a {loaded.args['model_type']} model; "
+                              "the model metrics score with a GPT")
+    bad = [k for k in _UNSUPPORTED_ARGS if loaded.args.get(k)]
     if bad:
-        raise CheckpointError(f"{iter_dir}: trained with {bad}; the loss metric scores plain "
-                              f"causal samples only")
-    specs = cu.template_specs(args)
-    full = checkpoint_layout.merge_state_dicts({k: v["model"] for k, v in source.items()},
-                                               specs, int(args["num_layers"]))
-    config = transformer_config_from_args(Namespace(**{
-        **args, "use_cpu_initialization": True, "sequence_parallel": False,
-        "recompute_granularity": None, "tensor_model_parallel_size": 1,
-        "pipeline_model_parallel_size": 1}))
-    model = GPTModel(config, parallel_output=True)
-    model.load_state_dict(full, strict=True)
-    model.to(device).eval()
-    record = (source[(0, 0)].get("extra_state") or {}).get("run_record") or {}
-    return ReferenceModel(model, int(args["seq_length"]), iteration, state_fingerprint(full),
-                          os.path.abspath(load_dir), record.get("tokenizer"))
+        raise CheckpointError(f"{loaded.load_dir}: trained with {bad}; the loss metric scores "
+                              "plain causal samples only")
+    return ReferenceModel(loaded.model, int(loaded.args["seq_length"]), loaded.iteration,
+                          state_fingerprint(loaded.state_dict), loaded.load_dir,
+                          loaded.run_record.get("tokenizer"))
 
 
 def check_window(ref: ReferenceModel, window: int | None) -> int | None:

@@ -17,12 +17,18 @@ import torch
 from megatron.data.indexed_dataset import MMapIndexedDatasetBuilder
 from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig, run_analyzer
 from megatron.data_efficiency.analyzer.index_io import MetricIndex
-from megatron.data_efficiency.analyzer.model_metrics import TokenLossMetric, load_reference_model
+from megatron.checkpointing.whole_model import load_model
+from megatron.data_efficiency.analyzer.model_metrics import TokenLossMetric, reference_model
 from megatron.data_efficiency.analyzer.shards import ShardLimitReached
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 TOOL = os.path.join(ROOT, "tools", "analyze_data.py")
 VOCAB, SEQ, SEED, SAMPLES = 64, 16, 3, 24
+
+
+def load_reference_model(path):
+    """The reference as tools/analyze_data.py loads it."""
+    return reference_model(load_model(path, device="cpu"))
 
 
 @pytest.fixture(scope="module")

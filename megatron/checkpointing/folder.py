@@ -1,35 +1,20 @@
-"""What a checkpoint folder holds, independent of any rank: the layout's names, the
-tracker, which iterations are complete, whether a run may save into it, and the temporary
-folders of killed saves.
-
-    {root}/latest_checkpointed_iteration.txt      the last published iteration
-    {root}/iter_0000100/mp_rank_00[_002]/model_optim_rng.pt
-    {root}/iter_0000100.tmp/                       a save in progress (or killed)
-    {root}/run.lock                                the run using the folder (save_dir_lock.py)
-"""
+"""What a checkpoint folder holds, independent of any rank: the tracker, which iterations
+are complete, whether a run may save into it, and the temporary folders of killed saves
+(names in ``files.py``; the run holding the folder in ``lock.py``)."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import zipfile
 
 import torch.distributed as dist
 
+from megatron.checkpointing.files import CKPT_NAME, ITER_DIR, TMP_DIR, TRACKER, rank_folders
 from megatron.errors import CheckpointError
-
-TRACKER = "latest_checkpointed_iteration.txt"
-CKPT_NAME = "model_optim_rng.pt"
-_ITER_DIR = re.compile(r"^iter_(\d{7})$")
-_TMP_DIR = re.compile(r"^iter_\d{7}\.tmp$")
 
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def checkpoint_dir(root: str, iteration: int) -> str:
-    return os.path.join(root, f"iter_{iteration:07d}")
 
 
 def read_tracker(root: str) -> int | None:
@@ -64,12 +49,11 @@ def loadable_iterations(root: str) -> list[int]:
         return []
     found = []
     for name in os.listdir(root):
-        match = _ITER_DIR.match(name)
+        match = ITER_DIR.match(name)
         folder = os.path.join(root, name)
         if not match or not os.path.isdir(folder):
             continue
-        files = [os.path.join(folder, d, CKPT_NAME) for d in os.listdir(folder)
-                 if d.startswith("mp_rank_")]
+        files = [os.path.join(folder, d, CKPT_NAME) for d in rank_folders(folder)]
         if files and all(_file_is_whole(f) for f in files):
             found.append(int(match.group(1)))
     return sorted(found)
@@ -83,7 +67,7 @@ def iteration_folders(root: str) -> list[int]:
     """Every published ``iter_XXXXXXX`` folder under ``root`` (complete or not), ascending."""
     if not os.path.isdir(root):
         return []
-    return sorted(int(m.group(1)) for m in map(_ITER_DIR.match, os.listdir(root))
+    return sorted(int(m.group(1)) for m in map(ITER_DIR.match, os.listdir(root))
                   if m and os.path.isdir(os.path.join(root, m.group(0))))
 
 
@@ -123,7 +107,7 @@ def remove_stale_temp_dirs(save_dir: str | None) -> list[str]:
     removed = []
     if save_dir and _rank() == 0 and os.path.isdir(save_dir):
         for name in sorted(os.listdir(save_dir)):
-            if _TMP_DIR.match(name):
+            if TMP_DIR.match(name):
                 shutil.rmtree(os.path.join(save_dir, name), ignore_errors=True)
                 removed.append(os.path.join(save_dir, name))
     if dist.is_available() and dist.is_initialized():

@@ -14,8 +14,8 @@ state dict per (tp_rank, pp_rank). Two facts let us move between layouts:
   else (final layer norm, output layer, heads). With tied embeddings and PP > 1 the last
   stage keeps its own copy of the word embedding as ``word_embeddings.weight``.
 
-Used by ``tools/checkpoint_util.py`` and by the parallel tests (to load the single-process
-reference weights into a partitioned model).
+Used by the layout converter (``whole_model.py``, ``convert.py``) and by the parallel tests
+(to load the single-process reference weights into a partitioned model).
 """
 from __future__ import annotations
 

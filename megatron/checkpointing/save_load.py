@@ -1,28 +1,19 @@
-"""Save and load checkpoints in Megatron's layout, atomically, for exact resume.
+"""Save and load a training run's checkpoint: collective, atomic, exact resume.
 
-Layout::
-
-    {save}/latest_checkpointed_iteration.txt
-    {save}/iter_0000100/mp_rank_00/model_optim_rng.pt          # PP == 1
-    {save}/iter_0000100/mp_rank_01_002/model_optim_rng.pt      # PP > 1 (tp 01, pp 002)
-
-Every rank writes into ``iter_XXXXXXX.tmp``; after a barrier rank 0 renames that folder
-to its final name and then replaces the tracker file, so a crash at any point leaves the
-tracker pointing at a complete checkpoint. One file per (TP, PP) rank holds the model,
-optimizer, LR scheduler, RNG states of every DP rank, and ``extra_state`` (iteration,
-consumed samples / tokens, the data-efficiency runtime state). Under the interleaved
-schedule the model chunks are stored as ``model0``, ``model1``, ... (Megatron's names).
-The saved ``args`` always carry the layout (TP, PP, virtual PP) and the vocabulary sizes
-(``orig_vocab_size``, ``padded_vocab_size``) that ``tools/checkpoint_util.py`` needs to
-re-pad the vocabulary for another TP size.
+Every rank writes into ``iter_XXXXXXX.tmp`` (names in ``files.py``); after a barrier rank
+0 renames that folder to its final name and then replaces the tracker file, so a crash at
+any point leaves the tracker pointing at a complete checkpoint. One file per (TP, PP[, EP])
+rank holds the model, optimizer, LR scheduler, RNG states of every DP rank, and
+``extra_state`` (iteration, consumed samples / tokens, the data-efficiency runtime state,
+the run record). The saved ``args`` always carry the layout (TP, PP, virtual PP) and the
+vocabulary sizes (``orig_vocab_size``, ``padded_vocab_size``) that the layout converter
+(``whole_model.py`` / ``convert.py``) needs to re-pad the vocabulary for another TP size.
 
 A file that cannot be read is reported with its path and the reason
 (:class:`megatron.errors.CheckpointError`). ``load_checkpoint(..., fallback=True)``
 (``--ckpt-fallback``) then loads the newest earlier iteration that every rank can read;
 without it the run stops and lists the iterations on disk that are complete. All ranks
 agree on the outcome, so they load the same iteration or fail together.
-The folder-level parts (tracker, complete iterations, stale ``iter_X.tmp`` folders, whether
-a run may save into a folder) are in ``megatron.checkpoint_folder``.
 """
 from __future__ import annotations
 
@@ -36,12 +27,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron.checkpointing.files import (CKPT_NAME, TRACKER, atomic_save, checkpoint_dir,
+                                          model_keys, optim_shard_file, publish, rank_folder,
+                                          rank_folders, read_checkpoint_file)
+from megatron.checkpointing.folder import (describe_folder, describe_iterations,
+                                           iteration_folders, loadable_iterations, read_tracker)
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import get_rng_tracker
-from megatron.checkpoint_folder import (CKPT_NAME, TRACKER, checkpoint_dir,  # noqa: F401
-                                        iteration_folders, loadable_iterations, read_tracker,
-                                        remove_stale_temp_dirs, describe_iterations,
-                                        describe_folder)
 from megatron.errors import CheckpointError, agreed_problems
 
 # Flags that must match between the checkpoint and the run that loads it.
@@ -50,7 +42,10 @@ _ARCH_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_s
                "untie_embeddings_and_output_weights", "tensor_model_parallel_size",
                "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
                "num_experts", "moe_layer_freq", "expert_interval",
-               "expert_model_parallel_size")
+               "expert_model_parallel_size", "normalization", "num_query_groups",
+               "add_bias_linear")
+# The flag that sets a recorded field, where the two names differ.
+_FLAG_OF = {"add_bias_linear": "disable-bias-linear (add_bias_linear)"}
 
 
 def _dist() -> bool:
@@ -68,29 +63,12 @@ def _rank() -> int:
 
 def checkpoint_file(iter_dir: str) -> str:
     """This rank's file inside an iteration folder."""
-    tp = parallel_state.get_tensor_model_parallel_rank()
-    name = f"mp_rank_{tp:02d}"
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        name += f"_{parallel_state.get_pipeline_model_parallel_rank():03d}"
-    if parallel_state.get_expert_model_parallel_world_size() > 1:   # Megatron-LM's suffix
-        name += f"_{parallel_state.get_expert_model_parallel_rank():03d}"
-    return os.path.join(iter_dir, name, CKPT_NAME)
-
-
-def read_checkpoint_file(path: str) -> dict:
-    """``torch.load`` one checkpoint file; a missing or damaged file raises
-    :class:`CheckpointError` naming it and the reason."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:   # torch reports truncation as RuntimeError, pickle errors vary
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: cannot be read ({reason}); the file is damaged or "
-                              "was cut short") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
-    return state
+    pp = (parallel_state.get_pipeline_model_parallel_rank()
+          if parallel_state.get_pipeline_model_parallel_world_size() > 1 else None)
+    ep = (parallel_state.get_expert_model_parallel_rank()
+          if parallel_state.get_expert_model_parallel_world_size() > 1 else None)
+    return os.path.join(iter_dir, rank_folder(parallel_state.get_tensor_model_parallel_rank(),
+                                              pp, ep), CKPT_NAME)
 
 
 def unwrap_model(module: torch.nn.Module) -> torch.nn.Module:
@@ -129,31 +107,6 @@ def _set_rng_state(states: list[dict]) -> None:
     get_rng_tracker().set_states(state["tracker"])
 
 
-def _optim_shard_file(model_file: str, dp_rank: int) -> str:
-    return os.path.join(os.path.dirname(model_file), f"distrib_optim_dp{dp_rank:03d}.pt")
-
-
-def _atomic_save(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save(obj, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def _publish(tmp_dir: str, final_dir: str, root: str, iteration: int) -> None:
-    """Rename the finished folder into place, then point the tracker at it."""
-    old = final_dir + ".old"
-    if os.path.exists(final_dir):       # re-saving the same iteration
-        os.rename(final_dir, old)
-    os.rename(tmp_dir, final_dir)
-    shutil.rmtree(old, ignore_errors=True)
-    tracker_tmp = os.path.join(root, TRACKER + ".tmp")
-    with open(tracker_tmp, "w") as f:
-        f.write(str(iteration))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tracker_tmp, os.path.join(root, TRACKER))
-
-
 def _saved_args(args: Namespace | None, model_type: str | None) -> dict | None:
     """The run's flags plus the model type (``gpt`` / ``bert``), layout and vocabulary facts
     a converter needs."""
@@ -171,10 +124,6 @@ def _saved_args(args: Namespace | None, model_type: str | None) -> dict | None:
     if saved.get("orig_vocab_size") is None and saved.get("vocab_size") is not None:
         saved["orig_vocab_size"] = saved["vocab_size"]   # --vocab-size (no tokenizer)
     return saved
-
-
-def _model_keys(num_chunks: int) -> list[str]:
-    return ["model"] if num_chunks == 1 else [f"model{i}" for i in range(num_chunks)]
 
 
 def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimizer,
@@ -201,7 +150,7 @@ def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimiz
     with _save_errors(save_dir, iteration):
         if getattr(optimizer, "sharded_state", False) and optim_state is not None:
             # ZeRO-1: every DP rank holds a different shard of the optimizer state.
-            _atomic_save(optim_state, _optim_shard_file(path, dp_rank))
+            atomic_save(optim_state, optim_shard_file(path, dp_rank))
             optim_state = "sharded"
         # One file per expert-parallel rank (its experts differ); dense weights in each.
         if parallel_state.get_expert_data_parallel_rank() == 0:
@@ -212,12 +161,12 @@ def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimiz
                                              else opt_param_scheduler.state_dict()),
                      "extra_state": extra_state}
             state.update({key: unwrap_model(m).state_dict()
-                          for key, m in zip(_model_keys(len(model_chunks)), model_chunks)})
-            _atomic_save(state, path)
+                          for key, m in zip(model_keys(len(model_chunks)), model_chunks)})
+            atomic_save(state, path)
     _barrier()
     if _rank() == 0:
         with _save_errors(save_dir, iteration):
-            _publish(tmp_dir, final_dir, save_dir, iteration)
+            publish(tmp_dir, final_dir, save_dir, iteration)
     _barrier()
     return final_dir
 
@@ -254,7 +203,7 @@ def _layout_problem(load_dir: str, iteration: int) -> str | None:
     path = checkpoint_file(iter_dir)
     if os.path.isfile(path) or not os.path.isdir(iter_dir):
         return None
-    present = sorted(d for d in os.listdir(iter_dir) if d.startswith("mp_rank_"))
+    present = rank_folders(iter_dir)
     if not present:
         return None
     return (f"{iter_dir} was saved with another parallel layout (it holds "
@@ -269,8 +218,9 @@ def _check_args(saved: dict | None, args: Namespace | None, path: str, load_dir:
     if bad:
         layout = any(k.endswith("parallel_size") for k in bad)
         raise CheckpointError(f"{path} was saved with a different model layout: "
-                              + "; ".join(f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, "
-                                          f"now {getattr(args, k)!r}" for k in bad)
+                              + "; ".join(f"--{_FLAG_OF.get(k, k.replace('_', '-'))}: "
+                                          f"checkpoint {saved[k]!r}, now {getattr(args, k)!r}"
+                                          for k in bad)
                               + (f"; {_conversion_hint(load_dir)}" if layout else ""))
 
 
@@ -339,7 +289,7 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
     iteration, state = _read_agreed(load_dir, iteration, fallback)
     path = checkpoint_file(checkpoint_dir(load_dir, iteration))
     _check_args(state.get("args"), args, path, load_dir)
-    keys = _model_keys(len(model_chunks))
+    keys = model_keys(len(model_chunks))
     if any(key not in state for key in keys):
         held = sorted(k for k in state if k.startswith("model"))
         raise CheckpointError(f"{path} holds model entries {held} but this run has "
@@ -355,7 +305,7 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
                                   "--finetune")
         optim_state = state["optimizer"]
         if optim_state == "sharded":
-            shard = _optim_shard_file(path, parallel_state.get_data_parallel_rank())
+            shard = optim_shard_file(path, parallel_state.get_data_parallel_rank())
             if not os.path.isfile(shard):
                 raise CheckpointError(f"{shard} (distributed optimizer shard) is missing")
             optim_state = read_checkpoint_file(shard)

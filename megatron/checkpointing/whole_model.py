@@ -1,0 +1,272 @@
+"""Load any checkpoint of this codebase into one model: read every rank file of an
+iteration (any TP / PP / EP layout), merge them into one whole-model state dict, and build
+the model its record describes (for one process, or this process's (tp, pp) part).
+
+The record a checkpoint keeps of its model is its saved ``args`` (``save_load.py``);
+:func:`saved_model_config` is the one function that turns it back into a
+``TransformerConfig``, so the converter, the evaluation tasks and the analyzer's
+reference models all rebuild a model the same way. The model type is the record's
+``model_type`` (``gpt`` / ``bert``; a checkpoint older than the field is GPT).
+"""
+from __future__ import annotations
+
+import os
+from argparse import Namespace
+from dataclasses import dataclass
+
+import torch
+
+from megatron.checkpointing import model_split
+from megatron.checkpointing.files import CKPT_NAME, checkpoint_dir, parse_rank_folder, \
+    rank_folders, read_checkpoint_file
+from megatron.checkpointing.folder import read_tracker
+from megatron.core import parallel_state
+from megatron.errors import BadConfigError, CheckpointError, MissingInputError
+
+
+def iteration_dir(load_dir: str, iteration: int | None) -> tuple[int, str]:
+    """``(iteration, its folder)``: ``iteration``, else the tracker's."""
+    if iteration is None:
+        iteration = read_tracker(load_dir)
+        if iteration is None:
+            raise MissingInputError(f"{os.path.join(load_dir, 'latest_checkpointed_iteration.txt')}"
+                                    " not found: is --load-dir a checkpoint folder? (or give "
+                                    "--iteration)")
+    path = checkpoint_dir(load_dir, iteration)
+    if not os.path.isdir(path):
+        raise MissingInputError(f"{path} does not exist")
+    return iteration, path
+
+
+def read_layout(iter_dir: str) -> dict[tuple[int, int], dict]:
+    """Load every rank file of an iteration folder: ``{(tp, pp): checkpoint}`` (the files
+    of one position's expert-parallel ranks merged into one model)."""
+    found = {}
+    for name in rank_folders(iter_dir):
+        path = os.path.join(iter_dir, name, CKPT_NAME)
+        if not os.path.isfile(path):
+            raise MissingInputError(f"{path} is missing")
+        key = parse_rank_folder(name)
+        found[key] = read_checkpoint_file(path)
+        found[key]["_path"] = path
+    if not found:
+        raise MissingInputError(f"{iter_dir} holds no mp_rank_* folders")
+    found = merge_expert_ranks(found)
+    tp, pp = 1 + max(t for t, _ in found), 1 + max(p for _, p in found)
+    missing = [(t, p) for t in range(tp) for p in range(pp) if (t, p) not in found]
+    if missing:
+        raise CheckpointError(f"{iter_dir}: layout {tp}x{pp} is incomplete, missing "
+                              f"(tp, pp) ranks {missing}")
+    for ckpt in found.values():
+        if "model" not in ckpt:
+            raise CheckpointError(f"{ckpt['_path']}: no 'model' entry (interleaved checkpoints "
+                                  "with model0, model1, ... are not supported by this tool)")
+    return found
+
+
+def expert_parallel_size(args: dict) -> int:
+    return int(args.get("expert_model_parallel_size") or 1)
+
+
+def num_experts(args: dict) -> int:
+    """``--num-experts`` of a record (a list in Megatron-DeepSpeed's form)."""
+    experts = args.get("num_experts")
+    return int(experts[0] if isinstance(experts, list) else experts or 1)
+
+
+def merge_expert_ranks(found: dict[tuple, dict]) -> dict[tuple[int, int], dict]:
+    """``{(tp[, pp][, ep]): ckpt}`` -> ``{(tp, pp): ckpt}``; the files of one (tp, pp)
+    position's expert-parallel ranks (Megatron-LM's ``_EEE`` suffix) become one model with
+    global expert ids."""
+    from megatron.model.moe.checkpoint import merge_expert_parallel
+    args = next(iter(found.values())).get("args") or {}
+    ep = expert_parallel_size(args)
+    if ep == 1:
+        return {(k[0], k[1] if len(k) > 1 else 0): v for k, v in found.items()}
+    pp = int(args.get("pipeline_model_parallel_size") or 1)
+    groups: dict[tuple[int, int], dict[int, dict]] = {}
+    for key, ckpt in found.items():
+        tp, stage, rank = (key[0], 0, key[1]) if pp == 1 else key
+        groups.setdefault((tp, stage), {})[rank] = ckpt
+    merged = {}
+    for pos, by_rank in groups.items():
+        if sorted(by_rank) != list(range(ep)):
+            raise MissingInputError(f"(tp, pp) {pos}: expert-parallel ranks {sorted(by_rank)} "
+                                    f"found, expected 0..{ep - 1}")
+        first = dict(by_rank[0])
+        first["model"] = merge_expert_parallel([by_rank[r]["model"] for r in range(ep)],
+                                               num_experts(args))
+        merged[pos] = first
+    return merged
+
+
+def read_args(load_dir: str, iteration: int | None = None) -> tuple[int, dict]:
+    """(iteration, the saved args) of a checkpoint, read from one rank's file."""
+    iteration, iter_dir = iteration_dir(load_dir, iteration)
+    names = rank_folders(iter_dir)
+    if not names:
+        raise MissingInputError(f"{iter_dir} holds no mp_rank_* folders")
+    first = read_checkpoint_file(os.path.join(iter_dir, names[0], CKPT_NAME))
+    return iteration, dict(first.get("args") or {})
+
+
+def saved_model_config(args: dict, **overrides):
+    """The ``TransformerConfig`` of a checkpoint's model, from its record, built whole
+    (``use_cpu_initialization``: the same weights under any layout), without sequence
+    parallelism or expert parallelism (one process's view); ``overrides`` replace saved
+    flags (e.g. ``padded_vocab_size`` after re-padding)."""
+    from megatron.arguments import transformer_config_from_args
+    return transformer_config_from_args(Namespace(**{
+        **args, "use_cpu_initialization": True, "sequence_parallel": False,
+        "expert_model_parallel_size": 1, **overrides}))
+
+
+def saved_model(config, args: dict, pre_process: bool = True, post_process: bool = True,
+                parallel_output: bool = True) -> torch.nn.Module:
+    """GPT, or BERT for checkpoints of pretrain_bert.py (``model_type`` "bert")."""
+    if args.get("model_type") not in (None, "gpt", "bert"):
+        raise BadConfigError(f"the checkpoint holds a {args['model_type']!r} model; this tool "
+                             "converts GPT and BERT pretraining checkpoints")
+    if args.get("model_type") == "bert":
+        from megatron.model.bert_model import BertModel
+        binary = bool(args.get("bert_binary_head", True))
+        return BertModel(config, num_tokentypes=2 if binary else 0, add_binary_head=binary,
+                         parallel_output=parallel_output, pre_process=pre_process,
+                         post_process=post_process)
+    from megatron.model.gpt_model import GPTModel
+    return GPTModel(config, pre_process=pre_process, post_process=post_process,
+                    parallel_output=parallel_output)
+
+
+def template_specs(args: dict) -> dict[str, model_split.ParamSpec]:
+    """Split metadata of every parameter, read from a single-rank model of the same shape."""
+    config = saved_model_config(args)
+    try:
+        with torch.device("meta"):  # shapes and attributes only: no memory, no init cost
+            model = saved_model(config, args)
+    except (RuntimeError, NotImplementedError):
+        model = saved_model(config, args)
+    return model_split.param_specs(model)
+
+
+def with_model_type(args: dict, given: str | None, where: str) -> dict:
+    """``args`` with the model type (``gpt`` / ``bert``) that ``--model-type`` names,
+    refused when it contradicts the type the checkpoint recorded."""
+    if given is None:
+        return args
+    recorded = args.get("model_type")
+    if recorded is not None and recorded != given.lower():
+        raise BadConfigError(f"--model-type {given}: {where} holds a {recorded.upper()} model")
+    return {**args, "model_type": given.lower()}
+
+
+def load_whole(load_dir: str, iteration: int | None = None, model_type: str | None = None
+               ) -> tuple[int, dict, dict, dict[str, torch.Tensor]]:
+    """(iteration, rank (0, 0)'s checkpoint, its args, the merged whole-model state dict).
+    ``model_type``: ``--model-type`` (checked against the checkpoint's)."""
+    iteration, iter_dir = iteration_dir(load_dir, iteration)
+    source = read_layout(iter_dir)
+    first = source[(0, 0)]
+    args = dict(first.get("args") or {})
+    if not args:
+        raise CheckpointError(f"{first['_path']} has no saved args: cannot rebuild the model shape")
+    args = with_model_type(args, model_type, first["_path"])
+    full = model_split.merge_state_dicts({k: v["model"] for k, v in source.items()},
+                                         template_specs(args), int(args["num_layers"]))
+    return iteration, first, args, full
+
+
+def real_vocab_size(args: dict, given: int | None) -> int | None:
+    """The real (unpadded) vocabulary size: the flag, else what the checkpoint recorded."""
+    return given or args.get("orig_vocab_size") or args.get("vocab_size")
+
+
+def target_vocab_rows(args: dict, rows: int, target_tp: int, true_vocab: int | None) -> int:
+    """Padded vocabulary rows for the target TP: the real vocabulary padded to a multiple
+    of ``--make-vocab-size-divisible-by`` x TP, else the rows as they are when they split."""
+    true_vocab = real_vocab_size(args, true_vocab)
+    multiple = int(args.get("make_vocab_size_divisible_by") or 1) * target_tp
+    if true_vocab:
+        if int(true_vocab) > rows:
+            raise BadConfigError(f"the real vocabulary size {true_vocab} exceeds the checkpoint's "
+                                 f"{rows} vocabulary rows: check --true-vocab-size")
+        return -(-int(true_vocab) // multiple) * multiple
+    if rows % target_tp == 0:
+        return rows
+    raise BadConfigError(f"the checkpoint's {rows} vocabulary rows do not split over "
+                         f"{target_tp} tensor-parallel ranks and the real vocabulary size is "
+                         "unknown: give --true-vocab-size")
+
+
+def _global_specs(model: torch.nn.Module) -> dict[str, model_split.ParamSpec]:
+    """This stage's split specs under whole-model names (global layer ids; the last
+    stage's tied embedding copy splits like the first stage's table)."""
+    specs = {}
+    layers = model.transformer.layers
+    for name, spec in model_split.param_specs(model).items():
+        if name.startswith("transformer.layers."):
+            local, rest = name[len("transformer.layers."):].split(".", 1)
+            name = f"transformer.layers.{layers[int(local)].layer_id}.{rest}"
+        if name == model_split.TIED_COPY_KEY:
+            name = model_split.WORD_EMBEDDING_KEY
+        specs[name] = spec
+    return specs
+
+
+def rank_state_dict(full: dict[str, torch.Tensor], model: torch.nn.Module, num_layers: int,
+                    tied_embeddings: bool) -> dict[str, torch.Tensor]:
+    """This process's (tp, pp) part of a whole-model state dict, under the stage-local names
+    of ``model`` (this rank's stage)."""
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    parts = model_split.split_state_dict(full, _global_specs(model), tp, pp, num_layers,
+                                         tied_embeddings)
+    return parts[(parallel_state.get_tensor_model_parallel_rank(),
+                  parallel_state.get_pipeline_model_parallel_rank())]
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's model, built and loaded for evaluation (:func:`load_model`)."""
+    model: torch.nn.Module               # eval mode; this process's (tp, pp) part
+    args: dict                           # the checkpoint's record of its run
+    iteration: int
+    state_dict: dict[str, torch.Tensor]  # the whole model's merged weights, as saved
+    run_record: dict                     # extra_state["run_record"] ({}: an older checkpoint)
+    load_dir: str
+
+
+def load_model(load_dir: str, iteration: int | None = None, *,
+               device: str | torch.device | None = None, parallel_output: bool = True,
+               params_dtype: torch.dtype | None = None) -> LoadedModel:
+    """Merge a checkpoint of any layout and build its model for this process: the whole
+    model without model-parallel groups, else this rank's (tp, pp) part (the vocabulary
+    re-padded when its rows do not split over this TP), in eval mode.
+
+    Args:
+        device: where the model goes (None: the accelerator, else the CPU).
+        params_dtype: the weights' dtype (None: the run's).
+    """
+    from megatron.core.devices import accelerator_device
+    iteration, first, args, full = load_whole(load_dir, iteration)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    rows = full[model_split.WORD_EMBEDDING_KEY].shape[0]
+    weights = full
+    if rows % tp != 0:
+        weights = dict(full)
+        model_split.resize_vocab(weights, rows, target_vocab_rows(args, rows, tp, None))
+    overrides = {"padded_vocab_size": weights[model_split.WORD_EMBEDDING_KEY].shape[0],
+                 "hidden_dropout": 0.0, "attention_dropout": 0.0,
+                 "recompute_granularity": None, "recompute_method": None,
+                 "recompute_num_layers": None}
+    if params_dtype is not None:
+        overrides["params_dtype"] = params_dtype
+    model = saved_model(saved_model_config(args, **overrides), args,
+                        parallel_state.is_pipeline_first_stage(),
+                        parallel_state.is_pipeline_last_stage(), parallel_output)
+    model.load_state_dict(rank_state_dict(
+        weights, model, int(args["num_layers"]),
+        not args.get("untie_embeddings_and_output_weights", False)), strict=True)
+    model.to(accelerator_device() if device is None else device).eval()
+    record = (first.get("extra_state") or {}).get("run_record") or {}
+    return LoadedModel(model, args, iteration, full, record, os.path.abspath(load_dir))

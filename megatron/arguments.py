@@ -240,10 +240,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-data-path", nargs="*", default=None)
     g.add_argument("--valid-data-path", nargs="*", default=None)
     g.add_argument("--test-data-path", nargs="*", default=None)
-    g.add_argument("--tokenizer-type", default=None)
+    g.add_argument("--tokenizer-type", default=None,
+                   help="GPT2BPETokenizer, SentencePieceTokenizer, GPTSentencePieceTokenizer, "
+                        "BertWordPieceLowerCase, BertWordPieceCase, HuggingFaceTokenizer "
+                        "(alias HFTokenizer; needs requirements-eval.txt), NullTokenizer "
+                        "(with --vocab-size)")
     g.add_argument("--vocab-file", default=None)
     g.add_argument("--merge-file", default=None)
-    g.add_argument("--tokenizer-model", default=None)
+    g.add_argument("--tokenizer-model", default=None,
+                   help="SentencePiece .model; HuggingFaceTokenizer: a local tokenizer folder "
+                        "or tokenizer.json")
     g.add_argument("--vocab-extra-ids", type=int, default=0)
     g.add_argument("--num-workers", type=int, default=2)
     g.add_argument("--dataloader-type", default="single", choices=["single", "cyclic"],

@@ -6,10 +6,17 @@ continuation); this adapter scores them:
 
 * ``_loglikelihood_tokens``: batched, longest first, right-padded (causal attention, so
   padding never reaches the scored positions); ``(sum log p(continuation), greedy?)``.
-* ``loglikelihood_rolling``: lm-eval's disjoint rolling windows of ``max_length`` tokens,
-  the first one conditioned on the end-of-document token; the sum over windows.
+* ``loglikelihood_rolling``: lm-eval's disjoint rolling windows of ``max_length`` tokens
+  of the text's own ids, the first one conditioned on ``prefix_token_id``; the sum over
+  windows.
 * ``generate_until``: greedy decoding (no sampling: ``do_sample`` true is refused), up to
   ``max_gen_toks`` tokens, cut at the first stop string or end-of-document.
+
+Special tokens follow the run's tokenizer: a text is encoded as a training document is
+(``tokenize``: a Llama-style Hugging Face tokenizer puts BOS first), without them when
+lm-eval asks (``add_special_tokens=False``: ``tokenize_text``); a text with no context is
+conditioned on BOS where the tokenizer starts every document with it, else on the
+end-of-document token (``eot_token_id``, the tokenizer's ``eod``).
 """
 from __future__ import annotations
 
@@ -44,9 +51,17 @@ class MegatronLM(TemplateLM):
     def max_length(self) -> int:
         return self.scorer.max_length
 
+    @property
+    def prefix_token_id(self) -> int:
+        tokenizer = self.scorer.tokenizer
+        return int(tokenizer.bos) if getattr(tokenizer, "adds_bos", False) else self.eot_token_id
+
     def tok_encode(self, string: str, add_special_tokens: bool | None = None,
                    **kwargs) -> list[int]:
-        return list(self.scorer.tokenizer.tokenize(string))
+        tokenizer = self.scorer.tokenizer
+        if add_special_tokens is False:
+            return list(getattr(tokenizer, "tokenize_text", tokenizer.tokenize)(string))
+        return list(tokenizer.tokenize(string))
 
     def tok_decode(self, tokens: list[int]) -> str:
         return self.scorer.tokenizer.detokenize(tokens)
@@ -89,9 +104,10 @@ class MegatronLM(TemplateLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         out = []
         for (text,) in [req.args for req in requests]:
+            ids = self.tok_encode(text, add_special_tokens=False)
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                self.tok_encode(text), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1)]
+                ids, prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
+                context_len=1)]
             scores = self._loglikelihood_tokens([(None, c, t) for c, t in windows])
             total = sum(ll for ll, _ in scores)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)

@@ -66,15 +66,15 @@ def _hf_dispatch(a: argparse.Namespace) -> None:
               flush=True)
         return
     from megatron.hf.convert import load_hf, model_flags
+    from megatron.hf.hf_dir import tokenizer_flags
     args, full = load_hf(a.load_dir, a.make_vocab_size_divisible_by or 128)
     args = with_model_type({"model_type": "gpt", **args}, a.model_type, a.load_dir)
     _check_tensors(full, template_specs(args), a.load_dir)
     tp, pp = a.target_tensor_parallel_size or 1, a.target_pipeline_parallel_size or 1
     out = save_layout(a.save_dir, 0, {"checkpoint_version": 3.0}, args, full, tp, pp)
     print(f" > wrote {out} (TP {tp}, PP {pp}, iteration 0); start from it with --finetune "
-          f"--load {a.save_dir}" + (f" --tokenizer-type {args['tokenizer_type']}"
-                                    if args.get("tokenizer_type") else "")
-          + " " + " ".join(model_flags(args)), flush=True)
+          f"--load {a.save_dir} " + " ".join(tokenizer_flags(args) + model_flags(args)),
+          flush=True)
 
 
 def _check_tensors(full: dict, specs: dict, where: str) -> None:

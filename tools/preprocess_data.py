@@ -10,6 +10,12 @@ see megatron/data/provenance.py). With
 ``--split-sentences`` (BERT data) each sentence is a sequence, documents are groups of them,
 and the files are named ``{prefix}_{key}_sentence.bin/.idx`` as in Megatron-LM.
 
+A Hugging Face tokenizer (``--tokenizer-type HuggingFaceTokenizer --tokenizer-model DIR``)
+encodes each document (each sentence, with ``--split-sentences``) with its own special
+tokens, as Megatron-LM does: a Llama-style tokenizer starts every one with BOS, and
+``--append-eod`` ends the document with EOS (not a second time where the tokenizer's own
+rule already ends every text with EOS).
+
 Sentence splitting (no NLTK needed): a sentence ends at ``.``, ``!`` or ``?`` (plus any closing
 quotes/brackets) followed by whitespace and an upper-case letter, digit or opening quote, unless
 the word before the period is a common abbreviation (Mr., e.g., ...); a blank line always ends
@@ -102,7 +108,7 @@ class Encoder:
             parts = split_sentences(text, self.args.keep_newlines) if self.args.split_sentences \
                 else [text]
             sentences = [ids for ids in map(Encoder.tokenizer.tokenize, parts) if ids]
-            if sentences and self.args.append_eod:
+            if sentences and self.args.append_eod and not Encoder.tokenizer.adds_eos:
                 sentences[-1].append(Encoder.tokenizer.eod)
             out[key] = sentences
         return lineno, out, nbytes
@@ -139,6 +145,11 @@ def _encoded_stream(args: argparse.Namespace, encoder: Encoder, fin):
 def preprocess(args: argparse.Namespace) -> dict:
     """Run the whole conversion; returns the summary. Raises ValueError on bad input."""
     Encoder(args).initializer()  # fail fast on bad tokenizer flags, and size the dtype
+    if args.append_eod:
+        try:
+            Encoder.tokenizer.eod
+        except NotImplementedError as e:
+            raise ValueError(f"--append-eod: {e}") from None
     dtype = best_fitting_dtype(Encoder.tokenizer.vocab_size)
     identity = tokenizer_identity(args.tokenizer_type, Encoder.tokenizer,
                                   vocab_file=args.vocab_file, merge_file=args.merge_file,
@@ -208,9 +219,13 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
     g.add_argument("--vocab-file", default=None)
     g.add_argument("--merge-file", default=None)
-    g.add_argument("--tokenizer-model", default=None)
+    g.add_argument("--tokenizer-model", default=None,
+                   help="SentencePiece .model; for HuggingFaceTokenizer (alias HFTokenizer) a "
+                        "local tokenizer folder or tokenizer.json")
     g.add_argument("--vocab-extra-ids", type=int, default=0)
-    g.add_argument("--append-eod", action="store_true", help="append the eod id to each document")
+    g.add_argument("--append-eod", action="store_true",
+                   help="append the eod id to each document (a Hugging Face tokenizer that "
+                        "ends every text with EOS itself gets no second one)")
     g.add_argument("--lang", default="english", help="accepted for compatibility; unused")
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True)

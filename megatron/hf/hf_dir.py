@@ -2,7 +2,9 @@
 
 A written directory holds ``config.json``, ``model.safetensors`` (fp32 or the checkpoint's
 dtype, contiguous tensors), the tokenizer files our run used and a
-``tokenizer_config.json`` naming the matching ``transformers`` tokenizer class. It is
+``tokenizer_config.json`` naming the matching ``transformers`` tokenizer class (a Hugging
+Face tokenizer's files are copied as they are: its folder's own ``tokenizer_config.json``,
+or one written for a bare ``tokenizer.json``). It is
 written as ``DIR.tmp`` and renamed into place, so a crash never leaves a half directory
 that looks complete.
 """
@@ -13,6 +15,10 @@ import os
 import shutil
 
 import torch
+
+from megatron.tokenizer.hf_tokenization import (HF_TYPE, bare_file_special_tokens,
+                                                canonical_type)
+from megatron.tokenizer.hf_tokenization import tokenizer_files as hf_tokenizer_files
 
 # our --tokenizer-type -> (transformers class, {our flag: file name there}, extra config)
 _TOKENIZERS = {
@@ -28,7 +34,9 @@ _TOKENIZERS = {
 def tokenizer_files(args: dict) -> tuple[dict[str, str], dict | None, str]:
     """Files to copy ``{name in the HF dir: source path}``, the tokenizer config, and a
     note for the user (empty when everything was carried over)."""
-    kind = args.get("tokenizer_type")
+    kind = canonical_type(args.get("tokenizer_type"))
+    if kind == HF_TYPE:
+        return _hf_tokenizer_files(args)
     if kind not in _TOKENIZERS:
         return {}, None, (f"tokenizer {kind!r} has no transformers counterpart here: "
                           "no tokenizer files were written")
@@ -49,6 +57,34 @@ def tokenizer_files(args: dict) -> tuple[dict[str, str], dict | None, str]:
         config.update(bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                       unk_token="<|endoftext|>")
     return files, config, ""
+
+
+def _hf_tokenizer_files(args: dict) -> tuple[dict[str, str], dict | None, str]:
+    """A Hugging Face tokenizer's files, copied as they are; a ``tokenizer_config.json``
+    (its special tokens by their conventional names) only where the run had none."""
+    path = args.get("tokenizer_model")
+    try:
+        found = hf_tokenizer_files(path or "")
+    except (OSError, ValueError) as err:
+        return {}, None, (f"tokenizer files not found ({err}; paths are as saved by the "
+                          "training run): no tokenizer files were written")
+    config = None
+    if "tokenizer_config.json" not in found:
+        config = {"tokenizer_class": "PreTrainedTokenizerFast",
+                  "model_max_length": int(args["max_position_embeddings"]),
+                  **bare_file_special_tokens(found["tokenizer.json"])}
+    return found, config, ""
+
+
+def tokenizer_flags(args: dict) -> list[str]:
+    """The tokenizer flags of a checkpoint's args, for the command that trains from it."""
+    flags = [f"--tokenizer-type {args['tokenizer_type']}"] if args.get("tokenizer_type") else []
+    names = ("vocab_size",) if args.get("tokenizer_type") == "NullTokenizer" else \
+        ("vocab_file", "merge_file", "tokenizer_model")
+    for name in names:
+        if args.get(name):
+            flags.append(f"--{name.replace('_', '-')} {args[name]}")
+    return flags
 
 
 def write_model_dir(save_dir: str, config, tensors: dict[str, torch.Tensor],
@@ -106,18 +142,33 @@ def read_model_dir(load_dir: str):
     return config, tensors
 
 
+def _tokenizer_config(load_dir: str) -> dict:
+    path = os.path.join(load_dir, "tokenizer_config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def hf_tokenizer_args(load_dir: str) -> dict:
-    """Our tokenizer flags for the tokenizer files of an HF directory (absolute paths)."""
+    """Our tokenizer flags for the tokenizer files of an HF directory (absolute paths):
+    GPT-2's BPE files (a GPT-2 tokenizer class or none named) and BERT's vocab.txt as our
+    own tokenizers; any other ``tokenizer.json`` / ``tokenizer_config.json`` as a
+    ``HuggingFaceTokenizer`` of the directory."""
+    config = _tokenizer_config(load_dir)
     vocab_json, merges = (os.path.join(load_dir, n) for n in ("vocab.json", "merges.txt"))
-    if os.path.isfile(vocab_json) and os.path.isfile(merges):
+    if os.path.isfile(vocab_json) and os.path.isfile(merges) and \
+            config.get("tokenizer_class") in (None, "GPT2Tokenizer", "GPT2TokenizerFast"):
         return {"tokenizer_type": "GPT2BPETokenizer", "vocab_file": os.path.abspath(vocab_json),
                 "merge_file": os.path.abspath(merges)}
     vocab_txt = os.path.join(load_dir, "vocab.txt")
     if os.path.isfile(vocab_txt):
-        lower = True
-        cfg = os.path.join(load_dir, "tokenizer_config.json")
-        if os.path.isfile(cfg):
-            lower = bool(json.load(open(cfg)).get("do_lower_case", True))
+        lower = bool(config.get("do_lower_case", True))
         return {"tokenizer_type": "BertWordPieceLowerCase" if lower else "BertWordPieceCase",
                 "vocab_file": os.path.abspath(vocab_txt)}
+    if any(os.path.isfile(os.path.join(load_dir, n))
+           for n in ("tokenizer.json", "tokenizer_config.json")):
+        return {"tokenizer_type": HF_TYPE, "tokenizer_model": os.path.abspath(load_dir)}
     return {}

@@ -10,7 +10,14 @@ class MegatronTokenizer(ABC):
 
     A special id that a tokenizer does not define raises ``NotImplementedError`` naming the
     tokenizer, so a dataset that needs e.g. ``[MASK]`` fails loudly instead of using a wrong id.
+
+    Attributes:
+        adds_bos, adds_eos: whether ``tokenize`` puts BOS before / EOS after every text
+            (a Hugging Face tokenizer's own rule; never for the others).
     """
+
+    adds_bos = False
+    adds_eos = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -35,6 +42,10 @@ class MegatronTokenizer(ABC):
     @abstractmethod
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text``."""
+
+    def tokenize_text(self, text: str) -> list[int]:
+        """Token ids of ``text`` alone, without the special tokens ``tokenize`` adds."""
+        return self.tokenize(text)
 
     def detokenize(self, token_ids) -> str:
         """Text of ``token_ids``."""

@@ -4,7 +4,10 @@ The loop knows nothing about curriculum learning or random-LTD: every step it as
 ``DataEfficiencyRuntime`` for the step's ``StepPlan`` (one frozen value: shapes, kept
 length, consumed tokens, TensorBoard scalars), runs the micro-batches through a feed that
 applies and checks it, and hands the finished plan to the LR scheduler, the counters and
-the logger. The run's length comes from ``run_plan.plan_run`` (nothing writes ``args``).
+the logger. The run's length, stopping rule and step planner come from
+``run_plan.plan_run``, once (nothing writes ``args``); what is model-family specific
+(how its samples are numbered for an analyzer index) comes from the entry point's
+``data_family``.
 """
 from __future__ import annotations
 
@@ -25,8 +28,9 @@ from megatron.core.distributed.errors import collective_context
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 from megatron.core.enums import ModelType
-from megatron.data_efficiency.runtime import (DataEfficiencyRuntime, Parallelism, RunShape,
-                                              StepPlan)
+from megatron.data_efficiency.data_family import DataFamily, GPTSamples, TrainingSamples
+from megatron.data_efficiency.runtime import DataEfficiencyRuntime, Parallelism, StepPlan
+from megatron.data_efficiency.step_plan import StepPlanner
 from megatron import preflight
 from megatron.initialize import get_tokenizer, initialize_megatron
 from megatron.model.moe.monitor import MoEMonitor
@@ -97,58 +101,26 @@ def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torc
     return model
 
 
-def build_data_efficiency_runtime(args: argparse.Namespace, model_type: ModelType,
-                                  run: RunPlan) -> DataEfficiencyRuntime:
-    """Curriculum learning and random-LTD for this run from ``args.data_efficiency`` (the
-    config ``validate_args`` built; the plain runtime when nothing is on)."""
-    shape = RunShape(global_batch_size=args.global_batch_size, seq_length=args.seq_length,
-                     num_layers=args.num_layers, seed=args.data_efficiency.seed,
-                     model=model_type.data_model,
-                     num_microbatches=args.num_microbatches,
-                     pipeline_stages=args.pipeline_model_parallel_size)
+def build_data_efficiency_runtime(planner: StepPlanner,
+                                  samples: TrainingSamples | None = None,
+                                  family: DataFamily | None = None) -> DataEfficiencyRuntime:
+    """The data-efficiency runtime of this rank over the run's ``planner`` (``RunPlan.
+    planner``; the plain runtime when nothing is configured), with the analyzer index
+    check of ``samples`` numbered as ``family`` numbers them (None: not checked)."""
     par = Parallelism(dp_rank=parallel_state.get_data_parallel_rank(),
                       dp_size=parallel_state.get_data_parallel_world_size(),
                       pp_size=parallel_state.get_pipeline_model_parallel_world_size())
     if dist.is_initialized():
         par.dp_group = parallel_state.get_data_parallel_group()
         par.pp_group = parallel_state.get_pipeline_model_parallel_group()
-    return DataEfficiencyRuntime(args.data_efficiency, shape, par,
-                                 index_fingerprint=lambda ds: _index_fingerprint(args, ds),
-                                 index_hint=lambda ds: _analyzer_command(args, ds, run))
+    return DataEfficiencyRuntime(planner, par, samples, family)
 
 
-def _index_fingerprint(args: argparse.Namespace, dataset) -> str:
-    """The fingerprint an analyzer index must carry to be used with this run's training
-    samples: it covers the data files and the sample maps (GPT: doc / sample / shuffle
-    index; BERT: the samples mapping), so the index numbers the samples as this run does."""
-    from megatron.data_efficiency.analyzer.analyzer import gpt_samples_fingerprint
-    from megatron.data_efficiency.analyzer.bert_samples import bert_samples_fingerprint
-    if not args.data_path or len(args.data_path) != 1:
-        raise ValueError("curriculum sampling over an analyzer index needs a single "
-                         f"--data-path prefix (given: {args.data_path})")
-    prefix = args.data_path[0]
-    if hasattr(dataset, "samples_mapping"):
-        return bert_samples_fingerprint(prefix, args.split, args.seq_length, args.seed,
-                                        dataset.samples_mapping)
-    if not hasattr(dataset, "shuffle_idx"):
-        raise ValueError(f"curriculum sampling needs a GPT or BERT training set, got "
-                         f"{type(dataset).__name__}")
-    return gpt_samples_fingerprint(prefix, args.split, args.seq_length, args.seed,
-                                   dataset.doc_idx, dataset.sample_idx, dataset.shuffle_idx)
-
-
-def _analyzer_command(args: argparse.Namespace, dataset, run: RunPlan) -> str:
-    """The analyzer run that indexes exactly this run's training samples (sized by the
-    run's own ``RunPlan``)."""
-    bert = ""
-    if hasattr(dataset, "samples_mapping"):
-        bert = f"--model bert --short-seq-prob {args.short_seq_prob} " + \
-            ("" if args.bert_binary_head else "--bert-no-binary-head ")
-    train_samples = run.train_valid_test_num_samples[0]
-    return (f"this run builds {len(dataset)} training samples; index them with: python "
-            f"tools/analyze_data.py --data-path {args.data_path[0]} --granularity sample "
-            f"{bert}--split {args.split} --seq-length {args.seq_length} --seed {args.seed} "
-            f"--train-samples {train_samples} --metrics ... --save-path DIR")
+def training_samples(args: argparse.Namespace, run: RunPlan) -> TrainingSamples:
+    """The flags that decide this run's training samples (an analyzer index of them is
+    built with the same)."""
+    return TrainingSamples(tuple(args.data_path or ()), args.split, args.seq_length,
+                           args.seed, run.train_valid_test_num_samples[0])
 
 
 def _run_schedule(forward_step_func, feeds, model, args, forward_only, grad_scale_func,
@@ -279,14 +251,9 @@ def _eval_due(iteration: int, args: argparse.Namespace, make_valid_iterator) -> 
                 and iteration % args.eval_interval == 0)
 
 
-def _training_done(state: TrainState, args: argparse.Namespace, run: RunPlan) -> bool:
-    """Every given stop condition is checked; the first reached ends the run
-    (Megatron-DeepSpeed: --train-tokens beside --train-iters / --train-samples)."""
-    if args.train_tokens is not None and state.consumed_tokens >= args.train_tokens:
-        return True
-    if args.train_samples is not None:
-        return state.consumed_samples >= args.train_samples
-    return args.train_iters_is_stop and state.iteration >= args.train_iters
+def _training_done(state: TrainState, run: RunPlan) -> bool:
+    """The run's stopping rule (``RunPlan.done``) at the state's counters."""
+    return run.done(state.iteration, state.consumed_samples, state.consumed_tokens)
 
 
 def _time_is_up(start: float, args: argparse.Namespace) -> bool:
@@ -327,7 +294,7 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
     first_iteration = state.iteration
     for m in model:
         m.train()
-    while not _training_done(state, args, run):
+    while not _training_done(state, run):
         stats = train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                            runtime, state, args, moe_monitor)
         now = time.time()
@@ -390,7 +357,9 @@ def training_logger(args: argparse.Namespace, train_iters: int) -> TrainingLogge
 def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable,
              model_type: ModelType, forward_step_func: Callable,
              extra_args_provider: Callable | None = None, args_defaults: dict | None = None,
-             argv: list[str] | None = None) -> TrainState:
+             argv: list[str] | None = None,
+             data_family: Callable[[argparse.Namespace], DataFamily] | None = None
+             ) -> TrainState:
     """Megatron's entry point: initialise, build everything, load, train, evaluate.
 
     Args:
@@ -402,6 +371,9 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         forward_step_func: ``fn(data_iterator, model) -> (output, loss_func)``.
         extra_args_provider, args_defaults: see ``initialize_megatron``.
         argv: flags to parse instead of ``sys.argv[1:]``.
+        data_family: ``fn(args) -> DataFamily``, how the model family numbers its
+            training samples for a curriculum's analyzer index (``pretrain_bert.py``:
+            ``BertSamples.from_args``; default: Megatron's GPTDataset numbering).
 
     Returns:
         The final ``TrainState`` (iteration, consumed counters, per-step losses, last
@@ -409,24 +381,26 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     """
     args = initialize_megatron(extra_args_provider, args_defaults, args=argv)
     record = preflight.check_inputs(args, get_tokenizer())
+    family = (data_family or GPTSamples.from_args)(args)
     lock = preflight.claim_save_dir(args)
     try:
         return _build_and_train(args, record, train_valid_test_datasets_provider, model_provider,
-                                model_type, forward_step_func)
+                                model_type, forward_step_func, family)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_datasets_provider,
-                     model_provider, model_type: ModelType, forward_step_func) -> TrainState:
+                     model_provider, model_type: ModelType, forward_step_func,
+                     family: DataFamily) -> TrainState:
     """``pretrain()`` once the inputs are checked and the save folder is this run's."""
     run = plan_run(args, model_type)
     if run.train_iters != run.nominal_train_iters:
         print_rank_0(f" > --train-tokens {args.train_tokens}: {run.train_iters} steps under the "
                      f"data-efficiency schedule (nominal estimate was {run.nominal_train_iters})")
     model = build_model(model_provider, args)
-    runtime = build_data_efficiency_runtime(args, model_type, run)
+    runtime = build_data_efficiency_runtime(run.planner, training_samples(args, run), family)
     optimizer = get_megatron_optimizer(model, optimizer_config_from_args(args))
     scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args),
                                         override_on_load=args.override_opt_param_scheduler)
@@ -445,7 +419,7 @@ def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_da
     logger = training_logger(args, run.train_iters)
     signal_handler.install(args.exit_signal_handler)
     try:
-        if _training_done(state, args, run):
+        if _training_done(state, run):
             print_rank_0(f" > nothing to train: iteration {state.iteration} already meets the "
                          "stopping rule (--train-iters / --train-samples / --train-tokens); "
                          "evaluating only")

@@ -200,6 +200,10 @@ def _add_logging_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard-log-interval", type=int, default=1)
     g.add_argument("--tensorboard-queue-size", type=int, default=1000)
     g.add_argument("--log-timers-to-tensorboard", action="store_true")
+    g.add_argument("--metrics-file", default=None, metavar="PATH",
+                   help="JSON-lines metrics of every logged step, evaluation, start and end "
+                        "(megatron/metrics_file.py); default: metrics.jsonl in "
+                        "--tensorboard-dir (none without it)")
     g.add_argument("--save", default=None)
     g.add_argument("--load", default=None)
     g.add_argument("--save-interval", type=int, default=None)

@@ -36,9 +36,8 @@ from megatron.optimizer import get_megatron_optimizer
 from megatron.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.data_efficiency.step_plan import StepPlanner
 from megatron.run_plan import run_shape
-from megatron.training import (TrainState, build_data_efficiency_runtime, build_model,
-                               evaluate, load_for_run, print_rank_0, train_step,
-                               training_logger)
+from megatron.training import TrainState, evaluate, load_for_run, print_rank_0, train_step
+from megatron.training_setup import build_data_efficiency_runtime, build_model, training_logger
 from megatron.core.devices import accelerator_device
 from tasks import finetune_args as flags
 from tasks.eval_model import rank_state_dict

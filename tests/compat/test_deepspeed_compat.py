@@ -245,7 +245,7 @@ def test_train_iters_with_train_samples_still_refused():
 
 def test_data_efficiency_seed_seeds_the_run(tmp_path):
     """DeepSpeed seeds its data sampler with data_efficiency.seed, not --seed."""
-    from megatron.training import build_data_efficiency_runtime
+    from megatron.training_setup import build_data_efficiency_runtime
     args = _validate(tmp_path, DS, "--fp16", "--seed", "5")
     run = plan_run(args, ModelType.encoder_or_decoder)
     runtime = build_data_efficiency_runtime(run.planner)
@@ -254,7 +254,7 @@ def test_data_efficiency_seed_seeds_the_run(tmp_path):
 
 
 def test_random_ltd_model_type_must_be_the_model(tmp_path):
-    from megatron.training import build_data_efficiency_runtime
+    from megatron.training_setup import build_data_efficiency_runtime
     args = _validate(tmp_path, DS, "--fp16")
     with pytest.raises(ValueError, match="model_type 'decoder' contradicts the bert model"):
         build_data_efficiency_runtime(plan_run(args, ModelType.encoder).planner)

@@ -14,9 +14,10 @@ Semantics follow DeepSpeed's data sampler, without its cluster files and broadca
   slot, so the batch order is already shuffled); inside a cluster the ids come in a
   shuffled order without replacement, reshuffled when used up (``clusters.py``).
 * Every rank computes the same global batch from the seed, the step, the plan's
-  difficulties and the small state, so no broadcast is needed and every pipeline stage and DP rank can build it. This DP
-  rank's micro-batches follow Megatron's order: micro-batch ``m`` of rank ``r`` is
-  ``global[m*mbs*dp + r*mbs : m*mbs*dp + (r+1)*mbs]`` (disjoint, union = global batch).
+  difficulties and the small state, so no broadcast is needed and every pipeline stage
+  and DP rank can build it. This DP rank's micro-batches follow Megatron's order:
+  micro-batch ``m`` of rank ``r`` is ``global[m*mbs*dp + r*mbs : m*mbs*dp + (r+1)*mbs]``
+  (disjoint, union = global batch).
 * A ``percentile_window`` metric admits a band ``[window_low, difficulty]`` of
   percentiles instead of a prefix: the low edge is fixed for the run and the scheduled
   difficulty is the high edge, so pruning is a curriculum whose window never moves

@@ -12,34 +12,46 @@ is the masked-LM loss (mean over the predicted positions) plus, unless
 
 ``pretrain()`` is given ``ModelType.encoder`` so that every pipeline stage reads the batch
 (the padding mask) and the data-efficiency runtime picks the BERT batch transforms (seqtru
-on [b, s] tensors, seqreo). The losses returned per micro-batch are this rank's; the
-training loop averages them over micro-batches and data-parallel ranks once a step.
+on [b, s] tensors, seqreo), and ``BertSamples``: how a curriculum's analyzer index numbers
+BERT samples and the analyzer command that builds one. The losses returned per
+micro-batch are this rank's; the training loop averages them over micro-batches and
+data-parallel ranks once a step.
 """
 from __future__ import annotations
 
 import argparse
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from megatron.arguments import get_args, transformer_config_from_args
 from megatron.core.enums import ModelType
+from megatron.data.bert_flags import BERT_ARGS_DEFAULTS, add_bert_args
+from megatron.data_efficiency.data_family import DataFamily, TrainingSamples
 from megatron.errors import BadConfigError, run_main
 from megatron.initialize import get_tokenizer
 from megatron.training import pretrain, print_rank_0
 
 
-def add_bert_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """BERT-only flags, with Megatron's names and defaults."""
-    g = parser.add_argument_group("bert")
-    g.add_argument("--bert-no-binary-head", action="store_false", dest="bert_binary_head",
-                   help="no sentence-order (binary) head and loss; one segment per sample")
-    g.add_argument("--mask-prob", type=float, default=0.15,
-                   help="fraction of tokens chosen for masked-LM prediction")
-    g.add_argument("--short-seq-prob", type=float, default=0.1,
-                   help="probability of a shorter random target length per sample")
-    return parser
+class BertSamples(DataFamily):
+    """BERT's sample numbering: the ``BertDataset`` samples mapping, which
+    ``--short-seq-prob`` and the binary head shape; the analyzer reproduces it with
+    ``--model bert`` and the same two flags."""
+
+    def __init__(self, short_seq_prob: float = 0.1, binary_head: bool = True) -> None:
+        self.analyzer_flags = ("--model", "bert", "--short-seq-prob", str(short_seq_prob)) + \
+            (() if binary_head else ("--bert-no-binary-head",))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "BertSamples":
+        return cls(args.short_seq_prob, args.bert_binary_head)
+
+    def fingerprint(self, dataset: Any, samples: TrainingSamples) -> str:
+        from megatron.data_efficiency.analyzer.bert_samples import bert_samples_fingerprint
+        return bert_samples_fingerprint(samples.prefix, samples.split, samples.seq_length,
+                                        samples.seed, dataset.samples_mapping)
 
 
 def model_provider(pre_process: bool = True, post_process: bool = True) -> torch.nn.Module:
@@ -124,15 +136,12 @@ def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
     return datasets
 
 
-ARGS_DEFAULTS = {"tokenizer_type": "BertWordPieceLowerCase"}
-
-
 def main(argv: list[str] | None = None):
     """Run pretrain() with BERT's providers; ``argv`` defaults to ``sys.argv[1:]``."""
     return pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder,
                     forward_step,
-                    extra_args_provider=add_bert_args, args_defaults=dict(ARGS_DEFAULTS),
-                    argv=argv)
+                    extra_args_provider=add_bert_args, args_defaults=dict(BERT_ARGS_DEFAULTS),
+                    argv=argv, data_family=BertSamples.from_args)
 
 
 if __name__ == "__main__":

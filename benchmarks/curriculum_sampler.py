@@ -37,10 +37,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.data_efficiency.analyzer import index_io  # noqa: E402
+from megatron.data_efficiency.config import config_from_dict  # noqa: E402
 from megatron.data_efficiency.curriculum.sampler import (CurriculumSampler,  # noqa: E402
                                                          SamplerMetric)
-from megatron.data_efficiency.curriculum.scheduler import (CurriculumScheduler,  # noqa: E402
-                                                           ScheduleConfig)
+from megatron.data_efficiency.step_plan import RunShape, StepPlanner  # noqa: E402
 
 CHUNK = 1 << 23
 NUM_VALUES = 100
@@ -99,12 +99,18 @@ def run(folder: str, steps: int, total_steps: int) -> dict:
     anon0 = proc_status("RssAnon")
     t0 = time.perf_counter()
     index = index_io.MetricIndex.open(folder, "synthetic")
-    sched = CurriculumScheduler(ScheduleConfig("fixed_root", 1, 100,
-                                               total_curriculum_step=total_steps,
-                                               difficulty_step=1, root_degree=2))
-    sampler = CurriculumSampler([SamplerMetric("voc", index, "percentile", sched)],
-                                global_batch_size=512, micro_batch_size=4,
-                                data_parallel_rank=0, data_parallel_size=8, seed=1234)
+    config = config_from_dict({"enabled": True, "data_sampling": {
+        "enabled": True, "curriculum_learning": {"enabled": True, "curriculum_metrics": {
+            "voc": {"index_path": folder, "difficulty_type": "percentile",
+                    "min_difficulty": 1, "max_difficulty": 100, "schedule_type": "fixed_root",
+                    "schedule_config": {"total_curriculum_step": total_steps,
+                                        "difficulty_step": 1, "root_degree": 2}}}}}})
+    planner = StepPlanner(config, RunShape(global_batch_size=512, seq_length=2048,
+                                           num_layers=24))
+    sampler = CurriculumSampler([SamplerMetric("voc", index, "percentile", 100)],
+                                planner.difficulties, global_batch_size=512,
+                                micro_batch_size=4, data_parallel_rank=0,
+                                data_parallel_size=8, seed=1234)
     sampler.next_global_batch()
     first = time.perf_counter() - t0
     times = np.empty(steps - 1)

@@ -274,6 +274,10 @@ def _add_logging_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard-log-interval", type=int, default=1)
     g.add_argument("--tensorboard-queue-size", type=int, default=1000)
     g.add_argument("--log-timers-to-tensorboard", action="store_true")
+    g.add_argument("--metrics-file", default=None, metavar="PATH",
+                   help="JSON-lines metrics of every logged step, evaluation, start and end "
+                        "(megatron/metrics_file.py); default: metrics.jsonl in "
+                        "--tensorboard-dir (none without it)")
     g.add_argument("--save", default=None)
     g.add_argument("--load", default=None)
     g.add_argument("--save-interval", type=int, default=None)
@@ -314,14 +318,13 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
 
     Derived: ``world_size``, ``rank``, ``data_parallel_size``, ``ffn_hidden_size``,
     ``kv_channels``, ``global_batch_size`` (default MBS x DP), ``num_microbatches``,
-    ``train_iters`` (the nominal estimate from samples / tokens; ``run_plan.plan_run``
-    counts the steps under the data-efficiency schedule), ``train_iters_is_stop`` (whether
-    that count is itself a stop condition: ``--train-iters`` / ``--train-samples`` given),
     the loss-scale defaults (after a ``--deepspeed_config``'s fp16 section, see
     ``megatron.deepspeed_compat``), ``params_dtype``,
     ``virtual_pipeline_model_parallel_size``, ``orig_vocab_size`` / ``padded_vocab_size``
     (from ``tokenizer_vocab_size``, the built tokenizer's, or ``--vocab-size``) and
-    ``data_efficiency`` (the typed ``DataEfficiencyConfig``).
+    ``data_efficiency`` (the typed ``DataEfficiencyConfig``). The run's length is not
+    derived here: ``args.train_iters`` stays what was given (None with
+    ``--train-samples`` / ``--train-tokens``) and ``run_plan.plan_run`` is its one source.
 
     Raises:
         ArgumentValidationError: listing every problem, each naming its flags.
@@ -490,14 +493,6 @@ def _build_data_efficiency(args: argparse.Namespace) -> None:
 
 
 def _derive_training(args: argparse.Namespace, tokenizer_vocab_size: int | None) -> None:
-    gbs, seq = args.global_batch_size, args.seq_length
-    args.train_iters_is_stop = args.train_iters is not None or args.train_samples is not None
-    if args.train_iters is None:
-        # Iteration count for display and data sizing; the stopping rule uses the given unit.
-        if args.train_samples is not None:
-            args.train_iters = -(-args.train_samples // gbs)
-        else:
-            args.train_iters = -(-args.train_tokens // (gbs * seq))
     args.params_dtype = torch.float16 if args.fp16 else (
         torch.bfloat16 if args.bf16 else torch.float32)
     # Megatron: bf16 gradients are accumulated and reduced in fp32, whatever the flag says

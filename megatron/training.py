@@ -4,7 +4,10 @@ The loop knows nothing about curriculum learning or random-LTD: every step it as
 ``DataEfficiencyRuntime`` for the step's ``StepPlan`` (one frozen value: shapes, kept
 length, consumed tokens, TensorBoard scalars), runs the micro-batches through a feed that
 applies and checks it, and hands the finished plan to the LR scheduler, the counters and
-the logger. The run's length comes from ``run_plan.plan_run`` (nothing writes ``args``).
+the logger. The run's length, stopping rule and step planner come from
+``run_plan.plan_run``, once (nothing writes ``args``); what is model-family specific
+(how its samples are numbered for an analyzer index) comes from the entry point's
+``data_family``.
 """
 from __future__ import annotations
 
@@ -20,14 +23,14 @@ from megatron.arguments import optimizer_config_from_args, schedule_config_from_
 from megatron import signal_handler
 from megatron.checkpointing import load_checkpoint, remove_stale_temp_dirs, save_checkpoint
 from megatron.core import parallel_state
-from megatron.core.devices import accelerator_device, collective_device
+from megatron.core.devices import collective_device
 from megatron.core.distributed.errors import collective_context
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 from megatron.core.enums import ModelType
-from megatron.data_efficiency.runtime import (DataEfficiencyRuntime, Parallelism, RunShape,
-                                              StepPlan)
-from megatron import preflight
+from megatron.data_efficiency.data_family import DataFamily, GPTSamples
+from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
+from megatron import metrics_file, preflight
 from megatron.initialize import get_tokenizer, initialize_megatron
 from megatron.model.moe.monitor import MoEMonitor
 from megatron.optimizer import get_megatron_optimizer
@@ -36,6 +39,8 @@ from megatron.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.run_plan import RunPlan, plan_run
 from megatron.training_data import build_train_valid_test_data_iterators, microbatch_feeds
 from megatron.training_log import StepStats, TrainingLogger
+from megatron.training_setup import (build_data_efficiency_runtime, build_model, run_summary,
+                                     training_logger, training_samples)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -66,89 +71,6 @@ def _is_rank_zero() -> bool:
 def print_rank_0(msg: str) -> None:
     if _is_rank_zero():
         print(msg, flush=True)
-
-
-def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torch.nn.Module]:
-    """This rank's model chunk(s), on the accelerator, wrapped for bf16/fp16.
-
-    Under interleaving (``--num-layers-per-virtual-pipeline-stage``) chunk ``i`` is built
-    with virtual pipeline rank ``i``: only chunk 0 of the first stage holds the embedding
-    and only the last chunk of the last stage the output layer, as in Megatron.
-    """
-    num_chunks = args.virtual_pipeline_model_parallel_size or 1
-    model = []
-    for i in range(num_chunks):
-        if args.virtual_pipeline_model_parallel_size is not None:
-            parallel_state.set_virtual_pipeline_model_parallel_rank(i)
-        chunk = model_provider(pre_process=parallel_state.is_pipeline_first_stage(),
-                               post_process=parallel_state.is_pipeline_last_stage())
-        chunk = chunk.to(accelerator_device())
-        if args.fp16 or args.bf16:
-            from megatron.model.module import Float16Module
-            chunk = Float16Module(chunk, args.params_dtype)
-        model.append(chunk)
-    if args.virtual_pipeline_model_parallel_size is not None:
-        parallel_state.set_virtual_pipeline_model_parallel_rank(0)
-    n = sum(p.numel() for chunk in model for p in chunk.parameters())
-    if parallel_state.get_data_parallel_rank() == 0:
-        print(f" > number of parameters on (tensor, pipeline) model parallel rank "
-              f"({parallel_state.get_tensor_model_parallel_rank()}, "
-              f"{parallel_state.get_pipeline_model_parallel_rank()}): {n}", flush=True)
-    return model
-
-
-def build_data_efficiency_runtime(args: argparse.Namespace, model_type: ModelType,
-                                  run: RunPlan) -> DataEfficiencyRuntime:
-    """Curriculum learning and random-LTD for this run from ``args.data_efficiency`` (the
-    config ``validate_args`` built; the plain runtime when nothing is on)."""
-    shape = RunShape(global_batch_size=args.global_batch_size, seq_length=args.seq_length,
-                     num_layers=args.num_layers, seed=args.data_efficiency.seed,
-                     model=model_type.data_model,
-                     num_microbatches=args.num_microbatches,
-                     pipeline_stages=args.pipeline_model_parallel_size)
-    par = Parallelism(dp_rank=parallel_state.get_data_parallel_rank(),
-                      dp_size=parallel_state.get_data_parallel_world_size(),
-                      pp_size=parallel_state.get_pipeline_model_parallel_world_size())
-    if dist.is_initialized():
-        par.dp_group = parallel_state.get_data_parallel_group()
-        par.pp_group = parallel_state.get_pipeline_model_parallel_group()
-    return DataEfficiencyRuntime(args.data_efficiency, shape, par,
-                                 index_fingerprint=lambda ds: _index_fingerprint(args, ds),
-                                 index_hint=lambda ds: _analyzer_command(args, ds, run))
-
-
-def _index_fingerprint(args: argparse.Namespace, dataset) -> str:
-    """The fingerprint an analyzer index must carry to be used with this run's training
-    samples: it covers the data files and the sample maps (GPT: doc / sample / shuffle
-    index; BERT: the samples mapping), so the index numbers the samples as this run does."""
-    from megatron.data_efficiency.analyzer.analyzer import gpt_samples_fingerprint
-    from megatron.data_efficiency.analyzer.bert_samples import bert_samples_fingerprint
-    if not args.data_path or len(args.data_path) != 1:
-        raise ValueError("curriculum sampling over an analyzer index needs a single "
-                         f"--data-path prefix (given: {args.data_path})")
-    prefix = args.data_path[0]
-    if hasattr(dataset, "samples_mapping"):
-        return bert_samples_fingerprint(prefix, args.split, args.seq_length, args.seed,
-                                        dataset.samples_mapping)
-    if not hasattr(dataset, "shuffle_idx"):
-        raise ValueError(f"curriculum sampling needs a GPT or BERT training set, got "
-                         f"{type(dataset).__name__}")
-    return gpt_samples_fingerprint(prefix, args.split, args.seq_length, args.seed,
-                                   dataset.doc_idx, dataset.sample_idx, dataset.shuffle_idx)
-
-
-def _analyzer_command(args: argparse.Namespace, dataset, run: RunPlan) -> str:
-    """The analyzer run that indexes exactly this run's training samples (sized by the
-    run's own ``RunPlan``)."""
-    bert = ""
-    if hasattr(dataset, "samples_mapping"):
-        bert = f"--model bert --short-seq-prob {args.short_seq_prob} " + \
-            ("" if args.bert_binary_head else "--bert-no-binary-head ")
-    train_samples = run.train_valid_test_num_samples[0]
-    return (f"this run builds {len(dataset)} training samples; index them with: python "
-            f"tools/analyze_data.py --data-path {args.data_path[0]} --granularity sample "
-            f"{bert}--split {args.split} --seq-length {args.seq_length} --seed {args.seed} "
-            f"--train-samples {train_samples} --metrics ... --save-path DIR")
 
 
 def _run_schedule(forward_step_func, feeds, model, args, forward_only, grad_scale_func,
@@ -234,7 +156,7 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                      consumed_tokens=state.consumed_tokens, step_tokens=plan.consumed_tokens,
                      learning_rate=scheduler.get_lr(), batch_size=args.global_batch_size,
                      loss_scale=optimizer.get_loss_scale(), grad_norm=grad_norm,
-                     skipped=not ok, losses=losses,
+                     skipped=not ok, losses=losses, plan=plan.scalars(),
                      extra_scalars={**plan.scalars(), **plan.sampled_values, **opt_states,
                                     **moe_monitor.histograms()})
 
@@ -279,14 +201,9 @@ def _eval_due(iteration: int, args: argparse.Namespace, make_valid_iterator) -> 
                 and iteration % args.eval_interval == 0)
 
 
-def _training_done(state: TrainState, args: argparse.Namespace, run: RunPlan) -> bool:
-    """Every given stop condition is checked; the first reached ends the run
-    (Megatron-DeepSpeed: --train-tokens beside --train-iters / --train-samples)."""
-    if args.train_tokens is not None and state.consumed_tokens >= args.train_tokens:
-        return True
-    if args.train_samples is not None:
-        return state.consumed_samples >= args.train_samples
-    return args.train_iters_is_stop and state.iteration >= args.train_iters
+def _training_done(state: TrainState, run: RunPlan) -> bool:
+    """The run's stopping rule (``RunPlan.done``) at the state's counters."""
+    return run.done(state.iteration, state.consumed_samples, state.consumed_tokens)
 
 
 def _time_is_up(start: float, args: argparse.Namespace) -> bool:
@@ -315,19 +232,19 @@ def _early_exit_reason(iteration: int, start: float, args: argparse.Namespace) -
 
 def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, state: TrainState,
           args: argparse.Namespace, logger: TrainingLogger, run: RunPlan,
-          moe_monitor: MoEMonitor | None = None) -> bool:
+          moe_monitor: MoEMonitor | None = None) -> str | None:
     """The training loop: steps, logging, evaluation, checkpoints, exit rules.
 
     Returns:
-        True when the stopping rule was reached, False on an early exit
-        (``--exit-interval`` / ``--exit-duration-in-mins``).
+        None when the stopping rule was reached, else why the run stopped early
+        (``--exit-interval`` / ``--exit-duration-in-mins`` / a signal).
     """
     train_iterator, make_valid_iterator = iterators[0], iterators[1]
     start = last_log = time.time()
     first_iteration = state.iteration
     for m in model:
         m.train()
-    while not _training_done(state, args, run):
+    while not _training_done(state, run):
         stats = train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                            runtime, state, args, moe_monitor)
         now = time.time()
@@ -350,11 +267,11 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
             if args.save and not saved:
                 _save(state, runtime, model, optimizer, scheduler, args)
             print_rank_0(f" > exiting at iteration {it}: {reason}")
-            return False
+            return reason
     saved_last = args.save_interval and state.iteration % args.save_interval == 0
     if args.save and state.iteration > first_iteration and not saved_last:
         _save(state, runtime, model, optimizer, scheduler, args)
-    return True
+    return None
 
 
 def load_for_run(model, optimizer, scheduler,
@@ -374,23 +291,12 @@ def load_for_run(model, optimizer, scheduler,
     return state, extra
 
 
-def training_logger(args: argparse.Namespace, train_iters: int) -> TrainingLogger:
-    """The log line and TensorBoard writer of the ``--log-*`` / ``--tensorboard-*`` flags
-    (the last rank prints and writes: it holds the loss)."""
-    return TrainingLogger(train_iters, args.log_interval, args.tensorboard_dir,
-                          args.tensorboard_log_interval,
-                          is_logging_rank=(not dist.is_initialized()
-                                           or dist.get_rank() == dist.get_world_size() - 1),
-                          queue_size=args.tensorboard_queue_size,
-                          log_batch_size=args.log_batch_size_to_tensorboard,
-                          log_validation_ppl=args.log_validation_ppl_to_tensorboard,
-                          log_timers=args.log_timers_to_tensorboard)
-
-
 def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable,
              model_type: ModelType, forward_step_func: Callable,
              extra_args_provider: Callable | None = None, args_defaults: dict | None = None,
-             argv: list[str] | None = None) -> TrainState:
+             argv: list[str] | None = None,
+             data_family: Callable[[argparse.Namespace], DataFamily] | None = None
+             ) -> TrainState:
     """Megatron's entry point: initialise, build everything, load, train, evaluate.
 
     Args:
@@ -402,6 +308,9 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         forward_step_func: ``fn(data_iterator, model) -> (output, loss_func)``.
         extra_args_provider, args_defaults: see ``initialize_megatron``.
         argv: flags to parse instead of ``sys.argv[1:]``.
+        data_family: ``fn(args) -> DataFamily``, how the model family numbers its
+            training samples for a curriculum's analyzer index (``pretrain_bert.py``:
+            ``BertSamples.from_args``; default: Megatron's GPTDataset numbering).
 
     Returns:
         The final ``TrainState`` (iteration, consumed counters, per-step losses, last
@@ -409,43 +318,71 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
     """
     args = initialize_megatron(extra_args_provider, args_defaults, args=argv)
     record = preflight.check_inputs(args, get_tokenizer())
+    family = (data_family or GPTSamples.from_args)(args)
     lock = preflight.claim_save_dir(args)
     try:
         return _build_and_train(args, record, train_valid_test_datasets_provider, model_provider,
-                                model_type, forward_step_func)
+                                model_type, forward_step_func, family)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_datasets_provider,
-                     model_provider, model_type: ModelType, forward_step_func) -> TrainState:
-    """``pretrain()`` once the inputs are checked and the save folder is this run's."""
+                     model_provider, model_type: ModelType, forward_step_func,
+                     family: DataFamily) -> TrainState:
+    """``pretrain()`` once the inputs are checked and the save folder is this run's; the
+    metrics file gets the ``start`` line once the counters are loaded and an ``end`` line
+    however the run stops."""
     run = plan_run(args, model_type)
     if run.train_iters != run.nominal_train_iters:
         print_rank_0(f" > --train-tokens {args.train_tokens}: {run.train_iters} steps under the "
                      f"data-efficiency schedule (nominal estimate was {run.nominal_train_iters})")
-    model = build_model(model_provider, args)
-    runtime = build_data_efficiency_runtime(args, model_type, run)
-    optimizer = get_megatron_optimizer(model, optimizer_config_from_args(args))
-    scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args),
-                                        override_on_load=args.override_opt_param_scheduler)
-    state, de_state = TrainState(run_record=record), {}
-    remove_stale_temp_dirs(args.save)   # iter_X.tmp of killed saves (rank 0, before any save)
-    if args.load:
-        state, extra = load_for_run(model, optimizer, scheduler, args)
-        state.run_record = record
-        de_state = preflight.resumed_data_efficiency_state(extra, record, args)
-    from megatron.model.moe.flags import moe_config_from_args
-    moe_monitor = MoEMonitor(model, moe_config_from_args(args))
-    iterators = build_train_valid_test_data_iterators(
-        train_valid_test_datasets_provider, args, runtime, run.train_valid_test_num_samples,
-        every_stage=model_type is ModelType.encoder, consumed_samples=state.consumed_samples,
-        iteration=state.iteration, data_efficiency_state=de_state, train_iters=run.train_iters)
     logger = training_logger(args, run.train_iters)
+    state = TrainState(run_record=record)
+    try:
+        model = build_model(model_provider, args)
+        runtime = build_data_efficiency_runtime(run.planner, training_samples(args, run), family)
+        optimizer = get_megatron_optimizer(model, optimizer_config_from_args(args))
+        scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args),
+                                            override_on_load=args.override_opt_param_scheduler)
+        de_state: dict = {}
+        remove_stale_temp_dirs(args.save)   # iter_X.tmp of killed saves (rank 0, before any save)
+        if args.load:
+            state, extra = load_for_run(model, optimizer, scheduler, args)
+            state.run_record = record
+            de_state = preflight.resumed_data_efficiency_state(extra, record, args)
+        logger.start(**_counters(state), resumed=state.iteration > 0,
+                     train_iters=run.train_iters,
+                     config=run_summary(args, run, model_type, record))
+        from megatron.model.moe.flags import moe_config_from_args
+        moe_monitor = MoEMonitor(model, moe_config_from_args(args))
+        iterators = build_train_valid_test_data_iterators(
+            train_valid_test_datasets_provider, args, runtime, run.train_valid_test_num_samples,
+            every_stage=model_type is ModelType.encoder, consumed_samples=state.consumed_samples,
+            iteration=state.iteration, data_efficiency_state=de_state,
+            train_iters=run.train_iters)
+        stopped = _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime,
+                                      iterators, state, args, logger, run, moe_monitor)
+        logger.end(**_counters(state), exit="stopped" if stopped else "finished",
+                   reason=stopped or "the stopping rule")
+    except BaseException as err:
+        logger.end(**_counters(state), **metrics_file.exit_fields(err))
+        raise
+    finally:
+        logger.close()
+    return state
+
+
+def _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime, iterators,
+                        state: TrainState, args: argparse.Namespace, logger: TrainingLogger,
+                        run: RunPlan, moe_monitor: MoEMonitor) -> str | None:
+    """The loop, then (when it reached the stopping rule) the final validation, unless the
+    last step evaluated, and the test split. Returns why the loop stopped early (None: it
+    did not)."""
     signal_handler.install(args.exit_signal_handler)
     try:
-        if _training_done(state, args, run):
+        if _training_done(state, run):
             print_rank_0(f" > nothing to train: iteration {state.iteration} already meets the "
                          "stopping rule (--train-iters / --train-samples / --train-tokens); "
                          "evaluating only")
@@ -453,20 +390,24 @@ def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_da
             print_rank_0(f" > training from iteration {state.iteration} (consumed samples "
                          f"{state.consumed_samples}, tokens {state.consumed_tokens})")
         first_iteration = state.iteration
-        finished = train(forward_step_func, model, optimizer, scheduler, runtime, iterators,
-                         state, args, logger, run, moe_monitor)
+        stopped = train(forward_step_func, model, optimizer, scheduler, runtime, iterators,
+                        state, args, logger, run, moe_monitor)
         evaluated = (state.iteration > first_iteration   # the loop's last step evaluated
                      and _eval_due(state.iteration, args, iterators[1]))
-        if finished and args.eval_iters > 0 and iterators[1] is not None and not evaluated:
+        if not stopped and args.eval_iters > 0 and iterators[1] is not None and not evaluated:
             state.last_validation = evaluate(forward_step_func, iterators[1], model, args,
                                              iteration=state.iteration)
             logger.validation(state.iteration, state.consumed_samples, state.consumed_tokens,
                               state.last_validation)
-        if finished and args.eval_iters > 0 and iterators[2] is not None:
+        if not stopped and args.eval_iters > 0 and iterators[2] is not None:
             test = evaluate(forward_step_func, iterators[2], model, args, iteration=state.iteration)
             logger.validation(state.iteration, state.consumed_samples, state.consumed_tokens,
                               test, prefix="test")
     finally:
         signal_handler.uninstall()
-        logger.close()
-    return state
+    return stopped
+
+
+def _counters(state: TrainState) -> dict:
+    return {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
+            "consumed_tokens": state.consumed_tokens}

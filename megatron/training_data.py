@@ -46,7 +46,7 @@ class MicrobatchFeed:
         batch = {} if self.iterator is None else dict(next(self.iterator))
         seq, rows = self.seq_length, self.micro_batch_size
         if self.plan is not None and self.iterator is not None:
-            batch, shape = self.runtime.prepare_microbatch(batch, self.plan, self.microbatch,
+            batch, shape = self.runtime.prepare_microbatch(batch, self.plan,
                                                            self.micro_batch_size)
             self.observed.append(shape)
             seq, rows = shape.seq_length, shape.rows

@@ -1,5 +1,9 @@
-"""The training log line, the validation line and the TensorBoard scalars (Megatron's
-names, plus Megatron-DeepSpeed's ``... vs tokens`` curves with consumed tokens as x)."""
+"""The training log line, the validation line, the TensorBoard scalars (Megatron's names,
+plus Megatron-DeepSpeed's ``... vs tokens`` curves with consumed tokens as x) and the
+metrics file (``megatron.metrics_file``: the same numbers as JSON lines, for programs).
+Each log step's numbers are computed once and then printed, written to TensorBoard and
+written to the metrics file, so what a program reads never depends on the wording of the
+printed line."""
 from __future__ import annotations
 
 import math
@@ -7,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from megatron.metrics_file import MetricsWriter
 
 
 @dataclass
@@ -24,6 +30,7 @@ class StepStats:
     losses: dict[str, float] = field(default_factory=dict)   # empty off the last stage
     # the step plan's TensorBoard values (curriculum/*, seqlen/*; tensors: histograms)
     extra_scalars: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, float] = field(default_factory=dict)   # the step plan's scalars()
 
 
 class TrainingLogger:
@@ -39,12 +46,15 @@ class TrainingLogger:
         log_validation_ppl: write ``<key> validation ppl``
             (``--log-validation-ppl-to-tensorboard``).
         log_timers: write ``iteration-time`` (``--log-timers-to-tensorboard``).
+        metrics_file: the JSON-lines metrics file (None: none), written by the logging
+            rank only.
     """
 
     def __init__(self, train_iters: int, log_interval: int, tensorboard_dir: str | None,
                  tensorboard_log_interval: int = 1, is_logging_rank: bool = True,
                  queue_size: int = 1000, log_batch_size: bool = True,
-                 log_validation_ppl: bool = True, log_timers: bool = True) -> None:
+                 log_validation_ppl: bool = True, log_timers: bool = True,
+                 metrics_file: str | None = None) -> None:
         self.train_iters = train_iters
         self.log_batch_size = log_batch_size
         self.log_validation_ppl = log_validation_ppl
@@ -56,6 +66,7 @@ class TrainingLogger:
         if tensorboard_dir and is_logging_rank:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=queue_size)
+        self.metrics = MetricsWriter(metrics_file if is_logging_rank else None)
         self._reset()
 
     def _reset(self) -> None:
@@ -123,14 +134,23 @@ class TrainingLogger:
             self.writer.add_scalar("tokens-per-second vs tokens", tokens_per_s, s.consumed_tokens)
         if not self.is_logging_rank:
             return
+        losses = {key: total / max(1, self.advanced) for key, total in self.loss_sums.items()}
+        self.metrics.write(
+            "step", iteration=s.iteration, consumed_samples=s.consumed_samples,
+            consumed_tokens=s.consumed_tokens, step_tokens=s.step_tokens,
+            learning_rate=s.learning_rate, global_batch_size=s.batch_size,
+            loss_scale=s.loss_scale, grad_norm=s.grad_norm, losses=losses,
+            interval=self.interval_iters, iteration_time_s=per_iter,
+            tokens_per_second=tokens_per_s, skipped_iterations=self.skipped,
+            nan_iterations=self.nan, plan=s.plan)
         line = f" iteration {s.iteration:8d}/{self.train_iters:8d} |"
         line += f" consumed samples: {s.consumed_samples:12d} |"
         line += f" consumed tokens: {s.consumed_tokens:12d} |"
         line += f" elapsed time per iteration (ms): {per_iter * 1000.0:.1f} |"
         line += f" learning rate: {s.learning_rate:.3E} |"
         line += f" global batch size: {s.batch_size:5d} |"
-        for key, total in self.loss_sums.items():
-            line += f" {key}: {total / max(1, self.advanced):.6E} |"
+        for key, mean in losses.items():
+            line += f" {key}: {mean:.6E} |"
         line += f" loss scale: {s.loss_scale:.1f} |"
         if s.grad_norm is not None:
             line += f" grad norm: {s.grad_norm:.3f} |"
@@ -141,9 +161,13 @@ class TrainingLogger:
 
     def validation(self, iteration: int, consumed_samples: int, consumed_tokens: int,
                    losses: dict[str, float], prefix: str = "validation") -> None:
-        """Print Megatron's validation block and write ``<key> validation`` scalars."""
+        """Print Megatron's validation block, write ``<key> validation`` scalars and the
+        metrics file's ``eval`` line."""
         if not self.is_logging_rank or not losses:
             return
+        self.metrics.write("eval", split=prefix, iteration=iteration,
+                           consumed_samples=consumed_samples, consumed_tokens=consumed_tokens,
+                           values=losses)
         text = f" {prefix} loss at iteration {iteration} | "
         for key, value in losses.items():
             text += f"{key} value: {value:.6E} | "
@@ -162,7 +186,16 @@ class TrainingLogger:
         bar = "-" * (len(text) + 1)
         print(f"{bar}\n{text}\n{bar}", flush=True)
 
+    def start(self, **fields) -> None:
+        """The metrics file's ``start`` line (``megatron.metrics_file``)."""
+        self.metrics.write("start", **fields)
+
+    def end(self, **fields) -> None:
+        """The metrics file's ``end`` line (``megatron.metrics_file``)."""
+        self.metrics.write("end", **fields)
+
     def close(self) -> None:
+        self.metrics.close()
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()

@@ -35,9 +35,10 @@ from megatron.initialize import get_tokenizer, initialize_megatron
 from megatron.model.classification import Classification
 from megatron.optimizer import get_megatron_optimizer
 from megatron.optimizer_param_scheduler import OptimizerParamScheduler
-from megatron.training import (TrainState, build_data_efficiency_runtime, build_model,
-                               evaluate, load_for_run, print_rank_0, train_step,
-                               training_logger)
+from megatron.data_efficiency.step_plan import StepPlanner
+from megatron.run_plan import run_shape
+from megatron.training import TrainState, evaluate, load_for_run, print_rank_0, train_step
+from megatron.training_setup import build_data_efficiency_runtime, build_model, training_logger
 from megatron.core.devices import accelerator_device
 from tasks import finetune_args as flags
 from tasks.eval_utils import TaskMetric, evaluate_files, is_last_rank
@@ -257,7 +258,8 @@ class _Run:
         self.results_file = args.results_file or (
             os.path.join(args.save, "results.json") if args.save else None)
         self.step_func = partial(forward_step, regression=spec.regression)
-        self.runtime = build_data_efficiency_runtime(rows, ModelType.encoder, None)
+        self.runtime = build_data_efficiency_runtime(    # plain: finetuning has no schedule
+            StepPlanner(rows.data_efficiency, run_shape(rows, ModelType.encoder)))
 
     def score(self, epoch: int) -> None:
         """Score every validation file; keep and write the numbers."""

@@ -1,6 +1,8 @@
-"""The library never reaches up into scripts: nothing under megatron/ or tasks/ imports
-tools/ or a pretrain_*.py entry point, or loads a file by its path (checked on the source,
-by walking every module's syntax tree, so a lazy import inside a function counts too)."""
+"""Imports that would run back up the layers, checked on the source by walking every
+module's syntax tree (so a lazy import inside a function counts too): nothing under
+megatron/ or tasks/ imports tools/ or a pretrain_*.py entry point, or loads a file by its
+path; tools/ import no entry point either; and the curriculum's mechanisms (sampler,
+clusters, transforms) never import the data-efficiency config or step plan built on them."""
 from __future__ import annotations
 
 import ast
@@ -40,12 +42,24 @@ def upward_imports(path: str) -> list[str]:
     return sorted(found, key=lambda line: int(line.split(":")[0]))
 
 
-def library_files(root: str = ROOT) -> list[str]:
+def library_files(root: str = ROOT, packages: tuple[str, ...] = LIBRARY) -> list[str]:
     out = []
-    for package in LIBRARY:
+    for package in packages:
         for folder, _, files in os.walk(os.path.join(root, package)):
             out += [os.path.join(folder, f) for f in files if f.endswith(".py")]
     return sorted(out)
+
+
+def imported_modules(path: str) -> set[str]:
+    """Every module name a source file imports (absolute imports)."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
 
 
 def test_library_imports_no_script_and_loads_nothing_by_path():
@@ -67,3 +81,19 @@ def test_the_walk_sees_lazy_imports_and_loads_by_path(tmp_path):
     assert upward_imports(str(src)) == [
         "3: imports tools.checkpoint_util", "4: imports pretrain_bert",
         "5: imports tools.analyze_data", "6: loads a file by path (spec_from_file_location)"]
+
+
+def test_tools_import_no_entry_point():
+    found = [(os.path.relpath(p, ROOT), m) for p in library_files(packages=("tools",))
+             for m in imported_modules(p) if m.split(".")[0].startswith("pretrain_")]
+    assert found == []
+
+
+def test_the_curriculum_does_not_import_the_config_built_on_it():
+    above = {"megatron.data_efficiency.config", "megatron.data_efficiency.step_plan",
+             "megatron.data_efficiency.runtime"}
+    found = [(os.path.relpath(p, ROOT), m)
+             for p in library_files(packages=(os.path.join("megatron", "data_efficiency",
+                                                           "curriculum"),))
+             for m in imported_modules(p) & above]
+    assert found == []

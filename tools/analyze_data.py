@@ -161,8 +161,8 @@ def _train_samples_from_training_flags(p: argparse.ArgumentParser, args: argpars
             train += [flag, value]
     extra, defaults = None, None
     if args.model == "bert":
-        import pretrain_bert
-        extra, defaults = pretrain_bert.add_bert_args, dict(pretrain_bert.ARGS_DEFAULTS)
+        from megatron.data.bert_flags import BERT_ARGS_DEFAULTS, add_bert_args
+        extra, defaults = add_bert_args, dict(BERT_ARGS_DEFAULTS)
     quiet = contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext()
     try:
         with quiet:

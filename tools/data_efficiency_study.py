@@ -14,8 +14,9 @@ corpus, the documents after the study's; on your data, --reference-data-path) an
 analyzer scores every training sample by its perplexity.
 
 Writes DIR/study.md, DIR/study.json, DIR/loss_vs_tokens.png, DIR/loss_vs_time.png, one
-folder per run under DIR/runs/ and its TensorBoard events under DIR/tensorboard/. Rerunning
-skips finished runs and resumes an interrupted one from its checkpoint.
+folder per run under DIR/runs/ (its checkpoints, train.log and metrics.jsonl, which the
+study reads) and its TensorBoard events under DIR/tensorboard/. Rerunning skips finished
+runs and resumes an interrupted one from its checkpoint.
 """
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ from megatron.study import data as study_data  # noqa: E402
 from megatron.study.cli import add_data_args, data_spec, preset_from_args, split_extra  # noqa: E402,E501
 from megatron.study.commands import budget_tokens, nominal_steps  # noqa: E402
 from megatron.study.results import write_atomic  # noqa: E402
-from megatron.study.runner import Progress, RunFailed, print_flush  # noqa: E402
+from megatron.study.progress import Progress, print_flush  # noqa: E402
+from megatron.study.runner import RunFailed  # noqa: E402
 from megatron.study.trials import (DURATIONS, MIN_EVALUATIONS, fraction_needed,  # noqa: E402
                                    start_candidates, technique, trial_evaluations,
                                    trial_preset, trial_runner, trial_steps)

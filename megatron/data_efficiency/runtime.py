@@ -3,35 +3,44 @@
 The loop calls every method here unconditionally, each step; it never asks which
 curriculum or whether random-LTD is on. Each step it asks for the step's ``StepPlan``
 (``plan_step``, pure), hands it to the micro-batch feed (``prepare_microbatch``: the
-check that the batch is the one the curriculum sampler drew for this step, the curriculum
-transform, the check that its shape matches the plan; ``token_drop_plan``: the random-LTD
-plan with its indices drawn), and completes it after the micro-batches ran
-(``finish_step``: seqreo's measured length, the sampled samples' metric values). The LR
-scheduler, the consumed-token counters and the logger read the finished plan.
+curriculum transform and the check that the batch's shape matches the plan;
+``token_drop_plan``: the random-LTD plan with its indices drawn), and completes it after
+the micro-batches ran (``finish_step``: seqreo's measured length, the sampled samples'
+metric values). The LR scheduler, the consumed-token counters and the logger read the
+finished plan.
+
+The runtime is given the run's ``StepPlanner`` (built once, by ``run_plan.plan_run``) and
+holds no schedule of its own: the curriculum sampler draws each global batch from that
+planner's difficulties, so the batch a step trains on is the plan's by construction and
+no per-micro-batch check of sample ids is needed. What does need checking is where the
+sampler starts: ``train_batch_sampler`` positions it at the loop's iteration and refuses a
+checkpoint's sampler state of another step.
 
 With nothing configured it is the plain behaviour: Megatron's sampler, full sequences,
 every layer sees every token, ``global_batch_size * seq_length`` tokens a step.
 
 Iterations are 0-based here (the step about to run); the curriculum's own 1-based step
-numbering is converted in ``curriculum.build``.
+numbering is converted in ``step_plan.curriculum_step``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from megatron.core.devices import collective_device
-from megatron.data_efficiency.config import DataEfficiencyConfig
-from megatron.data_efficiency.curriculum.build import build_sampler, sampled_values_histogram
+from megatron.data_efficiency.config import CurriculumConfig, DataEfficiencyConfig
+from megatron.data_efficiency.curriculum.sampler import (CurriculumSampler, Difficulties,
+                                                         SamplerMetric)
 from megatron.data_efficiency.curriculum.transforms import BatchShape
+from megatron.data_efficiency.data_family import DataFamily, GPTSamples, TrainingSamples
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
-from megatron.data_efficiency.step_plan import RunShape, StepPlan, StepPlanner, batch_mismatch
-from megatron.errors import BadInputError
+from megatron.data_efficiency.step_plan import (RunShape, StepPlan, StepPlanner, batch_mismatch,
+                                                curriculum_step)
 
-__all__ = ["DataEfficiencyRuntime", "Parallelism", "RunShape", "StepPlan"]
+__all__ = ["DataEfficiencyRuntime", "Parallelism", "RunShape", "StepPlan", "build_sampler"]
 
 
 @dataclass
@@ -48,51 +57,46 @@ class DataEfficiencyRuntime:
     """Step plans + curriculum sampler + batch transform + random-LTD draws.
 
     Args:
-        config: the validated ``DataEfficiencyConfig``.
-        shape: global sizes of the run.
+        planner: the run's ``StepPlanner`` (its config and ``RunShape``), built once.
         parallelism: this rank's DP / PP position and groups.
-        index_fingerprint: ``fn(train_dataset) -> str``, the fingerprint the analyzer's
-            index must carry for this run's training samples (None: not checked).
-        index_hint: ``fn(train_dataset) -> str``, how to build a matching index (added to
-            the error when the index does not match).
+        samples: the flags that decide the training samples, for the analyzer index's
+            fingerprint check (None: the index is not checked).
+        family: how the model family numbers its samples (default: ``GPTSamples``).
     """
 
-    def __init__(self, config: DataEfficiencyConfig, shape: RunShape,
-                 parallelism: Parallelism | None = None,
-                 index_fingerprint: Callable[[Any], str] | None = None,
-                 index_hint: Callable[[Any], str] | None = None) -> None:
-        ltd_model = {"decoder": "gpt", "encoder": "bert"}.get(config.random_ltd.model_type)
-        if ltd_model is not None and ltd_model != shape.model:
-            raise ValueError(f"data_routing.random_ltd.model_type "
-                             f"{config.random_ltd.model_type!r} contradicts the {shape.model} "
-                             f"model being trained")
-        self.config = config
-        self.shape = shape
+    def __init__(self, planner: StepPlanner, parallelism: Parallelism | None = None,
+                 samples: TrainingSamples | None = None,
+                 family: DataFamily | None = None) -> None:
+        self.planner = planner
         self.par = parallelism or Parallelism()
-        self.planner = StepPlanner(config, shape)
-        self.index_fingerprint = index_fingerprint
-        self.index_hint = index_hint
-        self.sampler = None
+        self.samples = samples
+        self.family = family or GPTSamples()
+        self.sampler: CurriculumSampler | None = None
+
+    @property
+    def config(self) -> DataEfficiencyConfig:
+        return self.planner.config
+
+    @property
+    def shape(self) -> RunShape:
+        return self.planner.shape
 
     # -- the step ------------------------------------------------------------------------
     def plan_step(self, iteration: int) -> StepPlan:
         """The plan of the optimizer step ``iteration`` (0-based); pure."""
         return self.planner.plan(iteration)
 
-    def prepare_microbatch(self, batch: dict, plan: StepPlan, microbatch: int,
+    def prepare_microbatch(self, batch: dict, plan: StepPlan,
                            micro_batch_size: int) -> tuple[dict, BatchShape]:
-        """Check one collated *training* micro-batch against the plan and transform it.
+        """Transform one collated *training* micro-batch to the plan and check its shape
+        (its samples are the plan's by construction: the sampler draws from the plan).
 
         Returns:
             The batch (with ``seq_length``) and the rows / length it has.
 
         Raises:
-            RuntimeError: the batch is not the plan's: sample ids the curriculum sampler
-                did not draw for this step, or rows / length other than planned.
+            RuntimeError: the batch has other rows / length than planned.
         """
-        problem = self._ids_mismatch(batch, plan, microbatch)
-        if problem is not None:
-            raise RuntimeError(problem)
         if self.planner.transform is not None:
             batch, shape = self.planner.transform.apply(batch, plan.transform_difficulty,
                                                         self.par.dp_group)
@@ -105,19 +109,6 @@ class DataEfficiencyRuntime:
             raise RuntimeError(problem)
         batch["seq_length"] = shape.seq_length
         return batch, shape
-
-    def _ids_mismatch(self, batch: dict, plan: StepPlan, microbatch: int) -> str | None:
-        """The curriculum sampler's ids for (step, micro-batch) must be the batch's: the
-        loader and the loop are on the same step (CPU tensors of the loader: no sync)."""
-        if self.sampler is None or "sample_id" not in batch:
-            return None
-        expected = self.sampler.micro_batch_ids(plan.curriculum_step, microbatch)
-        got = batch["sample_id"]
-        if expected is not None and torch.equal(got, torch.as_tensor(expected, dtype=got.dtype)):
-            return None
-        return (f"iteration {plan.iteration + 1}, micro-batch {microbatch}: the data loader's "
-                f"sample ids are not the curriculum sampler's for this step (sampler at "
-                f"step {self.sampler.step})")
 
     def token_drop_plan(self, plan: StepPlan, microbatch: int, batch_size: int,
                         seq_length: int, device: torch.device | str = "cpu"
@@ -163,18 +154,19 @@ class DataEfficiencyRuntime:
         cl = self.config.curriculum
         if not cl.enabled or not cl.sampling_metrics:
             return None
-        fingerprint = (self.index_fingerprint(dataset) if self.index_fingerprint is not None
-                       else None)
+        fingerprint = (self.family.fingerprint(dataset, self.samples)
+                       if self.samples is not None else None)
         try:
-            self.sampler = build_sampler(cl, self.shape.global_batch_size, micro_batch_size,
+            self.sampler = build_sampler(cl, self.planner.difficulties,
+                                         self.shape.global_batch_size, micro_batch_size,
                                          self.par.dp_rank, self.par.dp_size, self.shape.seed,
                                          expected_fingerprint=fingerprint,
                                          first_step=first_iteration,
                                          num_samples=len(dataset))
         except ValueError as err:
-            if self.index_hint is None or "fingerprint" not in str(err):
+            if self.samples is None or "fingerprint" not in str(err):
                 raise
-            raise BadInputError(f"{err}\n{self.index_hint(dataset)}") from None
+            raise self.family.mismatch(err, dataset, self.samples) from None
         saved = (state or {}).get("curriculum_sampler")
         if saved is not None:
             if int(saved["step"]) != first_iteration:
@@ -193,6 +185,53 @@ class DataEfficiencyRuntime:
         if self.sampler is not None:
             state["curriculum_sampler"] = self.sampler.state_dict(steps_consumed=iteration)
         return state
+
+
+def build_sampler(config: CurriculumConfig, difficulties: Difficulties,
+                  global_batch_size: int, micro_batch_size: int, dp_rank: int, dp_size: int,
+                  seed: int, expected_fingerprint: str | None = None, first_step: int = 0,
+                  num_samples: int | None = None) -> CurriculumSampler | None:
+    """The curriculum sampler over the config's index metrics, or None if it has none.
+
+    Args:
+        difficulties: the step plan's difficulties per iteration
+            (``StepPlanner.difficulties``): the sampler's only thresholds.
+
+    Indexes are opened memory-mapped through ``analyzer.index_io.MetricIndex.open``; a
+    fingerprint mismatch (index built for other data) is an error. A DeepSpeed
+    ``DataAnalyzer`` index (no fingerprint) is read directly and must count
+    ``num_samples`` (the training set's length) samples.
+    """
+    metrics = config.sampling_metrics if config.enabled else []
+    if not metrics:
+        return None
+    built = [SamplerMetric(m.name, _open_index(m.index_path, expected_fingerprint, num_samples),
+                           m.difficulty_type, m.schedule.max_difficulty, m.window_low)
+             for m in metrics]
+    return CurriculumSampler(built, difficulties, global_batch_size, micro_batch_size,
+                             dp_rank, dp_size, seed=seed, first_step=first_step)
+
+
+def _open_index(path, expected_fingerprint: str | None, num_samples: int | None):
+    from megatron.data_efficiency.analyzer.deepspeed_index import (DeepSpeedIndexPaths,
+                                                                   open_deepspeed_index)
+    from megatron.data_efficiency.analyzer.index_io import MetricIndex
+    if isinstance(path, DeepSpeedIndexPaths):
+        return open_deepspeed_index(path, expected_num_samples=num_samples)
+    return MetricIndex.open(path, expected_fingerprint)
+
+
+def sampled_values_histogram(sampler: CurriculumSampler | None,
+                             iteration: int) -> dict[str, torch.Tensor]:
+    """Metric values of the global batch drawn for ``iteration`` (0-based), per metric,
+    for a TensorBoard histogram (empty when the sampler no longer keeps that batch)."""
+    if sampler is None:
+        return {}
+    batch = sampler.global_batch(curriculum_step(iteration))
+    if batch is None:
+        return {}
+    return {f"curriculum/{k}_sampled": torch.from_numpy(v.astype("float64"))
+            for k, v in sampler.metric_values(batch).items()}
 
 
 def _agree(local_tokens: int, longest: int, par: Parallelism) -> tuple[int, int]:

@@ -4,26 +4,41 @@
 iteration: the sequence length and rows, the curriculum difficulties, the random-LTD kept
 length and dropping layers, the tokens the step consumes, and the TensorBoard scalars. The
 micro-batch feed, the pipeline shapes, the batch transform, random-LTD, the token
-accounting, the LR scheduler and the logger all read that one value; nobody recomputes a
-schedule. ``seqreo`` (BERT) cuts each batch to its longest sample, so its plan is
-completed from what the batches showed (``StepPlan.measured``).
+accounting, the LR scheduler and the logger all read that one value, and the curriculum
+sampler draws from its difficulties (``StepPlanner.difficulties``): the planner is the
+only thing that evaluates a pacing function; nobody recomputes a schedule. ``seqreo``
+(BERT) cuts each batch to its longest sample, so its plan is completed from what the
+batches showed (``StepPlan.measured``).
+
+Iterations are 0-based here; the curriculum counts steps from 1 (DeepSpeed's
+convention): ``curriculum_step`` is the one place that converts. ``plan_run``
+(``megatron/run_plan.py``) builds the run's ``RunShape`` and ``StepPlanner`` once; the
+runtime, the sampler and the run's sizing all use that planner.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
-from megatron.data_efficiency.config import DataEfficiencyConfig
-from megatron.data_efficiency.curriculum.build import CurriculumTransform, curriculum_step
+from megatron.data_efficiency.config import CurriculumConfig, DataEfficiencyConfig
+from megatron.data_efficiency.curriculum import transforms
 from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler
 from megatron.data_efficiency.curriculum.transforms import BatchShape, shape_for_difficulty
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.data_efficiency.random_ltd.scheduler import RandomLTDScheduler
 from megatron.data_efficiency.token_accounting import tokens_per_step
+
+
+_KEEP = 1024   # iterations of difficulties a planner keeps (a loader prefetches far fewer)
+
+
+def curriculum_step(iteration: int) -> int:
+    """1-based curriculum step of the optimizer step ``iteration`` (0-based)."""
+    return iteration + 1
 
 
 @dataclass(frozen=True)
@@ -131,11 +146,19 @@ class StepPlanner:
         shape: the run's sizes.
 
     Raises:
-        ValueError: a shape-changing transform (seqres, seqreo) with pipeline stages.
+        ValueError: a shape-changing transform (seqres, seqreo) with pipeline stages, or
+            a random-LTD ``model_type`` other than the model trained.
     """
 
     def __init__(self, config: DataEfficiencyConfig, shape: RunShape) -> None:
+        ltd_model = {"decoder": "gpt", "encoder": "bert"}.get(config.random_ltd.model_type)
+        if ltd_model is not None and ltd_model != shape.model:
+            raise ValueError(f"data_routing.random_ltd.model_type "
+                             f"{config.random_ltd.model_type!r} contradicts the {shape.model} "
+                             f"model being trained")
+        self.config = config
         self.shape = shape
+        self._recent: dict[int, Mapping[str, float]] = {}   # iteration -> difficulties
         cl = config.curriculum
         transform = CurriculumTransform(cl, shape.model) if cl.enabled else None
         self.transform = transform if transform is not None and transform.kind else None
@@ -153,22 +176,35 @@ class StepPlanner:
     def kind(self) -> str | None:
         return None if self.transform is None else self.transform.kind
 
+    def difficulties(self, iteration: int) -> Mapping[str, float]:
+        """Curriculum metric -> difficulty in force at the optimizer step ``iteration``
+        (0-based): the step plan's ``difficulties``, which the curriculum sampler draws
+        from. Pure; the last ``_KEEP`` iterations' values are kept, so the plan and the
+        sampler (a few steps ahead with a prefetching loader) read one computed value."""
+        found = self._recent.get(iteration)
+        if found is None:
+            step = curriculum_step(iteration)
+            out = {name: sched.difficulty_at(step) for name, sched in self.sampling}
+            if self.kind in ("seqtru", "seqres"):
+                out[self.transform.name] = self.transform.difficulty(iteration)
+            found = MappingProxyType(out)
+            if len(self._recent) >= _KEEP:
+                del self._recent[next(iter(self._recent))]
+            self._recent[iteration] = found
+        return found
+
     def plan(self, iteration: int) -> StepPlan:
         """The plan of the optimizer step ``iteration`` (0-based)."""
         s, gbs = self.shape.seq_length, self.shape.global_batch_size
-        step = curriculum_step(iteration)
-        difficulties = {name: sched.difficulty_at(step) for name, sched in self.sampling}
-        d = None
-        if self.kind in ("seqtru", "seqres"):
-            d = self.transform.difficulty(iteration)
-            difficulties[self.transform.name] = d
+        difficulties = self.difficulties(iteration)
+        d = difficulties[self.transform.name] if self.kind in ("seqtru", "seqres") else None
         shape = shape_for_difficulty(self.kind if d is not None else None, d, gbs, s,
                                      self.shape.model)
         rows, seq = shape.rows, shape.seq_length
         kept = None if self.random_ltd is None else self.random_ltd.kept_length(iteration)
         plan = StepPlan(iteration=iteration, rows=rows, seq_length=seq, global_batch_size=gbs,
                         num_microbatches=self.shape.num_microbatches, transform=self.kind,
-                        transform_difficulty=d, difficulties=MappingProxyType(difficulties),
+                        transform_difficulty=d, difficulties=difficulties,
                         kept_length=kept,
                         dropping_layers=(self.random_ltd.layer_ids if self.random_ltd
                                          else frozenset()),
@@ -186,6 +222,44 @@ class StepPlanner:
             total += self.plan(step).consumed_tokens
             step += 1
         return step
+
+
+class CurriculumTransform:
+    """The batch transform of a config (seqtru / seqres / seqreo) with its pacing.
+
+    Args:
+        config: the curriculum config.
+        model: ``"gpt"`` or ``"bert"``.
+    """
+
+    def __init__(self, config: CurriculumConfig, model: str = "gpt"):
+        self.kind = config.transform_for(model) if config.enabled else None
+        metric = config.transform_metric if config.enabled else None
+        self.name = metric.name if metric is not None else None
+        self.scheduler = CurriculumScheduler(metric.schedule) if metric is not None else None
+        self.model = model
+
+    def difficulty(self, iteration: int) -> int | None:
+        """Sequence length the transform allows at ``iteration`` (None: no transform);
+        pure in the iteration."""
+        if self.scheduler is None:
+            return None
+        return int(self.scheduler.difficulty_at(curriculum_step(iteration)))
+
+    def apply(self, batch: dict, difficulty: int | None,
+              dp_group: Any = None) -> tuple[dict, BatchShape]:
+        """Transform one collated *training* micro-batch (never evaluation data) to the
+        step's ``difficulty`` (the step plan's; seqreo measures the batch instead and
+        agrees its length over ``dp_group``, None: local)."""
+        if self.kind == "seqtru":
+            return transforms.seqtru(batch, difficulty, self.model)
+        if self.kind == "seqres":
+            return transforms.seqres(batch, difficulty)
+        if self.kind == "seqreo":
+            return transforms.seqreo(batch, dp_group)
+        text = batch["text"]
+        seq = text.shape[1] - 1 if self.model == "gpt" else text.shape[1]
+        return dict(batch), BatchShape(text.shape[0], seq)
 
 
 def batch_mismatch(plan: StepPlan, shape: BatchShape, micro_batch_size: int) -> str | None:

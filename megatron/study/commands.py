@@ -123,13 +123,14 @@ def random_ltd_flags(arm: Arm, preset: Preset, steps: int) -> list[str]:
 
 
 def pretrain_command(preset: Preset, run: RunSpec, data: DataSpec, run_dir: str,
-                     tensorboard_dir: str, index_dir: str,
-                     extra: tuple[str, ...] = ()) -> list[str]:
+                     tensorboard_dir: str, index_dir: str, extra: tuple[str, ...] = (),
+                     metrics_file: str | None = None) -> list[str]:
     """The full ``pretrain_*.py`` argument list (script path first) of one run.
 
     Sized in tokens: ``--train-tokens`` is the run's budget, warmup is the same number of
     tokens at every budget, the decay spans the run's budget. Each evaluation reads the
-    whole validation split (``--eval-full``).
+    whole validation split (``--eval-full``). The study reads the run's
+    ``--metrics-file`` (default ``<run_dir>/metrics.jsonl``); TensorBoard is for people.
     """
     tokens = budget_tokens(preset, run.budget_fraction)
     steps = nominal_steps(preset, tokens)
@@ -151,7 +152,8 @@ def pretrain_command(preset: Preset, run: RunSpec, data: DataSpec, run_dir: str,
              "--data-cache-path", data.cache_dir, *data.tokenizer_flags,
              "--eval-full", "--eval-interval", str(p.eval_interval),
              "--log-interval", str(p.log_interval), "--tensorboard-dir", tensorboard_dir,
-             # iteration-time (the study's training time) and the validation ppl
+             "--metrics-file", metrics_file or os.path.join(run_dir, "metrics.jsonl"),
+             # TensorBoard for people: iteration time and the validation ppl too
              "--log-timers-to-tensorboard", "--log-validation-ppl-to-tensorboard",
              "--save", ckpt, "--load", ckpt, "--save-interval", str(p.eval_interval),
              *p.extra]

@@ -12,29 +12,35 @@ from megatron.checkpointing import read_tracker
 from megatron.study.commands import (MODEL_METRICS, RANDOM_METRIC_FN, DataSpec,
                                      analyzer_metrics, train_samples, window_metrics)
 from megatron.study.presets import Preset
+from megatron.study.progress import TrainingProgress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # Output lines of a tool that are passed on as progress: the analyzer's (per shard, and
-# per forward batch of a model metric, with rate and ETA) and training's log lines.
-_PROGRESS_LINES = ("[analyzer]", " iteration ")
+# per forward batch of a model metric, with rate and ETA). Training's progress comes from
+# its metrics file (``metrics_file`` below), not from its printed log.
+_PROGRESS_LINES = ("[analyzer]",)
 
 
 def run_tool(name: str, args: list[str], log: Callable[[str], None],
-             log_file: str | None = None) -> None:
+             log_file: str | None = None, metrics_file: str | None = None) -> None:
     """Run ``tools/<name>`` (or a top-level script, ``name`` starting with ``../``) with
-    this Python, passing its progress lines to ``log`` as they come; on failure raise with
-    its output's tail. ``log_file`` keeps the whole output."""
+    this Python, passing its progress lines to ``log`` as they come (a training script's
+    from its ``metrics_file``); on failure raise with its output's tail. ``log_file`` keeps
+    the whole output."""
     cmd = [sys.executable, os.path.normpath(os.path.join(ROOT, "tools", name)), *args]
     log(f"  $ {' '.join(cmd[1:])}")
     output = []
+    training = TrainingProgress(metrics_file) if metrics_file else None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           cwd=ROOT) as proc:
         for line in proc.stdout:
             output.append(line)
             if line.startswith(_PROGRESS_LINES):
                 log("    " + line.strip())
+            for text in training.poll() if training else ():
+                log("    " + text)
     text = "".join(output)
     if log_file is not None:
         with open(log_file, "a") as f:
@@ -139,8 +145,10 @@ def train_reference(preset: Preset, ref_data: DataSpec, out_dir: str, seed: int,
         "--seed", str(seed), "--data-path", ref_data.data_path, "--split", "100,0,0",
         "--data-cache-path", ref_data.cache_dir, *ref_data.tokenizer_flags,
         "--eval-iters", "0", "--log-interval", str(p.log_interval),
+        "--metrics-file", os.path.join(out_dir, "metrics.jsonl"),
         "--save", ckpt, "--load", ckpt, "--save-interval", str(r.train_iters), *p.extra],
-        log, log_file=os.path.join(out_dir, "train.log"))
+        log, log_file=os.path.join(out_dir, "train.log"),
+        metrics_file=os.path.join(out_dir, "metrics.jsonl"))
     return ckpt
 
 

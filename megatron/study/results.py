@@ -1,4 +1,5 @@
-"""Reading a run's results back from its TensorBoard events, and the study's outputs:
+"""Reading a run's results back from its metrics file (``megatron.metrics_file``: the
+JSON lines training writes, never its printed log), and the study's outputs:
 ``study.json``, the paper-shaped ``study.md`` table and the PNG plots."""
 from __future__ import annotations
 
@@ -7,59 +8,54 @@ import math
 import os
 import statistics
 
-LOSS, ACCURACY = "lm loss validation", "lm accuracy validation"
+from megatron.metrics_file import RunMetrics, read_metrics
+
+LOSS, ACCURACY = "lm loss", "lm accuracy"
 
 
-def read_scalars(tensorboard_dir: str, tags: tuple[str, ...]) -> dict[str, dict[int, float]]:
-    """``{tag: {step: value}}`` over every event file in the folder; where a resumed run
-    wrote a step again, the later write wins."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(tensorboard_dir, size_guidance={"scalars": 0},
-                           purge_orphaned_data=False)
-    acc.Reload()
-    have = set(acc.Tags().get("scalars", []))
-    out: dict[str, dict[int, float]] = {}
-    for tag in tags:
-        events = sorted(acc.Scalars(tag), key=lambda e: e.wall_time) if tag in have else []
-        out[tag] = {e.step: e.value for e in events}
-    return out
-
-
-def _cumulative_seconds(iteration_time: dict[int, float]) -> dict[int, float]:
-    """Training seconds up to each logged step: each log line's per-iteration time times
-    the steps since the previous log line (evaluation time is not in it)."""
+def _cumulative_seconds(metrics: RunMetrics) -> dict[int, float]:
+    """Training seconds up to each logged step: each step line's per-iteration time times
+    the steps since the previous step line (evaluation time is not in it)."""
     total, prev, out = 0.0, 0, {}
-    for step in sorted(iteration_time):
-        total += iteration_time[step] * (step - prev)
+    for step in sorted(metrics.steps):
+        total += (metrics.steps[step]["iteration_time_s"] or 0.0) * (step - prev)
         prev, out[step] = step, total
     return out
 
 
-def run_record(tensorboard_dir: str) -> dict:
-    """The record of one finished run: final consumed tokens, training seconds, whole-split
-    validation loss / perplexity (/ accuracy), and the validation curve.
+def run_record(metrics_path: str) -> dict:
+    """The record of one finished run from its metrics file: final consumed tokens,
+    training seconds, whole-split validation loss / perplexity (/ accuracy), and the
+    validation curve. Steps a resumed run took again count once (the file's reading
+    rules).
 
     Raises:
-        ValueError: when the events hold no validation result (the run did not finish).
+        ValueError: when the file holds no validation result (the run did not finish).
     """
-    s = read_scalars(tensorboard_dir, (LOSS, ACCURACY, "consumed-tokens", "iteration-time"))
-    if not s[LOSS]:
-        raise ValueError(f"{tensorboard_dir}: no '{LOSS}' events (did the run finish?)")
-    last = max(s["consumed-tokens"])
-    seconds = _cumulative_seconds(s["iteration-time"])
+    if not os.path.exists(metrics_path):
+        raise ValueError(f"{metrics_path}: no metrics file (did the run start?)")
+    metrics = read_metrics(metrics_path)
+    loss = metrics.eval_series("validation", LOSS)
+    if not loss:
+        raise ValueError(f"{metrics_path}: no '{LOSS} validation' result (did the run "
+                         "finish?)")
+    last = metrics.last()
+    seconds = _cumulative_seconds(metrics)
 
     def seconds_at(step: int) -> float:
         return max((v for k, v in seconds.items() if k <= step), default=0.0)
 
-    curve = [{"iteration": it, "tokens": int(s["consumed-tokens"].get(it, 0)),
-              "seconds": seconds_at(it), "loss": loss}
-             for it, loss in sorted(s[LOSS].items())]
-    final = s[LOSS][max(s[LOSS])]
-    record = {"iterations": last, "consumed_tokens": int(s["consumed-tokens"][last]),
-              "train_seconds": round(seconds_at(last), 3), "val_loss": final,
+    tokens = {it: int(e["consumed_tokens"]) for (split, it), e in metrics.evals.items()
+              if split == "validation"}
+    curve = [{"iteration": it, "tokens": tokens[it], "seconds": seconds_at(it), "loss": value}
+             for it, value in loss.items()]
+    final = loss[max(loss)]
+    record = {"iterations": last["iteration"], "consumed_tokens": int(last["consumed_tokens"]),
+              "train_seconds": round(seconds_at(last["iteration"]), 3), "val_loss": final,
               "val_ppl": math.exp(min(final, 50.0)), "curve": curve}
-    if s[ACCURACY]:
-        record["val_accuracy"] = s[ACCURACY][max(s[ACCURACY])]
+    accuracy = metrics.eval_series("validation", ACCURACY)
+    if accuracy:
+        record["val_accuracy"] = accuracy[max(accuracy)]
     return record
 
 

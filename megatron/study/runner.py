@@ -1,32 +1,32 @@
 """Runs a study: builds the data and indexes once, runs every (arm, budget, seed) as an
 ordinary ``pretrain_*.py`` process in its own folder (resumable), reads the results back
-and writes the outputs. Progress (step, loss, ETA) is printed as the runs go."""
+and writes the outputs. Progress (step, loss, ETA) is printed as the runs go.
+
+Everything the study learns of a run comes from the run's metrics file
+(``runs/<run>/metrics.jsonl``, ``megatron.metrics_file``): progress, the results, and
+the analyzer index a run asks for. Its printed log goes to ``train.log`` for people
+only, so rewording a log line changes nothing here."""
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from megatron.metrics_file import read_metrics
 from megatron.study import data as study_data
 from megatron.study import results
 from megatron.study.commands import (MODEL_METRICS, DataSpec, RunSpec, budget_tokens,
                                      pretrain_command)
 from megatron.study.presets import Preset
+from megatron.study.progress import Progress, TrainingProgress, print_flush
 
 BASE_SEED = 1234
-_STEP = re.compile(r"iteration\s+(\d+)/\s*(\d+) \|.*?per iteration \(ms\): ([\d.]+)"
-                   r"(?:.*?lm loss: ([\d.E+-]+))?")
-# Training's message when an index covers another number of epochs (megatron/training.py).
-_INDEX_HINT = re.compile(r"this run builds \d+ training samples; index them with: "
-                         r".*?--train-samples (\d+)")
-_VALID = re.compile(r"validation loss at iteration (\d+) \| lm loss value: ([\d.E+-]+)")
+METRICS_FILE = "metrics.jsonl"   # in the run's folder
 
 
 class RunFailed(RuntimeError):
@@ -59,70 +59,39 @@ class StudyConfig:
         return [BASE_SEED + i for i in range(self.seeds)]
 
 
-class Progress:
-    """Thread-safe condensed progress lines: one per training log line and validation, and
-    ``[run N/M]`` as each run ends (``unit`` names the runs; ``at_most``: M is an upper
-    bound, as for the tuner's binary search)."""
-
-    def __init__(self, total_runs: int, printer: Callable[[str], None], unit: str = "run",
-                 at_most: bool = False) -> None:
-        self.total, self.done, self.lock, self.printer = total_runs, 0, threading.Lock(), printer
-        self.unit, self.at_most = unit, at_most
-
-    def say(self, text: str) -> None:
-        with self.lock:
-            self.printer(text)
-
-    def line(self, name: str, text: str) -> None:
-        m = _STEP.search(text)
-        if m:
-            it, total, ms = int(m.group(1)), int(m.group(2)), float(m.group(3))
-            eta = max(0, total - it) * ms / 1000.0
-            loss = f" loss {float(m.group(4)):.4f}" if m.group(4) else ""
-            self.say(f"  [{name}] step {it}/{total}{loss}  ETA {_clock(eta)}")
-            return
-        m = _VALID.search(text)
-        if m:
-            self.say(f"  [{name}] validation (whole split) at step {m.group(1)}: "
-                     f"loss {float(m.group(2)):.4f}")
-
-    def finished(self, name: str, record: dict, skipped: bool) -> None:
-        with self.lock:
-            self.done += 1
-        how = "already done, skipped" if skipped else f"{record['train_seconds']:.1f} s"
-        of = f" of at most {self.total}" if self.at_most else f"/{self.total}"
-        self.say(f"[{self.unit} {self.done}{of}] {name}: val loss {record['val_loss']:.4f}, "
-                 f"{record['consumed_tokens']:,} tokens, {how}")
-
-
-def print_flush(text: str) -> None:
-    print(text, flush=True)
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def _train(cmd: list[str], run_dir: str, threads: int, progress: Progress, name: str) -> int:
-    """Run one pretraining process, appending its output to ``train.log``."""
+    """Run one pretraining process, appending its output to ``train.log``; progress from
+    the lines it appends to its metrics file."""
     results.write_atomic(os.path.join(run_dir, "command.txt"), " ".join(cmd) + "\n")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    training = TrainingProgress(os.path.join(run_dir, METRICS_FILE))
+
+    def report() -> None:
+        for text in training.poll():
+            progress.say(f"  [{name}] {text}")
+
     with open(os.path.join(run_dir, "train.log"), "a", buffering=1) as log:   # tail -f works
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=env, cwd=study_data.ROOT)
-        for line in proc.stdout:
-            log.write(line)
-            progress.line(name, line)
-        return proc.wait()
+        for text in proc.stdout:
+            log.write(text)
+            report()
+        rc = proc.wait()
+    report()
+    return rc
 
 
-def _index_samples_needed(log_path: str) -> int | None:
+def _index_samples_needed(metrics_path: str) -> int | None:
     """The ``--train-samples`` of the analyzer run training asked for, when it refused an
-    index built for another number of epochs (the arm draws more samples than one epoch)."""
-    with open(log_path) as f:
-        found = _INDEX_HINT.findall(f.read()[-20000:])
-    return int(found[-1]) if found else None
+    index built for other samples (the arm draws more samples than one epoch): the
+    ``end`` line's error of its metrics file."""
+    if not os.path.exists(metrics_path):
+        return None
+    end = read_metrics(metrics_path).end or {}
+    error = end.get("error") or {}
+    if error.get("type") != "IndexMismatchError":
+        return None
+    return int(error["train_samples"])
 
 
 def execute_run(preset: Preset, run: RunSpec, data: DataSpec, out_dir: str, index_dir: str,
@@ -142,14 +111,15 @@ def execute_run(preset: Preset, run: RunSpec, data: DataSpec, out_dir: str, inde
     os.makedirs(run_dir, exist_ok=True)
     tb_dir = os.path.join(out_dir, "tensorboard", run.name)
     log_path = os.path.join(run_dir, "train.log")
+    metrics_path = os.path.join(run_dir, METRICS_FILE)
     own_index = os.path.join(run_dir, "index.txt")
     if os.path.exists(own_index):
         index_dir = open(own_index).read().strip()
     for attempt in range(2):
         cmd = [sys.executable, *pretrain_command(preset, run, data, run_dir, tb_dir,
-                                                 index_dir, extra)]
+                                                 index_dir, extra, metrics_path)]
         rc = _train(cmd, run_dir, threads, progress, run.name)
-        needed = _index_samples_needed(log_path) if rc != 0 and attempt == 0 else None
+        needed = _index_samples_needed(metrics_path) if rc != 0 and attempt == 0 else None
         if needed is None:
             break
         index_dir = f"{index_dir}_n{needed}"
@@ -161,14 +131,14 @@ def execute_run(preset: Preset, run: RunSpec, data: DataSpec, out_dir: str, inde
         with open(log_path) as f:
             tail = f.read()[-4000:]
         raise RunFailed(f"run {run.name} failed (exit {rc}); log: {log_path}\n{tail}")
-    return _finish(preset, run, tb_dir, log_path, result_path, progress)
+    return _finish(preset, run, metrics_path, log_path, result_path, progress)
 
 
-def _finish(preset: Preset, run: RunSpec, tb_dir: str, log_path: str, result_path: str,
+def _finish(preset: Preset, run: RunSpec, metrics_path: str, log_path: str, result_path: str,
             progress: Progress) -> dict:
     """Read the finished run back, check it reached its budget, write ``result.json``."""
     try:
-        read = results.run_record(tb_dir)
+        read = results.run_record(metrics_path)
     except ValueError as exc:   # e.g. stopped by --exit-interval before any evaluation
         raise RunFailed(f"run {run.name} did not finish ({exc}); rerun the study to resume "
                         f"it (log: {log_path})") from None

@@ -11,7 +11,8 @@ from megatron.study import data as study_data
 from megatron.study.commands import (DIFFICULTY_STEP, INDEX_OF, SEQ_PER_STEP, DataSpec, RunSpec,
                                      budget_tokens, nominal_steps)
 from megatron.study.presets import Arm, Preset, with_hyper
-from megatron.study.runner import BASE_SEED, Progress, execute_run
+from megatron.study.progress import Progress
+from megatron.study.runner import BASE_SEED, execute_run
 
 PERCENTILE_STARTS = (1, 2, 3, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 DURATIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))

@@ -11,7 +11,7 @@ import pytest
 from megatron.arguments import ArgumentValidationError, parse_args, validate_args
 from megatron.core.enums import ModelType
 from megatron.data_efficiency.analyzer import deepspeed_index as dsi
-from megatron.data_efficiency.curriculum.build import build_sampler
+from megatron.data_efficiency.runtime import build_sampler
 from megatron.run_plan import plan_run
 
 BASE = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "2",
@@ -213,11 +213,12 @@ def test_deepspeed_index_is_read_directly_and_its_count_checked(tmp_path):
             "clustering_type": "schedule_based", "min_difficulty": 10, "max_difficulty": 100,
             "schedule_type": "fixed_root", "schedule_config": {
                 "total_curriculum_step": 5, "difficulty_step": 1, "root_degree": 2}}}}})
-    cfg = _validate(tmp_path, ds, "--fp16").data_efficiency.curriculum
-    sampler = build_sampler(cfg, 4, 2, 0, 1, seed=99, num_samples=40)
+    args = _validate(tmp_path, ds, "--fp16")
+    cfg, difficulties = args.data_efficiency.curriculum, plan_run(args).planner.difficulties
+    sampler = build_sampler(cfg, difficulties, 4, 2, 0, 1, seed=99, num_samples=40)
     np.testing.assert_array_equal(sampler.metrics[0].index.sample_to_metric, values)
     with pytest.raises(ValueError, match="describes 40 samples but the training dataset has 41"):
-        build_sampler(cfg, 4, 2, 0, 1, seed=99, num_samples=41)
+        build_sampler(cfg, difficulties, 4, 2, 0, 1, seed=99, num_samples=41)
     bad = copy.deepcopy(ds)
     bad["data_efficiency"]["data_sampling"]["curriculum_learning"]["curriculum_metrics"]["voc"][
         "index_to_metric_path"] = str(tmp_path / "nowhere_index_to_metric")
@@ -244,16 +245,16 @@ def test_train_iters_with_train_samples_still_refused():
 
 def test_data_efficiency_seed_seeds_the_run(tmp_path):
     """DeepSpeed seeds its data sampler with data_efficiency.seed, not --seed."""
-    from megatron.training import build_data_efficiency_runtime
+    from megatron.training_setup import build_data_efficiency_runtime
     args = _validate(tmp_path, DS, "--fp16", "--seed", "5")
     run = plan_run(args, ModelType.encoder_or_decoder)
-    runtime = build_data_efficiency_runtime(args, ModelType.encoder_or_decoder, run)
+    runtime = build_data_efficiency_runtime(run.planner)
     assert runtime.shape.seed == 99
     assert _validate(tmp_path, None, "--seed", "5").data_efficiency.seed == 5
 
 
 def test_random_ltd_model_type_must_be_the_model(tmp_path):
-    from megatron.training import build_data_efficiency_runtime
+    from megatron.training_setup import build_data_efficiency_runtime
     args = _validate(tmp_path, DS, "--fp16")
     with pytest.raises(ValueError, match="model_type 'decoder' contradicts the bert model"):
-        build_data_efficiency_runtime(args, ModelType.encoder, plan_run(args, ModelType.encoder))
+        build_data_efficiency_runtime(plan_run(args, ModelType.encoder).planner)

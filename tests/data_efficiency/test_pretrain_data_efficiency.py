@@ -223,6 +223,25 @@ def test_index_for_other_samples_is_refused(indexed_corpus):
                  pretrain_gpt.forward_step, argv=flags)
 
 
+def test_index_refusal_reaches_the_metrics_file(indexed_corpus, tmp_path):
+    """Tools read the refusal from the metrics file's end line (the study builds the
+    index it names), not from the message: the analyzer command and its sample count."""
+    from megatron.metrics_file import read_metrics
+    prefix, index = indexed_corpus
+    path = str(tmp_path / "metrics.jsonl")
+    flags = _flags(prefix, *_curriculum("voc", index), "--metrics-file", path)
+    flags[flags.index("--seed") + 1] = str(SEED + 1)
+    with pytest.raises(ValueError, match="fingerprint"):
+        pretrain(pretrain_gpt.train_valid_test_datasets_provider, pretrain_gpt.model_provider,
+                 ModelType.encoder_or_decoder, pretrain_gpt.forward_step, argv=flags)
+    end = read_metrics(path).end
+    assert (end["exit"], end["error"]["type"]) == ("error", "IndexMismatchError")
+    assert end["error"]["train_samples"] == ITERS * GBS
+    command = end["error"]["analyzer_command"]
+    assert command.startswith("python tools/analyze_data.py --data-path " + prefix)
+    assert f"--seed {SEED + 1} --train-samples {ITERS * GBS} " in command
+
+
 def test_deepspeed_json_config_drives_random_ltd_and_conflicts_with_flags(indexed_corpus,
                                                                          tmp_path, capsys):
     """A Megatron-DeepSpeed user's data_efficiency JSON works unchanged; the same setting

@@ -107,8 +107,8 @@ def _seqreo_runtime() -> DataEfficiencyRuntime:
                                     clustering_type="schedule_based", index_path="unused",
                                     schedule=ScheduleConfig("fixed_linear", 8, SEQ, 10, 8))
     cl = CurriculumConfig(enabled=True, metrics=[metric])
-    return DataEfficiencyRuntime(_config(cl), RunShape(4, SEQ, LAYERS, model="bert",
-                                                       num_microbatches=2))
+    return DataEfficiencyRuntime(StepPlanner(_config(cl), RunShape(4, SEQ, LAYERS, model="bert",
+                                                                   num_microbatches=2)))
 
 
 def test_seqreo_plan_is_completed_from_the_lengths_it_saw():
@@ -120,7 +120,7 @@ def test_seqreo_plan_is_completed_from_the_lengths_it_saw():
         mask = torch.zeros(2, SEQ, dtype=torch.long)
         mask[:, :real] = 1
         batch, shape = rt.prepare_microbatch({"text": torch.ones(2, SEQ, dtype=torch.long),
-                                              "padding_mask": mask}, plan, m, 2)
+                                              "padding_mask": mask}, plan, 2)
         assert batch["text"].shape[1] == -(-real // 8) * 8 == shape.seq_length
         shapes.append(shape)
     done = rt.finish_step(plan, shapes)
@@ -151,19 +151,19 @@ def test_seqreo_agrees_across_data_parallel_ranks_and_sums_their_tokens():
 
 
 def test_feed_check_refuses_a_batch_that_is_not_the_plans():
-    rt = DataEfficiencyRuntime(_config(_seqtru()), RunShape(GBS, SEQ, LAYERS))
+    rt = DataEfficiencyRuntime(StepPlanner(_config(_seqtru()), RunShape(GBS, SEQ, LAYERS)))
     plan = rt.plan_step(0)                                 # 24 tokens
     ok, shape = rt.prepare_microbatch({"text": torch.zeros(4, SEQ + 1, dtype=torch.long)},
-                                      plan, 0, 4)
+                                      plan, 4)
     assert ok["text"].shape == (4, 25) and ok["seq_length"] == 24 == shape.seq_length
     with pytest.raises(RuntimeError, match="step plan says 4 x 24"):
-        rt.prepare_microbatch({"text": torch.zeros(2, SEQ + 1, dtype=torch.long)}, plan, 0, 4)
+        rt.prepare_microbatch({"text": torch.zeros(2, SEQ + 1, dtype=torch.long)}, plan, 4)
 
 
 def test_state_is_only_what_cannot_be_recomputed():
-    rt = DataEfficiencyRuntime(_config(_seqtru(), _ltd()), RunShape(GBS, SEQ, LAYERS))
+    rt = DataEfficiencyRuntime(_planner(_seqtru(), _ltd(), num_microbatches=1))
     assert rt.state_dict(5) == {}   # no sampler: schedules are pure (settings: run record)
-    plain = DataEfficiencyRuntime(_config(), RunShape(GBS, SEQ, LAYERS))
+    plain = DataEfficiencyRuntime(StepPlanner(_config(), RunShape(GBS, SEQ, LAYERS)))
     assert plain.state_dict(5) == {} and plain.train_batch_sampler(None, 2, 0) is None
 
 
@@ -189,12 +189,14 @@ def test_num_epochs_bounds_the_samples_a_run_draws(num_epochs, epoch, mbs, dp, g
     dataset = [None] * epoch
     for curriculum in (CurriculumConfig(), _seqtru()):
         cfg = dataclasses.replace(_config(curriculum), num_epochs=num_epochs, source="ds.json")
-        rt = DataEfficiencyRuntime(cfg, RunShape(gbs, SEQ, LAYERS), Parallelism(0, dp))
+        rt = DataEfficiencyRuntime(StepPlanner(cfg, RunShape(gbs, SEQ, LAYERS)),
+                                   Parallelism(0, dp))
         assert rt.train_batch_sampler(dataset, mbs, 0, None, train_iters=steps_possible) is None
         with pytest.raises(BadConfigError) as err:
             rt.train_batch_sampler(dataset, mbs, 0, None, train_iters=steps_possible + 1)
         msg = str(err.value)
         assert f"num_epochs {num_epochs}" in msg and f"draws {(steps_possible + 1) * gbs}" in msg
         assert f"the {epoch} samples of the training set" in msg
-    unbounded = DataEfficiencyRuntime(_config(), RunShape(gbs, SEQ, LAYERS), Parallelism(0, dp))
+    unbounded = DataEfficiencyRuntime(StepPlanner(_config(), RunShape(gbs, SEQ, LAYERS)),
+                                      Parallelism(0, dp))
     assert unbounded.train_batch_sampler(dataset, mbs, 0, None, train_iters=10 ** 6) is None

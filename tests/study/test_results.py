@@ -1,4 +1,4 @@
-"""Reading a run back from its TensorBoard events, and the study's table and plots."""
+"""Reading a run back from its metrics file, and the study's table and plots."""
 from __future__ import annotations
 
 import json
@@ -11,21 +11,25 @@ from megatron.study import results
 
 
 def _write_events(path, steps, loss_at, resumed_from=None, time_per_step=0.5):
-    """Events as pretrain writes them (SummaryWriter); a resumed run writes a second file
-    that repeats the steps after its checkpoint with other values."""
-    from torch.utils.tensorboard import SummaryWriter
-    w = SummaryWriter(log_dir=path)
+    """Lines as pretrain writes them (megatron.metrics_file, --log-interval 1, an
+    evaluation every 4 steps); a resumed run appends a ``start`` at its checkpoint's
+    iteration and repeats the steps after it with other values."""
+    from megatron.training_log import StepStats, TrainingLogger
+    logger = TrainingLogger(max(steps), 1, None, metrics_file=path)
+    first = steps[0] - 1
+    logger.start(iteration=first, consumed_samples=first, consumed_tokens=first * 100,
+                 resumed=first > 0, train_iters=12, config={})
     for it in steps:
-        w.add_scalar("consumed-tokens", it * 100, it)
-        w.add_scalar("iteration-time", time_per_step, it)
+        logger.record(StepStats(it, it, it * 100, 100, 1e-3, 1, 1.0, 0.5, False,
+                                {"lm loss": 1.0}), time_per_step)
         if it % 4 == 0:
-            w.add_scalar("lm loss validation", loss_at(it), it)
-            w.add_scalar("lm accuracy validation", 0.01 * it, it)
-    w.close()
+            logger.validation(it, it, it * 100, {"lm loss": loss_at(it),
+                                                 "lm accuracy": 0.01 * it})
+    logger.close()
 
 
 def test_run_record_takes_the_resumed_values(tmp_path):
-    tb = str(tmp_path / "tb")
+    tb = str(tmp_path / "metrics.jsonl")
     _write_events(tb, range(1, 11), lambda it: 9.0)               # killed after step 10
     _write_events(tb, range(9, 13), lambda it: 5.0 - 0.1 * it,    # resumed from step 8
                   time_per_step=1.0)
@@ -40,9 +44,9 @@ def test_run_record_takes_the_resumed_values(tmp_path):
 
 
 def test_run_record_without_validation_is_an_error(tmp_path):
-    _write_events(str(tmp_path / "tb"), range(1, 4), lambda it: 1.0)
+    _write_events(str(tmp_path / "metrics.jsonl"), range(1, 4), lambda it: 1.0)
     with pytest.raises(ValueError, match="no 'lm loss validation'"):
-        results.run_record(str(tmp_path / "tb"))
+        results.run_record(str(tmp_path / "metrics.jsonl"))
 
 
 def _record(arm, f, seed, loss, tokens, seconds):
@@ -68,3 +72,24 @@ def test_table_ratios_and_spread_over_seeds(tmp_path):
     assert len(runs) == 4 and "curve" not in runs[0]
     with open(tmp_path / "loss_vs_tokens.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_index_a_run_asks_for_is_read_from_its_end_line(tmp_path):
+    """A run that refused its index (IndexMismatchError) names the samples to index in its
+    metrics file's end line; any other failure asks for nothing."""
+    from megatron.data_efficiency.data_family import IndexMismatchError
+    from megatron.metrics_file import MetricsWriter, exit_fields
+    from megatron.study.runner import _index_samples_needed
+    path = str(tmp_path / "metrics.jsonl")
+    assert _index_samples_needed(path) is None                    # never started
+    w = MetricsWriter(path)
+    w.write("start", iteration=0)
+    w.write("end", iteration=0, **exit_fields(IndexMismatchError(
+        "any wording", {"train_samples": 96, "analyzer_command": "python tools/..."})))
+    w.close()
+    assert _index_samples_needed(path) == 96
+    w = MetricsWriter(path)                                       # the rerun failed otherwise
+    w.write("start", iteration=0)
+    w.write("end", iteration=0, **exit_fields(ValueError("train_samples 96")))
+    w.close()
+    assert _index_samples_needed(path) is None

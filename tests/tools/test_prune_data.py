@@ -101,14 +101,13 @@ def test_keep_fraction_orders(store, tmp_path, order):
 def test_percentile_band_is_what_a_window_admits(store, tmp_path):
     """Pruning to [25, 75] keeps exactly the samples a percentile_window of [25, 75] draws."""
     from megatron.data_efficiency.curriculum.sampler import CurriculumSampler, SamplerMetric
-    from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler, ScheduleConfig
     prefix, doc_index, _ = store
     out = str(tmp_path / "w")
     prune_data.main(["--data-path", prefix, "--index", doc_index,
                      "--keep-percentile", "25", "75", "--output-prefix", out])
-    sched = CurriculumScheduler(ScheduleConfig("fixed_discrete", 75, 75, difficulty=[75]))
     s = CurriculumSampler([SamplerMetric("seqlen", MetricIndex.open(doc_index),
-                                         "percentile_window", sched, 25)], 30, 5, seed=1)
+                                         "percentile_window", 75, 25)],
+                          lambda iteration: {"seqlen": 75}, 30, 5, seed=1)   # a static window
     drawn = set(np.concatenate([s.next_global_batch() for _ in range(20)]).tolist())
     want = _band_ids(doc_index, 25, 75)
     assert drawn == set(want.tolist())

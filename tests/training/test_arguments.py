@@ -58,7 +58,9 @@ def test_derived_values(monkeypatch):
     assert args.data_parallel_size == 4
     assert args.num_microbatches == 2          # 16 / (2 x 4)
     assert args.ffn_hidden_size == 256 and args.kv_channels == 16
-    assert args.train_iters == 63              # ceil(1000 / 16), for display and sizing
+    from megatron.run_plan import plan_run
+    assert plan_run(args).nominal_train_iters == 63   # ceil(1000 / 16), for display and sizing
+    assert args.train_iters is None            # the run plan is the one source of run length
     swiglu = _validate("--train-iters", "1", "--swiglu")
     assert swiglu.ffn_hidden_size == 128       # 2/3 * 4h rounded down to 64
     assert _validate("--train-iters", "1").global_batch_size == 2 * 8
@@ -92,7 +94,7 @@ def test_validation_is_the_last_writer_of_args():
     before = dict(vars(args))
     run = plan_run(args)
     assert vars(args) == before
-    assert run.nominal_train_iters == 6400 // (2 * 32) == args.train_iters
+    assert run.nominal_train_iters == 6400 // (2 * 32) and args.train_iters is None
     assert run.train_iters > run.nominal_train_iters          # dropping steps count less
     assert run.train_valid_test_num_samples[0] == run.train_iters * 2
 

@@ -12,8 +12,7 @@ import pytest
 import pretrain_gpt
 from megatron.arguments import parse_args, schedule_config_from_args, validate_args
 from megatron.core.enums import ModelType
-from megatron.data_efficiency.runtime import DataEfficiencyRuntime
-from megatron.data_efficiency.step_plan import RunShape
+from megatron.run_plan import plan_run
 from megatron.optimizer_param_scheduler import lr_at
 from megatron.training import pretrain
 from tests.training.helpers import synthetic_provider, tiny_gpt_flags
@@ -42,11 +41,8 @@ def _flags(train_tokens: int) -> list[str]:
 
 def _tokens_of_first_steps(steps: int) -> list[int]:
     """Consumed tokens of the first ``steps`` steps, from the pure step planner."""
-    args = validate_args(parse_args(args=_flags(10 ** 6)))
-    runtime = DataEfficiencyRuntime(args.data_efficiency, RunShape(
-        args.global_batch_size, args.seq_length, args.num_layers, model="gpt",
-        num_microbatches=args.num_microbatches))
-    return [runtime.plan_step(i).consumed_tokens for i in range(steps)]
+    planner = plan_run(validate_args(parse_args(args=_flags(10 ** 6)))).planner
+    return [planner.plan(i).consumed_tokens for i in range(steps)]
 
 
 class _Tap:

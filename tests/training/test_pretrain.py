@@ -86,7 +86,7 @@ def test_loss_is_the_mean_over_the_tokens_the_mask_keeps():
 def test_train_tokens_stopping_rule_at_the_exact_boundary():
     """--train-tokens equal to 3 steps' tokens stops after exactly 3 steps (the step that
     reaches the budget is the last), and the run plan says so before training."""
-    from types import SimpleNamespace
+    from megatron.run_plan import RunPlan
     from megatron.training import TrainState, _training_done
     flags = tiny_gpt_flags("--eval-iters", "0")
     i = flags.index("--train-iters")
@@ -95,8 +95,9 @@ def test_train_tokens_stopping_rule_at_the_exact_boundary():
                      ModelType.encoder_or_decoder, pretrain_gpt.forward_step,
                      argv=flags)
     assert state.iteration == 3 and state.consumed_tokens == 192
-    args = SimpleNamespace(train_tokens=192, train_samples=None, train_iters_is_stop=False)
-    assert [_training_done(TrainState(consumed_tokens=t), args, None)
+    run = RunPlan(train_iters=3, train_valid_test_num_samples=(12, 0, 0),
+                  nominal_train_iters=3, stop_tokens=192)
+    assert [_training_done(TrainState(consumed_tokens=t), run)
             for t in (191, 192, 193)] == [False, True, True]
 
 

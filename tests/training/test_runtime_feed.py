@@ -5,6 +5,7 @@ import torch
 from megatron.data_efficiency.config import DataEfficiencyConfig
 from megatron.data_efficiency.random_ltd import RandomLTDConfig
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, RunShape
+from megatron.data_efficiency.step_plan import StepPlanner
 from megatron.training_data import MicrobatchFeed
 
 LTD = RandomLTDConfig(enabled=True, min_seqlen=4, max_seqlen=8, total_steps=100, seq_per_step=2,
@@ -13,8 +14,8 @@ LTD = RandomLTDConfig(enabled=True, min_seqlen=4, max_seqlen=8, total_steps=100,
 
 def _runtime(random_ltd=LTD):
     cfg = DataEfficiencyConfig(enabled=True, random_ltd=random_ltd)
-    return DataEfficiencyRuntime(cfg, RunShape(global_batch_size=4, seq_length=8, num_layers=3,
-                                               num_microbatches=2))
+    return DataEfficiencyRuntime(StepPlanner(cfg, RunShape(global_batch_size=4, seq_length=8,
+                                                           num_layers=3, num_microbatches=2)))
 
 
 def test_feed_adds_each_microbatchs_drop_plan_drawn_at_once():

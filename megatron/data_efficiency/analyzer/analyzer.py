@@ -94,7 +94,8 @@ def gpt_samples_fingerprint(data_prefix: str, split: str, seq_length: int, seed:
                             doc_idx: np.ndarray, sample_idx: np.ndarray,
                             shuffle_idx: np.ndarray) -> str:
     """The fingerprint of a GPT training set's samples: what the analyzer writes into a
-    sample-granularity index and what training (``megatron.training``) expects."""
+    sample-granularity index and what training expects of it
+    (``data_family.GPTSamples``)."""
     return dataset_fingerprint([data_prefix], "sample", split, seq_length, seed,
                                len(shuffle_idx), sample_maps=(doc_idx, sample_idx, shuffle_idx))
 

@@ -45,7 +45,7 @@ class BertSampleParams:
 def bert_samples_fingerprint(data_prefix: str, split: str, seq_length: int, seed: int,
                              samples_mapping: np.ndarray) -> str:
     """The fingerprint of a BERT training set's samples: what the analyzer writes into its
-    index and what training must expect (``megatron.training``: pass the train
+    index and what training must expect (``pretrain_bert.BertSamples``: pass the train
     BertDataset's ``samples_mapping``). The mapping is hashed whole, so it covers
     ``--short-seq-prob``, the binary head and whatever ``--train-samples`` built it."""
     return dataset_fingerprint([data_prefix], "sample", split, seq_length, seed,

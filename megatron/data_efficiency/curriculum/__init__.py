@@ -1,6 +1,6 @@
 """Curriculum learning: pacing (scheduler), curriculum sampler, batch transforms.
 
-Steps are 1-based here (DeepSpeed's convention); ``build.curriculum_step(iteration)``
+Steps are 1-based here (DeepSpeed's convention); ``step_plan.curriculum_step(iteration)``
 converts the runtime's 0-based iteration.
 """
 from megatron.data_efficiency.curriculum.sampler import CurriculumSampler, SamplerMetric

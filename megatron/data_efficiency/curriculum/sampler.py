@@ -2,32 +2,37 @@
 
 Semantics follow DeepSpeed's data sampler, without its cluster files and broadcast:
 
-* Each sampling metric has an analyzer index and a scheduler. A difficulty admits a
-  prefix of the metric's ``sorted_samples`` (``clusters.prefix_length``). Admitted
-  samples stay admitted (prefixes only grow), as DeepSpeed never drops a cluster.
+* Each sampling metric has an analyzer index. The difficulty in force at a step is the
+  step plan's (``StepPlanner.difficulties``, handed in as ``difficulties``): the sampler
+  evaluates no pacing function of its own, so it and the plan agree by construction. A
+  difficulty admits a prefix of the metric's ``sorted_samples``
+  (``clusters.prefix_length``). Admitted samples stay admitted (prefixes only grow), as
+  DeepSpeed never drops a cluster.
   With several metrics a sample must be admitted by all of them.
 * Whenever the admitted set grows, the new samples form a cluster. Each slot of a global
   batch goes to a cluster with probability proportional to the cluster's size (iid per
   slot, so the batch order is already shuffled); inside a cluster the ids come in a
   shuffled order without replacement, reshuffled when used up (``clusters.py``).
-* Every rank computes the same global batch from the seed, the step and the small state,
-  so no broadcast is needed and every pipeline stage and DP rank can build it. This DP
-  rank's micro-batches follow Megatron's order: micro-batch ``m`` of rank ``r`` is
-  ``global[m*mbs*dp + r*mbs : m*mbs*dp + (r+1)*mbs]`` (disjoint, union = global batch).
+* Every rank computes the same global batch from the seed, the step, the plan's
+  difficulties and the small state, so no broadcast is needed and every pipeline stage
+  and DP rank can build it. This DP rank's micro-batches follow Megatron's order:
+  micro-batch ``m`` of rank ``r`` is ``global[m*mbs*dp + r*mbs : m*mbs*dp + (r+1)*mbs]``
+  (disjoint, union = global batch).
 * A ``percentile_window`` metric admits a band ``[window_low, difficulty]`` of
   percentiles instead of a prefix: the low edge is fixed for the run and the scheduled
   difficulty is the high edge, so pruning is a curriculum whose window never moves
   (``min_difficulty == max_difficulty``) and a scheduled window only grows upwards.
 * Nothing is ever written; the indexes are only read (memory-mapped).
 
-Steps are 1-based, as the scheduler's: the first global batch is step 1, i.e. Megatron's
-``iteration + 1`` for the step about to run.
+Steps are 1-based (DeepSpeed's): the first global batch is step 1. Global batch ``k`` is
+drawn for the loop's 0-based iteration ``k - 1``, the number of batches drawn before it,
+and takes that iteration's plan difficulties.
 """
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -36,26 +41,33 @@ from megatron.core.parallel_state import parallel_layout_problems
 from megatron.data_efficiency.curriculum import permutation as perm
 from megatron.data_efficiency.curriculum.clusters import (ClusterStreams, MetricIndexLike,
                                                           prefix_length, window_start)
-from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler
 
-__all__ = ["SamplerMetric", "CurriculumSampler", "prefix_length", "MetricIndexLike"]
+__all__ = ["SamplerMetric", "CurriculumSampler", "Difficulties", "prefix_length",
+           "MetricIndexLike"]
+
+# The step plan's difficulties of a 0-based iteration: metric name -> difficulty in force
+# (``StepPlanner.difficulties``; it holds at least the sampler's metrics).
+Difficulties = Callable[[int], Mapping[str, float]]
 
 
 @dataclass
 class SamplerMetric:
-    """One metric the sampler filters on."""
+    """One metric the sampler filters on.
+
+    Attributes:
+        max_difficulty: the metric's ``max_difficulty`` (DeepSpeed's percentile scale).
+    """
     name: str
     index: MetricIndexLike
     difficulty_type: str            # "value" | "percentile" | "percentile_window"
-    scheduler: CurriculumScheduler
+    max_difficulty: float = 100
     window_low: float | None = None     # percentile_window: the band's fixed low edge
 
     @property
     def percent_scale(self) -> float:
         """What a percentile is a fraction of: DeepSpeed's ``max_difficulty`` for
         ``percentile``; 100 for a window, whose edges are plain percentiles."""
-        return 100 if self.difficulty_type == "percentile_window" \
-            else self.scheduler.config.max_difficulty
+        return 100 if self.difficulty_type == "percentile_window" else self.max_difficulty
 
     def low_position(self) -> int:
         """First admitted position of the sorted order (0 unless a window)."""
@@ -67,6 +79,8 @@ class CurriculumSampler:
 
     Args:
         metrics: the sampling metrics (all indexes over the same ``N`` samples).
+        difficulties: the step plan's difficulties per 0-based iteration
+            (``StepPlanner.difficulties``); the only source of the thresholds.
         global_batch_size: samples per optimizer step (all DP ranks and micro-batches).
         micro_batch_size: samples per micro-batch per rank.
         data_parallel_rank, data_parallel_size: this rank's DP coordinates (pipeline and
@@ -80,8 +94,8 @@ class CurriculumSampler:
             sets it from a checkpoint instead.
     """
 
-    def __init__(self, metrics: Sequence[SamplerMetric], global_batch_size: int,
-                 micro_batch_size: int, data_parallel_rank: int = 0,
+    def __init__(self, metrics: Sequence[SamplerMetric], difficulties: Difficulties,
+                 global_batch_size: int, micro_batch_size: int, data_parallel_rank: int = 0,
                  data_parallel_size: int = 1, seed: int = 1234, history: int = 256,
                  buffer_size: int = 4096, first_step: int = 0):
         if not metrics:
@@ -102,6 +116,7 @@ class CurriculumSampler:
             raise ValueError(f"data-parallel rank {data_parallel_rank} outside "
                              f"0..{data_parallel_size - 1}")
         self.metrics = list(metrics)
+        self.difficulties = difficulties
         self.num_samples = next(iter(sizes.values()))
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size
@@ -129,10 +144,12 @@ class CurriculumSampler:
         return int(cum[-1]) if len(cum) else 0
 
     # -- stepping ------------------------------------------------------------------
-    def _advance_difficulties(self, step: int) -> None:
+    def _advance_difficulties(self, iteration: int) -> None:
+        """Admit what the plan's difficulties of ``iteration`` admit."""
+        planned = self.difficulties(iteration)
         ends = list(self._ends)
         for i, m in enumerate(self.metrics):
-            d = m.scheduler.difficulty_at(step)
+            d = planned[m.name]
             self.current_difficulties[m.name] = d
             cached = self._end_cache.get(i)
             if cached is None or cached[0] != d:
@@ -147,7 +164,7 @@ class CurriculumSampler:
         """Advance one step and return its whole global batch.       # [GBS] int64 ids"""
         self._history.append(self._snapshot())
         step = self.step + 1
-        self._advance_difficulties(step)
+        self._advance_difficulties(self.step)      # batch ``step`` is iteration ``step - 1``
         cum = self._streams.cum
         if not len(cum):
             raise RuntimeError(

@@ -36,9 +36,24 @@ def admitted_end(values: np.ndarray, difficulty_type: str, d: float) -> np.ndarr
     return rank < (n * int(d)) // 100
 
 
+def paced(schedulers: dict[str, CurriculumScheduler]):
+    """The difficulties a step planner with these schedules gives each 0-based iteration
+    (``StepPlanner.difficulties``: curriculum step = iteration + 1)."""
+    return lambda iteration: {name: s.difficulty_at(iteration + 1)
+                              for name, s in schedulers.items()}
+
+
+def paced_sampler(specs, *args, **kw) -> CurriculumSampler:
+    """A sampler over specs (name, index, difficulty_type, scheduler[, window_low]) that
+    draws from the difficulties those schedules give (``paced``)."""
+    metrics = [SamplerMetric(name, index, t, sched.config.max_difficulty, *low)
+               for name, index, t, sched, *low in specs]
+    return CurriculumSampler(metrics, paced({spec[0]: spec[3] for spec in specs}), *args, **kw)
+
+
 def sampler(specs, gbs=32, mbs=2, dp_rank=0, dp_size=2, seed=7, **kw) -> CurriculumSampler:
     """specs: list of (name, values, difficulty_type, (d_min, d_max, total_steps, step)),
     each paced by a fresh fixed_linear scheduler."""
-    metrics = [SamplerMetric(name, memory_index(v), t, linear(*pace))
-               for name, v, t, pace in specs]
-    return CurriculumSampler(metrics, gbs, mbs, dp_rank, dp_size, seed=seed, **kw)
+    return paced_sampler([(name, memory_index(v), t, linear(*pace))
+                          for name, v, t, pace in specs],
+                         gbs, mbs, dp_rank, dp_size, seed=seed, **kw)

@@ -4,8 +4,8 @@ import torch
 
 from megatron.data_efficiency.analyzer.index_io import write_metric_index
 from megatron.data_efficiency.config import config_from_dict
-from megatron.data_efficiency.curriculum.build import (CurriculumTransform, build_sampler,
-                                                       sampled_values_histogram)
+from megatron.data_efficiency.runtime import build_sampler, sampled_values_histogram
+from megatron.data_efficiency.step_plan import CurriculumTransform, RunShape, StepPlanner
 
 
 def test_seqtru_voc_config_builds_sampler_and_transform(tmp_path):
@@ -18,7 +18,9 @@ def test_seqtru_voc_config_builds_sampler_and_transform(tmp_path):
                     "schedule_config": {"total_curriculum_step": 9, "difficulty_step": 10}},
             "seqtru": {"min_difficulty": 4, "max_difficulty": 16, "schedule_type": "fixed_linear",
                        "schedule_config": {"total_curriculum_step": 6, "difficulty_step": 4}}}}}})
-    sampler = build_sampler(cfg.curriculum, 8, 2, 0, 2, seed=5, expected_fingerprint="fp")
+    planner = StepPlanner(cfg, RunShape(global_batch_size=8, seq_length=16, num_layers=2))
+    sampler = build_sampler(cfg.curriculum, planner.difficulties, 8, 2, 0, 2, seed=5,
+                            expected_fingerprint="fp")
     tr = CurriculumTransform(cfg.curriculum, "gpt")
     it = iter(sampler)
     for iteration in range(12):

@@ -4,10 +4,9 @@ import os
 
 import numpy as np
 import pytest
-from curriculum_testlib import admitted_end, linear, memory_index, sampler
+from curriculum_testlib import admitted_end, linear, memory_index, paced_sampler, sampler
 
 from megatron.data_efficiency.analyzer.index_io import MetricIndex, write_metric_index
-from megatron.data_efficiency.curriculum.sampler import CurriculumSampler, SamplerMetric
 
 RNG = np.random.default_rng(1234)
 VALUES = RNG.integers(0, 40, size=3000)          # many ties
@@ -139,8 +138,7 @@ def test_reads_analyzer_index_files_and_writes_nothing(tmp_path):
     write_metric_index(folder, "voc", VALUES.astype(np.float64) / 7, "fp0")
     before = {p: os.stat(os.path.join(folder, p)).st_mtime_ns for p in os.listdir(folder)}
     index = MetricIndex.open(folder, "fp0")
-    s = CurriculumSampler([SamplerMetric("voc", index, "percentile", linear(1, 100, 20))],
-                          16, 2, 1, 2, seed=3)
+    s = paced_sampler([("voc", index, "percentile", linear(1, 100, 20))], 16, 2, 1, 2, seed=3)
     ref = sampler([("voc", VALUES.astype(np.float64) / 7, "percentile", (1, 100, 20, 1))],
                   gbs=16, mbs=2, dp_rank=1, dp_size=2, seed=3)
     for _ in range(25):

@@ -5,11 +5,10 @@ import argparse
 
 import numpy as np
 import pytest
-from curriculum_testlib import linear, memory_index
+from curriculum_testlib import linear, memory_index, paced_sampler
 
 from megatron.data_efficiency.config import config_from_dict
 from megatron.data_efficiency.config_flags import add_curriculum_args, config_from_args
-from megatron.data_efficiency.curriculum.sampler import CurriculumSampler, SamplerMetric
 from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler, ScheduleConfig
 
 RNG = np.random.default_rng(99)
@@ -38,9 +37,8 @@ def _static(lo, hi):
 
 
 def _window_sampler(lo, sched, values=VALUES, gbs=64, extra=(), **kw):
-    metrics = [SamplerMetric("ppl", memory_index(values), "percentile_window", sched, lo),
-               *extra]
-    return CurriculumSampler(metrics, gbs, 4, 0, 1, seed=5, **kw)
+    specs = [("ppl", memory_index(values), "percentile_window", sched, lo), *extra]
+    return paced_sampler(specs, gbs, 4, 0, 1, seed=5, **kw)
 
 
 @pytest.mark.parametrize("lo, hi", [(25, 75), (0, 50), (50, 100), (33, 34)])
@@ -71,7 +69,7 @@ def test_scheduled_window_grows_its_high_edge_only():
 
 def test_window_with_a_prefix_metric_admits_the_intersection():
     other = RNG.integers(0, 10, size=N)
-    voc = SamplerMetric("voc", memory_index(other), "percentile", linear(30, 100, 10, 10))
+    voc = ("voc", memory_index(other), "percentile", linear(30, 100, 10, 10))
     s = _window_sampler(10, _static(10, 60), extra=[voc], gbs=128)
     rank_voc = _rank(other)
     for step in range(1, 25):

@@ -1,0 +1,105 @@
+"""What ``pretrain()`` builds from the validated flags before its loop runs: the model
+chunks, the data-efficiency runtime over the run's step planner, the logger (log line,
+TensorBoard, metrics file) and the metrics file's summary of the run. The finetuning
+loop (``tasks/finetune_utils.py``) builds its parts with the same functions."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from megatron import metrics_file
+from megatron.core import parallel_state
+from megatron.core.devices import accelerator_device
+from megatron.core.enums import ModelType
+from megatron.data_efficiency.data_family import DataFamily, TrainingSamples
+from megatron.data_efficiency.runtime import DataEfficiencyRuntime, Parallelism
+from megatron.data_efficiency.step_plan import StepPlanner
+from megatron.run_plan import RunPlan
+from megatron.training_log import TrainingLogger
+
+
+def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torch.nn.Module]:
+    """This rank's model chunk(s), on the accelerator, wrapped for bf16/fp16.
+
+    Under interleaving (``--num-layers-per-virtual-pipeline-stage``) chunk ``i`` is built
+    with virtual pipeline rank ``i``: only chunk 0 of the first stage holds the embedding
+    and only the last chunk of the last stage the output layer, as in Megatron.
+    """
+    num_chunks = args.virtual_pipeline_model_parallel_size or 1
+    model = []
+    for i in range(num_chunks):
+        if args.virtual_pipeline_model_parallel_size is not None:
+            parallel_state.set_virtual_pipeline_model_parallel_rank(i)
+        chunk = model_provider(pre_process=parallel_state.is_pipeline_first_stage(),
+                               post_process=parallel_state.is_pipeline_last_stage())
+        chunk = chunk.to(accelerator_device())
+        if args.fp16 or args.bf16:
+            from megatron.model.module import Float16Module
+            chunk = Float16Module(chunk, args.params_dtype)
+        model.append(chunk)
+    if args.virtual_pipeline_model_parallel_size is not None:
+        parallel_state.set_virtual_pipeline_model_parallel_rank(0)
+    n = sum(p.numel() for chunk in model for p in chunk.parameters())
+    if parallel_state.get_data_parallel_rank() == 0:
+        print(f" > number of parameters on (tensor, pipeline) model parallel rank "
+              f"({parallel_state.get_tensor_model_parallel_rank()}, "
+              f"{parallel_state.get_pipeline_model_parallel_rank()}): {n}", flush=True)
+    return model
+
+
+def build_data_efficiency_runtime(planner: StepPlanner,
+                                  samples: TrainingSamples | None = None,
+                                  family: DataFamily | None = None) -> DataEfficiencyRuntime:
+    """The data-efficiency runtime of this rank over the run's ``planner`` (``RunPlan.
+    planner``; the plain runtime when nothing is configured), with the analyzer index
+    check of ``samples`` numbered as ``family`` numbers them (None: not checked)."""
+    par = Parallelism(dp_rank=parallel_state.get_data_parallel_rank(),
+                      dp_size=parallel_state.get_data_parallel_world_size(),
+                      pp_size=parallel_state.get_pipeline_model_parallel_world_size())
+    if dist.is_initialized():
+        par.dp_group = parallel_state.get_data_parallel_group()
+        par.pp_group = parallel_state.get_pipeline_model_parallel_group()
+    return DataEfficiencyRuntime(planner, par, samples, family)
+
+
+def training_samples(args: argparse.Namespace, run: RunPlan) -> TrainingSamples:
+    """The flags that decide this run's training samples (an analyzer index of them is
+    built with the same)."""
+    return TrainingSamples(tuple(args.data_path or ()), args.split, args.seq_length,
+                           args.seed, run.train_valid_test_num_samples[0])
+
+
+def training_logger(args: argparse.Namespace, train_iters: int) -> TrainingLogger:
+    """The log line, TensorBoard writer and metrics file of the ``--log-*`` /
+    ``--tensorboard-*`` / ``--metrics-file`` flags (the last rank prints and writes: it
+    holds the loss)."""
+    return TrainingLogger(train_iters, args.log_interval, args.tensorboard_dir,
+                          args.tensorboard_log_interval,
+                          metrics_file=metrics_file.default_path(args.metrics_file,
+                                                                 args.tensorboard_dir),
+                          is_logging_rank=(not dist.is_initialized()
+                                           or dist.get_rank() == dist.get_world_size() - 1),
+                          queue_size=args.tensorboard_queue_size,
+                          log_batch_size=args.log_batch_size_to_tensorboard,
+                          log_validation_ppl=args.log_validation_ppl_to_tensorboard,
+                          log_timers=args.log_timers_to_tensorboard)
+
+
+def run_summary(args: argparse.Namespace, run: RunPlan, model_type: ModelType,
+                record: dict) -> dict:
+    """The metrics file's ``config``: model, layout, batch, stop conditions, precision,
+    LR, and the checkpoint's record of schedules, data and tokenizer."""
+    return {"model": model_type.data_model, "num_layers": args.num_layers,
+            "hidden_size": args.hidden_size, "num_attention_heads": args.num_attention_heads,
+            "seq_length": args.seq_length, "micro_batch_size": args.micro_batch_size,
+            "global_batch_size": args.global_batch_size, "world_size": args.world_size,
+            "tensor_model_parallel_size": args.tensor_model_parallel_size,
+            "pipeline_model_parallel_size": args.pipeline_model_parallel_size,
+            "data_parallel_size": args.data_parallel_size,
+            "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+            "lr": args.lr, "min_lr": args.min_lr,
+            "stop": {"iterations": run.stop_iters, "samples": run.stop_samples,
+                     "tokens": run.stop_tokens}, "record": record}

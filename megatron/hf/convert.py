@@ -85,7 +85,10 @@ def model_flags(args: dict) -> list[str]:
              f"--num-attention-heads {heads}", f"--kv-channels {args['kv_channels']}",
              f"--ffn-hidden-size {args['ffn_hidden_size']}",
              f"--max-position-embeddings {args['max_position_embeddings']}",
-             f"--layernorm-epsilon {args['layernorm_epsilon']}"]
+             f"--layernorm-epsilon {args['layernorm_epsilon']}",
+             # the imported config's (Llama: none), not our defaults of 0.1
+             f"--hidden-dropout {args['hidden_dropout']}",
+             f"--attention-dropout {args['attention_dropout']}"]
     if (args.get("normalization") or "LayerNorm") != "LayerNorm":
         flags.append(f"--normalization {args['normalization']}")
     if args.get("position_embedding_type") == "rope":

@@ -12,7 +12,8 @@
 #   2. tokenize DATA_JSONL with its BPE: tools/preprocess_data.py -> $OUT/data
 #   3. the imported model's perplexity on the validation split (--split), no training
 #   4. finetune from it (--finetune) with CL seqres + random-LTD, validating as it goes
-#   5. export the result back to transformers: $OUT/hf
+#   5. export the result back to transformers: EXPORT (default $OUT/hf; a finished
+#      export is kept: a rerun stops at once unless REPLACE_EXPORT=1, examples/_hf_export.sh)
 # The validation lines ("validation loss at iteration N | lm loss value: ... PPL: ...") of
 # steps 3 and 4 are in $OUT/baseline.log and $OUT/finetune.log.
 #
@@ -21,9 +22,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source examples/_python.sh
+source examples/_hf_export.sh
 HF_MODEL=${HF_MODEL:?set HF_MODEL to a local GPT-2 directory}
 DATA_JSONL=${DATA_JSONL:?set DATA_JSONL to a jsonl corpus, one JSON object with a text key per line}
 OUT=${OUT:-build/finetune_gpt2}
+EXPORT=${EXPORT:-$OUT/hf}
 TP=${TP:-1}; PP=${PP:-1}; NPROC=$((TP * PP))
 SEQ=${SEQ:-1024}
 TRAIN_ITERS=${TRAIN_ITERS:-2000}; MBS=${MBS:-4}; GBS=${GBS:-32}
@@ -37,6 +40,7 @@ LTD_STEPS=${LTD_STEPS:-$((TRAIN_ITERS * 30 / 100))} # T_r = 30%
 LTD_STEP=${LTD_STEP:-16}
 WORKERS=${WORKERS:-2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+check_export
 mkdir -p "$OUT"
 
 if [[ $NPROC -gt 1 ]]; then
@@ -105,6 +109,5 @@ if [[ ! -f "$OUT/checkpoints/latest_checkpointed_iteration.txt" ]]; then   # don
 fi
 
 # 5. back to transformers
-rm -rf "$OUT/hf"
-"$PYTHON" tools/checkpoint_util.py --saver hf --load-dir "$OUT/checkpoints" --save-dir "$OUT/hf"
+export_hf "$OUT/checkpoints"
 grep -h "validation loss at iteration" "$OUT/baseline.log" "$OUT/finetune.log"

@@ -13,8 +13,8 @@
 #   1. the token store: tools/preprocess_data.py --append-eod (GPT-2 BPE) -> $DATA.bin/.idx
 #   2. the voc index of every training sample (once; MPI, CPU only) -> $INDEX/voc
 #   3. pretraining with torchrun on every node
-# The analyzer gets the same run-sizing flags as training (SIZING below) and sizes the
-# index with training's own function (megatron/run_plan.py), so the two always agree.
+# The analyzer gets the same run-sizing flags as training (SIZING, examples/_cl_ltd_sizing.sh)
+# and sizes the index with training's own function (megatron/run_plan.py): the two agree.
 #
 # DRY_RUN=1 runs all three steps on the default corpus (this Python's standard library,
 # tools/prepare_default_corpus.py, with a SentencePiece tokenizer trained on it) with the
@@ -24,6 +24,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source examples/_python.sh
+source examples/_dry_run_data.sh
+source examples/_cl_ltd_sizing.sh
 DRY_RUN=${DRY_RUN:-0}
 TOKENS_FRACTION=${TOKENS_FRACTION:-0.5}      # of the 300B-token baseline budget
 
@@ -35,17 +37,8 @@ WARMUP_TOKENS=${WARMUP_TOKENS:-3000000000}
 
 if [[ $DRY_RUN == 1 ]]; then
   OUT=${OUT:-build/dry_run_1.3B}
-  mkdir -p "$OUT"
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-  if [[ ! -s $OUT/corpus_text_document.idx ]]; then
-    "$PYTHON" tools/prepare_default_corpus.py --output "$OUT/corpus.jsonl" --skip-tests \
-        --max-bytes 1500000
-    "$PYTHON" tools/train_tokenizer.py --input "$OUT/corpus.jsonl" --model-prefix "$OUT/sp" \
-        --vocab-size 2000 --num-threads 2
-    "$PYTHON" tools/preprocess_data.py --input "$OUT/corpus.jsonl" --output-prefix "$OUT/corpus" \
-        --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$OUT/sp.model" \
-        --append-eod --workers 2
-  fi
+  dry_run_data "$OUT"                          # examples/_dry_run_data.sh
   DATA=$OUT/corpus_text_document
   TOKENIZER=(--tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$OUT/sp.model")
   SEQ=128; GBS=8; MBS=4; BASE_TOKENS=$(( 12 * GBS * SEQ * 2 ))   # 12 nominal steps at 0.5
@@ -69,36 +62,11 @@ else
           --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
   EVAL=(--eval-interval 1000 --eval-iters 10); LOGS=(--log-interval 10 --save-interval 2000)
 fi
-INDEX=${INDEX:-$OUT/analysis}
-SEED=1234; SPLIT=949,50,1
 TRAIN_TOKENS=$("$PYTHON" -c "print(int($BASE_TOKENS * $TOKENS_FRACTION))")
-# Schedules in steps of the nominal batch; curriculum and random-LTD steps consume fewer
-# tokens, so the run takes more steps than this until --train-tokens are consumed.
-NOMINAL_STEPS=$(( TRAIN_TOKENS / (GBS * SEQ) ))
-CL_STEPS=$(( NOMINAL_STEPS * 40 / 100 ))     # T_c = 40% (GPT-3 pretraining preset)
-LTD_STEPS=$(( NOMINAL_STEPS * 70 / 100 ))    # T_r = 70%
-R_S=$(( SEQ * 128 / 2048 ))                  # r_s = 128 of 2048 (scaled for DRY_RUN)
-D_S=$(( SEQ < 2048 ? 8 : 80 ))               # d_s = 80 of 2048 (DRY_RUN: one step of 8)
-
-# Flags that decide how many samples the run draws: given to the analyzer and to training.
-SIZING=(
-  "${MODEL[@]:0:2}" --global-batch-size $GBS --train-tokens "$TRAIN_TOKENS"
-  --data-efficiency-curriculum-learning --curriculum-metric seqtru voc
-  --curriculum-index-path - "$INDEX/voc" --curriculum-difficulty-type value percentile
-  --curriculum-min-difficulty $D_S 1 --curriculum-max-difficulty $SEQ 100
-  --curriculum-schedule-type fixed_linear fixed_root --curriculum-total-steps $CL_STEPS
-  --curriculum-difficulty-step 8 1 --curriculum-root-degree 1 2
-  --random-ltd --random-ltd-min-seqlen $R_S --random-ltd-total-steps $LTD_STEPS
-  --random-ltd-seq-per-step 16
-  "${EVAL[@]}"                                 # validation samples
-)
+cl_ltd_sizing                                  # SIZING: examples/_cl_ltd_sizing.sh
 
 # 2. Offline index of the training samples (once).
-if [[ ! -f $INDEX/voc/meta.json && ${NODE_RANK:-0} == 0 ]]; then
-  "${ANALYZER[@]}" tools/analyze_data.py --data-path "$DATA" --granularity sample \
-      --split $SPLIT --seq-length $SEQ --seed $SEED --data-cache-path "$OUT/cache" \
-      --metrics total_vocab_freq voc --save-path "$INDEX" "${SIZING[@]}"
-fi
+index_samples
 
 # 3. Train.
 "${LAUNCH[@]}" pretrain_gpt.py "${MODEL[@]}" "${SIZING[@]}" \

@@ -23,6 +23,7 @@ DeepSpeed JSON whose top-level keys (batch, clipping, fp16, ZeRO) restate the fl
   round (an fp32 all-reduce of ``g / dp`` and ``(sum g) / dp`` differ only in rounding), so
   both values are accepted. ``wall_clock_breakdown: false`` and
   ``dataloader_drop_last: true`` are this codebase's behaviour; their opposites are refused.
+* ``--trust-remote-code`` (also Megatron-LM's) is refused: no tokenizer code is run here.
 * Any other top-level key is refused by name. The ``data_efficiency`` section is read by
   ``megatron.data_efficiency.config`` exactly as ``--data-efficiency-config`` reads it.
 """
@@ -34,6 +35,7 @@ from megatron.data_efficiency.config import read_json_object
 from megatron.data_efficiency.json_keys import check_keys
 from megatron.errors import BadConfigError
 from megatron.given_flags import note_from_config, was_given
+from megatron.tokenizer.hf_tokenization import REMOTE_CODE_REFUSED
 
 # Megatron's defaults of the loss-scale flags (None in the parser so that a value given in
 # the DeepSpeed JSON can fill a flag that was not given).
@@ -80,6 +82,8 @@ def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--train-shuffle-idx-path", default=None,
                    help="GPT train split: shuffle_idx .npy")
     g.add_argument("--train-idx-path", default=None, help="BERT train split: samples mapping .npy")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="refused: a Hugging Face tokenizer's own code is never run here")
 
 
 _GPT_MAP_FLAGS = {"train_doc_idx_path": "--train-doc-idx-path",
@@ -147,6 +151,8 @@ def apply_deepspeed_flags(args: argparse.Namespace, errors: list[str]) -> dict |
         except (BadConfigError, ValueError) as err:
             errors.append(str(err))
             ds = None
+    if args.trust_remote_code:
+        errors.append(REMOTE_CODE_REFUSED)
     _zero_stage(args, ds, errors)
     _activation_checkpointing(args, errors)
     maps = [flag for name, flag in _GPT_MAP_FLAGS.items() if getattr(args, name)]

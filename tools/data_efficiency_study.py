@@ -8,6 +8,11 @@ in tokens, quality on the whole validation split.
         --vocab-file gpt2-vocab.json --merge-file gpt2-merges.txt \\
         --arms baseline,CL_seqtru_voc+random-LTD --budgets 0.5
 
+--model llama runs the GPT arms and the smoke, demo and cpu presets with the Llama layer
+(RMSNorm, grouped-query attention, SwiGLU, rotary, no biases, untied):
+
+    python tools/data_efficiency_study.py --preset cpu --model llama --out build/study_cpu_llama
+
 GPT presets also run the pruning arms (prune_ppl_middle50, prune_ppl_easy50, prune_random50):
 a small reference model trains first on data disjoint from the study's (on the default
 corpus, the documents after the study's; on your data, --reference-data-path) and the

@@ -41,6 +41,7 @@ from megatron.data.indexed_dataset import (  # noqa: E402
 from megatron.data import provenance  # noqa: E402
 from megatron.tokenizer import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
 from megatron.tokenizer.identity import tokenizer_identity  # noqa: E402
+from megatron.tokenizer.hf_tokenization import REMOTE_CODE_REFUSED  # noqa: E402
 
 _BOUNDARY = regex.compile(r"""[.!?]["')\]]*\s+(?=["'(\[]?[\p{Lu}\p{N}])|\n[ \t]*\n\s*""")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "vs", "etc", "e.g", "i.e", "no",
@@ -223,6 +224,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SentencePiece .model; for HuggingFaceTokenizer (alias HFTokenizer) a "
                         "local tokenizer folder or tokenizer.json")
     g.add_argument("--vocab-extra-ids", type=int, default=0)
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="refused: a Hugging Face tokenizer's own code is never run here")
     g.add_argument("--append-eod", action="store_true",
                    help="append the eod id to each document (a Hugging Face tokenizer that "
                         "ends every text with EOS itself gets no second one)")
@@ -239,6 +242,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--input {args.input}: is a directory, not a jsonl file")
     if not os.path.isfile(args.input):
         p.error(f"--input {args.input}: file not found")
+    if args.trust_remote_code:
+        p.error(REMOTE_CODE_REFUSED)
     if args.workers < 1 or args.chunk_size < 1:
         p.error("--workers and --chunk-size must be at least 1")
     return args

@@ -155,7 +155,7 @@ def report(args, preset, tech, result) -> int:
     if result.start is None:
         print("no start kept the perplexity stable: keep the paper's presets")
         return 0
-    print(f"pretrain_{preset.model}.py flags for the full {preset.name} run: "
+    print(f"{preset.script} flags for the full {preset.name} run: "
           f"{out['flags']['pretrain']}")
     print(f"study flags: {out['flags']['study']}")
     return 0

@@ -4,8 +4,8 @@ collective asks :func:`collective_device`.
 
 NCCL only takes CUDA tensors (a CPU tensor fails with "No backend type associated with
 device type cpu"), gloo here only ever sees CPU tensors: ``--distributed-backend gloo`` on
-a machine with CUDA is refused when the flags are validated, so the model, the pipeline
-buffers and every collective agree on one device.
+a machine with CUDA is refused when the flags are validated (and ``nccl`` on one without),
+so the model, the pipeline buffers and every collective agree on one device.
 """
 from __future__ import annotations
 
@@ -50,4 +50,7 @@ def backend_problem(backend: str | None, cuda_available: bool) -> str | None:
         return ("--distributed-backend gloo on a machine with CUDA: the model runs on the GPU "
                 "and needs nccl (the default there); to train on the CPU with gloo, hide the "
                 "GPUs (CUDA_VISIBLE_DEVICES=)")
+    if backend == "nccl" and not cuda_available:
+        return ("--distributed-backend nccl on a machine without CUDA: NCCL runs only on "
+                "GPUs; on the CPU use gloo (the default there)")
     return None

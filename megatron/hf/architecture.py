@@ -101,8 +101,10 @@ def choose_architecture(args: dict) -> str:
     return arch
 
 
-def hf_config(arch: str, args: dict, vocab_size: int, eod: int | None):
-    """The ``transformers`` config of our model (``vocab_size`` = the real vocabulary)."""
+def hf_config(arch: str, args: dict, vocab_size: int, special: dict[str, int | None]):
+    """The ``transformers`` config of our model (``vocab_size`` = the real vocabulary;
+    ``special``: the tokenizer's ``bos_token_id`` / ``eos_token_id`` [/ ``pad_token_id``],
+    written into a GPT's config)."""
     import transformers
     hidden, layers = int(args["hidden_size"]), int(args["num_layers"])
     heads = int(args["num_attention_heads"])
@@ -114,14 +116,13 @@ def hf_config(arch: str, args: dict, vocab_size: int, eod: int | None):
     hdrop, adrop = float(args.get("hidden_dropout", 0.1)), float(args.get("attention_dropout", 0.1))
     eps = float(args.get("layernorm_epsilon", 1e-5))
     if arch == "llama":
-        return llama.llama_config(args, vocab_size, eod, common)
+        return llama.llama_config(args, vocab_size, {**common, **special})
     if arch == "gpt2":
         common["n_positions"] = common.pop("max_position_embeddings")
         return transformers.GPT2Config(
             n_embd=hidden, n_layer=layers, n_head=heads, n_inner=ffn,
             activation_function=TANH_GELUS[0], resid_pdrop=hdrop, embd_pdrop=hdrop,
-            attn_pdrop=adrop, layer_norm_epsilon=eps, bos_token_id=eod, eos_token_id=eod,
-            **common)
+            attn_pdrop=adrop, layer_norm_epsilon=eps, **special, **common)
     if arch == "gpt_neox":
         rope = {"rope_type": "default", "rope_theta": float(args.get("rotary_base", 10000.0)),
                 "partial_rotary_factor": float(args.get("rotary_percent", 1.0))}
@@ -129,8 +130,7 @@ def hf_config(arch: str, args: dict, vocab_size: int, eod: int | None):
             hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
             intermediate_size=ffn, hidden_act=TANH_GELUS[0], rope_parameters=rope,
             use_parallel_residual=False, attention_bias=True, layer_norm_eps=eps,
-            hidden_dropout=hdrop, attention_dropout=adrop, bos_token_id=eod,
-            eos_token_id=eod, **common)
+            hidden_dropout=hdrop, attention_dropout=adrop, **special, **common)
     binary = bool(args.get("bert_binary_head", True))
     common["architectures"] = [HF_CLASS[arch] if binary else "MegatronBertForMaskedLM"]
     return transformers.MegatronBertConfig(

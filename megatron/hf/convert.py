@@ -22,20 +22,35 @@ def _real_vocab(args: dict, full: dict[str, torch.Tensor]) -> int:
     return vocab
 
 
-def _eod(args: dict) -> int | None:
-    """The end-of-document id of the run's tokenizer (GPT configs' bos/eos), if it loads."""
+def _optional(tok, name: str) -> int | None:
+    """A special id the tokenizer may lack (``bos``, ``pad``): None where it has none."""
+    try:
+        return int(getattr(tok, name))
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def special_token_ids(args: dict) -> dict[str, int | None]:
+    """The run's tokenizer's special ids for a GPT config.json: ``eos_token_id`` = its end
+    of document, ``bos_token_id`` = its BOS where it has one (a Llama tokenizer's ``<s>``),
+    else the end of document (GPT-2's ``<|endoftext|>`` is both), and ``pad_token_id``
+    where it has a PAD. None for both when there is no tokenizer or it does not load."""
     from megatron.tokenizer import build_tokenizer
+    none = {"bos_token_id": None, "eos_token_id": None}
     kind = args.get("tokenizer_type")
     if kind == "NullTokenizer" or kind is None:
-        return None
+        return none
     try:
         tok = build_tokenizer(kind, vocab_file=args.get("vocab_file"),
                               merge_file=args.get("merge_file"),
                               tokenizer_model=args.get("tokenizer_model"),
                               vocab_extra_ids=int(args.get("vocab_extra_ids") or 0))
-        return int(tok.eod)
+        eod = int(tok.eod)
     except (OSError, ValueError, NotImplementedError, AttributeError):
-        return None
+        return none
+    bos, pad = _optional(tok, "bos"), _optional(tok, "pad")
+    ids = {"bos_token_id": eod if bos is None else bos, "eos_token_id": eod}
+    return ids if pad is None else {**ids, "pad_token_id": pad}
 
 
 def save_hf(full: dict[str, torch.Tensor], args: dict, save_dir: str) -> tuple[str, str]:
@@ -57,7 +72,7 @@ def save_hf(full: dict[str, torch.Tensor], args: dict, save_dir: str) -> tuple[s
         # no segment table: transformers always adds row 0 of one, so give it zeros
         full[_TOKENTYPES] = torch.zeros(2, hidden, dtype=full["embedding.word_embeddings.weight"].dtype)
     tensors = mapping.to_hf(full, arch, mapping.AttentionShape.from_args(args), vocab)
-    config = architecture.hf_config(arch, args, vocab, _eod(args))
+    config = architecture.hf_config(arch, args, vocab, special_token_ids(args))
     files, tok_config, note = hf_dir.tokenizer_files(args)
     return hf_dir.write_model_dir(save_dir, config, tensors, files, tok_config), note
 
@@ -70,7 +85,10 @@ def model_flags(args: dict) -> list[str]:
              f"--num-attention-heads {heads}", f"--kv-channels {args['kv_channels']}",
              f"--ffn-hidden-size {args['ffn_hidden_size']}",
              f"--max-position-embeddings {args['max_position_embeddings']}",
-             f"--layernorm-epsilon {args['layernorm_epsilon']}"]
+             f"--layernorm-epsilon {args['layernorm_epsilon']}",
+             # the imported config's (Llama: none), not our defaults of 0.1
+             f"--hidden-dropout {args['hidden_dropout']}",
+             f"--attention-dropout {args['attention_dropout']}"]
     if (args.get("normalization") or "LayerNorm") != "LayerNorm":
         flags.append(f"--normalization {args['normalization']}")
     if args.get("position_embedding_type") == "rope":

@@ -29,8 +29,9 @@ def export_problems(args: dict) -> list[str]:
     return problems
 
 
-def llama_config(args: dict, vocab_size: int, eod: int | None, common: dict):
-    """The ``LlamaConfig`` of our model (``common``: vocabulary, positions, tying, init)."""
+def llama_config(args: dict, vocab_size: int, common: dict):
+    """The ``LlamaConfig`` of our model (``common``: vocabulary, positions, tying, init,
+    the tokenizer's special ids)."""
     import transformers
     heads = int(args["num_attention_heads"])
     rope = {"rope_type": "default", "rope_theta": float(args.get("rotary_base", 10000.0))}
@@ -46,8 +47,7 @@ def llama_config(args: dict, vocab_size: int, eod: int | None, common: dict):
         intermediate_size=int(args["ffn_hidden_size"]), hidden_act="silu",
         rms_norm_eps=float(args.get("layernorm_epsilon", 1e-5)), rope_parameters=rope,
         attention_bias=bias, mlp_bias=bias,
-        attention_dropout=float(args.get("attention_dropout", 0.0)),
-        bos_token_id=eod, eos_token_id=eod, **common)
+        attention_dropout=float(args.get("attention_dropout", 0.0)), **common)
 
 
 def import_problems(config) -> list[str]:

@@ -22,7 +22,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     """The model, data and Table 1 flags the study and the tuner share."""
     p.add_argument("--preset", required=True,
                    choices=sorted({name for _, name in PRESETS}))
-    p.add_argument("--model", default="gpt", choices=["gpt", "bert"])
+    p.add_argument("--model", default="gpt", choices=sorted({model for model, _ in PRESETS}),
+                   help="llama: a GPT with the Llama layer (RMSNorm, grouped-query "
+                        "attention, SwiGLU, rotary, no biases, untied); presets smoke, demo, "
+                        "cpu")
     p.add_argument("--out", required=True, help="output folder (reused: finished runs skip)")
     g = p.add_argument_group("data (default: the default corpus, built under OUT/data)")
     g.add_argument("--data-path", help="token store prefix (GPT: _document, BERT: _sentence)")

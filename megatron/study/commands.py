@@ -137,7 +137,7 @@ def pretrain_command(preset: Preset, run: RunSpec, data: DataSpec, run_dir: str,
     warmup = int(preset.train_tokens * preset.warmup_fraction)
     ckpt = os.path.join(run_dir, "checkpoints")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    script = os.path.join(root, f"pretrain_{preset.model}.py")
+    script = os.path.join(root, preset.script)
     p = preset
     flags = [script,
              "--num-layers", str(p.num_layers), "--hidden-size", str(p.hidden_size),

@@ -96,6 +96,7 @@ TABLE1 = {"gpt": HyperParams(d_s_seqlen=80 / 2048, d_s_percentile=1, t_c=0.4,
                              r_s=128 / 2048, t_r=0.7),
           "bert": HyperParams(d_s_seqlen=128 / 512, d_s_percentile=5, t_c=0.5,
                               r_s=128 / 512, t_r=1.0)}
+TABLE1["llama"] = TABLE1["gpt"]      # a GPT of another layer: the paper's GPT settings
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ class Preset:
     """A study size: model, batch, token budget, data, evaluation.
 
     Attributes:
-        name, model: the preset's key (``model`` is ``gpt`` or ``bert``).
+        name, model: the preset's key (``model`` is ``gpt``, ``bert`` or ``llama``: a GPT
+            whose ``extra`` flags give it the Llama layer).
         train_tokens: the 100% budget (layer-weighted consumed tokens, as the LR schedule
             counts them).
         warmup_fraction: LR warmup, in tokens, a fraction of the 100% budget (the same
@@ -160,6 +162,11 @@ class Preset:
     def __post_init__(self) -> None:
         if self.hyper is None:
             object.__setattr__(self, "hyper", TABLE1[self.model])
+
+    @property
+    def script(self) -> str:
+        """The pretraining script its runs use."""
+        return "pretrain_bert.py" if self.model == "bert" else "pretrain_gpt.py"
 
     @property
     def arms(self) -> dict[str, Arm]:
@@ -241,6 +248,32 @@ PRESETS = {(p.model, p.name): p for p in [
                   "--weight-decay", "0.1", "--clip-grad", "1.0", "--adam-beta2", "0.95"),
            reference=Reference(4, 512, 8, train_iters=2000, corpus_bytes=None)),
 ]}
+
+
+
+
+def llama_layer(query_groups: int) -> tuple[str, ...]:
+    """The Llama layer's flags (Megatron-LM's names): RMSNorm, ``query_groups`` key/value
+    heads, SwiGLU at its default width, rotary positions (base 10000) and no position
+    table, no biases, an untied output layer (Llama-2's; TinyLlama's too)."""
+    return ("--normalization", "RMSNorm", "--group-query-attention", "--num-query-groups",
+            str(query_groups), "--swiglu", "--position-embedding-type", "rope",
+            "--no-position-embedding", "--rotary-base", "10000", "--disable-bias-linear",
+            "--untie-embeddings-and-output-weights")
+
+
+def _llama(name: str, query_groups: int) -> Preset:
+    """The GPT preset ``name`` in the Llama shape: the same sizes, budget, corpus, plan and
+    optimizer (the pruning arms' reference model takes the Llama layer too)."""
+    gpt = PRESETS[("gpt", name)]
+    smoke = _SMOKE_LOADER if _SMOKE_LOADER[0] in gpt.extra else ()
+    return replace(gpt, model="llama", extra=_CPU_FLAGS + llama_layer(query_groups) + smoke)
+
+
+# --model llama: the smoke model's 2 heads share one key/value head; the demo's and the
+# cpu preset's 4 heads are in 2 groups.
+PRESETS.update({("llama", p.name): p for p in [_llama("smoke", 1), _llama("demo", 2),
+                                               _llama("cpu", 2)]})
 
 
 def get_preset(name: str, model: str = "gpt") -> Preset:

@@ -39,6 +39,12 @@ ALIASES = {"HFTokenizer": HF_TYPE}     # Megatron-DeepSpeed's spelling
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
                    "tokenizer.model")
+# --trust-remote-code (Megatron-LM's and Megatron-DeepSpeed's flag, passed to AutoTokenizer
+# there) is refused, not ignored: a tokenizer's own Python code is never run here.
+REMOTE_CODE_REFUSED = ("--trust-remote-code is not supported: a Hugging Face tokenizer's own "
+                       "Python code (auto_map) is never run here; give --tokenizer-model a "
+                       "tokenizer that loads without it (a folder with tokenizer.json, or the "
+                       "tokenizer.json file itself)")
 # Conventional special-token names, for a bare tokenizer.json (first one present wins).
 _CONVENTIONAL = {"bos_token": ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"),
                  "eos_token": ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"),

@@ -157,7 +157,8 @@ def test_tokenizer_files_travel_both_ways(tmp_path):
     for text in corpus(5, seed=11) + ["Hello, wörld!  two  spaces\n"]:
         assert hf_tok.encode(text) == ours_tok.tokenize(text), text
     config = json.load(open(tmp_path / "hf" / "config.json"))
-    assert config["eos_token_id"] == ours_tok.eod
+    assert config["eos_token_id"] == config["bos_token_id"] == ours_tok.eod   # <|endoftext|>
+    assert config.get("pad_token_id") is None
     tool.main(["--loader", "hf", "--load-dir", str(tmp_path / "hf"), "--save-dir",
                str(tmp_path / "back")])
     args = tool.load_whole(str(tmp_path / "back"))[2]

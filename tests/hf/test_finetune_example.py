@@ -51,3 +51,8 @@ def test_finetune_example_lowers_validation_perplexity(tmp_path):
     import transformers
     again = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out" / "hf"))
     assert again.config.vocab_size == 300
+    # the finished export is kept: a rerun stops at once (examples/_hf_export.sh)
+    rerun = subprocess.run(["bash", os.path.join(ROOT, "examples", "finetune_gpt2_cl_ltd.sh")],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 2 and "REPLACE_EXPORT=1" in rerun.stderr
+    assert os.path.isfile(tmp_path / "out" / "hf" / "model.safetensors")

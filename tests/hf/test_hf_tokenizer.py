@@ -148,3 +148,22 @@ def test_the_analyzer_indexes_voc_and_the_inspector_decodes(hf_data, tmp_path, c
     with pytest.raises(BadInputError, match="made with tokenizer HuggingFaceTokenizer"):
         tool("inspect_index").main([str(tmp_path / "idx" / "voc"), "--data-path", store,
                                     "--tokenizer-type", HF, "--tokenizer-model", other])
+
+
+def test_trust_remote_code_is_refused_not_ignored(hf_data, tmp_path, capsys):
+    """Megatron-LM's / Megatron-DeepSpeed's --trust-remote-code: no tokenizer code is run
+    here, so training and preprocessing refuse the flag with the reason."""
+    from megatron.arguments import ArgumentValidationError, parse_args, validate_args
+    root, _, folder, _ = hf_data
+    with pytest.raises(ArgumentValidationError, match="--trust-remote-code is not supported"):
+        validate_args(parse_args(args=[
+            "--num-layers", "2", "--hidden-size", "8", "--num-attention-heads", "2",
+            "--seq-length", "8", "--micro-batch-size", "1", "--lr", "1e-3", "--train-iters",
+            "1", "--data-path", "x", "--tokenizer-type", "HFTokenizer", "--tokenizer-model",
+            folder, "--trust-remote-code"]))
+    with pytest.raises(SystemExit):
+        tool("preprocess_data").main([
+            "--input", str(root / "docs.jsonl"), "--output-prefix", str(tmp_path / "x"),
+            "--tokenizer-type", HF, "--tokenizer-model", folder, "--trust-remote-code"])
+    assert "--trust-remote-code is not supported" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)

@@ -20,8 +20,8 @@ transformers = pytest.importorskip("transformers")
 HF, SEQ, VOCAB = "HuggingFaceTokenizer", 16, 300
 
 
-def _tiny_with(tokenizer_model: str, folder: str):
-    return save_tiny("gpt_learned", folder, seq_length=SEQ, max_position_embeddings=SEQ,
+def _tiny_with(tokenizer_model: str, folder: str, kind: str = "gpt_learned"):
+    return save_tiny(kind, folder, seq_length=SEQ, max_position_embeddings=SEQ,
                      tokenizer_type=HF, tokenizer_model=tokenizer_model, vocab_size=None,
                      orig_vocab_size=VOCAB, padded_vocab_size=304)
 
@@ -45,7 +45,8 @@ def test_tokenizer_files_travel_both_ways(tmp_path, capsys, bare):
     assert (theirs.bos_token_id, theirs.eos_token_id) == (1, 2)
     for text in docs[:4] + list(EXTRA_TEXTS):
         assert theirs(text).input_ids == ours.tokenize(text), text
-    assert json.load(open(hf / "config.json"))["eos_token_id"] == 2
+    config = json.load(open(hf / "config.json"))
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)     # <s>, </s>
     capsys.readouterr()
     tool.main(["--loader", "hf", "--load-dir", str(hf), "--save-dir", str(tmp_path / "back")])
     assert f"--tokenizer-type {HF} --tokenizer-model {hf}" in capsys.readouterr().out
@@ -55,6 +56,34 @@ def test_tokenizer_files_travel_both_ways(tmp_path, capsys, bare):
         again = build_tokenizer(HF, tokenizer_model=str(hf))
         assert tokenizer_identity(HF, again, tokenizer_model=str(hf)) == \
             tokenizer_identity(HF, ours, tokenizer_model=folder)
+
+
+def test_llama_export_names_the_tokenizers_bos_and_eos(tmp_path):
+    """A Llama trained with a Hugging Face tokenizer: config.json carries the tokenizer's
+    BOS and EOS (not the end of document twice), so transformers' generation starts and
+    stops where the tokenizer does; a tokenizer with a PAD names it too."""
+    docs = documents(40)
+    folder = make_hf_tokenizer(str(tmp_path / "tok"), docs)
+    _tiny_with(folder, str(tmp_path / "ours"), kind="llama")
+    checkpoint_util().main(["--saver", "hf", "--load-dir", str(tmp_path / "ours"),
+                            "--save-dir", str(tmp_path / "hf")])
+    config = json.load(open(tmp_path / "hf" / "config.json"))
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
+    assert config.get("pad_token_id") is None
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert (model.generation_config.bos_token_id, model.generation_config.eos_token_id) == \
+        (theirs.bos_token_id, theirs.eos_token_id)
+    padded = transformers.AutoTokenizer.from_pretrained(folder)    # the same, PAD = <unk>
+    padded.pad_token = "<unk>"
+    padded.save_pretrained(str(tmp_path / "tok_pad"))
+    _tiny_with(str(tmp_path / "tok_pad"), str(tmp_path / "ours_pad"), kind="llama")
+    checkpoint_util().main(["--saver", "hf", "--load-dir", str(tmp_path / "ours_pad"),
+                            "--save-dir", str(tmp_path / "hf_pad")])
+    config = json.load(open(tmp_path / "hf_pad" / "config.json"))
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == \
+        (1, 2, 0)
 
 
 class _Scorer:

@@ -55,7 +55,8 @@ def test_transformers_llama_in_to_tp2_pp2_and_out_exactly(tmp_path, capsys):
     for flag in ("--normalization RMSNorm", "--group-query-attention --num-query-groups 2",
                  "--kv-channels 16", "--swiglu", "--disable-bias-linear",
                  "--use-rope-scaling --rope-scaling-factor 4.0", "--layernorm-epsilon 1e-06",
-                 "--untie-embeddings-and-output-weights"):
+                 "--untie-embeddings-and-output-weights", "--hidden-dropout 0.0 "
+                 "--attention-dropout 0.0"):
         assert flag in printed, flag
     _, _, args, full = tool.load_whole(str(tmp_path / "ours"))
     assert args["padded_vocab_size"] == 64 and args["tensor_model_parallel_size"] == 2
@@ -110,7 +111,6 @@ def test_continued_pretraining_from_transformers_llama_with_cl_and_random_ltd(tm
                       "--global-batch-size", "4", "--train-iters", "4", "--lr", "1e-4",
                       "--data-path", str(tmp_path / "corpus"), "--split", "90,10,0",
                       "--eval-iters", "1", "--eval-interval", "100", "--num-workers", "0",
-                      "--hidden-dropout", "0", "--attention-dropout", "0",
                       "--data-efficiency-curriculum-learning", "--curriculum-metric", "seqtru",
                       "--curriculum-min-difficulty", "8", "--curriculum-max-difficulty",
                       str(SEQ), "--curriculum-total-steps", "3",

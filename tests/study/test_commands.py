@@ -104,3 +104,24 @@ def test_pruning_arms_are_static_windows_over_their_index():
     assert analyzer_metrics(PRUNE_ARMS.values()) == [] and window_metrics(GPT_ARMS.values()) == []
     with pytest.raises(ValueError, match="not combined"):
         Arm("x", curriculum=("voc",), window=Window("ppl", 0, 50))
+
+
+def test_llama_presets_are_the_gpt_presets_with_the_llama_layer():
+    """--model llama: the GPT preset's sizes, budget, plan and Table 1, run by
+    pretrain_gpt.py with RMSNorm, grouped-query attention, SwiGLU, rotary, no biases and
+    an untied output layer."""
+    for name, groups in (("smoke", 1), ("demo", 2), ("cpu", 2)):
+        gpt, llama = get_preset(name), get_preset(name, "llama")
+        assert replace(llama, model="gpt", extra=gpt.extra) == gpt
+        assert llama.hyper == gpt.hyper and llama.arms == gpt.arms
+        cmd, args = _parsed(llama, GPT_ARMS["CL_seqtru_voc+random-LTD"])
+        gpt_cmd, _ = _parsed(gpt, GPT_ARMS["CL_seqtru_voc+random-LTD"])
+        assert cmd[0] == gpt_cmd[0] and cmd[0].endswith("pretrain_gpt.py")
+        assert args.normalization == "RMSNorm" and args.num_query_groups == groups
+        assert args.group_query_attention and args.swiglu and not args.add_bias_linear
+        assert args.position_embedding_type == "rope" and not args.add_position_embedding
+        assert args.untie_embeddings_and_output_weights and args.rotary_base == 10000
+        assert (args.hidden_dropout, args.attention_dropout) == (0.0, 0.0)
+        assert ("--num-workers" in cmd) == ("--num-workers" in gpt_cmd)
+    with pytest.raises(ValueError, match="no preset 'gpu-125m' for --model llama"):
+        get_preset("gpu-125m", "llama")

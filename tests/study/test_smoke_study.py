@@ -238,6 +238,31 @@ def test_bert_smoke_arms(study, tmp_path):
     assert "val acc" not in open(os.path.join(out, "study.md")).read()
 
 
+@pytest.mark.slow
+def test_llama_smoke_composed_arm(smoke, study, tmp_path):
+    """--model llama: the composed arm trains the Llama layer (RMSNorm, one key/value head
+    for the two query heads, SwiGLU, no bias anywhere, untied) on the smoke study's data and
+    index, in more (cheaper) steps than the GPT baseline takes to the same budget."""
+    from megatron.checkpointing.whole_model import load_whole
+    out = str(tmp_path / "llama")
+    shutil.copytree(os.path.join(smoke, "index"), os.path.join(out, "index"))
+    assert study.main(["--preset", "smoke", "--model", "llama", "--out", out, "--arms",
+                       "CL_seqtru_voc+random-LTD", "--budgets", "1", "--threads-per-job", "1",
+                       *_own_data(smoke)]) == 0
+    meta = json.load(open(os.path.join(out, "study.json")))
+    (run,) = meta["runs"]
+    assert meta["model"] == "llama" and run["arm"] == "CL_seqtru_voc+random-LTD"
+    assert math.isfinite(run["val_loss"]) and 3072 <= run["consumed_tokens"] < 3072 + 4 * 32
+    _, _, args, full = load_whole(os.path.join(out, "runs", run["run"], "checkpoints"))
+    assert args["normalization"] == "RMSNorm" and args["num_query_groups"] == 1
+    assert args["swiglu"] and args["untie_embeddings_and_output_weights"]
+    assert args["data_efficiency"].curriculum.enabled and args["data_efficiency"].random_ltd.enabled
+    assert "output_layer.weight" in full and not [k for k in full if k.endswith("bias")]
+    gpt = json.load(open(os.path.join(smoke, "study.json")))["runs"]
+    baseline = next(r for r in gpt if (r["arm"], r["budget_fraction"]) == ("baseline", 1.0))
+    assert run["iterations"] > baseline["iterations"]
+
+
 def test_moe_preset_runs_the_moe_baseline_and_the_composed_arm(study, tmp_path):
     """The MoE preset (paper Table 2, cases 16-17): both arms train a 4-expert model (the
     runs log the MoE load-balancing loss) and are recorded at the same budget."""

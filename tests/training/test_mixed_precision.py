@@ -58,13 +58,16 @@ def test_grad_dtype_follows_megatron():
         assert layer.weight.main_grad.dtype == want
 
 
-def test_gloo_on_a_cuda_machine_is_refused(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    with pytest.raises(ArgumentValidationError, match="--distributed-backend gloo"):
+@pytest.mark.parametrize("backend, cuda", [("gloo", True), ("nccl", False)])
+def test_a_backend_the_machine_cannot_run_is_refused(monkeypatch, backend, cuda):
+    """gloo beside CUDA (the model would be on the GPU); nccl without CUDA (Megatron-
+    DeepSpeed's Llama-2 script names it; it would fail deep in torch otherwise)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    with pytest.raises(ArgumentValidationError, match=f"--distributed-backend {backend} on a"):
         validate_args(parse_args(args=[
             "--num-layers", "2", "--hidden-size", "8", "--num-attention-heads", "2",
             "--seq-length", "8", "--micro-batch-size", "1", "--lr", "1e-3", "--vocab-size",
-            "16", "--train-iters", "1", "--distributed-backend", "gloo"]))
+            "16", "--train-iters", "1", "--distributed-backend", backend]))
 
 
 @pytest.mark.parametrize("optimizer", [[], ["--use-distributed-optimizer"]])

@@ -38,10 +38,6 @@ from megatron.study.presets import get_preset  # noqa: E402
 TRAIN_STEPS, CPU_STEPS, LOSS_TOLERANCE = 200, 20, 0.03
 COMPOSED = "CL_seqtru_voc+random-LTD"
 _LOSS = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*?lm loss: ([\d.E+-]+)")
-# bf16 dense tensor-core peaks from the vendor's data sheets (FLOP/s, no sparsity)
-SPEC_BF16_PEAK = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12,
-                  "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 756e12, "GH200": 989e12,
-                  "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
 GPT_350M = dict(num_layers=24, hidden_size=1024, num_attention_heads=16, seq_length=1024,
                 vocab_size=50304, micro_batch_size=8)
 
@@ -117,13 +113,11 @@ def check_train(smoke: bool, out: str) -> dict:
 
 
 def _spec_peak() -> tuple[str, float | None]:
-    if not torch.cuda.is_available():
-        return "cpu", None
-    name = torch.cuda.get_device_name()
-    for key in sorted(SPEC_BF16_PEAK, key=len, reverse=True):
-        if key in name:
-            return name, SPEC_BF16_PEAK[key]
-    return name, None
+    """(device, bf16 dense data-sheet peak in FLOP/s): the training log's MFU table."""
+    from megatron.throughput import device_name, peak_tflops
+    name = device_name()
+    peak = peak_tflops(name)
+    return name or "cpu", None if peak is None else peak * 1e12
 
 
 def _gpt_args(smoke: bool):

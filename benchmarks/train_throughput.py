@@ -7,8 +7,9 @@ measured fp32 matmul peak.
 1. Peak: the best FLOP/s of ``torch.mm`` on large square fp32 matrices (best of several).
 2. Step: forward + backward + AdamW step of a GPT (6 layers, hidden 512, 8 heads, seq 512,
    vocab 32000, micro-batch 8 by default), the same GPTModel and optimizer pretrain() uses.
-3. Model FLOPs per step, Megatron's formula for forward + backward without recompute:
-   ``72 * B * s * l * h^2 * (1 + s / (6h) + V / (12 * l * h))``.
+3. Model FLOPs per step, Megatron-LM's formula for forward + backward without recompute
+   (``megatron.throughput``, the count the training log's TFLOP/s uses):
+   ``72 * B * s * l * h^2 * (1 + s / (12h) + V / (12 * l * h))`` for this plain GPT.
 MFU = model FLOPs per step / step time / measured peak.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron.model.config import TransformerConfig  # noqa: E402
 from megatron.model.gpt_model import GPTModel  # noqa: E402
 from megatron.optimizer import OptimizerConfig, get_megatron_optimizer  # noqa: E402
+from megatron.throughput import ModelFlops  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -50,9 +52,12 @@ def matmul_peak(n: int, repeats: int, device: str, dtype: torch.dtype) -> float:
 
 
 def model_flops_per_step(batch: int, seq: int, layers: int, hidden: int, vocab: int) -> float:
-    """Megatron's forward + backward FLOPs of one global batch, no recompute."""
-    return 72.0 * batch * seq * layers * hidden ** 2 * (
-        1.0 + seq / (6.0 * hidden) + vocab / (12.0 * layers * hidden))
+    """Megatron-LM's forward + backward FLOPs of one global batch of a plain GPT (4h MLP,
+    multi-head attention), no recompute."""
+    model = ModelFlops(num_layers=layers, hidden_size=hidden, ffn_hidden_size=4 * hidden,
+                       num_attention_heads=1, kv_channels=hidden, num_query_groups=1,
+                       vocab_size=vocab)
+    return float(model.step_flops(batch, seq))
 
 
 def build(args: argparse.Namespace):

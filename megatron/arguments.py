@@ -19,6 +19,7 @@ from megatron.flag_sizes import size_problems
 from megatron.deepspeed_compat import (add_deepspeed_args, apply_deepspeed_flags,
                                        check_deepspeed_batch, default_tokenizer_type)
 from megatron.given_flags import given_dests
+from megatron.telemetry import add_telemetry_args, telemetry_problems
 from megatron.tokenizer import vocab_size_with_padding
 
 _GLOBAL_ARGS: argparse.Namespace | None = None
@@ -41,7 +42,8 @@ def parse_args(extra_args_provider: Callable | None = None, ignore_unknown_args:
                                      allow_abbrev=False)
     for add in (_add_model_args, _add_parallel_args, _add_training_args,
                 _add_mixed_precision_args, _add_data_args, _add_logging_args,
-                _add_data_efficiency_args, _add_moe_args, add_deepspeed_args):
+                _add_data_efficiency_args, _add_moe_args, add_deepspeed_args,
+                add_telemetry_args):
         add(parser)
     if extra_args_provider is not None:
         parser = extra_args_provider(parser)
@@ -273,7 +275,6 @@ def _add_logging_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--tensorboard-log-interval", type=int, default=1)
     g.add_argument("--tensorboard-queue-size", type=int, default=1000)
-    g.add_argument("--log-timers-to-tensorboard", action="store_true")
     g.add_argument("--metrics-file", default=None, metavar="PATH",
                    help="JSON-lines metrics of every logged step, evaluation, start and end "
                         "(megatron/metrics_file.py); default: metrics.jsonl in "
@@ -357,6 +358,7 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
         errors.append(f"--lr must be > 0, got {args.lr}")
     if args.lr is not None and args.min_lr > args.lr:
         errors.append(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr})")
+    errors += telemetry_problems(args)
     sizes = size_problems(args)
     if sizes:   # the checks and derivations below divide by these
         raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors + sizes))

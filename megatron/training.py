@@ -27,6 +27,7 @@ from megatron.core.devices import collective_device
 from megatron.core.distributed.errors import collective_context
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
+from megatron.core.timers import NO_TIMERS, Timers
 from megatron.core.enums import ModelType
 from megatron.data_efficiency.data_family import DataFamily, GPTSamples
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
@@ -37,10 +38,11 @@ from megatron.optimizer import get_megatron_optimizer
 from megatron.optimizer.state_stats import adam_state_norms
 from megatron.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.run_plan import RunPlan, plan_run
+from megatron.throughput import ModelFlops
 from megatron.training_data import build_train_valid_test_data_iterators, microbatch_feeds
 from megatron.training_log import StepStats, TrainingLogger
-from megatron.training_setup import (build_data_efficiency_runtime, build_model, run_summary,
-                                     training_logger, training_samples)
+from megatron.training_setup import (build_data_efficiency_runtime, build_model, model_flops,
+                                     run_summary, training_logger, training_samples)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -74,12 +76,12 @@ def print_rank_0(msg: str) -> None:
 
 
 def _run_schedule(forward_step_func, feeds, model, args, forward_only, grad_scale_func,
-                  seq_length) -> list[dict]:
+                  seq_length, timers: Timers = NO_TIMERS) -> list[dict]:
     return get_forward_backward_func()(
         forward_step_func=forward_step_func, data_iterator=feeds[0] if len(feeds) == 1 else feeds,
         model=model, num_microbatches=args.num_microbatches, seq_length=seq_length,
         micro_batch_size=args.micro_batch_size, forward_only=forward_only,
-        grad_scale_func=grad_scale_func)
+        grad_scale_func=grad_scale_func, timers=timers)
 
 
 def _reduce_losses(loss_dicts: list[dict]) -> dict[str, float]:
@@ -99,26 +101,33 @@ def _reduce_losses(loss_dicts: list[dict]) -> dict[str, float]:
 
 
 def _run_microbatches(train_iterator, runtime, plan: StepPlan, model, forward_step_func,
-                      optimizer, args):
+                      optimizer, args, timers: Timers = NO_TIMERS):
     """The step's micro-batches through the schedule (shapes from the plan), the gradient
     reductions and the optimizer step; returns the losses, the optimizer's outcome and
-    the shapes the feeds produced."""
+    the shapes the feeds produced. ``timers``: the level-1 phases (forward-backward,
+    all-grads-sync, optimizer); nothing is timed, or synchronised, below that level."""
     feeds = microbatch_feeds(train_iterator, runtime, plan, args.seq_length,
-                             args.micro_batch_size, len(model))
-    loss_dicts = _run_schedule(forward_step_func, feeds, model, args, False,
-                               optimizer.scale_loss, plan.seq_length)
-    finalize_model_grads(model)
-    ok, grad_norm, _ = optimizer.step()
+                             args.micro_batch_size, len(model), timers)
+    with timers.phase("forward-backward"):
+        loss_dicts = _run_schedule(forward_step_func, feeds, model, args, False,
+                                   optimizer.scale_loss, plan.seq_length, timers)
+    with timers.phase("all-grads-sync"):   # DP, sequence-parallel and embedding reductions
+        finalize_model_grads(model)
+    with timers.phase("optimizer"):
+        ok, grad_norm, _ = optimizer.step(timers)
     observed = [shape for feed in feeds for shape in feed.observed]
     return loss_dicts, ok, grad_norm, observed
 
 
 def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                runtime: DataEfficiencyRuntime, state: TrainState,
-               args: argparse.Namespace, moe_monitor: MoEMonitor | None = None) -> StepStats:
+               args: argparse.Namespace, moe_monitor: MoEMonitor | None = None,
+               timers: Timers = NO_TIMERS, flops: ModelFlops | None = None) -> StepStats:
     """One optimizer step over ``num_microbatches`` micro-batches, driven by the step's
     ``StepPlan`` (computed once here; the feed, the schedule's shapes, the LR scheduler,
-    the counters and the logger read it).
+    the counters and the logger read it). ``timers`` times its phases (at the level they
+    were built with); ``flops`` counts the model FLOPs of the plan's shapes for the
+    throughput field (None: not reported).
 
     The collectives (schedule, gradient reductions, optimizer step) run inside
     ``collective_context``: a failure there, such as a peer rank that died, is raised as
@@ -131,7 +140,7 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     moe_monitor.begin_step(optimizer.get_loss_scale(), args.num_microbatches)
     with collective_context(it + 1):
         loss_dicts, ok, grad_norm, observed = _run_microbatches(
-            train_iterator, runtime, plan, model, forward_step_func, optimizer, args)
+            train_iterator, runtime, plan, model, forward_step_func, optimizer, args, timers)
         moe_monitor.end_step()
         plan = runtime.finish_step(plan, observed)
         losses = _reduce_losses(loss_dicts)
@@ -157,6 +166,7 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                      learning_rate=scheduler.get_lr(), batch_size=args.global_batch_size,
                      loss_scale=optimizer.get_loss_scale(), grad_norm=grad_norm,
                      skipped=not ok, losses=losses, plan=plan.scalars(),
+                     flops=None if flops is None else flops.plan_flops(plan),
                      extra_scalars={**plan.scalars(), **plan.sampled_values, **opt_states,
                                     **moe_monitor.histograms()})
 
@@ -189,11 +199,19 @@ def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], mo
     return losses
 
 
-def _save(state, runtime, model, optimizer, scheduler, args) -> None:
-    save_checkpoint(state.iteration, model, optimizer, scheduler, state.extra_state(runtime),
-                    save_dir=args.save, save_optim=not args.no_save_optim,
-                    save_rng=not args.no_save_rng, args=args, model_type=runtime.shape.model)
+def _save(state, runtime, model, optimizer, scheduler, args,
+          logger: TrainingLogger | None = None) -> None:
+    """Save a checkpoint on every rank; with a logger, time it (``save-checkpoint``, a
+    level-0 timer as in Megatron: the save already waits for the device) and print the
+    timer's report."""
+    timers = NO_TIMERS if logger is None else logger.timers
+    with timers.phase("save-checkpoint"):
+        save_checkpoint(state.iteration, model, optimizer, scheduler, state.extra_state(runtime),
+                        save_dir=args.save, save_optim=not args.no_save_optim,
+                        save_rng=not args.no_save_rng, args=args, model_type=runtime.shape.model)
     print_rank_0(f" > saved checkpoint at iteration {state.iteration} to {args.save}")
+    if logger is not None:
+        logger.timer_report(["save-checkpoint"])
 
 
 def _eval_due(iteration: int, args: argparse.Namespace, make_valid_iterator) -> bool:
@@ -232,8 +250,10 @@ def _early_exit_reason(iteration: int, start: float, args: argparse.Namespace) -
 
 def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, state: TrainState,
           args: argparse.Namespace, logger: TrainingLogger, run: RunPlan,
-          moe_monitor: MoEMonitor | None = None) -> str | None:
-    """The training loop: steps, logging, evaluation, checkpoints, exit rules.
+          moe_monitor: MoEMonitor | None = None,
+          flops: ModelFlops | None = None) -> str | None:
+    """The training loop: steps, logging, evaluation, checkpoints, exit rules. The phases
+    are timed with ``logger.timers``; ``flops`` counts each step's model FLOPs.
 
     Returns:
         None when the stopping rule was reached, else why the run stopped early
@@ -246,7 +266,7 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
         m.train()
     while not _training_done(state, run):
         stats = train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
-                           runtime, state, args, moe_monitor)
+                           runtime, state, args, moe_monitor, logger.timers, flops)
         now = time.time()
         logger.record(stats, now - last_log)
         if state.iteration % logger.log_interval == 0:
@@ -260,17 +280,17 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
             last_log = time.time()   # evaluation time is not training time
         saved = False
         if args.save and args.save_interval and it % args.save_interval == 0:
-            _save(state, runtime, model, optimizer, scheduler, args)
+            _save(state, runtime, model, optimizer, scheduler, args, logger)
             saved = True
         reason = _early_exit_reason(it, start, args)
         if reason is not None:
             if args.save and not saved:
-                _save(state, runtime, model, optimizer, scheduler, args)
+                _save(state, runtime, model, optimizer, scheduler, args, logger)
             print_rank_0(f" > exiting at iteration {it}: {reason}")
             return reason
     saved_last = args.save_interval and state.iteration % args.save_interval == 0
     if args.save and state.iteration > first_iteration and not saved_last:
-        _save(state, runtime, model, optimizer, scheduler, args)
+        _save(state, runtime, model, optimizer, scheduler, args, logger)
     return None
 
 
@@ -391,7 +411,8 @@ def _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime,
                          f"{state.consumed_samples}, tokens {state.consumed_tokens})")
         first_iteration = state.iteration
         stopped = train(forward_step_func, model, optimizer, scheduler, runtime, iterators,
-                        state, args, logger, run, moe_monitor)
+                        state, args, logger, run, moe_monitor,
+                        model_flops(args, runtime.shape.model))
         evaluated = (state.iteration > first_iteration   # the loop's last step evaluated
                      and _eval_due(state.iteration, args, iterators[1]))
         if not stopped and args.eval_iters > 0 and iterators[1] is not None and not evaluated:

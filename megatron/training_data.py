@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 from megatron.core.devices import accelerator_device, collective_device
+from megatron.core.timers import NO_TIMERS, Timers
 from megatron.data.data_loader import build_pretraining_data_loader
 from megatron.data_efficiency.curriculum.transforms import BatchShape
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
@@ -24,18 +25,20 @@ class MicrobatchFeed:
     ``token_drop_plan`` (its indices drawn now for every dropping layer and moved to
     ``device`` in one non-blocking copy), so every stage gets the plan even when it reads
     no data. ``plan=None`` (evaluation) means no transform and no dropping, at
-    ``seq_length``. ``observed`` collects the shapes the transform produced.
+    ``seq_length``. ``observed`` collects the shapes the transform produced. Each ``next()``
+    is timed as Megatron's ``batch-generator`` (level 2 of ``timers``).
     """
 
     def __init__(self, iterator: Iterator | None, runtime: DataEfficiencyRuntime | None,
                  plan: StepPlan | None, seq_length: int, micro_batch_size: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", timers: Timers = NO_TIMERS) -> None:
         self.iterator = iterator
         self.runtime = runtime
         self.plan = plan
         self.seq_length = plan.seq_length if plan is not None else seq_length
         self.micro_batch_size = micro_batch_size
         self.device = device
+        self.timers = timers
         self.microbatch = 0
         self.observed: list[BatchShape] = []
 
@@ -43,6 +46,10 @@ class MicrobatchFeed:
         return self
 
     def __next__(self) -> dict:
+        with self.timers.phase("batch-generator"):
+            return self._next()
+
+    def _next(self) -> dict:
         batch = {} if self.iterator is None else dict(next(self.iterator))
         seq, rows = self.seq_length, self.micro_batch_size
         if self.plan is not None and self.iterator is not None:
@@ -61,7 +68,7 @@ class MicrobatchFeed:
 
 def microbatch_feeds(iterator: Iterator | None, runtime: DataEfficiencyRuntime | None,
                      plan: StepPlan | None, seq_length: int, micro_batch_size: int,
-                     num_chunks: int = 1) -> list[MicrobatchFeed]:
+                     num_chunks: int = 1, timers: Timers = NO_TIMERS) -> list[MicrobatchFeed]:
     """The feeds for one step: one ``MicrobatchFeed`` per model chunk (one without the
     interleaved schedule).
 
@@ -72,7 +79,8 @@ def microbatch_feeds(iterator: Iterator | None, runtime: DataEfficiencyRuntime |
     """
     device = accelerator_device()   # where the model runs: token-drop indices go there
     if num_chunks == 1:
-        return [MicrobatchFeed(iterator, runtime, plan, seq_length, micro_batch_size, device)]
+        return [MicrobatchFeed(iterator, runtime, plan, seq_length, micro_batch_size, device,
+                               timers)]
     readers = set()
     if parallel_state.is_pipeline_first_stage(ignore_virtual=True):
         readers.add(0)
@@ -82,7 +90,7 @@ def microbatch_feeds(iterator: Iterator | None, runtime: DataEfficiencyRuntime |
         raise ValueError("interleaved pipeline: one rank holds both the first and the last "
                          "virtual stage; use --pipeline-model-parallel-size >= 2")
     return [MicrobatchFeed(iterator if c in readers else None, runtime, plan, seq_length,
-                           micro_batch_size, device) for c in range(num_chunks)]
+                           micro_batch_size, device, timers) for c in range(num_chunks)]
 
 
 def _needs_data(every_stage: bool = False) -> bool:

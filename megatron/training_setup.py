@@ -10,15 +10,18 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from megatron import metrics_file
+from megatron import metrics_file, telemetry
+from megatron.arguments import transformer_config_from_args
 from megatron.core import parallel_state
+from megatron.core.timers import Timers
 from megatron.core.devices import accelerator_device
 from megatron.core.enums import ModelType
 from megatron.data_efficiency.data_family import DataFamily, TrainingSamples
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, Parallelism
 from megatron.data_efficiency.step_plan import StepPlanner
 from megatron.run_plan import RunPlan
-from megatron.training_log import TrainingLogger
+from megatron.throughput import ModelFlops, device_name, peak_tflops
+from megatron.training_log import Telemetry, TrainingLogger
 
 
 def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torch.nn.Module]:
@@ -72,20 +75,39 @@ def training_samples(args: argparse.Namespace, run: RunPlan) -> TrainingSamples:
                            args.seed, run.train_valid_test_num_samples[0])
 
 
+def training_telemetry(args: argparse.Namespace, is_last_rank: bool) -> Telemetry:
+    """The timers, throughput, memory and W&B settings of ``megatron.telemetry``'s flags."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Telemetry(timers=Timers(telemetry.timer_config_from_args(args)),
+                     world_size=dist.get_world_size() if dist.is_initialized() else 1,
+                     peak_tflops=peak_tflops(device_name(), args.peak_tflops),
+                     memory_to_tensorboard=args.log_memory_to_tensorboard,
+                     memory_interval=args.log_memory_interval,
+                     reports_memory=parallel_state.get_data_parallel_rank() == 0, rank=rank,
+                     wandb=telemetry.wandb_writer(args, is_last_rank))
+
+
+def model_flops(args: argparse.Namespace, model: str) -> ModelFlops:
+    """The FLOPs count of the ``model`` (``"gpt"`` or ``"bert"``: bidirectional attention)
+    the flags build."""
+    return ModelFlops.from_config(transformer_config_from_args(args), causal=model != "bert")
+
+
 def training_logger(args: argparse.Namespace, train_iters: int) -> TrainingLogger:
-    """The log line, TensorBoard writer and metrics file of the ``--log-*`` /
-    ``--tensorboard-*`` / ``--metrics-file`` flags (the last rank prints and writes: it
-    holds the loss)."""
+    """The log line, TensorBoard writer, metrics file and telemetry of the ``--log-*`` /
+    ``--tensorboard-*`` / ``--metrics-file`` / telemetry flags (the last rank prints and
+    writes: it holds the loss)."""
+    is_last_rank = not dist.is_initialized() or dist.get_rank() == dist.get_world_size() - 1
     return TrainingLogger(train_iters, args.log_interval, args.tensorboard_dir,
                           args.tensorboard_log_interval,
                           metrics_file=metrics_file.default_path(args.metrics_file,
                                                                  args.tensorboard_dir),
-                          is_logging_rank=(not dist.is_initialized()
-                                           or dist.get_rank() == dist.get_world_size() - 1),
+                          is_logging_rank=is_last_rank,
                           queue_size=args.tensorboard_queue_size,
                           log_batch_size=args.log_batch_size_to_tensorboard,
                           log_validation_ppl=args.log_validation_ppl_to_tensorboard,
-                          log_timers=args.log_timers_to_tensorboard)
+                          log_timers=args.log_timers_to_tensorboard,
+                          telemetry=training_telemetry(args, is_last_rank))
 
 
 def run_summary(args: argparse.Namespace, run: RunPlan, model_type: ModelType,

@@ -5,7 +5,10 @@ Gradients arrive in each parameter's ``main_grad``, a view of a contiguous gradi
 ``finalize_model_grads`` reduces; the wrappers hand it to the torch optimizer as ``.grad``
 without copying when it is already fp32.
 
-``step()`` returns ``(update_successful, grad_norm, num_zeros_in_grad)``. A step is not
+``step(timers)`` returns ``(update_successful, grad_norm, num_zeros_in_grad)`` and times
+its parts under Megatron's level-1 names (``optimizer-copy-to-main-grad``,
+``optimizer-unscale-and-check-inf``, ``optimizer-clip-main-grad``,
+``optimizer-inner-step``, ``optimizer-copy-main-to-model-params``). A step is not
 applied when a gradient is not finite: under fp16 that is the loss scaler's overflow
 (skipped and reported), under fp32/bf16 the caller stops training.
 """
@@ -18,6 +21,7 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 from megatron.core.devices import collective_device
+from megatron.core.timers import NO_TIMERS, Timers
 from megatron.core.distributed.grad_buffer import GradBuffer
 from megatron.core.distributed.grads import grad_buffer
 from megatron.optimizer.clip_grads import clip_grad_norm
@@ -74,21 +78,24 @@ class MegatronOptimizer:
         """Make the optimizer's own copy of the weights (if any) equal the model's again,
         after the model was loaded without optimizer state."""
 
-    def _clip_and_step(self, params: list[torch.nn.Parameter]) -> tuple[bool, float]:
-        grad_norm = clip_grad_norm(params, self.clip_grad, _model_parallel_group())
+    def _clip_and_step(self, params: list[torch.nn.Parameter],
+                       timers: Timers = NO_TIMERS) -> tuple[bool, float]:
+        with timers.phase("optimizer-clip-main-grad"):
+            grad_norm = clip_grad_norm(params, self.clip_grad, _model_parallel_group())
         if not math.isfinite(grad_norm):
             return False, grad_norm
-        self.optimizer.step()
+        with timers.phase("optimizer-inner-step"):
+            self.optimizer.step()
         return True, grad_norm
 
 
 class FP32Optimizer(MegatronOptimizer):
     """Model parameters are the fp32 parameters the optimizer updates."""
 
-    def step(self) -> tuple[bool, float, int | None]:
+    def step(self, timers: Timers = NO_TIMERS) -> tuple[bool, float, int | None]:
         for p in self.model_params:
             p.grad = grad_buffer(p)      # main_grad itself: no copy
-        ok, grad_norm = self._clip_and_step(self.model_params)
+        ok, grad_norm = self._clip_and_step(self.model_params, timers)
         if self.buffers:
             for p in self.model_params:
                 p.grad = None            # the next backward accumulates into main_grad
@@ -155,16 +162,18 @@ class MixedPrecisionOptimizer(MegatronOptimizer):
             dist.all_reduce(found, op=dist.ReduceOp.MAX, group=group)
         return bool(found.item() > 0)
 
-    def step(self) -> tuple[bool, float | None, int | None]:
-        self._copy_grads_to_main()
+    def step(self, timers: Timers = NO_TIMERS) -> tuple[bool, float | None, int | None]:
+        with timers.phase("optimizer-copy-to-main-grad"):
+            self._copy_grads_to_main()
         if self.grad_scaler is not None:
-            found_inf = self._unscale_and_check()
+            with timers.phase("optimizer-unscale-and-check-inf"):
+                found_inf = self._unscale_and_check()
             self.grad_scaler.update(found_inf)
             if found_inf:
                 return False, None, None
-        ok, grad_norm = self._clip_and_step(self.main_params)
+        ok, grad_norm = self._clip_and_step(self.main_params, timers)
         if ok:
-            with torch.no_grad():
+            with torch.no_grad(), timers.phase("optimizer-copy-main-to-model-params"):
                 torch._foreach_copy_([p.data for p in self.model_params],
                                      [m.data for m in self.main_params])
         return ok, grad_norm, None
@@ -206,8 +215,8 @@ class ShardedOptimizer(MegatronOptimizer):
     def reload_model_params(self) -> None:
         self.optimizer.reload_model_params()
 
-    def step(self) -> tuple[bool, float, int | None]:
-        return self.optimizer.step()
+    def step(self, timers: Timers = NO_TIMERS) -> tuple[bool, float, int | None]:
+        return self.optimizer.step(timers)
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()

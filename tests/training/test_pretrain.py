@@ -11,7 +11,8 @@ from tests.training.helpers import run_tiny, synthetic_provider, tiny_gpt_flags
 
 LOG_LINE = re.compile(
     r"^ iteration +(\d+)/ +(\d+) \| consumed samples: +\d+ \| consumed tokens: +(\d+) \| "
-    r"elapsed time per iteration \(ms\): [\d.]+ \| learning rate: [\d.]+E[-+]\d+ \| "
+    r"elapsed time per iteration \(ms\): [\d.]+ \| "
+    r"throughput per GPU \(TFLOP/s/GPU\): [\d.]+ \| learning rate: [\d.]+E[-+]\d+ \| "
     r"global batch size: +\d+ \| lm loss: [\d.]+E[-+]\d+ \| loss scale: [\d.]+ \| "
     r"grad norm: [\d.]+ \| number of skipped iterations: +(\d+) \| "
     r"number of nan iterations: +(\d+) \| tokens per second: [\d.]+ \|$", re.M)

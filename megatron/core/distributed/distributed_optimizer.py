@@ -40,6 +40,7 @@ from torch import nn
 from megatron.core.devices import collective_device
 from megatron.core.distributed.grad_buffer import GradBuffer, build_grad_buffers
 from megatron.core.distributed.grads import counts_toward_grad_norm
+from megatron.core.timers import NO_TIMERS, Timers
 
 
 @dataclass
@@ -195,8 +196,9 @@ class DistributedOptimizer:
         return math.sqrt(self._world_reduce(squares, dist.ReduceOp.SUM).item())
 
     @torch.no_grad()
-    def step(self) -> tuple[bool, float | None, None]:
-        """Reduce-scatter, clip, step the shard, all-gather into the model.
+    def step(self, timers: Timers = NO_TIMERS) -> tuple[bool, float | None, None]:
+        """Reduce-scatter, clip, step the shard, all-gather into the model (``timers``:
+        Megatron's ``optimizer-inner-step`` and ``params-all-gather``).
 
         Returns:
             ``(update_successful, grad_norm, num_zeros_in_grad)``; a non-finite gradient
@@ -223,8 +225,10 @@ class DistributedOptimizer:
                 torch._foreach_mul_(grads, coeff)
         for piece, grad in zip(self.pieces, grads):
             piece.master.grad = grad
-        self.optimizer.step()
-        self._gather_params()
+        with timers.phase("optimizer-inner-step"):
+            self.optimizer.step()
+        with timers.phase("params-all-gather"):
+            self._gather_params()
         return True, grad_norm, None
 
     def _gather_params(self) -> None:

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 from megatron.core.devices import collective_device
+from megatron.core.timers import Timers
 
 Shape = Sequence[int]
 _FORWARD_TAG, _BACKWARD_TAG = 1, 2  # gloo matches by tag; NCCL ignores tags (order matters)
@@ -136,3 +137,35 @@ def send_forward_backward_recv_forward_backward(
     """
     return _communicate(output_tensor, input_tensor_grad, recv_prev, recv_next,
                         tensor_shape, dtype)
+
+
+# Each exchange's timer (Megatron's name, level 2) and the stage where the helper sends and
+# receives nothing (not timed there, as in Megatron).
+_P2P_TIMERS = {"recv_forward": ("forward-recv", "first"),
+               "send_forward": ("forward-send", "last"),
+               "recv_backward": ("backward-recv", "last"),
+               "send_backward": ("backward-send", "first"),
+               "send_forward_recv_backward": ("forward-send-backward-recv", "last"),
+               "send_backward_recv_forward": ("backward-send-forward-recv", "first"),
+               "send_forward_backward_recv_forward_backward":
+                   ("forward-backward-send-forward-backward-recv", None)}
+
+
+class TimedP2P:
+    """This module's exchanges as attributes (``TimedP2P(timers).recv_forward(...)``),
+    each timed under Megatron's name."""
+
+    def __init__(self, timers: Timers) -> None:
+        self.timers = timers
+
+    def __getattr__(self, exchange: str):
+        func, (name, idle_on) = globals()[exchange], _P2P_TIMERS[exchange]
+
+        def timed(*args, **kwargs):
+            idle = (idle_on == "first" and parallel_state.is_pipeline_first_stage()
+                    or idle_on == "last" and parallel_state.is_pipeline_last_stage())
+            if idle:
+                return func(*args, **kwargs)
+            with self.timers.phase(name):
+                return func(*args, **kwargs)
+        return timed

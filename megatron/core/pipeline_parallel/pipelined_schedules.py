@@ -26,7 +26,7 @@ from torch import nn
 
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import p2p_communication as p2p
-
+from megatron.core.timers import NO_TIMERS, Timers
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """Follow ``.module`` through wrappers until a model with ``set_input_tensor``."""
@@ -55,27 +55,29 @@ def _activation_spec(model: nn.Module) -> tuple[int, torch.dtype, bool]:
 
 def forward_step(forward_step_func: Callable, data_iterator: Iterator | None, model: nn.Module,
                  input_tensor: torch.Tensor | None, num_microbatches: int,
-                 losses: list[dict]) -> torch.Tensor:
-    """One micro-batch forward on this stage.
+                 losses: list[dict], timers: Timers = NO_TIMERS) -> torch.Tensor:
+    """One micro-batch forward on this stage (timed as ``forward-compute``).
 
     Returns:
         The output activation ``[s, b, h]`` on non-last stages; on the last stage the loss
         divided by ``num_microbatches`` (its dict is appended to ``losses``).
     """
-    _unwrap(model).set_input_tensor(input_tensor)
-    output_tensor, loss_func = forward_step_func(data_iterator, model)
-    if parallel_state.is_pipeline_last_stage():
-        result = loss_func(output_tensor)
-        loss, loss_dict = result[0], result[1]
-        output_tensor = loss / num_microbatches
-        losses.append(loss_dict)
+    with timers.phase("forward-compute"):
+        _unwrap(model).set_input_tensor(input_tensor)
+        output_tensor, loss_func = forward_step_func(data_iterator, model)
+        if parallel_state.is_pipeline_last_stage():
+            result = loss_func(output_tensor)
+            loss, loss_dict = result[0], result[1]
+            output_tensor = loss / num_microbatches
+            losses.append(loss_dict)
     return output_tensor
 
 
 def backward_step(input_tensor: torch.Tensor | None, output_tensor: torch.Tensor,
                   output_tensor_grad: torch.Tensor | None,
-                  grad_scale_func: Callable | None) -> torch.Tensor | None:
-    """Backpropagate one micro-batch through this stage.
+                  grad_scale_func: Callable | None,
+                  timers: Timers = NO_TIMERS) -> torch.Tensor | None:
+    """Backpropagate one micro-batch through this stage (timed as ``backward-compute``).
 
     Args:
         input_tensor: the received activation ``[s, b, h]`` (None on the first stage).
@@ -86,11 +88,12 @@ def backward_step(input_tensor: torch.Tensor | None, output_tensor: torch.Tensor
     Returns:
         The gradient of ``input_tensor`` to send to the previous stage, or None.
     """
-    if input_tensor is not None:
-        input_tensor.retain_grad()
-    if output_tensor_grad is None and grad_scale_func is not None:
-        output_tensor = grad_scale_func(output_tensor)
-    torch.autograd.backward(output_tensor, grad_tensors=output_tensor_grad)
+    with timers.phase("backward-compute"):
+        if input_tensor is not None:
+            input_tensor.retain_grad()
+        if output_tensor_grad is None and grad_scale_func is not None:
+            output_tensor = grad_scale_func(output_tensor)
+        torch.autograd.backward(output_tensor, grad_tensors=output_tensor_grad)
     return None if input_tensor is None else input_tensor.grad
 
 
@@ -99,8 +102,9 @@ class _Runner:
     still owed in a FIFO (1F1B runs backwards in forward order)."""
 
     def __init__(self, forward_step_func, data_iterator, model, num_microbatches: int,
-                 forward_only: bool, grad_scale_func):
+                 forward_only: bool, grad_scale_func, timers: Timers = NO_TIMERS):
         self.forward_step_func, self.data_iterator = forward_step_func, data_iterator
+        self.timers = timers
         self.model = model
         self.num_microbatches, self.forward_only = num_microbatches, forward_only
         self.grad_scale_func = grad_scale_func
@@ -112,14 +116,15 @@ class _Runner:
             input_tensor.requires_grad_()
         with torch.set_grad_enabled(not self.forward_only):
             out = forward_step(self.forward_step_func, self.data_iterator, self.model,
-                               input_tensor, self.num_microbatches, self.losses)
+                               input_tensor, self.num_microbatches, self.losses, self.timers)
         if not self.forward_only:
             self.pending.append((input_tensor, out))
         return out
 
     def backward(self, output_grad: torch.Tensor | None) -> torch.Tensor | None:
         input_tensor, output_tensor = self.pending.pop(0)
-        return backward_step(input_tensor, output_tensor, output_grad, self.grad_scale_func)
+        return backward_step(input_tensor, output_tensor, output_grad, self.grad_scale_func,
+                             self.timers)
 
 
 def _check_args(model, num_microbatches: int) -> nn.Module:
@@ -138,7 +143,8 @@ def forward_backward_pipelining_without_interleaving(
         *, forward_step_func: Callable, data_iterator: Iterator | None, model,
         num_microbatches: int, seq_length: int, micro_batch_size: int,
         forward_only: bool = False, grad_scale_func: Callable | None = None,
-        hidden_size: int | None = None, dtype: torch.dtype | None = None) -> list[dict]:
+        hidden_size: int | None = None, dtype: torch.dtype | None = None,
+        timers: Timers = NO_TIMERS) -> list[dict]:
     """Run forward and backward of ``num_microbatches`` micro-batches with 1F1B.
 
     Args:
@@ -152,6 +158,7 @@ def forward_backward_pipelining_without_interleaving(
         grad_scale_func: multiplies the loss before backward (fp16 loss scaling).
         hidden_size, dtype: activation size/dtype; default from ``model.config`` and the
             parameters' dtype.
+        timers: times each micro-batch's compute and exchanges (level 2).
 
     Returns:
         One loss dict per micro-batch on the last stage, ``[]`` elsewhere.
@@ -163,33 +170,34 @@ def forward_backward_pipelining_without_interleaving(
     num_warmup = min(stages - stage - 1, num_microbatches)
     num_steady = num_microbatches - num_warmup
     runner = _Runner(forward_step_func, data_iterator, model, num_microbatches, forward_only,
-                     grad_scale_func)
+                     grad_scale_func, timers)
     run_forward, run_backward = runner.forward, runner.backward
+    comm = p2p.TimedP2P(timers)
 
     for _ in range(num_warmup):
-        output = run_forward(p2p.recv_forward(shape, dtype))
-        p2p.send_forward(output, shape, dtype)
+        output = run_forward(comm.recv_forward(shape, dtype))
+        comm.send_forward(output, shape, dtype)
 
-    input_tensor = p2p.recv_forward(shape, dtype) if num_steady > 0 else None
+    input_tensor = comm.recv_forward(shape, dtype) if num_steady > 0 else None
     for i in range(num_steady):
         last = i == num_steady - 1
         output = run_forward(input_tensor)
         if forward_only:
-            p2p.send_forward(output, shape, dtype)
-            input_tensor = None if last else p2p.recv_forward(shape, dtype)
+            comm.send_forward(output, shape, dtype)
+            input_tensor = None if last else comm.recv_forward(shape, dtype)
             continue
-        output_grad = p2p.send_forward_recv_backward(output, shape, dtype)
+        output_grad = comm.send_forward_recv_backward(output, shape, dtype)
         input_grad = run_backward(output_grad)
         if last:
             input_tensor = None
-            p2p.send_backward(input_grad, shape, dtype)
+            comm.send_backward(input_grad, shape, dtype)
         else:
-            input_tensor = p2p.send_backward_recv_forward(input_grad, shape, dtype)
+            input_tensor = comm.send_backward_recv_forward(input_grad, shape, dtype)
 
     if not forward_only:
         for _ in range(num_warmup):
-            output_grad = p2p.recv_backward(shape, dtype)
-            p2p.send_backward(run_backward(output_grad), shape, dtype)
+            output_grad = comm.recv_backward(shape, dtype)
+            comm.send_backward(run_backward(output_grad), shape, dtype)
     return runner.losses
 
 
@@ -198,8 +206,9 @@ class _InterleavedState:
     forward or backward this rank runs, over all chunks)."""
 
     def __init__(self, forward_step_func, data_iterators, chunks, num_microbatches,
-                 forward_only, grad_scale_func):
+                 forward_only, grad_scale_func, timers: Timers = NO_TIMERS):
         self.forward_step_func, self.iterators = forward_step_func, data_iterators
+        self.timers, self.comm = timers, p2p.TimedP2P(timers)
         self.chunks = chunks
         self.num_microbatches, self.forward_only = num_microbatches, forward_only
         self.grad_scale_func = grad_scale_func
@@ -226,7 +235,8 @@ class _InterleavedState:
             input_tensor.requires_grad_()
         with torch.set_grad_enabled(not self.forward_only):
             output = forward_step(self.forward_step_func, self.iterators[c], self.chunks[c],
-                                  input_tensor, self.num_microbatches, self.losses)
+                                  input_tensor, self.num_microbatches, self.losses,
+                                  self.timers)
         self.outputs[c].append(output)
         return output
 
@@ -236,7 +246,7 @@ class _InterleavedState:
         if parallel_state.is_pipeline_last_stage() and not self.output_grads[c]:
             self.output_grads[c].append(None)  # the loss: no gradient from a next stage
         return backward_step(self.inputs[c].pop(0), self.outputs[c].pop(0),
-                             self.output_grads[c].pop(0), self.grad_scale_func)
+                             self.output_grads[c].pop(0), self.grad_scale_func, self.timers)
 
     def sendable(self, output, chunk: int):
         """None where chunk ``chunk`` is the last virtual stage (its output is the loss)."""
@@ -277,14 +287,14 @@ def _interleaved_warmup(st: _InterleavedState, num_warmup: int, total: int,
     first = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
     last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
     parallel_state.set_virtual_pipeline_model_parallel_rank(0)
-    st.inputs[0].append(p2p.recv_forward(shape, dtype))  # None on the first stage
+    st.inputs[0].append(st.comm.recv_forward(shape, dtype))  # None on the first stage
     for k in range(num_warmup):
         output = st.sendable(st.forward(k), st.chunk_id(k, True))
         next_chunk = st.chunk_id(k + 1, True)
         recv_prev = not (first and next_chunk == 0) and k != total - 1
         # The last warmup exchange also fetches the first gradient the steady state needs.
         recv_next = k == num_warmup - 1 and not st.forward_only and not all_warmup and not last
-        input_tensor, output_grad = p2p.send_forward_backward_recv_forward_backward(
+        input_tensor, output_grad = st.comm.send_forward_backward_recv_forward_backward(
             output, None, recv_prev, recv_next, shape, dtype)
         if recv_prev:
             st.inputs[next_chunk].append(input_tensor)
@@ -315,7 +325,7 @@ def _interleaved_steady(st: _InterleavedState, num_warmup: int, total: int, shap
             recv_next = next_b != 0
             next_b -= 1
         recv_prev = recv_prev and i != steady - 1
-        input_tensor, output_grad = p2p.send_forward_backward_recv_forward_backward(
+        input_tensor, output_grad = st.comm.send_forward_backward_recv_forward_backward(
             output, input_grad, recv_prev, recv_next, shape, dtype)
         if recv_prev:
             st.inputs[next_f].append(input_tensor)
@@ -328,12 +338,12 @@ def _interleaved_cooldown(st: _InterleavedState, num_warmup: int, total: int,
     last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
     if all_warmup:
         parallel_state.set_virtual_pipeline_model_parallel_rank(st.num_chunks - 1)
-        st.output_grads[st.num_chunks - 1].append(p2p.recv_backward(shape, dtype))
+        st.output_grads[st.num_chunks - 1].append(st.comm.recv_backward(shape, dtype))
     for k in range(total - num_warmup, total):
         input_grad = st.sendable_grad(st.backward(k), st.chunk_id(k, False))
         next_b = st.chunk_id(k + 1, False)
         recv_next = not (last and next_b == st.num_chunks - 1) and k != total - 1
-        _, output_grad = p2p.send_forward_backward_recv_forward_backward(
+        _, output_grad = st.comm.send_forward_backward_recv_forward_backward(
             None, input_grad, False, recv_next, shape, dtype)
         if recv_next:
             st.output_grads[next_b].append(output_grad)
@@ -343,7 +353,7 @@ def forward_backward_pipelining_with_interleaving(
         *, forward_step_func: Callable, data_iterator, model, num_microbatches: int,
         seq_length: int, micro_batch_size: int, forward_only: bool = False,
         grad_scale_func: Callable | None = None, hidden_size: int | None = None,
-        dtype: torch.dtype | None = None) -> list[dict]:
+        dtype: torch.dtype | None = None, timers: Timers = NO_TIMERS) -> list[dict]:
     """Interleaved 1F1B over this stage's ``V`` model chunks (Megatron's order).
 
     Args:
@@ -364,7 +374,7 @@ def forward_backward_pipelining_with_interleaving(
                          f"not a positive multiple of the pipeline size {stages}")
     shape, dtype = _activation_shape(chunks[0], seq_length, micro_batch_size, hidden_size, dtype)
     st = _InterleavedState(forward_step_func, _chunk_iterators(data_iterator, len(chunks)),
-                           chunks, num_microbatches, forward_only, grad_scale_func)
+                           chunks, num_microbatches, forward_only, grad_scale_func, timers)
     total = num_microbatches * len(chunks)
     all_warmup = forward_only or num_microbatches == stages
     rank = parallel_state.get_pipeline_model_parallel_rank()

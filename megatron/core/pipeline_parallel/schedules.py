@@ -7,13 +7,15 @@ from typing import Callable, Iterator
 import torch
 
 from megatron.core import parallel_state
+from megatron.core.timers import NO_TIMERS, Timers
 
 
 def forward_backward_no_pipelining(*, forward_step_func: Callable, data_iterator: Iterator | list,
                                    model: torch.nn.Module | list[torch.nn.Module],
                                    num_microbatches: int, seq_length: int, micro_batch_size: int,
                                    forward_only: bool = False,
-                                   grad_scale_func: Callable | None = None) -> list[dict]:
+                                   grad_scale_func: Callable | None = None,
+                                   timers: Timers = NO_TIMERS) -> list[dict]:
     """Run ``num_microbatches`` forward (and backward) passes, accumulating gradients.
 
     Each micro-batch loss is divided by ``num_microbatches`` so the accumulated gradient
@@ -28,6 +30,8 @@ def forward_backward_no_pipelining(*, forward_step_func: Callable, data_iterator
         seq_length, micro_batch_size: unused here (the pipelined schedule needs them).
         forward_only: evaluation; no backward.
         grad_scale_func: ``fn(loss) -> scaled loss``.
+        timers: times each micro-batch's ``forward-compute`` and ``backward-compute``
+            (level 2).
 
     Returns:
         One loss dict per micro-batch, as returned by ``loss_func``.
@@ -44,15 +48,17 @@ def forward_backward_no_pipelining(*, forward_step_func: Callable, data_iterator
     context = torch.no_grad() if forward_only else torch.enable_grad()
     with context:
         for _ in range(num_microbatches):
-            output_tensor, loss_func = forward_step_func(data_iterator, model)
-            loss, loss_dict = loss_func(output_tensor)
+            with timers.phase("forward-compute"):
+                output_tensor, loss_func = forward_step_func(data_iterator, model)
+                loss, loss_dict = loss_func(output_tensor)
             losses.append(loss_dict)
             if forward_only:
                 continue
-            loss = loss / num_microbatches
-            if grad_scale_func is not None:
-                loss = grad_scale_func(loss)
-            loss.backward()
+            with timers.phase("backward-compute"):
+                loss = loss / num_microbatches
+                if grad_scale_func is not None:
+                    loss = grad_scale_func(loss)
+                loss.backward()
     return losses
 
 

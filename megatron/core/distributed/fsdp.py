@@ -67,8 +67,16 @@ def is_sharded_param(param: torch.Tensor) -> bool:
 
 
 def data_parallel_mesh():
-    """A 1-D ``DeviceMesh`` over parallel_state's data-parallel group (this rank's)."""
+    """A 1-D ``DeviceMesh`` over parallel_state's data-parallel group (this rank's).
+
+    Raises:
+        RuntimeError: torch.distributed is not initialised (FSDP2 needs a process group,
+            also for one rank).
+    """
     from torch.distributed.device_mesh import DeviceMesh
+    if not torch.distributed.is_initialized():
+        raise RuntimeError("FSDP2 (--use-torch-fsdp2 / --zero-stage 2|3) needs a process "
+                           "group: launch with torchrun, also for one process")
     group = parallel_state.get_data_parallel_group()
     return DeviceMesh.from_group(group, collective_device(group).type)
 

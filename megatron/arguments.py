@@ -16,6 +16,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.devices import backend_problem
 from megatron.flag_sizes import size_problems
+from megatron.fsdp_flags import add_fsdp_args, fsdp_problems
 from megatron.deepspeed_compat import (add_deepspeed_args, apply_deepspeed_flags,
                                        check_deepspeed_batch, default_tokenizer_type)
 from megatron.given_flags import given_dests
@@ -179,6 +180,7 @@ def _add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--use-distributed-optimizer", action="store_true")
+    add_fsdp_args(g)
     g.add_argument("--use-cpu-initialization", action="store_true")
     g.add_argument("--distributed-backend", default=None, choices=["nccl", "gloo"],
                    help="default: nccl on CUDA, gloo on CPU")
@@ -365,6 +367,7 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
     _validate_model(args, errors)
     _derive_parallel(args, errors)
     _validate_moe(args, errors)
+    errors.extend(fsdp_problems(args))
     check_deepspeed_batch(args, deepspeed_json, errors)
     if errors:
         raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors))
@@ -562,6 +565,7 @@ def optimizer_config_from_args(args: argparse.Namespace):
         initial_loss_scale=args.initial_loss_scale, min_loss_scale=args.min_loss_scale,
         loss_scale_window=args.loss_scale_window, hysteresis=args.hysteresis,
         use_distributed_optimizer=args.use_distributed_optimizer,
+        use_torch_fsdp2=args.use_torch_fsdp2,
         accumulate_allreduce_grads_in_fp32=args.accumulate_allreduce_grads_in_fp32)
 
 

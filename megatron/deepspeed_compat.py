@@ -6,8 +6,9 @@ DeepSpeed JSON whose top-level keys (batch, clipping, fp16, ZeRO) restate the fl
 ``add_deepspeed_args`` registers those flags and ``apply_deepspeed_flags`` (called by
 ``validate_args``, before anything is derived) maps each onto this codebase's own flag:
 
-* ``--zero-stage 0|1`` (or ``zero_optimization.stage``): 1 = ``--use-distributed-optimizer``;
-  2 and 3 are refused (no gradient / parameter sharding here).
+* ``--zero-stage 0|1|2|3`` (or ``zero_optimization.stage``): 1 = ``--use-distributed-optimizer``;
+  2 and 3 = ``--use-torch-fsdp2`` (FSDP2; stage 2 without resharding after forward), see
+  ``megatron.fsdp_flags``.
 * ``--checkpoint-activations`` (``--deepspeed-activation-checkpointing`` alongside): full
   recompute, uniform, one layer per chunk.
 * ``--no-pipeline-parallel``, ``--data-impl mmap|infer``: accepted; a pipeline size > 1 with
@@ -34,6 +35,7 @@ import argparse
 from megatron.data_efficiency.config import read_json_object
 from megatron.data_efficiency.json_keys import check_keys
 from megatron.errors import BadConfigError
+from megatron.fsdp_flags import apply_zero_stage
 from megatron.given_flags import note_from_config, was_given
 from megatron.tokenizer.hf_tokenization import REMOTE_CODE_REFUSED
 
@@ -60,7 +62,9 @@ def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
                         "--data-efficiency-config, its batch/clipping/fp16/ZeRO keys are "
                         "checked against the flags")
     g.add_argument("--zero-stage", type=int, default=None,
-                   help="0: plain data parallel; 1: --use-distributed-optimizer")
+                   help="0: plain data parallel; 1: --use-distributed-optimizer; 2 / 3: "
+                        "--use-torch-fsdp2 (2: gathered weights kept from forward to "
+                        "backward; 3: resharded after forward)")
     g.add_argument("--checkpoint-activations", action="store_true",
                    help="= --recompute-granularity full --recompute-method uniform")
     g.add_argument("--deepspeed-activation-checkpointing", action="store_true",
@@ -197,13 +201,8 @@ def _zero_stage(args: argparse.Namespace, ds: dict | None, errors: list[str]) ->
             errors.append(f"--zero-stage {stage} contradicts zero_optimization.stage "
                           f"{zero['stage']} in --deepspeed_config")
         stage = zero["stage"]
-    if stage is None or stage == 0:
-        return
-    if stage == 1:
-        args.use_distributed_optimizer = True   # ZeRO-1: optimizer states sharded over DP
-    else:
-        errors.append(f"ZeRO stage {stage} (--zero-stage / zero_optimization.stage) is not "
-                      f"supported: only 0 (data parallel) and 1 (--use-distributed-optimizer)")
+    if stage is not None:
+        apply_zero_stage(args, stage, errors)
 
 
 def _activation_checkpointing(args: argparse.Namespace, errors: list[str]) -> None:

@@ -24,6 +24,7 @@ from megatron import signal_handler
 from megatron.checkpointing import load_checkpoint, remove_stale_temp_dirs, save_checkpoint
 from megatron.core import parallel_state
 from megatron.core.devices import collective_device
+from megatron.core.distributed import fsdp
 from megatron.core.distributed.errors import collective_context
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
@@ -77,11 +78,13 @@ def print_rank_0(msg: str) -> None:
 
 def _run_schedule(forward_step_func, feeds, model, args, forward_only, grad_scale_func,
                   seq_length, timers: Timers = NO_TIMERS) -> list[dict]:
+    no_sync = None if forward_only else fsdp.no_sync(model)   # FSDP2: reduce once per step
     return get_forward_backward_func()(
         forward_step_func=forward_step_func, data_iterator=feeds[0] if len(feeds) == 1 else feeds,
         model=model, num_microbatches=args.num_microbatches, seq_length=seq_length,
         micro_batch_size=args.micro_batch_size, forward_only=forward_only,
-        grad_scale_func=grad_scale_func, timers=timers)
+        grad_scale_func=grad_scale_func, timers=timers,
+        **({"no_sync_func": no_sync} if no_sync else {}))
 
 
 def _reduce_losses(loss_dicts: list[dict]) -> dict[str, float]:

@@ -15,17 +15,20 @@ from megatron.arguments import transformer_config_from_args
 from megatron.core import parallel_state
 from megatron.core.timers import Timers
 from megatron.core.devices import accelerator_device
+from megatron.core.distributed import fsdp
 from megatron.core.enums import ModelType
 from megatron.data_efficiency.data_family import DataFamily, TrainingSamples
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, Parallelism
 from megatron.data_efficiency.step_plan import StepPlanner
+from megatron.fsdp_flags import fsdp_config_from_args
 from megatron.run_plan import RunPlan
 from megatron.throughput import ModelFlops, device_name, peak_tflops
 from megatron.training_log import Telemetry, TrainingLogger
 
 
 def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torch.nn.Module]:
-    """This rank's model chunk(s), on the accelerator, wrapped for bf16/fp16.
+    """This rank's model chunk(s), on the accelerator, wrapped for bf16/fp16, or sharded
+    by FSDP2 (``--use-torch-fsdp2`` / ``--zero-stage 2|3``: each transformer layer a unit).
 
     Under interleaving (``--num-layers-per-virtual-pipeline-stage``) chunk ``i`` is built
     with virtual pipeline rank ``i``: only chunk 0 of the first stage holds the embedding
@@ -39,7 +42,10 @@ def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torc
         chunk = model_provider(pre_process=parallel_state.is_pipeline_first_stage(),
                                post_process=parallel_state.is_pipeline_last_stage())
         chunk = chunk.to(accelerator_device())
-        if args.fp16 or args.bf16:
+        if args.use_torch_fsdp2:   # fp32 shards, bf16 compute by FSDP's policy
+            chunk = fsdp.fully_shard_chunk(chunk, _transformer_layers(chunk),
+                                           fsdp_config_from_args(args))
+        elif args.fp16 or args.bf16:
             from megatron.model.module import Float16Module
             chunk = Float16Module(chunk, args.params_dtype)
         model.append(chunk)
@@ -51,6 +57,11 @@ def build_model(model_provider: Callable, args: argparse.Namespace) -> list[torc
               f"({parallel_state.get_tensor_model_parallel_rank()}, "
               f"{parallel_state.get_pipeline_model_parallel_rank()}): {n}", flush=True)
     return model
+
+
+def _transformer_layers(chunk: torch.nn.Module) -> list[torch.nn.Module]:
+    from megatron.model.transformer import ParallelTransformerLayer
+    return [m for m in chunk.modules() if isinstance(m, ParallelTransformerLayer)]
 
 
 def build_data_efficiency_runtime(planner: StepPlanner,

@@ -33,6 +33,7 @@ from megatron.checkpointing.files import (CKPT_NAME, TRACKER, atomic_save, check
 from megatron.checkpointing.folder import (describe_folder, describe_iterations,
                                            iteration_folders, loadable_iterations, read_tracker)
 from megatron.core import parallel_state
+from megatron.core.distributed import fsdp
 from megatron.core.tensor_parallel.random import get_rng_tracker
 from megatron.errors import CheckpointError, agreed_problems
 
@@ -76,6 +77,22 @@ def unwrap_model(module: torch.nn.Module) -> torch.nn.Module:
     while isinstance(getattr(module, "module", None), torch.nn.Module):
         module = module.module
     return module
+
+
+def model_state(chunk: torch.nn.Module) -> dict:
+    """A model chunk's weights as the checkpoint stores them: whole per (TP, PP) rank. An
+    FSDP2-sharded chunk is gathered (collective: every rank calls this)."""
+    if fsdp.is_fully_sharded(chunk):
+        return fsdp.full_model_state(chunk)
+    return unwrap_model(chunk).state_dict()
+
+
+def load_model_state(chunk: torch.nn.Module, state: dict) -> None:
+    """Load :func:`model_state`'s dict (strict); an FSDP2 chunk keeps its shards."""
+    if fsdp.is_fully_sharded(chunk):
+        fsdp.load_full_model_state(chunk, state)
+    else:
+        unwrap_model(chunk).load_state_dict(state, strict=True)
 
 
 def _rng_state() -> dict:
@@ -145,6 +162,8 @@ def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimiz
     # Collectives first, on every rank.
     optim_state = optimizer.state_dict() if (save_optim and optimizer is not None) else None
     rng_states = _gather_rng_over_dp() if save_rng else None
+    model_states = {key: model_state(m)
+                    for key, m in zip(model_keys(len(model_chunks)), model_chunks)}
     path = checkpoint_file(tmp_dir)
     dp_rank = parallel_state.get_data_parallel_rank()
     with _save_errors(save_dir, iteration):
@@ -160,8 +179,7 @@ def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimiz
                      "opt_param_scheduler": (None if opt_param_scheduler is None
                                              else opt_param_scheduler.state_dict()),
                      "extra_state": extra_state}
-            state.update({key: unwrap_model(m).state_dict()
-                          for key, m in zip(model_keys(len(model_chunks)), model_chunks)})
+            state.update(model_states)
             atomic_save(state, path)
     _barrier()
     if _rank() == 0:
@@ -296,7 +314,7 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
                          f"{len(model_chunks)} model chunk(s) (expects {keys}): load it with "
                          "the --num-layers-per-virtual-pipeline-stage it was saved with")
     for key, chunk in zip(keys, model_chunks):
-        unwrap_model(chunk).load_state_dict(state[key], strict=True)
+        load_model_state(chunk, state[key])
     if finetune:
         return 0, {}
     if load_optim and optimizer is not None:

@@ -113,9 +113,14 @@ class DataEfficiencyRuntime:
     def token_drop_plan(self, plan: StepPlan, microbatch: int, batch_size: int,
                         seq_length: int, device: torch.device | str = "cpu"
                         ) -> TokenDropPlan | None:
-        """The random-LTD plan of one training micro-batch (indices drawn now), or None."""
-        return plan.token_drop_plan(microbatch, batch_size, seq_length, self.par.dp_rank,
-                                    device)
+        """The random-LTD plan of one training micro-batch (indices drawn now), or None.
+
+        The draw is keyed by the step's global micro-batch number, not by (micro-batch,
+        DP rank): rank r's micro-batch m holds the samples of global micro-batch
+        ``m * dp + r`` (both samplers), so each sample drops the same tokens whatever the
+        data-parallel size, and DP2 / DP4 train exactly as one process does."""
+        global_microbatch = microbatch * self.par.dp_size + self.par.dp_rank
+        return plan.token_drop_plan(global_microbatch, batch_size, seq_length, 0, device)
 
     def finish_step(self, plan: StepPlan, observed: list[BatchShape]) -> StepPlan:
         """The step's plan completed after its micro-batches ran: for seqreo the length

@@ -3,16 +3,19 @@ scaling, fp32 main parameters under bf16/fp16, and the distributed-optimizer hoo
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
+from megatron.core import parallel_state
 from megatron.core.distributed.distributed_optimizer import DistributedOptimizer
 from megatron.core.distributed.grad_buffer import build_grad_buffers
+from megatron.optimizer.fsdp_optimizer import FSDPOptimizer
 from megatron.optimizer.grad_scaler import ConstantGradScaler, DynamicGradScaler
 from megatron.optimizer.optimizer import (FP32Optimizer, MegatronOptimizer,
                                          MixedPrecisionOptimizer, ShardedOptimizer)
 from megatron.optimizer.optimizer_config import OptimizerConfig
 
 __all__ = ["OptimizerConfig", "MegatronOptimizer", "FP32Optimizer", "MixedPrecisionOptimizer", "ShardedOptimizer",
-           "ConstantGradScaler", "DynamicGradScaler", "get_param_groups",
+           "FSDPOptimizer", "ConstantGradScaler", "DynamicGradScaler", "get_param_groups",
            "get_megatron_optimizer"]
 
 
@@ -34,7 +37,8 @@ def get_param_groups(model_chunks: list[torch.nn.Module]) -> list[dict]:
 
 
 def _torch_optimizer(groups: list[dict], config: OptimizerConfig) -> torch.optim.Optimizer:
-    """AdamW (apex FusedAdam on CUDA when importable, else torch fused / foreach) or SGD."""
+    """AdamW (apex FusedAdam on CUDA when importable and the parameters are not FSDP2
+    shards, else torch fused / foreach) or SGD."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.sgd_momentum,
                                weight_decay=config.weight_decay)
@@ -43,7 +47,7 @@ def _torch_optimizer(groups: list[dict], config: OptimizerConfig) -> torch.optim
     kwargs = dict(lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
                   eps=config.adam_eps, weight_decay=config.weight_decay)
     on_cuda = any(p.is_cuda for g in groups for p in g["params"])
-    if on_cuda:
+    if on_cuda and not config.use_torch_fsdp2:   # apex's kernels take no DTensor shards
         try:
             from apex.optimizers import FusedAdam   # optional; never required
             return FusedAdam(groups, adam_w_mode=True, **kwargs)
@@ -75,10 +79,17 @@ def get_megatron_optimizer(model_chunks: list[torch.nn.Module],
     ``accumulate_allreduce_grads_in_fp32``) that backward accumulates into and
     ``finalize_model_grads`` reduces. ``config.use_distributed_optimizer`` selects
     ``megatron.core.distributed.distributed_optimizer.DistributedOptimizer`` (ZeRO-1: the
-    buffers are reduce-scattered and the fp32 masters and Adam state sharded over DP).
+    buffers are reduce-scattered and the fp32 masters and Adam state sharded over DP);
+    ``config.use_torch_fsdp2`` an ``FSDPOptimizer`` stepping on FSDP2's fp32 shards.
     """
     groups = get_param_groups(model_chunks)
     model_params = [p for g in groups for p in g["params"]]
+    if config.use_torch_fsdp2:
+        if config.fp16:
+            raise ValueError("FSDP2 here has no fp16 loss scaling: use --bf16")
+        shard_group = parallel_state.get_data_parallel_group() if dist.is_initialized() else None
+        return FSDPOptimizer(_torch_optimizer(groups, config), config.clip_grad, model_params,
+                             shard_group, mixed_precision=config.bf16)
     if config.use_distributed_optimizer:
         inner = DistributedOptimizer(groups, lambda g: _torch_optimizer(g, config),
                                      clip_grad=config.clip_grad, grad_scaler=_grad_scaler(config),

@@ -3,7 +3,9 @@
 Every parameter is counted exactly once across the tensor- and pipeline-parallel ranks:
 a parameter without ``tensor_model_parallel`` is replicated on every TP rank, so only TP
 rank 0 counts it; the copy of the word embedding that the last pipeline stage keeps for
-the output layer (``shared_embedding``) is counted on the first stage only.
+the output layer (``shared_embedding``) is counted on the first stage only. Under FSDP2 a
+gradient is a DTensor split over the data-parallel group: its local shard's part of the
+norm is summed over that group first, so the norm equals one process's.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 from megatron.core.devices import collective_device
+from megatron.core.distributed.fsdp import is_sharded_param
 from megatron.core.distributed.grads import counts_toward_grad_norm, grad_buffer
 
 
@@ -52,7 +55,7 @@ def _expert_norm_term(grads: list[torch.Tensor], norm_type: float, op,
 
 
 def get_grad_norm(params: Iterable[torch.nn.Parameter], norm_type: float = 2.0,
-                  model_parallel_group=None) -> float:
+                  model_parallel_group=None, shard_group=None) -> float:
     """Total gradient norm of ``params`` over the model-parallel group.
 
     Args:
@@ -60,6 +63,8 @@ def get_grad_norm(params: Iterable[torch.nn.Parameter], norm_type: float = 2.0,
         norm_type: 2.0 or ``inf``.
         model_parallel_group: the TP x PP group; ``None`` uses parallel_state's when
             torch.distributed is initialised, else no reduction.
+        shard_group: the group FSDP2-sharded parameters' gradients are split over (the
+            data-parallel group); None: no parameter is sharded.
 
     Returns:
         The norm as a Python float (``nan`` / ``inf`` when a gradient is not finite).
@@ -72,7 +77,15 @@ def get_grad_norm(params: Iterable[torch.nn.Parameter], norm_type: float = 2.0,
     # the collectives' device, also for a rank without gradients (its term is 0)
     device = collective_device(model_parallel_group)
     dense, expert = _split_expert(counted)
-    total = _local_norm_term([grad_buffer(p) for p in dense], norm_type, device)
+    sharded = [p for p in dense if is_sharded_param(p)]
+    if sharded and shard_group is None:
+        raise ValueError("FSDP2-sharded gradients need the shard_group they are split over")
+    total = _local_norm_term([grad_buffer(p) for p in dense if not is_sharded_param(p)],
+                             norm_type, device)
+    if sharded:
+        term = _local_norm_term([grad_buffer(p) for p in sharded], norm_type, device).reshape(1)
+        dist.all_reduce(term, op=op, group=shard_group)
+        total = _combine(total, term.reshape(()), norm_type)
     if expert:
         total = _combine(total, _expert_norm_term([grad_buffer(p) for p in expert], norm_type, op,
                                                   device), norm_type)
@@ -84,20 +97,21 @@ def get_grad_norm(params: Iterable[torch.nn.Parameter], norm_type: float = 2.0,
 
 
 def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float,
-                   model_parallel_group=None, norm_type: float = 2.0) -> float:
+                   model_parallel_group=None, norm_type: float = 2.0,
+                   shard_group=None) -> float:
     """Scale gradients in place so the total norm is at most ``max_norm``.
 
     Args:
         params: parameters (all of them on this rank, including shared copies, which
             are scaled but not counted twice).
         max_norm: the clipping threshold; ``<= 0`` only measures.
-        model_parallel_group: see ``get_grad_norm``.
+        model_parallel_group, shard_group: see ``get_grad_norm``.
 
     Returns:
         The total norm before clipping.
     """
     params = [p for p in params if grad_buffer(p) is not None]
-    total = get_grad_norm(params, norm_type, model_parallel_group)
+    total = get_grad_norm(params, norm_type, model_parallel_group, shard_group)
     if max_norm > 0 and math.isfinite(total):
         coeff = max_norm / (total + 1e-6)
         if coeff < 1.0:

@@ -23,13 +23,9 @@ from megatron.core import parallel_state
 from megatron.core.devices import collective_device
 from megatron.core.timers import NO_TIMERS, Timers
 from megatron.core.distributed.grad_buffer import GradBuffer
-from megatron.core.distributed.grads import grad_buffer
+from megatron.core.distributed.grads import LAYOUT_ATTRS, grad_buffer
 from megatron.optimizer.clip_grads import clip_grad_norm
 from megatron.optimizer.grad_scaler import ConstantGradScaler
-
-# Attributes that tell clip_grad_norm how a parameter is laid out across ranks.
-_LAYOUT_ATTRS = ("tensor_model_parallel", "partition_dim", "partition_stride",
-                 "shared_embedding", "shared", "sequence_parallel", "expert_parallel")
 
 
 def _model_parallel_group():
@@ -129,7 +125,7 @@ class MixedPrecisionOptimizer(MegatronOptimizer):
         mains = []
         for p in model_params:
             main = torch.nn.Parameter(p.detach().clone().float())
-            for attr in _LAYOUT_ATTRS:
+            for attr in LAYOUT_ATTRS:
                 if hasattr(p, attr):
                     setattr(main, attr, getattr(p, attr))
             mains.append(main)

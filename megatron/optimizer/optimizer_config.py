@@ -26,6 +26,7 @@ class OptimizerConfig:
     loss_scale_window: int = 1000
     hysteresis: int = 2
     use_distributed_optimizer: bool = False
+    use_torch_fsdp2: bool = False      # the model is FSDP2-sharded (core.distributed.fsdp)
     # main_grad buffer in fp32 (always under bf16); fp16 without it keeps fp16 gradients
     accumulate_allreduce_grads_in_fp32: bool = False
 

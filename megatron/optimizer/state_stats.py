@@ -4,8 +4,8 @@
 Every element is counted once over the whole model: copies that another rank already counts
 (``counts_toward_grad_norm``: TP-replicated parameters off TP rank 0, the last stage's tied
 embedding) are masked out, the model-parallel ranks are summed (max for ``abs_max``), and
-under ``--use-distributed-optimizer`` (ZeRO-1) the data-parallel shards too; a plain
-data-parallel rank holds the whole (replicated) state, so it is not summed over DP.
+under ``--use-distributed-optimizer`` (ZeRO-1) and FSDP2 the data-parallel shards too; a
+plain data-parallel rank holds the whole (replicated) state, so it is not summed over DP.
 """
 from __future__ import annotations
 
@@ -14,19 +14,22 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 from megatron.core.devices import collective_device
+from megatron.core.distributed.fsdp import local_part
 from megatron.core.distributed.grads import counts_toward_grad_norm
 
 _NAMES = ("variance", "variance_sqrt", "momentum", "weight")
 
 
 def _entries(optimizer) -> tuple[list[tuple[torch.Tensor, list[tuple[int, int]]]], bool]:
-    """``[(weight, counted ranges of its flattened elements)]`` of this rank's Adam
+    """``[(weight, counted ranges of its flattened local elements)]`` of this rank's Adam
     parameters, and whether the state is sharded over data-parallel ranks."""
     inner = optimizer.optimizer
     if hasattr(inner, "pieces"):          # the ZeRO-1 DistributedOptimizer
         return [(piece.master, piece.counted) for piece in inner.pieces], True
     params = getattr(optimizer, "main_params", None) or optimizer.model_params
-    return [(p, [(0, p.numel())] if counts_toward_grad_norm(p) else []) for p in params], False
+    sharded = getattr(optimizer, "shard_group", None) is not None   # FSDP2: DTensor shards
+    return [(p, [(0, local_part(p).numel())] if counts_toward_grad_norm(p) else [])
+            for p in params], sharded
 
 
 def _state_of(optimizer, param: torch.Tensor) -> dict:
@@ -50,8 +53,9 @@ def adam_state_norms(optimizer) -> dict[str, float]:
         if "exp_avg" not in state or param.numel() == 0:
             continue
         found = True
-        v = state["exp_avg_sq"].detach().reshape(-1)
-        m, w = state["exp_avg"].detach().reshape(-1), param.detach().reshape(-1)
+        v = local_part(state["exp_avg_sq"]).detach().reshape(-1)
+        m = local_part(state["exp_avg"]).detach().reshape(-1)
+        w = local_part(param).detach().reshape(-1)
         for a, b in counted:                   # views: no full-size temporary per tensor
             for i, t in enumerate((v[a:b], v[a:b].sqrt(), m[a:b], w[a:b])):
                 t = t.abs().double()

@@ -200,3 +200,21 @@ def test_num_epochs_bounds_the_samples_a_run_draws(num_epochs, epoch, mbs, dp, g
     unbounded = DataEfficiencyRuntime(StepPlanner(_config(), RunShape(gbs, SEQ, LAYERS)),
                                       Parallelism(0, dp))
     assert unbounded.train_batch_sampler(dataset, mbs, 0, None, train_iters=10 ** 6) is None
+
+
+def test_random_ltd_draws_follow_the_sample_not_the_data_parallel_size():
+    """Rank r's micro-batch m holds the step's global micro-batch m x DP + r (both
+    samplers), so it drops what one process drops in that micro-batch: DP2 and DP4 runs
+    then train exactly as one process does."""
+    from megatron.data_efficiency.runtime import Parallelism
+    one = DataEfficiencyRuntime(_planner(_seqtru(), _ltd(), num_microbatches=4))
+    plan = one.plan_step(8)
+    assert plan.kept_length is not None and plan.kept_length < plan.seq_length
+    for dp in (2, 4):
+        for rank in range(dp):
+            rt = DataEfficiencyRuntime(_planner(_seqtru(), _ltd(), num_microbatches=4 // dp),
+                                       Parallelism(dp_rank=rank, dp_size=dp))
+            for m in range(4 // dp):
+                mine = rt.token_drop_plan(rt.plan_step(8), m, 2, plan.seq_length)
+                same = one.token_drop_plan(plan, m * dp + rank, 2, plan.seq_length)
+                assert torch.equal(mine.indices, same.indices), (dp, rank, m)

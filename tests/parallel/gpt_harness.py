@@ -17,12 +17,14 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 from megatron.checkpointing import model_split as checkpoint_layout
+from megatron.core.distributed import fsdp
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 from megatron.initialize import set_seeds
 from megatron.model.config import TransformerConfig
 from megatron.model.gpt_model import GPTModel
 from megatron.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.optimizer.state_stats import adam_state_norms
 
 SEED, STEPS, SEQ, VOCAB, LAYERS = 1234, 3, 16, 64, 4
 # A Llama-shaped model: RMSNorm, 4 heads in 2 query groups (one per rank at TP2), SwiGLU,
@@ -44,12 +46,14 @@ class Layout:
     distributed_optimizer: bool = False
     vp: int | None = None   # model chunks per stage (interleaved 1F1B)
     llama: bool = False     # LLAMA_SHAPE instead of the GPT-2-shaped model
+    fsdp: int | None = None  # FSDP2 (core.distributed.fsdp) as ZeRO stage 2 or 3
 
     @property
     def name(self) -> str:
         extra = ("+SP" if self.sequence_parallel else "") + \
             ("+distopt" if self.distributed_optimizer else "") + \
-            (f"xV{self.vp}" if self.vp else "") + ("+llama" if self.llama else "")
+            (f"xV{self.vp}" if self.vp else "") + ("+llama" if self.llama else "") + \
+            (f"+fsdp{self.fsdp}" if self.fsdp else "")
         return f"TP{self.tp}xPP{self.pp}xDP{self.dp}/{self.num_microbatches}mb{extra}"
 
 
@@ -69,7 +73,8 @@ def optimizer_config(layout: Layout) -> OptimizerConfig:
     # is decided by rounding noise, which would make exact comparison meaningless.
     return OptimizerConfig(lr=3e-3, weight_decay=0.01, adam_beta2=0.95, adam_eps=1e-3,
                            clip_grad=0.5,
-                           use_distributed_optimizer=layout.distributed_optimizer)
+                           use_distributed_optimizer=layout.distributed_optimizer,
+                           use_torch_fsdp2=bool(layout.fsdp))
 
 
 def global_batch(step: int, layout: Layout) -> torch.Tensor:
@@ -98,8 +103,10 @@ def forward_step(data_iterator, model):
     return output, loss_func
 
 
-def train(chunks: list, layout: Layout, dp_rank: int) -> tuple[list[list[float]], list[float]]:
-    """STEPS training steps; returns (per-micro-batch losses per step, grad norms)."""
+def train(chunks: list, layout: Layout, dp_rank: int) -> tuple[list[list[float]], list[float],
+                                                                dict[str, float]]:
+    """STEPS training steps; returns (per-micro-batch losses per step, grad norms, the norms
+    of the Adam states after the last step)."""
     optimizer = get_megatron_optimizer(chunks, optimizer_config(layout))
     schedule = get_forward_backward_func()
     losses, norms = [], []
@@ -112,14 +119,15 @@ def train(chunks: list, layout: Layout, dp_rank: int) -> tuple[list[list[float]]
         loss_dicts = schedule(forward_step_func=forward_step,
                               data_iterator=feeds if layout.vp else feeds[0],
                               model=chunks, num_microbatches=layout.num_microbatches,
-                              seq_length=SEQ, micro_batch_size=layout.micro_batch_size)
+                              seq_length=SEQ, micro_batch_size=layout.micro_batch_size,
+                              **({"no_sync_func": fsdp.no_sync(chunks)} if layout.fsdp else {}))
         finalize_model_grads(chunks)
         ok, norm, _ = optimizer.step()
         if not ok:
             raise RuntimeError(f"{layout.name}: optimizer step {step} was skipped")
         losses.append([d["lm loss"].item() for d in loss_dicts])
         norms.append(norm)
-    return losses, norms
+    return losses, norms, adam_state_norms(optimizer)
 
 
 def reference(layout: Layout) -> dict:
@@ -129,9 +137,9 @@ def reference(layout: Layout) -> dict:
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     whole = Layout(num_microbatches=layout.num_microbatches * layout.dp,
                    micro_batch_size=layout.micro_batch_size)
-    losses, norms = train([model], whole, 0)
+    losses, norms, adam = train([model], whole, 0)
     return {"initial": initial, "specs": checkpoint_layout.param_specs(model),
-            "losses": losses, "norms": norms, "final": model.state_dict()}
+            "losses": losses, "norms": norms, "adam": adam, "final": model.state_dict()}
 
 
 def _build_chunks(layout: Layout) -> list[GPTModel]:
@@ -164,12 +172,15 @@ def run_layout(layout: Layout) -> dict:
         set_seeds(SEED)
         chunks = _build_chunks(layout)
         initial = [{k: v.clone() for k, v in c.state_dict().items()} for c in chunks]
+        if layout.fsdp:
+            config = fsdp.FSDPConfig(reshard_after_forward=layout.fsdp == 3)
+            chunks = [fsdp.fully_shard_chunk(c, c.transformer.layers, config) for c in chunks]
         dp_rank = parallel_state.get_data_parallel_rank()
-        losses, norms = train(chunks, layout, dp_rank)
+        losses, norms, adam = train(chunks, layout, dp_rank)
         return {"tp": parallel_state.get_tensor_model_parallel_rank(),
                 "pp": parallel_state.get_pipeline_model_parallel_rank(), "dp": dp_rank,
-                "rank": dist.get_rank(), "losses": losses, "norms": norms, "initial": initial,
-                "state": [{k: v.clone() for k, v in c.state_dict().items()} for c in chunks]}
+                "rank": dist.get_rank(), "losses": losses, "norms": norms, "adam": adam, "initial": initial,
+                "state": [fsdp.full_model_state(c) for c in chunks]}
     finally:
         parallel_state.destroy_model_parallel()
 

@@ -1,6 +1,7 @@
 """GPT under TP / PP / DP layouts matches the single-process model, step by step.
 
-For each layout, with the GPT-2-shaped model and the Llama-shaped one (RMSNorm,
+For each layout (FSDP2 as ZeRO-2 and ZeRO-3 among them: DP2, DP2 x TP2 with sequence
+parallelism), with the GPT-2-shaped model and the Llama-shaped one (RMSNorm,
 grouped-query attention, SwiGLU, no biases, scaled rotary, untied output):
 every rank builds its part with the same seed (--use-cpu-initialization)
 and must hold exactly the single-process model's initial weights; then 3 optimizer steps
@@ -26,13 +27,15 @@ TWO_RANKS = [Layout(tp=2), Layout(pp=2, num_microbatches=4), Layout(pp=2, vp=2, 
              Layout(dp=2, distributed_optimizer=True), Layout(tp=2, sequence_parallel=True),
              Layout(tp=2, llama=True), Layout(pp=2, num_microbatches=4, llama=True),
              Layout(dp=2, distributed_optimizer=True, llama=True),
-             Layout(tp=2, sequence_parallel=True, llama=True)]
+             Layout(tp=2, sequence_parallel=True, llama=True),
+             Layout(dp=2, fsdp=3), Layout(dp=2, fsdp=2, llama=True)]
 FOUR_RANKS = [Layout(tp=2, pp=2), Layout(tp=2, dp=2),
               Layout(tp=2, dp=2, distributed_optimizer=True),
               Layout(pp=2, dp=2, num_microbatches=3, distributed_optimizer=True),
               Layout(tp=2, pp=2, sequence_parallel=True),
               Layout(tp=2, pp=2, vp=2, num_microbatches=4),
-              Layout(tp=2, pp=2, llama=True)]
+              Layout(tp=2, pp=2, llama=True),
+              Layout(tp=2, dp=2, fsdp=3, sequence_parallel=True)]
 
 
 def _check(layout: Layout, ref: dict, results: list[dict]) -> None:
@@ -41,6 +44,9 @@ def _check(layout: Layout, ref: dict, results: list[dict]) -> None:
     for r in results:
         torch.testing.assert_close(torch.tensor(r["norms"]), torch.tensor(ref["norms"]),
                                    rtol=RTOL, atol=ATOL, msg=lambda m: f"{name} grad norm: {m}")
+        assert r["adam"].keys() == ref["adam"].keys(), name
+        for key, value in ref["adam"].items():   # every element counted once, all layouts
+            assert r["adam"][key] == pytest.approx(value, rel=RTOL, abs=1e-9), f"{name} {key}"
         if r["pp"] != layout.pp - 1:
             assert r["losses"] == [[]] * len(ref["losses"]), f"{name}: loss on a middle stage"
             continue

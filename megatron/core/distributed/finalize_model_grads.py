@@ -7,10 +7,12 @@ only. Three reductions turn them into the gradients of the whole global batch:
    (``grad_buffer.GradBuffer``, built with the optimizer) are reduced in place, the whole
    buffer in ~32 MB views; a buffer of the distributed optimizer is skipped here (its
    step reduce-scatters it). Parameters without one (a model with no optimizer yet) are
-   reduced from ``.grad`` in flat buckets.
+   reduced from ``.grad`` in flat buckets. FSDP2-sharded parameters (``core.distributed.
+   fsdp``) are skipped: FSDP's backward reduce-scattered them.
 2. Sequence parallel: layer-norm (and other replicated) weights marked
    ``sequence_parallel=True`` saw only this rank's slice of the sequence, so their
-   gradients are summed over the tensor-parallel group.
+   gradients are summed over the tensor-parallel group (under FSDP2 the shards: every TP
+   rank shards them alike).
 3. Pipeline parallel: the word embedding is used by the first stage (input embedding) and
    the last stage (output layer, tied weights). Each stage holds its own copy; summing
    their gradients over the embedding group keeps the two copies identical after the step.
@@ -27,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from megatron.core import parallel_state
+from megatron.core.distributed.fsdp import is_sharded_param
 from megatron.core.distributed.grad_buffer import grad_buffers_of
 from megatron.core.distributed.grads import grad_buffer
 
@@ -95,7 +98,8 @@ def allreduce_data_parallel_grads(model_chunks: list[nn.Module],
     for buffer in grad_buffers_of(params):
         if not buffer.sharded:     # the distributed optimizer reduce-scatters its own
             buffer.all_reduce(int(bucket_size_mb * 1024 * 1024) // buffer.grad_data.element_size())
-    loose = [p for p in params if getattr(p, "main_grad_buffer", None) is None]
+    loose = [p for p in params if getattr(p, "main_grad_buffer", None) is None
+             and not is_sharded_param(p)]
     grads = [grad_buffer(p, allocate=True) for p in loose
              if not getattr(p, "expert_parallel", False)]
     if grads:

@@ -7,10 +7,16 @@ from torch import nn
 
 from megatron.core import parallel_state
 
+# Parameter attributes that say how a parameter is laid out across ranks (read by the
+# gradient reductions, the norm and the checkpoint code); copies of a parameter carry them.
+LAYOUT_ATTRS = ("tensor_model_parallel", "partition_dim", "partition_stride",
+                "shared_embedding", "shared", "sequence_parallel", "expert_parallel")
+
 
 def grad_buffer(param: nn.Parameter, allocate: bool = False) -> torch.Tensor | None:
     """The gradient the optimizer reads: ``.main_grad`` (a view of the parameter's
-    gradient buffer, see ``grad_buffer.GradBuffer``), else ``.grad``.
+    gradient buffer, see ``grad_buffer.GradBuffer``), else ``.grad``; of an FSDP2-sharded
+    parameter (``.grad`` a DTensor) this rank's shard, sharing its storage.
 
     Args:
         param: the parameter.
@@ -20,11 +26,10 @@ def grad_buffer(param: nn.Parameter, allocate: bool = False) -> torch.Tensor | N
     """
     if getattr(param, "main_grad", None) is not None:
         return param.main_grad
-    if param.grad is not None:
-        return param.grad
-    if allocate:
+    if param.grad is None and allocate:
         param.grad = torch.zeros_like(param)
-    return param.grad
+    grad = param.grad
+    return grad.to_local() if grad is not None and hasattr(grad, "to_local") else grad
 
 
 def counts_toward_grad_norm(param: nn.Parameter) -> bool:

@@ -2,7 +2,8 @@
 ``pipelined_schedules.py``."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import contextlib
+from typing import Callable, ContextManager, Iterator
 
 import torch
 
@@ -15,12 +16,16 @@ def forward_backward_no_pipelining(*, forward_step_func: Callable, data_iterator
                                    num_microbatches: int, seq_length: int, micro_batch_size: int,
                                    forward_only: bool = False,
                                    grad_scale_func: Callable | None = None,
-                                   timers: Timers = NO_TIMERS) -> list[dict]:
+                                   timers: Timers = NO_TIMERS,
+                                   no_sync_func: Callable[[], ContextManager] | None = None
+                                   ) -> list[dict]:
     """Run ``num_microbatches`` forward (and backward) passes, accumulating gradients.
 
     Each micro-batch loss is divided by ``num_microbatches`` so the accumulated gradient
     is that of the mean loss; ``grad_scale_func`` (the fp16 loss scale) is applied to the
-    loss right before backward.
+    loss right before backward. Every micro-batch but the last runs inside
+    ``no_sync_func()`` when given (FSDP2: reduce-scatter the gradients once, after the
+    last backward).
 
     Args:
         forward_step_func: ``fn(data_iterator, model) -> (output_tensor, loss_func)``.
@@ -32,6 +37,7 @@ def forward_backward_no_pipelining(*, forward_step_func: Callable, data_iterator
         grad_scale_func: ``fn(loss) -> scaled loss``.
         timers: times each micro-batch's ``forward-compute`` and ``backward-compute``
             (level 2).
+        no_sync_func: ``fn() -> context`` deferring the data-parallel gradient reduction.
 
     Returns:
         One loss dict per micro-batch, as returned by ``loss_func``.
@@ -47,18 +53,20 @@ def forward_backward_no_pipelining(*, forward_step_func: Callable, data_iterator
     losses = []
     context = torch.no_grad() if forward_only else torch.enable_grad()
     with context:
-        for _ in range(num_microbatches):
-            with timers.phase("forward-compute"):
-                output_tensor, loss_func = forward_step_func(data_iterator, model)
-                loss, loss_dict = loss_func(output_tensor)
-            losses.append(loss_dict)
-            if forward_only:
-                continue
-            with timers.phase("backward-compute"):
-                loss = loss / num_microbatches
-                if grad_scale_func is not None:
-                    loss = grad_scale_func(loss)
-                loss.backward()
+        for i in range(num_microbatches):
+            last = forward_only or no_sync_func is None or i == num_microbatches - 1
+            with contextlib.nullcontext() if last else no_sync_func():
+                with timers.phase("forward-compute"):
+                    output_tensor, loss_func = forward_step_func(data_iterator, model)
+                    loss, loss_dict = loss_func(output_tensor)
+                losses.append(loss_dict)
+                if forward_only:
+                    continue
+                with timers.phase("backward-compute"):
+                    loss = loss / num_microbatches
+                    if grad_scale_func is not None:
+                        loss = grad_scale_func(loss)
+                    loss.backward()
     return losses
 
 

@@ -4,7 +4,9 @@ The draw for one (iteration, microbatch, layer, data-parallel rank) comes from i
 ``torch.Generator`` seeded by a stable hash of those numbers and the run's seed, so:
 
 * every tensor-parallel rank and every pipeline stage computes the same indices with no
-  communication (they share seed, iteration, microbatch and DP rank);
+  communication (they share seed, iteration, microbatch and DP rank); training passes the
+  step's global micro-batch number and DP rank 0 (``DataEfficiencyRuntime.token_drop_plan``),
+  so the draws do not depend on the data-parallel size either;
 * a resumed run draws exactly what the uninterrupted run drew;
 * the global RNG (dropout, data shuffling) is never touched.
 

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from megatron.arguments import optimizer_config_from_args, schedule_config_from_args
 from megatron import signal_handler
 from megatron.checkpointing import load_checkpoint, remove_stale_temp_dirs, save_checkpoint
+from megatron.checkpointing.dist_format import AsyncSaver
 from megatron.core import parallel_state
 from megatron.core.devices import collective_device
 from megatron.core.distributed.errors import collective_context
@@ -189,11 +190,14 @@ def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], mo
     return losses
 
 
-def _save(state, runtime, model, optimizer, scheduler, args) -> None:
+def _save(state, runtime, model, optimizer, scheduler, args,
+          saver: AsyncSaver | None = None) -> None:
     save_checkpoint(state.iteration, model, optimizer, scheduler, state.extra_state(runtime),
                     save_dir=args.save, save_optim=not args.no_save_optim,
-                    save_rng=not args.no_save_rng, args=args, model_type=runtime.shape.model)
-    print_rank_0(f" > saved checkpoint at iteration {state.iteration} to {args.save}")
+                    save_rng=not args.no_save_rng, args=args, model_type=runtime.shape.model,
+                    ckpt_format=args.ckpt_format, async_saver=saver)
+    print_rank_0(f" > {'started saving' if saver else 'saved'} checkpoint at iteration "
+                 f"{state.iteration} to {args.save}")
 
 
 def _eval_due(iteration: int, args: argparse.Namespace, make_valid_iterator) -> bool:
@@ -232,8 +236,9 @@ def _early_exit_reason(iteration: int, start: float, args: argparse.Namespace) -
 
 def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, state: TrainState,
           args: argparse.Namespace, logger: TrainingLogger, run: RunPlan,
-          moe_monitor: MoEMonitor | None = None) -> str | None:
-    """The training loop: steps, logging, evaluation, checkpoints, exit rules.
+          moe_monitor: MoEMonitor | None = None, saver: AsyncSaver | None = None) -> str | None:
+    """The training loop: steps, logging, evaluation, checkpoints, exit rules
+    (``saver``: --async-save, a finished save is published after the step it ends in).
 
     Returns:
         None when the stopping rule was reached, else why the run stopped early
@@ -247,6 +252,8 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
     while not _training_done(state, run):
         stats = train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                            runtime, state, args, moe_monitor)
+        if saver is not None:
+            saver.poll()
         now = time.time()
         logger.record(stats, now - last_log)
         if state.iteration % logger.log_interval == 0:
@@ -260,17 +267,17 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
             last_log = time.time()   # evaluation time is not training time
         saved = False
         if args.save and args.save_interval and it % args.save_interval == 0:
-            _save(state, runtime, model, optimizer, scheduler, args)
+            _save(state, runtime, model, optimizer, scheduler, args, saver)
             saved = True
         reason = _early_exit_reason(it, start, args)
         if reason is not None:
             if args.save and not saved:
-                _save(state, runtime, model, optimizer, scheduler, args)
+                _save(state, runtime, model, optimizer, scheduler, args, saver)
             print_rank_0(f" > exiting at iteration {it}: {reason}")
             return reason
     saved_last = args.save_interval and state.iteration % args.save_interval == 0
     if args.save and state.iteration > first_iteration and not saved_last:
-        _save(state, runtime, model, optimizer, scheduler, args)
+        _save(state, runtime, model, optimizer, scheduler, args, saver)
     return None
 
 
@@ -362,8 +369,11 @@ def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_da
             every_stage=model_type is ModelType.encoder, consumed_samples=state.consumed_samples,
             iteration=state.iteration, data_efficiency_state=de_state,
             train_iters=run.train_iters)
+        saver = AsyncSaver() if args.async_save else None
         stopped = _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime,
-                                      iterators, state, args, logger, run, moe_monitor)
+                                      iterators, state, args, logger, run, moe_monitor, saver)
+        if saver is not None:
+            saver.wait()   # the run ends once its last checkpoint is written and published
         logger.end(**_counters(state), exit="stopped" if stopped else "finished",
                    reason=stopped or "the stopping rule")
     except BaseException as err:
@@ -376,7 +386,8 @@ def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_da
 
 def _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime, iterators,
                         state: TrainState, args: argparse.Namespace, logger: TrainingLogger,
-                        run: RunPlan, moe_monitor: MoEMonitor) -> str | None:
+                        run: RunPlan, moe_monitor: MoEMonitor,
+                        saver: AsyncSaver | None = None) -> str | None:
     """The loop, then (when it reached the stopping rule) the final validation, unless the
     last step evaluated, and the test split. Returns why the loop stopped early (None: it
     did not)."""
@@ -391,7 +402,7 @@ def _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime,
                          f"{state.consumed_samples}, tokens {state.consumed_tokens})")
         first_iteration = state.iteration
         stopped = train(forward_step_func, model, optimizer, scheduler, runtime, iterators,
-                        state, args, logger, run, moe_monitor)
+                        state, args, logger, run, moe_monitor, saver)
         evaluated = (state.iteration > first_iteration   # the loop's last step evaluated
                      and _eval_due(state.iteration, args, iterators[1]))
         if not stopped and args.eval_iters > 0 and iterators[1] is not None and not evaluated:

@@ -1,0 +1,71 @@
+"""--ckpt-format torch_dist at the same layout: the folder it writes, bit-exact resume
+through pretrain(), a damaged shard or index named in one line, --ckpt-fallback."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from megatron.checkpointing import read_tracker
+from megatron.errors import CheckpointError
+from tests.training.helpers import run_tiny
+
+DIST = ("--ckpt-format", "torch_dist")
+
+
+@pytest.fixture(scope="module")
+def straight():
+    return run_tiny(iters=6)
+
+
+@pytest.mark.parametrize("extra", [(), ("--bf16", "--use-distributed-optimizer")],
+                         ids=["fp32", "bf16+distopt"])
+def test_exact_resume(tmp_path, extra):
+    """6 steps straight == 3 steps, a torch_dist save, a new run loading it, 3 more steps
+    (dropout on: the RNG states are restored too)."""
+    straight = run_tiny(*extra, iters=6)
+    ckpt = str(tmp_path / "ckpt")
+    first = run_tiny(*DIST, *extra, "--save", ckpt, "--exit-interval", "3", iters=6)
+    folder = os.path.join(ckpt, "iter_0000003")
+    assert sorted(os.listdir(folder)) == [".metadata", "__0_0.distcp", "mp_rank_00"]
+    assert not any(n.endswith(".tmp") for n in os.listdir(ckpt))
+    resumed = run_tiny(*DIST, *extra, "--load", ckpt, "--save", ckpt, iters=6)
+    assert first.history + resumed.history == straight.history       # bit-identical
+    assert resumed.last_validation == straight.last_validation
+    assert read_tracker(ckpt) == 6
+
+
+def _two_saves(tmp_path) -> str:
+    ckpt = str(tmp_path / "ckpt")
+    run_tiny(*DIST, "--save", ckpt, "--save-interval", "2", iters=4)
+    return ckpt
+
+
+@pytest.mark.parametrize("damage", ["truncated shard", "missing shard", "missing index"])
+def test_a_damaged_checkpoint_is_named_and_fallback_resumes(tmp_path, straight, damage):
+    ckpt = _two_saves(tmp_path)
+    newest = os.path.join(ckpt, "iter_0000004")
+    shard, index = os.path.join(newest, "__0_0.distcp"), os.path.join(newest, ".metadata")
+    if damage == "truncated shard":
+        with open(shard, "r+b") as f:
+            f.truncate(os.path.getsize(shard) // 2)
+        named, reason = shard, "cannot be read (cut short"
+    elif damage == "missing shard":
+        os.remove(shard)
+        named, reason = shard, "file not found"
+    else:
+        os.remove(index)
+        named, reason = index, "file not found"
+    with pytest.raises(CheckpointError) as err:
+        run_tiny("--load", ckpt, iters=6)
+    message = str(err.value)
+    assert "\n" not in message and f"{named}: {reason}" in message
+    assert "complete iterations" in message and ": 2;" in message and "--ckpt-fallback" in message
+    resumed = run_tiny("--load", ckpt, "--ckpt-fallback", iters=6)
+    assert resumed.history == straight.history[2:]     # from iteration 2, bit-identical
+
+
+def test_async_save_is_refused_without_torch_dist(capsys):
+    with pytest.raises(SystemExit):
+        run_tiny("--async-save", "--save", "/nonexistent/never", iters=2)
+    assert "--async-save needs --ckpt-format torch_dist" in capsys.readouterr().err

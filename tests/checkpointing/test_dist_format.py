@@ -35,6 +35,20 @@ def test_exact_resume(tmp_path, extra):
     assert read_tracker(ckpt) == 6
 
 
+def test_an_early_exit_waits_for_the_async_save_in_flight(tmp_path, straight):
+    """--exit-interval (the path --exit-signal-handler takes): the save started at 2 and
+    the exit's save at 3 are both written and published before pretrain() returns."""
+    ckpt = str(tmp_path / "ckpt")
+    first = run_tiny(*DIST, "--async-save", "--save", ckpt, "--save-interval", "2",
+                     "--exit-interval", "3", iters=6)
+    assert read_tracker(ckpt) == 3
+    assert sorted(n for n in os.listdir(ckpt) if n != "run.lock") == [
+        "iter_0000002", "iter_0000003", "latest_checkpointed_iteration.txt"]
+    resumed = run_tiny(*DIST, "--async-save", "--load", ckpt, "--save", ckpt, iters=6)
+    assert first.history + resumed.history == straight.history
+    assert read_tracker(ckpt) == 6
+
+
 def _two_saves(tmp_path) -> str:
     ckpt = str(tmp_path / "ckpt")
     run_tiny(*DIST, "--save", ckpt, "--save-interval", "2", iters=4)

@@ -9,7 +9,8 @@ SwiGLU weight split with stride 2, untied output layer) driven as in
 
     TP2 x DP2, distributed optimizer  ->  TP1 x DP4, distributed optimizer
                                       ->  TP2 x PP2, plain optimizer
-    TP1 x PP2 x DP2                   ->  TP2 x DP2, distributed optimizer
+    TP1 x PP2 x DP2 (saved in the     ->  TP2 x DP2, distributed optimizer
+    background, --async-save)
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 from megatron.checkpointing import load_checkpoint, save_checkpoint
+from megatron.checkpointing.dist_format import AsyncSaver
 from megatron.core import parallel_state
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
@@ -69,15 +71,21 @@ def _report(losses) -> dict:
             else None}
 
 
-def _save_then_continue(rank, world_size, layout: h.Layout, ckpt: str) -> dict:
+def _save_then_continue(rank, world_size, layout: h.Layout, ckpt: str,
+                        background: bool) -> dict:
+    """``background``: --async-save, training goes on while the checkpoint is written."""
     parallel_state.initialize_model_parallel(layout.tp, layout.pp)
     set_seeds(h.SEED)
     chunks = h._build_chunks(layout)
     optimizer = get_megatron_optimizer(chunks, h.optimizer_config(layout))
     _steps(chunks, optimizer, layout, 0, BEFORE)
+    saver = AsyncSaver() if background else None
     save_checkpoint(BEFORE, chunks, optimizer, None, {"iteration": BEFORE}, save_dir=ckpt,
-                    ckpt_format="torch_dist")
-    return _report(_steps(chunks, optimizer, layout, BEFORE, AFTER))
+                    ckpt_format="torch_dist", async_saver=saver)
+    report = _report(_steps(chunks, optimizer, layout, BEFORE, AFTER))
+    if saver is not None:
+        saver.wait()
+    return report
 
 
 def _load_and_continue(rank, world_size, layout: h.Layout, ckpt: str) -> dict:
@@ -94,7 +102,8 @@ def _step_means(outs: list[dict]) -> list[float]:
             for s in range(AFTER)]
 
 
-SAVED = {"tp2dp2_distopt": _layout(2, 1, 2, True), "tp1pp2dp2": _layout(1, 2, 2)}
+# name -> (layout, saved in the background)
+SAVED = {"tp2dp2_distopt": (_layout(2, 1, 2, True), False), "tp1pp2dp2": (_layout(1, 2, 2), True)}
 LOADS = [("tp2dp2_distopt", _layout(1, 1, 4, True)), ("tp2dp2_distopt", _layout(2, 2, 1)),
          ("tp1pp2dp2", _layout(2, 1, 2, True))]
 
@@ -102,8 +111,8 @@ LOADS = [("tp2dp2_distopt", _layout(1, 1, 4, True)), ("tp2dp2_distopt", _layout(
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     root = tmp_path_factory.mktemp("reshard")
-    jobs = [(_save_then_continue, layout, os.path.join(root, name))
-            for name, layout in SAVED.items()]
+    jobs = [(_save_then_continue, layout, os.path.join(root, name), background)
+            for name, (layout, background) in SAVED.items()]
     jobs += [(_load_and_continue, layout, os.path.join(root, name)) for name, layout in LOADS]
     per_rank = run_distributed(isolated_jobs, 4, jobs, timeout_s=400)
     by_job = [[outs[j] for outs in per_rank] for j in range(len(jobs))]

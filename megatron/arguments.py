@@ -294,6 +294,11 @@ def _add_logging_args(p: argparse.ArgumentParser) -> None:
                         "rank; torch_dist, torch.distributed.checkpoint's sharded global "
                         "tensors, loadable under another TP / PP / DP layout with the "
                         "optimizer state (loading reads either format)")
+    g.add_argument("--ckpt-convert-format", choices=["torch", "torch_dist"], default=None,
+                   help="load --load, save it in this format into "
+                        "--ckpt-convert-save/FORMAT (model, optimizer, RNG, scheduler and "
+                        "data-efficiency state carried over), then stop without training")
+    g.add_argument("--ckpt-convert-save", default=None, metavar="DIR")
     g.add_argument("--async-save", action="store_true",
                    help="torch_dist: write checkpoints in the background while training "
                         "goes on (one at a time; published when complete)")
@@ -316,7 +321,14 @@ def checkpoint_format_problems(args: argparse.Namespace) -> list[str]:
                         "one torch.save file per rank, synchronously)")
     if args.async_save and not args.save:
         problems.append("--async-save needs --save")
-    if args.ckpt_format == "torch_dist" and (args.expert_model_parallel_size or 1) > 1:
+    if args.ckpt_convert_format and not (args.load and args.ckpt_convert_save):
+        problems.append("--ckpt-convert-format needs --load (the checkpoint to convert) and "
+                        "--ckpt-convert-save (where the converted one goes)")
+    if args.ckpt_convert_format and (args.finetune or args.no_load_optim):
+        problems.append("--ckpt-convert-format carries the whole checkpoint over: drop "
+                        "--finetune / --no-load-optim")
+    if "torch_dist" in (args.ckpt_format, args.ckpt_convert_format) and \
+            (args.expert_model_parallel_size or 1) > 1:
         problems.append("--ckpt-format torch_dist does not yet name experts by their global "
                         "number: use --ckpt-format torch with --expert-model-parallel-size > 1")
     return problems

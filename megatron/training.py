@@ -12,6 +12,7 @@ the logger. The run's length, stopping rule and step planner come from
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -21,7 +22,8 @@ import torch.distributed as dist
 
 from megatron.arguments import optimizer_config_from_args, schedule_config_from_args
 from megatron import signal_handler
-from megatron.checkpointing import load_checkpoint, remove_stale_temp_dirs, save_checkpoint
+from megatron.checkpointing import (load_checkpoint, remove_stale_temp_dirs, save_checkpoint,
+                                    save_dir_conflict)
 from megatron.checkpointing.dist_format import AsyncSaver
 from megatron.core import parallel_state
 from megatron.core.devices import collective_device
@@ -32,6 +34,7 @@ from megatron.core.enums import ModelType
 from megatron.data_efficiency.data_family import DataFamily, GPTSamples
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
 from megatron import metrics_file, preflight
+from megatron.errors import CheckpointError, raise_agreed
 from megatron.initialize import get_tokenizer, initialize_megatron
 from megatron.model.moe.monitor import MoEMonitor
 from megatron.optimizer import get_megatron_optimizer
@@ -200,6 +203,19 @@ def _save(state, runtime, model, optimizer, scheduler, args,
                  f"{state.iteration} to {args.save}")
 
 
+def _convert_loaded(state, extra: dict, model, optimizer, scheduler, args,
+                    model_type: str) -> None:
+    """--ckpt-convert-format: save the checkpoint just loaded, its extra state as loaded,
+    in that format into --ckpt-convert-save/FORMAT (Megatron-LM's place for it)."""
+    target = os.path.join(args.ckpt_convert_save, args.ckpt_convert_format)
+    raise_agreed(save_dir_conflict(target, resumes_from_it=False), CheckpointError)
+    save_checkpoint(state.iteration, model, optimizer, scheduler, extra, save_dir=target,
+                    save_optim=not args.no_save_optim, save_rng=not args.no_save_rng,
+                    args=args, model_type=model_type, ckpt_format=args.ckpt_convert_format)
+    print_rank_0(f" > converted checkpoint: iteration {state.iteration} of {args.load} saved "
+                 f"as {args.ckpt_convert_format} in {target}")
+
+
 def _eval_due(iteration: int, args: argparse.Namespace, make_valid_iterator) -> bool:
     return bool(make_valid_iterator is not None and args.eval_iters > 0 and args.eval_interval
                 and iteration % args.eval_interval == 0)
@@ -359,6 +375,10 @@ def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_da
             state, extra = load_for_run(model, optimizer, scheduler, args)
             state.run_record = record
             de_state = preflight.resumed_data_efficiency_state(extra, record, args)
+            if args.ckpt_convert_format:
+                _convert_loaded(state, extra, model, optimizer, scheduler, args,
+                                runtime.shape.model)
+                return state
         logger.start(**_counters(state), resumed=state.iteration > 0,
                      train_iters=run.train_iters,
                      config=run_summary(args, run, model_type, record))

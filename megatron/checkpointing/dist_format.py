@@ -94,6 +94,38 @@ def load(iter_dir: str, model_chunks: list[nn.Module], optimizer, optimizer_comm
         optimizer.reload_model_params()
 
 
+def read_whole_model(iter_dir: str, specs: dict) -> dict[str, torch.Tensor]:
+    """The whole-model state dict (whole-model names, as ``model_split.merge_state_dicts``
+    gives) of a ``torch_dist`` iteration, read in this process alone.
+
+    Args:
+        specs: ``model_split.param_specs`` of a model of the same architecture (which
+            tensors were stored with their stride dimension split).
+    """
+    try:
+        saved = read_metadata(iter_dir).state_dict_metadata
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    state = {}
+    for fqn, md in saved.items():
+        if fqn.startswith("model."):
+            whole = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+            state[fqn] = GlobalTensor(tuple(md.size), {(0,) * len(md.size): whole})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=dcp.FileSystemReader(iter_dir), planner=LoadPlanner(),
+                 no_dist=True)
+    full = {}
+    for fqn, tensor in state.items():
+        name, whole = fqn[len("model."):], next(iter(tensor.pieces.values()))
+        spec = specs.get(name)
+        if spec is not None and spec.tensor_model_parallel and spec.partition_stride > 1:
+            d = spec.partition_dim % (whole.dim() - 1)
+            whole = whole.flatten(d, d + 1)     # [.., stride, n, ..] -> [.., stride * n, ..]
+        full[name] = whole
+    return full
+
+
 class AsyncSaver:
     """``--async-save``: at most one checkpoint in flight, written in a background thread
     over its own gloo group (so its collectives never interleave with training's).

@@ -14,6 +14,7 @@ SwiGLU weight split with stride 2, untied output layer) driven as in
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 
@@ -21,11 +22,14 @@ import pytest
 import torch
 
 from megatron.checkpointing import load_checkpoint, save_checkpoint
+from megatron.checkpointing import model_split
 from megatron.checkpointing.dist_format import AsyncSaver
+from megatron.checkpointing.whole_model import load_whole
 from megatron.core import parallel_state
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 from megatron.initialize import set_seeds
+from megatron.model.gpt_model import GPTModel
 from megatron.optimizer import get_megatron_optimizer
 from tests.dist_utils import isolated_jobs, run_distributed
 from tests.parallel import gpt_harness as h
@@ -81,11 +85,23 @@ def _save_then_continue(rank, world_size, layout: h.Layout, ckpt: str,
     _steps(chunks, optimizer, layout, 0, BEFORE)
     saver = AsyncSaver() if background else None
     save_checkpoint(BEFORE, chunks, optimizer, None, {"iteration": BEFORE}, save_dir=ckpt,
-                    ckpt_format="torch_dist", async_saver=saver)
+                    ckpt_format="torch_dist", async_saver=saver,
+                    args=_record(layout), model_type="gpt")
+    saved = {k: v.clone() for k, v in chunks[0].state_dict().items()}
     report = _report(_steps(chunks, optimizer, layout, BEFORE, AFTER))
     if saver is not None:
         saver.wait()
-    return report
+    return {**report, "saved": saved, "tp": parallel_state.get_tensor_model_parallel_rank(),
+            "pp": parallel_state.get_pipeline_model_parallel_rank()}
+
+
+def _record(layout: h.Layout) -> argparse.Namespace:
+    """The flags a converter rebuilds the model from (pretrain() saves all of them)."""
+    config = h.model_config(layout)
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if f.name not in ("moe", "vocab_size", "rope_scaling")}
+    return argparse.Namespace(**fields, use_rope_scaling=config.rope_scaling,
+                              orig_vocab_size=h.VOCAB, num_experts=None)
 
 
 def _load_and_continue(rank, world_size, layout: h.Layout, ckpt: str) -> dict:
@@ -117,15 +133,32 @@ def resumed(tmp_path_factory):
     per_rank = run_distributed(isolated_jobs, 4, jobs, timeout_s=400)
     by_job = [[outs[j] for outs in per_rank] for j in range(len(jobs))]
     continued = {name: _step_means(by_job[i]) for i, name in enumerate(SAVED)}
+    saved = {name: {(o["tp"], o["pp"]): o["saved"] for o in by_job[i]}
+             for i, name in enumerate(SAVED)}
     return continued, [(name, layout, _step_means(by_job[len(SAVED) + i]))
-                       for i, (name, layout) in enumerate(LOADS)]
+                       for i, (name, layout) in enumerate(LOADS)], saved, root
 
 
 @pytest.mark.parametrize("case", range(len(LOADS)), ids=[
     f"{n}->{dataclasses.replace(lay).name}" for n, lay in LOADS])
 def test_resumed_under_another_layout_equals_the_run_continued(resumed, case):
-    continued, loads = resumed
+    continued, loads, _, _ = resumed
     name, layout, losses = loads[case]
     # step BEFORE: the loaded weights; step BEFORE + 1: one update with the loaded
     # Adam moments (fresh moments would move the weights differently)
     assert losses == pytest.approx(continued[name], rel=2e-6, abs=0), layout.name
+
+
+@pytest.mark.parametrize("name", list(SAVED))
+def test_the_whole_model_reads_from_a_torch_dist_checkpoint(resumed, name):
+    """``whole_model.load_whole`` (the converter's, the tasks' and the analyzer's reader)
+    gives the saved ranks' weights merged, the stride-split SwiGLU weight included."""
+    _, _, saved, root = resumed
+    layout = SAVED[name][0]
+    specs = model_split.param_specs(GPTModel(h.model_config(layout)))
+    expected = model_split.merge_state_dicts(saved[name], specs, h.LAYERS)
+    iteration, _, args, full = load_whole(os.path.join(root, name))
+    assert iteration == BEFORE and args["model_type"] == "gpt"
+    assert full.keys() == expected.keys()
+    for key in full:
+        assert torch.equal(full[key], expected[key]), key

@@ -356,7 +356,7 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
 
     iteration, path, state = _read_agreed(load_dir, iteration, fallback, load_sharded)
     if state.get("ckpt_format") == dist_format.DIST_FORMAT:
-        same_layout = path == checkpoint_file(checkpoint_dir(load_dir, iteration))
+        same_layout = _saved_at_this_layout(state, path, checkpoint_dir(load_dir, iteration))
     else:
         _load_torch_format(state, path, model_chunks, optimizer if with_optim else None,
                            args, load_dir)
@@ -374,6 +374,17 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
         _set_rng_state(state["rng_state"])
     print(f" > loaded checkpoint {path} at iteration {iteration}", flush=True)
     return int(state["iteration"]), state.get("extra_state") or {}
+
+
+def _saved_at_this_layout(state: dict, path: str, iter_dir: str) -> bool:
+    """This rank's own file, written under this run's TP and PP sizes (its RNG states are
+    this rank's)."""
+    saved = state.get("args") or {}
+    now = {"tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
+           "pipeline_model_parallel_size":
+               parallel_state.get_pipeline_model_parallel_world_size()}
+    return path == checkpoint_file(iter_dir) and all(
+        saved.get(key, size) == size for key, size in now.items())
 
 
 def _load_torch_format(state: dict, path: str, model_chunks: list[torch.nn.Module], optimizer,

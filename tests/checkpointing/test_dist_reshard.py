@@ -15,7 +15,9 @@ SwiGLU weight split with stride 2, untied output layer) driven as in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import os
 
 import pytest
@@ -34,7 +36,7 @@ from megatron.optimizer import get_megatron_optimizer
 from tests.dist_utils import isolated_jobs, run_distributed
 from tests.parallel import gpt_harness as h
 
-BEFORE, AFTER = 2, 2          # steps before the save, steps compared after it
+BEFORE, AFTER = 1, 2          # steps before the save (Adam moments set), steps compared after it
 ROWS = 8                      # global batch rows, the same under every layout
 
 
@@ -106,8 +108,12 @@ def _record(layout: h.Layout) -> argparse.Namespace:
 
 def _load_and_continue(rank, world_size, layout: h.Layout, ckpt: str) -> dict:
     chunks, optimizer = _build(layout)
-    iteration, _ = load_checkpoint(chunks, optimizer, None, load_dir=ckpt, load_rng=False)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        iteration, _ = load_checkpoint(chunks, optimizer, None, load_dir=ckpt)
     assert iteration == BEFORE
+    # another TP x PP: the saved ranks' RNG states are not this rank's
+    assert "its RNG states are not loaded" in printed.getvalue()
     return _report(_steps(chunks, optimizer, layout, BEFORE, AFTER))
 
 

@@ -207,6 +207,9 @@ def _convert_loaded(state, extra: dict, model, optimizer, scheduler, args,
                     model_type: str) -> None:
     """--ckpt-convert-format: save the checkpoint just loaded, its extra state as loaded,
     in that format into --ckpt-convert-save/FORMAT (Megatron-LM's place for it)."""
+    if not extra:
+        raise CheckpointError(f"--ckpt-convert-format: --load {args.load} holds no checkpoint "
+                              "to convert")
     target = os.path.join(args.ckpt_convert_save, args.ckpt_convert_format)
     raise_agreed(save_dir_conflict(target, resumes_from_it=False), CheckpointError)
     save_checkpoint(state.iteration, model, optimizer, scheduler, extra, save_dir=target,

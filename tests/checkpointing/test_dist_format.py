@@ -123,3 +123,14 @@ def test_convert_torch_to_torch_dist_and_back_is_lossless(tmp_path, straight, ex
         same_state(saved, again, name)
     resumed = run_tiny(*extra, *DIST, "--load", dist_dir, iters=6)
     assert first.history + resumed.history == straight.history
+
+
+def test_convert_refuses_an_empty_load_or_a_used_target(tmp_path, two_saves):
+    with pytest.raises(CheckpointError, match="holds no checkpoint to convert"):
+        run_tiny("--load", str(tmp_path / "empty"), "--ckpt-convert-format", "torch",
+                 "--ckpt-convert-save", str(tmp_path / "out"), iters=4)
+    os.makedirs(tmp_path / "out")
+    shutil.copytree(two_saves, tmp_path / "out" / "torch")   # another run's checkpoints
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        run_tiny("--load", two_saves, "--ckpt-convert-format", "torch",
+                 "--ckpt-convert-save", str(tmp_path / "out"), iters=4)

@@ -12,6 +12,7 @@ the logger. The run's length, stopping rule and step planner come from
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -21,7 +22,9 @@ import torch.distributed as dist
 
 from megatron.arguments import optimizer_config_from_args, schedule_config_from_args
 from megatron import signal_handler
-from megatron.checkpointing import load_checkpoint, remove_stale_temp_dirs, save_checkpoint
+from megatron.checkpointing import (load_checkpoint, remove_stale_temp_dirs, save_checkpoint,
+                                    save_dir_conflict)
+from megatron.checkpointing.dist_format import AsyncSaver
 from megatron.core import parallel_state
 from megatron.core.devices import collective_device
 from megatron.core.distributed import fsdp
@@ -33,6 +36,7 @@ from megatron.core.enums import ModelType
 from megatron.data_efficiency.data_family import DataFamily, GPTSamples
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
 from megatron import metrics_file, preflight
+from megatron.errors import CheckpointError, raise_agreed
 from megatron.initialize import get_tokenizer, initialize_megatron
 from megatron.model.moe.monitor import MoEMonitor
 from megatron.optimizer import get_megatron_optimizer
@@ -203,18 +207,37 @@ def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], mo
 
 
 def _save(state, runtime, model, optimizer, scheduler, args,
-          logger: TrainingLogger | None = None) -> None:
-    """Save a checkpoint on every rank; with a logger, time it (``save-checkpoint``, a
-    level-0 timer as in Megatron: the save already waits for the device) and print the
-    timer's report."""
+          logger: TrainingLogger | None = None, saver: AsyncSaver | None = None) -> None:
+    """Save a checkpoint on every rank (``saver``: --async-save, the write goes on in the
+    background); with a logger, time it (``save-checkpoint``, a level-0 timer as in
+    Megatron: the save already waits for the device; under --async-save it times the
+    staging only) and print the timer's report."""
     timers = NO_TIMERS if logger is None else logger.timers
     with timers.phase("save-checkpoint"):
         save_checkpoint(state.iteration, model, optimizer, scheduler, state.extra_state(runtime),
                         save_dir=args.save, save_optim=not args.no_save_optim,
-                        save_rng=not args.no_save_rng, args=args, model_type=runtime.shape.model)
-    print_rank_0(f" > saved checkpoint at iteration {state.iteration} to {args.save}")
+                        save_rng=not args.no_save_rng, args=args, model_type=runtime.shape.model,
+                        ckpt_format=args.ckpt_format, async_saver=saver)
+    print_rank_0(f" > {'started saving' if saver else 'saved'} checkpoint at iteration "
+                 f"{state.iteration} to {args.save}")
     if logger is not None:
         logger.timer_report(["save-checkpoint"])
+
+
+def _convert_loaded(state, extra: dict, model, optimizer, scheduler, args,
+                    model_type: str) -> None:
+    """--ckpt-convert-format: save the checkpoint just loaded, its extra state as loaded,
+    in that format into --ckpt-convert-save/FORMAT (Megatron-LM's place for it)."""
+    if not extra:
+        raise CheckpointError(f"--ckpt-convert-format: --load {args.load} holds no checkpoint "
+                              "to convert")
+    target = os.path.join(args.ckpt_convert_save, args.ckpt_convert_format)
+    raise_agreed(save_dir_conflict(target, resumes_from_it=False), CheckpointError)
+    save_checkpoint(state.iteration, model, optimizer, scheduler, extra, save_dir=target,
+                    save_optim=not args.no_save_optim, save_rng=not args.no_save_rng,
+                    args=args, model_type=model_type, ckpt_format=args.ckpt_convert_format)
+    print_rank_0(f" > converted checkpoint: iteration {state.iteration} of {args.load} saved "
+                 f"as {args.ckpt_convert_format} in {target}")
 
 
 def _eval_due(iteration: int, args: argparse.Namespace, make_valid_iterator) -> bool:
@@ -253,10 +276,11 @@ def _early_exit_reason(iteration: int, start: float, args: argparse.Namespace) -
 
 def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, state: TrainState,
           args: argparse.Namespace, logger: TrainingLogger, run: RunPlan,
-          moe_monitor: MoEMonitor | None = None,
-          flops: ModelFlops | None = None) -> str | None:
+          moe_monitor: MoEMonitor | None = None, flops: ModelFlops | None = None,
+          saver: AsyncSaver | None = None) -> str | None:
     """The training loop: steps, logging, evaluation, checkpoints, exit rules. The phases
-    are timed with ``logger.timers``; ``flops`` counts each step's model FLOPs.
+    are timed with ``logger.timers``; ``flops`` counts each step's model FLOPs; ``saver``:
+    --async-save, a finished save is published after the step it ends in.
 
     Returns:
         None when the stopping rule was reached, else why the run stopped early
@@ -270,6 +294,8 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
     while not _training_done(state, run):
         stats = train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                            runtime, state, args, moe_monitor, logger.timers, flops)
+        if saver is not None:
+            saver.poll()
         now = time.time()
         logger.record(stats, now - last_log)
         if state.iteration % logger.log_interval == 0:
@@ -283,17 +309,17 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
             last_log = time.time()   # evaluation time is not training time
         saved = False
         if args.save and args.save_interval and it % args.save_interval == 0:
-            _save(state, runtime, model, optimizer, scheduler, args, logger)
+            _save(state, runtime, model, optimizer, scheduler, args, logger, saver)
             saved = True
         reason = _early_exit_reason(it, start, args)
         if reason is not None:
             if args.save and not saved:
-                _save(state, runtime, model, optimizer, scheduler, args, logger)
+                _save(state, runtime, model, optimizer, scheduler, args, logger, saver)
             print_rank_0(f" > exiting at iteration {it}: {reason}")
             return reason
     saved_last = args.save_interval and state.iteration % args.save_interval == 0
     if args.save and state.iteration > first_iteration and not saved_last:
-        _save(state, runtime, model, optimizer, scheduler, args, logger)
+        _save(state, runtime, model, optimizer, scheduler, args, logger, saver)
     return None
 
 
@@ -375,6 +401,10 @@ def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_da
             state, extra = load_for_run(model, optimizer, scheduler, args)
             state.run_record = record
             de_state = preflight.resumed_data_efficiency_state(extra, record, args)
+            if args.ckpt_convert_format:
+                _convert_loaded(state, extra, model, optimizer, scheduler, args,
+                                runtime.shape.model)
+                return state
         logger.start(**_counters(state), resumed=state.iteration > 0,
                      train_iters=run.train_iters,
                      config=run_summary(args, run, model_type, record))
@@ -385,8 +415,11 @@ def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_da
             every_stage=model_type is ModelType.encoder, consumed_samples=state.consumed_samples,
             iteration=state.iteration, data_efficiency_state=de_state,
             train_iters=run.train_iters)
+        saver = AsyncSaver() if args.async_save else None
         stopped = _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime,
-                                      iterators, state, args, logger, run, moe_monitor)
+                                      iterators, state, args, logger, run, moe_monitor, saver)
+        if saver is not None:
+            saver.wait()   # the run ends once its last checkpoint is written and published
         logger.end(**_counters(state), exit="stopped" if stopped else "finished",
                    reason=stopped or "the stopping rule")
     except BaseException as err:
@@ -399,7 +432,8 @@ def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_da
 
 def _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime, iterators,
                         state: TrainState, args: argparse.Namespace, logger: TrainingLogger,
-                        run: RunPlan, moe_monitor: MoEMonitor) -> str | None:
+                        run: RunPlan, moe_monitor: MoEMonitor,
+                        saver: AsyncSaver | None = None) -> str | None:
     """The loop, then (when it reached the stopping rule) the final validation, unless the
     last step evaluated, and the test split. Returns why the loop stopped early (None: it
     did not)."""
@@ -415,7 +449,7 @@ def _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime,
         first_iteration = state.iteration
         stopped = train(forward_step_func, model, optimizer, scheduler, runtime, iterators,
                         state, args, logger, run, moe_monitor,
-                        model_flops(args, runtime.shape.model))
+                        model_flops(args, runtime.shape.model), saver)
         evaluated = (state.iteration > first_iteration   # the loop's last step evaluated
                      and _eval_due(state.iteration, args, iterators[1]))
         if not stopped and args.eval_iters > 0 and iterators[1] is not None and not evaluated:

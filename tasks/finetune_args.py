@@ -38,6 +38,7 @@ _REFUSED = {
     "dataloader_type": "finetuning reshuffles every epoch",
     "reset_position_ids": "GPT only", "reset_attention_mask": "GPT only",
     "eod_mask_loss": "GPT only",
+    "async_save": "finetuning saves synchronously (--ckpt-format torch_dist is accepted)",
     "exit_duration_in_mins": "use --exit-interval", "exit_signal_handler": "use --exit-interval",
     "keep_last": "every step takes a whole global batch; the remainder of an epoch is left "
                  "out (Megatron's default)",

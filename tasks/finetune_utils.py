@@ -277,7 +277,8 @@ class _Run:
         extra = {**s.extra_state(self.runtime), "finetune": self.results.state_dict()}
         save_checkpoint(s.iteration, self.model, self.optimizer, self.scheduler, extra,
                         save_dir=a.save, save_optim=not a.no_save_optim,
-                        save_rng=not a.no_save_rng, args=a, model_type=MODEL_TYPE)
+                        save_rng=not a.no_save_rng, args=a, model_type=MODEL_TYPE,
+                        ckpt_format=a.ckpt_format)
         print_rank_0(f" > saved checkpoint at iteration {s.iteration} to {a.save}")
 
     def _valid_split(self) -> CyclingSplit | None:

@@ -14,6 +14,11 @@ tool, the study) goes through this package.
     whole_model.py  any checkpoint of any TP / PP / EP layout -> one model (or this
                     rank's part of it)
     convert.py      one model -> a checkpoint of any layout
+    dist_format.py  the torch_dist format (torch.distributed.checkpoint): save, load
+                    under any layout, the asynchronous saver
+    dist_state.py   the model and optimizer as global tensors (names, placement)
+    global_tensors.py  a rank's pieces of global tensors, DCP's planners over them
+    dist_files.py   a torch_dist folder's files and their completeness check
 """
 from megatron.checkpointing.files import (CKPT_NAME, TRACKER, checkpoint_dir,  # noqa: F401
                                           read_checkpoint_file)

@@ -9,6 +9,7 @@ import zipfile
 
 import torch.distributed as dist
 
+from megatron.checkpointing.dist_files import dist_problem, is_dist_folder
 from megatron.checkpointing.files import CKPT_NAME, ITER_DIR, TMP_DIR, TRACKER, rank_folders
 from megatron.errors import CheckpointError
 
@@ -44,7 +45,8 @@ def _file_is_whole(path: str) -> bool:
 
 
 def loadable_iterations(root: str) -> list[int]:
-    """Published iterations under ``root`` whose every rank file looks complete, ascending."""
+    """Published iterations under ``root`` whose every rank file (and, in the
+    ``torch_dist`` format, every DCP file) looks complete, ascending."""
     if not os.path.isdir(root):
         return []
     found = []
@@ -54,7 +56,8 @@ def loadable_iterations(root: str) -> list[int]:
         if not match or not os.path.isdir(folder):
             continue
         files = [os.path.join(folder, d, CKPT_NAME) for d in rank_folders(folder)]
-        if files and all(_file_is_whole(f) for f in files):
+        if files and all(_file_is_whole(f) for f in files) and not (
+                is_dist_folder(folder) and dist_problem(folder)):
             found.append(int(match.group(1)))
     return sorted(found)
 

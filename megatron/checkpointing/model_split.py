@@ -150,6 +150,12 @@ def merge_state_dicts(parts: dict[tuple[int, int], dict[str, torch.Tensor]],
     return full
 
 
+def has_vocab_rows(name: str) -> bool:
+    """A tensor whose dimension 0 is the padded vocabulary (its row count depends on TP)."""
+    return ("word_embeddings" in name or name.startswith("output_layer")
+            or name == "lm_head.bias")   # BERT's vocab-split output bias
+
+
 def resize_vocab(full: dict[str, torch.Tensor], old_rows: int, new_rows: int) -> None:
     """Trim or zero-pad the vocabulary rows of the embedding/output weights in place.
 
@@ -159,9 +165,7 @@ def resize_vocab(full: dict[str, torch.Tensor], old_rows: int, new_rows: int) ->
     if old_rows == new_rows:
         return
     for name, tensor in list(full.items()):
-        is_vocab = ("word_embeddings" in name or name.startswith("output_layer")
-                    or name == "lm_head.bias")   # BERT's vocab-split output bias
-        if not is_vocab or tensor.dim() == 0 or tensor.shape[0] != old_rows:
+        if not has_vocab_rows(name) or tensor.dim() == 0 or tensor.shape[0] != old_rows:
             continue
         if new_rows < old_rows:
             full[name] = tensor[:new_rows].clone()

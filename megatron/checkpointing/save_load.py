@@ -27,6 +27,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron.checkpointing import dist_format, dist_state
+from megatron.checkpointing.dist_files import dist_problem, is_dist_folder
+from megatron.checkpointing.dist_format import AsyncSaver
 from megatron.checkpointing.files import (CKPT_NAME, TRACKER, atomic_save, checkpoint_dir,
                                           model_keys, optim_shard_file, publish, rank_folder,
                                           rank_folders, read_checkpoint_file)
@@ -45,6 +48,10 @@ _ARCH_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_s
                "num_experts", "moe_layer_freq", "expert_interval",
                "expert_model_parallel_size", "normalization", "num_query_groups",
                "add_bias_linear")
+# The ones a torch_dist checkpoint may differ in: it reshards (the padded vocabulary
+# follows the tensor-parallel size).
+_RESHARDED = ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+              "virtual_pipeline_model_parallel_size", "padded_vocab_size")
 # The flag that sets a recorded field, where the two names differ.
 _FLAG_OF = {"add_bias_linear": "disable-bias-linear (add_bias_linear)"}
 
@@ -146,45 +153,68 @@ def _saved_args(args: Namespace | None, model_type: str | None) -> dict | None:
 def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimizer,
                     opt_param_scheduler, extra_state: dict, *, save_dir: str,
                     save_optim: bool = True, save_rng: bool = True,
-                    args: Namespace | None = None, model_type: str | None = None) -> str:
+                    args: Namespace | None = None, model_type: str | None = None,
+                    ckpt_format: str = "torch", async_saver: AsyncSaver | None = None) -> str:
     """Write checkpoint ``iteration`` under ``save_dir`` (collective: every rank calls it).
     ``model_type`` (``gpt`` / ``bert``) is recorded with ``args`` for the converters.
+    ``ckpt_format`` ``torch_dist`` writes the model and optimizer through
+    ``torch.distributed.checkpoint`` (``dist_format.py``); with ``async_saver`` their
+    write finishes in the background and the iteration is published when it is complete.
 
     Returns:
-        The published iteration folder.
+        The iteration folder (published, or to be published by ``async_saver``).
     """
+    if async_saver is not None:
+        async_saver.wait()            # at most one save in flight
     final_dir = checkpoint_dir(save_dir, iteration)
     tmp_dir = final_dir + ".tmp"
     if _rank() == 0:
         os.makedirs(save_dir, exist_ok=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)   # leftovers of a crashed save
     _barrier()
+    sharded = ckpt_format == dist_format.DIST_FORMAT
+    optimizer = optimizer if save_optim else None
     # Collectives first, on every rank.
-    optim_state = optimizer.state_dict() if (save_optim and optimizer is not None) else None
+    if sharded:
+        optim_state = None if optimizer is None else dist_state.optimizer_common(optimizer)
+        tensors = dist_format.sharded_state([unwrap_model(m) for m in model_chunks], optimizer)
+    else:
+        optim_state = None if optimizer is None else optimizer.state_dict()
     rng_states = _gather_rng_over_dp() if save_rng else None
-    model_states = {key: model_state(m)
-                    for key, m in zip(model_keys(len(model_chunks)), model_chunks)}
+    model_states = {} if sharded else {key: model_state(m) for key, m
+                                       in zip(model_keys(len(model_chunks)), model_chunks)}
     path = checkpoint_file(tmp_dir)
     dp_rank = parallel_state.get_data_parallel_rank()
     with _save_errors(save_dir, iteration):
-        if getattr(optimizer, "sharded_state", False) and optim_state is not None:
+        if sharded:
+            os.makedirs(tmp_dir, exist_ok=True)
+            if async_saver is None:
+                dist_format.write(tensors, tmp_dir)
+        elif getattr(optimizer, "sharded_state", False) and optim_state is not None:
             # ZeRO-1: every DP rank holds a different shard of the optimizer state.
             atomic_save(optim_state, optim_shard_file(path, dp_rank))
             optim_state = "sharded"
         # One file per expert-parallel rank (its experts differ); dense weights in each.
         if parallel_state.get_expert_data_parallel_rank() == 0:
             state = {"iteration": iteration, "checkpoint_version": 3.0,
-                     "args": _saved_args(args, model_type),
+                     "args": _saved_args(args, model_type), "ckpt_format": ckpt_format,
                      "optimizer": optim_state, "rng_state": rng_states,
                      "opt_param_scheduler": (None if opt_param_scheduler is None
                                              else opt_param_scheduler.state_dict()),
                      "extra_state": extra_state}
             state.update(model_states)
             atomic_save(state, path)
+
+    def publish_it() -> None:
+        if _rank() == 0:
+            with _save_errors(save_dir, iteration):
+                publish(tmp_dir, final_dir, save_dir, iteration)
+
+    if sharded and async_saver is not None:
+        async_saver.start(tensors, tmp_dir, publish_it, f"iteration {iteration} to {save_dir}")
+        return final_dir
     _barrier()
-    if _rank() == 0:
-        with _save_errors(save_dir, iteration):
-            publish(tmp_dir, final_dir, save_dir, iteration)
+    publish_it()
     _barrier()
     return final_dir
 
@@ -216,10 +246,10 @@ def _conversion_hint(load_dir: str) -> str:
 
 def _layout_problem(load_dir: str, iteration: int) -> str | None:
     """This rank's file is missing but the iteration holds other rank folders: it was
-    saved with another tensor / pipeline layout."""
+    saved with another tensor / pipeline layout (a ``torch_dist`` one loads anyway)."""
     iter_dir = checkpoint_dir(load_dir, iteration)
     path = checkpoint_file(iter_dir)
-    if os.path.isfile(path) or not os.path.isdir(iter_dir):
+    if os.path.isfile(path) or not os.path.isdir(iter_dir) or is_dist_folder(iter_dir):
         return None
     present = rank_folders(iter_dir)
     if not present:
@@ -229,10 +259,12 @@ def _layout_problem(load_dir: str, iteration: int) -> str | None:
             + _conversion_hint(load_dir))
 
 
-def _check_args(saved: dict | None, args: Namespace | None, path: str, load_dir: str) -> None:
+def _check_args(saved: dict | None, args: Namespace | None, path: str, load_dir: str,
+                reshards: bool = False) -> None:
     if saved is None or args is None:
         return
-    bad = [k for k in _ARCH_FLAGS if k in saved and hasattr(args, k) and saved[k] != getattr(args, k)]
+    flags = [k for k in _ARCH_FLAGS if not (reshards and k in _RESHARDED)]
+    bad = [k for k in flags if k in saved and hasattr(args, k) and saved[k] != getattr(args, k)]
     if bad:
         layout = any(k.endswith("parallel_size") for k in bad)
         raise CheckpointError(f"{path} was saved with a different model layout: "
@@ -242,9 +274,26 @@ def _check_args(saved: dict | None, args: Namespace | None, path: str, load_dir:
                               + (f"; {_conversion_hint(load_dir)}" if layout else ""))
 
 
-def _read_agreed(load_dir: str, iteration: int, fallback: bool) -> tuple[int, dict]:
-    """Read this rank's file of ``iteration``, or with ``fallback`` of the newest earlier
-    iteration that every rank can read. Raises CheckpointError naming the damaged file."""
+def _read_rank_file(iter_dir: str) -> tuple[str, dict]:
+    """``(path, contents)`` of this rank's file; in a ``torch_dist`` folder (its DCP files
+    checked first) saved under another layout, the first rank's file."""
+    path = checkpoint_file(iter_dir)
+    if is_dist_folder(iter_dir):
+        problem = dist_problem(iter_dir)
+        if problem:
+            raise CheckpointError(problem)
+        present = rank_folders(iter_dir)
+        if not os.path.isfile(path) and present:
+            path = os.path.join(iter_dir, present[0], CKPT_NAME)
+    return path, read_checkpoint_file(path)
+
+
+def _read_agreed(load_dir: str, iteration: int, fallback: bool,
+                 load_sharded) -> tuple[int, str, dict]:
+    """Read this rank's file of ``iteration`` (and load a ``torch_dist`` checkpoint's
+    tensors: ``load_sharded(iter_dir, path, state) -> problem or None``), or with
+    ``fallback`` of the newest earlier iteration that every rank can read. Raises
+    CheckpointError naming the damaged file."""
     layout = agreed_problems(_layout_problem(load_dir, iteration))
     if layout:   # every iteration has it: no fallback helps
         raise CheckpointError(layout[0])
@@ -257,14 +306,17 @@ def _read_agreed(load_dir: str, iteration: int, fallback: bool) -> tuple[int, di
             dist.broadcast_object_list(box, src=0)
             candidates = box[0]
     for n, it in enumerate(candidates):
-        state, error = None, None
+        path, state, error = None, None, None
         try:
-            state = read_checkpoint_file(checkpoint_file(checkpoint_dir(load_dir, it)))
+            path, state = _read_rank_file(checkpoint_dir(load_dir, it))
         except CheckpointError as err:
             error = f"iteration {it}: {err}"
         errors = agreed_problems(error)
+        if not errors and state.get("ckpt_format") == dist_format.DIST_FORMAT:
+            problem = load_sharded(checkpoint_dir(load_dir, it), path, state)
+            errors = agreed_problems(problem and f"iteration {it}: {problem}")
         if not errors:
-            return it, state
+            return it, path, state
         if not fallback:
             older = [i for i in loadable_iterations(load_dir) if i < it]
             hint = (f"; rerun with --ckpt-fallback to resume from iteration {older[-1]}"
@@ -283,7 +335,8 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
                     load_dir: str, load_optim: bool = True, load_rng: bool = True,
                     finetune: bool = False, args: Namespace | None = None,
                     fallback: bool = False) -> tuple[int, dict]:
-    """Load the latest checkpoint under ``load_dir`` into the given objects.
+    """Load the latest checkpoint under ``load_dir`` into the given objects. Either
+    format loads (it is recorded in the checkpoint); a ``torch_dist`` one under any layout.
 
     Args:
         fallback: when the tracker's iteration cannot be read, load the newest earlier
@@ -304,35 +357,79 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
     if iteration is None:
         print(f" > no checkpoint tracker in {load_dir}; starting from scratch", flush=True)
         return 0, {}
-    iteration, state = _read_agreed(load_dir, iteration, fallback)
-    path = checkpoint_file(checkpoint_dir(load_dir, iteration))
-    _check_args(state.get("args"), args, path, load_dir)
-    keys = model_keys(len(model_chunks))
-    if any(key not in state for key in keys):
-        held = sorted(k for k in state if k.startswith("model"))
-        raise CheckpointError(f"{path} holds model entries {held} but this run has "
-                         f"{len(model_chunks)} model chunk(s) (expects {keys}): load it with "
-                         "the --num-layers-per-virtual-pipeline-stage it was saved with")
-    for key, chunk in zip(keys, model_chunks):
-        load_model_state(chunk, state[key])
-    if finetune:
-        return 0, {}
-    if load_optim and optimizer is not None:
-        if state.get("optimizer") is None:
+    with_optim = load_optim and optimizer is not None and not finetune
+
+    def load_sharded(iter_dir: str, path: str, state: dict) -> str | None:
+        if any(fsdp.is_fully_sharded(m) for m in model_chunks):
+            raise CheckpointError(f"{path} is a torch_dist checkpoint, which an FSDP2 run "
+                                  "cannot load yet: convert it first (--ckpt-convert-format "
+                                  "torch --ckpt-convert-save DIR, without FSDP2)")
+        _check_args(state.get("args"), args, path, load_dir, reshards=True)
+        if with_optim and state.get("optimizer") is None:
             raise CheckpointError(f"{path} has no optimizer state; use --no-load-optim or "
                                   "--finetune")
-        optim_state = state["optimizer"]
-        if optim_state == "sharded":
-            shard = optim_shard_file(path, parallel_state.get_data_parallel_rank())
-            if not os.path.isfile(shard):
-                raise CheckpointError(f"{shard} (distributed optimizer shard) is missing")
-            optim_state = read_checkpoint_file(shard)
-        optimizer.load_state_dict(optim_state)
+        try:
+            dist_format.load(iter_dir, [unwrap_model(m) for m in model_chunks], optimizer,
+                             state["optimizer"] if with_optim else None)
+        except CheckpointError as err:
+            return str(err)
+        return None
+
+    iteration, path, state = _read_agreed(load_dir, iteration, fallback, load_sharded)
+    if state.get("ckpt_format") == dist_format.DIST_FORMAT:
+        same_layout = _saved_at_this_layout(state, path, checkpoint_dir(load_dir, iteration))
+    else:
+        _load_torch_format(state, path, model_chunks, optimizer if with_optim else None,
+                           args, load_dir)
+        same_layout = True
+    if finetune:
+        return 0, {}
     if load_optim and opt_param_scheduler is not None and state.get("opt_param_scheduler"):
         opt_param_scheduler.load_state_dict(state["opt_param_scheduler"])
-    if load_rng:
+    if load_rng and not same_layout:
+        print(f" > {path}: saved under another tensor / pipeline layout; its RNG states "
+              "are not loaded", flush=True)
+    elif load_rng:
         if state.get("rng_state") is None:
             raise CheckpointError(f"{path} has no RNG state; use --no-load-rng")
         _set_rng_state(state["rng_state"])
     print(f" > loaded checkpoint {path} at iteration {iteration}", flush=True)
     return int(state["iteration"]), state.get("extra_state") or {}
+
+
+def _saved_at_this_layout(state: dict, path: str, iter_dir: str) -> bool:
+    """This rank's own file, written under this run's TP and PP sizes (its RNG states are
+    this rank's)."""
+    saved = state.get("args") or {}
+    now = {"tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
+           "pipeline_model_parallel_size":
+               parallel_state.get_pipeline_model_parallel_world_size()}
+    return path == checkpoint_file(iter_dir) and all(
+        saved.get(key, size) == size for key, size in now.items())
+
+
+def _load_torch_format(state: dict, path: str, model_chunks: list[torch.nn.Module], optimizer,
+                       args: Namespace | None, load_dir: str) -> None:
+    """The ``torch`` format's model and optimizer, from this rank's file (and shard)."""
+    _check_args(state.get("args"), args, path, load_dir)
+    keys = model_keys(len(model_chunks))
+    if any(key not in state for key in keys):
+        held = sorted(k for k in state if k.startswith("model"))
+        raise CheckpointError(f"{path} holds model entries {held} but this run has "
+                              f"{len(model_chunks)} model chunk(s) (expects {keys}): load it "
+                              "with the --num-layers-per-virtual-pipeline-stage it was saved "
+                              "with")
+    for key, chunk in zip(keys, model_chunks):
+        load_model_state(chunk, state[key])
+    if optimizer is None:
+        return
+    if state.get("optimizer") is None:
+        raise CheckpointError(f"{path} has no optimizer state; use --no-load-optim or "
+                              "--finetune")
+    optim_state = state["optimizer"]
+    if optim_state == "sharded":
+        shard = optim_shard_file(path, parallel_state.get_data_parallel_rank())
+        if not os.path.isfile(shard):
+            raise CheckpointError(f"{shard} (distributed optimizer shard) is missing")
+        optim_state = read_checkpoint_file(shard)
+    optimizer.load_state_dict(optim_state)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from megatron.checkpointing import model_split
+from megatron.checkpointing.dist_files import dist_problem, is_dist_folder
+from megatron.checkpointing.dist_format import read_whole_model
 from megatron.checkpointing.files import CKPT_NAME, checkpoint_dir, parse_rank_folder, \
     rank_folders, read_checkpoint_file
 from megatron.checkpointing.folder import read_tracker
@@ -165,15 +167,30 @@ def load_whole(load_dir: str, iteration: int | None = None, model_type: str | No
     """(iteration, rank (0, 0)'s checkpoint, its args, the merged whole-model state dict).
     ``model_type``: ``--model-type`` (checked against the checkpoint's)."""
     iteration, iter_dir = iteration_dir(load_dir, iteration)
-    source = read_layout(iter_dir)
-    first = source[(0, 0)]
+    dist = is_dist_folder(iter_dir)
+    source = None if dist else read_layout(iter_dir)
+    first = _first_rank_file(iter_dir) if dist else source[(0, 0)]
     args = dict(first.get("args") or {})
     if not args:
         raise CheckpointError(f"{first['_path']} has no saved args: cannot rebuild the model shape")
     args = with_model_type(args, model_type, first["_path"])
+    if dist:   # global tensors: already whole
+        return iteration, first, args, read_whole_model(iter_dir, template_specs(args))
     full = model_split.merge_state_dicts({k: v["model"] for k, v in source.items()},
                                          template_specs(args), int(args["num_layers"]))
     return iteration, first, args, full
+
+
+def _first_rank_file(iter_dir: str) -> dict:
+    """A ``torch_dist`` folder's first rank file (its record; the model is elsewhere)."""
+    problem = dist_problem(iter_dir)
+    if problem:
+        raise CheckpointError(problem)
+    names = rank_folders(iter_dir)
+    if not names:
+        raise MissingInputError(f"{iter_dir} holds no mp_rank_* folders")
+    path = os.path.join(iter_dir, names[0], CKPT_NAME)
+    return {**read_checkpoint_file(path), "_path": path}
 
 
 def real_vocab_size(args: dict, given: int | None) -> int | None:

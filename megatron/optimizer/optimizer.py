@@ -24,6 +24,7 @@ from megatron.core.devices import collective_device
 from megatron.core.timers import NO_TIMERS, Timers
 from megatron.core.distributed.grad_buffer import GradBuffer
 from megatron.core.distributed.grads import LAYOUT_ATTRS, grad_buffer
+from megatron.core.state_slots import StateSlot, whole_param_slots
 from megatron.optimizer.clip_grads import clip_grad_norm
 from megatron.optimizer.grad_scaler import ConstantGradScaler
 
@@ -56,6 +57,11 @@ class MegatronOptimizer:
     @property
     def param_groups(self) -> list[dict]:
         return self.optimizer.param_groups
+
+    @property
+    def torch_optimizer(self) -> torch.optim.Optimizer:
+        """The ``torch.optim`` optimizer that steps :meth:`state_slots` tensors."""
+        return self.optimizer
 
     def get_loss_scale(self) -> float:
         return 1.0 if self.grad_scaler is None else self.grad_scaler.scale
@@ -99,6 +105,10 @@ class FP32Optimizer(MegatronOptimizer):
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
+
+    def state_slots(self) -> list[StateSlot]:
+        """The inner optimizer steps the model's parameters themselves."""
+        return whole_param_slots(self.model_params, self.model_params, separate_master=False)
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -179,6 +189,10 @@ class MixedPrecisionOptimizer(MegatronOptimizer):
                 "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
                 "fp32_main_params": [m.detach().clone() for m in self.main_params]}
 
+    def state_slots(self) -> list[StateSlot]:
+        """The inner optimizer steps one fp32 main copy per model parameter."""
+        return whole_param_slots(self.model_params, self.main_params, separate_master=True)
+
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.grad_scaler is not None and state.get("grad_scaler") is not None:
@@ -216,6 +230,13 @@ class ShardedOptimizer(MegatronOptimizer):
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
+
+    def state_slots(self) -> list[StateSlot]:
+        return self.optimizer.state_slots()
+
+    @property
+    def torch_optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizer.optimizer
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state)

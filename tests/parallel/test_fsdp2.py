@@ -118,6 +118,8 @@ def test_bf16_computes_in_bf16_over_fp32_shards():
     (["--zero-stage", "2", "--num-experts", "2"], "ZeRO stage 2 (FSDP2) with --num-experts"),
     (["--use-torch-fsdp2", "--zero-stage", "1"], "--use-torch-fsdp2 contradicts ZeRO stage 1"),
     (["--zero-stage", "4"], "ZeRO stage 4"),
+    (["--zero-stage", "3", "--ckpt-format", "torch_dist"],
+     "--ckpt-format torch_dist does not yet describe FSDP2's sharded parameters"),
 ])
 def test_what_does_not_compose_is_refused_by_name(flags, named):
     with pytest.raises(ArgumentValidationError) as info:

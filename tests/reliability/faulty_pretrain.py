@@ -10,6 +10,8 @@ no hook). ``MEGATRON_TEST_FAULT=PHASE:STEP[:RANK]`` picks it:
 * ``eval``       the validation dataset raises in a worker at the first evaluation;
 * ``save:N``     the disk fills up while iteration N's checkpoint is written (a partial
                  file, then ``ENOSPC``);
+* ``stall-save:N`` the background write of iteration N's checkpoint (``--async-save``)
+                 writes part of a shard, then hangs until the process is killed;
 * ``none``       no failure.
 
 ``RANK`` limits it to one global rank (default: every rank). Steps are 1-based.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
@@ -105,9 +108,24 @@ def _fill_disk_at_save(step: int) -> None:
     torch.save = save
 
 
+def _stall_async_save(step: int) -> None:
+    from megatron.checkpointing import dist_format
+    real_write = dist_format.write
+
+    def write(state, folder, process_group=None):
+        if f"iter_{step:07d}.tmp" not in folder:
+            return real_write(state, folder, process_group)
+        with open(os.path.join(folder, "__0_0.distcp"), "wb") as out:
+            out.write(b"PK\x03\x04 partial")
+        threading.Event().wait()     # until kill -9
+    dist_format.write = write
+
+
 def main():
     if PHASE == "save" and _armed():
         _fill_disk_at_save(STEP)
+    if PHASE == "stall-save" and _armed():
+        _stall_async_save(STEP)
     return pretrain(datasets_provider, pretrain_gpt.model_provider, ModelType.encoder_or_decoder,
                     forward_step)
 

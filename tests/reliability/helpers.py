@@ -10,6 +10,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import torch
+
 from megatron.tokenizer.gpt2_tokenization import bytes_to_unicode
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
@@ -95,3 +97,22 @@ def finish(proc: subprocess.Popen, timeout: float = 120.0) -> tuple[int, str, st
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def same_state(a, b, where: str = "") -> None:
+    """Assert two checkpoint states are equal, tensors bit for bit."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif hasattr(a, "shape"):     # numpy RNG state
+        assert (a == b).all(), where
+    else:
+        assert a == b, where

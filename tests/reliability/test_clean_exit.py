@@ -17,7 +17,7 @@ import torch
 import pretrain_gpt
 from megatron.checkpointing import read_tracker
 from tests.reliability.helpers import (FAULTY, error_lines, finish, gpt_flags, group_is_gone,
-                                       launch)
+                                       launch, same_state)
 
 # phase -> (MEGATRON_TEST_FAULT, extra flags, the error line's cause, last complete iteration)
 PHASES = {
@@ -34,25 +34,6 @@ CONCURRENT = 3   # runs at once (the machine is small)
 
 def _ckpt_file(folder: str, iteration: int) -> str:
     return os.path.join(folder, f"iter_{iteration:07d}", "mp_rank_00", "model_optim_rng.pt")
-
-
-def _same(a, b, where: str = "") -> None:
-    """Assert two checkpoint states are equal, tensors bit for bit."""
-    assert type(a) is type(b), where
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif hasattr(a, "shape"):     # numpy RNG state
-        assert (a == b).all(), where
-    else:
-        assert a == b, where
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +84,7 @@ def test_the_last_complete_checkpoint_is_the_uninterrupted_runs(runs, phase):
     faulty = torch.load(_ckpt_file(folder, last), weights_only=False)
     straight = torch.load(_ckpt_file(straight_dir, last), weights_only=False)
     faulty.pop("args"), straight.pop("args")    # --exit-signal-handler differs in some
-    _same(faulty, straight)
+    same_state(faulty, straight)
 
 
 def test_resume_after_a_failure_is_bit_exact(runs, corpus):

@@ -40,6 +40,7 @@ from torch import nn
 from megatron.core.devices import collective_device
 from megatron.core.distributed.grad_buffer import GradBuffer, build_grad_buffers
 from megatron.core.distributed.grads import counts_toward_grad_norm
+from megatron.core.state_slots import Segment, StateSlot
 from megatron.core.timers import NO_TIMERS, Timers
 
 
@@ -251,6 +252,20 @@ class DistributedOptimizer:
     def _layout(self) -> dict:
         return {"dp_rank": [b.rank for b in self.buffers], "dp_size": [b.size for b in self.buffers],
                 "padded_numel": [b.padded_numel for b in self.buffers]}
+
+    def state_slots(self) -> list[StateSlot]:
+        """One slot per shard piece: the parameters' elements that fall in ``[start, end)``
+        of the buffer (the master is the buffer's own slice for fp32 parameters)."""
+        slots = []
+        for piece in self.pieces:
+            segments = []
+            for p, (a, b) in zip(piece.buffer.params, piece.buffer.ranges):
+                lo, hi = max(a, piece.start), min(b, piece.end)
+                if lo < hi:
+                    segments.append(Segment(p, lo - piece.start, hi - piece.start, lo - a))
+            separate = piece.master.data_ptr() != piece.param.data_ptr()
+            slots.append(StateSlot(piece.master, tuple(segments), separate))
+        return slots
 
     def state_dict(self) -> dict:
         """This DP rank's shard of the state (no collective): save one per DP rank."""

@@ -72,8 +72,9 @@ def test_fingerprint_covers_weights_stores_and_size(stores, tmp_path):
     _, stats = _analyze(["0.3", a, "0.7", b], tmp_path / "out", cache)
     with open(os.path.join(str(tmp_path / "out"), "voc", "meta.json")) as f:
         meta = json.load(f)
-    changed = {"weights": (["0.5", a, "0.5", b], SAMPLES, "weights are [0.3, 0.7], this run's "
-                                                          "[0.5, 0.5]"),
+    # 0.32 / 0.68 leaves both stores' sample maps as they are: only the weights differ
+    changed = {"weights": (["0.32", a, "0.68", b], SAMPLES, "weights are [0.3, 0.7], this "
+                                                            "run's [0.32, 0.68]"),
                "order": (["0.7", b, "0.3", a], SAMPLES, "store 1"),
                "size": (["0.3", a, "0.7", b], 2 * SAMPLES, f"numbers {SAMPLES} blend samples, "
                                                            f"this run builds {2 * SAMPLES}")}
@@ -81,6 +82,9 @@ def test_fingerprint_covers_weights_stores_and_size(stores, tmp_path):
         blend = _training_blend(data_path, cache, samples)
         fingerprint, description = training_blend_fingerprint(blend, SPLIT, SEQ, SEED)
         assert fingerprint != stats["fingerprint"], what
+        if what == "weights":
+            assert [p["fingerprint"] for p in description] == \
+                [p["fingerprint"] for p in meta["blend"]]
         assert named in blend_difference(meta, description, len(blend)), what
     assert "this run reads one store" in blend_difference(meta, None, SAMPLES)
 

@@ -89,8 +89,19 @@ def test_fingerprint_covers_weights_stores_and_size(stores, tmp_path):
     assert "this run reads one store" in blend_difference(meta, None, SAMPLES)
 
 
-def test_blend_refuses_what_it_cannot_index(stores, tmp_path):
+def test_blend_refuses_what_it_cannot_index(stores, tmp_path, capsys):
+    from tests.tools.tool_loader import load_tool
     a, b, cache = stores
     with pytest.raises(ValueError, match="--granularity sample by --metrics"):
         _analyze(["0.5", a, "0.5", b], tmp_path / "out", cache,
                  metric_fns=("analyzer_testlib:distinct",))
+    tool = load_tool("analyze_data")
+    for extra in (["--granularity", "document"], ["--metric-fn", "analyzer_testlib:distinct"],
+                  ["--model", "bert"], ["--metrics", "voc", "loss"]):
+        with pytest.raises(SystemExit):
+            tool.parse_args(["--data-path", "0.5", a, "0.5", b, "--save-path", "x",
+                             "--granularity", "sample", *extra])
+        assert "a blend is indexed by its GPT training samples" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--data-path", "0.5", a, b, "--save-path", "x"])
+    assert "weight/prefix pairs" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from megatron.data_efficiency.analyzer import kernels, metrics
 from megatron.data_efficiency.analyzer.comm import Comm, world
 from megatron.data_efficiency.analyzer.index_checks import refuse_replacing
 from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint, publish_dir, new_tmp_dir, save_npy
-from megatron.data_efficiency.analyzer.row_progress import RowProgress
+from megatron.data_efficiency.analyzer.sample_metrics import SampleMetrics
 from megatron.data_efficiency.analyzer.shards import (Progress, ShardStore, my_block, my_weighted_block,
                                                       plan_range_shards, plan_unit_shards, run_rounds)
 from megatron.data_efficiency.analyzer.sort_write import write_index_parallel
@@ -101,22 +101,28 @@ def gpt_samples_fingerprint(data_prefix: str, split: str, seq_length: int, seed:
                                len(shuffle_idx), sample_maps=(doc_idx, sample_idx, shuffle_idx))
 
 
-class _Run:
+def open_work(cfg: AnalyzerConfig, comm: Comm, fingerprint: str) -> tuple[str, ShardStore]:
+    """The run's folder of resumable shards (``--force``: emptied first) and its store;
+    rank 0 also removes index folders a killed run never published (collective)."""
+    work = os.path.join(cfg.save_path, ".analyzer_work", f"{fingerprint}-{cfg.shard_tokens}")
+    if comm.rank == 0:
+        if cfg.force and os.path.isdir(work):
+            shutil.rmtree(work)
+        os.makedirs(work, exist_ok=True)
+        for stale in glob.glob(os.path.join(cfg.save_path, "*.tmp-" + "[0-9a-f]" * 8)):
+            if os.path.isdir(stale):  # an index folder a killed run never published
+                shutil.rmtree(stale, ignore_errors=True)
+    comm.barrier()
+    return work, ShardStore(work, cfg.fail_after_shards)
+
+
+class _Run(SampleMetrics):
     """State of one analyzer run on one rank."""
 
     def __init__(self, cfg: AnalyzerConfig, comm: Comm, source) -> None:
         self.cfg, self.comm, self.src = cfg, comm, source
         self.fingerprint = comm.bcast(fingerprint_of(cfg, source) if comm.rank == 0 else None)
-        self.work = os.path.join(cfg.save_path, ".analyzer_work", f"{self.fingerprint}-{cfg.shard_tokens}")
-        if comm.rank == 0:
-            if cfg.force and os.path.isdir(self.work):
-                shutil.rmtree(self.work)
-            os.makedirs(self.work, exist_ok=True)
-            for stale in glob.glob(os.path.join(cfg.save_path, "*.tmp-" + "[0-9a-f]" * 8)):
-                if os.path.isdir(stale):  # an index folder a killed run never published
-                    shutil.rmtree(stale, ignore_errors=True)
-        comm.barrier()
-        self.store = ShardStore(self.work, cfg.fail_after_shards)
+        self.work, self.store = open_work(cfg, comm, self.fingerprint)
         self.unit_shards = plan_unit_shards(source.bounds, cfg.shard_tokens)
         self.my_units = my_weighted_block(comm, np.diff(source.bounds[self.unit_shards]))
         if source.granularity == "sample":
@@ -231,55 +237,6 @@ class _Run:
             for arr in (w, ps, pe):
                 self.comm.sum_arrays_(arr)
         return self.src.unit_prefix_order(w), ps, pe
-
-    # -- user metrics -------------------------------------------------------------------------
-    def user_metric(self, name: str, target, tag: str | None = None) -> np.ndarray:
-        """Values of a --metric-fn metric (``target``: "module:function" or the callable
-        itself; ``tag`` keys its resumable shards, e.g. by a model's fingerprint) for
-        samples lo..hi-1 (int64, or float64 if any rank saw floats)."""
-        fn = target if callable(target) else metrics.load_metric_fn(target)
-        key = f"user-{name}" if tag is None else f"model-{tag}"
-        parts = []
-        if hasattr(fn, "progress"):   # a model metric: it reports every forward batch
-            rows = [int(self.out_shards[s + 1] - self.out_shards[s]) for s in self.my_out
-                    if not os.path.isfile(self.store.path(f"{key}-{s}"))]
-            share = f" of rank 0's share ({self.comm.size} ranks)" if self.comm.size > 1 else ""
-            fn.progress = RowProgress(f"metric {name}", sum(rows), share=share,
-                                      enabled=self.cfg.progress and self.comm.rank == 0)
-
-        def work(s: int) -> int:
-            lo, hi = int(self.out_shards[s]), int(self.out_shards[s + 1])
-            parts.append(self.store.get(f"{key}-{s}", lambda: {"v": self._user_shard(fn, name, lo, hi)})["v"])
-            return self._sample_tokens(lo, hi)
-
-        total = int(self.src.bounds[-1] - self.src.bounds[0]) if self.src.granularity == "document" \
-            else self.src.num_samples * (self.cfg.seq_length + 1)
-        run_rounds(self.comm, self.my_out, work, Progress(self.comm, f"metric {name}", total, self.cfg.progress))
-        vals = np.concatenate(parts + [np.zeros(0, np.int64)])
-        if self.comm.allreduce_max(int(vals.dtype.kind == "f")):
-            vals = vals.astype(np.float64)
-        return vals
-
-    def _sample_tokens(self, lo: int, hi: int) -> int:
-        if self.src.granularity == "document":
-            return int(self.src.bounds[hi] - self.src.bounds[lo])
-        return (hi - lo) * (self.cfg.seq_length + 1)
-
-    def _user_shard(self, fn, name: str, lo: int, hi: int) -> np.ndarray:
-        """Call the user function on batches of about batch_tokens tokens over samples lo..hi-1."""
-        if self.src.granularity == "document":
-            b = self.src.bounds
-            cuts = np.searchsorted(b, np.arange(int(b[lo]), int(b[hi]), self.cfg.batch_tokens), side="right") - 1
-            cuts = np.unique(np.concatenate(([lo], np.clip(cuts, lo, hi), [hi])))
-        else:
-            cuts = plan_range_shards(hi - lo, max(1, self.cfg.batch_tokens // (self.cfg.seq_length + 1))) + lo
-        out = []
-        for a, z in zip(cuts[:-1], cuts[1:]):
-            tokens, offsets = self.src.batch(int(a), int(z))
-            out.append(metrics.evaluate_user_metric(fn, name, tokens, offsets, int(a)))
-        if any(v.dtype.kind == "f" for v in out):
-            out = [v.astype(np.float64) for v in out]
-        return np.concatenate(out + [np.zeros(0, out[0].dtype if out else np.int64)])
 
 
 def _seqlen_lut(cfg: AnalyzerConfig, src, counts: np.ndarray | None) -> np.ndarray | None:

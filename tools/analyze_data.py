@@ -14,8 +14,8 @@ Model-based metrics (``--metrics loss ppl proto_dist --reference-load CKPT``) sc
 samples, or at ``--granularity document`` whole documents read as windows of
 ``--seq-length`` (default: the reference's) + 1 tokens (analyzer/document_scoring.py).
 
-A blended ``--data-path w1 p1 w2 p2 ...`` (``--granularity sample``, the built-in metrics)
-is indexed by the blend's own sample ids, the blend built as training builds it
+A blended ``--data-path w1 p1 w2 p2 ...`` (``--granularity sample``, any GPT metric) is
+indexed by the blend's own sample ids, the blend built as training builds it
 (megatron/data_efficiency/analyzer/blend.py); ``voc``'s probabilities are the token
 histogram of all its stores' training documents.
 
@@ -142,18 +142,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _check_blend_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """A blended ``--data-path w1 p1 w2 p2 ...`` is indexed as training blends it: its
-    GPT training samples, by the built-in metrics (megatron/data_efficiency/analyzer/blend.py)."""
+    GPT training samples (megatron/data_efficiency/analyzer/blend.py)."""
     from megatron.data.dataset_utils import get_datasets_weights_and_num_samples
-    from megatron.data_efficiency.analyzer.blend import BLEND_METRICS
     try:
         get_datasets_weights_and_num_samples(args.data_path, [0, 0, 0])
     except ValueError as err:
         p.error(str(err))
-    other = [m for m in args.metrics if m not in BLEND_METRICS] + args.metric_fn
-    if args.granularity != "sample" or args.model != "gpt" or other:
+    if args.granularity != "sample" or args.model != "gpt":
         p.error(f"--data-path {' '.join(args.data_path)}: a blend is indexed by its GPT "
-                f"training samples (--granularity sample --model gpt) and the metrics "
-                f"{' '.join(BLEND_METRICS)} (not {' '.join(other) or args.granularity})")
+                f"training samples (--granularity sample --model gpt; not --granularity "
+                f"{args.granularity} --model {args.model})")
 
 
 # Flags every training run must give but that do not change its sample count.
@@ -238,7 +236,8 @@ def _model_metrics(args: argparse.Namespace, comm, cfg: AnalyzerConfig) -> tuple
     source = None
     if args.kmeans_clusters is not None:
         from megatron.data_efficiency.analyzer import proto_metrics
-        source = build_source(cfg)
+        from megatron.data_efficiency.analyzer.blend import build_blend_source
+        source = build_blend_source(cfg) if cfg.data_path else build_source(cfg)
         centroids = proto_metrics.fit_centroids(ref, source, comm, args.kmeans_clusters,
                                                 args.kmeans_fit_samples, args.seed,
                                                 args.reference_batch_size, window,
@@ -340,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         # --quiet: the dataset builders' " > dataset ..." lines (stdout) go too
         with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
             if blend:
-                stats = run_blend_analyzer(cfg, comm)
+                stats = run_blend_analyzer(cfg, comm, source)
             elif args.model == "bert":
                 stats = run_bert_analyzer(cfg, BertSampleParams(args.short_seq_prob,
                                                                 args.bert_binary_head), comm)

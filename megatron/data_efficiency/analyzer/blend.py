@@ -12,6 +12,8 @@ its tokens, the token histogram, the prefix sums of every additive metric); then
 rank evaluates its block of blend ids from its stores' prefix sums. ``voc``'s token
 probabilities come from the histogram of every store's training documents together
 (``total_vocab_freq`` is that histogram), one epoch each, as for a single store.
+``--metric-fn`` and the model metrics (``loss``, ``ppl``, ``proto_dist``) read the blend's
+samples themselves (``BlendSampleSource.batch``), in resumable shards of the blend's ids.
 
 The index's fingerprint covers the blend (``blend_samples_fingerprint``): each store's
 sample fingerprint (its ``.idx``, ``.bin`` length and sample maps), its weight, and the
@@ -26,15 +28,16 @@ import json
 
 import numpy as np
 
+from megatron.data_efficiency.analyzer import metrics
 from megatron.data_efficiency.analyzer.analyzer import (COUNTED_METRICS, AnalyzerConfig, _Run,
-                                                        _builtin_values, planned_settings,
-                                                        publish_indexes, remove_work,
-                                                        write_counts)
+                                                        _builtin_values, open_work,
+                                                        planned_settings, publish_indexes,
+                                                        remove_work, write_counts)
 from megatron.data_efficiency.analyzer.comm import Comm, world
 from megatron.data_efficiency.analyzer.index_checks import refuse_replacing
+from megatron.data_efficiency.analyzer.sample_metrics import SampleMetrics
+from megatron.data_efficiency.analyzer.shards import my_block, plan_range_shards
 from megatron.data_efficiency.analyzer.sources import GPTSampleSource
-
-BLEND_METRICS = ("seqlen", "total_vocab_freq", "voc", "seqlen_voc")
 
 
 def blend_description(blend, fingerprints: list[str]) -> list[dict]:
@@ -120,6 +123,7 @@ class BlendSampleSource:
         self.parts = [GPTSampleSource(ds.indexed_dataset, ds.documents, ds.doc_idx,
                                       ds.sample_idx, ds.shuffle_idx) for ds in blend.datasets]
         self.num_samples = len(blend)
+        self.sample_tokens = blend.datasets[0].seq_length + 1
         # voc's table is padded for the widest store (analyzer.full_range_lut)
         self.tokens = max((p.tokens for p in self.parts),
                           key=lambda t: (t.dtype.kind != "u", t.dtype.itemsize))
@@ -129,6 +133,17 @@ class BlendSampleSource:
         which = np.asarray(self.blend.dataset_index[lo:hi])
         inner = np.asarray(self.blend.dataset_sample_index[lo:hi], dtype=np.int64)
         return [(np.flatnonzero(which == d), inner[which == d]) for d in range(len(self.parts))]
+
+    def batch(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens of blend samples lo..hi-1 as (flat 1-D tokens, int64 offsets [hi-lo+1]):
+        each store's samples of the block are consecutive ids of that store, read at once."""
+        width = self.sample_tokens
+        rows = np.empty((hi - lo, width), dtype=np.result_type(*(p.tokens for p in self.parts)))
+        for part, (where, ids) in zip(self.parts, self.store_samples(lo, hi)):
+            if len(ids):
+                assert ids[-1] - ids[0] == len(ids) - 1, "a store's samples of a block are consecutive"
+                rows[where] = part.batch(int(ids[0]), int(ids[-1]) + 1)[0].reshape(-1, width)
+        return rows.reshape(-1), np.arange(hi - lo + 1, dtype=np.int64) * width
 
 
 def build_blend_source(cfg: AnalyzerConfig) -> BlendSampleSource:
@@ -144,8 +159,10 @@ def build_blend_source(cfg: AnalyzerConfig) -> BlendSampleSource:
     return BlendSampleSource(train)
 
 
-class _BlendRun:
-    """What ``analyzer._builtin_values`` reads of a run, over the stores' runs."""
+class _BlendRun(SampleMetrics):
+    """What ``analyzer._builtin_values`` and ``SampleMetrics`` read of a run, over the
+    stores' runs: the built-in metrics from their prefix sums, the others from the blend's
+    samples (``BlendSampleSource.batch``) in output shards of the blend's ids."""
 
     def __init__(self, cfg: AnalyzerConfig, comm: Comm, src: BlendSampleSource) -> None:
         self.cfg, self.comm, self.src = cfg, comm, src
@@ -154,8 +171,12 @@ class _BlendRun:
         self.description = blend_description(src.blend, [r.fingerprint for r in self.runs])
         self.fingerprint = comm.bcast(blend_samples_fingerprint(
             self.description, src.blend.dataset_index) if comm.rank == 0 else None)
-        n = src.num_samples
-        self.lo, self.hi = comm.rank * n // comm.size, (comm.rank + 1) * n // comm.size
+        self.work, self.store = open_work(cfg, comm, self.fingerprint)
+        self.out_shards = plan_range_shards(src.num_samples,
+                                            max(1, cfg.shard_tokens // src.sample_tokens))
+        self.my_out = my_block(comm, len(self.out_shards) - 1)
+        self.lo = int(self.out_shards[self.my_out.start])
+        self.hi = int(self.out_shards[self.my_out.stop])
 
     def counts(self) -> np.ndarray:
         """Token histogram of every store's training documents together, int64 [vocab]."""
@@ -183,24 +204,30 @@ def run_blend_analyzer(cfg: AnalyzerConfig, comm: Comm | None = None,
         Run statistics (``num_samples``, ``fingerprint``, shards computed and reused).
     """
     comm = comm or world()
-    unknown = [m for m in cfg.metrics if m not in BLEND_METRICS]
-    if unknown or cfg.metric_fns or cfg.model_metrics or cfg.granularity != "sample":
-        raise ValueError(f"a blended --data-path is indexed at --granularity sample by "
-                         f"--metrics {' '.join(BLEND_METRICS)} (got --granularity "
-                         f"{cfg.granularity}, {unknown or list(cfg.metric_fns) or 'model metrics'})")
+    unknown = [m for m in cfg.metrics if m not in metrics.BUILTIN_METRICS]
+    if unknown or cfg.granularity != "sample":
+        raise ValueError(f"a blended --data-path is indexed at --granularity sample (got "
+                         f"--granularity {cfg.granularity}, --metrics {' '.join(cfg.metrics)})")
+    user = [metrics.parse_metric_fn(spec) for spec in cfg.metric_fns]
+    for _, target in user:
+        metrics.load_metric_fn(target)  # fail before any pass over the data
     run = _BlendRun(cfg, comm, source if source is not None else build_blend_source(cfg))
-    refuse_replacing(cfg, comm, run.fingerprint, planned_settings(cfg))
+    refuse_replacing(cfg, comm, run.fingerprint, planned_settings(cfg, user))
     wanted = set(cfg.metrics)
     counts = run.counts() if wanted & COUNTED_METRICS else None
     if "total_vocab_freq" in wanted:
         write_counts(cfg, comm, run.fingerprint, counts)
-    publish_indexes(cfg, comm, run.lo, _builtin_values(run, wanted, counts), run.fingerprint,
+    out = _builtin_values(run, wanted, counts)
+    out += [(name, run.user_metric(name, target), {"metric_fn": target}) for name, target in user]
+    out += [(m.name, run.user_metric(m.name, m, m.cache_tag), m.meta) for m in cfg.model_metrics]
+    publish_indexes(cfg, comm, run.lo, out, run.fingerprint,
                     {"granularity": "sample", "data_prefix": " ".join(cfg.data_path),
                      "blend": run.description})
     comm.barrier()
-    for store_run in run.runs:
-        remove_work(store_run)
+    for each in (run, *run.runs):
+        remove_work(each)
     cfg.stats.update(num_samples=run.src.num_samples, fingerprint=run.fingerprint,
-                     shards_computed=sum(comm.allreduce_sum(r.store.computed) for r in run.runs),
-                     shards_reused=sum(comm.allreduce_sum(r.store.reused) for r in run.runs))
+                     shards_computed=sum(comm.allreduce_sum(r.store.computed)
+                                         for r in (run, *run.runs)),
+                     shards_reused=sum(comm.allreduce_sum(r.store.reused) for r in (run, *run.runs)))
     return cfg.stats

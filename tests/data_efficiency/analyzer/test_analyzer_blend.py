@@ -15,6 +15,7 @@ from megatron.data_efficiency.analyzer.blend import (blend_difference, run_blend
                                                      training_blend_fingerprint)
 
 ALL = ("seqlen", "voc", "seqlen_voc", "total_vocab_freq")
+USER = ("analyzer_testlib:mean_token", "analyzer_testlib:distinct")
 SPLIT, SEQ, SEED, SAMPLES = "80,20,0", 9, 5, 150
 
 
@@ -28,8 +29,8 @@ def stores(tmp_path_factory):
 
 
 def _analyze(data_path, out, cache, **kw):
-    cfg = AnalyzerConfig(" ".join(data_path), str(out), data_path=tuple(data_path),
-                         metrics=ALL, granularity="sample", split=SPLIT, seq_length=SEQ,
+    kw = {"metrics": ALL, "granularity": "sample", **kw}
+    cfg = AnalyzerConfig(" ".join(data_path), str(out), data_path=tuple(data_path), split=SPLIT, seq_length=SEQ,
                          seed=SEED, train_samples=SAMPLES, cache_dir=cache, shard_tokens=97,
                          chunk_tokens=13, progress=False, **kw)
     return cfg, run_blend_analyzer(cfg)
@@ -44,7 +45,7 @@ def _training_blend(data_path, cache, samples=SAMPLES):
 def test_blend_index_numbers_the_training_blend_and_equals_its_metrics(stores, tmp_path):
     a, b, cache = stores
     data_path = ["0.3", a, "0.7", b]
-    cfg, stats = _analyze(data_path, tmp_path / "out", cache)
+    cfg, stats = _analyze(data_path, tmp_path / "out", cache, metric_fns=USER, batch_tokens=50)
     blend = _training_blend(data_path, cache)
     assert stats["num_samples"] == len(blend) == SAMPLES and stats["shards_computed"] > 4
     samples = [blend[i]["text"] for i in range(len(blend))]    # sample id = the blend's index
@@ -56,9 +57,9 @@ def test_blend_index_numbers_the_training_blend_and_equals_its_metrics(stores, t
     np.testing.assert_array_equal(
         np.load(os.path.join(cfg.save_path, "total_vocab_freq", "counts.npy")), counts)
     fingerprint, description = training_blend_fingerprint(blend, SPLIT, SEQ, SEED)
-    for name, expected in lib.ref_metrics(samples, counts).items():
-        if name in ALL:
-            lib.check_index(os.path.join(cfg.save_path, name), expected, fingerprint)
+    for name, expected in lib.ref_metrics(samples, counts).items():   # with --metric-fn's
+        lib.check_index(os.path.join(cfg.save_path, name), expected, fingerprint)
+    assert not os.path.exists(os.path.join(cfg.save_path, ".analyzer_work"))
     with open(os.path.join(cfg.save_path, "voc", "meta.json")) as f:
         meta = json.load(f)
     assert meta["blend"] == description and [p["weight"] for p in description] == [0.3, 0.7]
@@ -92,15 +93,12 @@ def test_fingerprint_covers_weights_stores_and_size(stores, tmp_path):
 def test_blend_refuses_what_it_cannot_index(stores, tmp_path, capsys):
     from tests.tools.tool_loader import load_tool
     a, b, cache = stores
-    with pytest.raises(ValueError, match="--granularity sample by --metrics"):
-        _analyze(["0.5", a, "0.5", b], tmp_path / "out", cache,
-                 metric_fns=("analyzer_testlib:distinct",))
+    with pytest.raises(ValueError, match="is indexed at --granularity sample"):
+        _analyze(["0.5", a, "0.5", b], tmp_path / "out", cache, granularity="document")
     tool = load_tool("analyze_data")
-    for extra in (["--granularity", "document"], ["--metric-fn", "analyzer_testlib:distinct"],
-                  ["--model", "bert"], ["--metrics", "voc", "loss"]):
+    for extra in (["--granularity", "document"], ["--granularity", "sample", "--model", "bert"]):
         with pytest.raises(SystemExit):
-            tool.parse_args(["--data-path", "0.5", a, "0.5", b, "--save-path", "x",
-                             "--granularity", "sample", *extra])
+            tool.parse_args(["--data-path", "0.5", a, "0.5", b, "--save-path", "x", *extra])
         assert "a blend is indexed by its GPT training samples" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tool.parse_args(["--data-path", "0.5", a, b, "--save-path", "x"])

@@ -66,7 +66,9 @@ def blend_data(tmp_path_factory):
     return _blend_data(tmp_path_factory)
 
 
-def _flags(data, *extra, index=None):
+def _flags(data, *extra, index=None, workers=None):
+    """``workers=None``: the default --num-workers (2, a prefetching loader)."""
+    loader = [] if workers is None else ["--num-workers", workers]
     return ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "2",
             "--seq-length", str(SEQ), "--max-position-embeddings", str(SEQ),
             "--micro-batch-size", "2", "--global-batch-size", str(GBS),
@@ -74,7 +76,7 @@ def _flags(data, *extra, index=None):
             "--min-lr", "3e-4",
             "--lr-warmup-iters", "2", "--vocab-size", str(VOCAB),
             "--make-vocab-size-divisible-by", "8", "--data-path", *data["data_path"],
-            "--split", "90,10,0", "--seed", str(SEED), "--num-workers", "0",
+            "--split", "90,10,0", "--seed", str(SEED), *loader,
             "--log-interval", "1", "--eval-interval", "100", "--eval-iters", "1",
             "--hidden-dropout", "0.1", "--attention-dropout", "0", "--use-cpu-initialization",
             *CL, "--curriculum-index-path", "-", index or data["index"], *extra]
@@ -108,7 +110,7 @@ def _train(flags: list[str]) -> tuple[list[list[int]], set[int], list]:
 
 
 def _dp_worker(rank: int, world_size: int, data: dict) -> tuple:
-    return _train(_flags(data))
+    return _train(_flags(data, workers="0"))
 
 
 def two_rank_jobs(tmp_path_factory) -> dict:
@@ -117,7 +119,7 @@ def two_rank_jobs(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def straight(blend_data):
-    """The uninterrupted run at DP1."""
+    """The uninterrupted run at DP1, with the default prefetching loader."""
     return _train(_flags(blend_data))
 
 

@@ -14,6 +14,11 @@ Model-based metrics (``--metrics loss ppl proto_dist --reference-load CKPT``) sc
 samples, or at ``--granularity document`` whole documents read as windows of
 ``--seq-length`` (default: the reference's) + 1 tokens (analyzer/document_scoring.py).
 
+A blended ``--data-path w1 p1 w2 p2 ...`` (``--granularity sample``, any GPT metric) is
+indexed by the blend's own sample ids, the blend built as training builds it
+(megatron/data_efficiency/analyzer/blend.py); ``voc``'s probabilities are the token
+histogram of all its stores' training documents.
+
 ``--granularity sample --model bert`` numbers BertDataset samples instead (a sentence-level
 store from ``preprocess_data.py --split-sentences``; give ``--short-seq-prob`` and
 ``--bert-no-binary-head`` as to pretrain_bert.py). Metric definitions and limits:
@@ -48,6 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron.data_efficiency.analyzer import metrics as _metrics  # noqa: E402
 from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig, run_analyzer  # noqa: E402
 from megatron.data_efficiency.analyzer.bert_samples import BertSampleParams, run_bert_analyzer  # noqa: E402
+from megatron.data_efficiency.analyzer.blend import run_blend_analyzer  # noqa: E402
 from megatron.data_efficiency.analyzer.cli_args import add_training_set_args  # noqa: E402
 from megatron.data_efficiency.analyzer.comm import launched_by_mpi, world  # noqa: E402
 
@@ -79,7 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog=_RUN_SIZING + _USER_CONTRACT,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-path", nargs="+", required=True, help="token store prefix (no .bin/.idx)")
+    p.add_argument("--data-path", nargs="+", required=True,
+                   help="token store prefix (no .bin/.idx), or a blend's weights and prefixes "
+                        "w1 p1 w2 p2 ... as training gets them (--granularity sample)")
     p.add_argument("--save-path", required=True, help="output folder")
     p.add_argument("--granularity", choices=["document", "sample"], default="document")
     p.add_argument("--metrics", nargs="+", default=["seqlen"],
@@ -122,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if training_flags:
         args.train_samples = _train_samples_from_training_flags(p, args, training_flags)
     if len(args.data_path) != 1:
-        p.error("--data-path: the analyzer indexes one dataset prefix at a time (blends: run it per prefix)")
+        _check_blend_args(p, args)
     if args.model == "bert" and args.granularity != "sample":
         p.error("--model bert needs --granularity sample (BERT samples are sentence groups)")
     _check_model_metric_args(p, args)
@@ -130,6 +138,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive")
     return args
+
+
+def _check_blend_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A blended ``--data-path w1 p1 w2 p2 ...`` is indexed as training blends it: its
+    GPT training samples (megatron/data_efficiency/analyzer/blend.py)."""
+    from megatron.data.dataset_utils import get_datasets_weights_and_num_samples
+    try:
+        get_datasets_weights_and_num_samples(args.data_path, [0, 0, 0])
+    except ValueError as err:
+        p.error(str(err))
+    if args.granularity != "sample" or args.model != "gpt":
+        p.error(f"--data-path {' '.join(args.data_path)}: a blend is indexed by its GPT "
+                f"training samples (--granularity sample --model gpt; not --granularity "
+                f"{args.granularity} --model {args.model})")
 
 
 # Flags every training run must give but that do not change its sample count.
@@ -148,7 +170,7 @@ def _train_samples_from_training_flags(p: argparse.ArgumentParser, args: argpars
     if args.granularity != "sample":
         p.error(f"training flags {flags} only size --granularity sample")
     given = set(flags)
-    train = list(flags) + ["--data-path", args.data_path[0], "--split", args.split,
+    train = list(flags) + ["--data-path", *args.data_path, "--split", args.split,
                            "--seed", str(args.seed)]
     if args.seq_length is not None:
         train += ["--seq-length", str(args.seq_length)]
@@ -214,7 +236,8 @@ def _model_metrics(args: argparse.Namespace, comm, cfg: AnalyzerConfig) -> tuple
     source = None
     if args.kmeans_clusters is not None:
         from megatron.data_efficiency.analyzer import proto_metrics
-        source = build_source(cfg)
+        from megatron.data_efficiency.analyzer.blend import build_blend_source
+        source = build_blend_source(cfg) if cfg.data_path else build_source(cfg)
         centroids = proto_metrics.fit_centroids(ref, source, comm, args.kmeans_clusters,
                                                 args.kmeans_fit_samples, args.seed,
                                                 args.reference_batch_size, window,
@@ -230,17 +253,18 @@ def _check_store(args: argparse.Namespace, model_metrics: tuple) -> None:
     A store without a record is not scanned here: the count pass reads every id anyway."""
     from megatron.data import provenance
     from megatron.tokenizer.identity import NULL_TYPE
-    prefix = args.data_path[0]
-    if provenance.read_record(prefix) is None:
-        if not args.quiet:
-            provenance.warn_if_unrecorded(prefix)
-        return
     known = [m.ref.tokenizer for m in model_metrics if getattr(m, "ref", None) is not None
              and m.ref.tokenizer is not None][:1]
     if args.vocab_size is not None:
         known.append({"type": NULL_TYPE, "vocab_size": args.vocab_size})
-    for identity in known:
-        provenance.check_store(prefix, identity)
+    prefixes = args.data_path if len(args.data_path) == 1 else args.data_path[1::2]
+    for prefix in prefixes:
+        if provenance.read_record(prefix) is None:
+            if not args.quiet:
+                provenance.warn_if_unrecorded(prefix)
+            continue
+        for identity in known:
+            provenance.check_store(prefix, identity)
 
 
 def _relaunch(num_workers: int, argv: list[str]) -> int:
@@ -283,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         return _relaunch(args.num_workers, argv)
     from megatron.data_efficiency.analyzer.model_metrics import MODEL_METRICS
     comm = world()
+    blend = len(args.data_path) > 1
     cfg = AnalyzerConfig(
-        data_prefix=args.data_path[0], save_path=args.save_path,
+        data_prefix=" ".join(args.data_path), save_path=args.save_path,
+        data_path=tuple(args.data_path) if blend else (),
         metrics=tuple(m for m in args.metrics if m not in MODEL_METRICS + ("proto_dist",)),
         metric_fns=tuple(args.metric_fn), granularity=args.granularity, split=args.split,
         seq_length=args.seq_length, seed=args.seed, train_samples=args.train_samples,
@@ -312,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # --quiet: the dataset builders' " > dataset ..." lines (stdout) go too
         with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
-            if args.model == "bert":
+            if blend:
+                stats = run_blend_analyzer(cfg, comm, source)
+            elif args.model == "bert":
                 stats = run_bert_analyzer(cfg, BertSampleParams(args.short_seq_prob,
                                                                 args.bert_binary_head), comm)
             else:

@@ -16,6 +16,8 @@ class BlendableDataset(torch.utils.data.Dataset):
     Sample ``idx`` is sample ``dataset_sample_index[idx]`` of dataset ``dataset_index[idx]``;
     the returned dict carries ``sample_id = idx`` (the blend's id, which the analyzer and the
     curriculum sampler use), and ``dataset_id`` telling which dataset it came from.
+    ``weights`` are the weights it was built with (normalised by ``--data-path``'s parser;
+    an analyzer index of the blend records them).
     """
 
     def __init__(self, datasets: Sequence[torch.utils.data.Dataset], weights: Sequence[float],
@@ -23,6 +25,7 @@ class BlendableDataset(torch.utils.data.Dataset):
         if len(datasets) != len(weights):
             raise ValueError(f"BlendableDataset: {len(datasets)} datasets but {len(weights)} weights")
         self.datasets = list(datasets)
+        self.weights = [float(w) for w in weights]
         self.size = int(size)
         start = time.time()
         self.dataset_index, self.dataset_sample_index = build_blending_indices(weights, self.size)

@@ -7,7 +7,8 @@ analyzer command that indexes this run's samples. Which arrays number the sample
 which analyzer flags reproduce them, belong to the model family:
 
 * ``GPTSamples`` (here, the default): Megatron's ``GPTDataset`` numbering (document,
-  sample and shuffle index), the analyzer's default ``--model gpt``.
+  sample and shuffle index), the analyzer's default ``--model gpt``; over a blended
+  ``--data-path w1 p1 w2 p2 ...`` the ``BlendableDataset``'s ids (``analyzer/blend.py``).
 * ``BertSamples`` (``pretrain_bert.py``): the ``BertDataset`` samples mapping and
   BERT's flags (``--model bert --short-seq-prob P [--bert-no-binary-head]``).
 
@@ -31,7 +32,7 @@ class TrainingSamples:
     numbers them as training does.
 
     Attributes:
-        data_path: ``--data-path`` (an index describes one prefix).
+        data_path: ``--data-path``: one prefix, or a blend's ``w1 p1 w2 p2 ...``.
         split, seq_length, seed: ``--split``, ``--seq-length``, ``--seed``.
         train_samples: samples the training set is built for (``RunPlan``): the
             analyzer's ``--train-samples``.
@@ -44,10 +45,11 @@ class TrainingSamples:
 
     @property
     def prefix(self) -> str:
-        """The one token store an index can describe."""
+        """The one token store of a family whose index describes one store (BERT)."""
         if len(self.data_path) != 1:
-            raise ValueError("curriculum sampling over an analyzer index needs a single "
-                             f"--data-path prefix (given: {list(self.data_path) or None})")
+            raise ValueError("curriculum sampling over an analyzer index needs --data-path "
+                             "with one prefix (or, for GPT samples, a blend's weights and "
+                             f"prefixes; given: {list(self.data_path) or None})")
         return self.data_path[0]
 
 
@@ -85,8 +87,9 @@ class DataFamily:
     def analyzer_command(self, samples: TrainingSamples) -> str:
         """The analyzer run that indexes exactly this run's training samples."""
         flags = "".join(f"{flag} " for flag in self.analyzer_flags)
-        return (f"python tools/analyze_data.py --data-path {samples.prefix} --granularity "
-                f"sample {flags}--split {samples.split} --seq-length {samples.seq_length} "
+        data_path = samples.prefix if len(samples.data_path) < 2 else " ".join(samples.data_path)
+        return (f"python tools/analyze_data.py --data-path {data_path} --granularity sample "
+                f"{flags}--split {samples.split} --seq-length {samples.seq_length} "
                 f"--seed {samples.seed} --train-samples {samples.train_samples} --metrics ... "
                 f"--save-path DIR")
 
@@ -106,6 +109,10 @@ class GPTSamples(DataFamily):
 
     def fingerprint(self, dataset: Any, samples: TrainingSamples) -> str:
         from megatron.data_efficiency.analyzer.analyzer import gpt_samples_fingerprint
+        if hasattr(dataset, "dataset_index"):   # a blend: its own ids
+            from megatron.data_efficiency.analyzer.blend import training_blend_fingerprint
+            return training_blend_fingerprint(dataset, samples.split, samples.seq_length,
+                                              samples.seed)[0]
         if not hasattr(dataset, "shuffle_idx"):
             raise ValueError(f"curriculum sampling over an analyzer index needs the model "
                              f"family's numbering of its training samples: a GPTDataset by "
@@ -114,3 +121,21 @@ class GPTSamples(DataFamily):
         return gpt_samples_fingerprint(samples.prefix, samples.split, samples.seq_length,
                                        samples.seed, dataset.doc_idx, dataset.sample_idx,
                                        dataset.shuffle_idx)
+
+    def mismatch(self, err: Exception, dataset: Any,
+                 samples: TrainingSamples) -> IndexMismatchError:
+        """The refusal, naming what differs when the index or the run is a blend."""
+        refusal = super().mismatch(err, dataset, samples)
+        meta = getattr(err, "meta", None)
+        if meta is None:
+            return refusal
+        from megatron.data_efficiency.analyzer.blend import (blend_difference,
+                                                             training_blend_fingerprint)
+        run_blend = (training_blend_fingerprint(dataset, samples.split, samples.seq_length,
+                                                samples.seed)[1]
+                     if hasattr(dataset, "dataset_index") else None)
+        difference = blend_difference(meta, run_blend, len(dataset))
+        if not difference:
+            return refusal
+        return IndexMismatchError(f"{refusal}\nwhat differs: {difference}",
+                                  {**refusal.details, "difference": difference})

@@ -25,7 +25,7 @@ from megatron.data_efficiency.analyzer import kernels, metrics
 from megatron.data_efficiency.analyzer.comm import Comm, world
 from megatron.data_efficiency.analyzer.index_checks import refuse_replacing
 from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint, publish_dir, new_tmp_dir, save_npy
-from megatron.data_efficiency.analyzer.row_progress import RowProgress
+from megatron.data_efficiency.analyzer.sample_metrics import SampleMetrics
 from megatron.data_efficiency.analyzer.shards import (Progress, ShardStore, my_block, my_weighted_block,
                                                       plan_range_shards, plan_unit_shards, run_rounds)
 from megatron.data_efficiency.analyzer.sort_write import write_index_parallel
@@ -37,6 +37,7 @@ class AnalyzerConfig:
     """What to analyze and where to write it (mirrors tools/analyze_data.py flags)."""
     data_prefix: str
     save_path: str
+    data_path: tuple[str, ...] = ()           # a blend's "w1 p1 w2 p2 ..." (blend.py)
     metrics: tuple[str, ...] = ("seqlen",)
     metric_fns: tuple[str, ...] = ()          # "[name=]module:function"
     model_metrics: tuple = ()                 # callables with .name, .cache_tag, .meta
@@ -100,22 +101,28 @@ def gpt_samples_fingerprint(data_prefix: str, split: str, seq_length: int, seed:
                                len(shuffle_idx), sample_maps=(doc_idx, sample_idx, shuffle_idx))
 
 
-class _Run:
+def open_work(cfg: AnalyzerConfig, comm: Comm, fingerprint: str) -> tuple[str, ShardStore]:
+    """The run's folder of resumable shards (``--force``: emptied first) and its store;
+    rank 0 also removes index folders a killed run never published (collective)."""
+    work = os.path.join(cfg.save_path, ".analyzer_work", f"{fingerprint}-{cfg.shard_tokens}")
+    if comm.rank == 0:
+        if cfg.force and os.path.isdir(work):
+            shutil.rmtree(work)
+        os.makedirs(work, exist_ok=True)
+        for stale in glob.glob(os.path.join(cfg.save_path, "*.tmp-" + "[0-9a-f]" * 8)):
+            if os.path.isdir(stale):  # an index folder a killed run never published
+                shutil.rmtree(stale, ignore_errors=True)
+    comm.barrier()
+    return work, ShardStore(work, cfg.fail_after_shards)
+
+
+class _Run(SampleMetrics):
     """State of one analyzer run on one rank."""
 
     def __init__(self, cfg: AnalyzerConfig, comm: Comm, source) -> None:
         self.cfg, self.comm, self.src = cfg, comm, source
         self.fingerprint = comm.bcast(fingerprint_of(cfg, source) if comm.rank == 0 else None)
-        self.work = os.path.join(cfg.save_path, ".analyzer_work", f"{self.fingerprint}-{cfg.shard_tokens}")
-        if comm.rank == 0:
-            if cfg.force and os.path.isdir(self.work):
-                shutil.rmtree(self.work)
-            os.makedirs(self.work, exist_ok=True)
-            for stale in glob.glob(os.path.join(cfg.save_path, "*.tmp-" + "[0-9a-f]" * 8)):
-                if os.path.isdir(stale):  # an index folder a killed run never published
-                    shutil.rmtree(stale, ignore_errors=True)
-        comm.barrier()
-        self.store = ShardStore(self.work, cfg.fail_after_shards)
+        self.work, self.store = open_work(cfg, comm, self.fingerprint)
         self.unit_shards = plan_unit_shards(source.bounds, cfg.shard_tokens)
         self.my_units = my_weighted_block(comm, np.diff(source.bounds[self.unit_shards]))
         if source.granularity == "sample":
@@ -192,16 +199,31 @@ class _Run:
 
     def additive(self, tag: str, lut: np.ndarray | None) -> np.ndarray:
         """Per-sample sums of ``lut[token]`` (token counts if None) for samples lo..hi-1, int64."""
-        shards: dict[int, dict] = {}
-        if lut is not None:
-            def work(s: int) -> int:
-                shards[s] = self.store.get(f"sum-{tag}-{s}", lambda: self._unit_shard(s, lut))
-                return self._unit_tokens(s)
-            run_rounds(self.comm, self.my_units, work, self._progress(f"{tag} sums"))
         if self.src.granularity == "document":
-            if lut is None:
-                return np.diff(self.src.bounds[self.lo:self.hi + 1]).astype(np.int64)
-            return np.concatenate([shards[s]["w"] for s in self.my_units] + [np.zeros(0, np.int64)])
+            return self._document_sums(tag, lut)
+        return self.src.sample_values(np.arange(self.lo, self.hi, dtype=np.int64),
+                                      *self.sample_prefixes(tag, lut))
+
+    def _document_sums(self, tag: str, lut: np.ndarray | None) -> np.ndarray:
+        if lut is None:
+            return np.diff(self.src.bounds[self.lo:self.hi + 1]).astype(np.int64)
+        shards = self._unit_sums(tag, lut)
+        return np.concatenate([shards[s]["w"] for s in self.my_units] + [np.zeros(0, np.int64)])
+
+    def _unit_sums(self, tag: str, lut: np.ndarray) -> dict[int, dict]:
+        """This rank's map shards of ``lut[token]`` sums (``_unit_shard``), resumable."""
+        shards: dict[int, dict] = {}
+
+        def work(s: int) -> int:
+            shards[s] = self.store.get(f"sum-{tag}-{s}", lambda: self._unit_shard(s, lut))
+            return self._unit_tokens(s)
+        run_rounds(self.comm, self.my_units, work, self._progress(f"{tag} sums"))
+        return shards
+
+    def sample_prefixes(self, tag: str, lut: np.ndarray | None) -> tuple:
+        """``(prefix_order, p_start, p_end)`` of ``GPTSampleSource.sample_values`` for the
+        sums of ``lut[token]`` (token counts if None), the same on every rank (collective):
+        any sample's value follows from them (a blend reads its stores' samples so)."""
         if lut is None:
             lengths = np.diff(self.src.bounds)
             w, ps = lengths, self.boundary_off.copy()
@@ -209,62 +231,12 @@ class _Run:
         else:
             w = np.zeros(self.src.num_units, np.int64)
             ps, pe = np.zeros((2, len(self.boundary_unit)), np.int64)
-            for s, sh in shards.items():
+            for s, sh in self._unit_sums(tag, lut).items():
                 w[self.unit_shards[s]:self.unit_shards[s + 1]] = sh["w"]
                 ps[sh["k"]], pe[sh["k"]] = sh["ps"], sh["pe"]
             for arr in (w, ps, pe):
                 self.comm.sum_arrays_(arr)
-        order = self.src.unit_prefix_order(w)
-        return self.src.sample_values(np.arange(self.lo, self.hi, dtype=np.int64), order, ps, pe)
-
-    # -- user metrics -------------------------------------------------------------------------
-    def user_metric(self, name: str, target, tag: str | None = None) -> np.ndarray:
-        """Values of a --metric-fn metric (``target``: "module:function" or the callable
-        itself; ``tag`` keys its resumable shards, e.g. by a model's fingerprint) for
-        samples lo..hi-1 (int64, or float64 if any rank saw floats)."""
-        fn = target if callable(target) else metrics.load_metric_fn(target)
-        key = f"user-{name}" if tag is None else f"model-{tag}"
-        parts = []
-        if hasattr(fn, "progress"):   # a model metric: it reports every forward batch
-            rows = [int(self.out_shards[s + 1] - self.out_shards[s]) for s in self.my_out
-                    if not os.path.isfile(self.store.path(f"{key}-{s}"))]
-            share = f" of rank 0's share ({self.comm.size} ranks)" if self.comm.size > 1 else ""
-            fn.progress = RowProgress(f"metric {name}", sum(rows), share=share,
-                                      enabled=self.cfg.progress and self.comm.rank == 0)
-
-        def work(s: int) -> int:
-            lo, hi = int(self.out_shards[s]), int(self.out_shards[s + 1])
-            parts.append(self.store.get(f"{key}-{s}", lambda: {"v": self._user_shard(fn, name, lo, hi)})["v"])
-            return self._sample_tokens(lo, hi)
-
-        total = int(self.src.bounds[-1] - self.src.bounds[0]) if self.src.granularity == "document" \
-            else self.src.num_samples * (self.cfg.seq_length + 1)
-        run_rounds(self.comm, self.my_out, work, Progress(self.comm, f"metric {name}", total, self.cfg.progress))
-        vals = np.concatenate(parts + [np.zeros(0, np.int64)])
-        if self.comm.allreduce_max(int(vals.dtype.kind == "f")):
-            vals = vals.astype(np.float64)
-        return vals
-
-    def _sample_tokens(self, lo: int, hi: int) -> int:
-        if self.src.granularity == "document":
-            return int(self.src.bounds[hi] - self.src.bounds[lo])
-        return (hi - lo) * (self.cfg.seq_length + 1)
-
-    def _user_shard(self, fn, name: str, lo: int, hi: int) -> np.ndarray:
-        """Call the user function on batches of about batch_tokens tokens over samples lo..hi-1."""
-        if self.src.granularity == "document":
-            b = self.src.bounds
-            cuts = np.searchsorted(b, np.arange(int(b[lo]), int(b[hi]), self.cfg.batch_tokens), side="right") - 1
-            cuts = np.unique(np.concatenate(([lo], np.clip(cuts, lo, hi), [hi])))
-        else:
-            cuts = plan_range_shards(hi - lo, max(1, self.cfg.batch_tokens // (self.cfg.seq_length + 1))) + lo
-        out = []
-        for a, z in zip(cuts[:-1], cuts[1:]):
-            tokens, offsets = self.src.batch(int(a), int(z))
-            out.append(metrics.evaluate_user_metric(fn, name, tokens, offsets, int(a)))
-        if any(v.dtype.kind == "f" for v in out):
-            out = [v.astype(np.float64) for v in out]
-        return np.concatenate(out + [np.zeros(0, out[0].dtype if out else np.int64)])
+        return self.src.unit_prefix_order(w), ps, pe
 
 
 def _seqlen_lut(cfg: AnalyzerConfig, src, counts: np.ndarray | None) -> np.ndarray | None:
@@ -288,17 +260,46 @@ def _lut_tag(name: str, lut: np.ndarray) -> str:
     return f"{name}-{hashlib.sha256(lut.tobytes()).hexdigest()[:12]}"
 
 
-def _write_counts(run: _Run, counts: np.ndarray) -> None:
+# metrics that need the token histogram (its pass over the tokens)
+COUNTED_METRICS = frozenset({"voc", "total_vocab_freq", "seqlen_voc"})
+
+
+def write_counts(cfg: AnalyzerConfig, comm: Comm, fingerprint: str, counts: np.ndarray) -> None:
     """DIR/total_vocab_freq/counts.npy (+ meta.json), from rank 0 (it is vocab-sized)."""
-    if run.comm.rank == 0:
-        final = os.path.join(run.cfg.save_path, "total_vocab_freq")
+    if comm.rank == 0:
+        final = os.path.join(cfg.save_path, "total_vocab_freq")
         tmp = new_tmp_dir(final)
         save_npy(os.path.join(tmp, "counts.npy"), counts)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            f.write(f'{{"fingerprint": "{run.fingerprint}", "metric": "total_vocab_freq", '
+            f.write(f'{{"fingerprint": "{fingerprint}", "metric": "total_vocab_freq", '
                     f'"num_tokens": {int(counts.sum())}, "vocab_size": {len(counts)}}}\n')
         publish_dir(tmp, final)
-    run.comm.barrier()
+    comm.barrier()
+
+
+def planned_settings(cfg: AnalyzerConfig, user: list = ()) -> dict[str, dict]:
+    """``{metric folder: meta.json settings}`` this run writes (``refuse_replacing``)."""
+    same = {"granularity": cfg.granularity}
+    planned = {m: {**same, **({"pad_token_id": cfg.pad_token_id} if m == "seqlen" else {})}
+               for m in cfg.metrics if m != "total_vocab_freq"}
+    planned.update({name: {**same, "metric_fn": target} for name, target in user})
+    planned.update({m.name: {**same, **{k: v for k, v in m.meta.items() if k != "reference_load"}}
+                    for m in cfg.model_metrics})
+    if "total_vocab_freq" in cfg.metrics:
+        planned["total_vocab_freq"] = {}
+    return planned
+
+
+def publish_indexes(cfg: AnalyzerConfig, comm: Comm, first_id: int, out: list[tuple],
+                    fingerprint: str, base: dict) -> None:
+    """Write every ``(name, values of samples first_id.., extra meta)`` of ``out`` as an
+    index (collective; called once every metric is computed, so nothing is published by
+    a run that fails) and print its summary line."""
+    for name, values, extra in out:
+        write_index_parallel(comm, os.path.join(cfg.save_path, name), name, first_id, values,
+                             fingerprint, {**base, **extra})
+        if comm.rank == 0 and cfg.progress:
+            print(f"[analyzer] {_summary(cfg, name)}", file=sys.stderr, flush=True)
 
 
 def _summary(cfg: AnalyzerConfig, name: str) -> str:
@@ -321,16 +322,22 @@ def _builtin_values(run: _Run, wanted: set[str], counts: np.ndarray | None) -> l
         seqlen = run.additive("seqlen" if lut is None else _lut_tag("seqlen", lut), lut)
         out.append(("seqlen", seqlen, {"pad_token_id": cfg.pad_token_id}))
     if wanted & {"voc", "seqlen_voc"}:
-        lut = comm.bcast(kernels.voc_lut(counts) if comm.rank == 0 else None)  # one log() for all
-        if run.src.tokens.dtype.kind == "u" and run.src.tokens.dtype.itemsize <= 2:
-            # Every id present was counted, so ids past the histogram never occur: a full-range
-            # table lets the hot loop skip its per-chunk id check.
-            lut = np.pad(lut, (0, max(0, (1 << 8 * run.src.tokens.dtype.itemsize) - len(lut))))
+        lut = full_range_lut(comm.bcast(kernels.voc_lut(counts) if comm.rank == 0 else None),
+                             run.src.tokens)   # one log() for all ranks
         voc_acc = run.additive(_lut_tag("voc", lut), lut)
         out.append(("voc", kernels.voc_from_fixed(voc_acc), {"voc_fraction_bits": kernels.VOC_FRACTION_BITS}))
     if "seqlen_voc" in wanted:
         out.append(seqlen_voc_entry(comm, seqlen, voc_acc))
     return [entry for entry in out if entry[0] in wanted]
+
+
+def full_range_lut(lut: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """``lut`` zero-padded to every id of ``tokens``' dtype (uint8 / uint16 stores): every
+    id present was counted, so ids past the histogram never occur, and a full-range table
+    lets the hot loop skip its per-chunk id check."""
+    if tokens.dtype.kind == "u" and tokens.dtype.itemsize <= 2:
+        return np.pad(lut, (0, max(0, (1 << 8 * tokens.dtype.itemsize) - len(lut))))
+    return lut
 
 
 def seqlen_voc_entry(comm: Comm, seqlen: np.ndarray, voc_acc: np.ndarray) -> tuple:
@@ -360,42 +367,36 @@ def run_analyzer(cfg: AnalyzerConfig, comm: Comm | None = None, source=None) -> 
         metrics.load_metric_fn(target)  # fail before any pass over the data
     clock = _PhaseClock()
     run = _Run(cfg, comm, source if source is not None else build_source(cfg))
-    same = {"granularity": cfg.granularity}
-    planned = {m: {**same, **({"pad_token_id": cfg.pad_token_id} if m == "seqlen" else {})}
-               for m in cfg.metrics if m != "total_vocab_freq"}
-    planned.update({name: {**same, "metric_fn": target} for name, target in user})
-    planned.update({m.name: {**same, **{k: v for k, v in m.meta.items() if k != "reference_load"}}
-                    for m in cfg.model_metrics})
-    if "total_vocab_freq" in cfg.metrics:
-        planned["total_vocab_freq"] = {}
-    refuse_replacing(cfg, comm, run.fingerprint, planned)
+    refuse_replacing(cfg, comm, run.fingerprint, planned_settings(cfg, user))
     clock.mark("setup")
     wanted = set(cfg.metrics)
-    counts = run.counts() if wanted & {"voc", "total_vocab_freq", "seqlen_voc"} else None
+    counts = run.counts() if wanted & COUNTED_METRICS else None
     clock.mark("count_pass")
     if "total_vocab_freq" in wanted:
-        _write_counts(run, counts)
+        write_counts(cfg, comm, run.fingerprint, counts)
     out = _builtin_values(run, wanted, counts)
     out += [(name, run.user_metric(name, target), {"metric_fn": target}) for name, target in user]
     out += [(m.name, run.user_metric(m.name, m, m.cache_tag), m.meta) for m in cfg.model_metrics]
     clock.mark("value_pass")
-    base = {"granularity": cfg.granularity, "data_prefix": cfg.data_prefix}
-    for name, values, extra in out:  # nothing is published until every metric is computed
-        write_index_parallel(comm, os.path.join(cfg.save_path, name), name, run.lo, values,
-                             run.fingerprint, {**base, **extra})
-        if comm.rank == 0 and cfg.progress:
-            print(f"[analyzer] {_summary(cfg, name)}", file=sys.stderr, flush=True)
+    publish_indexes(cfg, comm, run.lo, out, run.fingerprint,
+                    {"granularity": cfg.granularity, "data_prefix": cfg.data_prefix})
     clock.mark("sort_write")
     comm.barrier()
-    if comm.rank == 0 and not cfg.keep_work:
-        shutil.rmtree(run.work, ignore_errors=True)
-        parent = os.path.dirname(run.work)
-        if os.path.isdir(parent) and not os.listdir(parent):
-            os.rmdir(parent)
+    remove_work(run)
     clock.mark("cleanup")
     cfg.stats.update(shards_computed=comm.allreduce_sum(run.store.computed),
                      shards_reused=comm.allreduce_sum(run.store.reused), phases_s=clock.phases)
     return cfg.stats
+
+
+def remove_work(run: _Run) -> None:
+    """Rank 0 deletes the run's resumable shards once its indexes are published (unless
+    ``--keep-work``), and ``.analyzer_work`` when it is left empty."""
+    if run.comm.rank == 0 and not run.cfg.keep_work:
+        shutil.rmtree(run.work, ignore_errors=True)
+        parent = os.path.dirname(run.work)
+        if os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)
 
 
 class _PhaseClock:

@@ -17,19 +17,17 @@ two passes over the tokens. User ``--metric-fn`` metrics are not supported for B
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from megatron.data_efficiency.analyzer import kernels
-from megatron.data_efficiency.analyzer.analyzer import (AnalyzerConfig, _summary, _write_counts,
-                                                        seqlen_voc_entry)
+from megatron.data_efficiency.analyzer.analyzer import (COUNTED_METRICS, AnalyzerConfig,
+                                                        full_range_lut, publish_indexes,
+                                                        seqlen_voc_entry, write_counts)
 from megatron.data_efficiency.analyzer.index_checks import refuse_replacing
 from megatron.data_efficiency.analyzer.comm import Comm, world
 from megatron.data_efficiency.analyzer.index_io import dataset_fingerprint
-from megatron.data_efficiency.analyzer.sort_write import write_index_parallel
 from megatron.data_efficiency.analyzer.sources import BertSampleSource
 
 BERT_METRICS = ("seqlen", "total_vocab_freq", "voc", "seqlen_voc")
@@ -109,21 +107,12 @@ def _token_counts(src: BertSampleSource, comm: Comm, cfg: AnalyzerConfig) -> np.
     return comm.sum_arrays_(total)
 
 
-class _RunInfo:
-    """What _write_counts reads from an analyzer run."""
-
-    def __init__(self, cfg: AnalyzerConfig, comm: Comm, fingerprint: str) -> None:
-        self.cfg, self.comm, self.fingerprint = cfg, comm, fingerprint
-
-
 def _values(src, comm, cfg, wanted, counts, lo, hi) -> list[tuple[str, np.ndarray, dict]]:
     """(name, values of samples lo..hi-1, extra meta) for the wanted built-in metrics."""
     seqlen, kept, group = src.seqlen_and_kept(lo, hi)
     out = [("seqlen", seqlen, {"specials_counted": src.specials})]
     if wanted & {"voc", "seqlen_voc"}:
-        lut = kernels.voc_lut(counts)
-        if src.tokens.dtype.kind == "u" and src.tokens.dtype.itemsize <= 2:
-            lut = np.pad(lut, (0, max(0, (1 << 8 * src.tokens.dtype.itemsize) - len(lut))))
+        lut = full_range_lut(kernels.voc_lut(counts), src.tokens)
         acc = src.group_sums(_sentence_sums(src, comm, lut, cfg.chunk_tokens), lo, hi)
         acc = acc * kept // np.maximum(group, 1)   # exact int64: scaled to the kept tokens
         out.append(("voc", kernels.voc_from_fixed(acc),
@@ -157,17 +146,12 @@ def run_bert_analyzer(cfg: AnalyzerConfig, params: BertSampleParams, comm: Comm 
             "binary_head": params.binary_head}
     refuse_replacing(cfg, comm, fingerprint, {m: ({} if m == "total_vocab_freq" else base)
                                               for m in wanted})
-    counts = _token_counts(src, comm, cfg) if wanted & {"voc", "total_vocab_freq", "seqlen_voc"} \
-        else None
+    counts = _token_counts(src, comm, cfg) if wanted & COUNTED_METRICS else None
     if "total_vocab_freq" in wanted:
-        _write_counts(_RunInfo(cfg, comm, fingerprint), counts)
+        write_counts(cfg, comm, fingerprint, counts)
     lo, hi = _my_range(comm, src.num_samples)
-    base = {**base, "data_prefix": cfg.data_prefix}
-    for name, values, extra in _values(src, comm, cfg, wanted, counts, lo, hi):
-        write_index_parallel(comm, os.path.join(cfg.save_path, name), name, lo, values,
-                             fingerprint, {**base, **extra})
-        if comm.rank == 0 and cfg.progress:
-            print(f"[analyzer] {_summary(cfg, name)}", file=sys.stderr, flush=True)
+    publish_indexes(cfg, comm, lo, _values(src, comm, cfg, wanted, counts, lo, hi), fingerprint,
+                    {**base, "data_prefix": cfg.data_prefix})
     comm.barrier()
     cfg.stats.update(num_samples=src.num_samples, fingerprint=fingerprint)
     return cfg.stats

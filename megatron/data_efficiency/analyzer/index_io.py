@@ -96,6 +96,15 @@ def _load(folder: str, name: str) -> np.ndarray:
         raise ValueError(f"metric index {folder}: cannot read {name}: {e}") from e
 
 
+class FingerprintMismatch(ValueError):
+    """An index made for other samples than the run's; ``meta`` is its ``meta.json`` (what
+    the index describes, e.g. its ``blend``), so the caller can name the difference."""
+
+    def __init__(self, meta: dict, message: str) -> None:
+        super().__init__(message)
+        self.meta = meta
+
+
 class MetricIndex:
     """Read-only, memory-mapped view of one ``DIR/<metric>/`` folder (see module docstring)."""
 
@@ -134,10 +143,10 @@ class MetricIndex:
         if expected_num_samples is not None:
             check_sample_count(meta.get("num_samples", -1), expected_num_samples, f"metric index {path}")
         if expected_fingerprint is not None and meta.get("fingerprint") != expected_fingerprint:
-            raise ValueError(
+            raise FingerprintMismatch(meta, (
                 f"metric index {path} was built for other data or sample-index parameters: "
                 f"its fingerprint is {meta.get('fingerprint')!r}, the dataset in use has "
-                f"{expected_fingerprint!r}; re-run tools/analyze_data.py for this dataset")
+                f"{expected_fingerprint!r}; re-run tools/analyze_data.py for this dataset"))
         arrays = {name: _load(path, name) for name in INDEX_FILES[:4]}
         n, v = len(arrays["sample_to_metric.npy"]), len(arrays["values.npy"])
         offsets = arrays["offsets.npy"]

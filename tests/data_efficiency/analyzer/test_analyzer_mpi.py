@@ -11,6 +11,7 @@ import pytest
 
 import analyzer_testlib as lib
 from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig, run_analyzer
+from megatron.data_efficiency.analyzer.blend import run_blend_analyzer
 from megatron.data_efficiency.analyzer.shards import ShardLimitReached
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
@@ -74,6 +75,27 @@ def test_two_ranks_byte_identical_sample(tmp_path, mpi_ok):
     one = _tool(common + ["--save-path", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr
     two = _tool(common + ["--save-path", str(tmp_path / "two"), "--num-workers", "2"])  # launches mpiexec
+    assert two.returncode == 0, two.stderr
+    _same_tree(str(tmp_path / "one"), str(tmp_path / "two"))
+
+
+def test_two_ranks_byte_identical_blend(tmp_path, mpi_ok):
+    """A blend's stores are mapped by both ranks, its ids split between them (other shard
+    sizes: the output does not depend on them either)."""
+    a = lib.make_store(str(tmp_path / "a"), lib.random_docs(seed=5, multi_sequence=False))
+    b = lib.make_store(str(tmp_path / "b"), lib.random_docs(seed=6, n_docs=50), np.int32)
+    data_path, cache = ("0.4", a, "0.6", b), str(tmp_path / "cache")
+    run_blend_analyzer(AnalyzerConfig(" ".join(data_path), str(tmp_path / "one"),
+                                      data_path=data_path, metrics=tuple(METRICS),
+                                      metric_fns=("analyzer_testlib:distinct",),
+                                      granularity="sample", split="90,10,0", seq_length=6,
+                                      seed=7, train_samples=120, cache_dir=cache,
+                                      shard_tokens=30, progress=False))
+    two = _tool(["--data-path", *data_path, "--granularity", "sample", "--split", "90,10,0",
+                 "--seq-length", "6", "--train-samples", "120", "--seed", "7",
+                 "--metrics", *METRICS, "--metric-fn", "analyzer_testlib:distinct",
+                 "--data-cache-path", cache, "--shard-tokens", "70",
+                 "--quiet", "--save-path", str(tmp_path / "two"), "--num-workers", "2"])
     assert two.returncode == 0, two.stderr
     _same_tree(str(tmp_path / "one"), str(tmp_path / "two"))
 

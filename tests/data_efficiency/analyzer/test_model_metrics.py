@@ -208,6 +208,41 @@ def test_proto_dist_matches_a_direct_computation_for_a_fixed_clustering(setup, t
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
 
+def test_model_metrics_over_a_blend_score_the_blends_own_samples(setup, tmp_path):
+    """A blend of the corpus and a second store: each blend sample's loss is its own, and
+    proto_dist fits its centroids on the blend's samples (BlendSampleSource.batch)."""
+    from megatron.data.gpt_dataset import build_train_valid_test_datasets
+    from megatron.data_efficiency.analyzer import proto_metrics
+    from megatron.data_efficiency.analyzer.blend import build_blend_source, run_blend_analyzer
+    from megatron.data_efficiency.analyzer.comm import world
+    prefix, ckpt, _ = setup
+    other = str(tmp_path / "other")
+    rng = np.random.default_rng(5)
+    b = MMapIndexedDatasetBuilder(other + ".bin", dtype=np.uint16)
+    for n in rng.integers(4, 40, size=40):
+        b.add_document(rng.integers(0, VOCAB, size=int(n)), [int(n)])
+    b.finalize(other + ".idx")
+    data_path = ("0.4", prefix, "0.6", other)
+    cfg = dataclasses.replace(_cfg(" ".join(data_path), str(tmp_path / "b")),
+                              data_path=data_path, shard_tokens=5 * (SEQ + 1))
+    ref = load_reference_model(ckpt)
+    centroids = proto_metrics.fit_centroids(ref, build_blend_source(cfg), world(), 2, 10, SEED,
+                                            show_progress=False)
+    run_blend_analyzer(dataclasses.replace(cfg, model_metrics=(
+        TokenLossMetric(ref, "loss", batch_size=5),
+        proto_metrics.ProtoDistMetric(ref, centroids, 5, {}))))
+    blend, _, _ = build_train_valid_test_datasets(list(data_path), "90,10,0", [SAMPLES, 0, 0],
+                                                  SEQ, SEED)
+    assert {blend[i]["dataset_id"] for i in range(len(blend))} == {0, 1}
+    loss = MetricIndex.open(str(tmp_path / "b" / "loss"))
+    np.testing.assert_allclose(np.asarray(loss.sample_to_metric),
+                               _direct_losses(ckpt, [blend[i]["text"] for i in range(len(blend))]),
+                               rtol=1e-5)
+    assert len(loss.meta["blend"]) == 2
+    proto = np.asarray(MetricIndex.open(str(tmp_path / "b" / "proto_dist")).sample_to_metric)
+    assert len(proto) == SAMPLES and np.all((proto >= 0) & (proto <= 2))
+
+
 # -- documents (--granularity document) ------------------------------------------------------
 DOC_LENGTHS = [0, 1, 2, 3, SEQ, SEQ + 1, SEQ + 2, 2 * SEQ + 1, 2 * SEQ + 2, 40]
 

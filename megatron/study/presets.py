@@ -255,11 +255,12 @@ PRESETS = {(p.model, p.name): p for p in [
            corpus_bytes=8_000_000, vocab_size=8000, split="95,5,0",
            plan=scaling_plan((1, 2, 4)), extra=_GPT_CPU, levels=(1.0, 2.0, 4.0), evaluations=10,
            same_steps_batch=6),
-    # Its machinery on the smoke model (tests): two levels, one seed.
+    # Its machinery on the smoke model (tests): two levels, one seed; at B the smoke
+    # preset's runs exactly (3 evaluations: every 8 steps), so a test can reuse them.
     Preset("scaling-smoke", "gpt", 3, 32, 2, 32, 4, 4, train_tokens=4 * 32 * 24, lr=3e-3,
            min_lr=3e-4, warmup_fraction=0.05, eval_interval=8, log_interval=1, seeds=1,
            corpus_bytes=300_000, vocab_size=500, split="90,10,0", plan=scaling_plan((1, 2)),
-           extra=_GPT_CPU + _SMOKE_LOADER, levels=(1.0, 2.0), evaluations=4, same_steps_batch=3),
+           extra=_GPT_CPU + _SMOKE_LOADER, levels=(1.0, 2.0), evaluations=3, same_steps_batch=3),
     # MoE: the MoE baseline against CL_seqtru_voc + random-LTD at the same data (paper
     # Table 2, cases 16-17), on the smoke model (tests) and on the demo's model and data.
     Preset("moe-smoke", "gpt", 4, 32, 2, 32, 4, 4, train_tokens=4 * 32 * 24, lr=3e-3,

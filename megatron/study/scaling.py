@@ -88,3 +88,146 @@ def plan_table(preset: Preset) -> str:
                      f"{batch_sizes(preset, preset.arms[arm])[1]} | {steps} | {every} | "
                      f"{evals} |")
     return "\n".join(lines) + "\n"
+
+
+# --- the analysis -------------------------------------------------------------------------
+
+def tokens_to_reach(curve: list[dict], target: float) -> float | None:
+    """Consumed tokens at which a validation curve first reaches ``target``: linear
+    interpolation between the two evaluations that straddle it; the first evaluation's
+    tokens if it is already there; None if no evaluation reaches it (never extrapolated).
+
+    Args:
+        curve: ``[{"tokens", "loss"}, ...]`` (``results.run_record``'s curve).
+    """
+    points = sorted((p["tokens"], p["loss"]) for p in curve)
+    for i, (tokens, loss) in enumerate(points):
+        if loss <= target:
+            if i == 0:
+                return float(tokens)
+            t0, l0 = points[i - 1]
+            return t0 + (l0 - target) / (l0 - loss) * (tokens - t0)
+    return None
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def by_run(records: list[dict]) -> dict[tuple[str, float], dict[int, dict]]:
+    runs: dict[tuple[str, float], dict[int, dict]] = {}
+    for r in records:
+        runs.setdefault((r["arm"], round(float(r["budget_fraction"]), 6)), {})[r["seed"]] = r
+    return runs
+
+
+def data_to_target(curves: dict[int, dict], targets: dict[int, float], budget: int) -> dict:
+    """Per seed, the data a run needs to reach that seed's target, and as a fraction of
+    ``budget``; mean and spread of the fractions when every seed reaches it."""
+    tokens = {s: tokens_to_reach(curves[s]["curve"], targets[s]) for s in targets
+              if s in curves}
+    reached = [t / budget for t in tokens.values() if t is not None]
+    out = {"tokens": tokens, "seeds": len(tokens), "reached": len(reached),
+           "fraction_mean": None, "fraction_sd": None}
+    if reached and len(reached) == len(tokens):
+        out["fraction_mean"], out["fraction_sd"] = mean_sd(reached)
+    return out
+
+
+def verdict(first: dict, last: dict, margin: float = MARGIN) -> dict:
+    """Shrinks, holds, grows, unresolved or no gain, from the data fractions at the
+    smallest (``first``) and largest (``last``) level (``data_to_target``'s dicts), by the
+    pre-registered rules."""
+    ok1 = first["reached"] == first["seeds"] > 0
+    ok2 = last["reached"] == last["seeds"] > 0
+    if ok1 and ok2:
+        delta = last["fraction_mean"] - first["fraction_mean"]
+        se = math.sqrt(first["fraction_sd"] ** 2 / first["seeds"]
+                       + last["fraction_sd"] ** 2 / last["seeds"])
+        if delta < -margin and delta + 2 * se < 0:
+            word = "grows"
+        elif delta > margin and delta - 2 * se > 0:
+            word = "shrinks"
+        elif abs(delta) <= margin:
+            word = "holds"
+        else:
+            word = "unresolved"
+        return {"verdict": word, "delta": delta, "se": se, "margin": margin,
+                "why": f"data fraction {first['fraction_mean']:.3f} -> "
+                       f"{last['fraction_mean']:.3f}: change {delta:+.3f}, two standard "
+                       f"errors {2 * se:.3f}, margin {margin:.2f}"}
+    word = "no gain"
+    if ok1 and first["fraction_mean"] < 1 - margin:
+        word = "shrinks"
+    elif ok2 and last["fraction_mean"] < 1 - margin:
+        word = "grows"
+    reach = ", ".join(f"{d['reached']} of {d['seeds']} seeds reach it at the "
+                      f"{'smallest' if d is first else 'largest'} level"
+                      for d in (first, last))
+    return {"verdict": word, "delta": None, "se": None, "margin": margin,
+            "why": f"the baseline's final loss not reached everywhere: {reach}"}
+
+
+def _final(runs: dict[int, dict], key: str = "val_loss") -> dict[int, float]:
+    return {s: r[key] for s, r in runs.items()}
+
+
+def _paired(a: dict[int, float], b: dict[int, float], op) -> dict | None:
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    values = [op(a[s], b[s]) for s in seeds]
+    mean, sd = mean_sd(values)
+    return {"mean": mean, "sd": sd, "seeds": len(seeds)}
+
+
+def _same_steps(base: dict, control: dict, composed: dict) -> dict:
+    """The same-steps control at one level: mean final losses and steps of the three
+    arms, and the shares of the gain (baseline - composed) each explanation takes."""
+    loss = {name: mean_sd(list(_final(runs).values()))
+            for name, runs in (("baseline", base), ("control", control),
+                               ("composed", composed))}
+    steps = {name: statistics.mean(r["iterations"] for r in runs.values())
+             for name, runs in (("baseline", base), ("control", control),
+                                ("composed", composed))}
+    b, c, a = (loss[k][0] for k in ("baseline", "control", "composed"))
+    gain = b - a
+    return {"loss": {k: {"mean": m, "sd": s} for k, (m, s) in loss.items()}, "steps": steps,
+            "gain": gain, "steps_share": (b - c) / gain if gain > 0 else None,
+            "order_share": (c - a) / gain if gain > 0 else None}
+
+
+def analyse(records: list[dict], preset: Preset) -> dict:
+    """The pre-registered analysis of a scaling study's records (``results.run_record``
+    plus arm, budget_fraction, seed; with their curves). Levels whose runs are missing
+    are listed as such."""
+    runs = by_run(records)
+    get = lambda arm, f: runs.get((arm, round(float(f), 6)), {})   # noqa: E731
+    levels, missing = [], []
+    for level in preset.levels:
+        base, composed = get(BASELINE, level), get(COMPOSED, level)
+        if not base or not composed:
+            missing.append(level_name(level))
+            continue
+        targets = _final(base)
+        budget = budget_tokens(preset, level)
+        row = {"level": level, "name": level_name(level), "budget_tokens": budget,
+               "target": targets, "composed": data_to_target(composed, targets, budget)}
+        control = get(CONTROL, level)
+        if control:
+            row["control"] = data_to_target(control, targets, budget)
+            row["same_steps"] = _same_steps(base, control, composed)
+        half = get(COMPOSED, level / 2)
+        if half:
+            diff = _paired(_final(half), targets, lambda x, y: x - y)
+            row["half_data"] = {**diff, "equal": abs(diff["mean"]) <= HALF_DATA_MARGIN}
+        levels.append(row)
+    fractions = sorted({f for (arm, f) in runs if arm == COMPOSED and (BASELINE, f) in runs})
+    ratios = {f: _paired(_final(runs[(COMPOSED, f)]), _final(runs[(BASELINE, f)]),
+                         lambda x, y: x / y) for f in fractions}
+    equal_data = [{"fraction": f, "name": level_name(f), **r} for f, r in ratios.items() if r]
+    trend = verdict(levels[0]["composed"], levels[-1]["composed"]) if len(levels) > 1 \
+        else None
+    return {"preset": preset.name, "composed": COMPOSED, "control": CONTROL,
+            "margin": MARGIN, "half_data_margin": HALF_DATA_MARGIN, "levels": levels,
+            "equal_data": equal_data, "trend": trend, "missing_levels": missing}

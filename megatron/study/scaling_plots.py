@@ -45,6 +45,20 @@ def seed_band(runs: dict[int, dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return x, ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
 
 
+def _finish_budget_axes(fig, ax, analysis: dict, xlabel: str, ylabel: str, path: str) -> str:
+    """x ticks at the levels' budgets, named (``B\n327,680``), labels, grid, legend;
+    saves the figure."""
+    rows = analysis["levels"]
+    ax.set_xticks([r["budget_tokens"] for r in rows],
+                  labels=[f"{r['name']}\n{r['budget_tokens']:,}" for r in rows], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_curves(runs, analysis: dict, path: str) -> str:
     plt = _plt()
     levels = analysis["levels"]
@@ -89,11 +103,8 @@ def plot_data_to_quality(analysis: dict, path: str) -> str:
                            color=COLOURS[arm], label=label)
                 ax.annotate("not reached", (row["budget_tokens"], row["budget_tokens"]),
                             fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("budget: the baseline's tokens")
-    ax.set_ylabel("tokens to reach the baseline's final loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _finish_budget_axes(fig, ax, analysis, "budget: the baseline's tokens",
+                               "tokens to reach the baseline's final loss", path)
 
 
 def plot_same_steps(analysis: dict, path: str) -> str:
@@ -106,12 +117,8 @@ def plot_same_steps(analysis: dict, path: str) -> str:
         y = [r["same_steps"]["loss"][key]["mean"] for r in rows]
         e = [r["same_steps"]["loss"][key]["sd"] for r in rows]
         ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color=COLOURS[arm], label=arm)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("budget (tokens, every arm the same)")
-    ax.set_ylabel("final validation loss (whole split)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _finish_budget_axes(fig, ax, analysis, "budget (tokens, every arm the same)",
+                               "final validation loss (whole split)", path)
 
 
 def plot_all(records: list[dict], analysis: dict, out_dir: str) -> list[str]:

@@ -25,7 +25,7 @@ def _per_seed(d: dict, budget: int) -> str:
 
 
 def _ms(d: dict, fmt: str = ".4f") -> str:
-    return f"{format(d['mean'], fmt)} ± {format(d['sd'], fmt)}"
+    return f"{format(d['mean'], fmt)} ± {format(d['sd'], fmt.lstrip('+'))}"
 
 
 def _share(x: float | None) -> str:

@@ -207,6 +207,7 @@ def test_report_json_markdown_and_one_plot_per_question(tmp_path):
     assert "| 4B | 1,310,720 | 5.0000 ± 0.0000 | not reached (1 of 3 seeds) | " \
            "0.600 / not reached / 0.700 |" in md
     assert "| B | 100 / 100 / 100 | 5.0000 ± 0.0000 | 4.7500 ± 0.0000 |" in md
+    assert "| B | +0.0200 ± 0.0000 | yes |" in md                # the half-data comparison
 
 
 def test_tuner_trials_of_a_scaling_preset_keep_their_own_evaluation_interval():

@@ -111,10 +111,12 @@ def tokens_to_reach(curve: list[dict], target: float) -> float | None:
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def by_run(records: list[dict]) -> dict[tuple[str, float], dict[int, dict]]:
+    """(arm, budget fraction) -> seed -> record."""
     runs: dict[tuple[str, float], dict[int, dict]] = {}
     for r in records:
         runs.setdefault((r["arm"], round(float(r["budget_fraction"]), 6)), {})[r["seed"]] = r
@@ -217,9 +219,8 @@ def analyse(records: list[dict], preset: Preset) -> dict:
         if control:
             row["control"] = data_to_target(control, targets, budget)
             row["same_steps"] = _same_steps(base, control, composed)
-        half = get(COMPOSED, level / 2)
-        if half:
-            diff = _paired(_final(half), targets, lambda x, y: x - y)
+        diff = _paired(_final(get(COMPOSED, level / 2)), targets, lambda x, y: x - y)
+        if diff is not None:
             row["half_data"] = {**diff, "equal": abs(diff["mean"]) <= HALF_DATA_MARGIN}
         levels.append(row)
     fractions = sorted({f for (arm, f) in runs if arm == COMPOSED and (BASELINE, f) in runs})

@@ -18,6 +18,10 @@ a small reference model trains first on data disjoint from the study's (on the d
 corpus, the documents after the study's; on your data, --reference-data-path) and the
 analyzer scores every training sample by its perplexity.
 
+The scaling presets (cpu-scaling; pre-registered in docs/preregistration/cpu-scaling.md)
+run the baseline and CL_seqtru_voc+random-LTD at several budgets and a same-steps control,
+and write their analysis to DIR/scaling.md, DIR/scaling.json and DIR/scaling_*.png.
+
 Writes DIR/study.md, DIR/study.json, DIR/loss_vs_tokens.png, DIR/loss_vs_time.png, one
 folder per run under DIR/runs/ (its checkpoints, train.log and metrics.jsonl, which the
 study reads) and its TensorBoard events under DIR/tensorboard/. Rerunning skips finished
@@ -99,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:   # a bad preset, arm or budget, or no data for the preset
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with open(os.path.join(args.out, "study.md")) as f:
-        print("\n" + f.read())
+    for report in ("study.md", "scaling.md"):   # scaling.md: a scaling preset's analysis
+        if os.path.join(args.out, report) in paths:
+            with open(os.path.join(args.out, report)) as f:
+                print("\n" + f.read())
     print("outputs: " + ", ".join(paths))
     return 0
 

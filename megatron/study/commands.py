@@ -52,6 +52,25 @@ def nominal_steps(preset: Preset, tokens: int) -> int:
     return max(1, math.ceil(tokens / (preset.global_batch_size * preset.seq_length)))
 
 
+def eval_interval(preset: Preset, steps: int) -> int:
+    """Steps between evaluations of a run of ``steps`` baseline steps: the preset's
+    ``eval_interval``, or with ``evaluations`` set, ``steps // evaluations`` (a baseline
+    run evaluates that many times; an arm taking more steps for its tokens, more)."""
+    if preset.evaluations is None:
+        return preset.eval_interval
+    return max(1, steps // preset.evaluations)
+
+
+def batch_sizes(preset: Preset, arm: Arm) -> tuple[int, int]:
+    """(micro, global) batch of ``arm``'s runs: the preset's, or the same-steps control's
+    ``same_steps_batch`` as both."""
+    if arm.same_steps:
+        if not preset.same_steps_batch:
+            raise ValueError(f"arm {arm.name} needs a preset with a same_steps_batch")
+        return preset.same_steps_batch, preset.same_steps_batch
+    return preset.micro_batch_size, preset.global_batch_size
+
+
 def train_samples(preset: Preset) -> int:
     """Training samples the 100% baseline draws (what the analyzer indexes)."""
     return nominal_steps(preset, preset.train_tokens) * preset.global_batch_size
@@ -135,6 +154,8 @@ def pretrain_command(preset: Preset, run: RunSpec, data: DataSpec, run_dir: str,
     tokens = budget_tokens(preset, run.budget_fraction)
     steps = nominal_steps(preset, tokens)
     warmup = int(preset.train_tokens * preset.warmup_fraction)
+    interval = eval_interval(preset, steps)
+    micro, gbs = batch_sizes(preset, run.arm)
     ckpt = os.path.join(run_dir, "checkpoints")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     script = os.path.join(root, preset.script)
@@ -143,19 +164,18 @@ def pretrain_command(preset: Preset, run: RunSpec, data: DataSpec, run_dir: str,
              "--num-layers", str(p.num_layers), "--hidden-size", str(p.hidden_size),
              "--num-attention-heads", str(p.num_attention_heads),
              "--seq-length", str(p.seq_length), "--max-position-embeddings", str(p.seq_length),
-             "--micro-batch-size", str(p.micro_batch_size),
-             "--global-batch-size", str(p.global_batch_size),
+             "--micro-batch-size", str(micro), "--global-batch-size", str(gbs),
              "--train-tokens", str(tokens), "--lr", str(p.lr), "--min-lr", str(p.min_lr),
              "--lr-decay-style", "cosine", "--lr-warmup-tokens", str(warmup),
              "--lr-decay-tokens", str(tokens), "--seed", str(run.seed),
              "--data-path", data.data_path, "--split", p.split,
              "--data-cache-path", data.cache_dir, *data.tokenizer_flags,
-             "--eval-full", "--eval-interval", str(p.eval_interval),
+             "--eval-full", "--eval-interval", str(interval),
              "--log-interval", str(p.log_interval), "--tensorboard-dir", tensorboard_dir,
              "--metrics-file", metrics_file or os.path.join(run_dir, "metrics.jsonl"),
              # TensorBoard for people: iteration time and the validation ppl too
              "--log-timers-to-tensorboard", "--log-validation-ppl-to-tensorboard",
-             "--save", ckpt, "--load", ckpt, "--save-interval", str(p.eval_interval),
+             "--save", ckpt, "--load", ckpt, "--save-interval", str(interval),
              *p.extra]
     flags += curriculum_flags(run.arm, p, steps, index_dir)
     flags += random_ltd_flags(run.arm, p, steps)

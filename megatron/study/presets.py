@@ -25,11 +25,15 @@ class Arm:
         curriculum: curriculum metrics, in flag order (``seqtru``, ``voc``, ...).
         random_ltd: whether random-LTD is on.
         window: a pruning arm's kept band (such arms have no curriculum of their own).
+        same_steps: the same-steps control: the baseline at the preset's
+            ``same_steps_batch`` (fewer tokens a step, so as many steps as the composed
+            arm takes for the same tokens).
     """
     name: str
     curriculum: tuple[str, ...] = ()
     random_ltd: bool = False
     window: Window | None = None
+    same_steps: bool = False
 
     def __post_init__(self) -> None:
         if self.window is not None and self.curriculum:
@@ -64,6 +68,10 @@ PRUNE_ARMS = {a.name: a for a in [
     Arm("prune_ppl_easy50", window=Window("ppl", 0, 50)),
     Arm("prune_random50", window=Window("random", 0, 50))]}
 PRUNE_PLAN = tuple((a, 1.0) for a in PRUNE_ARMS)
+# The scaling study (issue 24): the composed arm against the baseline at several budgets,
+# and the same-steps control that separates "more, cheaper steps" from order and routing.
+COMPOSED = "CL_seqtru_voc+random-LTD"
+SAME_STEPS = Arm("baseline-same-steps", same_steps=True)
 REDUCED_ARMS = ("baseline", "CL_seqtru_voc", "random-LTD", "CL_seqtru_voc+random-LTD")
 
 
@@ -72,6 +80,20 @@ def paper_plan(arms: dict[str, Arm]) -> tuple[tuple[str, float], ...]:
     the four main arms at 67% and 50%."""
     return (tuple((a, 1.0) for a in arms)
             + tuple((a, f) for f in (0.67, 0.5) for a in REDUCED_ARMS))
+
+
+def scaling_plan(levels: tuple[float, ...]) -> tuple[tuple[str, float], ...]:
+    """(arm, budget fraction) pairs of the scaling study: at each level ``L`` (a multiple
+    of the preset's budget) the baseline and the composed arm at ``L`` and ``L / 2``, and
+    the same-steps control at ``L``. A run two levels share (``L / 2`` of ``2L`` is ``L``:
+    the same run, warmup being the same tokens at every budget) is listed once. Largest
+    budgets first, so two side-by-side jobs end together."""
+    pairs = []
+    for level in map(float, levels):
+        pairs += [("baseline", level), (COMPOSED, level), (SAME_STEPS.name, level),
+                  ("baseline", level / 2), (COMPOSED, level / 2)]
+    unique = list(dict.fromkeys(pairs))
+    return tuple(sorted(unique, key=lambda p: -p[1]))
 
 
 @dataclass(frozen=True)
@@ -135,6 +157,12 @@ class Preset:
         plan: the (arm, budget fraction) pairs run by default.
         extra: more ``pretrain_*.py`` flags, appended as given.
         reference: the pruning arms' reference model (None: no pruning arms; GPT only).
+        levels: a scaling study's budgets, as multiples of ``train_tokens`` (empty: not
+            one); ``study`` then writes the scaling analysis (``megatron.study.scaling``).
+        evaluations: evaluations per run: each run evaluates every
+            ``baseline steps at its budget // evaluations`` steps (None: every
+            ``eval_interval``).
+        same_steps_batch: the same-steps control's global (and micro) batch.
     """
     name: str
     model: str
@@ -158,6 +186,9 @@ class Preset:
     extra: tuple[str, ...] = ()
     hyper: HyperParams = field(default=None)   # None: TABLE1[model]
     reference: Reference | None = None
+    levels: tuple[float, ...] = ()
+    evaluations: int | None = None
+    same_steps_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.hyper is None:
@@ -172,7 +203,8 @@ class Preset:
     def arms(self) -> dict[str, Arm]:
         if self.model == "bert":
             return BERT_ARMS
-        return {**GPT_ARMS, **PRUNE_ARMS} if self.reference is not None else GPT_ARMS
+        arms = {**GPT_ARMS, **PRUNE_ARMS} if self.reference is not None else GPT_ARMS
+        return {**arms, SAME_STEPS.name: SAME_STEPS} if self.same_steps_batch else arms
 
 
 _CPU_FLAGS = ("--hidden-dropout", "0.0", "--attention-dropout", "0.0", "--weight-decay", "0.01",
@@ -219,6 +251,23 @@ PRESETS = {(p.model, p.name): p for p in [
            min_lr=1e-4, warmup_fraction=0.05, eval_interval=40, log_interval=10, seeds=2,
            corpus_bytes=8_000_000, vocab_size=8000, split="99,1,0",
            plan=paper_plan(BERT_ARMS), extra=_CPU_FLAGS),
+    # The scaling study (issue 24; pre-registered in docs/preregistration/cpu-scaling.md):
+    # the cpu preset's budget B (160 baseline steps) at B, 2B and 4B, the baseline and the
+    # composed arm at 100% and 50% of each, the same-steps control at 100%, 3 seeds, 10
+    # evaluations per baseline run, 25 validation documents. The cpu model shrunk to
+    # hidden 128 to fit ~1.5 hours on two cores. Batch 6 for the control: the composed arm
+    # takes 1.275x the baseline's steps (the step planner), 8 / 1.275 rounded down.
+    Preset("cpu-scaling", "gpt", 4, 128, 4, 256, 8, 8, train_tokens=160 * 8 * 256, lr=2e-3,
+           min_lr=2e-4, warmup_fraction=0.05, eval_interval=16, log_interval=10, seeds=3,
+           corpus_bytes=8_000_000, vocab_size=8000, split="95,5,0",
+           plan=scaling_plan((1, 2, 4)), extra=_GPT_CPU, levels=(1.0, 2.0, 4.0), evaluations=10,
+           same_steps_batch=6),
+    # Its machinery on the smoke model (tests): two levels, one seed; at B the smoke
+    # preset's runs exactly (3 evaluations: every 8 steps), so a test can reuse them.
+    Preset("scaling-smoke", "gpt", 3, 32, 2, 32, 4, 4, train_tokens=4 * 32 * 24, lr=3e-3,
+           min_lr=3e-4, warmup_fraction=0.05, eval_interval=8, log_interval=1, seeds=1,
+           corpus_bytes=300_000, vocab_size=500, split="90,10,0", plan=scaling_plan((1, 2)),
+           extra=_GPT_CPU + _SMOKE_LOADER, levels=(1.0, 2.0), evaluations=3, same_steps_batch=3),
     # MoE: the MoE baseline against CL_seqtru_voc + random-LTD at the same data (paper
     # Table 2, cases 16-17), on the smoke model (tests) and on the demo's model and data.
     Preset("moe-smoke", "gpt", 4, 32, 2, 32, 4, 4, train_tokens=4 * 32 * 24, lr=3e-3,

@@ -144,12 +144,13 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def write_outputs(records: list[dict], meta: dict, out_dir: str, title: str) -> list[str]:
-    """``study.json`` (the records, without curves, plus ``meta``), ``study.md`` and the
-    plots; returns their paths."""
+def write_outputs(records: list[dict], meta: dict, out_dir: str, title: str,
+                  plots: bool = True) -> list[str]:
+    """``study.json`` (the records, without curves, plus ``meta``), ``study.md`` and (with
+    ``plots``) the plots; returns their paths."""
     slim = [{k: v for k, v in r.items() if k != "curve"} for r in records]
     write_atomic(os.path.join(out_dir, "study.json"),
                  json.dumps({**meta, "runs": slim}, indent=1) + "\n")
     write_atomic(os.path.join(out_dir, "study.md"), study_table(records, title))
     return [os.path.join(out_dir, "study.json"), os.path.join(out_dir, "study.md"),
-            *plot_curves(records, out_dir)]
+            *(plot_curves(records, out_dir) if plots else [])]

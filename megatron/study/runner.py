@@ -19,7 +19,7 @@ from typing import Callable
 
 from megatron.metrics_file import read_metrics
 from megatron.study import data as study_data
-from megatron.study import results
+from megatron.study import results, scaling_report
 from megatron.study.commands import (MODEL_METRICS, DataSpec, RunSpec, budget_tokens,
                                      pretrain_command)
 from megatron.study.presets import Preset
@@ -218,5 +218,10 @@ def run_study(cfg: StudyConfig) -> tuple[list[dict], list[str]]:
     meta = {"preset": preset.name, "model": preset.model, "seeds": cfg.seeds_list(),
             "train_tokens_100": preset.train_tokens, "study_seconds": round(time.time() - start, 1)}
     title = cfg.title or f"Data-efficiency study: preset {preset.name} ({preset.model})"
-    paths = results.write_outputs(records, meta, out, title)
+    # A scaling study's plots are its own, one per question (every arm on one axes would
+    # not read); its analysis goes to scaling.md / scaling.json.
+    paths = results.write_outputs(records, meta, out, title, plots=not preset.levels)
+    if preset.levels:
+        paths += scaling_report.write_report(records, preset, out, title.replace(
+            "Data-efficiency study", "Scaling study"))
     return records, paths

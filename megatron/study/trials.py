@@ -93,7 +93,8 @@ def trial_preset(preset: Preset, fraction: float) -> Preset:
     compress into the trial, evaluated ``trial_evaluations`` times."""
     interval = trial_interval(trial_steps(preset, fraction))
     return replace(preset, train_tokens=budget_tokens(preset, fraction), plan=(),
-                   eval_interval=interval, log_interval=min(preset.log_interval, interval))
+                   eval_interval=interval, evaluations=None,   # the trial's own interval
+                   log_interval=min(preset.log_interval, interval))
 
 
 def trial_runner(preset: Preset, tech: Technique, data: DataSpec, out_dir: str,

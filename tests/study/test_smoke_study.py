@@ -287,3 +287,49 @@ def test_reference_data_flag_is_required_on_own_data_and_never_ignored(study, tm
     for args, message in cases:
         assert study.main(["--preset", "smoke", "--out", str(tmp_path / "o"), *args]) == 2
         assert message in capsys.readouterr().err, args
+
+
+def test_scaling_preset_end_to_end(smoke, study, tmp_path):
+    """The scaling machinery as real runs on the smoke model (scaling-smoke: budgets B
+    and 2B, one seed; the 0.5B runs left out, the B runs of baseline and composed arm
+    reused from the smoke study, the same runs): the same-steps control at its smaller
+    batch taking at least the composed arm's steps, every run's evaluations, and the
+    analysis, report and plots read from the runs' metrics files."""
+    from megatron.study import scaling
+    out = str(tmp_path / "scaling")
+    shutil.copytree(os.path.join(smoke, "index"), os.path.join(out, "index"))
+    for run in ("baseline_100_s1234", "CL_seqtru_voc+random-LTD_100_s1234"):
+        shutil.copytree(os.path.join(smoke, "runs", run), os.path.join(out, "runs", run))
+    assert study.main(["--preset", "scaling-smoke", "--out", out, "--jobs", "2",
+                       "--threads-per-job", "1", "--budgets", "1,2", *_own_data(smoke)]) == 0
+    preset = get_preset("scaling-smoke")
+    runs = json.load(open(os.path.join(out, "study.json")))["runs"]
+    plan = [(a, f) for a, f in preset.plan if f >= 1]
+    assert [(r["arm"], r["budget_fraction"]) for r in runs] == plan
+    by = {(r["arm"], r["budget_fraction"]): r for r in runs}
+    for arm, f in plan:
+        r = by[(arm, f)]
+        assert r["iterations"] == scaling.planned_steps(preset, arm, f)
+        curve = results_curve(out, r["run"])
+        assert len(curve) >= preset.evaluations and curve[-1]["iteration"] == r["iterations"]
+        assert r["consumed_tokens"] >= preset.train_tokens * f
+    command = open(os.path.join(out, "runs", "baseline-same-steps_100_s1234",
+                                "command.txt")).read()
+    assert "--global-batch-size 3 " in command and "--micro-batch-size 3 " in command
+    analysis = json.load(open(os.path.join(out, "scaling.json")))
+    assert [row["name"] for row in analysis["levels"]] == ["B", "2B"]
+    assert analysis["trend"]["verdict"] in ("grows", "holds", "shrinks", "unresolved",
+                                            "no gain")
+    for row in analysis["levels"]:
+        steps = row["same_steps"]["steps"]
+        assert steps["baseline"] < steps["composed"] <= steps["control"]
+    for name in ("scaling.md", "scaling_curves.png", "scaling_data_to_quality.png",
+                 "scaling_same_steps.png"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert not os.path.exists(os.path.join(out, "loss_vs_tokens.png"))   # every arm on one axes
+
+
+def results_curve(out: str, run: str) -> list[dict]:
+    """A run's validation curve, read from its metrics file."""
+    from megatron.study.results import run_record
+    return run_record(os.path.join(out, "runs", run, "metrics.jsonl"))["curve"]

@@ -169,6 +169,7 @@ def simulated_accelerator() -> Iterator[None]:
     import megatron.core.devices as devices
     patches = {"is_available": lambda: True, "current_device": lambda: 0,
                "device_count": lambda: 1, "set_device": lambda _: None,
+               "get_device_name": lambda *_: "simulated accelerator",
                "synchronize": lambda *_: None, "is_initialized": lambda: False,
                "get_rng_state": lambda *_: torch.zeros(16, dtype=torch.uint8),
                "set_rng_state": lambda *_: None}

@@ -7,6 +7,7 @@ import glob
 import io
 import json
 import os
+import time
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -282,7 +283,7 @@ def _wandb_history(path: str) -> dict[int, dict[str, float]]:
             pos += 32768 - pos % 32768
             continue
         length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        if kind == 0:
+        if kind == 0 or pos + 7 + length > len(data):   # the end, or a record still written
             break
         pending += data[pos + 7:pos + 7 + length]
         pos += 7 + length
@@ -306,7 +307,11 @@ def test_wandb_offline_run_gets_the_tensorboard_scalars(tmp_path, monkeypatch):
                  "--wandb-save-dir", save)
     runs = glob.glob(os.path.join(save, "wandb", "offline-run-*"))
     assert len(runs) == 1
-    history = _wandb_history(glob.glob(os.path.join(runs[0], "run-*.wandb"))[0])
+    record_file = glob.glob(os.path.join(runs[0], "run-*.wandb"))[0]
+    deadline = time.monotonic() + 60.0   # W&B's own process may still be flushing the file
+    while sorted(history := _wandb_history(record_file)) != [1, 2] and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
     assert sorted(history) == [1, 2]
     acc = EventAccumulator(tb)
     acc.Reload()

@@ -84,6 +84,21 @@ def test_a_damaged_checkpoint_is_named_and_fallback_resumes(tmp_path, straight, 
     assert resumed.history == straight.history[2:]     # from iteration 2, bit-identical
 
 
+def test_an_fsdp2_run_refuses_a_torch_dist_checkpoint_naming_the_conversion(two_saves,
+                                                                           monkeypatch):
+    """torch_dist does not describe FSDP2's sharded parameters yet: a run whose chunks are
+    fully sharded stops at the load with the converter to use (the chunk's sharding is
+    faked here; the flag-level refusal is in tests/parallel/test_fsdp2.py)."""
+    from types import SimpleNamespace
+    from megatron.checkpointing import save_load
+    monkeypatch.setattr(save_load, "fsdp", SimpleNamespace(is_fully_sharded=lambda m: True))
+    with pytest.raises(CheckpointError) as err:
+        run_tiny("--load", two_saves, iters=6)
+    message = str(err.value)
+    assert "\n" not in message and "an FSDP2 run cannot load yet" in message
+    assert "--ckpt-convert-format torch" in message
+
+
 def test_async_save_is_refused_without_torch_dist(capsys):
     with pytest.raises(SystemExit):
         run_tiny("--async-save", "--save", "/nonexistent/never", iters=2)

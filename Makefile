@@ -23,8 +23,11 @@ setup: $(STAMP)
 
 setup-eval: $(EVAL_STAMP)
 
+# Two pytest-xdist workers (a test file, or the group of files sharing the multi-rank
+# spawns, runs whole on one worker: tests/conftest.py); TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(EVAL_STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 # Not in CI (long): plants the curated core mutations (tests/mutations/catalog.py) one at a
 # time in scratch copies and prints caught / survived per mutation and the score.

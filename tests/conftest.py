@@ -36,3 +36,15 @@ def two_rank_spawn(request, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def four_rank_spawn(request, tmp_path_factory) -> dict:
     return _shared_spawn(request, tmp_path_factory, 4, "four_rank_jobs")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``make test`` runs two pytest-xdist workers with ``--dist loadgroup``: a group goes
+    to one worker whole. Each test file is its own group, so a module-scoped fixture (a
+    study, a trained checkpoint) is built once; the modules that share the multi-rank
+    spawns above form one group, so those spawns start once, not once per worker."""
+    for item in items:
+        module = getattr(item, "module", None)
+        shares_spawn = any(hasattr(module, hook) for hook in ("two_rank_jobs", "four_rank_jobs"))
+        group = "shared-spawns" if shares_spawn else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

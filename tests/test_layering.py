@@ -11,12 +11,19 @@ attribute of ``args`` or of what ``parse_args`` / ``validate_args`` returned, or
 from __future__ import annotations
 
 import ast
+import functools
 import os
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 LIBRARY = ("megatron", "tasks")
 _BY_PATH = {"spec_from_file_location", "SourceFileLoader", "run_path", "load_source",
             "exec_module"}
+
+
+@functools.lru_cache(maxsize=None)
+def syntax_tree(path: str) -> ast.Module:
+    """A source file's syntax tree, parsed once for all the walks below (read only)."""
+    return ast.parse(open(path, encoding="utf-8").read(), path)
 
 
 def _is_script(module: str) -> bool:
@@ -26,7 +33,7 @@ def _is_script(module: str) -> bool:
 
 def upward_imports(path: str) -> list[str]:
     """``line: what`` for each import of a script, or load by path, in one source file."""
-    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    tree = syntax_tree(path)
     found = []
     for node in ast.walk(tree):
         names: list[str] = []
@@ -57,7 +64,7 @@ def library_files(root: str = ROOT, packages: tuple[str, ...] = LIBRARY) -> list
 
 def imported_modules(path: str) -> set[str]:
     """Every module name a source file imports (absolute imports)."""
-    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    tree = syntax_tree(path)
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -125,7 +132,7 @@ def _called(node: ast.AST) -> str:
 
 def namespace_uses(path: str) -> list[str]:
     """``line: what`` for each use of the argparse namespace in one source file."""
-    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    tree = syntax_tree(path)
     parsed = {"args"} | {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
                          and _called(node.value) in _PARSERS
                          for t in node.targets if isinstance(t, ast.Name)}

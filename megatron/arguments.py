@@ -31,6 +31,9 @@ from megatron.run_config import RunConfig, TokenizerConfig
 from megatron.telemetry_flags import add_telemetry_args, telemetry_problems
 from megatron.tokenizer import vocab_size_with_padding
 
+_GLOBAL_ARGS: argparse.Namespace | None = None
+
+
 class ArgumentValidationError(ValueError):
     """Raised by ``validate_args``; the message lists every bad flag combination."""
 
@@ -370,6 +373,20 @@ def _derive_training(args: argparse.Namespace, tokenizer_vocab_size: int | None)
     args.orig_vocab_size = vocab          # saved in checkpoints (re-padding)
     args.padded_vocab_size = None if vocab is None else vocab_size_with_padding(
         vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+
+
+def set_args(args: argparse.Namespace) -> None:
+    """Remember the validated flags for ``get_args`` (``initialize_megatron`` does)."""
+    global _GLOBAL_ARGS
+    _GLOBAL_ARGS = args
+
+
+def get_args() -> argparse.Namespace:
+    """The flags ``initialize_megatron`` validated, as in Megatron, for a user's own entry
+    point script only: the library takes the ``RunConfig`` (``get_run_config``)."""
+    if _GLOBAL_ARGS is None:
+        raise RuntimeError("get_args() called before initialize_megatron()")
+    return _GLOBAL_ARGS
 
 
 def tokenizer_config_from_args(args: argparse.Namespace, defaults: dict | None

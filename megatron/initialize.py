@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.arguments import (ArgumentValidationError, parse_args, run_config_from_args,
-                                tokenizer_config_from_args, validate_args)
+                                set_args, tokenizer_config_from_args, validate_args)
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import set_initialization_seed
 from megatron.errors import BadConfigError, BadInputError, MissingInputError
@@ -141,6 +141,7 @@ def initialize_megatron(extra_args_provider: Callable | None = None,
         raise SystemExit(2) from exc
     _init_distributed(config.parallel)
     _GLOBAL_TOKENIZER, _GLOBAL_CONFIG = tokenizer, config
+    set_args(parsed)   # get_args() for users' own entry points, as in Megatron
     set_seeds(config.training.seed)
     layout, train = config.parallel, config.training
     if layout.rank == 0:

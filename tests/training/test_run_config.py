@@ -77,3 +77,11 @@ def test_an_old_namespace_record_migrates_with_its_entry_points_flags():
     assert config.model.normalization == "LayerNorm" and config.tokenizer.orig_vocab_size == 60
     assert config.training.train_iters is None and config.training.train_tokens == 384
     assert config.data_efficiency.random_ltd.enabled
+
+
+def test_initialize_returns_the_config_and_keeps_get_args_for_users_scripts():
+    from megatron.arguments import get_args
+    from megatron.initialize import get_run_config, initialize_megatron
+    config = initialize_megatron(argv=FLAGS)
+    assert get_run_config() is config and config == run_config(FLAGS)
+    assert get_args().save_interval == config.checkpointing.save_interval == 5

@@ -11,17 +11,14 @@ the logger. The run's length, stopping rule and step planner come from
 """
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
 from megatron import signal_handler
-from megatron.checkpointing import (load_checkpoint, remove_stale_temp_dirs, save_checkpoint,
-                                    save_dir_conflict)
+from megatron.checkpointing import remove_stale_temp_dirs
 from megatron.checkpointing.dist_format import AsyncSaver
 from megatron.core import parallel_state
 from megatron.core.devices import collective_device
@@ -34,7 +31,6 @@ from megatron.core.enums import ModelType
 from megatron.data_efficiency.data_family import DataFamily, GPTSamples
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
 from megatron import metrics_file, preflight
-from megatron.errors import CheckpointError, raise_agreed
 from megatron.initialize import get_tokenizer, initialize_megatron
 from megatron.model.moe.monitor import MoEMonitor
 from megatron.optimizer import get_megatron_optimizer
@@ -45,38 +41,14 @@ from megatron.run_plan import RunPlan, plan_run
 from megatron.throughput import ModelFlops
 from megatron.training_data import build_train_valid_test_data_iterators, microbatch_feeds
 from megatron.training_log import StepStats, TrainingLogger
+from megatron.training_state import (TrainState, convert_loaded, counters, load_for_run,
+                                     print_rank_0, save_run)
 from megatron.training_setup import (build_data_efficiency_runtime, build_model, model_flops,
                                      run_summary, training_logger, training_samples)
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss or the gradients became NaN/inf without fp16 loss scaling to absorb it."""
-
-
-@dataclass
-class TrainState:
-    """Progress counters, saved in every checkpoint."""
-    iteration: int = 0
-    consumed_samples: int = 0
-    consumed_tokens: int = 0
-    history: list[tuple[int, float]] = field(default_factory=list)   # (iteration, lm loss)
-    last_validation: dict[str, float] = field(default_factory=dict)
-    run_record: dict = field(default_factory=dict)   # what the run trains with (run_record.py)
-
-    def extra_state(self, runtime: DataEfficiencyRuntime) -> dict:
-        return {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
-                "consumed_tokens": self.consumed_tokens,
-                "data_efficiency": runtime.state_dict(self.iteration),
-                "run_record": self.run_record}
-
-
-def _is_rank_zero() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def print_rank_0(msg: str) -> None:
-    if _is_rank_zero():
-        print(msg, flush=True)
 
 
 def _run_schedule(forward_step_func, feeds, model, config, forward_only, grad_scale_func,
@@ -207,44 +179,6 @@ def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], mo
     return losses
 
 
-def _save(state, runtime, model, optimizer, scheduler, config,
-          logger: TrainingLogger | None = None, saver: AsyncSaver | None = None) -> None:
-    """Save a checkpoint on every rank (``saver``: --async-save, the write goes on in the
-    background); with a logger, time it (``save-checkpoint``, a level-0 timer as in
-    Megatron: the save already waits for the device; under --async-save it times the
-    staging only) and print the timer's report."""
-    timers = NO_TIMERS if logger is None else logger.timers
-    ckpt = config.checkpointing
-    with timers.phase("save-checkpoint"):
-        save_checkpoint(state.iteration, model, optimizer, scheduler, state.extra_state(runtime),
-                        save_dir=ckpt.save, save_optim=not ckpt.no_save_optim,
-                        save_rng=not ckpt.no_save_rng,
-                        run_config=config.replace(model_type=runtime.shape.model),
-                        ckpt_format=ckpt.ckpt_format, async_saver=saver)
-    print_rank_0(f" > {'started saving' if saver else 'saved'} checkpoint at iteration "
-                 f"{state.iteration} to {ckpt.save}")
-    if logger is not None:
-        logger.timer_report(["save-checkpoint"])
-
-
-def _convert_loaded(state, extra: dict, model, optimizer, scheduler, config,
-                    model_type: str) -> None:
-    """--ckpt-convert-format: save the checkpoint just loaded, its extra state as loaded,
-    in that format into --ckpt-convert-save/FORMAT (Megatron-LM's place for it)."""
-    ckpt = config.checkpointing
-    if not extra:
-        raise CheckpointError(f"--ckpt-convert-format: --load {ckpt.load} holds no checkpoint "
-                              "to convert")
-    target = os.path.join(ckpt.ckpt_convert_save, ckpt.ckpt_convert_format)
-    raise_agreed(save_dir_conflict(target, resumes_from_it=False), CheckpointError)
-    save_checkpoint(state.iteration, model, optimizer, scheduler, extra, save_dir=target,
-                    save_optim=not ckpt.no_save_optim, save_rng=not ckpt.no_save_rng,
-                    run_config=config.replace(model_type=model_type),
-                    ckpt_format=ckpt.ckpt_convert_format)
-    print_rank_0(f" > converted checkpoint: iteration {state.iteration} of {ckpt.load} saved "
-                 f"as {ckpt.ckpt_convert_format} in {target}")
-
-
 def _eval_due(iteration: int, config: RunConfig, make_valid_iterator) -> bool:
     evaluation = config.evaluation
     return bool(make_valid_iterator is not None and evaluation.eval_iters > 0
@@ -317,36 +251,18 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
             last_log = time.time()   # evaluation time is not training time
         saved = False
         if ckpt.save and ckpt.save_interval and it % ckpt.save_interval == 0:
-            _save(state, runtime, model, optimizer, scheduler, config, logger, saver)
+            save_run(state, runtime, model, optimizer, scheduler, config, logger, saver)
             saved = True
         reason = _early_exit_reason(it, start, config)
         if reason is not None:
             if ckpt.save and not saved:
-                _save(state, runtime, model, optimizer, scheduler, config, logger, saver)
+                save_run(state, runtime, model, optimizer, scheduler, config, logger, saver)
             print_rank_0(f" > exiting at iteration {it}: {reason}")
             return reason
     saved_last = ckpt.save_interval and state.iteration % ckpt.save_interval == 0
     if ckpt.save and state.iteration > first_iteration and not saved_last:
-        _save(state, runtime, model, optimizer, scheduler, config, logger, saver)
+        save_run(state, runtime, model, optimizer, scheduler, config, logger, saver)
     return None
-
-
-def load_for_run(model, optimizer, scheduler,
-                 config: RunConfig) -> tuple[TrainState, dict]:
-    """``--load`` into the model, optimizer, LR scheduler and RNGs as the flags say
-    (``--finetune``: the model only, counters at 0; ``--no-load-optim``, ``--no-load-rng``,
-    ``--ckpt-fallback``). Returns the restored counters and the checkpoint's extra state."""
-    ckpt = config.checkpointing
-    _, extra = load_checkpoint(model, optimizer, scheduler, load_dir=ckpt.load,
-                               load_optim=not ckpt.no_load_optim,
-                               load_rng=not ckpt.no_load_rng, finetune=ckpt.finetune,
-                               run_config=config, fallback=ckpt.ckpt_fallback)
-    if ckpt.finetune or ckpt.no_load_optim:
-        optimizer.reload_model_params()   # fp32 masters from the weights just loaded
-    state = TrainState(iteration=int(extra.get("iteration", 0)),
-                       consumed_samples=int(extra.get("consumed_samples", 0)),
-                       consumed_tokens=int(extra.get("consumed_tokens", 0)))
-    return state, extra
 
 
 def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable,
@@ -414,10 +330,10 @@ def _build_and_train(config: RunConfig, record: dict, train_valid_test_datasets_
             state.run_record = record
             de_state = preflight.resumed_data_efficiency_state(extra, record, config)
             if ckpt.ckpt_convert_format:
-                _convert_loaded(state, extra, model, optimizer, scheduler, config,
+                convert_loaded(state, extra, model, optimizer, scheduler, config,
                                 runtime.shape.model)
                 return state
-        logger.start(**_counters(state), resumed=state.iteration > 0,
+        logger.start(**counters(state), resumed=state.iteration > 0,
                      train_iters=run.train_iters,
                      config=run_summary(config, run, model_type, record))
         moe_monitor = MoEMonitor(model, config.model.moe)
@@ -431,10 +347,10 @@ def _build_and_train(config: RunConfig, record: dict, train_valid_test_datasets_
                                       iterators, state, config, logger, run, moe_monitor, saver)
         if saver is not None:
             saver.wait()   # the run ends once its last checkpoint is written and published
-        logger.end(**_counters(state), exit="stopped" if stopped else "finished",
+        logger.end(**counters(state), exit="stopped" if stopped else "finished",
                    reason=stopped or "the stopping rule")
     except BaseException as err:
-        logger.end(**_counters(state), **metrics_file.exit_fields(err))
+        logger.end(**counters(state), **metrics_file.exit_fields(err))
         raise
     finally:
         logger.close()
@@ -477,8 +393,3 @@ def _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime,
     finally:
         signal_handler.uninstall()
     return stopped
-
-
-def _counters(state: TrainState) -> dict:
-    return {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
-            "consumed_tokens": state.consumed_tokens}

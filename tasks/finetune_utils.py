@@ -36,7 +36,8 @@ from megatron.optimizer_param_scheduler import OptimizerParamScheduler, rebatche
 from megatron.run_config import RunConfig
 from megatron.data_efficiency.step_plan import StepPlanner
 from megatron.run_plan import run_shape
-from megatron.training import TrainState, evaluate, load_for_run, print_rank_0, train_step
+from megatron.training import evaluate, train_step
+from megatron.training_state import TrainState, load_for_run, print_rank_0
 from megatron.training_setup import build_data_efficiency_runtime, build_model, training_logger
 from megatron.core.devices import accelerator_device
 from tasks import finetune_args as flags

@@ -94,7 +94,7 @@ MUTATIONS = [
                "consumed_tokens > self.stop_tokens"),),
              (f"{TRAINING}/test_pretrain.py", GUARDS),
              "--train-tokens runs one step past the step that reaches it exactly"),
-    Mutation("checkpoint-consumed-tokens", "megatron/training.py",
+    Mutation("checkpoint-consumed-tokens", "megatron/training_state.py",
              (('consumed_tokens=int(extra.get("consumed_tokens", 0))',
                'consumed_tokens=int(extra.get("consumed_samples", 0)) '
                '* config.training.seq_length'),),
@@ -214,7 +214,7 @@ MUTATIONS = [
                "return BatchShape(global_batch_size * -(-seq_length // d), d)"),),
              (RUNTIME, f"{CURRICULUM}/test_curriculum_transforms.py"),
              "the planned seqres rows count a partial last chunk the transform drops"),
-    Mutation("checkpoint-consumed-samples", "megatron/training.py",
+    Mutation("checkpoint-consumed-samples", "megatron/training_state.py",
              (('consumed_samples=int(extra.get("consumed_samples", 0))',
                'consumed_samples=int(extra.get("iteration", 0)) '
                '* config.training.micro_batch_size'),),

@@ -19,19 +19,18 @@ data-parallel ranks once a step.
 """
 from __future__ import annotations
 
-import argparse
 from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from megatron.arguments import get_args, transformer_config_from_args
 from megatron.core.enums import ModelType
 from megatron.data.bert_flags import BERT_ARGS_DEFAULTS, add_bert_args
 from megatron.data_efficiency.data_family import DataFamily, TrainingSamples
 from megatron.errors import BadConfigError, run_main
-from megatron.initialize import get_tokenizer
+from megatron.initialize import get_run_config, get_tokenizer
+from megatron.run_config import RunConfig
 from megatron.training import pretrain, print_rank_0
 
 
@@ -45,8 +44,8 @@ class BertSamples(DataFamily):
             (() if binary_head else ("--bert-no-binary-head",))
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "BertSamples":
-        return cls(args.short_seq_prob, args.bert_binary_head)
+    def from_config(cls, config: RunConfig) -> "BertSamples":
+        return cls(config.extra["short_seq_prob"], config.extra["bert_binary_head"])
 
     def fingerprint(self, dataset: Any, samples: TrainingSamples) -> str:
         from megatron.data_efficiency.analyzer.bert_samples import bert_samples_fingerprint
@@ -57,10 +56,10 @@ class BertSamples(DataFamily):
 def model_provider(pre_process: bool = True, post_process: bool = True) -> torch.nn.Module:
     """A BERT model for this pipeline stage (binary head unless --bert-no-binary-head)."""
     from megatron.model.bert_model import BertModel
-    args = get_args()
-    config = transformer_config_from_args(args)
-    return BertModel(config, num_tokentypes=2 if args.bert_binary_head else 0,
-                     add_binary_head=args.bert_binary_head, parallel_output=True,
+    config = get_run_config()
+    binary_head = config.extra["bert_binary_head"]
+    return BertModel(config.model, num_tokentypes=2 if binary_head else 0,
+                     add_binary_head=binary_head, parallel_output=True,
                      pre_process=pre_process, post_process=post_process)
 
 
@@ -72,7 +71,7 @@ def get_batch(data_iterator) -> dict:
     token), ``is_random`` [b] long (sentence-order label), ``sample_id`` [b] and
     ``token_drop_plan``. ``types`` is None under --bert-no-binary-head (no token types).
     """
-    args = get_args()
+    binary_head = get_run_config().extra["bert_binary_head"]
     batch = next(data_iterator)
     if "text" not in batch:
         # BERT needs the padding mask on every stage; pretrain() feeds every stage of a
@@ -85,7 +84,7 @@ def get_batch(data_iterator) -> dict:
         out[key] = batch[key].long().to(device, non_blocking=True)
     out["tokens"] = out.pop("text")
     out["loss_mask"] = batch["loss_mask"].float().to(device, non_blocking=True)
-    if not args.bert_binary_head:
+    if not binary_head:
         out["types"] = None
     return out
 
@@ -121,17 +120,18 @@ def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
     (the train samples mapping loaded from ``--train-idx-path`` when given)."""
     from megatron.data.bert_dataset import build_train_valid_test_datasets
     from megatron.deepspeed_compat import bert_train_mapping
-    args = get_args()
-    if not args.data_path:
+    config = get_run_config()
+    data, extra = config.data, config.extra
+    if not data.data_path:
         raise BadConfigError("pretrain_bert.py needs --data-path (a --split-sentences token store)")
     print_rank_0(" > building train, validation, and test datasets for BERT ...")
     datasets = build_train_valid_test_datasets(
-        data_prefix=args.data_path, splits_string=args.split,
+        data_prefix=list(data.data_path), splits_string=data.split,
         train_valid_test_num_samples=train_val_test_num_samples,
-        max_seq_length=args.seq_length, masked_lm_prob=args.mask_prob,
-        short_seq_prob=args.short_seq_prob, seed=args.seed, tokenizer=get_tokenizer(),
-        binary_head=args.bert_binary_head, cache_dir=args.data_cache_path,
-        train_mapping=bert_train_mapping(args))
+        max_seq_length=config.training.seq_length, masked_lm_prob=extra["mask_prob"],
+        short_seq_prob=extra["short_seq_prob"], seed=config.training.seed,
+        tokenizer=get_tokenizer(), binary_head=extra["bert_binary_head"],
+        cache_dir=data.data_cache_path, train_mapping=bert_train_mapping(data))
     print_rank_0(" > finished creating BERT datasets ...")
     return datasets
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None):
     return pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder,
                     forward_step,
                     extra_args_provider=add_bert_args, args_defaults=dict(BERT_ARGS_DEFAULTS),
-                    argv=argv, data_family=BertSamples.from_args)
+                    argv=argv, data_family=BertSamples.from_config)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ import torch
 
 import torch.distributed as dist
 
-from megatron.arguments import get_args, transformer_config_from_args
 from megatron.core.enums import ModelType
 from megatron.errors import run_main
 from megatron.core import parallel_state, tensor_parallel
-from megatron.initialize import get_tokenizer
+from megatron.initialize import get_run_config, get_tokenizer
 from megatron.training import pretrain, print_rank_0
 from megatron.utils import get_ltor_masks_and_position_ids
 
@@ -25,8 +24,7 @@ from megatron.utils import get_ltor_masks_and_position_ids
 def model_provider(pre_process: bool = True, post_process: bool = True) -> torch.nn.Module:
     """A GPT model for this pipeline stage."""
     from megatron.model.gpt_model import GPTModel
-    config = transformer_config_from_args(get_args())
-    return GPTModel(config, pre_process=pre_process, post_process=post_process,
+    return GPTModel(get_run_config().model, pre_process=pre_process, post_process=post_process,
                     parallel_output=True)
 
 
@@ -38,21 +36,24 @@ def get_batch(data_iterator) -> dict:
     ``token_drop_plan``. Pipeline middle stages read no data: they get position ids for
     the step's sequence length and the drop plan only.
     """
-    args, tokenizer = get_args(), get_tokenizer()
+    config, tokenizer = get_run_config(), get_tokenizer()
     batch = next(data_iterator)
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     out = {"token_drop_plan": batch.get("token_drop_plan"), "tokens": None, "labels": None,
            "loss_mask": None, "attention_mask": None, "position_ids": None}
     if "text" not in batch:   # a middle pipeline stage
         s = batch["seq_length"]
-        out["position_ids"] = torch.arange(s, device=device).expand(args.micro_batch_size, s)
+        mbs = config.training.micro_batch_size
+        out["position_ids"] = torch.arange(s, device=device).expand(mbs, s)
         return out
     tokens_ = batch["text"].long().to(device, non_blocking=True)   # [b, s + 1]
     out["tokens"] = tokens_[:, :-1].contiguous()
     out["labels"] = tokens_[:, 1:].contiguous()
     out["attention_mask"], out["loss_mask"], out["position_ids"] = \
-        get_ltor_masks_and_position_ids(out["tokens"], tokenizer.eod, args.reset_position_ids,
-                                        args.reset_attention_mask, args.eod_mask_loss)
+        get_ltor_masks_and_position_ids(out["tokens"], tokenizer.eod,
+                                        config.data.reset_position_ids,
+                                        config.data.reset_attention_mask,
+                                        config.data.eod_mask_loss)
     return out
 
 
@@ -131,21 +132,22 @@ def train_valid_test_datasets_provider(train_val_test_num_samples: list[int]):
     ``--train-data-path`` / ``--valid-data-path`` / ``--test-data-path`` (each whole)."""
     from megatron.data.gpt_dataset import build_train_valid_test_datasets
     from megatron.deepspeed_compat import gpt_train_index_maps
-    args = get_args()
-    build = partial(build_train_valid_test_datasets, seq_length=args.seq_length, seed=args.seed,
-                    cache_dir=args.data_cache_path)
+    config = get_run_config()
+    data = config.data
+    build = partial(build_train_valid_test_datasets, seq_length=config.training.seq_length,
+                    seed=config.training.seed, cache_dir=data.data_cache_path)
     print_rank_0(" > building train, validation, and test datasets for GPT ...")
-    maps = gpt_train_index_maps(args)
-    if args.data_path:
-        datasets = build(args.data_path, args.split, train_val_test_num_samples,
+    maps = gpt_train_index_maps(data)
+    if data.data_path:
+        datasets = build(list(data.data_path), data.split, train_val_test_num_samples,
                          train_index_maps=maps)
     else:
         datasets = []
-        for i, paths in enumerate((args.train_data_path, args.valid_data_path,
-                                   args.test_data_path)):
+        for i, paths in enumerate((data.train_data_path, data.valid_data_path,
+                                   data.test_data_path)):
             split, sizes = ["0", "0", "0"], [0, 0, 0]
             split[i], sizes[i] = "100", train_val_test_num_samples[i]
-            datasets.append(build(paths, ",".join(split), sizes,
+            datasets.append(build(list(paths), ",".join(split), sizes,
                                   train_index_maps=maps if i == 0 else None)[i]
                             if paths else None)
     print_rank_0(" > finished creating GPT datasets ...")

@@ -68,13 +68,13 @@ if [[ ! -f $OUT/imported/latest_checkpointed_iteration.txt ]]; then
 fi
 mapfile -t IMPORTED < <("$PYTHON" - "$OUT/imported" <<'EOF'
 import sys
-from megatron.checkpointing.whole_model import read_args
+from megatron.checkpointing.whole_model import read_run_config
 from megatron.hf.convert import model_flags
 from megatron.hf.hf_dir import tokenizer_flags
-args = read_args(sys.argv[1])[1]
-print(args["max_position_embeddings"])                  # the sequence length, by default
-print("\n".join(model_flags(args)))
-for flag in tokenizer_flags(args):
+config = read_run_config(sys.argv[1])[1]
+print(config.model.max_position_embeddings)             # the sequence length, by default
+print("\n".join(model_flags(config)))
+for flag in tokenizer_flags(config.tokenizer):
     print("\n".join(flag.split(" ", 1)))
 EOF
 )

@@ -1,9 +1,10 @@
-"""Megatron-compatible command-line flags, their validation and the config builders.
+"""Megatron-compatible command-line flags, their validation and the run's config: the
+arguments layer (with the ``*_flags.py`` modules, each owning its area's flags).
 
 ``parse_args`` only parses; ``validate_args`` checks combinations (every problem is
-reported at once, naming the flags) and fills in derived values. The builders at the
-bottom turn the parsed flags into the explicit config dataclasses that ``megatron/core``,
-``megatron/model`` and ``megatron/optimizer`` take, so nothing below this file reads args.
+reported at once, naming the flags) and fills in derived values; ``run_config_from_args``
+then builds the ``RunConfig`` (``megatron.config_from_flags``) that everything below takes,
+so nothing below the arguments layer reads the namespace (``tests/test_layering.py``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from typing import Callable
 
 import torch
 
+from megatron.config_from_flags import (optimizer_config_from_flags, run_config_from_flags,
+                                        schedule_config_from_flags,
+                                        transformer_config_from_flags)
 from megatron.core import parallel_state
 from megatron.checkpoint_flags import add_checkpoint_args, checkpoint_problems
 from megatron.core.devices import backend_problem
@@ -21,7 +25,10 @@ from megatron.fsdp_flags import add_fsdp_args, fsdp_problems
 from megatron.deepspeed_compat import (add_deepspeed_args, apply_deepspeed_flags,
                                        check_deepspeed_batch, default_tokenizer_type)
 from megatron.given_flags import given_dests
-from megatron.telemetry import add_telemetry_args, telemetry_problems
+from megatron.model.moe.flags import moe_config_from_flags
+from megatron.model_flags import add_model_args, validate_model
+from megatron.run_config import RunConfig, TokenizerConfig
+from megatron.telemetry_flags import add_telemetry_args, telemetry_problems
 from megatron.tokenizer import vocab_size_with_padding
 
 _GLOBAL_ARGS: argparse.Namespace | None = None
@@ -42,11 +49,12 @@ def parse_args(extra_args_provider: Callable | None = None, ignore_unknown_args:
     """
     parser = argparse.ArgumentParser(description="Megatron-style pretraining.",
                                      allow_abbrev=False)
-    for add in (_add_model_args, _add_parallel_args, _add_training_args,
+    for add in (add_model_args, _add_parallel_args, _add_training_args,
                 _add_mixed_precision_args, _add_data_args, _add_logging_args,
                 _add_data_efficiency_args, _add_moe_args, add_deepspeed_args,
                 add_telemetry_args):
         add(parser)
+    own = {a.dest for a in parser._actions}
     if extra_args_provider is not None:
         parser = extra_args_provider(parser)
     if ignore_unknown_args:
@@ -54,13 +62,14 @@ def parse_args(extra_args_provider: Callable | None = None, ignore_unknown_args:
     else:
         parsed = parser.parse_args(args)
     parsed.given_flags = given_dests(parser, args)   # explicit beats default (given_flags.py)
+    parsed.extra_flags = tuple(sorted({a.dest for a in parser._actions} - own - {"help"}))
     return parsed
 
 
 def _add_data_efficiency_args(p: argparse.ArgumentParser) -> None:
     """Curriculum learning and random-LTD flags (their modules own the definitions)."""
     from megatron.data_efficiency.config_flags import add_curriculum_args
-    from megatron.data_efficiency.random_ltd.config import add_random_ltd_args
+    from megatron.data_efficiency.random_ltd.flags import add_random_ltd_args
     add_curriculum_args(p)
     add_random_ltd_args(p)
 
@@ -74,104 +83,12 @@ def _add_moe_args(p: argparse.ArgumentParser) -> None:
 def _validate_moe(args: argparse.Namespace, errors: list[str]) -> None:
     """MoE flags build a valid MoEConfig (EP vs DP is a layout rule in parallel_state;
     MoE vs sequence parallelism a TransformerConfig rule)."""
-    from megatron.model.moe.flags import moe_config_from_args
     if args.num_layers is None:
         return
     try:
-        moe_config_from_args(args)
+        moe_config_from_flags(vars(args))
     except ValueError as exc:
         errors.append(str(exc))
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--num-layers", type=int, default=None)
-    g.add_argument("--hidden-size", type=int, default=None)
-    g.add_argument("--ffn-hidden-size", type=int, default=None)
-    g.add_argument("--num-attention-heads", type=int, default=None)
-    g.add_argument("--kv-channels", type=int, default=None)
-    g.add_argument("--seq-length", type=int, default=None)
-    g.add_argument("--max-position-embeddings", type=int, default=None)
-    g.add_argument("--position-embedding-type", default="learned_absolute",
-                   choices=["learned_absolute", "rope"])
-    g.add_argument("--use-rotary-position-embeddings", action="store_true",
-                   help="Megatron-DeepSpeed's spelling of --position-embedding-type rope")
-    g.add_argument("--no-position-embedding", action="store_false",
-                   dest="add_position_embedding",
-                   help="no learned position table: needs rotary positions (which have none)")
-    g.add_argument("--rotary-base", "--rotary-position-embeddings-theta", type=float,
-                   default=10000.0)
-    g.add_argument("--use-rope-scaling", action="store_true",
-                   help="Llama-3's rope frequency scaling (low/high frequency factors 1 and "
-                        "4 over 8192 original positions)")
-    g.add_argument("--rope-scaling-factor", type=float, default=None,
-                   help="with --use-rope-scaling (default 8.0)")
-    g.add_argument("--normalization", default="LayerNorm", type=_normalization,
-                   help="LayerNorm or RMSNorm (Megatron-DeepSpeed's layernorm / rmsnorm too)")
-    g.add_argument("--group-query-attention", action="store_true")
-    g.add_argument("--num-query-groups", type=int, default=None,
-                   help="with --group-query-attention (default 1)")
-    g.add_argument("--num-key-value-heads", type=int, default=None,
-                   help="Megatron-DeepSpeed's spelling: grouped-query attention with this "
-                        "many query groups")
-    g.add_argument("--disable-bias-linear", action="store_false", dest="add_bias_linear",
-                   help="no bias in any linear layer (attention, MLP, experts)")
-    g.add_argument("--no-query-key-layer-scaling", action="store_true",
-                   help="accepted for Megatron-DeepSpeed scripts; a no-op here: the softmax "
-                        "is computed in fp32, where scaling the scores by 1/layer and back "
-                        "changes nothing")
-    g.add_argument("--swiglu", action="store_true")
-    g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
-    g.add_argument("--init-method-std", type=float, default=0.02)
-    g.add_argument("--hidden-dropout", type=float, default=0.1)
-    g.add_argument("--attention-dropout", type=float, default=0.1)
-    g.add_argument("--layernorm-epsilon", type=float, default=1e-5)
-    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
-    g.add_argument("--vocab-size", type=int, default=None,
-                   help="vocabulary size when no tokenizer is used (--tokenizer-type NullTokenizer)")
-
-
-def _normalization(name: str) -> str:
-    """``--normalization``: a name of ``megatron.model.norms.NORMS``, any letter case."""
-    from megatron.model.norms import NORMS
-    found = {n.lower(): n for n in NORMS}.get(name.lower())
-    if found is None:
-        raise argparse.ArgumentTypeError(f"choose from {sorted(NORMS)}, got {name!r}")
-    return found
-
-
-def _validate_model_variant(args: argparse.Namespace, errors: list[str]) -> None:
-    """The Llama-family flags: Megatron-DeepSpeed's spellings become Megatron-LM's values
-    (``position_embedding_type``, ``num_query_groups``), and no flag goes unused."""
-    if args.use_rotary_position_embeddings:
-        args.position_embedding_type = "rope"
-    if not args.add_position_embedding and args.position_embedding_type != "rope":
-        errors.append("--no-position-embedding needs rotary positions (--position-embedding-"
-                      "type rope or --use-rotary-position-embeddings): this codebase has no "
-                      "model without positions")
-    if args.rope_scaling_factor is not None and not args.use_rope_scaling:
-        errors.append("--rope-scaling-factor needs --use-rope-scaling")
-    if args.use_rope_scaling and args.position_embedding_type != "rope":
-        errors.append("--use-rope-scaling needs rotary positions")
-    groups, kv_heads = args.num_query_groups, args.num_key_value_heads
-    if groups is not None and not args.group_query_attention:
-        errors.append("--num-query-groups needs --group-query-attention")
-    elif kv_heads is not None and groups is not None and kv_heads != groups:
-        errors.append(f"--num-key-value-heads {kv_heads} and --num-query-groups {groups} "
-                      "differ")
-    elif kv_heads is not None:
-        args.num_query_groups = kv_heads
-    elif args.group_query_attention:
-        args.num_query_groups = groups or 1        # Megatron-LM's default
-    heads = args.num_attention_heads
-    if args.num_query_groups is not None and heads and heads % args.num_query_groups:
-        errors.append(f"--num-query-groups {args.num_query_groups} does not divide "
-                      f"--num-attention-heads {heads}")
-    tp = args.tensor_model_parallel_size
-    if args.num_query_groups is not None and tp and args.num_query_groups % tp:
-        errors.append(f"--num-query-groups {args.num_query_groups} is not divisible by "
-                      f"--tensor-model-parallel-size {tp} (each rank holds whole query "
-                      "groups)")
 
 
 def _add_parallel_args(p: argparse.ArgumentParser) -> None:
@@ -347,7 +264,7 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
     sizes = size_problems(args)
     if sizes:   # the checks and derivations below divide by these
         raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors + sizes))
-    _validate_model(args, errors)
+    validate_model(args, errors)
     _derive_parallel(args, errors)
     _validate_moe(args, errors)
     errors.extend(fsdp_problems(args))
@@ -361,41 +278,6 @@ def validate_args(args: argparse.Namespace, defaults: dict | None = None,
     except ValueError as exc:
         raise ArgumentValidationError(f"invalid arguments:\n  {exc}") from exc
     return args
-
-
-def _validate_model(args: argparse.Namespace, errors: list[str]) -> None:
-    if args.max_position_embeddings is None:
-        args.max_position_embeddings = args.seq_length
-    _validate_model_variant(args, errors)
-    h, heads = args.hidden_size, args.num_attention_heads
-    if h is not None and heads is not None:
-        if h % heads != 0 and args.kv_channels is None:
-            errors.append(f"--hidden-size ({h}) must be divisible by --num-attention-heads "
-                          f"({heads}) unless --kv-channels is given")
-        if args.kv_channels is None and heads > 0:
-            args.kv_channels = h // heads
-        if args.ffn_hidden_size is None:
-            from megatron.model.config import default_ffn_hidden_size
-            args.ffn_hidden_size = default_ffn_hidden_size(h, args.swiglu)
-    if (args.position_embedding_type == "learned_absolute" and args.seq_length is not None
-            and args.max_position_embeddings < args.seq_length):
-        errors.append(f"--seq-length ({args.seq_length}) exceeds --max-position-embeddings "
-                      f"({args.max_position_embeddings}) under --position-embedding-type "
-                      "learned_absolute")
-    for flag in ("hidden_dropout", "attention_dropout"):
-        if not 0.0 <= getattr(args, flag) < 1.0:
-            errors.append(f"--{flag.replace('_', '-')} must be within [0, 1)")
-    if args.recompute_method is not None and args.recompute_granularity != "full":
-        errors.append("--recompute-method needs --recompute-granularity full")
-    if args.recompute_granularity == "full" and args.recompute_method is None:
-        args.recompute_method = "uniform"
-    if args.recompute_granularity == "full" and args.recompute_num_layers is None:
-        args.recompute_num_layers = 1
-    if args.data_path is None and args.train_data_path is None and args.vocab_size is None:
-        errors.append("give --data-path (or --train-data-path), or --vocab-size for synthetic data")
-    if args.data_path and (args.train_data_path or args.valid_data_path or args.test_data_path):
-        errors.append("give either --data-path (with --split) or --train-data-path / "
-                      "--valid-data-path / --test-data-path, not both")
 
 
 def _derive_parallel(args: argparse.Namespace, errors: list[str]) -> None:
@@ -494,82 +376,61 @@ def _derive_training(args: argparse.Namespace, tokenizer_vocab_size: int | None)
 
 
 def set_args(args: argparse.Namespace) -> None:
-    """Remember the parsed args for ``get_args`` (top-level scripts only)."""
+    """Remember the validated flags for ``get_args`` (``initialize_megatron`` does)."""
     global _GLOBAL_ARGS
     _GLOBAL_ARGS = args
 
 
 def get_args() -> argparse.Namespace:
-    """The args parsed by ``initialize_megatron``; for ``pretrain_*.py`` only."""
+    """The flags ``initialize_megatron`` validated, as in Megatron, for a user's own entry
+    point script only: the library takes the ``RunConfig`` (``get_run_config``)."""
     if _GLOBAL_ARGS is None:
         raise RuntimeError("get_args() called before initialize_megatron()")
     return _GLOBAL_ARGS
 
 
+def tokenizer_config_from_args(args: argparse.Namespace, defaults: dict | None
+                               ) -> TokenizerConfig:
+    """The tokenizer the flags (or the script's defaults) name, before ``validate_args``
+    (which derives the padded vocabulary from the built tokenizer)."""
+    tokenizer_type = args.tokenizer_type or (defaults or {}).get("tokenizer_type") or \
+        default_tokenizer_type(args)
+    return TokenizerConfig(tokenizer_type=tokenizer_type, vocab_file=args.vocab_file,
+                           merge_file=args.merge_file, tokenizer_model=args.tokenizer_model,
+                           vocab_extra_ids=args.vocab_extra_ids, vocab_size=args.vocab_size)
+
+
 # ---------------------------------------------------------------- config builders
+
+def run_config(argv: list[str], extra_args_provider: Callable | None = None,
+               defaults: dict | None = None,
+               tokenizer_vocab_size: int | None = None) -> RunConfig:
+    """The ``RunConfig`` of a command line (parsed, validated, built; no tokenizer is
+    built: the vocabulary is ``tokenizer_vocab_size`` or ``--vocab-size``).
+
+    Raises:
+        ArgumentValidationError: listing every problem of the flags.
+    """
+    return run_config_from_args(validate_args(parse_args(extra_args_provider, args=argv),
+                                              defaults, tokenizer_vocab_size))
+
+
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The ``RunConfig`` of validated ``args`` (``megatron.config_from_flags``), the
+    entry point's own flags (``extra_args_provider``'s) in ``extra``."""
+    return run_config_from_flags(vars(args), tuple(getattr(args, "extra_flags", ())))
+
 
 def transformer_config_from_args(args: argparse.Namespace):
     """Build ``megatron.model.config.TransformerConfig`` from validated args."""
-    from megatron.model.config import TransformerConfig
-    from megatron.model.moe.flags import moe_config_from_args
-    return TransformerConfig(
-        moe=moe_config_from_args(args),
-        num_layers=args.num_layers, hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads,
-        padded_vocab_size=args.padded_vocab_size,
-        vocab_size=getattr(args, "orig_vocab_size", None),   # padding ids: out of the softmax
-        max_position_embeddings=args.max_position_embeddings,
-        ffn_hidden_size=args.ffn_hidden_size, kv_channels=args.kv_channels,
-        position_embedding_type=args.position_embedding_type, rotary_base=args.rotary_base,
-        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
-        init_method_std=args.init_method_std, layernorm_epsilon=args.layernorm_epsilon,
-        swiglu=args.swiglu,
-        # Llama-family fields; checkpoints saved before these flags lack them (the defaults)
-        normalization=getattr(args, "normalization", "LayerNorm"),
-        num_query_groups=getattr(args, "num_query_groups", None),
-        add_bias_linear=getattr(args, "add_bias_linear", True),
-        rope_scaling=bool(getattr(args, "use_rope_scaling", False)),
-        rope_scaling_factor=getattr(args, "rope_scaling_factor", None) or 8.0,
-        untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
-        params_dtype=args.params_dtype, use_cpu_initialization=args.use_cpu_initialization,
-        sequence_parallel=args.sequence_parallel,
-        recompute_granularity=args.recompute_granularity,
-        recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers)
+    return transformer_config_from_flags(vars(args))
 
 
 def optimizer_config_from_args(args: argparse.Namespace):
     """Build ``megatron.optimizer.OptimizerConfig`` from validated args."""
-    from megatron.optimizer.optimizer_config import OptimizerConfig
-    return OptimizerConfig(
-        optimizer=args.optimizer, lr=args.lr, min_lr=args.min_lr,
-        weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, sgd_momentum=args.sgd_momentum,
-        clip_grad=args.clip_grad, fp16=args.fp16, bf16=args.bf16, loss_scale=args.loss_scale,
-        initial_loss_scale=args.initial_loss_scale, min_loss_scale=args.min_loss_scale,
-        loss_scale_window=args.loss_scale_window, hysteresis=args.hysteresis,
-        use_distributed_optimizer=args.use_distributed_optimizer,
-        use_torch_fsdp2=args.use_torch_fsdp2,
-        accumulate_allreduce_grads_in_fp32=args.accumulate_allreduce_grads_in_fp32)
+    return optimizer_config_from_flags(vars(args))
 
 
 def schedule_config_from_args(args: argparse.Namespace):
     """Build the LR schedule (``ScheduleConfig``) with warmup and decay in one unit."""
-    from megatron.optimizer_param_scheduler import build_schedule_config
-    if args.lr_warmup_fraction is not None:
-        warmup = (args.lr_warmup_fraction, "fraction")
-    else:
-        warmup = next(((v, u) for v, u in ((args.lr_warmup_iters, "steps"),
-                                           (args.lr_warmup_samples, "samples"),
-                                           (args.lr_warmup_tokens, "tokens")) if v is not None),
-                      (0, "steps"))
-    decay = next(((v, u) for v, u in ((args.lr_decay_iters, "steps"),
-                                      (args.lr_decay_samples, "samples"),
-                                      (args.lr_decay_tokens, "tokens")) if v is not None), None)
-    if decay is None:   # decay over the whole run, in the unit the run is measured in
-        decay = next((v, u) for v, u in ((args.train_samples, "samples"),
-                                         (args.train_tokens, "tokens"),
-                                         (args.train_iters, "steps")) if v is not None)
-    return build_schedule_config(
-        max_lr=args.lr, min_lr=args.min_lr, decay_style=args.lr_decay_style,
-        warmup=warmup, decay=decay, samples_per_step=args.global_batch_size,
-        tokens_per_sample=args.seq_length, weight_decay=args.weight_decay)
+    return schedule_config_from_flags(vars(args))

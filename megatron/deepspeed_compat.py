@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 
+from megatron.run_config import DataConfig
 from megatron.data_efficiency.config import read_json_object
 from megatron.data_efficiency.json_keys import check_keys
 from megatron.errors import BadConfigError
@@ -95,31 +96,31 @@ _GPT_MAP_FLAGS = {"train_doc_idx_path": "--train-doc-idx-path",
                   "train_shuffle_idx_path": "--train-shuffle-idx-path"}
 
 
-def gpt_train_index_maps(args: argparse.Namespace) -> dict[str, str] | None:
+def gpt_train_index_maps(data: DataConfig) -> dict[str, str] | None:
     """``{flag: path}`` of the GPT train split's doc / sample / shuffle maps to load, or None.
 
     Raises:
         BadConfigError: ``--train-idx-path`` (BERT's) was given to GPT.
     """
-    if args.train_idx_path:
+    if data.train_idx_path:
         raise BadConfigError("--train-idx-path is the BERT samples mapping; GPT takes "
                              "--train-doc-idx-path / --train-sample-idx-path / "
                              "--train-shuffle-idx-path")
-    if args.train_doc_idx_path is None:
+    if data.train_doc_idx_path is None:
         return None
-    return {flag: getattr(args, name) for name, flag in _GPT_MAP_FLAGS.items()}
+    return {flag: getattr(data, name) for name, flag in _GPT_MAP_FLAGS.items()}
 
 
-def bert_train_mapping(args: argparse.Namespace) -> dict[str, str] | None:
+def bert_train_mapping(data: DataConfig) -> dict[str, str] | None:
     """``{"--train-idx-path": path}`` of the BERT train samples mapping to load, or None.
 
     Raises:
         BadConfigError: GPT's ``--train-*-idx-path`` maps were given to BERT.
     """
-    given = [flag for name, flag in _GPT_MAP_FLAGS.items() if getattr(args, name)]
+    given = [flag for name, flag in _GPT_MAP_FLAGS.items() if getattr(data, name)]
     if given:
         raise BadConfigError(f"{given} are GPT's sample maps; BERT takes --train-idx-path")
-    return None if args.train_idx_path is None else {"--train-idx-path": args.train_idx_path}
+    return None if data.train_idx_path is None else {"--train-idx-path": data.train_idx_path}
 
 
 def default_tokenizer_type(args: argparse.Namespace) -> str | None:

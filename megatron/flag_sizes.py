@@ -6,7 +6,7 @@ FFN width would train a model without MLPs).
 saves, ``--eval-iters 0``: no evaluation, ``--clip-grad 0``: no clipping, ``--num-workers
 0``: load in the main process). ``--train-iters 0`` (or samples / tokens) runs no step and
 only evaluates, as in Megatron-LM; with ``--eval-iters 0`` as well a pretraining run would
-do nothing, which ``pretrain()`` refuses (``idle_run_problem``).
+do nothing, which ``pretrain()`` refuses (``megatron.preflight.idle_run_problem``).
 """
 from __future__ import annotations
 
@@ -39,14 +39,3 @@ def size_problems(args: argparse.Namespace) -> list[str]:
     if args.exit_duration_in_mins is not None and args.exit_duration_in_mins <= 0:
         problems.append(f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}")
     return problems
-
-
-def idle_run_problem(args: argparse.Namespace) -> str | None:
-    """``pretrain()``'s refusal of a run that neither trains nor evaluates (a finetuning
-    script with ``--epochs 0`` still scores its tasks, so this is not a flag rule)."""
-    given = [n for n in ("train_iters", "train_samples", "train_tokens")
-             if getattr(args, n) is not None]
-    if given and all(getattr(args, n) == 0 for n in given) and args.eval_iters == 0:
-        return (f"{' / '.join(map(_flag, given))} 0 trains nothing and --eval-iters 0 "
-                "evaluates nothing: the run would do nothing")
-    return None

@@ -113,6 +113,17 @@ def lr_at(progress: float, cfg: ScheduleConfig, warmup_progress: float | None = 
     return cfg.min_lr + coeff * (cfg.max_lr - cfg.min_lr)
 
 
+def rebatched(cfg: ScheduleConfig, samples_per_step: int,
+              tokens_per_sample: int) -> ScheduleConfig:
+    """``cfg`` with steps counted at another batch size (finetuning's multiple-choice rows):
+    a warmup in another unit than the decay is converted again."""
+    return build_schedule_config(
+        max_lr=cfg.max_lr, min_lr=cfg.min_lr, decay_style=cfg.decay_style,
+        warmup=(cfg.warmup, cfg.warmup_unit or cfg.unit), decay=(cfg.decay, cfg.unit),
+        samples_per_step=samples_per_step, tokens_per_sample=tokens_per_sample,
+        init_lr=cfg.init_lr, weight_decay=cfg.weight_decay)
+
+
 class OptimizerParamScheduler:
     """Sets ``lr`` (times the group's ``lr_mult``) and ``weight_decay`` (times
     ``wd_mult``) on the optimizer's param groups as training progresses.

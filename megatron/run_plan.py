@@ -2,12 +2,12 @@
 pure function.
 
 ``pretrain()`` sizes the run with ``plan_run``, and so does ``tools/analyze_data.py`` (the
-analyzer must index exactly the training samples the run will build). It reads a
-validated args namespace (``megatron.arguments.parse_args`` + ``validate_args``), needs
-neither ``torch.distributed`` nor a model, and writes nothing to ``args``. The
-``RunPlan`` it returns is the one source of the run's length (``validate_args`` derives
-none: ``args.train_iters`` stays what the user gave) and carries the run's ``RunShape``
-and ``StepPlanner``, built here once and passed down to the data-efficiency runtime.
+analyzer must index exactly the training samples the run will build). It reads the
+run's ``RunConfig`` and needs neither ``torch.distributed`` nor a model. The ``RunPlan`` it
+returns is the one source of the run's length (the config keeps what the user gave:
+``config.training.train_iters`` is None under ``--train-samples`` / ``--train-tokens``)
+and carries the run's ``RunShape`` and ``StepPlanner``, built here once and passed down to
+the data-efficiency runtime.
 
 With ``--train-tokens`` the steps are counted under the data-efficiency schedule (curriculum
 and random-LTD steps consume fewer tokens than ``global batch x seq length``), walking the
@@ -18,11 +18,11 @@ stop conditions) the run takes the fewer steps and the datasets are sized for th
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 from megatron.core.enums import ModelType
 from megatron.data_efficiency.step_plan import RunShape, StepPlanner
+from megatron.run_config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -60,62 +60,65 @@ class RunPlan:
         return self.stop_iters is not None and iteration >= self.stop_iters
 
 
-def dataset_sizes(args: argparse.Namespace, train_iters: int) -> tuple[int, int, int]:
+def dataset_sizes(config: RunConfig, train_iters: int) -> tuple[int, int, int]:
     """Megatron's dataset sizes for ``train_iters`` steps: all training samples, and
     enough validation / test samples for every evaluation."""
-    gbs = args.global_batch_size
-    if args.eval_full:   # one epoch each: --eval-full reads the whole split once
+    gbs, evaluation = config.training.global_batch_size, config.evaluation
+    if evaluation.eval_full:   # one epoch each: --eval-full reads the whole split once
         return train_iters * gbs, 1, 1
-    eval_interval = max(1, args.eval_interval or train_iters)
-    valid = (train_iters // eval_interval + 1) * args.eval_iters * gbs
-    return train_iters * gbs, valid, args.eval_iters * gbs
+    eval_interval = max(1, evaluation.eval_interval or train_iters)
+    valid = (train_iters // eval_interval + 1) * evaluation.eval_iters * gbs
+    return train_iters * gbs, valid, evaluation.eval_iters * gbs
 
 
-def run_shape(args: argparse.Namespace,
+def run_shape(config: RunConfig,
               model_type: ModelType = ModelType.encoder_or_decoder) -> RunShape:
-    """The ``RunShape`` of validated ``args`` (the one place it is read from flags)."""
-    return RunShape(global_batch_size=args.global_batch_size, seq_length=args.seq_length,
-                    num_layers=args.num_layers, seed=args.data_efficiency.seed,
-                    model=model_type.data_model, num_microbatches=args.num_microbatches,
-                    pipeline_stages=args.pipeline_model_parallel_size)
+    """The ``RunShape`` of a run (the one place it is read from the config)."""
+    train = config.training
+    return RunShape(global_batch_size=train.global_batch_size, seq_length=train.seq_length,
+                    num_layers=config.model.num_layers, seed=config.data_efficiency.seed,
+                    model=model_type.data_model, num_microbatches=train.num_microbatches,
+                    pipeline_stages=config.parallel.pipeline_model_parallel_size)
 
 
-def nominal_train_iters(args: argparse.Namespace) -> int:
+def nominal_train_iters(config: RunConfig) -> int:
     """Steps from the flags alone: ``--train-iters``, else ``--train-samples`` or
     ``--train-tokens`` over ``global batch`` (x ``seq length``), rounded up."""
-    gbs = args.global_batch_size
-    if args.train_iters is not None:
-        return args.train_iters
-    if args.train_samples is not None:
-        return -(-args.train_samples // gbs)
-    return -(-args.train_tokens // (gbs * args.seq_length))
+    train = config.training
+    gbs = train.global_batch_size
+    if train.train_iters is not None:
+        return train.train_iters
+    if train.train_samples is not None:
+        return -(-train.train_samples // gbs)
+    return -(-train.train_tokens // (gbs * train.seq_length))
 
 
-def plan_run(args: argparse.Namespace,
+def plan_run(config: RunConfig,
              model_type: ModelType = ModelType.encoder_or_decoder) -> RunPlan:
-    """Size the run described by validated ``args`` and build its step planner.
+    """Size the run ``config`` describes and build its step planner.
 
     Args:
-        args: from ``parse_args`` + ``validate_args`` (holds ``args.data_efficiency``).
+        config: the run (``megatron.arguments.run_config_from_args``).
         model_type: the model ``pretrain()`` trains (BERT: ``ModelType.encoder``).
 
     Returns:
-        The ``RunPlan``; ``args`` is not changed.
+        The ``RunPlan``.
 
     Raises:
         ValueError: the data-efficiency config does not fit the run (``StepPlanner``).
     """
-    planner = StepPlanner(args.data_efficiency, run_shape(args, model_type))
-    nominal = nominal_train_iters(args)
-    steps_are_a_stop = args.train_iters is not None or args.train_samples is not None
+    train = config.training
+    planner = StepPlanner(config.data_efficiency, run_shape(config, model_type))
+    nominal = nominal_train_iters(config)
+    steps_are_a_stop = train.train_iters is not None or train.train_samples is not None
     steps = sized = nominal
-    if args.train_tokens is not None:
-        counted = planner.steps_for_tokens(args.train_tokens)
+    if train.train_tokens is not None:
+        counted = planner.steps_for_tokens(train.train_tokens)
         if not steps_are_a_stop:
             steps = sized = nominal if counted is None else counted
         elif counted is not None:   # two stop conditions: the first reached wins
             steps, sized = min(nominal, counted), max(nominal, counted)
-    return RunPlan(train_iters=steps, train_valid_test_num_samples=dataset_sizes(args, sized),
-                   nominal_train_iters=nominal, stop_iters=args.train_iters,
-                   stop_samples=args.train_samples, stop_tokens=args.train_tokens,
+    return RunPlan(train_iters=steps, train_valid_test_num_samples=dataset_sizes(config, sized),
+                   nominal_train_iters=nominal, stop_iters=train.train_iters,
+                   stop_samples=train.train_samples, stop_tokens=train.train_tokens,
                    planner=planner)

@@ -5,25 +5,20 @@ The loop knows nothing about curriculum learning or random-LTD: every step it as
 length, consumed tokens, TensorBoard scalars), runs the micro-batches through a feed that
 applies and checks it, and hands the finished plan to the LR scheduler, the counters and
 the logger. The run's length, stopping rule and step planner come from
-``run_plan.plan_run``, once (nothing writes ``args``); what is model-family specific
+``run_plan.plan_run``, once, from the run's ``RunConfig``; what is model-family specific
 (how its samples are numbered for an analyzer index) comes from the entry point's
 ``data_family``.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
-from megatron.arguments import optimizer_config_from_args, schedule_config_from_args
 from megatron import signal_handler
-from megatron.checkpointing import (load_checkpoint, remove_stale_temp_dirs, save_checkpoint,
-                                    save_dir_conflict)
+from megatron.checkpointing import remove_stale_temp_dirs
 from megatron.checkpointing.dist_format import AsyncSaver
 from megatron.core import parallel_state
 from megatron.core.devices import collective_device
@@ -36,16 +31,18 @@ from megatron.core.enums import ModelType
 from megatron.data_efficiency.data_family import DataFamily, GPTSamples
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
 from megatron import metrics_file, preflight
-from megatron.errors import CheckpointError, raise_agreed
 from megatron.initialize import get_tokenizer, initialize_megatron
 from megatron.model.moe.monitor import MoEMonitor
 from megatron.optimizer import get_megatron_optimizer
 from megatron.optimizer.state_stats import adam_state_norms
 from megatron.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.run_config import RunConfig
 from megatron.run_plan import RunPlan, plan_run
 from megatron.throughput import ModelFlops
 from megatron.training_data import build_train_valid_test_data_iterators, microbatch_feeds
 from megatron.training_log import StepStats, TrainingLogger
+from megatron.training_state import (TrainState, convert_loaded, counters, load_for_run,
+                                     print_rank_0, save_run)
 from megatron.training_setup import (build_data_efficiency_runtime, build_model, model_flops,
                                      run_summary, training_logger, training_samples)
 
@@ -54,39 +51,13 @@ class TrainingDivergedError(RuntimeError):
     """The loss or the gradients became NaN/inf without fp16 loss scaling to absorb it."""
 
 
-@dataclass
-class TrainState:
-    """Progress counters, saved in every checkpoint."""
-    iteration: int = 0
-    consumed_samples: int = 0
-    consumed_tokens: int = 0
-    history: list[tuple[int, float]] = field(default_factory=list)   # (iteration, lm loss)
-    last_validation: dict[str, float] = field(default_factory=dict)
-    run_record: dict = field(default_factory=dict)   # what the run trains with (run_record.py)
-
-    def extra_state(self, runtime: DataEfficiencyRuntime) -> dict:
-        return {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
-                "consumed_tokens": self.consumed_tokens,
-                "data_efficiency": runtime.state_dict(self.iteration),
-                "run_record": self.run_record}
-
-
-def _is_rank_zero() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def print_rank_0(msg: str) -> None:
-    if _is_rank_zero():
-        print(msg, flush=True)
-
-
-def _run_schedule(forward_step_func, feeds, model, args, forward_only, grad_scale_func,
+def _run_schedule(forward_step_func, feeds, model, config, forward_only, grad_scale_func,
                   seq_length, timers: Timers = NO_TIMERS) -> list[dict]:
     no_sync = None if forward_only else fsdp.no_sync(model)   # FSDP2: reduce once per step
     return get_forward_backward_func()(
         forward_step_func=forward_step_func, data_iterator=feeds[0] if len(feeds) == 1 else feeds,
-        model=model, num_microbatches=args.num_microbatches, seq_length=seq_length,
-        micro_batch_size=args.micro_batch_size, forward_only=forward_only,
+        model=model, num_microbatches=config.training.num_microbatches, seq_length=seq_length,
+        micro_batch_size=config.training.micro_batch_size, forward_only=forward_only,
         grad_scale_func=grad_scale_func, timers=timers,
         **({"no_sync_func": no_sync} if no_sync else {}))
 
@@ -108,15 +79,15 @@ def _reduce_losses(loss_dicts: list[dict]) -> dict[str, float]:
 
 
 def _run_microbatches(train_iterator, runtime, plan: StepPlan, model, forward_step_func,
-                      optimizer, args, timers: Timers = NO_TIMERS):
+                      optimizer, config, timers: Timers = NO_TIMERS):
     """The step's micro-batches through the schedule (shapes from the plan), the gradient
     reductions and the optimizer step; returns the losses, the optimizer's outcome and
     the shapes the feeds produced. ``timers``: the level-1 phases (forward-backward,
     all-grads-sync, optimizer); nothing is timed, or synchronised, below that level."""
-    feeds = microbatch_feeds(train_iterator, runtime, plan, args.seq_length,
-                             args.micro_batch_size, len(model), timers)
+    feeds = microbatch_feeds(train_iterator, runtime, plan, config.training.seq_length,
+                             config.training.micro_batch_size, len(model), timers)
     with timers.phase("forward-backward"):
-        loss_dicts = _run_schedule(forward_step_func, feeds, model, args, False,
+        loss_dicts = _run_schedule(forward_step_func, feeds, model, config, False,
                                    optimizer.scale_loss, plan.seq_length, timers)
     with timers.phase("all-grads-sync"):   # DP, sequence-parallel and embedding reductions
         finalize_model_grads(model)
@@ -128,7 +99,7 @@ def _run_microbatches(train_iterator, runtime, plan: StepPlan, model, forward_st
 
 def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                runtime: DataEfficiencyRuntime, state: TrainState,
-               args: argparse.Namespace, moe_monitor: MoEMonitor | None = None,
+               config: RunConfig, moe_monitor: MoEMonitor | None = None,
                timers: Timers = NO_TIMERS, flops: ModelFlops | None = None) -> StepStats:
     """One optimizer step over ``num_microbatches`` micro-batches, driven by the step's
     ``StepPlan`` (computed once here; the feed, the schedule's shapes, the LR scheduler,
@@ -144,33 +115,34 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     optimizer.zero_grad()
     plan = runtime.plan_step(it)
     moe_monitor = moe_monitor or MoEMonitor(model, None)
-    moe_monitor.begin_step(optimizer.get_loss_scale(), args.num_microbatches)
+    moe_monitor.begin_step(optimizer.get_loss_scale(), config.training.num_microbatches)
     with collective_context(it + 1):
         loss_dicts, ok, grad_norm, observed = _run_microbatches(
-            train_iterator, runtime, plan, model, forward_step_func, optimizer, args, timers)
+            train_iterator, runtime, plan, model, forward_step_func, optimizer, config, timers)
         moe_monitor.end_step()
         plan = runtime.finish_step(plan, observed)
         losses = _reduce_losses(loss_dicts)
     losses.update(moe_monitor.scalars())
-    if not ok and not args.fp16:
+    if not ok and not config.optimizer.fp16:
         raise TrainingDivergedError(
             f"iteration {it + 1}: gradients are NaN/inf (grad norm {grad_norm}, losses {losses}); "
             "stopping. Lower --lr, use --clip-grad, or resume from the last checkpoint.")
     if not ok:
         print(f" > iteration {it + 1}: skipped, inf/nan gradients under fp16 (loss scale now "
               f"{optimizer.get_loss_scale():.1f})", flush=True)
+    gbs, logging = config.training.global_batch_size, config.logging
     if ok:
-        scheduler.step(1, args.global_batch_size, plan.consumed_tokens)
+        scheduler.step(1, gbs, plan.consumed_tokens)
     state.iteration += 1
-    state.consumed_samples += args.global_batch_size
+    state.consumed_samples += gbs
     state.consumed_tokens += plan.consumed_tokens
     if "lm loss" in losses:
         state.history.append((state.iteration, losses["lm loss"]))
-    opt_states = (adam_state_norms(optimizer) if args.log_optimizer_states_to_tensorboard
-                  and state.iteration % args.tensorboard_log_interval == 0 else {})
+    opt_states = (adam_state_norms(optimizer) if logging.log_optimizer_states_to_tensorboard
+                  and state.iteration % logging.tensorboard_log_interval == 0 else {})
     return StepStats(iteration=state.iteration, consumed_samples=state.consumed_samples,
                      consumed_tokens=state.consumed_tokens, step_tokens=plan.consumed_tokens,
-                     learning_rate=scheduler.get_lr(), batch_size=args.global_batch_size,
+                     learning_rate=scheduler.get_lr(), batch_size=gbs,
                      loss_scale=optimizer.get_loss_scale(), grad_norm=grad_norm,
                      skipped=not ok, losses=losses, plan=plan.scalars(),
                      flops=None if flops is None else flops.plan_flops(plan),
@@ -179,7 +151,7 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
 
 
 def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], model,
-             args: argparse.Namespace, iteration: int | None = None) -> dict[str, float]:
+             config: RunConfig, iteration: int | None = None) -> dict[str, float]:
     """Mean loss over ``--eval-iters`` batches read from a fresh iterator (the same
     validation batches every time, so the curve is comparable across evaluations); with
     ``--eval-full``, over every complete global batch of the split (``make_iterator``'s
@@ -192,13 +164,14 @@ def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], mo
         m.eval()
     iterator, loss_dicts = make_iterator(), []
     where = "" if iteration is None else f" at iteration {iteration}"
-    num_batches = make_iterator.full_batches if args.eval_full else args.eval_iters
+    evaluation, train = config.evaluation, config.training
+    num_batches = make_iterator.full_batches if evaluation.eval_full else evaluation.eval_iters
     for i in range(num_batches):
-        feeds = microbatch_feeds(iterator, None, None, args.seq_length, args.micro_batch_size,
+        feeds = microbatch_feeds(iterator, None, None, train.seq_length, train.micro_batch_size,
                                  len(model))
         with collective_context(f"eval batch {i + 1}{where}"):
-            loss_dicts += _run_schedule(forward_step_func, feeds, model, args, True, None,
-                                        args.seq_length)
+            loss_dicts += _run_schedule(forward_step_func, feeds, model, config, True, None,
+                                        train.seq_length)
     with collective_context(f"eval losses{where}"):
         losses = _reduce_losses(loss_dicts)
     for m in model:
@@ -206,43 +179,10 @@ def evaluate(forward_step_func, make_iterator: Callable[[], Iterator | None], mo
     return losses
 
 
-def _save(state, runtime, model, optimizer, scheduler, args,
-          logger: TrainingLogger | None = None, saver: AsyncSaver | None = None) -> None:
-    """Save a checkpoint on every rank (``saver``: --async-save, the write goes on in the
-    background); with a logger, time it (``save-checkpoint``, a level-0 timer as in
-    Megatron: the save already waits for the device; under --async-save it times the
-    staging only) and print the timer's report."""
-    timers = NO_TIMERS if logger is None else logger.timers
-    with timers.phase("save-checkpoint"):
-        save_checkpoint(state.iteration, model, optimizer, scheduler, state.extra_state(runtime),
-                        save_dir=args.save, save_optim=not args.no_save_optim,
-                        save_rng=not args.no_save_rng, args=args, model_type=runtime.shape.model,
-                        ckpt_format=args.ckpt_format, async_saver=saver)
-    print_rank_0(f" > {'started saving' if saver else 'saved'} checkpoint at iteration "
-                 f"{state.iteration} to {args.save}")
-    if logger is not None:
-        logger.timer_report(["save-checkpoint"])
-
-
-def _convert_loaded(state, extra: dict, model, optimizer, scheduler, args,
-                    model_type: str) -> None:
-    """--ckpt-convert-format: save the checkpoint just loaded, its extra state as loaded,
-    in that format into --ckpt-convert-save/FORMAT (Megatron-LM's place for it)."""
-    if not extra:
-        raise CheckpointError(f"--ckpt-convert-format: --load {args.load} holds no checkpoint "
-                              "to convert")
-    target = os.path.join(args.ckpt_convert_save, args.ckpt_convert_format)
-    raise_agreed(save_dir_conflict(target, resumes_from_it=False), CheckpointError)
-    save_checkpoint(state.iteration, model, optimizer, scheduler, extra, save_dir=target,
-                    save_optim=not args.no_save_optim, save_rng=not args.no_save_rng,
-                    args=args, model_type=model_type, ckpt_format=args.ckpt_convert_format)
-    print_rank_0(f" > converted checkpoint: iteration {state.iteration} of {args.load} saved "
-                 f"as {args.ckpt_convert_format} in {target}")
-
-
-def _eval_due(iteration: int, args: argparse.Namespace, make_valid_iterator) -> bool:
-    return bool(make_valid_iterator is not None and args.eval_iters > 0 and args.eval_interval
-                and iteration % args.eval_interval == 0)
+def _eval_due(iteration: int, config: RunConfig, make_valid_iterator) -> bool:
+    evaluation = config.evaluation
+    return bool(make_valid_iterator is not None and evaluation.eval_iters > 0
+                and evaluation.eval_interval and iteration % evaluation.eval_interval == 0)
 
 
 def _training_done(state: TrainState, run: RunPlan) -> bool:
@@ -250,32 +190,33 @@ def _training_done(state: TrainState, run: RunPlan) -> bool:
     return run.done(state.iteration, state.consumed_samples, state.consumed_tokens)
 
 
-def _time_is_up(start: float, args: argparse.Namespace) -> bool:
+def _time_is_up(start: float, config: RunConfig) -> bool:
     """--exit-duration-in-mins, agreed by all ranks (MAX) so they stop together."""
-    if args.exit_duration_in_mins is None:
+    minutes = config.training.exit_duration_in_mins
+    if minutes is None:
         return False
-    flag = torch.tensor([float(time.time() - start > args.exit_duration_in_mins * 60.0)],
+    flag = torch.tensor([float(time.time() - start > minutes * 60.0)],
                         device=collective_device())
     if dist.is_initialized():
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 
 
-def _early_exit_reason(iteration: int, start: float, args: argparse.Namespace) -> str | None:
+def _early_exit_reason(iteration: int, start: float, config: RunConfig) -> str | None:
     """Why the run stops after this step (None: it goes on). Every rank calls it every
     step: the signal and time checks are collectives."""
-    time_up = _time_is_up(start, args)
+    time_up, train = _time_is_up(start, config), config.training
     if signal_handler.exit_requested():
         return signal_handler.exit_reason()
-    if args.exit_interval and iteration % args.exit_interval == 0:
-        return f"--exit-interval {args.exit_interval}"
+    if train.exit_interval and iteration % train.exit_interval == 0:
+        return f"--exit-interval {train.exit_interval}"
     if time_up:
-        return f"--exit-duration-in-mins {args.exit_duration_in_mins:g} reached"
+        return f"--exit-duration-in-mins {train.exit_duration_in_mins:g} reached"
     return None
 
 
 def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, state: TrainState,
-          args: argparse.Namespace, logger: TrainingLogger, run: RunPlan,
+          config: RunConfig, logger: TrainingLogger, run: RunPlan,
           moe_monitor: MoEMonitor | None = None, flops: ModelFlops | None = None,
           saver: AsyncSaver | None = None) -> str | None:
     """The training loop: steps, logging, evaluation, checkpoints, exit rules. The phases
@@ -287,13 +228,14 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
         (``--exit-interval`` / ``--exit-duration-in-mins`` / a signal).
     """
     train_iterator, make_valid_iterator = iterators[0], iterators[1]
+    ckpt = config.checkpointing
     start = last_log = time.time()
     first_iteration = state.iteration
     for m in model:
         m.train()
     while not _training_done(state, run):
         stats = train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
-                           runtime, state, args, moe_monitor, logger.timers, flops)
+                           runtime, state, config, moe_monitor, logger.timers, flops)
         if saver is not None:
             saver.poll()
         now = time.time()
@@ -301,50 +243,33 @@ def train(forward_step_func, model, optimizer, scheduler, runtime, iterators, st
         if state.iteration % logger.log_interval == 0:
             last_log = time.time()
         it = state.iteration
-        if _eval_due(it, args, make_valid_iterator):
-            state.last_validation = evaluate(forward_step_func, make_valid_iterator, model, args,
+        if _eval_due(it, config, make_valid_iterator):
+            state.last_validation = evaluate(forward_step_func, make_valid_iterator, model, config,
                                              iteration=it)
             logger.validation(it, state.consumed_samples, state.consumed_tokens,
                               state.last_validation)
             last_log = time.time()   # evaluation time is not training time
         saved = False
-        if args.save and args.save_interval and it % args.save_interval == 0:
-            _save(state, runtime, model, optimizer, scheduler, args, logger, saver)
+        if ckpt.save and ckpt.save_interval and it % ckpt.save_interval == 0:
+            save_run(state, runtime, model, optimizer, scheduler, config, logger, saver)
             saved = True
-        reason = _early_exit_reason(it, start, args)
+        reason = _early_exit_reason(it, start, config)
         if reason is not None:
-            if args.save and not saved:
-                _save(state, runtime, model, optimizer, scheduler, args, logger, saver)
+            if ckpt.save and not saved:
+                save_run(state, runtime, model, optimizer, scheduler, config, logger, saver)
             print_rank_0(f" > exiting at iteration {it}: {reason}")
             return reason
-    saved_last = args.save_interval and state.iteration % args.save_interval == 0
-    if args.save and state.iteration > first_iteration and not saved_last:
-        _save(state, runtime, model, optimizer, scheduler, args, logger, saver)
+    saved_last = ckpt.save_interval and state.iteration % ckpt.save_interval == 0
+    if ckpt.save and state.iteration > first_iteration and not saved_last:
+        save_run(state, runtime, model, optimizer, scheduler, config, logger, saver)
     return None
-
-
-def load_for_run(model, optimizer, scheduler,
-                 args: argparse.Namespace) -> tuple[TrainState, dict]:
-    """``--load`` into the model, optimizer, LR scheduler and RNGs as the flags say
-    (``--finetune``: the model only, counters at 0; ``--no-load-optim``, ``--no-load-rng``,
-    ``--ckpt-fallback``). Returns the restored counters and the checkpoint's extra state."""
-    _, extra = load_checkpoint(model, optimizer, scheduler, load_dir=args.load,
-                               load_optim=not args.no_load_optim,
-                               load_rng=not args.no_load_rng, finetune=args.finetune,
-                               args=args, fallback=args.ckpt_fallback)
-    if args.finetune or args.no_load_optim:
-        optimizer.reload_model_params()   # fp32 masters from the weights just loaded
-    state = TrainState(iteration=int(extra.get("iteration", 0)),
-                       consumed_samples=int(extra.get("consumed_samples", 0)),
-                       consumed_tokens=int(extra.get("consumed_tokens", 0)))
-    return state, extra
 
 
 def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Callable,
              model_type: ModelType, forward_step_func: Callable,
              extra_args_provider: Callable | None = None, args_defaults: dict | None = None,
              argv: list[str] | None = None,
-             data_family: Callable[[argparse.Namespace], DataFamily] | None = None
+             data_family: Callable[[RunConfig], DataFamily] | None = None
              ) -> TrainState:
     """Megatron's entry point: initialise, build everything, load, train, evaluate.
 
@@ -357,73 +282,75 @@ def pretrain(train_valid_test_datasets_provider: Callable, model_provider: Calla
         forward_step_func: ``fn(data_iterator, model) -> (output, loss_func)``.
         extra_args_provider, args_defaults: see ``initialize_megatron``.
         argv: flags to parse instead of ``sys.argv[1:]``.
-        data_family: ``fn(args) -> DataFamily``, how the model family numbers its
+        data_family: ``fn(config) -> DataFamily``, how the model family numbers its
             training samples for a curriculum's analyzer index (``pretrain_bert.py``:
-            ``BertSamples.from_args``; default: Megatron's GPTDataset numbering).
+            ``BertSamples.from_config``; default: Megatron's GPTDataset numbering).
 
     Returns:
         The final ``TrainState`` (iteration, consumed counters, per-step losses, last
         validation losses).
     """
-    args = initialize_megatron(extra_args_provider, args_defaults, args=argv)
-    record = preflight.check_inputs(args, get_tokenizer())
-    family = (data_family or GPTSamples.from_args)(args)
-    lock = preflight.claim_save_dir(args)
+    config = initialize_megatron(extra_args_provider, args_defaults, argv=argv)
+    record = preflight.check_inputs(config, get_tokenizer())
+    family = (data_family or GPTSamples.from_config)(config)
+    lock = preflight.claim_save_dir(config)
     try:
-        return _build_and_train(args, record, train_valid_test_datasets_provider, model_provider,
+        return _build_and_train(config, record, train_valid_test_datasets_provider, model_provider,
                                 model_type, forward_step_func, family)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_datasets_provider,
+def _build_and_train(config: RunConfig, record: dict, train_valid_test_datasets_provider,
                      model_provider, model_type: ModelType, forward_step_func,
                      family: DataFamily) -> TrainState:
     """``pretrain()`` once the inputs are checked and the save folder is this run's; the
     metrics file gets the ``start`` line once the counters are loaded and an ``end`` line
     however the run stops."""
-    run = plan_run(args, model_type)
+    run = plan_run(config, model_type)
     if run.train_iters != run.nominal_train_iters:
-        print_rank_0(f" > --train-tokens {args.train_tokens}: {run.train_iters} steps under the "
-                     f"data-efficiency schedule (nominal estimate was {run.nominal_train_iters})")
-    logger = training_logger(args, run.train_iters)
+        print_rank_0(f" > --train-tokens {config.training.train_tokens}: {run.train_iters} "
+                     f"steps under the data-efficiency schedule (nominal estimate was "
+                     f"{run.nominal_train_iters})")
+    logger = training_logger(config, run.train_iters)
     state = TrainState(run_record=record)
     try:
-        model = build_model(model_provider, args)
-        runtime = build_data_efficiency_runtime(run.planner, training_samples(args, run), family)
-        optimizer = get_megatron_optimizer(model, optimizer_config_from_args(args))
-        scheduler = OptimizerParamScheduler(optimizer, schedule_config_from_args(args),
-                                            override_on_load=args.override_opt_param_scheduler)
+        model = build_model(model_provider, config)
+        runtime = build_data_efficiency_runtime(run.planner, training_samples(config, run),
+                                                family)
+        optimizer = get_megatron_optimizer(model, config.optimizer)
+        ckpt = config.checkpointing
+        scheduler = OptimizerParamScheduler(optimizer, config.schedule,
+                                            override_on_load=ckpt.override_opt_param_scheduler)
         de_state: dict = {}
-        remove_stale_temp_dirs(args.save)   # iter_X.tmp of killed saves (rank 0, before any save)
-        if args.load:
-            state, extra = load_for_run(model, optimizer, scheduler, args)
+        remove_stale_temp_dirs(ckpt.save)   # iter_X.tmp of killed saves (rank 0, before any save)
+        if ckpt.load:
+            state, extra = load_for_run(model, optimizer, scheduler, config)
             state.run_record = record
-            de_state = preflight.resumed_data_efficiency_state(extra, record, args)
-            if args.ckpt_convert_format:
-                _convert_loaded(state, extra, model, optimizer, scheduler, args,
+            de_state = preflight.resumed_data_efficiency_state(extra, record, config)
+            if ckpt.ckpt_convert_format:
+                convert_loaded(state, extra, model, optimizer, scheduler, config,
                                 runtime.shape.model)
                 return state
-        logger.start(**_counters(state), resumed=state.iteration > 0,
+        logger.start(**counters(state), resumed=state.iteration > 0,
                      train_iters=run.train_iters,
-                     config=run_summary(args, run, model_type, record))
-        from megatron.model.moe.flags import moe_config_from_args
-        moe_monitor = MoEMonitor(model, moe_config_from_args(args))
+                     config=run_summary(config, run, model_type, record))
+        moe_monitor = MoEMonitor(model, config.model.moe)
         iterators = build_train_valid_test_data_iterators(
-            train_valid_test_datasets_provider, args, runtime, run.train_valid_test_num_samples,
+            train_valid_test_datasets_provider, config, runtime, run.train_valid_test_num_samples,
             every_stage=model_type is ModelType.encoder, consumed_samples=state.consumed_samples,
             iteration=state.iteration, data_efficiency_state=de_state,
             train_iters=run.train_iters)
-        saver = AsyncSaver() if args.async_save else None
+        saver = AsyncSaver() if config.checkpointing.async_save else None
         stopped = _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime,
-                                      iterators, state, args, logger, run, moe_monitor, saver)
+                                      iterators, state, config, logger, run, moe_monitor, saver)
         if saver is not None:
             saver.wait()   # the run ends once its last checkpoint is written and published
-        logger.end(**_counters(state), exit="stopped" if stopped else "finished",
+        logger.end(**counters(state), exit="stopped" if stopped else "finished",
                    reason=stopped or "the stopping rule")
     except BaseException as err:
-        logger.end(**_counters(state), **metrics_file.exit_fields(err))
+        logger.end(**counters(state), **metrics_file.exit_fields(err))
         raise
     finally:
         logger.close()
@@ -431,13 +358,13 @@ def _build_and_train(args: argparse.Namespace, record: dict, train_valid_test_da
 
 
 def _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime, iterators,
-                        state: TrainState, args: argparse.Namespace, logger: TrainingLogger,
+                        state: TrainState, config: RunConfig, logger: TrainingLogger,
                         run: RunPlan, moe_monitor: MoEMonitor,
                         saver: AsyncSaver | None = None) -> str | None:
     """The loop, then (when it reached the stopping rule) the final validation, unless the
     last step evaluated, and the test split. Returns why the loop stopped early (None: it
     did not)."""
-    signal_handler.install(args.exit_signal_handler)
+    signal_handler.install(config.training.exit_signal_handler)
     try:
         if _training_done(state, run):
             print_rank_0(f" > nothing to train: iteration {state.iteration} already meets the "
@@ -448,24 +375,21 @@ def _train_and_evaluate(forward_step_func, model, optimizer, scheduler, runtime,
                          f"{state.consumed_samples}, tokens {state.consumed_tokens})")
         first_iteration = state.iteration
         stopped = train(forward_step_func, model, optimizer, scheduler, runtime, iterators,
-                        state, args, logger, run, moe_monitor,
-                        model_flops(args, runtime.shape.model), saver)
+                        state, config, logger, run, moe_monitor,
+                        model_flops(config, runtime.shape.model), saver)
         evaluated = (state.iteration > first_iteration   # the loop's last step evaluated
-                     and _eval_due(state.iteration, args, iterators[1]))
-        if not stopped and args.eval_iters > 0 and iterators[1] is not None and not evaluated:
-            state.last_validation = evaluate(forward_step_func, iterators[1], model, args,
+                     and _eval_due(state.iteration, config, iterators[1]))
+        evaluates = not stopped and config.evaluation.eval_iters > 0
+        if evaluates and iterators[1] is not None and not evaluated:
+            state.last_validation = evaluate(forward_step_func, iterators[1], model, config,
                                              iteration=state.iteration)
             logger.validation(state.iteration, state.consumed_samples, state.consumed_tokens,
                               state.last_validation)
-        if not stopped and args.eval_iters > 0 and iterators[2] is not None:
-            test = evaluate(forward_step_func, iterators[2], model, args, iteration=state.iteration)
+        if evaluates and iterators[2] is not None:
+            test = evaluate(forward_step_func, iterators[2], model, config,
+                            iteration=state.iteration)
             logger.validation(state.iteration, state.consumed_samples, state.consumed_tokens,
                               test, prefix="test")
     finally:
         signal_handler.uninstall()
     return stopped
-
-
-def _counters(state: TrainState) -> dict:
-    return {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
-            "consumed_tokens": state.consumed_tokens}

@@ -2,12 +2,12 @@
 feed that applies the data-efficiency runtime's batch transform and token-drop plan."""
 from __future__ import annotations
 
-import argparse
 from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
+from megatron.run_config import RunConfig
 from megatron.core import parallel_state
 from megatron.core.devices import accelerator_device, collective_device
 from megatron.core.timers import NO_TIMERS, Timers
@@ -115,7 +115,7 @@ def _build_datasets(provider: Callable, sizes: list[int], every_stage: bool):
     return datasets
 
 
-def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Namespace,
+def build_train_valid_test_data_iterators(provider: Callable, config: RunConfig,
                                           runtime: DataEfficiencyRuntime,
                                           sizes: tuple[int, int, int], every_stage: bool,
                                           consumed_samples: int, iteration: int,
@@ -138,22 +138,23 @@ def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Nam
     train_ds, valid_ds, test_ds = _build_datasets(provider, list(sizes), every_stage)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
-    loader_kwargs = dict(micro_batch_size=args.micro_batch_size, num_workers=args.num_workers,
+    mbs = config.training.micro_batch_size
+    loader_kwargs = dict(micro_batch_size=mbs, num_workers=config.data.num_workers,
                          data_parallel_rank=dp_rank, data_parallel_size=dp_size,
-                         shield_workers=args.exit_signal_handler)
+                         shield_workers=config.training.exit_signal_handler)
     train_iterator = None
     if train_ds is not None:
-        sampler = runtime.train_batch_sampler(train_ds, args.micro_batch_size, iteration,
+        sampler = runtime.train_batch_sampler(train_ds, mbs, iteration,
                                               data_efficiency_state, train_iters)
         train_iterator = _iterate(build_pretraining_data_loader(
             train_ds, consumed_samples, batch_sampler=sampler,
-            dataloader_type=args.dataloader_type,
+            dataloader_type=config.data.dataloader_type,
             pin_memory=runtime.config.loader_pin_memory(torch.cuda.is_available()),
             **loader_kwargs))
     elif _needs_data(every_stage):
         raise ValueError("the datasets provider returned no training dataset")
 
-    valid, test = (EvalSplit(ds, loader_kwargs, args.global_batch_size)
+    valid, test = (EvalSplit(ds, loader_kwargs, config.training.global_batch_size)
                    for ds in (valid_ds, test_ds))
     return (train_iterator, valid if valid.available else None,
             test if test.available else None)

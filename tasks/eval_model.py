@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from megatron.run_config import TokenizerConfig
 from megatron.checkpointing.model_split import WORD_EMBEDDING_KEY
 from megatron.checkpointing.whole_model import load_model
 from megatron.core import parallel_state
@@ -73,26 +74,27 @@ class EvalModel:
         return result.cpu()
 
 
-def _tokenizer(args: dict, flags: TokenizerFlags):
+def _tokenizer(saved: TokenizerConfig, flags: TokenizerFlags):
+    """The tokenizer the flags name, else the one the checkpoint's run trained with."""
     from megatron.initialize import NullTokenizer
     from megatron.tokenizer import build_tokenizer
-    kind = flags.tokenizer_type or args.get("tokenizer_type")
+    kind = flags.tokenizer_type or saved.tokenizer_type
     if kind in (None, "NullTokenizer"):
-        return NullTokenizer(int(args.get("vocab_size") or args["orig_vocab_size"]))
-    return build_tokenizer(kind, vocab_file=flags.vocab_file or args.get("vocab_file"),
-                           merge_file=flags.merge_file or args.get("merge_file"),
-                           tokenizer_model=flags.tokenizer_model or args.get("tokenizer_model"),
-                           vocab_extra_ids=int(args.get("vocab_extra_ids") or 0))
+        return NullTokenizer(int(saved.vocab_size or saved.orig_vocab_size))
+    return build_tokenizer(kind, vocab_file=flags.vocab_file or saved.vocab_file,
+                           merge_file=flags.merge_file or saved.merge_file,
+                           tokenizer_model=flags.tokenizer_model or saved.tokenizer_model,
+                           vocab_extra_ids=int(saved.vocab_extra_ids or 0))
 
 
 def load_eval_model(load_dir: str, iteration: int | None = None,
                     tokenizer_flags: TokenizerFlags = TokenizerFlags()) -> EvalModel:
     """Load a GPT checkpoint of any layout for this process's (tp, pp) rank."""
     loaded = load_model(load_dir, iteration, parallel_output=False, params_dtype=torch.float32)
-    args = loaded.args
-    if args.get("model_type") == "bert":
+    config = loaded.config
+    if config.model_type == "bert":
         raise ValueError(f"{load_dir} is a BERT checkpoint; the harness scores GPT models")
     rows = loaded.state_dict[WORD_EMBEDDING_KEY].shape[0]
-    vocab = int(args.get("orig_vocab_size") or args.get("vocab_size") or rows)
-    return EvalModel(loaded.model, _tokenizer(args, tokenizer_flags), vocab,
-                     int(args["max_position_embeddings"]), int(args["hidden_size"]))
+    vocab = int(config.tokenizer.orig_vocab_size or config.tokenizer.vocab_size or rows)
+    return EvalModel(loaded.model, _tokenizer(config.tokenizer, tokenizer_flags), vocab,
+                     config.model.max_position_embeddings, config.model.hidden_size)

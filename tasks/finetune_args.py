@@ -4,16 +4,18 @@ model shape a pretrained checkpoint supplies, and the pretraining-only flags ref
 Finetuning is sized in epochs, so ``--train-iters`` is not given by the user: it is
 ``--epochs`` x (training examples // global batch size), computed before the flags are
 validated (and so recorded in the finetuning checkpoints, as Megatron records it).
-Model-shape flags that are not given come from the pretrained checkpoint's saved args;
-those that are given must match it.
+Model-shape flags that are not given come from the run the pretrained checkpoint was saved
+by (its ``RunConfig``); those that are given must match it.
 """
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 
 from megatron.core import parallel_state
 from megatron.errors import BadConfigError, CheckpointError
+from megatron.run_config import RunConfig
 
 # Flags a checkpoint supplies when the command line leaves them out (their parser default
 # is None, so "not given" is visible).
@@ -75,6 +77,32 @@ def add_tasks_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class TaskFlags:
+    """The task's flags, checked before Megatron is initialised (the rest of the run is
+    its ``RunConfig``, whose ``extra`` holds these again)."""
+    task: str
+    epochs: int
+    pretrained_checkpoint: str
+    train_data: tuple[str, ...]
+    load: str | None
+    global_batch_size: int | None   # None: the flags cannot tell yet (validation names it)
+
+
+def task_flags(argv: list[str] | None, tasks: tuple[str, ...]) -> TaskFlags:
+    """The command line's task flags, checked (every problem at once), with the
+    pretraining flags finetuning refuses."""
+    from megatron.arguments import parse_args
+    given = parse_args(add_tasks_args, args=argv)
+    check_task_flags(given, tasks)
+    refused = refused_flags(given, parse_args(add_tasks_args, args=[]))
+    if refused:
+        raise BadConfigError("tasks/main.py does not take these pretraining flags:\n  "
+                             + "\n  ".join(refused))
+    return TaskFlags(given.task, given.epochs, given.pretrained_checkpoint,
+                     tuple(given.train_data or ()), given.load, global_batch_size(given))
+
+
 def refused_flags(given: argparse.Namespace, defaults: argparse.Namespace) -> list[str]:
     """One line per flag of ``_REFUSED`` set away from its default, and per curriculum /
     random-LTD flag (``given``: the parsed, not yet validated flags)."""
@@ -101,30 +129,40 @@ def global_batch_size(given: argparse.Namespace) -> int | None:
     return given.micro_batch_size * dp
 
 
-def checkpoint_defaults(saved: dict) -> dict:
-    """Flag defaults from a checkpoint's saved args (the shape, the tokenizer type, and
-    ``vocab_size``: the checkpoint's real vocabulary, which stands in for the pretraining
-    data flags ``validate_args`` otherwise asks for)."""
-    defaults = {k: saved[k] for k in _FROM_CHECKPOINT if saved.get(k) is not None}
-    vocab = saved.get("orig_vocab_size") or saved.get("vocab_size")
+def _value(config: RunConfig, flag: str):
+    """The value of ``flag`` in a run's config (the model's shape, the sequence length,
+    the tokenizer)."""
+    for section in (config.training, config.tokenizer, config.model):
+        if hasattr(section, flag):
+            return getattr(section, flag)
+    raise KeyError(flag)
+
+
+def checkpoint_defaults(saved: RunConfig) -> dict:
+    """Flag defaults from the run a checkpoint was saved by (the shape, the tokenizer type,
+    and ``vocab_size``: the checkpoint's real vocabulary, which stands in for the
+    pretraining data flags ``validate_args`` otherwise asks for)."""
+    defaults = {k: _value(saved, k) for k in _FROM_CHECKPOINT if _value(saved, k) is not None}
+    vocab = saved.tokenizer.orig_vocab_size or saved.tokenizer.vocab_size
     if vocab is not None:
         defaults["vocab_size"] = int(vocab)
     return defaults
 
 
-def check_against_checkpoint(args: argparse.Namespace, saved: dict, where: str) -> None:
-    """The validated flags against a BERT checkpoint's saved args.
+def check_against_checkpoint(config: RunConfig, saved: RunConfig, where: str) -> None:
+    """This run against the run a BERT checkpoint was saved by.
 
     Raises:
         CheckpointError: not a BERT checkpoint, or the shape / vocabulary differs (every
             difference named).
     """
-    if saved.get("model_type") != "bert":
-        raise CheckpointError(f"{where} holds a {saved.get('model_type', 'gpt').upper()} "
+    if saved.model_type != "bert":
+        raise CheckpointError(f"{where} holds a {(saved.model_type or 'gpt').upper()} "
                               "model; finetuning starts from a BERT checkpoint "
                               "(pretrain_bert.py)")
-    bad = [f"--{k.replace('_', '-')} {getattr(args, k)!r} (checkpoint: {saved[k]!r})"
-           for k in _MUST_MATCH if saved.get(k) is not None and saved[k] != getattr(args, k)]
+    bad = [f"--{k.replace('_', '-')} {_value(config, k)!r} (checkpoint: {_value(saved, k)!r})"
+           for k in _MUST_MATCH
+           if _value(saved, k) is not None and _value(saved, k) != _value(config, k)]
     if bad:
         raise CheckpointError(f"{where} does not fit the flags: " + "; ".join(bad) +
                               (" (orig vocab size: the tokenizer's vocabulary, check "

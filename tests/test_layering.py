@@ -2,16 +2,28 @@
 module's syntax tree (so a lazy import inside a function counts too): nothing under
 megatron/ or tasks/ imports tools/ or a pretrain_*.py entry point, or loads a file by its
 path; tools/ import no entry point either; and the curriculum's mechanisms (sampler,
-clusters, transforms) never import the data-efficiency config or step plan built on them."""
+clusters, transforms) never import the data-efficiency config or step plan built on them.
+
+And the argparse namespace stays in the arguments layer: below it (every other module of
+megatron/ and tasks/ but the entry points) nothing takes an ``args`` parameter, reads an
+attribute of ``args`` or of what ``parse_args`` / ``validate_args`` returned, or names
+``argparse.Namespace``; the run is a ``megatron.run_config.RunConfig``."""
 from __future__ import annotations
 
 import ast
+import functools
 import os
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 LIBRARY = ("megatron", "tasks")
 _BY_PATH = {"spec_from_file_location", "SourceFileLoader", "run_path", "load_source",
             "exec_module"}
+
+
+@functools.lru_cache(maxsize=None)
+def syntax_tree(path: str) -> ast.Module:
+    """A source file's syntax tree, parsed once for all the walks below (read only)."""
+    return ast.parse(open(path, encoding="utf-8").read(), path)
 
 
 def _is_script(module: str) -> bool:
@@ -21,7 +33,7 @@ def _is_script(module: str) -> bool:
 
 def upward_imports(path: str) -> list[str]:
     """``line: what`` for each import of a script, or load by path, in one source file."""
-    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    tree = syntax_tree(path)
     found = []
     for node in ast.walk(tree):
         names: list[str] = []
@@ -52,7 +64,7 @@ def library_files(root: str = ROOT, packages: tuple[str, ...] = LIBRARY) -> list
 
 def imported_modules(path: str) -> set[str]:
     """Every module name a source file imports (absolute imports)."""
-    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    tree = syntax_tree(path)
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -97,3 +109,76 @@ def test_the_curriculum_does_not_import_the_config_built_on_it():
                                                            "curriculum"),))
              for m in imported_modules(p) & above]
     assert found == []
+
+
+# The arguments layer: the modules that define flags, check them and turn them into config
+# objects (``megatron.config_from_flags``, ``RunConfig``); only they read the namespace.
+ARGUMENTS_LAYER = {
+    "megatron/arguments.py", "megatron/checkpoint_flags.py", "megatron/deepspeed_compat.py",
+    "megatron/flag_sizes.py", "megatron/fsdp_flags.py", "megatron/given_flags.py",
+    "megatron/model_flags.py",
+    "megatron/telemetry_flags.py", "megatron/data/bert_flags.py",
+    "megatron/data_efficiency/config_flags.py", "megatron/data_efficiency/random_ltd/flags.py",
+    "megatron/model/moe/flags.py", "megatron/study/cli.py", "tasks/finetune_args.py"}
+# Scripts with their own command lines (as tools/ and pretrain_*.py, outside the library).
+ENTRY_POINTS = {"tasks/main.py", "tasks/eval_harness.py", "tasks/glue/synthetic.py"}
+_PARSERS = {"parse_args", "parse_known_args", "validate_args"}
+
+
+def _called(node: ast.AST) -> str:
+    func = node.func if isinstance(node, ast.Call) else None
+    return getattr(func, "attr", None) or getattr(func, "id", "") if func is not None else ""
+
+
+def namespace_uses(path: str) -> list[str]:
+    """``line: what`` for each use of the argparse namespace in one source file."""
+    tree = syntax_tree(path)
+    parsed = {"args"} | {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                         and _called(node.value) in _PARSERS
+                         for t in node.targets if isinstance(t, ast.Name)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            found += [f"{node.lineno}: takes args" for a in node.args.args
+                      + node.args.kwonlyargs if a.arg == "args"]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id in parsed:
+                found.append(f"{node.lineno}: reads {node.value.id}.{node.attr}")
+            elif (node.value.id, node.attr) == ("argparse", "Namespace"):
+                found.append(f"{node.lineno}: argparse.Namespace")
+        elif isinstance(node, ast.ImportFrom) and node.module == "argparse" \
+                and "Namespace" in {a.name for a in node.names}:
+            found.append(f"{node.lineno}: argparse.Namespace")
+        elif isinstance(node, ast.Call) and _called(node) in ("getattr", "vars") \
+                and node.args and isinstance(node.args[0], ast.Name) \
+                and node.args[0].id in parsed:
+            found.append(f"{node.lineno}: {_called(node)}({node.args[0].id})")
+    return sorted(found, key=lambda line: int(line.split(":")[0]))
+
+
+def test_nothing_below_the_arguments_layer_reads_the_namespace():
+    below = [p for p in library_files() if os.path.relpath(p, ROOT).replace(os.sep, "/")
+             not in ARGUMENTS_LAYER | ENTRY_POINTS]
+    problems = [f"{os.path.relpath(p, ROOT)}:{line}" for p in below
+                for line in namespace_uses(p)]
+    assert not problems, ("the argparse namespace read below the arguments layer (take the "
+                          "RunConfig, or add the flag to a config section):\n"
+                          + "\n".join(problems))
+
+
+def test_the_namespace_walk_sees_each_kind_of_use(tmp_path):
+    """The checker itself: a parameter, a read of args or of a parsed namespace under
+    another name, ``getattr`` / ``vars`` of it, and argparse.Namespace are each found;
+    passing a parsed namespace on unread (as ``initialize_megatron`` does) is not."""
+    src = tmp_path / "m.py"
+    src.write_text("import argparse\n"
+                   "from argparse import Namespace\n"
+                   "def f(args):\n"
+                   "    return args.lr\n"
+                   "given = parse_args(None, args=[])\n"
+                   "x = given.seed + getattr(given, 'lr') + len(vars(given))\n"
+                   "y: argparse.Namespace = validate_args(given)\n"
+                   "z = run_config_from_args(given)\n")
+    assert namespace_uses(str(src)) == [
+        "2: argparse.Namespace", "3: takes args", "4: reads args.lr", "6: reads given.seed",
+        "6: getattr(given)", "6: vars(given)", "7: argparse.Namespace"]

@@ -163,8 +163,7 @@ def _train_samples_from_training_flags(p: argparse.ArgumentParser, args: argpars
                                        flags: list[str]) -> int:
     """The training samples a ``pretrain_*.py`` run with ``flags`` builds (its own sizing:
     ``megatron.run_plan.plan_run``), so the index always fits the run."""
-    from megatron.arguments import ArgumentValidationError, parse_args as parse_training
-    from megatron.arguments import validate_args
+    from megatron.arguments import ArgumentValidationError, run_config
     from megatron.core.enums import ModelType
     from megatron.run_plan import plan_run
     if args.granularity != "sample":
@@ -188,8 +187,8 @@ def _train_samples_from_training_flags(p: argparse.ArgumentParser, args: argpars
     quiet = contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext()
     try:
         with quiet:
-            training = validate_args(parse_training(extra, args=train), defaults)
-            plan = plan_run(training, ModelType.encoder if args.model == "bert"
+            plan = plan_run(run_config(train, extra, defaults),
+                            ModelType.encoder if args.model == "bert"
                             else ModelType.encoder_or_decoder)
     except (ArgumentValidationError, ValueError) as err:
         p.error(f"training flags {' '.join(flags)}: {err}")

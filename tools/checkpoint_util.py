@@ -43,6 +43,7 @@ Everything is checked before anything is created; the result is written into
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -58,23 +59,25 @@ def _hf_dispatch(a: argparse.Namespace) -> None:
     """--saver hf / --loader hf: the work lives in megatron/hf/ (needs requirements-eval.txt)."""
     if a.saver == "hf":
         from megatron.hf.convert import save_hf
-        _, _, args, full = load_whole(a.load_dir, a.iteration, a.model_type)
+        _, _, config, full = load_whole(a.load_dir, a.iteration, a.model_type)
         if a.true_vocab_size:
-            args["orig_vocab_size"] = a.true_vocab_size
-        out, note = save_hf(full, args, a.save_dir)
+            config = config.replace(tokenizer=dataclasses.replace(
+                config.tokenizer, orig_vocab_size=a.true_vocab_size))
+        out, note = save_hf(full, config, a.save_dir)
         print(f" > wrote the transformers model {out}" + (f"; {note}" if note else ""),
               flush=True)
         return
     from megatron.hf.convert import load_hf, model_flags
     from megatron.hf.hf_dir import tokenizer_flags
-    args, full = load_hf(a.load_dir, a.make_vocab_size_divisible_by or 128)
-    args = with_model_type({"model_type": "gpt", **args}, a.model_type, a.load_dir)
-    _check_tensors(full, template_specs(args), a.load_dir)
+    config, full = load_hf(a.load_dir, a.make_vocab_size_divisible_by or 128)
+    config = with_model_type(config.replace(model_type=config.model_type or "gpt"),
+                             a.model_type, a.load_dir)
+    _check_tensors(full, template_specs(config), a.load_dir)
     tp, pp = a.target_tensor_parallel_size or 1, a.target_pipeline_parallel_size or 1
-    out = save_layout(a.save_dir, 0, {"checkpoint_version": 3.0}, args, full, tp, pp)
+    out = save_layout(a.save_dir, 0, {"checkpoint_version": 3.0}, config, full, tp, pp)
     print(f" > wrote {out} (TP {tp}, PP {pp}, iteration 0); start from it with --finetune "
-          f"--load {a.save_dir} " + " ".join(tokenizer_flags(args) + model_flags(args)),
-          flush=True)
+          f"--load {a.save_dir} " + " ".join(tokenizer_flags(config.tokenizer)
+                                             + model_flags(config)), flush=True)
 
 
 def _check_tensors(full: dict, specs: dict, where: str) -> None:

@@ -5,9 +5,10 @@ Every rank writes into ``iter_XXXXXXX.tmp`` (names in ``files.py``); after a bar
 any point leaves the tracker pointing at a complete checkpoint. One file per (TP, PP[, EP])
 rank holds the model, optimizer, LR scheduler, RNG states of every DP rank, and
 ``extra_state`` (iteration, consumed samples / tokens, the data-efficiency runtime state,
-the run record). The saved ``args`` always carry the layout (TP, PP, virtual PP) and the
-vocabulary sizes (``orig_vocab_size``, ``padded_vocab_size``) that the layout converter
-(``whole_model.py`` / ``convert.py``) needs to re-pad the vocabulary for another TP size.
+the run record). The saved ``run_config`` (``RunConfig.to_dict()``, ``record.py``)
+carries the layout (TP, PP, virtual PP) and the vocabulary sizes (``orig_vocab_size``,
+``padded_vocab_size``) that the layout converter (``whole_model.py`` / ``convert.py``)
+needs to re-pad the vocabulary for another TP size.
 
 A file that cannot be read is reported with its path and the reason
 (:class:`megatron.errors.CheckpointError`). ``load_checkpoint(..., fallback=True)``
@@ -21,7 +22,6 @@ import contextlib
 import os
 import random
 import shutil
-from argparse import Namespace
 
 import numpy as np
 import torch
@@ -33,27 +33,29 @@ from megatron.checkpointing.dist_format import AsyncSaver
 from megatron.checkpointing.files import (CKPT_NAME, TRACKER, atomic_save, checkpoint_dir,
                                           model_keys, optim_shard_file, publish, rank_folder,
                                           rank_folders, read_checkpoint_file)
+from megatron.checkpointing.record import RECORD_KEY, saved_run_config
 from megatron.checkpointing.folder import (describe_folder, describe_iterations,
                                            iteration_folders, loadable_iterations, read_tracker)
 from megatron.core import parallel_state
 from megatron.core.distributed import fsdp
 from megatron.core.tensor_parallel.random import get_rng_tracker
 from megatron.errors import CheckpointError, agreed_problems
+from megatron.run_config import RunConfig
 
-# Flags that must match between the checkpoint and the run that loads it.
-_ARCH_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
+# The model fields that must match between the checkpoint and the run that loads it.
+_ARCH_MODEL = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
                "padded_vocab_size", "position_embedding_type", "swiglu",
-               "untie_embeddings_and_output_weights", "tensor_model_parallel_size",
-               "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
-               "num_experts", "moe_layer_freq", "expert_interval",
-               "expert_model_parallel_size", "normalization", "num_query_groups",
+               "untie_embeddings_and_output_weights", "normalization", "num_query_groups",
                "add_bias_linear")
+_ARCH_LAYOUT = ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+                "virtual_pipeline_model_parallel_size", "expert_model_parallel_size")
 # The ones a torch_dist checkpoint may differ in: it reshards (the padded vocabulary
 # follows the tensor-parallel size).
 _RESHARDED = ("tensor_model_parallel_size", "pipeline_model_parallel_size",
               "virtual_pipeline_model_parallel_size", "padded_vocab_size")
-# The flag that sets a recorded field, where the two names differ.
-_FLAG_OF = {"add_bias_linear": "disable-bias-linear (add_bias_linear)"}
+# The flag that sets a compared field, where the two names differ.
+_FLAG_OF = {"add_bias_linear": "disable-bias-linear (add_bias_linear)",
+            "moe_layers": "moe-layer-freq / --expert-interval (MoE layers)"}
 
 
 def _dist() -> bool:
@@ -131,32 +133,24 @@ def _set_rng_state(states: list[dict]) -> None:
     get_rng_tracker().set_states(state["tracker"])
 
 
-def _saved_args(args: Namespace | None, model_type: str | None) -> dict | None:
-    """The run's flags plus the model type (``gpt`` / ``bert``), layout and vocabulary facts
-    a converter needs."""
-    if args is None:
-        return None
-    saved = dict(vars(args))
-    if model_type is not None:
-        saved["model_type"] = model_type
-    saved.setdefault("tensor_model_parallel_size",
-                     parallel_state.get_tensor_model_parallel_world_size())
-    saved.setdefault("pipeline_model_parallel_size",
-                     parallel_state.get_pipeline_model_parallel_world_size())
-    saved.setdefault("virtual_pipeline_model_parallel_size",
-                     parallel_state.get_virtual_pipeline_model_parallel_world_size())
-    if saved.get("orig_vocab_size") is None and saved.get("vocab_size") is not None:
-        saved["orig_vocab_size"] = saved["vocab_size"]   # --vocab-size (no tokenizer)
-    return saved
+def _arch(config: RunConfig) -> dict:
+    """The fields of a run that a checkpoint's model and layout must match, by flag name."""
+    model, layout, moe = config.model, config.parallel, config.model.moe
+    fields = {name: getattr(model, name) for name in _ARCH_MODEL}
+    fields.update({name: getattr(layout, name) for name in _ARCH_LAYOUT})
+    fields["num_experts"] = None if moe is None else moe.num_experts
+    fields["moe_layers"] = None if moe is None else sorted(moe.moe_layer_ids)
+    return fields
 
 
 def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimizer,
                     opt_param_scheduler, extra_state: dict, *, save_dir: str,
                     save_optim: bool = True, save_rng: bool = True,
-                    args: Namespace | None = None, model_type: str | None = None,
-                    ckpt_format: str = "torch", async_saver: AsyncSaver | None = None) -> str:
-    """Write checkpoint ``iteration`` under ``save_dir`` (collective: every rank calls it).
-    ``model_type`` (``gpt`` / ``bert``) is recorded with ``args`` for the converters.
+                    run_config: RunConfig | None = None, ckpt_format: str = "torch",
+                    async_saver: AsyncSaver | None = None) -> str:
+    """Write checkpoint ``iteration`` under ``save_dir`` (collective: every rank calls it),
+    recording ``run_config`` (with its ``model_type``, ``gpt`` / ``bert``, for the
+    converters).
     ``ckpt_format`` ``torch_dist`` writes the model and optimizer through
     ``torch.distributed.checkpoint`` (``dist_format.py``); with ``async_saver`` their
     write finishes in the background and the iteration is published when it is complete.
@@ -197,7 +191,8 @@ def save_checkpoint(iteration: int, model_chunks: list[torch.nn.Module], optimiz
         # One file per expert-parallel rank (its experts differ); dense weights in each.
         if parallel_state.get_expert_data_parallel_rank() == 0:
             state = {"iteration": iteration, "checkpoint_version": 3.0,
-                     "args": _saved_args(args, model_type), "ckpt_format": ckpt_format,
+                     RECORD_KEY: None if run_config is None else run_config.to_dict(),
+                     "ckpt_format": ckpt_format,
                      "optimizer": optim_state, "rng_state": rng_states,
                      "opt_param_scheduler": (None if opt_param_scheduler is None
                                              else opt_param_scheduler.state_dict()),
@@ -259,17 +254,19 @@ def _layout_problem(load_dir: str, iteration: int) -> str | None:
             + _conversion_hint(load_dir))
 
 
-def _check_args(saved: dict | None, args: Namespace | None, path: str, load_dir: str,
-                reshards: bool = False) -> None:
-    if saved is None or args is None:
+def _check_run(state: dict, config: RunConfig | None, path: str, load_dir: str,
+               reshards: bool = False) -> None:
+    """Refuse a checkpoint whose model or layout differs from the run's, naming each flag."""
+    saved_config = saved_run_config(state, path)
+    if saved_config is None or saved_config.model is None or config is None:
         return
-    flags = [k for k in _ARCH_FLAGS if not (reshards and k in _RESHARDED)]
-    bad = [k for k in flags if k in saved and hasattr(args, k) and saved[k] != getattr(args, k)]
+    saved, now = _arch(saved_config), _arch(config)
+    bad = [k for k in saved if not (reshards and k in _RESHARDED) and saved[k] != now[k]]
     if bad:
         layout = any(k.endswith("parallel_size") for k in bad)
         raise CheckpointError(f"{path} was saved with a different model layout: "
                               + "; ".join(f"--{_FLAG_OF.get(k, k.replace('_', '-'))}: "
-                                          f"checkpoint {saved[k]!r}, now {getattr(args, k)!r}"
+                                          f"checkpoint {saved[k]!r}, now {now[k]!r}"
                                           for k in bad)
                               + (f"; {_conversion_hint(load_dir)}" if layout else ""))
 
@@ -333,12 +330,14 @@ def _read_agreed(load_dir: str, iteration: int, fallback: bool,
 
 def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_scheduler, *,
                     load_dir: str, load_optim: bool = True, load_rng: bool = True,
-                    finetune: bool = False, args: Namespace | None = None,
+                    finetune: bool = False, run_config: RunConfig | None = None,
                     fallback: bool = False) -> tuple[int, dict]:
     """Load the latest checkpoint under ``load_dir`` into the given objects. Either
     format loads (it is recorded in the checkpoint); a ``torch_dist`` one under any layout.
 
     Args:
+        run_config: the loading run's config; the checkpoint's model and layout must match
+            it (None: not compared).
         fallback: when the tracker's iteration cannot be read, load the newest earlier
             one every rank can read (``--ckpt-fallback``) instead of raising.
 
@@ -364,7 +363,7 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
             raise CheckpointError(f"{path} is a torch_dist checkpoint, which an FSDP2 run "
                                   "cannot load yet: convert it first (--ckpt-convert-format "
                                   "torch --ckpt-convert-save DIR, without FSDP2)")
-        _check_args(state.get("args"), args, path, load_dir, reshards=True)
+        _check_run(state, run_config, path, load_dir, reshards=True)
         if with_optim and state.get("optimizer") is None:
             raise CheckpointError(f"{path} has no optimizer state; use --no-load-optim or "
                                   "--finetune")
@@ -380,7 +379,7 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
         same_layout = _saved_at_this_layout(state, path, checkpoint_dir(load_dir, iteration))
     else:
         _load_torch_format(state, path, model_chunks, optimizer if with_optim else None,
-                           args, load_dir)
+                           run_config, load_dir)
         same_layout = True
     if finetune:
         return 0, {}
@@ -400,18 +399,20 @@ def load_checkpoint(model_chunks: list[torch.nn.Module], optimizer, opt_param_sc
 def _saved_at_this_layout(state: dict, path: str, iter_dir: str) -> bool:
     """This rank's own file, written under this run's TP and PP sizes (its RNG states are
     this rank's)."""
-    saved = state.get("args") or {}
-    now = {"tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
-           "pipeline_model_parallel_size":
-               parallel_state.get_pipeline_model_parallel_world_size()}
-    return path == checkpoint_file(iter_dir) and all(
-        saved.get(key, size) == size for key, size in now.items())
+    saved = saved_run_config(state, path)
+    if saved is None:
+        return path == checkpoint_file(iter_dir)
+    return path == checkpoint_file(iter_dir) and (
+        saved.parallel.tensor_model_parallel_size,
+        saved.parallel.pipeline_model_parallel_size) == (
+        parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_pipeline_model_parallel_world_size())
 
 
 def _load_torch_format(state: dict, path: str, model_chunks: list[torch.nn.Module], optimizer,
-                       args: Namespace | None, load_dir: str) -> None:
+                       run_config: RunConfig | None, load_dir: str) -> None:
     """The ``torch`` format's model and optimizer, from this rank's file (and shard)."""
-    _check_args(state.get("args"), args, path, load_dir)
+    _check_run(state, run_config, path, load_dir)
     keys = model_keys(len(model_chunks))
     if any(key not in state for key in keys):
         held = sorted(k for k in state if k.startswith("model"))

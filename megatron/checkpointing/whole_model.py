@@ -2,16 +2,16 @@
 iteration (any TP / PP / EP layout), merge them into one whole-model state dict, and build
 the model its record describes (for one process, or this process's (tp, pp) part).
 
-The record a checkpoint keeps of its model is its saved ``args`` (``save_load.py``);
-:func:`saved_model_config` is the one function that turns it back into a
-``TransformerConfig``, so the converter, the evaluation tasks and the analyzer's
-reference models all rebuild a model the same way. The model type is the record's
-``model_type`` (``gpt`` / ``bert``; a checkpoint older than the field is GPT).
+The record a checkpoint keeps of its model is its ``RunConfig`` (``record.py``, which
+migrates older records); :func:`saved_model_config` is the one function that turns it
+into the ``TransformerConfig`` of one process, so the converter, the evaluation tasks and
+the analyzer's reference models all rebuild a model the same way. The model type is the
+record's ``model_type`` (``gpt`` / ``bert``; a checkpoint older than the field is GPT).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from argparse import Namespace
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +22,11 @@ from megatron.checkpointing.dist_format import read_whole_model
 from megatron.checkpointing.files import CKPT_NAME, checkpoint_dir, parse_rank_folder, \
     rank_folders, read_checkpoint_file
 from megatron.checkpointing.folder import read_tracker
+from megatron.checkpointing.record import saved_run_config
 from megatron.core import parallel_state
 from megatron.errors import BadConfigError, CheckpointError, MissingInputError
+from megatron.model.config import TransformerConfig
+from megatron.run_config import RunConfig
 
 
 def iteration_dir(load_dir: str, iteration: int | None) -> tuple[int, str]:
@@ -66,14 +69,9 @@ def read_layout(iter_dir: str) -> dict[tuple[int, int], dict]:
     return found
 
 
-def expert_parallel_size(args: dict) -> int:
-    return int(args.get("expert_model_parallel_size") or 1)
-
-
-def num_experts(args: dict) -> int:
-    """``--num-experts`` of a record (a list in Megatron-DeepSpeed's form)."""
-    experts = args.get("num_experts")
-    return int(experts[0] if isinstance(experts, list) else experts or 1)
+def num_experts(config: RunConfig) -> int:
+    """Experts per MoE layer of a checkpoint's model (1: dense)."""
+    return 1 if config.model.moe is None else config.model.moe.num_experts
 
 
 def merge_expert_ranks(found: dict[tuple, dict]) -> dict[tuple[int, int], dict]:
@@ -81,11 +79,12 @@ def merge_expert_ranks(found: dict[tuple, dict]) -> dict[tuple[int, int], dict]:
     position's expert-parallel ranks (Megatron-LM's ``_EEE`` suffix) become one model with
     global expert ids."""
     from megatron.model.moe.checkpoint import merge_expert_parallel
-    args = next(iter(found.values())).get("args") or {}
-    ep = expert_parallel_size(args)
+    first = next(iter(found.values()))
+    config = saved_run_config(first, first.get("_path", "a checkpoint file"))
+    ep = 1 if config is None else config.parallel.expert_model_parallel_size
     if ep == 1:
         return {(k[0], k[1] if len(k) > 1 else 0): v for k, v in found.items()}
-    pp = int(args.get("pipeline_model_parallel_size") or 1)
+    pp = config.parallel.pipeline_model_parallel_size
     groups: dict[tuple[int, int], dict[int, dict]] = {}
     for key, ckpt in found.items():
         tp, stage, rank = (key[0], 0, key[1]) if pp == 1 else key
@@ -97,88 +96,93 @@ def merge_expert_ranks(found: dict[tuple, dict]) -> dict[tuple[int, int], dict]:
                                     f"found, expected 0..{ep - 1}")
         first = dict(by_rank[0])
         first["model"] = merge_expert_parallel([by_rank[r]["model"] for r in range(ep)],
-                                               num_experts(args))
+                                               num_experts(config))
         merged[pos] = first
     return merged
 
 
-def read_args(load_dir: str, iteration: int | None = None) -> tuple[int, dict]:
-    """(iteration, the saved args) of a checkpoint, read from one rank's file."""
+def read_run_config(load_dir: str, iteration: int | None = None
+                    ) -> tuple[int, RunConfig | None]:
+    """(iteration, the run it was saved by) of a checkpoint, read from one rank's file."""
     iteration, iter_dir = iteration_dir(load_dir, iteration)
     names = rank_folders(iter_dir)
     if not names:
         raise MissingInputError(f"{iter_dir} holds no mp_rank_* folders")
-    first = read_checkpoint_file(os.path.join(iter_dir, names[0], CKPT_NAME))
-    return iteration, dict(first.get("args") or {})
+    path = os.path.join(iter_dir, names[0], CKPT_NAME)
+    return iteration, saved_run_config(read_checkpoint_file(path), path)
 
 
-def saved_model_config(args: dict, **overrides):
-    """The ``TransformerConfig`` of a checkpoint's model, from its record, built whole
+def saved_model_config(config: RunConfig, **overrides) -> TransformerConfig:
+    """The ``TransformerConfig`` of a checkpoint's model, built whole
     (``use_cpu_initialization``: the same weights under any layout), without sequence
-    parallelism or expert parallelism (one process's view); ``overrides`` replace saved
-    flags (e.g. ``padded_vocab_size`` after re-padding)."""
-    from megatron.arguments import transformer_config_from_args
-    return transformer_config_from_args(Namespace(**{
-        **args, "use_cpu_initialization": True, "sequence_parallel": False,
-        "expert_model_parallel_size": 1, **overrides}))
+    parallelism or expert parallelism (one process's view); ``overrides`` replace model
+    fields (e.g. ``padded_vocab_size`` after re-padding)."""
+    model = config.model
+    moe = None if model.moe is None else dataclasses.replace(model.moe,
+                                                             expert_model_parallel_size=1)
+    return dataclasses.replace(model, use_cpu_initialization=True, sequence_parallel=False,
+                               moe=moe, **overrides)
 
 
-def saved_model(config, args: dict, pre_process: bool = True, post_process: bool = True,
-                parallel_output: bool = True) -> torch.nn.Module:
+def saved_model(model_config: TransformerConfig, config: RunConfig, pre_process: bool = True,
+                post_process: bool = True, parallel_output: bool = True) -> torch.nn.Module:
     """GPT, or BERT for checkpoints of pretrain_bert.py (``model_type`` "bert")."""
-    if args.get("model_type") not in (None, "gpt", "bert"):
-        raise BadConfigError(f"the checkpoint holds a {args['model_type']!r} model; this tool "
+    if config.model_type not in (None, "gpt", "bert"):
+        raise BadConfigError(f"the checkpoint holds a {config.model_type!r} model; this tool "
                              "converts GPT and BERT pretraining checkpoints")
-    if args.get("model_type") == "bert":
+    if config.model_type == "bert":
         from megatron.model.bert_model import BertModel
-        binary = bool(args.get("bert_binary_head", True))
-        return BertModel(config, num_tokentypes=2 if binary else 0, add_binary_head=binary,
+        binary = bool(config.extra.get("bert_binary_head", True))
+        return BertModel(model_config, num_tokentypes=2 if binary else 0,
+                         add_binary_head=binary,
                          parallel_output=parallel_output, pre_process=pre_process,
                          post_process=post_process)
     from megatron.model.gpt_model import GPTModel
-    return GPTModel(config, pre_process=pre_process, post_process=post_process,
+    return GPTModel(model_config, pre_process=pre_process, post_process=post_process,
                     parallel_output=parallel_output)
 
 
-def template_specs(args: dict) -> dict[str, model_split.ParamSpec]:
+def template_specs(config: RunConfig) -> dict[str, model_split.ParamSpec]:
     """Split metadata of every parameter, read from a single-rank model of the same shape."""
-    config = saved_model_config(args)
+    model_config = saved_model_config(config)
     try:
         with torch.device("meta"):  # shapes and attributes only: no memory, no init cost
-            model = saved_model(config, args)
+            model = saved_model(model_config, config)
     except (RuntimeError, NotImplementedError):
-        model = saved_model(config, args)
+        model = saved_model(model_config, config)
     return model_split.param_specs(model)
 
 
-def with_model_type(args: dict, given: str | None, where: str) -> dict:
-    """``args`` with the model type (``gpt`` / ``bert``) that ``--model-type`` names,
+def with_model_type(config: RunConfig, given: str | None, where: str) -> RunConfig:
+    """``config`` with the model type (``gpt`` / ``bert``) that ``--model-type`` names,
     refused when it contradicts the type the checkpoint recorded."""
     if given is None:
-        return args
-    recorded = args.get("model_type")
+        return config
+    recorded = config.model_type
     if recorded is not None and recorded != given.lower():
         raise BadConfigError(f"--model-type {given}: {where} holds a {recorded.upper()} model")
-    return {**args, "model_type": given.lower()}
+    return config.replace(model_type=given.lower())
 
 
 def load_whole(load_dir: str, iteration: int | None = None, model_type: str | None = None
-               ) -> tuple[int, dict, dict, dict[str, torch.Tensor]]:
-    """(iteration, rank (0, 0)'s checkpoint, its args, the merged whole-model state dict).
-    ``model_type``: ``--model-type`` (checked against the checkpoint's)."""
+               ) -> tuple[int, dict, RunConfig, dict[str, torch.Tensor]]:
+    """(iteration, rank (0, 0)'s checkpoint, the run it was saved by, the merged
+    whole-model state dict). ``model_type``: ``--model-type`` (checked against the
+    checkpoint's)."""
     iteration, iter_dir = iteration_dir(load_dir, iteration)
     dist = is_dist_folder(iter_dir)
     source = None if dist else read_layout(iter_dir)
     first = _first_rank_file(iter_dir) if dist else source[(0, 0)]
-    args = dict(first.get("args") or {})
-    if not args:
-        raise CheckpointError(f"{first['_path']} has no saved args: cannot rebuild the model shape")
-    args = with_model_type(args, model_type, first["_path"])
+    config = saved_run_config(first, first["_path"])
+    if config is None or config.model is None:
+        raise CheckpointError(f"{first['_path']} records no run (no saved args or run config): "
+                              "cannot rebuild the model shape")
+    config = with_model_type(config, model_type, first["_path"])
     if dist:   # global tensors: already whole
-        return iteration, first, args, read_whole_model(iter_dir, template_specs(args))
+        return iteration, first, config, read_whole_model(iter_dir, template_specs(config))
     full = model_split.merge_state_dicts({k: v["model"] for k, v in source.items()},
-                                         template_specs(args), int(args["num_layers"]))
-    return iteration, first, args, full
+                                         template_specs(config), config.model.num_layers)
+    return iteration, first, config, full
 
 
 def _first_rank_file(iter_dir: str) -> dict:
@@ -193,16 +197,17 @@ def _first_rank_file(iter_dir: str) -> dict:
     return {**read_checkpoint_file(path), "_path": path}
 
 
-def real_vocab_size(args: dict, given: int | None) -> int | None:
+def real_vocab_size(config: RunConfig, given: int | None) -> int | None:
     """The real (unpadded) vocabulary size: the flag, else what the checkpoint recorded."""
-    return given or args.get("orig_vocab_size") or args.get("vocab_size")
+    return given or config.tokenizer.orig_vocab_size or config.tokenizer.vocab_size
 
 
-def target_vocab_rows(args: dict, rows: int, target_tp: int, true_vocab: int | None) -> int:
+def target_vocab_rows(config: RunConfig, rows: int, target_tp: int,
+                      true_vocab: int | None) -> int:
     """Padded vocabulary rows for the target TP: the real vocabulary padded to a multiple
     of ``--make-vocab-size-divisible-by`` x TP, else the rows as they are when they split."""
-    true_vocab = real_vocab_size(args, true_vocab)
-    multiple = int(args.get("make_vocab_size_divisible_by") or 1) * target_tp
+    true_vocab = real_vocab_size(config, true_vocab)
+    multiple = int(config.tokenizer.make_vocab_size_divisible_by or 1) * target_tp
     if true_vocab:
         if int(true_vocab) > rows:
             raise BadConfigError(f"the real vocabulary size {true_vocab} exceeds the checkpoint's "
@@ -246,7 +251,7 @@ def rank_state_dict(full: dict[str, torch.Tensor], model: torch.nn.Module, num_l
 class LoadedModel:
     """A checkpoint's model, built and loaded for evaluation (:func:`load_model`)."""
     model: torch.nn.Module               # eval mode; this process's (tp, pp) part
-    args: dict                           # the checkpoint's record of its run
+    config: RunConfig                    # the run the checkpoint was saved by
     iteration: int
     state_dict: dict[str, torch.Tensor]  # the whole model's merged weights, as saved
     run_record: dict                     # extra_state["run_record"] ({}: an older checkpoint)
@@ -265,25 +270,25 @@ def load_model(load_dir: str, iteration: int | None = None, *,
         params_dtype: the weights' dtype (None: the run's).
     """
     from megatron.core.devices import accelerator_device
-    iteration, first, args, full = load_whole(load_dir, iteration)
+    iteration, first, config, full = load_whole(load_dir, iteration)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rows = full[model_split.WORD_EMBEDDING_KEY].shape[0]
     weights = full
     if rows % tp != 0:
         weights = dict(full)
-        model_split.resize_vocab(weights, rows, target_vocab_rows(args, rows, tp, None))
+        model_split.resize_vocab(weights, rows, target_vocab_rows(config, rows, tp, None))
     overrides = {"padded_vocab_size": weights[model_split.WORD_EMBEDDING_KEY].shape[0],
                  "hidden_dropout": 0.0, "attention_dropout": 0.0,
                  "recompute_granularity": None, "recompute_method": None,
                  "recompute_num_layers": None}
     if params_dtype is not None:
         overrides["params_dtype"] = params_dtype
-    model = saved_model(saved_model_config(args, **overrides), args,
+    model = saved_model(saved_model_config(config, **overrides), config,
                         parallel_state.is_pipeline_first_stage(),
                         parallel_state.is_pipeline_last_stage(), parallel_output)
     model.load_state_dict(rank_state_dict(
-        weights, model, int(args["num_layers"]),
-        not args.get("untie_embeddings_and_output_weights", False)), strict=True)
+        weights, model, config.model.num_layers,
+        not config.model.untie_embeddings_and_output_weights), strict=True)
     model.to(accelerator_device() if device is None else device).eval()
     record = (first.get("extra_state") or {}).get("run_record") or {}
-    return LoadedModel(model, args, iteration, full, record, os.path.abspath(load_dir))
+    return LoadedModel(model, config, iteration, full, record, os.path.abspath(load_dir))

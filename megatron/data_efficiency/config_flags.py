@@ -13,6 +13,7 @@ from megatron.data_efficiency.config import (TRANSFORM_ALIASES, DataEfficiencyCo
                                              config_from_dict, load_config_file)
 from megatron.data_efficiency.curriculum.scheduler import SCHEDULE_TYPES
 from megatron.data_efficiency.random_ltd import config as random_ltd_config
+from megatron.data_efficiency.random_ltd import flags as random_ltd_flags
 from megatron.given_flags import note_from_config, was_given
 
 
@@ -104,8 +105,8 @@ def config_from_args(args: argparse.Namespace) -> DataEfficiencyConfig:
         cfg.random_ltd.check_total_layers(args.num_layers)
         cfg.random_ltd.resolve_layer_ids(args.num_layers)
     else:
-        cfg.random_ltd = random_ltd_config.config_from_args(args, args.num_layers,
-                                                            args.seq_length)
+        cfg.random_ltd = random_ltd_flags.config_from_args(args, args.num_layers,
+                                                           args.seq_length)
     if cfg.num_workers is not None and cfg.num_workers != args.num_workers:
         # explicit beats default: the file's value replaces the --num-workers default
         if was_given(args, "num_workers"):

@@ -13,13 +13,12 @@ which analyzer flags reproduce them, belong to the model family:
   BERT's flags (``--model bert --short-seq-prob P [--bert-no-binary-head]``).
 
 A family's entry point hands its class to ``pretrain(..., data_family=...)``, which
-builds it once from the parsed flags (``from_args``) and passes it, with the run's
+builds it once from the run's config (``from_config``) and passes it, with the run's
 ``TrainingSamples``, down to the data-efficiency runtime: the generic loop never asks
 which family it trains, and nothing calls back up into it.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,8 +75,8 @@ class DataFamily:
     analyzer_flags: tuple[str, ...] = ()
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "DataFamily":
-        """The family of a run with these validated flags (called once by ``pretrain``)."""
+    def from_config(cls, config: Any) -> "DataFamily":
+        """The family of a run with this ``RunConfig`` (called once by ``pretrain``)."""
         return cls()
 
     def fingerprint(self, dataset: Any, samples: TrainingSamples) -> str:

@@ -1,10 +1,11 @@
 """Which ``transformers`` architecture equals our model, and the config both ways.
 
 The choice reads the model's layer spec (``megatron/model/layer_spec.py``) as the
-checkpoint's flags set it: the norm (``normalization``), the attention's query groups and
-head size, the MLP (GeLU or SwiGLU, dense or MoE), biases or none, the positions. Our GPT
-layer is pre-norm with sequential residuals and softmax scaled by ``1/sqrt(d)``; with
-LayerNorm, biases and the tanh-approximate GeLU (``F.gelu(approximate="tanh")``):
+checkpoint's ``TransformerConfig`` sets it: the norm (``normalization``), the attention's
+query groups and head size, the MLP (GeLU or SwiGLU, dense or MoE), biases or none, the
+positions. Our GPT layer is pre-norm with sequential residuals and softmax scaled by
+``1/sqrt(d)``; with LayerNorm, biases and the tanh-approximate GeLU
+(``F.gelu(approximate="tanh")``):
 
 * learned absolute positions -> ``GPT2LMHeadModel`` (``activation_function``
   ``gelu_pytorch_tanh``, the same op as ours);
@@ -25,98 +26,94 @@ from __future__ import annotations
 
 import torch
 
+from megatron.config_from_flags import run_config_from_flags
 from megatron.hf import llama
+from megatron.model.config import TransformerConfig
+from megatron.run_config import RunConfig
 
 TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new")   # the same function; the first is our op
 HF_CLASS = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM",
             "megatron_bert": "MegatronBertForPreTraining", "llama": "LlamaForCausalLM"}
 
 
-def is_bert(args: dict) -> bool:
-    return args.get("model_type") == "bert"
+def is_bert(config: RunConfig) -> bool:
+    return config.model_type == "bert"
 
 
-def _heads(args: dict) -> tuple[int, int, int]:
-    """(query heads, query groups, head size) of the attention slot."""
-    heads = int(args["num_attention_heads"])
-    return (heads, int(args.get("num_query_groups") or heads),
-            int(args.get("kv_channels") or int(args["hidden_size"]) // heads))
-
-
-def _classic_layer_problems(args: dict) -> list[str]:
+def _classic_layer_problems(model: TransformerConfig) -> list[str]:
     """What a LayerNorm / biased linears / GeLU / one-key-per-head layer (GPT-2, GPT-NeoX,
     Megatron-BERT) cannot hold."""
     problems = []
-    norm = args.get("normalization") or "LayerNorm"
-    if norm != "LayerNorm":
-        problems.append(f"--normalization {norm} (this architecture has LayerNorm)")
-    if args.get("swiglu"):
+    if model.normalization != "LayerNorm":
+        problems.append(f"--normalization {model.normalization} (this architecture has "
+                        "LayerNorm)")
+    if model.swiglu:
         problems.append("--swiglu (no transformers architecture pairs a SwiGLU MLP with our "
                         "biased LayerNorm layer)")
-    if args.get("add_bias_linear") is False:
+    if not model.add_bias_linear:
         problems.append("linear layers without biases")
-    heads, groups, head_dim = _heads(args)
+    heads, groups, head_dim = (model.num_attention_heads, model.num_query_groups,
+                               model.kv_channels)
     if groups != heads:
         problems.append(f"grouped-query attention ({groups} query groups for {heads} heads)")
-    if head_dim * heads != int(args["hidden_size"]):
+    if head_dim * heads != model.hidden_size:
         problems.append(f"--kv-channels {head_dim} x {heads} heads != --hidden-size "
-                        f"{args['hidden_size']}")
+                        f"{model.hidden_size}")
     return problems
 
 
-def _holds(arch: str, args: dict) -> list[str]:
+def _holds(arch: str, model: TransformerConfig) -> list[str]:
     """What of our model ``arch`` cannot hold (empty: it holds it exactly)."""
     problems = []
-    if args.get("num_experts"):
+    if model.moe is not None:
         problems.append("MoE layers (--num-experts): no dense transformers architecture "
                         "holds them")
     if arch == "llama":
-        return problems + llama.export_problems(args)
-    if args.get("use_rope_scaling"):
+        return problems + llama.export_problems(model)
+    if model.rope_scaling:
         problems.append("--use-rope-scaling (Llama-3 scaling: a Llama model with RMSNorm)")
-    problems += _classic_layer_problems(args)
-    if arch == "megatron_bert" and args.get("position_embedding_type") == "rope":
+    problems += _classic_layer_problems(model)
+    if arch == "megatron_bert" and model.position_embedding_type == "rope":
         problems.append("BERT with rotary positions")
     return problems
 
 
-def choose_architecture(args: dict) -> str:
-    """The architecture of our checkpoint's model, by its saved flags.
+def choose_architecture(config: RunConfig) -> str:
+    """The architecture of our checkpoint's model, by the run it was saved by.
 
     Raises:
         ValueError: no ``transformers`` architecture equals this model.
     """
-    if is_bert(args):
+    model = config.model
+    if is_bert(config):
         arch = "megatron_bert"
-    elif args.get("position_embedding_type") != "rope":
+    elif model.position_embedding_type != "rope":
         arch = "gpt2"
-    elif (args.get("normalization") or "LayerNorm") == "RMSNorm":
+    elif model.normalization == "RMSNorm":
         arch = "llama"
     else:
         arch = "gpt_neox"
-    problems = _holds(arch, args)
+    problems = _holds(arch, model)
     if problems:
         raise ValueError("cannot export to transformers without changing the model: "
                          + "; ".join(problems))
     return arch
 
 
-def hf_config(arch: str, args: dict, vocab_size: int, special: dict[str, int | None]):
+def hf_config(arch: str, config: RunConfig, vocab_size: int, special: dict[str, int | None]):
     """The ``transformers`` config of our model (``vocab_size`` = the real vocabulary;
     ``special``: the tokenizer's ``bos_token_id`` / ``eos_token_id`` [/ ``pad_token_id``],
     written into a GPT's config)."""
     import transformers
-    hidden, layers = int(args["hidden_size"]), int(args["num_layers"])
-    heads = int(args["num_attention_heads"])
-    ffn = int(args.get("ffn_hidden_size") or 4 * hidden)
-    tied = not args.get("untie_embeddings_and_output_weights", False)
-    common = dict(vocab_size=vocab_size, max_position_embeddings=int(args["max_position_embeddings"]),
-                  tie_word_embeddings=tied, architectures=[HF_CLASS[arch]],
-                  initializer_range=float(args.get("init_method_std", 0.02)))
-    hdrop, adrop = float(args.get("hidden_dropout", 0.1)), float(args.get("attention_dropout", 0.1))
-    eps = float(args.get("layernorm_epsilon", 1e-5))
+    model = config.model
+    hidden, layers, heads = model.hidden_size, model.num_layers, model.num_attention_heads
+    ffn = model.ffn_hidden_size
+    common = dict(vocab_size=vocab_size, max_position_embeddings=model.max_position_embeddings,
+                  tie_word_embeddings=not model.untie_embeddings_and_output_weights,
+                  architectures=[HF_CLASS[arch]], initializer_range=model.init_method_std)
+    hdrop, adrop, eps = model.hidden_dropout, model.attention_dropout, model.layernorm_epsilon
     if arch == "llama":
-        return llama.llama_config(args, vocab_size, {**common, **special})
+        return llama.llama_config(model, vocab_size, {**common, **special})
     if arch == "gpt2":
         common["n_positions"] = common.pop("max_position_embeddings")
         return transformers.GPT2Config(
@@ -124,14 +121,14 @@ def hf_config(arch: str, args: dict, vocab_size: int, special: dict[str, int | N
             activation_function=TANH_GELUS[0], resid_pdrop=hdrop, embd_pdrop=hdrop,
             attn_pdrop=adrop, layer_norm_epsilon=eps, **special, **common)
     if arch == "gpt_neox":
-        rope = {"rope_type": "default", "rope_theta": float(args.get("rotary_base", 10000.0)),
-                "partial_rotary_factor": float(args.get("rotary_percent", 1.0))}
+        rope = {"rope_type": "default", "rope_theta": float(model.rotary_base),
+                "partial_rotary_factor": float(model.rotary_percent)}
         return transformers.GPTNeoXConfig(
             hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
             intermediate_size=ffn, hidden_act=TANH_GELUS[0], rope_parameters=rope,
             use_parallel_residual=False, attention_bias=True, layer_norm_eps=eps,
             hidden_dropout=hdrop, attention_dropout=adrop, **special, **common)
-    binary = bool(args.get("bert_binary_head", True))
+    binary = bool(config.extra.get("bert_binary_head", True))
     common["architectures"] = [HF_CLASS[arch] if binary else "MegatronBertForMaskedLM"]
     return transformers.MegatronBertConfig(
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
@@ -164,8 +161,8 @@ def _check_import(config) -> list[str]:
     return problems
 
 
-def args_from_hf_config(config) -> tuple[str, dict]:
-    """(architecture, our model flags) of a ``transformers`` config.
+def flags_from_hf_config(config) -> tuple[str, dict]:
+    """(architecture, our model flags by ``dest`` name) of a ``transformers`` config.
 
     Raises:
         ValueError: an architecture or setting our model cannot reproduce exactly.
@@ -183,7 +180,7 @@ def args_from_hf_config(config) -> tuple[str, dict]:
         raise ValueError(f"cannot import this {kind} model exactly: " + "; ".join(problems))
     arch = names[kind]
     if arch == "llama":
-        return arch, llama.args_from_llama(config)
+        return arch, llama.flags_from_llama(config)
     if arch == "gpt2":
         hidden, layers, heads = config.n_embd, config.n_layer, config.n_head
         ffn, positions = config.n_inner or 4 * hidden, config.n_positions
@@ -211,11 +208,9 @@ def args_from_hf_config(config) -> tuple[str, dict]:
     return arch, ours
 
 
-def full_args(ours: dict, extra_args_provider=None) -> dict:
-    """Every flag of a run, at its default, overridden by ``ours`` (a checkpoint's args)."""
-    from megatron.arguments import parse_args
-    base = vars(parse_args(extra_args_provider, args=[]))
-    base.update(params_dtype=torch.float32, use_cpu_initialization=True,
-                sequence_parallel=False)
-    base.update(ours)
-    return base
+def imported_run_config(flags: dict) -> RunConfig:
+    """The ``RunConfig`` of an imported model: its flags (``flags_from_hf_config``, the
+    vocabulary and tokenizer), every other at its default; fp32 weights, built whole."""
+    extra = ("bert_binary_head",) if flags.get("model_type") == "bert" else ()
+    return run_config_from_flags({"params_dtype": torch.float32, "use_cpu_initialization": True,
+                                  **flags}, extra)

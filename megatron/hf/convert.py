@@ -9,13 +9,14 @@ import torch
 
 from megatron.hf import architecture, hf_dir, mapping
 from megatron.hf.architecture import is_bert
+from megatron.run_config import RunConfig, TokenizerConfig
 
 _TOKENTYPES = "embedding.tokentype_embeddings.weight"
 
 
-def _real_vocab(args: dict, full: dict[str, torch.Tensor]) -> int:
+def _real_vocab(config: RunConfig, full: dict[str, torch.Tensor]) -> int:
     rows = full["embedding.word_embeddings.weight"].shape[0]
-    vocab = int(args.get("orig_vocab_size") or args.get("vocab_size") or rows)
+    vocab = int(config.tokenizer.orig_vocab_size or config.tokenizer.vocab_size or rows)
     if vocab > rows:
         raise ValueError(f"the checkpoint's real vocabulary size {vocab} exceeds its {rows} "
                          "embedding rows")
@@ -30,21 +31,21 @@ def _optional(tok, name: str) -> int | None:
         return None
 
 
-def special_token_ids(args: dict) -> dict[str, int | None]:
+def special_token_ids(tokenizer: TokenizerConfig) -> dict[str, int | None]:
     """The run's tokenizer's special ids for a GPT config.json: ``eos_token_id`` = its end
     of document, ``bos_token_id`` = its BOS where it has one (a Llama tokenizer's ``<s>``),
     else the end of document (GPT-2's ``<|endoftext|>`` is both), and ``pad_token_id``
     where it has a PAD. None for both when there is no tokenizer or it does not load."""
     from megatron.tokenizer import build_tokenizer
     none = {"bos_token_id": None, "eos_token_id": None}
-    kind = args.get("tokenizer_type")
+    kind = tokenizer.tokenizer_type
     if kind == "NullTokenizer" or kind is None:
         return none
     try:
-        tok = build_tokenizer(kind, vocab_file=args.get("vocab_file"),
-                              merge_file=args.get("merge_file"),
-                              tokenizer_model=args.get("tokenizer_model"),
-                              vocab_extra_ids=int(args.get("vocab_extra_ids") or 0))
+        tok = build_tokenizer(kind, vocab_file=tokenizer.vocab_file,
+                              merge_file=tokenizer.merge_file,
+                              tokenizer_model=tokenizer.tokenizer_model,
+                              vocab_extra_ids=int(tokenizer.vocab_extra_ids or 0))
         eod = int(tok.eod)
     except (OSError, ValueError, NotImplementedError, AttributeError):
         return none
@@ -53,56 +54,59 @@ def special_token_ids(args: dict) -> dict[str, int | None]:
     return ids if pad is None else {**ids, "pad_token_id": pad}
 
 
-def save_hf(full: dict[str, torch.Tensor], args: dict, save_dir: str) -> tuple[str, str]:
+def save_hf(full: dict[str, torch.Tensor], config: RunConfig, save_dir: str
+            ) -> tuple[str, str]:
     """Write our merged model as a ``transformers`` directory.
 
     Args:
         full: whole-model (TP1/PP1) state dict, padded vocabulary rows allowed.
-        args: the checkpoint's saved flags.
+        config: the run the checkpoint was saved by.
         save_dir: an absent or empty folder.
 
     Returns:
         (the written folder, a note for the user: empty, or what was not carried over).
     """
-    arch = architecture.choose_architecture(args)
-    vocab = _real_vocab(args, full)
+    arch = architecture.choose_architecture(config)
+    vocab = _real_vocab(config, full)
     full = dict(full)
-    hidden = int(args["hidden_size"])
+    hidden = config.model.hidden_size
     if arch == "megatron_bert" and _TOKENTYPES not in full:
         # no segment table: transformers always adds row 0 of one, so give it zeros
         full[_TOKENTYPES] = torch.zeros(2, hidden, dtype=full["embedding.word_embeddings.weight"].dtype)
-    tensors = mapping.to_hf(full, arch, mapping.AttentionShape.from_args(args), vocab)
-    config = architecture.hf_config(arch, args, vocab, special_token_ids(args))
-    files, tok_config, note = hf_dir.tokenizer_files(args)
-    return hf_dir.write_model_dir(save_dir, config, tensors, files, tok_config), note
+    tensors = mapping.to_hf(full, arch, mapping.AttentionShape.of(config.model), vocab)
+    hf = architecture.hf_config(arch, config, vocab, special_token_ids(config.tokenizer))
+    files, tok_config, note = hf_dir.tokenizer_files(config.tokenizer,
+                                                     config.model.max_position_embeddings)
+    return hf_dir.write_model_dir(save_dir, hf, tensors, files, tok_config), note
 
 
-def model_flags(args: dict) -> list[str]:
+def model_flags(config: RunConfig) -> list[str]:
     """The model flags of ``pretrain_gpt.py`` / ``pretrain_bert.py`` that build an imported
     checkpoint's model (to finetune or continue pretraining it with ``--finetune --load``)."""
-    heads = int(args["num_attention_heads"])
-    flags = [f"--num-layers {args['num_layers']}", f"--hidden-size {args['hidden_size']}",
-             f"--num-attention-heads {heads}", f"--kv-channels {args['kv_channels']}",
-             f"--ffn-hidden-size {args['ffn_hidden_size']}",
-             f"--max-position-embeddings {args['max_position_embeddings']}",
-             f"--layernorm-epsilon {args['layernorm_epsilon']}",
+    model = config.model
+    heads = model.num_attention_heads
+    flags = [f"--num-layers {model.num_layers}", f"--hidden-size {model.hidden_size}",
+             f"--num-attention-heads {heads}", f"--kv-channels {model.kv_channels}",
+             f"--ffn-hidden-size {model.ffn_hidden_size}",
+             f"--max-position-embeddings {model.max_position_embeddings}",
+             f"--layernorm-epsilon {model.layernorm_epsilon}",
              # the imported config's (Llama: none), not our defaults of 0.1
-             f"--hidden-dropout {args['hidden_dropout']}",
-             f"--attention-dropout {args['attention_dropout']}"]
-    if (args.get("normalization") or "LayerNorm") != "LayerNorm":
-        flags.append(f"--normalization {args['normalization']}")
-    if args.get("position_embedding_type") == "rope":
-        flags += ["--position-embedding-type rope", f"--rotary-base {args['rotary_base']}"]
-    if args.get("use_rope_scaling"):
-        flags.append(f"--use-rope-scaling --rope-scaling-factor {args['rope_scaling_factor']}")
-    if int(args.get("num_query_groups") or heads) != heads:
-        flags.append(f"--group-query-attention --num-query-groups {args['num_query_groups']}")
-    flags += [flag for flag, on in (("--swiglu", args.get("swiglu")),
-                                    ("--disable-bias-linear", args.get("add_bias_linear") is False),
+             f"--hidden-dropout {model.hidden_dropout}",
+             f"--attention-dropout {model.attention_dropout}"]
+    if model.normalization != "LayerNorm":
+        flags.append(f"--normalization {model.normalization}")
+    if model.position_embedding_type == "rope":
+        flags += ["--position-embedding-type rope", f"--rotary-base {model.rotary_base}"]
+    if model.rope_scaling:
+        flags.append(f"--use-rope-scaling --rope-scaling-factor {model.rope_scaling_factor}")
+    if model.num_query_groups != heads:
+        flags.append(f"--group-query-attention --num-query-groups {model.num_query_groups}")
+    flags += [flag for flag, on in (("--swiglu", model.swiglu),
+                                    ("--disable-bias-linear", not model.add_bias_linear),
                                     ("--untie-embeddings-and-output-weights",
-                                     args.get("untie_embeddings_and_output_weights")),
-                                    ("--bert-no-binary-head",
-                                     is_bert(args) and not args.get("bert_binary_head", True)))
+                                     model.untie_embeddings_and_output_weights),
+                                    ("--bert-no-binary-head", is_bert(config) and not
+                                     config.extra.get("bert_binary_head", True)))
               if on]
     return " ".join(flags).split()
 
@@ -127,17 +131,18 @@ def _bert_heads(full: dict[str, torch.Tensor]) -> bool:
 
 
 def load_hf(load_dir: str, make_vocab_size_divisible_by: int = 128
-            ) -> tuple[dict, dict[str, torch.Tensor]]:
+            ) -> tuple[RunConfig, dict[str, torch.Tensor]]:
     """Read a local ``transformers`` directory as our model.
 
     Returns:
-        (flags for the checkpoint's ``args``, whole-model state dict with the real
-        vocabulary rows: the caller pads them for its target layout).
+        (the ``RunConfig`` to record in the checkpoint, whole-model state dict with the
+        real vocabulary rows: the caller pads them for its target layout).
     """
     config, hf = hf_dir.read_model_dir(load_dir)
-    arch, ours = architecture.args_from_hf_config(config)
+    arch, ours = architecture.flags_from_hf_config(config)
     tied = not ours["untie_embeddings_and_output_weights"]
-    full = mapping.from_hf(hf, arch, mapping.AttentionShape.from_args(ours), ours["num_layers"],
+    shape = architecture.imported_run_config(ours).model   # the vocabulary is not needed
+    full = mapping.from_hf(hf, arch, mapping.AttentionShape.of(shape), ours["num_layers"],
                            tied)
     if arch == "megatron_bert":
         ours["bert_binary_head"] = _bert_heads(full)
@@ -151,4 +156,4 @@ def load_hf(load_dir: str, make_vocab_size_divisible_by: int = 128
                 **hf_dir.hf_tokenizer_args(load_dir))
     if "tokenizer_type" not in ours:
         ours.update(tokenizer_type="NullTokenizer", vocab_size=vocab)
-    return architecture.full_args(ours), full
+    return architecture.imported_run_config(ours), full

@@ -16,6 +16,7 @@ import shutil
 
 import torch
 
+from megatron.run_config import TokenizerConfig
 from megatron.tokenizer.hf_tokenization import (HF_TYPE, bare_file_special_tokens,
                                                 canonical_type)
 from megatron.tokenizer.hf_tokenization import tokenizer_files as hf_tokenizer_files
@@ -31,19 +32,21 @@ _TOKENIZERS = {
 }
 
 
-def tokenizer_files(args: dict) -> tuple[dict[str, str], dict | None, str]:
-    """Files to copy ``{name in the HF dir: source path}``, the tokenizer config, and a
-    note for the user (empty when everything was carried over)."""
-    kind = canonical_type(args.get("tokenizer_type"))
+def tokenizer_files(tokenizer: TokenizerConfig, max_positions: int
+                    ) -> tuple[dict[str, str], dict | None, str]:
+    """Files to copy ``{name in the HF dir: source path}``, the tokenizer config (its
+    ``model_max_length`` the model's ``max_positions``), and a note for the user (empty
+    when everything was carried over)."""
+    kind = canonical_type(tokenizer.tokenizer_type)
     if kind == HF_TYPE:
-        return _hf_tokenizer_files(args)
+        return _hf_tokenizer_files(tokenizer, max_positions)
     if kind not in _TOKENIZERS:
         return {}, None, (f"tokenizer {kind!r} has no transformers counterpart here: "
                           "no tokenizer files were written")
     cls, names, extra = _TOKENIZERS[kind]
     files, missing = {}, []
     for flag, name in names.items():
-        path = args.get(flag)
+        path = getattr(tokenizer, flag)
         if path and os.path.isfile(path):
             files[name] = path
         else:
@@ -51,18 +54,18 @@ def tokenizer_files(args: dict) -> tuple[dict[str, str], dict | None, str]:
     if missing:
         return {}, None, ("tokenizer files not found (" + ", ".join(missing) + "; paths are "
                           "as saved by the training run): no tokenizer files were written")
-    config = {"tokenizer_class": cls, "model_max_length": int(args["max_position_embeddings"]),
-              **extra}
+    config = {"tokenizer_class": cls, "model_max_length": max_positions, **extra}
     if cls == "GPT2Tokenizer":
         config.update(bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                       unk_token="<|endoftext|>")
     return files, config, ""
 
 
-def _hf_tokenizer_files(args: dict) -> tuple[dict[str, str], dict | None, str]:
+def _hf_tokenizer_files(tokenizer: TokenizerConfig, max_positions: int
+                        ) -> tuple[dict[str, str], dict | None, str]:
     """A Hugging Face tokenizer's files, copied as they are; a ``tokenizer_config.json``
     (its special tokens by their conventional names) only where the run had none."""
-    path = args.get("tokenizer_model")
+    path = tokenizer.tokenizer_model
     try:
         found = hf_tokenizer_files(path or "")
     except (OSError, ValueError) as err:
@@ -71,19 +74,20 @@ def _hf_tokenizer_files(args: dict) -> tuple[dict[str, str], dict | None, str]:
     config = None
     if "tokenizer_config.json" not in found:
         config = {"tokenizer_class": "PreTrainedTokenizerFast",
-                  "model_max_length": int(args["max_position_embeddings"]),
+                  "model_max_length": max_positions,
                   **bare_file_special_tokens(found["tokenizer.json"])}
     return found, config, ""
 
 
-def tokenizer_flags(args: dict) -> list[str]:
-    """The tokenizer flags of a checkpoint's args, for the command that trains from it."""
-    flags = [f"--tokenizer-type {args['tokenizer_type']}"] if args.get("tokenizer_type") else []
-    names = ("vocab_size",) if args.get("tokenizer_type") == "NullTokenizer" else \
+def tokenizer_flags(tokenizer: TokenizerConfig) -> list[str]:
+    """The tokenizer flags of a checkpoint's run, for the command that trains from it."""
+    kind = tokenizer.tokenizer_type
+    flags = [f"--tokenizer-type {kind}"] if kind else []
+    names = ("vocab_size",) if kind == "NullTokenizer" else \
         ("vocab_file", "merge_file", "tokenizer_model")
     for name in names:
-        if args.get(name):
-            flags.append(f"--{name.replace('_', '-')} {args[name]}")
+        if getattr(tokenizer, name):
+            flags.append(f"--{name.replace('_', '-')} {getattr(tokenizer, name)}")
     return flags
 
 

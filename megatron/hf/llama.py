@@ -11,6 +11,7 @@ Llama has no hidden dropout.
 """
 from __future__ import annotations
 
+from megatron.model.config import TransformerConfig
 from megatron.model.rotary import (LLAMA3_HIGH_FREQ_FACTOR, LLAMA3_LOW_FREQ_FACTOR,
                                    LLAMA3_ORIGINAL_POSITIONS)
 
@@ -19,35 +20,31 @@ _LLAMA3 = {"low_freq_factor": LLAMA3_LOW_FREQ_FACTOR,
            "original_max_position_embeddings": LLAMA3_ORIGINAL_POSITIONS}
 
 
-def export_problems(args: dict) -> list[str]:
-    """What of our RMSNorm / rotary model (saved flags) ``LlamaForCausalLM`` cannot hold."""
+def export_problems(model: TransformerConfig) -> list[str]:
+    """What of our RMSNorm / rotary model ``LlamaForCausalLM`` cannot hold."""
     problems = []
-    if not args.get("swiglu"):
+    if not model.swiglu:
         problems.append("a GeLU MLP (Llama's MLP is SwiGLU: --swiglu)")
-    if float(args.get("rotary_percent") or 1.0) != 1.0:
-        problems.append(f"--rotary-percent {args['rotary_percent']} (Llama rotates whole heads)")
+    if float(model.rotary_percent) != 1.0:
+        problems.append(f"--rotary-percent {model.rotary_percent} (Llama rotates whole heads)")
     return problems
 
 
-def llama_config(args: dict, vocab_size: int, common: dict):
+def llama_config(model: TransformerConfig, vocab_size: int, common: dict):
     """The ``LlamaConfig`` of our model (``common``: vocabulary, positions, tying, init,
     the tokenizer's special ids)."""
     import transformers
-    heads = int(args["num_attention_heads"])
-    rope = {"rope_type": "default", "rope_theta": float(args.get("rotary_base", 10000.0))}
-    if args.get("use_rope_scaling"):
-        rope.update(rope_type="llama3", factor=float(args.get("rope_scaling_factor") or 8.0),
-                    **_LLAMA3)
-    bias = args.get("add_bias_linear", True) is not False
+    rope = {"rope_type": "default", "rope_theta": float(model.rotary_base)}
+    if model.rope_scaling:
+        rope.update(rope_type="llama3", factor=float(model.rope_scaling_factor), **_LLAMA3)
     return transformers.LlamaConfig(
-        hidden_size=int(args["hidden_size"]), num_hidden_layers=int(args["num_layers"]),
-        num_attention_heads=heads,
-        num_key_value_heads=int(args.get("num_query_groups") or heads),
-        head_dim=int(args.get("kv_channels") or int(args["hidden_size"]) // heads),
-        intermediate_size=int(args["ffn_hidden_size"]), hidden_act="silu",
-        rms_norm_eps=float(args.get("layernorm_epsilon", 1e-5)), rope_parameters=rope,
-        attention_bias=bias, mlp_bias=bias,
-        attention_dropout=float(args.get("attention_dropout", 0.0)), **common)
+        hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_attention_heads,
+        num_key_value_heads=model.num_query_groups, head_dim=model.kv_channels,
+        intermediate_size=model.ffn_hidden_size, hidden_act="silu",
+        rms_norm_eps=float(model.layernorm_epsilon), rope_parameters=rope,
+        attention_bias=model.add_bias_linear, mlp_bias=model.add_bias_linear,
+        attention_dropout=float(model.attention_dropout), **common)
 
 
 def import_problems(config) -> list[str]:
@@ -73,7 +70,7 @@ def import_problems(config) -> list[str]:
     return problems
 
 
-def args_from_llama(config) -> dict:
+def flags_from_llama(config) -> dict:
     """Our model flags for a ``LlamaConfig`` (checked by :func:`import_problems`)."""
     rope = dict(config.rope_parameters or {})
     heads, groups = config.num_attention_heads, config.num_key_value_heads or \

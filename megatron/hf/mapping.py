@@ -42,10 +42,9 @@ class AttentionShape:
     head_dim: int
 
     @classmethod
-    def from_args(cls, args: dict) -> "AttentionShape":
-        heads = int(args["num_attention_heads"])
-        return cls(heads, int(args.get("num_query_groups") or heads),
-                   int(args.get("kv_channels") or int(args["hidden_size"]) // heads))
+    def of(cls, model) -> "AttentionShape":
+        """The shape of a ``TransformerConfig``'s attention."""
+        return cls(model.num_attention_heads, model.num_query_groups, model.kv_channels)
 
 
 @dataclass(frozen=True)

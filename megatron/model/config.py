@@ -43,7 +43,7 @@ class TransformerConfig:
     num_layers: int
     hidden_size: int
     num_attention_heads: int
-    padded_vocab_size: int
+    padded_vocab_size: int | None               # None: not known yet (sizing a run, no model)
     max_position_embeddings: int
     ffn_hidden_size: int | None = None          # 4h
     kv_channels: int | None = None              # h / heads
@@ -76,10 +76,14 @@ class TransformerConfig:
         problems = []
         for name in ("num_layers", "hidden_size", "num_attention_heads", "padded_vocab_size",
                      "max_position_embeddings"):
+            if name == "padded_vocab_size" and self.padded_vocab_size is None:
+                continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be a positive integer, "
                                 f"got {getattr(self, name)!r}")
-        if self.vocab_size is not None and not 1 <= self.vocab_size <= self.padded_vocab_size:
+        padded = self.padded_vocab_size
+        if self.vocab_size is not None and padded is not None \
+                and not 1 <= self.vocab_size <= padded:
             problems.append(f"vocab_size {self.vocab_size} must be in 1..padded_vocab_size "
                             f"({self.padded_vocab_size})")
         if problems:

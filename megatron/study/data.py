@@ -23,13 +23,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _PROGRESS_LINES = ("[analyzer]",)
 
 
-def run_tool(name: str, args: list[str], log: Callable[[str], None],
+def run_tool(name: str, argv: list[str], log: Callable[[str], None],
              log_file: str | None = None, metrics_file: str | None = None) -> None:
     """Run ``tools/<name>`` (or a top-level script, ``name`` starting with ``../``) with
     this Python, passing its progress lines to ``log`` as they come (a training script's
     from its ``metrics_file``); on failure raise with its output's tail. ``log_file`` keeps
     the whole output."""
-    cmd = [sys.executable, os.path.normpath(os.path.join(ROOT, "tools", name)), *args]
+    cmd = [sys.executable, os.path.normpath(os.path.join(ROOT, "tools", name)), *argv]
     log(f"  $ {' '.join(cmd[1:])}")
     output = []
     training = TrainingProgress(metrics_file) if metrics_file else None

@@ -39,13 +39,13 @@ def level_name(level: float) -> str:
 def planned_steps(preset: Preset, arm: str, fraction: float) -> int:
     """The optimizer steps a run will take, from its own command line through the step
     planner training uses (curriculum and random-LTD steps consume fewer tokens)."""
-    from megatron.arguments import parse_args, validate_args
+    from megatron.arguments import run_config
     from megatron.run_plan import plan_run
     data = DataSpec("unused", ("--tokenizer-type", "NullTokenizer", "--vocab-size",
                                str(preset.vocab_size)), "unused")
     cmd = pretrain_command(preset, RunSpec(preset.arms[arm], fraction, 0), data, "run", "tb",
                            "index")
-    return plan_run(validate_args(parse_args(args=cmd[1:]))).train_iters
+    return plan_run(run_config(cmd[1:])).train_iters
 
 
 def settings_table(preset: Preset) -> str:

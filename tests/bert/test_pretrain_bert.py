@@ -66,7 +66,7 @@ def test_checkpoint_records_bert_and_converts_as_bert(bert_data, tmp_path):
     pretrain_bert.main(_flags(bert_data, *common, "--save", ckpt, iters=2))
     saved = torch.load(os.path.join(ckpt, "iter_0000002", "mp_rank_00", "model_optim_rng.pt"),
                        map_location="cpu", weights_only=False)
-    assert saved["args"]["model_type"] == "bert"
+    assert saved["run_config"]["model_type"] == "bert"
     util = load_tool("checkpoint_util")
     with pytest.raises(BadConfigError, match="BERT"):
         util.main(["--model-type", "GPT", "--load-dir", ckpt, "--save-dir", out,

@@ -134,7 +134,7 @@ def test_convert_torch_to_torch_dist_and_back_is_lossless(tmp_path, straight, ex
     for name in before:
         saved, again = before[name], after[name]
         if name == "model_optim_rng.pt":
-            saved.pop("args"), again.pop("args")   # the converting runs' flags
+            saved.pop("run_config"), again.pop("run_config")   # the converting runs' configs
         same_state(saved, again, name)
     resumed = run_tiny(*extra, *DIST, "--load", dist_dir, iters=6)
     assert first.history + resumed.history == straight.history

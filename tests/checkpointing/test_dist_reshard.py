@@ -14,7 +14,6 @@ SwiGLU weight split with stride 2, untied output layer) driven as in
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import io
@@ -33,6 +32,7 @@ from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 from megatron.initialize import set_seeds
 from megatron.model.gpt_model import GPTModel
 from megatron.optimizer import get_megatron_optimizer
+from megatron.run_config import ParallelConfig, RunConfig, TokenizerConfig
 from tests.dist_utils import isolated_jobs, run_distributed
 from tests.parallel import gpt_harness as h
 
@@ -88,7 +88,7 @@ def _save_then_continue(rank, world_size, layout: h.Layout, ckpt: str,
     saver = AsyncSaver() if background else None
     save_checkpoint(BEFORE, chunks, optimizer, None, {"iteration": BEFORE}, save_dir=ckpt,
                     ckpt_format="torch_dist", async_saver=saver,
-                    args=_record(layout), model_type="gpt")
+                    run_config=_record(layout))
     saved = {k: v.clone() for k, v in chunks[0].state_dict().items()}
     report = _report(_steps(chunks, optimizer, layout, BEFORE, AFTER))
     if saver is not None:
@@ -97,13 +97,13 @@ def _save_then_continue(rank, world_size, layout: h.Layout, ckpt: str,
             "pp": parallel_state.get_pipeline_model_parallel_rank()}
 
 
-def _record(layout: h.Layout) -> argparse.Namespace:
-    """The flags a converter rebuilds the model from (pretrain() saves all of them)."""
-    config = h.model_config(layout)
-    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-              if f.name not in ("moe", "vocab_size", "rope_scaling")}
-    return argparse.Namespace(**fields, use_rope_scaling=config.rope_scaling,
-                              orig_vocab_size=h.VOCAB, num_experts=None)
+def _record(layout: h.Layout) -> RunConfig:
+    """The run a converter rebuilds the model from (pretrain() records its whole config)."""
+    return RunConfig(model=dataclasses.replace(h.model_config(layout), vocab_size=h.VOCAB),
+                     parallel=ParallelConfig(tensor_model_parallel_size=layout.tp,
+                                             pipeline_model_parallel_size=layout.pp,
+                                             virtual_pipeline_model_parallel_size=layout.vp),
+                     tokenizer=TokenizerConfig(orig_vocab_size=h.VOCAB), model_type="gpt")
 
 
 def _load_and_continue(rank, world_size, layout: h.Layout, ckpt: str) -> dict:
@@ -163,8 +163,8 @@ def test_the_whole_model_reads_from_a_torch_dist_checkpoint(resumed, name):
     layout = SAVED[name][0]
     specs = model_split.param_specs(GPTModel(h.model_config(layout)))
     expected = model_split.merge_state_dicts(saved[name], specs, h.LAYERS)
-    iteration, _, args, full = load_whole(os.path.join(root, name))
-    assert iteration == BEFORE and args["model_type"] == "gpt"
+    iteration, _, config, full = load_whole(os.path.join(root, name))
+    assert iteration == BEFORE and config.model_type == "gpt"
     assert full.keys() == expected.keys()
     for key in full:
         assert torch.equal(full[key], expected[key]), key

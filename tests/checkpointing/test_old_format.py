@@ -48,8 +48,8 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 
 def test_old_checkpoints_merge_convert_and_rebuild(tmp_path):
-    it, _, args, whole = load_whole(GPT)
-    assert it == 3 and args["num_layers"] == 4
+    it, _, config, whole = load_whole(GPT)
+    assert it == 3 and config.model.num_layers == 4
     _same(whole, load_whole(GPT_TP2PP2)[3])                  # the old converter's output
     tool = load_tool("checkpoint_util")
     tool.main(["--load-dir", GPT, "--save-dir", str(tmp_path / "tp2"),
@@ -59,8 +59,8 @@ def test_old_checkpoints_merge_convert_and_rebuild(tmp_path):
     _same(whole, loaded.model.state_dict())
     assert loaded.run_record["seq_length"] == 16 and loaded.iteration == 3
 
-    _, _, bert_args, bert = load_whole(BERT)
-    assert bert_args["model_type"] == "bert" and "binary_head.weight" in bert
+    _, _, bert_config, bert = load_whole(BERT)
+    assert bert_config.model_type == "bert" and "binary_head.weight" in bert
     tool.main(["--load-dir", BERT, "--save-dir", str(tmp_path / "bert_pp2"),
                "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "2"])
     _same(bert, load_whole(str(tmp_path / "bert_pp2"))[3])

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from megatron.arguments import ArgumentValidationError, parse_args, validate_args
+from megatron.arguments import (ArgumentValidationError, parse_args, run_config,
+                                run_config_from_args, validate_args)
 from megatron.core.enums import ModelType
 from megatron.data_efficiency.analyzer import deepspeed_index as dsi
 from megatron.data_efficiency.runtime import build_sampler
@@ -214,7 +215,8 @@ def test_deepspeed_index_is_read_directly_and_its_count_checked(tmp_path):
             "schedule_type": "fixed_root", "schedule_config": {
                 "total_curriculum_step": 5, "difficulty_step": 1, "root_degree": 2}}}}})
     args = _validate(tmp_path, ds, "--fp16")
-    cfg, difficulties = args.data_efficiency.curriculum, plan_run(args).planner.difficulties
+    cfg = args.data_efficiency.curriculum
+    difficulties = plan_run(run_config_from_args(args)).planner.difficulties
     sampler = build_sampler(cfg, difficulties, 4, 2, 0, 1, seed=99, num_samples=40)
     np.testing.assert_array_equal(sampler.metrics[0].index.sample_to_metric, values)
     with pytest.raises(ValueError, match="describes 40 samples but the training dataset has 41"):
@@ -232,8 +234,7 @@ def test_deepspeed_index_is_read_directly_and_its_count_checked(tmp_path):
     (["--train-tokens", str(4 * 64 * 3)], 3, 3),
 ])
 def test_two_stop_conditions_first_wins_sized_for_larger(stop, expected_steps, sized_steps):
-    args = validate_args(parse_args(args=BASE + ["--eval-iters", "0"] + stop))
-    run = plan_run(args, ModelType.encoder_or_decoder)
+    run = plan_run(run_config(BASE + ["--eval-iters", "0"] + stop), ModelType.encoder_or_decoder)
     assert run.train_iters == expected_steps
     assert run.train_valid_test_num_samples[0] == sized_steps * 4
 
@@ -247,7 +248,7 @@ def test_data_efficiency_seed_seeds_the_run(tmp_path):
     """DeepSpeed seeds its data sampler with data_efficiency.seed, not --seed."""
     from megatron.training_setup import build_data_efficiency_runtime
     args = _validate(tmp_path, DS, "--fp16", "--seed", "5")
-    run = plan_run(args, ModelType.encoder_or_decoder)
+    run = plan_run(run_config_from_args(args), ModelType.encoder_or_decoder)
     runtime = build_data_efficiency_runtime(run.planner)
     assert runtime.shape.seed == 99
     assert _validate(tmp_path, None, "--seed", "5").data_efficiency.seed == 5
@@ -257,4 +258,5 @@ def test_random_ltd_model_type_must_be_the_model(tmp_path):
     from megatron.training_setup import build_data_efficiency_runtime
     args = _validate(tmp_path, DS, "--fp16")
     with pytest.raises(ValueError, match="model_type 'decoder' contradicts the bert model"):
-        build_data_efficiency_runtime(plan_run(args, ModelType.encoder).planner)
+        build_data_efficiency_runtime(plan_run(run_config_from_args(args),
+                                               ModelType.encoder).planner)

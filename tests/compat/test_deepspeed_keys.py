@@ -399,7 +399,7 @@ def test_documented_config_trains(tmp_path):
     """DeepSpeed's documented example, placeholders filled: a DeepSpeed DataAnalyzer index
     of the run's training samples, a cluster folder (never written to here); 24 layers,
     2048 tokens (its total_layer_num and max_value), num_epochs 1, num_workers 0."""
-    from megatron.arguments import parse_args, validate_args
+    from megatron.arguments import run_config
     from megatron.core.enums import ModelType
     from megatron.data.gpt_dataset import build_train_valid_test_datasets
     from megatron.data_efficiency.analyzer import deepspeed_index as dsi
@@ -414,7 +414,7 @@ def test_documented_config_trains(tmp_path):
             "--lr", "1e-3", "--vocab-size", str(vocab), "--data-path", prefix,
             "--split", "100,0,0", "--seed", "1234", "--num-workers", "0", "--eval-iters", "0",
             "--log-interval", "1"]
-    sizes = plan_run(validate_args(parse_args(args=argv))).train_valid_test_num_samples
+    sizes = plan_run(run_config(argv)).train_valid_test_num_samples
     train, _, _ = build_train_valid_test_datasets([prefix], "100,0,0", list(sizes), 2048, 1234)
     values = np.random.default_rng(1).integers(0, 50, len(train))
     ds_prefix = str(tmp_path / "analysis" / "vocab_rarity")

@@ -36,12 +36,12 @@ def _ok(proc: subprocess.CompletedProcess) -> str:
 
 def _llama_checkpoint(folder: str, groups: int) -> dict:
     """The last checkpoint's saved flags, checked to be the Llama shape, no bias anywhere."""
-    _, _, args, full = load_whole(folder)
-    assert args["normalization"] == "RMSNorm" and args["num_query_groups"] == groups
-    assert args["swiglu"] and args["untie_embeddings_and_output_weights"]
-    assert args["position_embedding_type"] == "rope" and args["add_bias_linear"] is False
+    _, _, config, full = load_whole(folder)
+    assert config.model.normalization == "RMSNorm" and config.model.num_query_groups == groups
+    assert config.model.swiglu and config.model.untie_embeddings_and_output_weights
+    assert config.model.position_embedding_type == "rope" and config.model.add_bias_linear is False
     assert "output_layer.weight" in full and not [k for k in full if k.endswith("bias")]
-    return args
+    return config
 
 
 def _trained_to_the_planned_end(out: str) -> int:
@@ -62,11 +62,12 @@ def test_llama_recipe_dry_run_trains_tinyllamas_shape_with_cl_and_random_ltd(lla
     out_dir, out = llama_dry_run
     steps = _trained_to_the_planned_end(out)
     assert steps > 12                     # 12 nominal steps: CL and random-LTD steps are cheaper
-    args = _llama_checkpoint(str(out_dir / "checkpoints"), groups=2)
-    assert (args["ffn_hidden_size"], args["rotary_base"], args["layernorm_epsilon"]) == \
+    config = _llama_checkpoint(str(out_dir / "checkpoints"), groups=2)
+    model = config.model
+    assert (model.ffn_hidden_size, model.rotary_base, model.layernorm_epsilon) == \
         (176, 10000.0, 1e-5)
-    assert (args["hidden_dropout"], args["attention_dropout"]) == (0.0, 0.0)
-    assert args["data_efficiency"].random_ltd.enabled and args["data_efficiency"].curriculum.enabled
+    assert (config.model.hidden_dropout, config.model.attention_dropout) == (0.0, 0.0)
+    assert config.data_efficiency.random_ltd.enabled and config.data_efficiency.curriculum.enabled
 
 
 def test_mds_llama2_script_prints_their_flags_and_writes_their_ds_config(tmp_path):
@@ -112,6 +113,6 @@ def test_mds_llama2_script_trains_shrunk_on_cpu(tmp_path, llama_dry_run):
     steps = _trained_to_the_planned_end(out)
     # the budget is the tokens of their TRAIN_STEPS (12 here); --train-iters only a cap
     assert steps > 12 and f"--train-tokens 12288: {steps} steps under the data-efficiency" in out
-    args = _llama_checkpoint(str(tmp_path / "run" / "checkpoints"), groups=2)
-    assert args["bf16"] and args["distributed_backend"] == "gloo"
-    assert not args["use_distributed_optimizer"]                     # ZeRO stage 0
+    config = _llama_checkpoint(str(tmp_path / "run" / "checkpoints"), groups=2)
+    assert config.optimizer.bf16 and config.parallel.distributed_backend == "gloo"
+    assert not config.optimizer.use_distributed_optimizer                     # ZeRO stage 0

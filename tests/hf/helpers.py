@@ -6,7 +6,6 @@ in transformers / lm-eval tries the network.
 from __future__ import annotations
 
 import os
-from argparse import Namespace
 
 import torch
 
@@ -15,7 +14,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from megatron.checkpointing import save_checkpoint  # noqa: E402
-from megatron.hf.architecture import full_args  # noqa: E402
+from megatron.hf.architecture import imported_run_config  # noqa: E402
+from megatron.run_config import RunConfig  # noqa: E402
 from tests.tools.tool_loader import load_tool  # noqa: E402
 
 VOCAB = 50            # real vocabulary; padded to 56 (TP1) / 64 (TP2) with divisible-by 8
@@ -43,7 +43,7 @@ def checkpoint_util():
 
 
 def run_args(kind: str, **over) -> dict:
-    """The saved flags of a tiny run of ``kind`` (TP1/PP1)."""
+    """The flags of a tiny run of ``kind`` (TP1/PP1)."""
     ours = dict(num_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=HEADS,
                 ffn_hidden_size=4 * HIDDEN, kv_channels=HIDDEN // HEADS,   # as validated
                 seq_length=SEQ, max_position_embeddings=SEQ, hidden_dropout=0.0,
@@ -51,18 +51,23 @@ def run_args(kind: str, **over) -> dict:
                 tokenizer_type="NullTokenizer", vocab_size=VOCAB, orig_vocab_size=VOCAB,
                 padded_vocab_size=56, tensor_model_parallel_size=1,
                 pipeline_model_parallel_size=1, virtual_pipeline_model_parallel_size=None)
-    return full_args({**ours, **KINDS[kind], **over})
+    return {**ours, **KINDS[kind], **over}
 
 
-def build_model(args: dict) -> torch.nn.Module:
-    from megatron.arguments import transformer_config_from_args
-    config = transformer_config_from_args(Namespace(**args))
-    if args.get("model_type") == "bert":
+def as_config(run: dict | RunConfig) -> RunConfig:
+    """A run's config: ``run`` itself, or built from its flags (fp32, built whole)."""
+    return run if isinstance(run, RunConfig) else imported_run_config(run)
+
+
+def build_model(run: dict | RunConfig) -> torch.nn.Module:
+    config = as_config(run)
+    if config.model_type == "bert":
         from megatron.model.bert_model import BertModel
-        return BertModel(config, num_tokentypes=2 if args["bert_binary_head"] else 0,
-                         add_binary_head=args["bert_binary_head"])
+        binary = config.extra["bert_binary_head"]
+        return BertModel(config.model, num_tokentypes=2 if binary else 0,
+                         add_binary_head=binary)
     from megatron.model.gpt_model import GPTModel
-    return GPTModel(config)
+    return GPTModel(config.model)
 
 
 def save_tiny(kind: str, folder: str, seed: int = 3, **over) -> tuple[torch.nn.Module, dict]:
@@ -78,7 +83,7 @@ def save_tiny(kind: str, folder: str, seed: int = 3, **over) -> tuple[torch.nn.M
         for p in model.parameters():
             p.normal_(0.0, 0.2)
     save_checkpoint(5, [model], None, None, {"iteration": 5}, save_dir=folder,
-                    args=Namespace(**args))
+                    run_config=as_config(args))
     return model.eval(), args
 
 

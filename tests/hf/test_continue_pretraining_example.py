@@ -63,11 +63,11 @@ def test_continued_pretraining_example_imports_trains_with_cl_ltd_and_exports(tm
     # than full batches (seqtru starts at 8 tokens, random-LTD keeps 4 in the middle)
     steps = int(re.search(r"\[analyzer\] the training run takes (\d+) steps", log).group(1))
     assert steps > NOMINAL and f"validation loss at iteration {steps} " in log
-    args = load_whole(str(out / "checkpoints"))[2]
-    assert args["finetune"] and args["load"] == str(out / "imported")
-    assert args["tokenizer_type"] == "HuggingFaceTokenizer"
-    assert args["data_efficiency"].curriculum.enabled and args["data_efficiency"].random_ltd.enabled
-    assert (args["hidden_dropout"], args["attention_dropout"]) == (0.0, 0.0)   # Llama's
+    config = load_whole(str(out / "checkpoints"))[2]
+    assert config.checkpointing.finetune and config.checkpointing.load == str(out / "imported")
+    assert config.tokenizer.tokenizer_type == "HuggingFaceTokenizer"
+    assert config.data_efficiency.curriculum.enabled and config.data_efficiency.random_ltd.enabled
+    assert (config.model.hidden_dropout, config.model.attention_dropout) == (0.0, 0.0)   # Llama's
 
     # the export: transformers loads it, its logits are our final checkpoint's, the tokenizer
     # is the model's own and the config names its <s> / </s>

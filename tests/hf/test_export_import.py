@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from tests.hf.helpers import (HEADS, KINDS, SEQ, VOCAB, build_model, checkpoint_util,
-                              our_logits, save_tiny)
+from tests.hf.helpers import (HEADS, KINDS, SEQ, VOCAB, as_config, build_model,
+                              checkpoint_util, our_logits, save_tiny)
 
 transformers = pytest.importorskip("transformers")
 
@@ -82,8 +82,6 @@ def test_export_matches_logits_and_import_round_trips(tmp_path, kind, layout):
 def test_imported_checkpoint_loads_into_our_model_with_the_same_logits(tmp_path):
     """The import is a real checkpoint: megatron.checkpointing loads it (strict), and the
     model computes the exported model's logits."""
-    from argparse import Namespace
-
     from megatron.checkpointing import load_checkpoint
     tool = checkpoint_util()
     model, args = save_tiny("gpt_learned", str(tmp_path / "ours"))
@@ -93,7 +91,7 @@ def test_imported_checkpoint_loads_into_our_model_with_the_same_logits(tmp_path)
                str(tmp_path / "back"), "--make-vocab-size-divisible-by", "8"])
     fresh = build_model(args)
     iteration, _ = load_checkpoint([fresh], None, None, load_dir=str(tmp_path / "back"),
-                                   finetune=True, args=Namespace(**args))
+                                   finetune=True, run_config=as_config(args))
     assert iteration == 0
     tokens = torch.randint(0, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(1))
     assert torch.equal(our_logits(fresh.eval(), tokens, args)[0],
@@ -161,20 +159,18 @@ def test_tokenizer_files_travel_both_ways(tmp_path):
     assert config.get("pad_token_id") is None
     tool.main(["--loader", "hf", "--load-dir", str(tmp_path / "hf"), "--save-dir",
                str(tmp_path / "back")])
-    args = tool.load_whole(str(tmp_path / "back"))[2]
-    assert args["tokenizer_type"] == "GPT2BPETokenizer"
-    assert args["vocab_file"] == str(tmp_path / "hf" / "vocab.json")
-    assert args["padded_vocab_size"] == 384          # 300 -> multiple of 128 (default)
+    config = tool.load_whole(str(tmp_path / "back"))[2]
+    assert config.tokenizer.tokenizer_type == "GPT2BPETokenizer"
+    assert config.tokenizer.vocab_file == str(tmp_path / "hf" / "vocab.json")
+    assert config.model.padded_vocab_size == 384          # 300 -> multiple of 128 (default)
 
 
 def test_import_reads_original_gpt2_files(tmp_path):
     """GPT-2 as first published: pytorch_model.bin with bare GPT2Model names (no
     "transformer." prefix) and the attention-mask buffers; gelu_new. It imports, and our
     model's logits are the transformers model's (gelu_new and our tanh GeLU agree to ~1e-7)."""
-    from argparse import Namespace
 
     from megatron.checkpointing import load_checkpoint
-    from megatron.hf.architecture import full_args
     from tests.hf.helpers import LAYERS, make_tiny_gpt2
     folder = make_tiny_gpt2(str(tmp_path / "gpt2"), positions=SEQ)
     hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
@@ -187,10 +183,10 @@ def test_import_reads_original_gpt2_files(tmp_path):
     assert json.load(open(os.path.join(folder, "config.json")))["activation_function"] == "gelu_new"
     checkpoint_util().main(["--loader", "hf", "--load-dir", folder, "--save-dir",
                             str(tmp_path / "ours")])
-    args = checkpoint_util().load_whole(str(tmp_path / "ours"))[2]
-    ours = build_model(full_args({**args, "tensor_model_parallel_size": 1}))
+    config = checkpoint_util().load_whole(str(tmp_path / "ours"))[2]
+    ours = build_model(config)
     load_checkpoint([ours], None, None, load_dir=str(tmp_path / "ours"), finetune=True,
-                    args=Namespace(**args))
+                    run_config=config)
     tokens = torch.randint(0, 300, (2, SEQ), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         theirs = hf(input_ids=tokens).logits

@@ -104,8 +104,7 @@ def test_a_tokenizer_that_ends_texts_with_eos_gets_no_second_one(hf_data, tmp_pa
 
 def test_pretrain_gpt_trains_on_the_store_and_refuses_another_tokenizer(hf_data, tmp_path):
     import pretrain_gpt
-    from megatron.arguments import get_args
-    from megatron.initialize import get_tokenizer
+    from megatron.initialize import get_run_config, get_tokenizer
     root, docs, folder, store = hf_data
     flags = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2",
              "--seq-length", "32", "--max-position-embeddings", "32", "--micro-batch-size", "2",
@@ -115,8 +114,8 @@ def test_pretrain_gpt_trains_on_the_store_and_refuses_another_tokenizer(hf_data,
              "--tokenizer-type", HF, "--tokenizer-model", folder]
     state = pretrain_gpt.main(flags)
     assert state.iteration == 3
-    args = get_args()
-    assert (args.orig_vocab_size, args.padded_vocab_size) == (300, 384)   # 128 x TP 1
+    config = get_run_config()
+    assert (config.tokenizer.orig_vocab_size, config.model.padded_vocab_size) == (300, 384)
     assert get_tokenizer().eod == 2
     other = make_hf_tokenizer(str(tmp_path / "other"), docs[:60])
     flags[flags.index(folder)] = other

@@ -50,8 +50,8 @@ def test_tokenizer_files_travel_both_ways(tmp_path, capsys, bare):
     capsys.readouterr()
     tool.main(["--loader", "hf", "--load-dir", str(hf), "--save-dir", str(tmp_path / "back")])
     assert f"--tokenizer-type {HF} --tokenizer-model {hf}" in capsys.readouterr().out
-    args = tool.load_whole(str(tmp_path / "back"))[2]
-    assert (args["tokenizer_type"], args["tokenizer_model"]) == (HF, str(hf))
+    config = tool.load_whole(str(tmp_path / "back"))[2]
+    assert (config.tokenizer.tokenizer_type, config.tokenizer.tokenizer_model) == (HF, str(hf))
     if not bare:   # the exported folder is the run's tokenizer: its token stores still fit
         again = build_tokenizer(HF, tokenizer_model=str(hf))
         assert tokenizer_identity(HF, again, tokenizer_model=str(hf)) == \

@@ -58,9 +58,9 @@ def test_transformers_llama_in_to_tp2_pp2_and_out_exactly(tmp_path, capsys):
                  "--untie-embeddings-and-output-weights", "--hidden-dropout 0.0 "
                  "--attention-dropout 0.0"):
         assert flag in printed, flag
-    _, _, args, full = tool.load_whole(str(tmp_path / "ours"))
-    assert args["padded_vocab_size"] == 64 and args["tensor_model_parallel_size"] == 2
-    ours = build_model({**args, "tensor_model_parallel_size": 1})
+    _, _, config, full = tool.load_whole(str(tmp_path / "ours"))
+    assert config.model.padded_vocab_size == 64 and config.parallel.tensor_model_parallel_size == 2
+    ours = build_model(config)
     ours.load_state_dict(full, strict=True)
     tokens = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

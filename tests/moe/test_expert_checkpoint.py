@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from megatron.checkpointing.whole_model import merge_expert_ranks
+from megatron.model.config import TransformerConfig
 from megatron.model.moe.checkpoint import merge_expert_parallel, split_expert_parallel
+from megatron.model.moe.config import MoEConfig
+from megatron.run_config import ParallelConfig, RunConfig
 
 
 def _whole(num_experts=4):
@@ -37,14 +40,18 @@ def test_merge_refuses_ranks_of_different_models():
 
 @pytest.mark.parametrize("pp", [1, 2])
 def test_checkpoint_util_reads_expert_parallel_folders(pp):
-    args = {"expert_model_parallel_size": 2, "pipeline_model_parallel_size": pp,
-            "num_experts": [4]}
+    moe = MoEConfig(num_experts=4, moe_layer_ids=frozenset({0, 1}), expert_model_parallel_size=2)
+    record = RunConfig(
+        model=TransformerConfig(num_layers=2, hidden_size=8, num_attention_heads=2,
+                                padded_vocab_size=8, max_position_embeddings=8, moe=moe),
+        parallel=ParallelConfig(expert_model_parallel_size=2,
+                                pipeline_model_parallel_size=pp)).to_dict()
     parts = split_expert_parallel(_whole(), 4, 2)
     found = {}
     for stage in range(pp):
         for ep in range(2):
             key = (0, ep) if pp == 1 else (0, stage, ep)    # mp_rank_00_EEE / _PPP_EEE
-            found[key] = {"args": args, "model": parts[ep]}
+            found[key] = {"run_config": record, "model": parts[ep]}
     merged = merge_expert_ranks(found)
     assert sorted(merged) == [(0, s) for s in range(pp)]
     assert merged[(0, 0)]["model"].keys() == _whole().keys()

@@ -2,7 +2,7 @@
 import pytest
 
 from megatron.arguments import ArgumentValidationError, parse_args, validate_args
-from megatron.model.moe.flags import moe_config_from_args
+from megatron.model.moe.flags import moe_config_from_flags
 
 BASE = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "2",
         "--seq-length", "16", "--micro-batch-size", "2", "--train-iters", "2", "--lr", "1e-3",
@@ -10,7 +10,7 @@ BASE = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "2"
 
 
 def _moe(*flags):
-    return moe_config_from_args(validate_args(parse_args(args=[*BASE, *flags])))
+    return moe_config_from_flags(vars(validate_args(parse_args(args=[*BASE, *flags]))))
 
 
 def test_megatron_lm_and_deepspeed_names_give_the_same_config():

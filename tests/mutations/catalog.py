@@ -81,9 +81,8 @@ MUTATIONS = [
              (RUNTIME, f"{DE}/compat", f"{CURRICULUM}/test_curriculum_transforms.py", GUARDS),
              "a kept length above the (truncated) length is counted as kept"),
     Mutation("lr-on-nominal-tokens", "megatron/training.py",
-             (("scheduler.step(1, args.global_batch_size, plan.consumed_tokens)",
-               "scheduler.step(1, args.global_batch_size, "
-               "args.global_batch_size * args.seq_length)"),),
+             (("scheduler.step(1, gbs, plan.consumed_tokens)",
+               "scheduler.step(1, gbs, gbs * config.training.seq_length)"),),
              (GUARDS, PRETRAIN_DE),
              "the LR schedule advances by the nominal GBS x seq, not the consumed tokens"),
     Mutation("seqreo-tokens-max-over-dp", "megatron/data_efficiency/runtime.py",
@@ -95,9 +94,10 @@ MUTATIONS = [
                "consumed_tokens > self.stop_tokens"),),
              (f"{TRAINING}/test_pretrain.py", GUARDS),
              "--train-tokens runs one step past the step that reaches it exactly"),
-    Mutation("checkpoint-consumed-tokens", "megatron/training.py",
+    Mutation("checkpoint-consumed-tokens", "megatron/training_state.py",
              (('consumed_tokens=int(extra.get("consumed_tokens", 0))',
-               'consumed_tokens=int(extra.get("consumed_samples", 0)) * args.seq_length'),),
+               'consumed_tokens=int(extra.get("consumed_samples", 0)) '
+               '* config.training.seq_length'),),
              (PRETRAIN_DE, f"{TRAINING}/test_checkpointing.py"),
              "a resume restores the consumed tokens as nominal samples x length"),
     Mutation("scheduler-resume-tokens", "megatron/optimizer_param_scheduler.py",
@@ -155,18 +155,19 @@ MUTATIONS = [
              "BERT's seqtru length rounded down to 8, not up"),
     # -- evaluation, losses, LR schedule -------------------------------------------------
     Mutation("eval-uses-step-plan", "megatron/training.py",
-             (("            state.last_validation = evaluate(forward_step_func, make_valid_iterator, "
-               "model, args,\n                                             iteration=it)",
-               "            state.last_validation = evaluate(forward_step_func, make_valid_iterator, "
-               "model, args,\n                                             iteration=it, "
-               "runtime=runtime)"),
-              ("             args: argparse.Namespace, iteration: int | None = None) -> dict[str, float]:",
-               "             args: argparse.Namespace, iteration: int | None = None,\n"
+             (("            state.last_validation = evaluate(forward_step_func, "
+               "make_valid_iterator, model, config,\n"
+               "                                             iteration=it)",
+               "            state.last_validation = evaluate(forward_step_func, "
+               "make_valid_iterator, model, config,\n"
+               "                                             iteration=it, runtime=runtime)"),
+              ("             config: RunConfig, iteration: int | None = None) -> dict[str, float]:",
+               "             config: RunConfig, iteration: int | None = None,\n"
                "             runtime=None) -> dict[str, float]:"),
-              ("        feeds = microbatch_feeds(iterator, None, None, args.seq_length, "
-               "args.micro_batch_size,",
+              ("        feeds = microbatch_feeds(iterator, None, None, train.seq_length, "
+               "train.micro_batch_size,",
                "        feeds = microbatch_feeds(iterator, runtime, None if runtime is None else "
-               "runtime.plan_step(iteration - 1), args.seq_length, args.micro_batch_size,")),
+               "runtime.plan_step(iteration - 1), train.seq_length, train.micro_batch_size,")),
              (GUARDS,), "evaluation runs the training step's plan: truncated, tokens dropped"),
     Mutation("loss-mask-denominator", "pretrain_gpt.py",
              (("    loss = torch.sum(losses * mask) / mask.sum().clamp(min=1.0)",
@@ -213,9 +214,10 @@ MUTATIONS = [
                "return BatchShape(global_batch_size * -(-seq_length // d), d)"),),
              (RUNTIME, f"{CURRICULUM}/test_curriculum_transforms.py"),
              "the planned seqres rows count a partial last chunk the transform drops"),
-    Mutation("checkpoint-consumed-samples", "megatron/training.py",
+    Mutation("checkpoint-consumed-samples", "megatron/training_state.py",
              (('consumed_samples=int(extra.get("consumed_samples", 0))',
-               'consumed_samples=int(extra.get("iteration", 0)) * args.micro_batch_size'),),
+               'consumed_samples=int(extra.get("iteration", 0)) '
+               '* config.training.micro_batch_size'),),
              (f"{TRAINING}/test_checkpointing.py", PRETRAIN_DE),
              "a resume restores consumed samples as steps x micro-batch (the sampler restarts "
              "elsewhere)"),

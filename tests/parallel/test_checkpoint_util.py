@@ -6,16 +6,17 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-from argparse import Namespace
 
 import pytest
 import torch
 
 from megatron.checkpointing import load_checkpoint, save_checkpoint
+from megatron.checkpointing.record import saved_run_config
 from megatron.core import parallel_state
 from megatron.checkpointing import model_split as checkpoint_layout
 from megatron.core.tensor_parallel.random import model_parallel_seed
 from megatron.model.gpt_model import GPTModel
+from megatron.run_config import ParallelConfig, RunConfig, TokenizerConfig
 from tests.parallel.gpt_harness import LAYERS, SEED, Layout, model_config
 
 _TOOL = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "tools", "checkpoint_util.py")
@@ -28,11 +29,14 @@ def _tool():
     return module
 
 
-def _args(tp: int, pp: int) -> Namespace:
-    fields = {f.name: getattr(model_config(Layout()), f.name)
-              for f in dataclasses.fields(model_config(Layout()))}
-    return Namespace(**fields, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                     make_vocab_size_divisible_by=8)   # fields hold vocab_size=None
+def _config(tp: int, pp: int, **model) -> RunConfig:
+    """The run a checkpoint records: the harness's model under TP x PP (no real
+    vocabulary size unless ``model`` gives one)."""
+    return RunConfig(model=dataclasses.replace(model_config(Layout()), **model),
+                     parallel=ParallelConfig(tensor_model_parallel_size=tp,
+                                             pipeline_model_parallel_size=pp),
+                     tokenizer=TokenizerConfig(make_vocab_size_divisible_by=8,
+                                               orig_vocab_size=model.get("vocab_size")))
 
 
 def reference_weights() -> tuple[dict, dict]:
@@ -48,7 +52,7 @@ def save_tp2(rank: int, world_size: int, save_dir: str, full: dict, specs: dict)
     parts = checkpoint_layout.split_state_dict(full, specs, 2, 1, LAYERS, True)
     model.load_state_dict(parts[(rank, 0)])
     save_checkpoint(7, [model], None, None, {"iteration": 7, "consumed_samples": 56},
-                    save_dir=save_dir, args=_args(2, 1))
+                    save_dir=save_dir, run_config=_config(2, 1))
     parallel_state.destroy_model_parallel()
 
 
@@ -87,7 +91,7 @@ def test_tp2_checkpoint_converts_to_tp1_and_back(tmp_path, tp2_checkpoint):
     assert converted["optimizer"] is None and converted["extra_state"]["consumed_samples"] == 56
     model = GPTModel(model_config(Layout()))  # loads through the real checkpoint loader
     iteration, _ = load_checkpoint([model], None, None, load_dir=tp1, load_optim=False,
-                                   load_rng=False, args=_args(1, 1))
+                                   load_rng=False, run_config=_config(1, 1))
     assert iteration == 7
     for key, value in full.items():
         assert torch.equal(model.state_dict()[key], value), key
@@ -115,7 +119,7 @@ def test_vocab_is_repadded_and_bad_targets_are_rejected(tmp_path, tp2_checkpoint
                "--target-pipeline-parallel-size", "1", "--true-vocab-size", "50"])
     saved = _model_file(out, "mp_rank_00")
     emb = saved["model"]["embedding.word_embeddings.weight"]
-    assert emb.shape[0] == 56 and saved["args"]["padded_vocab_size"] == 56  # 50 -> mult of 8
+    assert emb.shape[0] == 56 and saved_run_config(saved, out).model.padded_vocab_size == 56
     assert torch.equal(emb, full["embedding.word_embeddings.weight"][:56])
     with pytest.raises(ValueError, match="does not divide --num-layers 4"):
         tool.convert(src, str(tmp_path / "bad"), 1, 3)
@@ -125,7 +129,7 @@ def test_vocab_is_repadded_and_bad_targets_are_rejected(tmp_path, tp2_checkpoint
 
 def test_saved_orig_vocab_size_repads_without_the_flag(tmp_path):
     """A run with a real tokenizer (no --vocab-size) of 50 tokens pads to 56 rows under
-    TP1 and to 64 under TP2 (--make-vocab-size-divisible-by 8). The checkpoint's args carry
+    TP1 and to 64 under TP2 (--make-vocab-size-divisible-by 8). The checkpoint's record carries
     ``orig_vocab_size``, so TP1 -> TP2 -> TP1 re-pads with no --true-vocab-size."""
     from megatron.arguments import parse_args, validate_args
     run = validate_args(parse_args(args=[
@@ -136,12 +140,11 @@ def test_saved_orig_vocab_size_repads_without_the_flag(tmp_path):
     config = dataclasses.replace(model_config(Layout()), padded_vocab_size=56)
     torch.manual_seed(SEED)
     model = GPTModel(config)
-    args = vars(_args(1, 1)) | {"padded_vocab_size": 56, "orig_vocab_size": 50,
-                                "vocab_size": None}   # as a tokenizer run leaves them
     src, tp2, back = (str(tmp_path / n) for n in ("tp1", "tp2", "back"))
-    save_checkpoint(7, [model], None, None, {}, save_dir=src, args=Namespace(**args))
-    saved = _model_file(src, "mp_rank_00")["args"]
-    assert (saved["orig_vocab_size"], saved["tensor_model_parallel_size"]) == (50, 1)
+    save_checkpoint(7, [model], None, None, {}, save_dir=src,   # as a tokenizer run leaves it
+                    run_config=_config(1, 1, padded_vocab_size=56, vocab_size=50))
+    saved = saved_run_config(_model_file(src, "mp_rank_00"), src)
+    assert (saved.tokenizer.orig_vocab_size, saved.parallel.tensor_model_parallel_size) == (50, 1)
     tool = _tool()
     tool.main(["--load-dir", src, "--save-dir", tp2, "--target-tensor-parallel-size", "2",
                "--target-pipeline-parallel-size", "1"])
@@ -150,6 +153,7 @@ def test_saved_orig_vocab_size_repads_without_the_flag(tmp_path):
     tool.main(["--load-dir", tp2, "--save-dir", back, "--target-tensor-parallel-size", "1",
                "--target-pipeline-parallel-size", "1"])
     again = _model_file(back, "mp_rank_00")
-    assert again["args"]["padded_vocab_size"] == 56 and again["args"]["orig_vocab_size"] == 50
+    record = saved_run_config(again, back)
+    assert record.model.padded_vocab_size == 56 and record.tokenizer.orig_vocab_size == 50
     for key, value in model.state_dict().items():
         assert torch.equal(again["model"][key], value), key

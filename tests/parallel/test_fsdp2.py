@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from megatron.arguments import ArgumentValidationError, parse_args, validate_args
-from megatron.fsdp_flags import fsdp_config_from_args
+from megatron.arguments import (ArgumentValidationError, parse_args, run_config_from_args,
+                                validate_args)
 from tests.parallel.test_pretrain_e2e import DATA_EFFICIENCY, ITERS, _corpus, _pretrain_worker
 
 # the LR schedule on consumed tokens (warmup, then decay; layer-weighted under random-LTD)
@@ -101,11 +101,11 @@ def _validate(*extra: str):
 def test_zero_stages_map_onto_fsdp2(flags, reshard):
     args = _validate(*flags)
     assert args.use_torch_fsdp2 and not args.use_distributed_optimizer
-    assert fsdp_config_from_args(args).reshard_after_forward is reshard
+    assert run_config_from_args(args).parallel.fsdp.reshard_after_forward is reshard
 
 
 def test_bf16_computes_in_bf16_over_fp32_shards():
-    config = fsdp_config_from_args(_validate("--use-torch-fsdp2", "--bf16"))
+    config = run_config_from_args(_validate("--use-torch-fsdp2", "--bf16")).parallel.fsdp
     assert config.param_dtype == torch.bfloat16
 
 

@@ -103,7 +103,8 @@ def test_pretrain_gpt_two_ranks_matches_one(two_rank_spawn):
     assert per_rank[0][2] == per_rank[0][3] == ([], {})  # the first stage computes no loss
     stage_file = os.path.join(ckpt, f"iter_{ITERS:07d}", "mp_rank_00_001", "model_optim_rng.pt")
     saved = torch.load(stage_file, weights_only=False)
-    assert "model" not in saved and saved["args"]["virtual_pipeline_model_parallel_size"] == 2
+    assert "model" not in saved \
+        and saved["run_config"]["parallel"]["virtual_pipeline_model_parallel_size"] == 2
     # stage 1's chunks: virtual stages 1 and 3 (global layers 1 and 3; 3 ends the model)
     assert "transformer.final_layernorm.weight" in saved["model1"]
     assert "transformer.final_layernorm.weight" not in saved["model0"]

@@ -59,7 +59,7 @@ class FailingDataset(torch.utils.data.Dataset):
 
 def datasets_provider(sizes):
     train, valid, test = pretrain_gpt.train_valid_test_datasets_provider(sizes)
-    args = pretrain_gpt.get_args()
+    args = pretrain_gpt.get_run_config().training
     if PHASE == "loader" and _armed():
         train = FailingDataset(train, (STEP - 1) * args.global_batch_size)
     if PHASE == "eval" and _armed() and valid is not None:
@@ -71,7 +71,7 @@ def forward_step(data_iterator, model):
     output, loss_func = pretrain_gpt.forward_step(data_iterator, model)
     if not model.training:
         return output, loss_func
-    args = pretrain_gpt.get_args()
+    args = pretrain_gpt.get_run_config().training
     step = _calls["train"] // args.num_microbatches + 1
     first = _calls["train"] % args.num_microbatches == 0
     _calls["train"] += 1

@@ -83,7 +83,7 @@ def test_the_last_complete_checkpoint_is_the_uninterrupted_runs(runs, phase):
     assert read_tracker(folder) == last
     faulty = torch.load(_ckpt_file(folder, last), weights_only=False)
     straight = torch.load(_ckpt_file(straight_dir, last), weights_only=False)
-    faulty.pop("args"), straight.pop("args")    # --exit-signal-handler differs in some
+    faulty.pop("run_config"), straight.pop("run_config")   # --exit-signal-handler differs
     same_state(faulty, straight)
 
 

@@ -17,7 +17,7 @@ VALID_SAMPLES = 22   # global batch 4: five complete batches, two samples left o
 
 
 def _provider(sizes):
-    seq = pretrain_gpt.get_args().seq_length
+    seq = pretrain_gpt.get_run_config().training.seq_length
     return CountingDataset(max(sizes[0], 1), seq, 1), CountingDataset(VALID_SAMPLES, seq, 2), None
 
 

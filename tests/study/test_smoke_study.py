@@ -253,10 +253,10 @@ def test_llama_smoke_composed_arm(smoke, study, tmp_path):
     (run,) = meta["runs"]
     assert meta["model"] == "llama" and run["arm"] == "CL_seqtru_voc+random-LTD"
     assert math.isfinite(run["val_loss"]) and 3072 <= run["consumed_tokens"] < 3072 + 4 * 32
-    _, _, args, full = load_whole(os.path.join(out, "runs", run["run"], "checkpoints"))
-    assert args["normalization"] == "RMSNorm" and args["num_query_groups"] == 1
-    assert args["swiglu"] and args["untie_embeddings_and_output_weights"]
-    assert args["data_efficiency"].curriculum.enabled and args["data_efficiency"].random_ltd.enabled
+    _, _, config, full = load_whole(os.path.join(out, "runs", run["run"], "checkpoints"))
+    assert config.model.normalization == "RMSNorm" and config.model.num_query_groups == 1
+    assert config.model.swiglu and config.model.untie_embeddings_and_output_weights
+    assert config.data_efficiency.curriculum.enabled and config.data_efficiency.random_ltd.enabled
     assert "output_layer.weight" in full and not [k for k in full if k.endswith("bias")]
     gpt = json.load(open(os.path.join(smoke, "study.json")))["runs"]
     baseline = next(r for r in gpt if (r["arm"], r["budget_fraction"]) == ("baseline", 1.0))

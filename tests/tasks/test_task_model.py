@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import dataclasses
 import sys
-from argparse import Namespace
 
 import numpy as np
 import pytest
 import torch
 
-from megatron.arguments import transformer_config_from_args
-from megatron.checkpointing.whole_model import read_args
+from megatron.checkpointing.whole_model import read_run_config
 from megatron.errors import BadConfigError, CheckpointError
 from megatron.model.classification import Classification
+from megatron.run_config import RunConfig
 from tasks import main as tasks_main
 from tasks.eval_utils import TaskMetric, score
 from tasks.finetune_args import check_against_checkpoint
@@ -24,11 +24,11 @@ from tests.tools.tool_loader import load_tool
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
-def _classifier(saved: dict, full: dict) -> tuple[Classification, Namespace]:
-    args = Namespace(**{**saved, "use_cpu_initialization": True})
-    model = Classification(transformer_config_from_args(args), num_classes=3)
-    load_pretrained([model], dict(full), args)
-    return model, args
+def _classifier(saved: RunConfig, full: dict) -> tuple[Classification, RunConfig]:
+    config = saved.replace(model=dataclasses.replace(saved.model, use_cpu_initialization=True))
+    model = Classification(config.model, num_classes=3)
+    load_pretrained([model], dict(full), config)
+    return model, config
 
 
 def test_pretrained_encoder_loads_from_any_layout(glue_env, tmp_path, capsys):
@@ -59,13 +59,13 @@ def test_pretrained_encoder_loads_from_any_layout(glue_env, tmp_path, capsys):
 
 
 def test_checkpoint_must_be_bert_of_the_flags_shape(glue_env):
-    _, saved = read_args(glue_env["ckpt"])
-    args = Namespace(**saved)
-    check_against_checkpoint(args, saved, "ckpt")
+    _, saved = read_run_config(glue_env["ckpt"])
+    check_against_checkpoint(saved, saved, "ckpt")
+    deeper = saved.replace(model=dataclasses.replace(saved.model, num_layers=4))
     with pytest.raises(CheckpointError, match=r"--num-layers 4 \(checkpoint: 2\)"):
-        check_against_checkpoint(Namespace(**{**saved, "num_layers": 4}), saved, "ckpt")
+        check_against_checkpoint(deeper, saved, "ckpt")
     with pytest.raises(CheckpointError, match="holds a GPT model"):
-        check_against_checkpoint(args, {**saved, "model_type": "gpt"}, "ckpt")
+        check_against_checkpoint(saved, saved.replace(model_type="gpt"), "ckpt")
 
 
 def test_pretraining_and_missing_task_flags_are_refused(glue_env):

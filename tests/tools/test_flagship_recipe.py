@@ -3,7 +3,7 @@ same flags. (Its DRY_RUN=1, the whole recipe on CPU, runs as the README shows it
 python on PATH: tests/test_readme.py.)"""
 from __future__ import annotations
 
-from megatron.arguments import parse_args, validate_args
+from megatron.arguments import parse_args, run_config_from_args, validate_args
 from megatron.run_plan import plan_run
 from tests.tools.tool_loader import load_tool
 
@@ -28,9 +28,10 @@ def test_analyzer_takes_the_training_sizing_flags():
         "--max-position-embeddings", "128", "--micro-batch-size", "4", "--lr", "4e-4",
         "--data-path", "corpus", "--split", "949,50,1"]))
     before = dict(vars(training))
-    plan = plan_run(training)
+    config = run_config_from_args(training)
+    plan = plan_run(config)
     nominal = plan.nominal_train_iters
     assert plan.train_iters > nominal          # CL and random-LTD steps consume fewer tokens
-    assert vars(training) == before            # plan_run does not write args
+    assert vars(training) == before and config == run_config_from_args(training)
     assert args.train_samples == plan.train_valid_test_num_samples[0] == plan.train_iters * 8
     assert args.metrics == ["voc"]             # the analyzer's own flags are still its own

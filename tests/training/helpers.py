@@ -28,7 +28,7 @@ class CountingDataset(torch.utils.data.Dataset):
 
 
 def synthetic_provider(sizes: list[int]):
-    seq = pretrain_gpt.get_args().seq_length
+    seq = pretrain_gpt.get_run_config().training.seq_length
     return tuple(CountingDataset(max(n, 1), seq, seed) for n, seed in zip(sizes, (1, 2, 3)))
 
 

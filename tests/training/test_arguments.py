@@ -58,8 +58,10 @@ def test_derived_values(monkeypatch):
     assert args.data_parallel_size == 4
     assert args.num_microbatches == 2          # 16 / (2 x 4)
     assert args.ffn_hidden_size == 256 and args.kv_channels == 16
+    from megatron.arguments import run_config_from_args
     from megatron.run_plan import plan_run
-    assert plan_run(args).nominal_train_iters == 63   # ceil(1000 / 16), for display and sizing
+    # ceil(1000 / 16), for display and sizing
+    assert plan_run(run_config_from_args(args)).nominal_train_iters == 63
     assert args.train_iters is None            # the run plan is the one source of run length
     swiglu = _validate("--train-iters", "1", "--swiglu")
     assert swiglu.ffn_hidden_size == 128       # 2/3 * 4h rounded down to 64
@@ -86,14 +88,16 @@ def test_model_config_and_flags_agree_on_the_swiglu_width():
 
 def test_validation_is_the_last_writer_of_args():
     """validate_args derives everything (vocabulary padding, the data-efficiency config);
-    sizing the run afterwards reads args and writes nothing."""
+    sizing the run afterwards reads its config and writes nothing."""
+    from megatron.arguments import run_config_from_args
     from megatron.run_plan import plan_run
     args = _validate("--train-tokens", "6400", "--random-ltd", "--random-ltd-min-seqlen", "8",
                      "--random-ltd-total-steps", "50", "--random-ltd-seq-per-step", "8")
     assert args.padded_vocab_size == 128 and args.data_efficiency.random_ltd.enabled
     before = dict(vars(args))
-    run = plan_run(args)
-    assert vars(args) == before
+    config = run_config_from_args(args)
+    run = plan_run(config)
+    assert vars(args) == before and config == run_config_from_args(args)
     assert run.nominal_train_iters == 6400 // (2 * 32) and args.train_iters is None
     assert run.train_iters > run.nominal_train_iters          # dropping steps count less
     assert run.train_valid_test_num_samples[0] == run.train_iters * 2

@@ -1,11 +1,11 @@
 """The Llama-family flags (issue 22): Megatron-LM's names and Megatron-DeepSpeed's
 spellings build the same model config; every flag acts or is refused, naming it."""
-import argparse
 
 import pytest
 
 from megatron.arguments import (ArgumentValidationError, parse_args,
                                 transformer_config_from_args, validate_args)
+from megatron.checkpointing.record import migrate_args_record
 from megatron.model.gpt_model import GPTModel
 from megatron.model.norms import RMSNorm
 
@@ -96,6 +96,6 @@ def test_args_saved_before_these_flags_build_the_old_model():
     for key in ("normalization", "num_query_groups", "add_bias_linear", "use_rope_scaling",
                 "rope_scaling_factor"):
         del args[key]
-    config = transformer_config_from_args(argparse.Namespace(**args))
+    config = migrate_args_record(args).model
     assert (config.normalization, config.num_query_groups, config.add_bias_linear,
             config.rope_scaling) == ("LayerNorm", 4, True, False)

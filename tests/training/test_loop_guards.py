@@ -10,7 +10,7 @@ import re
 import pytest
 
 import pretrain_gpt
-from megatron.arguments import parse_args, schedule_config_from_args, validate_args
+from megatron.arguments import parse_args, run_config, schedule_config_from_args, validate_args
 from megatron.core.enums import ModelType
 from megatron.run_plan import plan_run
 from megatron.optimizer_param_scheduler import lr_at
@@ -41,7 +41,7 @@ def _flags(train_tokens: int) -> list[str]:
 
 def _tokens_of_first_steps(steps: int) -> list[int]:
     """Consumed tokens of the first ``steps`` steps, from the pure step planner."""
-    planner = plan_run(validate_args(parse_args(args=_flags(10 ** 6)))).planner
+    planner = plan_run(run_config(_flags(10 ** 6))).planner
     return [planner.plan(i).consumed_tokens for i in range(steps)]
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from megatron import telemetry
+from megatron import telemetry, telemetry_flags
 from megatron.core.timers import STEP_TIMERS, Timers, TimerConfig
 from megatron.metrics_file import read_metrics
 from megatron.throughput import ModelFlops, mfu, peak_tflops, tflops_per_device
@@ -261,11 +261,11 @@ def test_flag_problems(monkeypatch):
     from megatron.arguments import parse_args
     args = parse_args(args=["--wandb-project", "p", "--log-memory-interval", "3",
                             "--log-interval", "2", "--peak-tflops", "0"])
-    monkeypatch.setattr(telemetry.importlib.util, "find_spec", lambda name: None)
-    problems = "\n".join(telemetry.telemetry_problems(args))
+    monkeypatch.setattr(telemetry_flags.importlib.util, "find_spec", lambda name: None)
+    problems = "\n".join(telemetry_flags.telemetry_problems(args))
     assert "--wandb-project needs --wandb-exp-name" in problems
     assert "--wandb-project needs --wandb-save-dir or --save" in problems
-    assert f"--wandb-project needs the wandb package: {telemetry.WANDB_INSTALL}" in problems
+    assert f"--wandb-project needs the wandb package: {telemetry_flags.WANDB_INSTALL}" in problems
     assert "--log-memory-interval 3 must be a positive multiple of --log-interval 2" in problems
     assert "--peak-tflops must be > 0" in problems
 

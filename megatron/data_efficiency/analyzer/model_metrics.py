@@ -35,7 +35,7 @@ from megatron.data_efficiency.analyzer import document_scoring
 from megatron.errors import CheckpointError
 
 MODEL_METRICS = ("loss", "ppl")
-_UNSUPPORTED_ARGS = ("reset_position_ids", "reset_attention_mask", "eod_mask_loss")
+_UNSUPPORTED_FLAGS = ("reset_position_ids", "reset_attention_mask", "eod_mask_loss")
 
 
 def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -68,14 +68,15 @@ def reference_model(loaded) -> ReferenceModel:
             alike (positions or attention reset at document ends, end-of-document loss
             masked).
     """
-    if loaded.args.get("model_type", "gpt") != "gpt":
-        raise CheckpointError(f"{loaded.load_dir} holds a {loaded.args['model_type']} model; "
+    config = loaded.config
+    if (config.model_type or "gpt") != "gpt":
+        raise CheckpointError(f"{loaded.load_dir} holds a {config.model_type} model; "
                               "the model metrics score with a GPT")
-    bad = [k for k in _UNSUPPORTED_ARGS if loaded.args.get(k)]
+    bad = [k for k in _UNSUPPORTED_FLAGS if getattr(config.data, k)]
     if bad:
         raise CheckpointError(f"{loaded.load_dir}: trained with {bad}; the loss metric scores "
                               "plain causal samples only")
-    return ReferenceModel(loaded.model, int(loaded.args["seq_length"]), loaded.iteration,
+    return ReferenceModel(loaded.model, config.training.seq_length, loaded.iteration,
                           state_fingerprint(loaded.state_dict), loaded.load_dir,
                           loaded.run_record.get("tokenizer"))
 

@@ -4,8 +4,8 @@ The model's layer loop uses :class:`TokenDropPlan`, :func:`gather_tokens`,
 :func:`combine_tokens` and :func:`gather_attention_mask` (docs/CONTRACTS.md, "Random-LTD
 seam"); training builds a :class:`RandomLTDScheduler` from a :class:`RandomLTDConfig`.
 """
-from megatron.data_efficiency.random_ltd.config import (RandomLTDConfig, add_random_ltd_args,
-                                                        config_from_args)
+from megatron.data_efficiency.random_ltd.config import RandomLTDConfig
+from megatron.data_efficiency.random_ltd.flags import add_random_ltd_args, config_from_args
 from megatron.data_efficiency.random_ltd.ops import (combine_tokens, gather_attention_mask,
                                                      gather_tokens)
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan

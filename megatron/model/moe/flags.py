@@ -3,6 +3,7 @@ their one translation into ``MoEConfig``."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 
 from megatron.model.moe.config import DROP_POLICIES, MoEConfig, moe_layer_ids
 
@@ -33,8 +34,8 @@ def add_moe_args(p: argparse.ArgumentParser) -> None:
                    help="no capacity limit: every token reaches its experts")
 
 
-def _num_experts(args: argparse.Namespace) -> int | None:
-    values = getattr(args, "num_experts", None)   # absent in args saved before MoE
+def _num_experts(flags: Mapping) -> int | None:
+    values = flags.get("num_experts")   # absent in records saved before MoE
     if not values:
         return None
     if len(set(values)) != 1:
@@ -43,13 +44,13 @@ def _num_experts(args: argparse.Namespace) -> int | None:
     return None if values[0] == 1 else values[0]
 
 
-def _capacity_factors(args: argparse.Namespace) -> tuple[float | None, float | None]:
-    train, evaluate = args.moe_train_capacity_factor, args.moe_eval_capacity_factor
-    both = args.moe_expert_capacity_factor
+def _capacity_factors(flags: Mapping) -> tuple[float | None, float | None]:
+    train, evaluate = flags.get("moe_train_capacity_factor"), flags.get("moe_eval_capacity_factor")
+    both = flags.get("moe_expert_capacity_factor")
     if both is not None and (train is not None or evaluate is not None):
         raise ValueError("give --moe-expert-capacity-factor or --moe-train-capacity-factor / "
                          "--moe-eval-capacity-factor, not both")
-    if args.disable_moe_token_dropping:
+    if flags.get("disable_moe_token_dropping"):
         if both is not None or train is not None or evaluate is not None:
             raise ValueError("--disable-moe-token-dropping contradicts the capacity factors "
                              "given")
@@ -59,18 +60,24 @@ def _capacity_factors(args: argparse.Namespace) -> tuple[float | None, float | N
     return (1.0 if train is None else train), (1.0 if evaluate is None else evaluate)
 
 
-def moe_config_from_args(args: argparse.Namespace) -> MoEConfig | None:
-    """The run's ``MoEConfig`` (None for a dense model); ValueError names bad flags."""
-    num_experts = _num_experts(args)
+def moe_config_from_flags(flags: Mapping) -> MoEConfig | None:
+    """The run's ``MoEConfig`` from its validated flags by ``dest`` name (the command
+    line's, or an old checkpoint's record: a flag it lacks has its default); None for a
+    dense model; ValueError names bad flags."""
+    num_experts = _num_experts(flags)
     if num_experts is None:
-        if getattr(args, "expert_model_parallel_size", 1) != 1:
+        if flags.get("expert_model_parallel_size", 1) != 1:
             raise ValueError("--expert-model-parallel-size needs --num-experts > 1")
         return None
-    train, evaluate = _capacity_factors(args)
-    return MoEConfig(
-        num_experts=num_experts,
-        moe_layer_ids=moe_layer_ids(args.num_layers, args.moe_layer_freq, args.expert_interval),
-        topk=args.moe_router_topk, aux_loss_coeff=args.moe_aux_loss_coeff,
-        train_capacity_factor=train, eval_capacity_factor=evaluate,
-        min_capacity=args.moe_min_capacity, token_drop_policy=args.moe_token_drop_policy,
-        expert_model_parallel_size=args.expert_model_parallel_size)
+    train, evaluate = _capacity_factors(flags)
+    given = {field: flags[flag] for field, flag in _FIELD_FLAGS.items() if flag in flags}
+    return MoEConfig(num_experts=num_experts, train_capacity_factor=train,
+                     eval_capacity_factor=evaluate,
+                     moe_layer_ids=moe_layer_ids(flags["num_layers"], flags.get("moe_layer_freq"),
+                                                 flags.get("expert_interval")), **given)
+
+
+# MoEConfig field <- the flag that sets it one to one
+_FIELD_FLAGS = {"topk": "moe_router_topk", "aux_loss_coeff": "moe_aux_loss_coeff",
+                "min_capacity": "moe_min_capacity", "token_drop_policy": "moe_token_drop_policy",
+                "expert_model_parallel_size": "expert_model_parallel_size"}

@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-from argparse import Namespace
 
 import numpy as np
 import pytest
@@ -72,12 +71,12 @@ def _cfg(prefix, save, **kw):
 def _direct_losses(ckpt, samples):
     """The training loss (pretrain_gpt.loss_func) of each sample alone, with the model
     rebuilt from the TP1 checkpoint file by hand."""
-    from megatron.arguments import transformer_config_from_args
+    from megatron.checkpointing.record import saved_run_config
     from megatron.model.gpt_model import GPTModel
     import pretrain_gpt
     state = torch.load(os.path.join(ckpt, "iter_0000002", "mp_rank_00", "model_optim_rng.pt"),
                        weights_only=False)
-    model = GPTModel(transformer_config_from_args(Namespace(**state["args"])))
+    model = GPTModel(saved_run_config(state, ckpt).model)
     model.load_state_dict(state["model"])
     model.eval()
     out = []

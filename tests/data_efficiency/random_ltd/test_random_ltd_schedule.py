@@ -4,8 +4,8 @@ import argparse
 import pytest
 import torch
 
-from megatron.data_efficiency.random_ltd.config import (RandomLTDConfig, add_random_ltd_args,
-                                                        config_from_args)
+from megatron.data_efficiency.random_ltd.config import RandomLTDConfig
+from megatron.data_efficiency.random_ltd.flags import add_random_ltd_args, config_from_args
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.data_efficiency.random_ltd.scheduler import RandomLTDScheduler, mslg_kept_length
 

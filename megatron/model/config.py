@@ -32,7 +32,7 @@ def default_ffn_hidden_size(hidden_size: int, swiglu: bool) -> int:
     return int(8 * hidden_size / 3) // 64 * 64 or 4 * hidden_size
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransformerConfig:
     """Model shape, regularisation, initialisation, parallelism and recompute settings.
 
@@ -89,13 +89,13 @@ class TransformerConfig:
         if problems:
             raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
         if self.ffn_hidden_size is None:
-            self.ffn_hidden_size = default_ffn_hidden_size(self.hidden_size, self.swiglu)
+            self._derive("ffn_hidden_size", default_ffn_hidden_size(self.hidden_size, self.swiglu))
         if self.kv_channels is None:
             if self.hidden_size % self.num_attention_heads != 0:
                 problems.append(f"--hidden-size {self.hidden_size} is not divisible by "
                                 f"--num-attention-heads {self.num_attention_heads} "
                                 "(or give --kv-channels)")
-            self.kv_channels = self.hidden_size // self.num_attention_heads
+            self._derive("kv_channels", self.hidden_size // self.num_attention_heads)
         if self.position_embedding_type not in ("learned_absolute", "rope"):
             problems.append("--position-embedding-type must be learned_absolute or rope, got "
                             f"{self.position_embedding_type!r}")
@@ -124,10 +124,14 @@ class TransformerConfig:
         if problems:
             raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
 
+    def _derive(self, name: str, value) -> None:
+        # Frozen: a derived default is filled once, here, while the config is being built.
+        object.__setattr__(self, name, value)
+
     def _query_group_problems(self) -> list[str]:
         heads = self.num_attention_heads
         if self.num_query_groups is None:
-            self.num_query_groups = heads
+            self._derive("num_query_groups", heads)
         groups = self.num_query_groups
         if not isinstance(groups, int) or groups < 1 or heads % groups != 0:
             return [f"--num-query-groups {groups!r} must be a positive divisor of "

@@ -143,6 +143,8 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     it = state.iteration
     optimizer.zero_grad()
     plan = runtime.plan_step(it)
+    if plan.lr_rule is not None:   # token-budget batches: this step's LR scaling
+        scheduler.step(0, 0, 0, plan.lr_rule)
     moe_monitor = moe_monitor or MoEMonitor(model, None)
     moe_monitor.begin_step(optimizer.get_loss_scale(), args.num_microbatches)
     with collective_context(it + 1):
@@ -159,10 +161,11 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     if not ok:
         print(f" > iteration {it + 1}: skipped, inf/nan gradients under fp16 (loss scale now "
               f"{optimizer.get_loss_scale():.1f})", flush=True)
-    if ok:
-        scheduler.step(1, args.global_batch_size, plan.consumed_tokens)
+    if ok:   # the LR of the next step (scaled to its batch, as DeepSpeed's scheduler)
+        scheduler.step(1, plan.global_batch_size, plan.consumed_tokens,
+                       runtime.plan_step(it + 1).lr_rule)
     state.iteration += 1
-    state.consumed_samples += args.global_batch_size
+    state.consumed_samples += plan.global_batch_size
     state.consumed_tokens += plan.consumed_tokens
     if "lm loss" in losses:
         state.history.append((state.iteration, losses["lm loss"]))
@@ -170,7 +173,7 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                   and state.iteration % args.tensorboard_log_interval == 0 else {})
     return StepStats(iteration=state.iteration, consumed_samples=state.consumed_samples,
                      consumed_tokens=state.consumed_tokens, step_tokens=plan.consumed_tokens,
-                     learning_rate=scheduler.get_lr(), batch_size=args.global_batch_size,
+                     learning_rate=scheduler.get_lr(), batch_size=plan.global_batch_size,
                      loss_scale=optimizer.get_loss_scale(), grad_norm=grad_norm,
                      skipped=not ok, losses=losses, plan=plan.scalars(),
                      flops=None if flops is None else flops.plan_flops(plan),

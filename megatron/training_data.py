@@ -54,7 +54,8 @@ class MicrobatchFeed:
         seq, rows = self.seq_length, self.micro_batch_size
         if self.plan is not None and self.iterator is not None:
             batch, shape = self.runtime.prepare_microbatch(batch, self.plan,
-                                                           self.micro_batch_size)
+                                                           self.micro_batch_size,
+                                                           self.microbatch)
             self.observed.append(shape)
             seq, rows = shape.seq_length, shape.rows
         elif self.plan is not None:

@@ -16,6 +16,12 @@ no per-micro-batch check of sample ids is needed. What does need checking is whe
 sampler starts: ``train_batch_sampler`` positions it at the loop's iteration and refuses a
 checkpoint's sampler state of another step.
 
+With token-budget batches (``dynamic_batching``) the runtime packs the training set
+from the analyzer's ``seqlen`` metric when the loader is built (``train_batch_sampler``),
+gives the packing to the planner, and draws each micro-batch from the step plan
+(``TokenBatchSampler``); ``prepare_microbatch`` checks the ids and cuts the micro-batch to
+the plan's length.
+
 With nothing configured it is the plain behaviour: Megatron's sampler, full sequences,
 every layer sees every token, ``global_batch_size * seq_length`` tokens a step.
 
@@ -36,6 +42,8 @@ from megatron.data_efficiency.curriculum.sampler import (CurriculumSampler, Diff
                                                          SamplerMetric)
 from megatron.data_efficiency.curriculum.transforms import BatchShape
 from megatron.data_efficiency.data_family import DataFamily, GPTSamples, TrainingSamples
+from megatron.data_efficiency.dynamic_batching import data as token_data
+from megatron.data_efficiency.dynamic_batching.plan import cut_microbatch
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.data_efficiency.step_plan import (RunShape, StepPlan, StepPlanner, batch_mismatch,
                                                 curriculum_step)
@@ -72,6 +80,7 @@ class DataEfficiencyRuntime:
         self.samples = samples
         self.family = family or GPTSamples()
         self.sampler: CurriculumSampler | None = None
+        self.token_sampler: token_data.TokenBatchSampler | None = None
 
     @property
     def config(self) -> DataEfficiencyConfig:
@@ -86,17 +95,26 @@ class DataEfficiencyRuntime:
         """The plan of the optimizer step ``iteration`` (0-based); pure."""
         return self.planner.plan(iteration)
 
-    def prepare_microbatch(self, batch: dict, plan: StepPlan,
-                           micro_batch_size: int) -> tuple[dict, BatchShape]:
+    def prepare_microbatch(self, batch: dict, plan: StepPlan, micro_batch_size: int,
+                           microbatch: int = 0) -> tuple[dict, BatchShape]:
         """Transform one collated *training* micro-batch to the plan and check its shape
-        (its samples are the plan's by construction: the sampler draws from the plan).
+        (its samples are the plan's by construction: the sampler draws from the plan; a
+        token-budget micro-batch, number ``microbatch`` of the step on this rank, has its
+        ids checked and is cut to the plan's length).
 
         Returns:
             The batch (with ``seq_length``) and the rows / length it has.
 
         Raises:
-            RuntimeError: the batch has other rows / length than planned.
+            RuntimeError: the batch has other rows / length (or samples) than planned.
         """
+        if plan.step_batch is not None:
+            ids, length = plan.step_batch.microbatch(self.par.dp_rank, self.par.dp_size,
+                                                     microbatch, micro_batch_size)
+            batch, shape = cut_microbatch(batch, ids, length,
+                                          f"iteration {plan.iteration + 1}")
+            batch["seq_length"] = shape.seq_length
+            return batch, shape
         if self.planner.transform is not None:
             batch, shape = self.planner.transform.apply(batch, plan.transform_difficulty,
                                                         self.par.dp_group)
@@ -153,6 +171,9 @@ class DataEfficiencyRuntime:
                 another step than the loop.
             BadConfigError: the run draws more samples than ``num_epochs`` allows.
         """
+        if self.config.dynamic_batching.enabled:
+            return self._token_batch_sampler(dataset, micro_batch_size, first_iteration,
+                                             state, train_iters)
         if train_iters is not None:
             self.config.check_num_epochs(train_iters * self.shape.global_batch_size,
                                          len(dataset), micro_batch_size * self.par.dp_size)
@@ -180,6 +201,40 @@ class DataEfficiencyRuntime:
             self.sampler.load_state_dict(saved)
         return self.sampler
 
+    def _token_batch_sampler(self, dataset, micro_batch_size: int, first_iteration: int,
+                             state: dict | None, train_iters: int | None):
+        """Pack the training set (every rank the same way), give the packing to the
+        planner and return the sampler of this rank's micro-batches."""
+        cfg = self.config.dynamic_batching
+        fingerprint = (self.family.fingerprint(dataset, self.samples)
+                       if self.samples is not None else None)
+        command = "" if self.samples is None else (
+            self.family.analyzer_command(self.samples).replace("--metrics ...", "--metrics seqlen")
+            .replace("--save-path DIR", f"--save-path {cfg.metrics_path}"))
+        try:
+            seqlens = token_data.load_seqlens(cfg.metrics_path, len(dataset), fingerprint,
+                                              command)
+        except ValueError as err:
+            if self.samples is None or "fingerprint" not in str(err):
+                raise
+            raise self.family.mismatch(err, dataset, self.samples) from None
+        rank0 = not dist.is_initialized() or dist.get_rank() == 0
+        batches = token_data.build_token_batches(
+            cfg, seqlens, self.shape.global_batch_size, self.config.seed,
+            log=(lambda line: print(line, flush=True)) if rank0 else None)
+        if train_iters is not None:
+            token_data.check_num_epochs(self.config.num_epochs, train_iters,
+                                        batches.num_batches, self.config.source)
+        self.planner = self.planner.with_token_batches(batches)
+        self.token_sampler = token_data.TokenBatchSampler(
+            lambda it: self.planner.plan(it).step_batch, self.par.dp_rank, self.par.dp_size,
+            micro_batch_size, self.shape.num_microbatches, first_iteration,
+            batches.fingerprint())
+        saved = (state or {}).get("token_batches")
+        if saved is not None:
+            self.token_sampler.load_state_dict(saved)
+        return self.token_sampler
+
     # -- checkpoint ----------------------------------------------------------------------
     def state_dict(self, iteration: int) -> dict:
         """The sampler's state after ``iteration`` steps (rewound past the batches a
@@ -189,6 +244,8 @@ class DataEfficiencyRuntime:
         state: dict = {}
         if self.sampler is not None:
             state["curriculum_sampler"] = self.sampler.state_dict(steps_consumed=iteration)
+        if self.token_sampler is not None:
+            state["token_batches"] = self.token_sampler.state_dict(iteration)
         return state
 
 

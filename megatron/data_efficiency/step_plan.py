@@ -8,7 +8,10 @@ accounting, the LR scheduler and the logger all read that one value, and the cur
 sampler draws from its difficulties (``StepPlanner.difficulties``): the planner is the
 only thing that evaluates a pacing function; nobody recomputes a schedule. ``seqreo``
 (BERT) cuts each batch to its longest sample, so its plan is completed from what the
-batches showed (``StepPlan.measured``).
+batches showed (``StepPlan.measured``). With token-budget batches
+(``dynamic_batching``) the step's samples, tokens, micro-batches and LR rule come from the
+packing the runtime attaches (``with_token_batches``): still a pure function of the
+iteration.
 
 Iterations are 0-based here; the curriculum counts steps from 1 (DeepSpeed's
 convention): ``curriculum_step`` is the one place that converts. ``plan_run``
@@ -28,6 +31,8 @@ from megatron.data_efficiency.config import CurriculumConfig, DataEfficiencyConf
 from megatron.data_efficiency.curriculum import transforms
 from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler
 from megatron.data_efficiency.curriculum.transforms import BatchShape, shape_for_difficulty
+from megatron.data_efficiency.dynamic_batching import plan as token_plan
+from megatron.data_efficiency.dynamic_batching.packing import BatchLR, TokenBatches
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.data_efficiency.random_ltd.scheduler import RandomLTDScheduler
 from megatron.data_efficiency.token_accounting import tokens_per_step
@@ -79,6 +84,9 @@ class StepPlan:
         consumed_tokens: layer-weighted tokens of the step (``token_accounting``).
         ltd_seed: seed of the random-LTD draws.
         data_dependent: the shapes are measured from the batches (``seqreo``).
+        step_batch: the step's token-budget batch (``dynamic_batching``; None: off):
+            its samples are ``global_batch_size`` and ``rows``, its real tokens
+            ``consumed_tokens``, ``seq_length`` the longest micro-batch's length.
     """
     iteration: int
     rows: int
@@ -95,6 +103,12 @@ class StepPlan:
     ltd_seed: int = 0
     data_dependent: bool = False
     sampled_values: Mapping[str, torch.Tensor] = field(default_factory=dict, compare=False)
+    step_batch: token_plan.StepBatch | None = field(default=None, compare=False)
+
+    @property
+    def lr_rule(self) -> BatchLR | None:
+        """The step's LR scaling (``dynamic_batching``'s ``lr_scaling_method``), or None."""
+        return None if self.step_batch is None else self.step_batch.lr
 
     @property
     def curriculum_step(self) -> int:
@@ -135,6 +149,10 @@ class StepPlan:
         if self.dropping_layers:
             r = self.seq_length if self.kept_length is None else self.kept_length
             out["seqlen/random_ltd_reserved_length"] = float(min(r, self.seq_length))
+        if self.step_batch is not None:
+            out["batching/samples"] = float(self.step_batch.samples)
+            out["batching/tokens"] = float(self.step_batch.tokens)
+            out["batching/lr_scale"] = float(self.step_batch.lr(1.0))
         return out
 
 
@@ -146,18 +164,26 @@ class StepPlanner:
         shape: the run's sizes.
 
     Raises:
-        ValueError: a shape-changing transform (seqres, seqreo) with pipeline stages, or
-            a random-LTD ``model_type`` other than the model trained.
+        ValueError: a shape-changing transform (seqres, seqreo) with pipeline stages, a
+            random-LTD ``model_type`` other than the model trained, or token-budget
+            batches where they are refused (``dynamic_batching.plan.refusal``).
     """
 
-    def __init__(self, config: DataEfficiencyConfig, shape: RunShape) -> None:
+    def __init__(self, config: DataEfficiencyConfig, shape: RunShape,
+                 token_batches: TokenBatches | None = None) -> None:
         ltd_model = {"decoder": "gpt", "encoder": "bert"}.get(config.random_ltd.model_type)
         if ltd_model is not None and ltd_model != shape.model:
             raise ValueError(f"data_routing.random_ltd.model_type "
                              f"{config.random_ltd.model_type!r} contradicts the {shape.model} "
                              f"model being trained")
+        batching = config.dynamic_batching
+        problem = token_plan.refusal(batching.enabled, shape.model, shape.pipeline_stages,
+                                     config.curriculum.enabled, config.random_ltd.enabled)
+        if problem is not None:
+            raise ValueError(problem)
         self.config = config
         self.shape = shape
+        self.token_batches = token_batches
         self._recent: dict[int, Mapping[str, float]] = {}   # iteration -> difficulties
         cl = config.curriculum
         transform = CurriculumTransform(cl, shape.model) if cl.enabled else None
@@ -193,8 +219,14 @@ class StepPlanner:
             self._recent[iteration] = found
         return found
 
+    def with_token_batches(self, token_batches: TokenBatches) -> StepPlanner:
+        """This planner with the run's packing (built from the training data)."""
+        return StepPlanner(self.config, self.shape, token_batches)
+
     def plan(self, iteration: int) -> StepPlan:
         """The plan of the optimizer step ``iteration`` (0-based)."""
+        if self.config.dynamic_batching.enabled:
+            return self._token_budget_plan(iteration)
         s, gbs = self.shape.seq_length, self.shape.global_batch_size
         difficulties = self.difficulties(iteration)
         d = difficulties[self.transform.name] if self.kind in ("seqtru", "seqres") else None
@@ -212,10 +244,28 @@ class StepPlanner:
                         ltd_seed=self.shape.seed, data_dependent=self.kind == "seqreo")
         return dataclasses.replace(plan, consumed_tokens=plan.tokens_for(rows, seq))
 
+    def _token_budget_plan(self, iteration: int) -> StepPlan:
+        """Batch ``iteration % B`` of the packing: its samples, real tokens, LR rule."""
+        if self.token_batches is None:
+            raise RuntimeError("dynamic batching: the step plans need the packing of the "
+                               "training data (DataEfficiencyRuntime.train_batch_sampler)")
+        tb, gbs = self.token_batches, self.shape.global_batch_size
+        index = iteration % tb.num_batches
+        batch = token_plan.StepBatch(
+            tb, index, BatchLR(self.config.dynamic_batching.lr_scaling_method, gbs,
+                               tb.batch_samples(index)), self.shape.seq_length)
+        return StepPlan(iteration=iteration, rows=batch.samples, seq_length=batch.longest,
+                        global_batch_size=batch.samples,
+                        num_microbatches=self.shape.num_microbatches, transform=None,
+                        transform_difficulty=None, difficulties=MappingProxyType({}),
+                        kept_length=None, dropping_layers=frozenset(),
+                        num_layers=self.shape.num_layers, consumed_tokens=batch.tokens,
+                        ltd_seed=self.shape.seed, step_batch=batch)
+
     def steps_for_tokens(self, train_tokens: int, limit: int = 100_000_000) -> int | None:
-        """Steps needed to consume ``train_tokens`` (None: seqreo, whose steps depend on
-        the data). Pure: walks the plans, changes nothing."""
-        if self.kind == "seqreo":
+        """Steps needed to consume ``train_tokens`` (None: seqreo or token-budget
+        batches, whose steps depend on the data). Pure: walks the plans, changes nothing."""
+        if self.kind == "seqreo" or self.config.dynamic_batching.enabled:
             return None
         total, step = 0, 0
         while total < train_tokens and step < limit:

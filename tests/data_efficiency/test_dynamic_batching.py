@@ -1,0 +1,101 @@
+"""Token-budget batches (dynamic_batching): the plan per step, each DP rank's share, the
+seqlen metric's checks, and where it is refused."""
+import numpy as np
+import pytest
+
+from megatron.data_efficiency.config import config_from_dict
+from megatron.data_efficiency.dynamic_batching.data import TokenBatchSampler, load_seqlens
+from megatron.data_efficiency.dynamic_batching.packing import pack
+from megatron.data_efficiency.step_plan import RunShape, StepPlanner
+
+GBS, SEQ = 4, 32
+SEQLENS = np.random.default_rng(3).integers(5, SEQ + 1, 200)
+
+
+def _config(extra: dict | None = None, **batching):
+    de = {"enabled": True, "data_sampling": {"dynamic_batching": {
+        "enabled": True, "max_tokens": 64, "metrics_path": "/idx", **batching}}}
+    de.update(extra or {})
+    return config_from_dict({"data_efficiency": de})
+
+
+def _planner(config=None, **shape) -> StepPlanner:
+    shape = {"global_batch_size": GBS, "seq_length": SEQ, "num_layers": 2, "model": "bert",
+             "num_microbatches": 2, **shape}
+    return StepPlanner(config or _config(), RunShape(**shape))
+
+
+def test_plans_are_the_packings_batches_and_each_dp_rank_takes_its_share():
+    """Steps wrap around the packing; at DP 2 x micro-batch 1 x 2 micro-batches, rank r's
+    micro-batch m is unit r + 2m of the step (DeepSpeed's DistributedSampler order), the
+    ranks' micro-batches partition the step, and a second planner (another rank) plans the
+    same."""
+    tb = pack(SEQLENS, 64, GBS, order="seqlen", seed=1)
+    planner = _planner().with_token_batches(tb)
+    again = _planner().with_token_batches(pack(SEQLENS, 64, GBS, order="seqlen", seed=1))
+    for it in (0, 1, tb.num_batches, tb.num_batches + 3):
+        plan = planner.plan(it)
+        k = it % tb.num_batches
+        assert (plan.global_batch_size, plan.consumed_tokens) == \
+            (tb.batch_samples(k), tb.batch_tokens(k))
+        assert plan.lr_rule(2.0) == pytest.approx(2.0 * tb.batch_samples(k) / GBS)
+        units = tb.microbatch_ids()[k * GBS:(k + 1) * GBS]
+        shares = {(r, m): plan.step_batch.microbatch(r, 2, m, 1)[0].tolist()
+                  for r in range(2) for m in range(2)}
+        assert shares == {(r, m): units[r + 2 * m] for r in range(2) for m in range(2)}
+        assert again.plan(it).step_batch.microbatch(1, 2, 1, 1)[0].tolist() == shares[1, 1]
+    sampler = TokenBatchSampler(lambda i: planner.plan(i).step_batch, 1, 2, 1, 2, 3,
+                                tb.fingerprint())
+    drawn = iter(sampler)
+    assert [next(drawn) for _ in range(2)] == \
+        [planner.plan(3).step_batch.microbatch(1, 2, m, 1)[0].tolist() for m in range(2)]
+
+
+def test_refused_for_gpt_pipelines_curriculum_random_ltd_and_without_its_keys():
+    with pytest.raises(ValueError, match="GPT training samples are windows of exactly"):
+        _planner(model="gpt")
+    with pytest.raises(ValueError, match="pipeline-model-parallel-size > 1"):
+        _planner(pipeline_stages=2)
+    curriculum = {"data_sampling": {"enabled": True, "dynamic_batching": {
+        "enabled": True, "max_tokens": 64, "metrics_path": "/idx"},
+        "curriculum_learning": {"enabled": True, "curriculum_metrics": {"seqtru": {
+            "min_difficulty": 8, "max_difficulty": SEQ, "schedule_type": "fixed_linear",
+            "schedule_config": {"total_curriculum_step": 5, "difficulty_step": 8}}}}}}
+    with pytest.raises(ValueError, match="beside curriculum_learning"):
+        _planner(_config(curriculum))
+    ltd = {"data_routing": {"random_ltd": {
+        "enabled": True, "total_layer_num": 2, "random_ltd_layer_num": 1,
+        "random_ltd_layer_id": [1], "model_type": "encoder",
+        "hidden_state_order": "seq_batch_dim",
+        "random_ltd_schedule": {"min_value": 8, "max_value": SEQ,
+                                "schedule_type": "fixed_linear",
+                                "schedule_config": {"require_steps": 4, "seq_per_step": 8}}}}}
+    with pytest.raises(ValueError, match="beside data_routing.random_ltd"):
+        _planner(_config(ltd))
+    for missing in ("max_tokens", "metrics_path"):
+        d = {"enabled": True, "data_sampling": {"dynamic_batching": {
+            "enabled": True, "max_tokens": 64, "metrics_path": "/idx"}}}
+        del d["data_sampling"]["dynamic_batching"][missing]
+        with pytest.raises(ValueError, match=f"dynamic_batching.{missing}: required"):
+            config_from_dict({"data_efficiency": d})
+    with pytest.raises(ValueError, match="enabled is false but data_sampling.dynamic_batching"):
+        _config({"enabled": False})
+    with pytest.raises(ValueError, match=r"sequence_picking_order='longest'"):
+        _config(sequence_picking_order="longest")
+    assert _config(lr_scaling_method="None").dynamic_batching.lr_scaling_method == "none"
+    with pytest.raises(RuntimeError, match="need the packing of the training data"):
+        _planner().plan(0)
+    assert _planner().steps_for_tokens(1000) is None
+
+
+def test_seqlen_metric_is_read_from_deepspeeds_files_and_its_count_checked(tmp_path):
+    from megatron.data_efficiency.analyzer.deepspeed_index import write_deepspeed_rows
+    (tmp_path / "seqlen").mkdir()
+    write_deepspeed_rows(str(tmp_path / "seqlen" / "seqlen_sample_to_metric"),
+                         [np.array([v]) for v in SEQLENS], np.uint16)
+    assert load_seqlens(str(tmp_path), len(SEQLENS), None).tolist() == SEQLENS.tolist()
+    with pytest.raises(ValueError, match="describes 200 samples but the training dataset "
+                                         "has 201"):
+        load_seqlens(str(tmp_path), 201, None)
+    with pytest.raises(ValueError, match="no seqlen metric .* --metrics seqlen"):
+        load_seqlens(str(tmp_path / "none"), 200, None, "tools/analyze_data.py --metrics seqlen")

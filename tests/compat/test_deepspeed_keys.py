@@ -186,7 +186,9 @@ ACTS = {
     "data_efficiency.data_sampling.dynamic_batching.lr_scaling_method": (
         "sqrt", lambda c: c.dynamic_batching.lr_scaling_method == "sqrt", _DS_TABLE),
     "data_efficiency.data_sampling.dynamic_batching.verbose": (
-        True, lambda c: c.dynamic_batching.verbose, _TRAINS),
+        True, lambda c: c.dynamic_batching.verbose,
+        "tests/data_efficiency/test_dynamic_batching.py::"
+        "test_plans_are_the_packings_batches_and_each_dp_rank_takes_its_share"),
     "data_efficiency.data_routing.random_ltd.enabled": (
         False, lambda c: not c.random_ltd.enabled,
         "tests/compat/test_deepspeed_compat.py::test_recipe_shaped_config_is_read"),

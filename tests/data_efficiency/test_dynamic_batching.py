@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from megatron.data_efficiency.config import config_from_dict
-from megatron.data_efficiency.dynamic_batching.data import TokenBatchSampler, load_seqlens
+from megatron.data_efficiency.dynamic_batching.data import (TokenBatchSampler,
+                                                            build_token_batches, load_seqlens)
 from megatron.data_efficiency.dynamic_batching.packing import pack
 from megatron.data_efficiency.step_plan import RunShape, StepPlanner
 
@@ -44,6 +45,15 @@ def test_plans_are_the_packings_batches_and_each_dp_rank_takes_its_share():
                   for r in range(2) for m in range(2)}
         assert shares == {(r, m): units[r + 2 * m] for r in range(2) for m in range(2)}
         assert again.plan(it).step_batch.microbatch(1, 2, 1, 1)[0].tolist() == shares[1, 1]
+    lines: list[str] = []
+    build_token_batches(_config(sequence_picking_order="seqlen", verbose=True).dynamic_batching,
+                        SEQLENS, GBS, 1, log=lines.append)
+    assert lines[0].startswith(f" > dynamic batching: 200 samples packed into {tb.num_batches}")
+    assert lines[1] == (f" > dynamic batching: batch 0: {tb.batch_samples(0)} samples, "
+                        f"{tb.batch_tokens(0)} tokens, samples per unit "
+                        f"{[len(u) for u in tb.microbatch_ids()[:GBS]]}, ids "
+                        f"{sum(tb.microbatch_ids()[:GBS], [])}")
+    assert len(lines) == 1 + tb.num_batches     # verbose: one line per batch
     sampler = TokenBatchSampler(lambda i: planner.plan(i).step_batch, 1, 2, 1, 2, 3,
                                 tb.fingerprint())
     drawn = iter(sampler)

@@ -163,7 +163,7 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
               f"{optimizer.get_loss_scale():.1f})", flush=True)
     if ok:   # the LR of the next step (scaled to its batch, as DeepSpeed's scheduler)
         scheduler.step(1, plan.global_batch_size, plan.consumed_tokens,
-                       runtime.plan_step(it + 1).lr_rule)
+                       runtime.lr_rule(it + 1))
     state.iteration += 1
     state.consumed_samples += plan.global_batch_size
     state.consumed_tokens += plan.consumed_tokens

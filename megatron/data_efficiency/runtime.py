@@ -128,6 +128,11 @@ class DataEfficiencyRuntime:
         batch["seq_length"] = shape.seq_length
         return batch, shape
 
+    def lr_rule(self, iteration: int):
+        """The LR scaling of step ``iteration`` (None: the schedule's LR), without planning
+        the step: the loop sets the next step's LR after an optimizer step."""
+        return self.planner.lr_rule(iteration)
+
     def token_drop_plan(self, plan: StepPlan, microbatch: int, batch_size: int,
                         seq_length: int, device: torch.device | str = "cpu"
                         ) -> TokenDropPlan | None:

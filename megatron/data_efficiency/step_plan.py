@@ -244,16 +244,23 @@ class StepPlanner:
                         ltd_seed=self.shape.seed, data_dependent=self.kind == "seqreo")
         return dataclasses.replace(plan, consumed_tokens=plan.tokens_for(rows, seq))
 
+    def lr_rule(self, iteration: int) -> BatchLR | None:
+        """The LR scaling of step ``iteration`` (``plan(iteration).lr_rule``, without
+        planning the step): token-budget batches scale the LR to the step's samples."""
+        if not self.config.dynamic_batching.enabled or self.token_batches is None:
+            return None
+        samples = self.token_batches.batch_samples(iteration % self.token_batches.num_batches)
+        return BatchLR(self.config.dynamic_batching.lr_scaling_method,
+                       self.shape.global_batch_size, samples)
+
     def _token_budget_plan(self, iteration: int) -> StepPlan:
         """Batch ``iteration % B`` of the packing: its samples, real tokens, LR rule."""
         if self.token_batches is None:
             raise RuntimeError("dynamic batching: the step plans need the packing of the "
                                "training data (DataEfficiencyRuntime.train_batch_sampler)")
-        tb, gbs = self.token_batches, self.shape.global_batch_size
+        tb = self.token_batches
         index = iteration % tb.num_batches
-        batch = token_plan.StepBatch(
-            tb, index, BatchLR(self.config.dynamic_batching.lr_scaling_method, gbs,
-                               tb.batch_samples(index)), self.shape.seq_length)
+        batch = token_plan.StepBatch(tb, index, self.lr_rule(iteration), self.shape.seq_length)
         return StepPlan(iteration=iteration, rows=batch.samples, seq_length=batch.longest,
                         global_batch_size=batch.samples,
                         num_microbatches=self.shape.num_microbatches, transform=None,

@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 
 import pretrain_bert
-from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig
-from megatron.data_efficiency.analyzer.bert_samples import BertSampleParams, run_bert_analyzer
 from megatron.data.bert_dataset import build_train_valid_test_datasets
 from megatron.data.data_loader import build_pretraining_data_loader
+from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig
+from megatron.data_efficiency.analyzer.bert_samples import BertSampleParams, run_bert_analyzer
 from megatron.data_efficiency.analyzer.index_io import MetricIndex
 from megatron.data_efficiency.config import config_from_dict
 from megatron.data_efficiency.dynamic_batching.packing import pack, scaled_lr
-from megatron.metrics_file import read_metrics
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, Parallelism
 from megatron.data_efficiency.step_plan import RunShape, StepPlanner
+from megatron.errors import CheckpointError
+from megatron.metrics_file import read_metrics
 from megatron.optimizer_param_scheduler import build_schedule_config, lr_at
 from megatron.tokenizer import build_tokenizer
 from test_pretrain_bert import _flags
@@ -92,7 +93,8 @@ def test_dynamic_batching_trains_bert_with_deepspeeds_batches_and_lrs(straight, 
 def test_resume_is_exact(bert_data, straight, seqlen_index, tmp_path):
     """2 steps, save, a new run with --load, 2 more == the straight run, with prefetching
     loaders: the packing's position comes back from the checkpoint and the batches and
-    losses are the same; a resume with another packing is refused."""
+    losses are the same; a resume with other dynamic_batching settings is refused (the
+    checkpoint's run record) unless --override-data-efficiency-state."""
     config, workers = straight["config"], ("--num-workers", "2")
     ckpt = str(tmp_path / "ckpt")
     first = _run(bert_data, config, *workers, "--save", ckpt, "--exit-interval", "2")
@@ -102,8 +104,11 @@ def test_resume_is_exact(bert_data, straight, seqlen_index, tmp_path):
     assert (resumed.consumed_samples, resumed.consumed_tokens) == \
         (straight["state"].consumed_samples, straight["state"].consumed_tokens)
     other = _config(tmp_path, seqlen_index, sequence_picking_order="seqlen")
-    with pytest.raises(ValueError, match="packing .* differs from this run's"):
+    with pytest.raises(CheckpointError, match="sequence_picking_order: random -> seqlen "
+                                              r"\(accept with --override-data-efficiency"):
         _run(bert_data, other, "--load", ckpt)
+    accepted = _run(bert_data, other, "--load", ckpt, "--override-data-efficiency-state")
+    assert accepted.iteration == ITERS     # the new packing's batches from iteration 2 on
 
 
 def test_data_parallel_ranks_take_their_share_of_the_plan(bert_data, seqlen_index, tmp_path):

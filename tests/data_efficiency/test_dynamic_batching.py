@@ -56,6 +56,12 @@ def test_plans_are_the_packings_batches_and_each_dp_rank_takes_its_share():
     assert len(lines) == 1 + tb.num_batches     # verbose: one line per batch
     sampler = TokenBatchSampler(lambda i: planner.plan(i).step_batch, 1, 2, 1, 2, 3,
                                 tb.fingerprint())
+    sampler.load_state_dict({"step": 3, "fingerprint": tb.fingerprint()})
+    with pytest.raises(ValueError, match="checkpoint's packing .* differs from this run's"):
+        sampler.load_state_dict({"step": 3, "fingerprint": "0" * 16})
+    with pytest.raises(ValueError, match="checkpoint is at step 2, the run resumes at "
+                                         "iteration 3"):
+        sampler.load_state_dict({"step": 2, "fingerprint": tb.fingerprint()})
     drawn = iter(sampler)
     assert [next(drawn) for _ in range(2)] == \
         [planner.plan(3).step_batch.microbatch(1, 2, m, 1)[0].tolist() for m in range(2)]

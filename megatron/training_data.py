@@ -14,6 +14,7 @@ from megatron.core.timers import NO_TIMERS, Timers
 from megatron.data.data_loader import build_pretraining_data_loader
 from megatron.data_efficiency.curriculum.transforms import BatchShape
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
+from megatron.errors import BadConfigError
 
 
 class MicrobatchFeed:
@@ -146,6 +147,10 @@ def build_train_valid_test_data_iterators(provider: Callable, args: argparse.Nam
     if train_ds is not None:
         sampler = runtime.train_batch_sampler(train_ds, args.micro_batch_size, iteration,
                                               data_efficiency_state, train_iters)
+        if runtime.config.dynamic_batching.enabled and args.dataloader_type != "single":
+            raise BadConfigError(f"--dataloader-type {args.dataloader_type}: dynamic_batching's "
+                                 f"sequence_picking_order orders the training samples; leave "
+                                 f"--dataloader-type single")
         train_iterator = _iterate(build_pretraining_data_loader(
             train_ds, consumed_samples, batch_sampler=sampler,
             dataloader_type=args.dataloader_type,

@@ -17,7 +17,7 @@ from megatron.data_efficiency.config import config_from_dict
 from megatron.data_efficiency.dynamic_batching.packing import pack, scaled_lr
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, Parallelism
 from megatron.data_efficiency.step_plan import RunShape, StepPlanner
-from megatron.errors import CheckpointError
+from megatron.errors import BadConfigError, CheckpointError
 from megatron.metrics_file import read_metrics
 from megatron.optimizer_param_scheduler import build_schedule_config, lr_at
 from megatron.tokenizer import build_tokenizer
@@ -88,6 +88,11 @@ def test_dynamic_batching_trains_bert_with_deepspeeds_batches_and_lrs(straight, 
         expected = scaled_lr(base, GBS, sizes[(i + 1) % plan.num_batches], "linear")
         assert steps[i + 1]["learning_rate"] == pytest.approx(expected, rel=1e-12), i
         assert steps[i + 1]["plan"]["batching/samples"] == sizes[i % plan.num_batches]
+
+
+def test_cyclic_loader_is_refused(bert_data, straight):
+    with pytest.raises(BadConfigError, match="--dataloader-type cyclic: dynamic_batching"):
+        _run(bert_data, straight["config"], "--dataloader-type", "cyclic")
 
 
 def test_resume_is_exact(bert_data, straight, seqlen_index, tmp_path):

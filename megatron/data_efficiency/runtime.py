@@ -43,6 +43,7 @@ from megatron.data_efficiency.curriculum.sampler import (CurriculumSampler, Diff
 from megatron.data_efficiency.curriculum.transforms import BatchShape
 from megatron.data_efficiency.data_family import DataFamily, GPTSamples, TrainingSamples
 from megatron.data_efficiency.dynamic_batching import data as token_data
+from megatron.data_efficiency.dynamic_batching.packing import BatchLR
 from megatron.data_efficiency.dynamic_batching.plan import cut_microbatch
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.data_efficiency.step_plan import (RunShape, StepPlan, StepPlanner, batch_mismatch,
@@ -128,7 +129,7 @@ class DataEfficiencyRuntime:
         batch["seq_length"] = shape.seq_length
         return batch, shape
 
-    def lr_rule(self, iteration: int):
+    def lr_rule(self, iteration: int) -> BatchLR | None:
         """The LR scaling of step ``iteration`` (None: the schedule's LR), without planning
         the step: the loop sets the next step's LR after an optimizer step."""
         return self.planner.lr_rule(iteration)

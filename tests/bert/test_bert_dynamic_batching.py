@@ -90,9 +90,12 @@ def test_dynamic_batching_trains_bert_with_deepspeeds_batches_and_lrs(straight, 
         assert steps[i + 1]["plan"]["batching/samples"] == sizes[i % plan.num_batches]
 
 
-def test_cyclic_loader_is_refused(bert_data, straight):
+def test_cyclic_loader_and_a_seqlen_index_of_other_samples_are_refused(bert_data, straight):
     with pytest.raises(BadConfigError, match="--dataloader-type cyclic: dynamic_batching"):
         _run(bert_data, straight["config"], "--dataloader-type", "cyclic")
+    with pytest.raises(ValueError, match="fingerprint") as info:   # another --seed's samples
+        _run(bert_data, straight["config"], "--seed", "13")
+    assert "python tools/analyze_data.py" in str(info.value) and "--model bert" in str(info.value)
 
 
 def test_resume_is_exact(bert_data, straight, seqlen_index, tmp_path):

@@ -14,6 +14,7 @@ training on other batches.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Iterator
 
@@ -37,7 +38,10 @@ def load_seqlens(metrics_path: str, num_samples: int, fingerprint: str | None,
     theirs = os.path.join(metrics_path, DEEPSPEED_SEQLEN)
     if os.path.isfile(os.path.join(ours, "meta.json")):
         from megatron.data_efficiency.analyzer.index_io import MetricIndex
-        index = MetricIndex.open(ours, fingerprint, expected_num_samples=num_samples)
+        with open(os.path.join(ours, "meta.json")) as f:
+            converted = json.load(f).get("source") == "deepspeed"   # no fingerprint: count
+        index = MetricIndex.open(ours, fingerprint,
+                                 expected_num_samples=num_samples if converted else None)
         values = np.asarray(index.sample_to_metric)
     elif os.path.isfile(theirs + ".idx"):
         from megatron.data_efficiency.analyzer.deepspeed_index import DeepSpeedIndexedDataset

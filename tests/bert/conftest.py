@@ -25,3 +25,18 @@ def bert_data(tmp_path_factory) -> dict:
     data = prefix + "_text_sentence"
     assert os.path.isfile(data + ".bin") and os.path.isfile(data + ".idx")
     return {"dir": str(d), "corpus": corpus, "vocab": vocab, "data": data}
+
+
+@pytest.fixture(scope="session")
+def bert_index(bert_data, tmp_path_factory) -> str:
+    """The analyzer's ``seqlen`` and ``seqlen_voc`` indexes of the BERT test runs' training
+    samples (``test_pretrain_bert._flags``: seed 11, --seq-length 32, split 80,15,5; sized
+    for 64 samples, which builds the same samples mapping as the runs' 32), one folder."""
+    from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig
+    from megatron.data_efficiency.analyzer.bert_samples import BertSampleParams, run_bert_analyzer
+    out = str(tmp_path_factory.mktemp("bert_index") / "index")
+    run_bert_analyzer(AnalyzerConfig(
+        data_prefix=bert_data["data"], save_path=out, metrics=("seqlen", "seqlen_voc"),
+        granularity="sample", split="80,15,5", seq_length=32, seed=11, train_samples=64,
+        cache_dir=bert_data["dir"], progress=False), BertSampleParams())
+    return out

@@ -10,8 +10,6 @@ import pytest
 import pretrain_bert
 from megatron.data.bert_dataset import build_train_valid_test_datasets
 from megatron.data.data_loader import build_pretraining_data_loader
-from megatron.data_efficiency.analyzer.analyzer import AnalyzerConfig
-from megatron.data_efficiency.analyzer.bert_samples import BertSampleParams, run_bert_analyzer
 from megatron.data_efficiency.analyzer.index_io import MetricIndex
 from megatron.data_efficiency.config import config_from_dict
 from megatron.data_efficiency.dynamic_batching.packing import pack, scaled_lr
@@ -27,14 +25,9 @@ ITERS, GBS, MBS, MAX_TOKENS, LR = 4, 8, 2, 64, 3e-3
 
 
 @pytest.fixture(scope="module")
-def seqlen_index(bert_data, tmp_path_factory) -> str:
-    """The analyzer's seqlen metric of the run's training samples (its output folder)."""
-    out = str(tmp_path_factory.mktemp("dynbatch") / "index")
-    run_bert_analyzer(AnalyzerConfig(
-        data_prefix=bert_data["data"], save_path=out, metrics=("seqlen",), granularity="sample",
-        split="80,15,5", seq_length=32, seed=11, train_samples=ITERS * GBS,
-        cache_dir=bert_data["dir"], progress=False), BertSampleParams())
-    return out
+def seqlen_index(bert_index) -> str:
+    """The analyzer's output folder holding the seqlen metric of the runs' samples."""
+    return bert_index
 
 
 def _config(tmp_path, index: str, **batching) -> str:

@@ -5,7 +5,9 @@ import pytest
 
 from megatron.data_efficiency.config import config_from_dict
 from megatron.data_efficiency.dynamic_batching.data import (TokenBatchSampler,
-                                                            build_token_batches, load_seqlens)
+                                                            build_token_batches,
+                                                            check_num_epochs, load_seqlens)
+from megatron.errors import BadConfigError
 from megatron.data_efficiency.dynamic_batching.packing import pack
 from megatron.data_efficiency.step_plan import RunShape, StepPlanner
 
@@ -115,3 +117,11 @@ def test_seqlen_metric_is_read_from_deepspeeds_files_and_its_count_checked(tmp_p
         load_seqlens(str(tmp_path), 201, None)
     with pytest.raises(ValueError, match="no seqlen metric .* --metrics seqlen"):
         load_seqlens(str(tmp_path / "none"), 200, None, "tools/analyze_data.py --metrics seqlen")
+
+
+def test_num_epochs_bounds_the_steps_to_passes_over_the_packing():
+    check_num_epochs(None, 10**6, 7, "ds.json")             # absent: no bound
+    check_num_epochs(1.5, 10, 7, "ds.json")                 # 10 steps <= 1.5 passes of 7
+    with pytest.raises(BadConfigError, match="num_epochs 1: the run takes 8 steps, but the "
+                                             "token-budget packing has 7 batches a pass"):
+        check_num_epochs(1, 8, 7, "ds.json")

@@ -29,8 +29,9 @@ project's analyzer folder: ``index_path`` (``DIR/<metric>``), or DeepSpeed's
 directly and checked to count the training set's samples. ``data_sampling.pin_memory``
 is the training loader's pinning (true needs CUDA); ``num_workers`` sets
 ``--num-workers`` when that flag was not given, else must equal it; ``num_epochs`` bounds the samples a run may draw, as DeepSpeed's
-sampler does; ``dynamic_batching`` packs token-budget batches (``dynamic_batching/``). ``schedule_config.custom_function``
-(``"module:function"``) is this project's addition for ``schedule_type: custom``.
+sampler does; ``dynamic_batching`` packs token-budget batches (``dynamic_batching/``).
+``schedule_config.custom_function`` (``"module:function"``) is this project's addition for
+``schedule_type: custom``.
 ``data_cluster_path`` is accepted and unused: no cluster file is ever written.
 ``difficulty_type: "percentile_window"`` (this project's addition, for pruning) takes
 ``min_difficulty`` / ``max_difficulty`` as ``[lo, hi]`` percentile pairs with the same

@@ -45,6 +45,7 @@ from megatron.data_efficiency.data_family import DataFamily, GPTSamples, Trainin
 from megatron.data_efficiency.dynamic_batching import data as token_data
 from megatron.data_efficiency.dynamic_batching.packing import BatchLR
 from megatron.data_efficiency.dynamic_batching.plan import cut_microbatch
+from megatron.data_efficiency.dynamic_batching.stream import CurriculumPacking, DatasetOrder
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.data_efficiency.step_plan import (RunShape, StepPlan, StepPlanner, batch_mismatch,
                                                 curriculum_step)
@@ -113,7 +114,8 @@ class DataEfficiencyRuntime:
             ids, length = plan.step_batch.microbatch(self.par.dp_rank, self.par.dp_size,
                                                      microbatch, micro_batch_size)
             batch, shape = cut_microbatch(batch, ids, length,
-                                          f"iteration {plan.iteration + 1}")
+                                          f"iteration {plan.iteration + 1}",
+                                          plan.step_batch.truncate)
             batch["seq_length"] = shape.seq_length
             return batch, shape
         if self.planner.transform is not None:
@@ -188,17 +190,8 @@ class DataEfficiencyRuntime:
             return None
         fingerprint = (self.family.fingerprint(dataset, self.samples)
                        if self.samples is not None else None)
-        try:
-            self.sampler = build_sampler(cl, self.planner.difficulties,
-                                         self.shape.global_batch_size, micro_batch_size,
-                                         self.par.dp_rank, self.par.dp_size, self.shape.seed,
-                                         expected_fingerprint=fingerprint,
-                                         first_step=first_iteration,
-                                         num_samples=len(dataset))
-        except ValueError as err:
-            if self.samples is None or "fingerprint" not in str(err):
-                raise
-            raise self.family.mismatch(err, dataset, self.samples) from None
+        self.sampler = self._curriculum_sampler(dataset, micro_batch_size, fingerprint,
+                                                first_iteration)
         saved = (state or {}).get("curriculum_sampler")
         if saved is not None:
             if int(saved["step"]) != first_iteration:
@@ -224,22 +217,66 @@ class DataEfficiencyRuntime:
             if self.samples is None or "fingerprint" not in str(err):
                 raise
             raise self.family.mismatch(err, dataset, self.samples) from None
-        rank0 = not dist.is_initialized() or dist.get_rank() == 0
+        if self.config.curriculum.enabled:
+            return self._curriculum_token_sampler(dataset, micro_batch_size, first_iteration,
+                                                  state, seqlens, fingerprint)
         batches = token_data.build_token_batches(
             cfg, seqlens, self.shape.global_batch_size, self.config.seed,
-            log=(lambda line: print(line, flush=True)) if rank0 else None)
+            log=(lambda line: print(line, flush=True)) if _rank0() else None)
         if train_iters is not None:
             token_data.check_num_epochs(self.config.num_epochs, train_iters,
                                         batches.num_batches, self.config.source)
         self.planner = self.planner.with_token_batches(batches)
         self.token_sampler = token_data.TokenBatchSampler(
-            lambda it: self.planner.plan(it).step_batch, self.par.dp_rank, self.par.dp_size,
+            self.planner.step_batch, self.par.dp_rank, self.par.dp_size,
             micro_batch_size, self.shape.num_microbatches, first_iteration,
             batches.fingerprint())
         saved = (state or {}).get("token_batches")
         if saved is not None:
             self.token_sampler.load_state_dict(saved)
         return self.token_sampler
+
+    def _curriculum_token_sampler(self, dataset, micro_batch_size: int, first_iteration: int,
+                                  state: dict | None, seqlens, fingerprint: str | None):
+        """The curriculum chooses, the packing packs: the curriculum sampler's draws (or
+        the dataset's order under a truncation-only curriculum) packed step by step."""
+        cl, n = self.config.curriculum, len(dataset)
+        draws = (self._curriculum_sampler(dataset, micro_batch_size, fingerprint)
+                 if cl.sampling_metrics else DatasetOrder(n))
+        epochs, cfg = self.config.num_epochs, self.config.dynamic_batching
+        log = (lambda line: print(line, flush=True)) if _rank0() else None
+        stream = CurriculumPacking(cfg, seqlens, draws, self.planner.truncation_length,
+                                   self.shape.global_batch_size, self.shape.seq_length,
+                                   sample_limit=None if epochs is None else int(epochs * n),
+                                   log=log)
+        if log is not None:
+            log(f" > dynamic batching: each step packs the curriculum's draws "
+                f"({'its sampler' if cl.sampling_metrics else 'the dataset order'}) into "
+                f"{self.shape.global_batch_size} units of at most {cfg.max_tokens} tokens "
+                f"(LR scaling {cfg.lr_scaling_method})")
+        self.planner = self.planner.with_token_batches(stream)
+        self.token_sampler = token_data.TokenBatchSampler(
+            self.planner.step_batch, self.par.dp_rank, self.par.dp_size, micro_batch_size,
+            self.shape.num_microbatches, first_iteration, stream.fingerprint(), stream)
+        saved = (state or {}).get("token_batches")
+        if saved is not None:
+            self.token_sampler.load_state_dict(saved)
+        return self.token_sampler
+
+    def _curriculum_sampler(self, dataset, micro_batch_size: int, fingerprint: str | None,
+                            first_step: int = 0) -> CurriculumSampler:
+        """The curriculum sampler over the config's indexes (checked against the
+        training samples: a mismatch names the analyzer command that indexes them)."""
+        try:
+            return build_sampler(self.config.curriculum, self.planner.difficulties,
+                                 self.shape.global_batch_size, micro_batch_size,
+                                 self.par.dp_rank, self.par.dp_size, self.shape.seed,
+                                 expected_fingerprint=fingerprint, first_step=first_step,
+                                 num_samples=len(dataset))
+        except ValueError as err:
+            if self.samples is None or "fingerprint" not in str(err):
+                raise
+            raise self.family.mismatch(err, dataset, self.samples) from None
 
     # -- checkpoint ----------------------------------------------------------------------
     def state_dict(self, iteration: int) -> dict:
@@ -300,6 +337,10 @@ def sampled_values_histogram(sampler: CurriculumSampler | None,
         return {}
     return {f"curriculum/{k}_sampled": torch.from_numpy(v.astype("float64"))
             for k, v in sampler.metric_values(batch).items()}
+
+
+def _rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def _agree(local_tokens: int, longest: int, par: Parallelism) -> tuple[int, int]:

@@ -11,7 +11,8 @@ only thing that evaluates a pacing function; nobody recomputes a schedule. ``seq
 batches showed (``StepPlan.measured``). With token-budget batches
 (``dynamic_batching``) the step's samples, tokens, micro-batches and LR rule come from the
 packing the runtime attaches (``with_token_batches``): still a pure function of the
-iteration.
+iteration, except with a curriculum: then each step is packed from the curriculum's draws
+after the steps before it (``CurriculumPacking``), once, in order.
 
 Iterations are 0-based here; the curriculum counts steps from 1 (DeepSpeed's
 convention): ``curriculum_step`` is the one place that converts. ``plan_run``
@@ -33,6 +34,7 @@ from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler
 from megatron.data_efficiency.curriculum.transforms import BatchShape, shape_for_difficulty
 from megatron.data_efficiency.dynamic_batching import plan as token_plan
 from megatron.data_efficiency.dynamic_batching.packing import BatchLR, TokenBatches
+from megatron.data_efficiency.dynamic_batching.stream import CurriculumPacking
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.data_efficiency.random_ltd.scheduler import RandomLTDScheduler
 from megatron.data_efficiency.token_accounting import tokens_per_step
@@ -170,7 +172,7 @@ class StepPlanner:
     """
 
     def __init__(self, config: DataEfficiencyConfig, shape: RunShape,
-                 token_batches: TokenBatches | None = None) -> None:
+                 token_batches: TokenBatches | CurriculumPacking | None = None) -> None:
         ltd_model = {"decoder": "gpt", "encoder": "bert"}.get(config.random_ltd.model_type)
         if ltd_model is not None and ltd_model != shape.model:
             raise ValueError(f"data_routing.random_ltd.model_type "
@@ -178,7 +180,8 @@ class StepPlanner:
                              f"model being trained")
         batching = config.dynamic_batching
         problem = token_plan.refusal(batching.enabled, shape.model, shape.pipeline_stages,
-                                     config.curriculum.enabled, config.random_ltd.enabled)
+                                     config.curriculum.enabled, config.random_ltd.enabled,
+                                     batching.sequence_picking_order)
         if problem is not None:
             raise ValueError(problem)
         self.config = config
@@ -219,9 +222,41 @@ class StepPlanner:
             self._recent[iteration] = found
         return found
 
-    def with_token_batches(self, token_batches: TokenBatches) -> StepPlanner:
-        """This planner with the run's packing (built from the training data)."""
-        return StepPlanner(self.config, self.shape, token_batches)
+    def truncation_length(self, iteration: int) -> int | None:
+        """The length a truncation curriculum (seqtru) cuts the samples of step
+        ``iteration`` to (BERT's rounding), or None."""
+        if self.kind != "seqtru":
+            return None
+        d = int(self.difficulties(iteration)[self.transform.name])
+        return transforms.bert_seqtru_length(d) if self.shape.model == "bert" else d
+
+    def with_token_batches(self, token_batches: TokenBatches | CurriculumPacking
+                           ) -> StepPlanner:
+        """This planner with the run's packing (built from the training data): the
+        dataset packed once, or with a curriculum the packing of its draws step by step
+        (which reads this planner's difficulties: the new planner shares them)."""
+        planner = StepPlanner(self.config, self.shape, token_batches)
+        planner._recent = self._recent
+        return planner
+
+    def step_batch(self, iteration: int) -> token_plan.StepBatch:
+        """Step ``iteration``'s token-budget batch (``plan(iteration).step_batch``; the
+        sampler draws it ahead of the loop): batch ``iteration % B`` of the packed
+        dataset, or the step packed from the curriculum's draws (packed once, in order).
+
+        Raises:
+            RuntimeError: no packing attached yet.
+        """
+        tb = self.token_batches
+        if tb is None:
+            raise RuntimeError("dynamic batching: the step plans need the packing of the "
+                               "training data (DataEfficiencyRuntime.train_batch_sampler)")
+        if isinstance(tb, CurriculumPacking):
+            return tb.step_batch(iteration)
+        index = iteration % tb.num_batches
+        lr = BatchLR(self.config.dynamic_batching.lr_scaling_method,
+                     self.shape.global_batch_size, tb.batch_samples(index))
+        return token_plan.StepBatch(tb, index, lr, self.shape.seq_length)
 
     def plan(self, iteration: int) -> StepPlan:
         """The plan of the optimizer step ``iteration`` (0-based)."""
@@ -249,22 +284,18 @@ class StepPlanner:
         planning the step): token-budget batches scale the LR to the step's samples."""
         if not self.config.dynamic_batching.enabled or self.token_batches is None:
             return None
-        samples = self.token_batches.batch_samples(iteration % self.token_batches.num_batches)
-        return BatchLR(self.config.dynamic_batching.lr_scaling_method,
-                       self.shape.global_batch_size, samples)
+        return self.step_batch(iteration).lr
 
     def _token_budget_plan(self, iteration: int) -> StepPlan:
-        """Batch ``iteration % B`` of the packing: its samples, real tokens, LR rule."""
-        if self.token_batches is None:
-            raise RuntimeError("dynamic batching: the step plans need the packing of the "
-                               "training data (DataEfficiencyRuntime.train_batch_sampler)")
-        tb = self.token_batches
-        index = iteration % tb.num_batches
-        batch = token_plan.StepBatch(tb, index, self.lr_rule(iteration), self.shape.seq_length)
+        """The step's token-budget batch: its samples, real tokens, LR rule (and the
+        curriculum's difficulties in force, when one chooses the samples)."""
+        batch = self.step_batch(iteration)
+        difficulties = (self.difficulties(iteration) if self.config.curriculum.enabled
+                        else MappingProxyType({}))
         return StepPlan(iteration=iteration, rows=batch.samples, seq_length=batch.longest,
                         global_batch_size=batch.samples,
                         num_microbatches=self.shape.num_microbatches, transform=None,
-                        transform_difficulty=None, difficulties=MappingProxyType({}),
+                        transform_difficulty=None, difficulties=difficulties,
                         kept_length=None, dropping_layers=frozenset(),
                         num_layers=self.shape.num_layers, consumed_tokens=batch.tokens,
                         ltd_seed=self.shape.seed, step_batch=batch)

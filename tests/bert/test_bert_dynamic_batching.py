@@ -91,11 +91,10 @@ def test_cyclic_loader_and_a_seqlen_index_of_other_samples_are_refused(bert_data
     assert "python tools/analyze_data.py" in str(info.value) and "--model bert" in str(info.value)
 
 
-def test_resume_is_exact(bert_data, straight, seqlen_index, tmp_path):
-    """2 steps, save, a new run with --load, 2 more == the straight run, with prefetching
-    loaders: the packing's position comes back from the checkpoint and the batches and
-    losses are the same; a resume with other dynamic_batching settings is refused (the
-    checkpoint's run record) unless --override-data-efficiency-state."""
+def check_exact_resume(bert_data, straight: dict, tmp_path) -> str:
+    """2 steps and a save, then a run with --load for the rest, both with prefetching
+    loaders (--num-workers 2), equal ``straight``'s run (losses, samples, tokens); returns
+    the checkpoint folder."""
     config, workers = straight["config"], ("--num-workers", "2")
     ckpt = str(tmp_path / "ckpt")
     first = _run(bert_data, config, *workers, "--save", ckpt, "--exit-interval", "2")
@@ -104,6 +103,16 @@ def test_resume_is_exact(bert_data, straight, seqlen_index, tmp_path):
     assert first.history + resumed.history == straight["state"].history
     assert (resumed.consumed_samples, resumed.consumed_tokens) == \
         (straight["state"].consumed_samples, straight["state"].consumed_tokens)
+    return ckpt
+
+
+def test_resume_is_exact(bert_data, straight, seqlen_index, tmp_path):
+    """2 steps, save, a new run with --load, 2 more == the straight run, with prefetching
+    loaders: the packing's position comes back from the checkpoint and the batches and
+    losses are the same; a resume with other dynamic_batching settings is refused (the
+    checkpoint's run record) unless --override-data-efficiency-state."""
+    ckpt = check_exact_resume(bert_data, straight, tmp_path)
+    config = straight["config"]
     other = _config(tmp_path, seqlen_index, sequence_picking_order="seqlen")
     with pytest.raises(CheckpointError, match="sequence_picking_order: random -> seqlen "
                                               r"\(accept with --override-data-efficiency"):

@@ -9,6 +9,7 @@ from megatron.data_efficiency.dynamic_batching.data import (TokenBatchSampler,
                                                             check_num_epochs, load_seqlens)
 from megatron.errors import BadConfigError
 from megatron.data_efficiency.dynamic_batching.packing import pack
+from megatron.data_efficiency.dynamic_batching.stream import CurriculumPacking, DatasetOrder
 from megatron.data_efficiency.step_plan import RunShape, StepPlanner
 
 GBS, SEQ = 4, 32
@@ -20,6 +21,16 @@ def _config(extra: dict | None = None, **batching):
         "enabled": True, "max_tokens": 64, "metrics_path": "/idx", **batching}}}
     de.update(extra or {})
     return config_from_dict({"data_efficiency": de})
+
+
+def _curriculum_config(**batching):
+    """Token-budget batches of samples truncated to 8, 16, 24, 32 tokens (seqtru)."""
+    return config_from_dict({"data_efficiency": {"enabled": True, "data_sampling": {
+        "enabled": True, "dynamic_batching": {
+            "enabled": True, "max_tokens": 64, "metrics_path": "/idx", **batching},
+        "curriculum_learning": {"enabled": True, "curriculum_metrics": {"seqtru": {
+            "min_difficulty": 8, "max_difficulty": SEQ, "schedule_type": "fixed_linear",
+            "schedule_config": {"total_curriculum_step": 4, "difficulty_step": 8}}}}}}})
 
 
 def _planner(config=None, **shape) -> StepPlanner:
@@ -69,18 +80,14 @@ def test_plans_are_the_packings_batches_and_each_dp_rank_takes_its_share():
         [planner.plan(3).step_batch.microbatch(1, 2, m, 1)[0].tolist() for m in range(2)]
 
 
-def test_refused_for_gpt_pipelines_curriculum_random_ltd_and_without_its_keys():
+def test_refused_for_gpt_pipelines_random_ltd_a_curriculums_picking_order_and_without_its_keys():
     with pytest.raises(ValueError, match="GPT training samples are windows of exactly"):
         _planner(model="gpt")
     with pytest.raises(ValueError, match="pipeline-model-parallel-size > 1"):
         _planner(pipeline_stages=2)
-    curriculum = {"data_sampling": {"enabled": True, "dynamic_batching": {
-        "enabled": True, "max_tokens": 64, "metrics_path": "/idx"},
-        "curriculum_learning": {"enabled": True, "curriculum_metrics": {"seqtru": {
-            "min_difficulty": 8, "max_difficulty": SEQ, "schedule_type": "fixed_linear",
-            "schedule_config": {"total_curriculum_step": 5, "difficulty_step": 8}}}}}}
-    with pytest.raises(ValueError, match="beside curriculum_learning"):
-        _planner(_config(curriculum))
+    with pytest.raises(ValueError, match="sequence_picking_order 'seqlen' beside "
+                                         "curriculum_learning: the curriculum's draws order"):
+        _planner(_curriculum_config(sequence_picking_order="seqlen"))
     ltd = {"data_routing": {"random_ltd": {
         "enabled": True, "total_layer_num": 2, "random_ltd_layer_num": 1,
         "random_ltd_layer_id": [1], "model_type": "encoder",
@@ -125,3 +132,61 @@ def test_num_epochs_bounds_the_steps_to_passes_over_the_packing():
     with pytest.raises(BadConfigError, match="num_epochs 1: the run takes 8 steps, but the "
                                              "token-budget packing has 7 batches a pass"):
         check_num_epochs(1, 8, 7, "ds.json")
+
+
+def _packing(config, seqlens=SEQLENS):
+    planner = _planner(config)
+    stream = CurriculumPacking(config.dynamic_batching, seqlens, DatasetOrder(len(seqlens)),
+                               planner.truncation_length, GBS, SEQ)
+    return planner.with_token_batches(stream), stream
+
+
+def test_a_curriculums_draws_are_packed_step_by_step_and_the_unfit_sample_carried():
+    """Under seqtru (dataset order), each step packs the next samples at the step's
+    truncated length into GBS units of at most max_tokens / max_batch_size; the sample
+    that does not fit a step's last unit is the first of the next; one step's state
+    resumes the same steps; steps are packed once, in order; DeepSpeed's left-out rule
+    (a sample longer than max_tokens) and a unit below min_batch_size are left out."""
+    planner, stream = _packing(_curriculum_config(max_batch_size=6))
+    plans = [planner.plan(k) for k in range(6)]
+    order: list[int] = []
+    for k, plan in enumerate(plans):
+        cap = min(SEQ, 8 * (k + 1))
+        assert plan.step_batch.truncate == cap and plan.difficulties == {"seqtru": cap}
+        units = plan.step_batch.batches.microbatch_ids()
+        assert len(units) == GBS
+        lens = [np.minimum(SEQLENS[u], cap) for u in units]
+        assert all(len(u) <= 6 and n.sum() <= 64 for u, n in zip(units, lens))
+        # a unit below 6 samples closed because its next sample did not fit
+        nxt = [units[j + 1][0] for j in range(GBS - 1)] + [stream._batches[k + 1].batches
+                                                           .sample_ids[0] if k < 5 else None]
+        for u, n, first in zip(units, lens, nxt):
+            if len(u) < 6 and first is not None:
+                assert n.sum() + min(SEQLENS[first], cap) > 64
+        assert plan.consumed_tokens == sum(int(n.sum()) for n in lens)
+        assert plan.global_batch_size == sum(map(len, units))
+        assert plan.lr_rule(1.0) == pytest.approx(plan.global_batch_size / GBS)
+        order += [s for u in units for s in u]
+    assert order == list(range(len(order)))      # nothing drawn is dropped
+    assert plans[0].global_batch_size == 24      # 8 tokens a sample: 6 a unit
+    again, replay = _packing(_curriculum_config(max_batch_size=6))
+    replay.load_state_dict(stream.state_dict(3))
+    assert [again.plan(k).step_batch.batches.microbatch_ids() for k in (3, 4)] == \
+        [p.step_batch.batches.microbatch_ids() for p in plans[3:5]]
+    with pytest.raises(RuntimeError, match="packs steps in order: step 9 asked, step 7"):
+        planner.plan(8)
+    short = CurriculumPacking(stream.config, SEQLENS, DatasetOrder(len(SEQLENS)),
+                              planner.truncation_length, GBS, SEQ, history=2)
+    for k in range(4):
+        short.step_batch(k)
+    with pytest.raises(ValueError, match="before step 1 is not kept"):
+        short.state_dict(0)
+    lens = np.array([10, 70, 30, 30, 10, 60, 10, 10, 10, 10] * 4)
+    stream = CurriculumPacking(_curriculum_config(min_batch_size=2).dynamic_batching, lens,
+                               DatasetOrder(len(lens)), lambda k: None, GBS, SEQ)
+    units = stream.step_batch(0).batches.microbatch_ids()     # untruncated
+    assert units[0] == [0, 2]           # 1 (70 > 64) left out
+    assert units[1] == [3, 4]           # 30 + 10, 60 does not fit
+    assert units[2] == [6, 7, 8, 9, 10]  # 5 alone (60) is below min_batch_size: left out
+    assert units[3] == [12, 13] and stream.carried == 14
+    assert stream.step_batch(0).batches.left_out.tolist() == [1, 5, 11]

@@ -7,10 +7,11 @@ rank reads the same file and packs it the same way (``build_token_batches``), so
 data-parallel rank derives the same plan without a collective and takes its share.
 
 ``TokenBatchSampler`` yields this rank's micro-batches of each step, read from the step
-plans (``StepPlanner.plan(it).step_batch``): the planner decides, the sampler draws. Its
-state is the step it is at; a checkpoint also records the packing's fingerprint, so a
-resumed run with another packing (other data, config or seed) is refused instead of
-training on other batches.
+plans (``StepPlanner.step_batch(it)``): the planner decides, the sampler draws. Its
+state is the step it is at (with a curriculum, also the state of the packing of its draws
+before that step: ``stream.CurriculumPacking``); a checkpoint also records the packing's
+fingerprint, so a resumed run with another packing (other data, config or seed) is
+refused instead of training on other batches.
 """
 from __future__ import annotations
 
@@ -116,16 +117,19 @@ class TokenBatchSampler:
         step_batch: ``fn(iteration) -> StepBatch`` (the step plan's).
         num_microbatches: micro-batches per rank per step.
         fingerprint: the packing's (``TokenBatches.fingerprint``).
+        stream: the packing of a curriculum's draws, whose state the checkpoint holds
+            (None: the dataset packed once, pure in the step).
     """
 
     def __init__(self, step_batch: Callable, dp_rank: int, dp_size: int,
                  micro_batch_size: int, num_microbatches: int, first_step: int,
-                 fingerprint: str) -> None:
+                 fingerprint: str, stream=None) -> None:
         self.step_batch = step_batch
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.micro_batch_size, self.num_microbatches = micro_batch_size, num_microbatches
         self.first_step = first_step
         self.fingerprint = fingerprint
+        self.stream = stream
 
     def __iter__(self) -> Iterator[list[int]]:
         step = self.first_step
@@ -138,8 +142,12 @@ class TokenBatchSampler:
 
     def state_dict(self, steps_consumed: int) -> dict:
         """The step the loop is at (a prefetching loader may have drawn ahead: the plan
-        is pure in the step, so the step is all a resume needs) and the packing."""
-        return {"step": int(steps_consumed), "fingerprint": self.fingerprint}
+        is pure in the step, or the stream's state before that step is kept) and the
+        packing."""
+        state = {"step": int(steps_consumed), "fingerprint": self.fingerprint}
+        if self.stream is not None:
+            state["stream"] = self.stream.state_dict(int(steps_consumed))
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Check a checkpoint's state against this run.
@@ -156,3 +164,5 @@ class TokenBatchSampler:
         if int(state["step"]) != self.first_step:
             raise ValueError(f"dynamic batching sampler checkpoint is at step {state['step']}, "
                              f"the run resumes at iteration {self.first_step}")
+        if self.stream is not None:
+            self.stream.load_state_dict(state["stream"])

@@ -3,7 +3,8 @@
 The ``StepPlanner`` (``step_plan.py``) decides each step; with ``dynamic_batching`` on, the
 step's batch is batch ``iteration % B`` of the packed dataset (DeepSpeed's loader passes
 over the same packing every epoch, and its LR scheduler wraps around ``batch_sizes``), so
-a plan is a pure function of the packing and the iteration. ``StepBatch`` is that part of
+a plan is a pure function of the packing and the iteration; with a curriculum it is the
+step packed from the curriculum's draws (``stream.CurriculumPacking``, stateful). ``StepBatch`` is that part of
 the plan: the step's samples and tokens, each rank's micro-batches (ids, lengths, the
 length the batch is cut to) and the step's LR rule.
 """
@@ -21,7 +22,7 @@ LENGTH_MULTIPLE = 8   # a micro-batch is cut to its longest sample rounded up to
 
 
 def refusal(enabled: bool, model: str, pipeline_stages: int, curriculum: bool,
-            random_ltd: bool) -> str | None:
+            random_ltd: bool, picking_order: str = "dataloader") -> str | None:
     """Why token-budget batching cannot run with these settings (None: it can)."""
     if not enabled:
         return None
@@ -36,13 +37,15 @@ def refusal(enabled: bool, model: str, pipeline_stages: int, curriculum: bool,
                 f"activations of a shape fixed per step, and a token-budget micro-batch "
                 f"has its own rows and length (DeepSpeed pads every micro-batch of its "
                 f"pipeline engine to one shape instead); use pipeline size 1")
-    if curriculum:
-        return (f"{where}: beside curriculum_learning: composing the two (the curriculum "
-                f"choosing the samples each step, the packing cutting them) is not built; "
-                f"disable one of them")
+    if curriculum and picking_order != "dataloader":
+        return (f"{where}.sequence_picking_order {picking_order!r} beside "
+                f"curriculum_learning: the curriculum's draws order the samples a step "
+                f"packs (stream.py); leave it 'dataloader'")
     if random_ltd:
-        return (f"{where}: beside data_routing.random_ltd: random-LTD's kept length is "
-                f"planned for micro-batches of one length; disable one of them")
+        return (f"{where}: beside data_routing.random_ltd: random-LTD's consumed tokens "
+                f"(the layer-token LR schedule) and its kept length are planned for a step "
+                f"of rows x one length, and a token-budget step has micro-batches of their "
+                f"own lengths holding real tokens and padding; disable one of them")
     return None
 
 
@@ -56,11 +59,14 @@ class StepBatch:
         lr: the step's LR rule (``lr_scaling_method`` from the global batch size to the
             step's samples).
         seq_length: ``--seq-length`` (the longest a micro-batch may be).
+        truncate: a truncation curriculum's length of the step (seqtru, composed with
+            the packing: ``stream.py``), which every sample is cut to first; None: none.
     """
     batches: TokenBatches
     index: int
     lr: BatchLR
     seq_length: int
+    truncate: int | None = None
 
     @property
     def samples(self) -> int:
@@ -90,10 +96,11 @@ class StepBatch:
         return ids, self.cut_length(lens.max())
 
 
-def cut_microbatch(batch: dict, ids: np.ndarray, length: int,
-                   where: str) -> tuple[dict, BatchShape]:
+def cut_microbatch(batch: dict, ids: np.ndarray, length: int, where: str,
+                   truncate: int | None = None) -> tuple[dict, BatchShape]:
     """A collated BERT micro-batch checked against the plan's ``ids`` and cut to
-    ``length`` (its padding beyond ``length`` checked to be padding).
+    ``length`` (its padding beyond ``length`` checked to be padding), after the
+    truncation curriculum's cut to ``truncate`` (None: none).
 
     Raises:
         RuntimeError: other samples than planned, or real tokens past ``length`` (the
@@ -104,8 +111,10 @@ def cut_microbatch(batch: dict, ids: np.ndarray, length: int,
         got = None if drawn is None else drawn.tolist()
         raise RuntimeError(f"{where}: the feed produced samples {got}, the step plan's "
                            f"token-budget batch says {ids.tolist()}")
+    s = int(batch["padding_mask"].shape[1])
+    if truncate is not None and truncate < s:
+        batch, s = cut_columns(batch, s, truncate), truncate
     mask = batch["padding_mask"]
-    s = int(mask.shape[1])
     if length < s and bool(torch.any(mask[:, length:] != 0)):
         raise RuntimeError(f"{where}: samples {ids.tolist()} hold real tokens past {length}, "
                            f"the length their seqlen metric gives; the dynamic_batching "

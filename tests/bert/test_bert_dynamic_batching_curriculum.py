@@ -95,3 +95,66 @@ def test_resume_is_exact(composed, bert_data, tmp_path):
     packing's state before step 3 comes back from the checkpoint, same batches and losses."""
     check_exact_resume(bert_data, composed, tmp_path)
 
+
+# -- two data-parallel ranks against one process --------------------------------------------
+DP_ITERS = 3
+# one unit a micro-batch (so one process's micro-batches are the two ranks' together) and no
+# dropout: the same losses up to the order of the sums
+DP_FLAGS = ("--micro-batch-size", "1", "--hidden-dropout", "0", "--attention-dropout", "0")
+_DP: dict[str, object] = {}   # the jobs' configs, set when the shared spawn's jobs are built
+
+
+def _dp_worker(rank: int, world_size: int, data: dict, configs: list[str]) -> list[tuple]:
+    """Each config's run on this rank: losses, consumed samples and tokens, and the ids of
+    every micro-batch this rank trained (``(iteration, micro-batch, ids)``)."""
+    seen: list[tuple] = []
+    original = DataEfficiencyRuntime.prepare_microbatch
+
+    def recording(self, batch, plan, micro_batch_size, microbatch=0):
+        out = original(self, batch, plan, micro_batch_size, microbatch)
+        seen.append((plan.iteration, microbatch, out[0]["sample_id"].tolist()))
+        return out
+    DataEfficiencyRuntime.prepare_microbatch = recording
+    try:
+        results = []
+        for config in configs:
+            seen.clear()
+            state = _run(data, config, *DP_FLAGS, iters=DP_ITERS)
+            results.append((state.history, state.consumed_samples, state.consumed_tokens,
+                            list(seen)))
+        return results
+    finally:
+        DataEfficiencyRuntime.prepare_microbatch = original
+
+
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """The DP2 runs (in the session's shared 2-rank spawn, tests/conftest.py): the dataset
+    packed once (random order) and the packing composed with the curriculum."""
+    from bert_corpus import bert_data_paths, bert_index_path
+    data, index = bert_data_paths(tmp_path_factory), bert_index_path(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("dynbatch_dp")
+    configs = [_config(tmp, index, sequence_picking_order="random"),
+               curriculum_config(tmp / "curriculum.json", index)]
+    _DP.update(data=data, configs=configs)
+    return {"bert_dynamic_batching_dp2": (_dp_worker, data, configs)}
+
+
+def test_two_data_parallel_ranks_train_as_one_process(two_rank_spawn):
+    """DP2 (two processes, each planning the steps itself) against one process with the
+    same seed: the same losses, consumed samples and real tokens; rank r's micro-batch m of
+    a step is unit r + 2m of the step's plan; with and without the curriculum."""
+    per_rank = two_rank_spawn["bert_dynamic_batching_dp2"]
+    data, configs = _DP["data"], _DP["configs"]
+    reference = _dp_worker(0, 1, data, configs)
+    for c, config in enumerate(configs):
+        losses, samples, tokens, _ = reference[c]
+        planned = _steps(data, config, DP_ITERS)
+        for rank in (0, 1):
+            history, dp_samples, dp_tokens, seen = per_rank[rank][c]
+            assert (dp_samples, dp_tokens) == (samples, tokens), (c, rank)
+            np.testing.assert_allclose([x for _, x in history], [x for _, x in losses],
+                                       rtol=1e-5, err_msg=str(c))
+            assert seen == [(k, m, planned[k].microbatch(rank, 2, m, 1)[0].tolist())
+                            for k in range(DP_ITERS) for m in range(GBS // 2)], (c, rank)
+            assert all(len(ids) for _, _, ids in seen)
+        assert samples == sum(b.samples for b in planned)

@@ -83,6 +83,7 @@ class DataEfficiencyRuntime:
         self.family = family or GPTSamples()
         self.sampler: CurriculumSampler | None = None
         self.token_sampler: token_data.TokenBatchSampler | None = None
+        self.packed_sampler: CurriculumSampler | None = None   # its draws packed per step
 
     @property
     def config(self) -> DataEfficiencyConfig:
@@ -158,7 +159,12 @@ class DataEfficiencyRuntime:
             local = sum(plan.tokens_for(s.rows, s.seq_length) for s in observed)
             longest = max((s.seq_length for s in observed), default=0)
             tokens, seq = _agree(local, longest, self.par)
-        return plan.measured(seq, tokens, sampled_values_histogram(self.sampler, plan.iteration))
+        if plan.step_batch is not None:     # a token-budget step of the sampler's draws
+            values = sampled_values_histogram(self.packed_sampler, plan.iteration,
+                                              plan.step_batch.sample_ids)
+        else:
+            values = sampled_values_histogram(self.sampler, plan.iteration)
+        return plan.measured(seq, tokens, values)
 
     def steps_for_tokens(self, train_tokens: int) -> int | None:
         """Steps needed to consume ``train_tokens`` (None: seqreo)."""
@@ -241,8 +247,11 @@ class DataEfficiencyRuntime:
         """The curriculum chooses, the packing packs: the curriculum sampler's draws (or
         the dataset's order under a truncation-only curriculum) packed step by step."""
         cl, n = self.config.curriculum, len(dataset)
-        draws = (self._curriculum_sampler(dataset, micro_batch_size, fingerprint)
-                 if cl.sampling_metrics else DatasetOrder(n))
+        if cl.sampling_metrics:
+            draws = self.packed_sampler = self._curriculum_sampler(dataset, micro_batch_size,
+                                                                   fingerprint)
+        else:
+            draws = DatasetOrder(n)
         epochs, cfg = self.config.num_epochs, self.config.dynamic_batching
         log = (lambda line: print(line, flush=True)) if _rank0() else None
         stream = CurriculumPacking(cfg, seqlens, draws, self.planner.truncation_length,
@@ -326,13 +335,15 @@ def _open_index(path, expected_fingerprint: str | None, num_samples: int | None)
     return MetricIndex.open(path, expected_fingerprint)
 
 
-def sampled_values_histogram(sampler: CurriculumSampler | None,
-                             iteration: int) -> dict[str, torch.Tensor]:
-    """Metric values of the global batch drawn for ``iteration`` (0-based), per metric,
-    for a TensorBoard histogram (empty when the sampler no longer keeps that batch)."""
+def sampled_values_histogram(sampler: CurriculumSampler | None, iteration: int,
+                             ids=None) -> dict[str, torch.Tensor]:
+    """Metric values of the global batch drawn for ``iteration`` (0-based), or of the
+    sample ``ids`` the step trained (a token-budget step of the sampler's draws), per
+    metric, for a TensorBoard histogram (empty when the sampler no longer keeps that
+    batch)."""
     if sampler is None:
         return {}
-    batch = sampler.global_batch(curriculum_step(iteration))
+    batch = sampler.global_batch(curriculum_step(iteration)) if ids is None else ids
     if batch is None:
         return {}
     return {f"curriculum/{k}_sampled": torch.from_numpy(v.astype("float64"))

@@ -42,8 +42,20 @@ def composed(bert_data, bert_index, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("dynbatch_curriculum")
     config = curriculum_config(tmp / "ds.json", bert_index)
     metrics = str(tmp / "metrics.jsonl")
-    state = _run(bert_data, config, "--num-workers", "2", "--metrics-file", metrics)
-    return {"state": state, "config": config, "metrics": metrics}
+    sampled: dict[int, list] = {}       # step -> its samples' seqlen (TensorBoard histogram)
+    original = DataEfficiencyRuntime.finish_step
+
+    def recording(self, plan, observed):
+        done = original(self, plan, observed)
+        sampled[plan.iteration + 1] = sorted(done.sampled_values["curriculum/seqlen_sampled"]
+                                             .tolist())
+        return done
+    DataEfficiencyRuntime.finish_step = recording
+    try:
+        state = _run(bert_data, config, "--num-workers", "2", "--metrics-file", metrics)
+    finally:
+        DataEfficiencyRuntime.finish_step = original
+    return {"state": state, "config": config, "metrics": metrics, "tb": sampled}
 
 
 def _steps(bert_data, config: str, iters: int) -> list:
@@ -81,6 +93,7 @@ def test_each_step_packs_samples_the_curriculum_admits_into_token_budget_units(
         assert np.all(seqlens[ids] <= limit)
         assert batch.truncate == cut and batch.tokens == int(np.minimum(seqlens[ids], cut).sum())
         assert all(np.minimum(seqlens[u], cut).sum() <= MAX_TOKENS for u in units)
+        assert composed["tb"][i + 1] == sorted(seqlens[ids].tolist())  # sampled values
         base = lr_at(logged["consumed_tokens"], schedule)
         expected = scaled_lr(base, GBS, planned[i + 1].samples, "linear")
         assert logged["learning_rate"] == pytest.approx(expected, rel=1e-12), i

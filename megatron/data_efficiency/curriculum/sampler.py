@@ -223,6 +223,10 @@ class CurriculumSampler:
         return (self.step, list(self._ends), dict(self.current_difficulties),
                 self._streams.snapshot())
 
+    def snapshot(self) -> tuple:
+        """A cheap copy of the state now (``state_of`` makes it a ``state_dict``)."""
+        return self._snapshot()
+
     def state_dict(self, steps_consumed: int | None = None) -> dict[str, Any]:
         """Small, JSON-able state; resuming from it draws exactly the same ids.
 
@@ -239,6 +243,10 @@ class CurriculumSampler:
                                  f"kept (sampler at step {self.step}, "
                                  f"{len(self._history)} steps of history)")
             snap = found[0]
+        return self.state_of(snap)
+
+    def state_of(self, snap: tuple) -> dict[str, Any]:
+        """The ``state_dict`` of a ``snapshot()``."""
         step, ends, diffs, streams = snap
         return {"version": 2, "seed": self.seed, "num_samples": self.num_samples,
                 "metrics": [m.name for m in self.metrics], "lows": list(self._lows),

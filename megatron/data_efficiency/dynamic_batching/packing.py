@@ -110,23 +110,24 @@ class TokenBatches:
     def num_batches(self) -> int:
         return (len(self.unit_offsets) - 1) // self.units_per_batch
 
-    def _span(self, batch: int) -> tuple[int, int]:
+    def span(self, batch: int) -> tuple[int, int]:
+        """Where batch ``batch``'s samples are in ``sample_ids``: ``[lo, hi)``."""
         e = self.units_per_batch
         return int(self.unit_offsets[batch * e]), int(self.unit_offsets[(batch + 1) * e])
 
     def batch_samples(self, batch: int) -> int:
         """Samples of batch ``batch`` (DeepSpeed's ``batch_sizes[batch]``)."""
-        lo, hi = self._span(batch)
+        lo, hi = self.span(batch)
         return hi - lo
 
     def batch_tokens(self, batch: int) -> int:
         """Summed ``seqlen`` of batch ``batch``'s samples."""
-        lo, hi = self._span(batch)
+        lo, hi = self.span(batch)
         return int(self.seqlens[lo:hi].sum())
 
     def batch_max_seqlen(self, batch: int) -> int:
         """The longest sample of batch ``batch`` (DeepSpeed's ``batch_max_seqlens``)."""
-        lo, hi = self._span(batch)
+        lo, hi = self.span(batch)
         return int(self.seqlens[lo:hi].max())
 
     def units(self, batch: int, dp_rank: int, dp_size: int, microbatch: int,

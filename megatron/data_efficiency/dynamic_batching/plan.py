@@ -73,6 +73,12 @@ class StepBatch:
         return self.batches.batch_samples(self.index)
 
     @property
+    def sample_ids(self) -> np.ndarray:
+        """[samples] int64, the step's samples, unit after unit."""
+        lo, hi = self.batches.span(self.index)
+        return self.batches.sample_ids[lo:hi]
+
+    @property
     def tokens(self) -> int:
         """Real tokens of the step (summed ``seqlen``, padding excluded)."""
         return self.batches.batch_tokens(self.index)

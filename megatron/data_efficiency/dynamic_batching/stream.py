@@ -47,7 +47,9 @@ class Draws(Protocol):
 
     def draw(self, iteration: int, count: int, draw: int) -> np.ndarray: ...
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def snapshot(self) -> Any: ...            # a cheap copy of the state now
+
+    def state_of(self, snapshot: Any) -> dict[str, Any]: ...   # its JSON-able state
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -65,8 +67,11 @@ class DatasetOrder:
         self.position += count
         return ids
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position}
+    def snapshot(self) -> int:
+        return self.position
+
+    def state_of(self, snapshot: int) -> dict[str, Any]:
+        return {"position": int(snapshot)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position = int(state["position"])
@@ -104,7 +109,7 @@ class CurriculumPacking:
         self.carried: int | None = None       # the first sample of the next step
         self.drawn = 0                        # samples drawn so far
         self._batches: collections.OrderedDict[int, StepBatch] = collections.OrderedDict()
-        self._states: collections.OrderedDict[int, dict] = collections.OrderedDict()
+        self._states: collections.OrderedDict[int, tuple] = collections.OrderedDict()
         self._history = history
         self.log = log
 
@@ -202,9 +207,8 @@ class CurriculumPacking:
         return StepBatch(batches, 0, lr, self.seq_length, truncate=cap)
 
     # -- state ---------------------------------------------------------------------------
-    def _state(self) -> dict:
-        return {"step": self.next_step, "carried": self.carried, "drawn": self.drawn,
-                "draws": self.draws.state_dict()}
+    def _state(self) -> tuple:
+        return self.next_step, self.carried, self.drawn, self.draws.snapshot()
 
     def state_dict(self, steps_consumed: int) -> dict:
         """The state before step ``steps_consumed`` was packed (JSON-able).
@@ -212,14 +216,15 @@ class CurriculumPacking:
         Raises:
             ValueError: that step's state is no longer kept.
         """
-        if steps_consumed == self.next_step:
-            return self._state()
-        found = self._states.get(steps_consumed)
+        found = (self._state() if steps_consumed == self.next_step
+                 else self._states.get(steps_consumed))
         if found is None:
             raise ValueError(f"dynamic batching: the packing's state before step "
                              f"{steps_consumed + 1} is not kept (next step "
                              f"{self.next_step + 1}, {len(self._states)} steps kept)")
-        return found
+        step, carried, drawn, draws = found
+        return {"step": step, "carried": carried, "drawn": drawn,
+                "draws": self.draws.state_of(draws)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state_dict(k)``: step ``k`` is packed next."""

@@ -257,7 +257,7 @@ class DataEfficiencyRuntime:
         stream = CurriculumPacking(cfg, seqlens, draws, self.planner.truncation_length,
                                    self.shape.global_batch_size, self.shape.seq_length,
                                    sample_limit=None if epochs is None else int(epochs * n),
-                                   log=log)
+                                   log=log, first_step=first_iteration)
         if log is not None:
             log(f" > dynamic batching: each step packs the curriculum's draws "
                 f"({'its sampler' if cl.sampling_metrics else 'the dataset order'}) into "

@@ -159,7 +159,8 @@ class StepPlan:
 
 
 class StepPlanner:
-    """Computes ``StepPlan``s: pure functions of ``(config, iteration)``.
+    """Computes ``StepPlan``s: pure functions of ``(config, iteration)`` (except token-budget
+    batches composed with a curriculum: each step packed once, in order, from the draws).
 
     Args:
         config: the validated data-efficiency config (curriculum + random-LTD).

@@ -103,10 +103,18 @@ def test_each_step_packs_samples_the_curriculum_admits_into_token_budget_units(
     assert composed["state"].consumed_tokens == sum(b.tokens for b in planned[:ITERS])
 
 
-def test_resume_is_exact(composed, bert_data, tmp_path):
+def test_resume_is_exact(composed, bert_data, bert_index, tmp_path):
     """2 steps, save, resume with prefetching loaders (which packed steps ahead): the
-    packing's state before step 3 comes back from the checkpoint, same batches and losses."""
-    check_exact_resume(bert_data, composed, tmp_path)
+    packing's state before step 3 comes back from the checkpoint, same batches and losses.
+    Resumed with other settings and --override-data-efficiency-state, the packing starts
+    afresh at the resumed step."""
+    ckpt = check_exact_resume(bert_data, composed, tmp_path)
+    other = json.loads(open(composed["config"]).read())
+    other["data_efficiency"]["data_sampling"]["dynamic_batching"]["max_batch_size"] = 5
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    state = _run(bert_data, str(tmp_path / "other.json"), "--load", ckpt,
+                 "--override-data-efficiency-state")
+    assert state.iteration == ITERS
 
 
 # -- two data-parallel ranks against one process --------------------------------------------

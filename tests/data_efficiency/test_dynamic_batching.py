@@ -175,6 +175,9 @@ def test_a_curriculums_draws_are_packed_step_by_step_and_the_unfit_sample_carrie
         [p.step_batch.batches.microbatch_ids() for p in plans[3:5]]
     with pytest.raises(RuntimeError, match="packs steps in order: step 9 asked, step 7"):
         planner.plan(8)
+    late = CurriculumPacking(stream.config, SEQLENS, DatasetOrder(len(SEQLENS)),
+                             planner.truncation_length, GBS, SEQ, first_step=4)
+    assert late.step_batch(4).truncate == 32          # a resume whose state was not kept
     short = CurriculumPacking(stream.config, SEQLENS, DatasetOrder(len(SEQLENS)),
                               planner.truncation_length, GBS, SEQ, history=2)
     for k in range(4):

@@ -92,12 +92,14 @@ class CurriculumPacking:
         sample_limit: most samples the run may draw (``num_epochs`` passes; None: any).
         history: steps of state kept for ``state_dict`` (a loader prefetches far fewer).
         log: rank 0's print: with ``verbose``, one line per step as it is packed.
+        first_step: the step packed first (the loop's iteration; a checkpoint's state,
+            ``load_state_dict``, positions it instead): draws start afresh there.
     """
 
     def __init__(self, config: DynamicBatchingConfig, seqlens: np.ndarray, draws: Draws,
                  length_cap: Callable[[int], int | None], units_per_batch: int,
                  seq_length: int, sample_limit: int | None = None, history: int = 256,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, first_step: int = 0) -> None:
         self.config = config
         self.seqlens = np.asarray(seqlens, dtype=np.int64)
         self.draws = draws
@@ -105,7 +107,7 @@ class CurriculumPacking:
         self.units_per_batch = int(units_per_batch)
         self.seq_length = int(seq_length)
         self.sample_limit = sample_limit
-        self.next_step = 0                    # the step packed next
+        self.next_step = int(first_step)      # the step packed next
         self.carried: int | None = None       # the first sample of the next step
         self.drawn = 0                        # samples drawn so far
         self._batches: collections.OrderedDict[int, StepBatch] = collections.OrderedDict()

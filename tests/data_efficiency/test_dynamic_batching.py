@@ -192,4 +192,12 @@ def test_a_curriculums_draws_are_packed_step_by_step_and_the_unfit_sample_carrie
     assert units[1] == [3, 4]           # 30 + 10, 60 does not fit
     assert units[2] == [6, 7, 8, 9, 10]  # 5 alone (60) is below min_batch_size: left out
     assert units[3] == [12, 13] and stream.carried == 14
+    lines: list[str] = []
+    verbose = CurriculumPacking(_curriculum_config(verbose=True).dynamic_batching, lens,
+                                DatasetOrder(len(lens)), lambda k: 32, GBS, SEQ, log=lines.append)
+    batch = verbose.step_batch(0)
+    assert lines == [f" > dynamic batching: step 1: {batch.samples} samples, {batch.tokens} "
+                     f"tokens (truncated to 32), samples per unit "
+                     f"{[len(u) for u in batch.batches.microbatch_ids()]}, 0 left out, ids "
+                     f"{batch.sample_ids.tolist()}"]
     assert stream.step_batch(0).batches.left_out.tolist() == [1, 5, 11]

@@ -167,8 +167,8 @@ KEYS: tuple[DeepSpeedKey, ...] = (
     _k("CURRICULUM_LEARNING_DATA_CLUSTER_CURRENT_POSITION", "", NOT_A_KEY, _SAMPLER_STATE),
     _k("CURRICULUM_LEARNING_NP_RNG_STATE", "", NOT_A_KEY, _SAMPLER_STATE),
     _k("DYNAMIC_BATCHING", BATCHING, SECTION,
-       "token-budget batches (BERT; refused for GPT, pipeline parallelism, random-LTD and "
-       "a curriculum: see dynamic_batching/plan.py)"),
+       "token-budget batches (BERT; composed with a curriculum, dynamic_batching/stream.py; "
+       "refused for GPT, pipeline parallelism and random-LTD: see dynamic_batching/plan.py)"),
     _k("DYNAMIC_BATCHING_ENABLED", BATCHING + ".enabled", ACTS,
        "packs each step's batch to max_tokens per packing unit from the seqlen metric; "
        "true beside data_efficiency.enabled false is refused as contradictory",
@@ -186,7 +186,8 @@ KEYS: tuple[DeepSpeedKey, ...] = (
     _k("DYNAMIC_BATCHING_MAX_BATCH_SIZE", BATCHING + ".max_batch_size", ACTS,
        "most samples of a packing unit (absent or 0: no bound)", deepspeed_default=None),
     _k("DYNAMIC_BATCHING_SEQUENCE_PICKING_ORDER", BATCHING + ".sequence_picking_order",
-       ACTS, "dataloader, seqlen or random (seeded by data_efficiency.seed)",
+       ACTS, "dataloader, seqlen or random (seeded by data_efficiency.seed); beside a "
+       "curriculum only dataloader (the curriculum's draws order the samples)",
        deepspeed_default="dataloader"),
     _k("DYNAMIC_BATCHING_MAX_TOKENS", BATCHING + ".max_tokens", ACTS,
        "most summed seqlen of a packing unit; required when enabled"),

@@ -225,7 +225,7 @@ class DataEfficiencyRuntime:
             raise self.family.mismatch(err, dataset, self.samples) from None
         if self.config.curriculum.enabled:
             return self._curriculum_token_sampler(dataset, micro_batch_size, first_iteration,
-                                                  state, seqlens, fingerprint)
+                                                  state, seqlens, fingerprint, train_iters)
         batches = token_data.build_token_batches(
             cfg, seqlens, self.shape.global_batch_size, self.config.seed,
             log=(lambda line: print(line, flush=True)) if _rank0() else None)
@@ -243,7 +243,8 @@ class DataEfficiencyRuntime:
         return self.token_sampler
 
     def _curriculum_token_sampler(self, dataset, micro_batch_size: int, first_iteration: int,
-                                  state: dict | None, seqlens, fingerprint: str | None):
+                                  state: dict | None, seqlens, fingerprint: str | None,
+                                  train_iters: int | None):
         """The curriculum chooses, the packing packs: the curriculum sampler's draws (or
         the dataset's order under a truncation-only curriculum) packed step by step."""
         cl, n = self.config.curriculum, len(dataset)
@@ -257,7 +258,7 @@ class DataEfficiencyRuntime:
         stream = CurriculumPacking(cfg, seqlens, draws, self.planner.truncation_length,
                                    self.shape.global_batch_size, self.shape.seq_length,
                                    sample_limit=None if epochs is None else int(epochs * n),
-                                   log=log, first_step=first_iteration)
+                                   log=log, first_step=first_iteration, train_iters=train_iters)
         if log is not None:
             log(f" > dynamic batching: each step packs the curriculum's draws "
                 f"({'its sampler' if cl.sampling_metrics else 'the dataset order'}) into "

@@ -178,6 +178,15 @@ def test_a_curriculums_draws_are_packed_step_by_step_and_the_unfit_sample_carrie
     late = CurriculumPacking(stream.config, SEQLENS, DatasetOrder(len(SEQLENS)),
                              planner.truncation_length, GBS, SEQ, first_step=4)
     assert late.step_batch(4).truncate == 32          # a resume whose state was not kept
+    bounded = CurriculumPacking(stream.config, SEQLENS, DatasetOrder(len(SEQLENS)),
+                                planner.truncation_length, GBS, SEQ, sample_limit=30,
+                                train_iters=2)
+    bounded.step_batch(0)
+    with pytest.raises(BadConfigError, match=r"num_epochs: step 2 draws sample \d+ of the "
+                                             "run, past the 30 that num_epochs passes"):
+        bounded.step_batch(1)
+    bounded.train_iters = 1
+    bounded.step_batch(1)                     # past the run's end: prefetched, never trained
     short = CurriculumPacking(stream.config, SEQLENS, DatasetOrder(len(SEQLENS)),
                               planner.truncation_length, GBS, SEQ, history=2)
     for k in range(4):

@@ -89,7 +89,9 @@ class CurriculumPacking:
             of the step (None: samples are not truncated).
         units_per_batch: units a step (the global batch size).
         seq_length: ``--seq-length``.
-        sample_limit: most samples the run may draw (``num_epochs`` passes; None: any).
+        sample_limit: most samples the run's steps may draw (``num_epochs`` passes; None:
+            any), checked for the steps before ``train_iters`` (a prefetching loader packs
+            a few steps past the run's end, which are never trained).
         history: steps of state kept for ``state_dict`` (a loader prefetches far fewer).
         log: rank 0's print: with ``verbose``, one line per step as it is packed.
         first_step: the step packed first (the loop's iteration; a checkpoint's state,
@@ -99,7 +101,8 @@ class CurriculumPacking:
     def __init__(self, config: DynamicBatchingConfig, seqlens: np.ndarray, draws: Draws,
                  length_cap: Callable[[int], int | None], units_per_batch: int,
                  seq_length: int, sample_limit: int | None = None, history: int = 256,
-                 log: Callable[[str], None] | None = None, first_step: int = 0) -> None:
+                 log: Callable[[str], None] | None = None, first_step: int = 0,
+                 train_iters: int | None = None) -> None:
         self.config = config
         self.seqlens = np.asarray(seqlens, dtype=np.int64)
         self.draws = draws
@@ -107,6 +110,7 @@ class CurriculumPacking:
         self.units_per_batch = int(units_per_batch)
         self.seq_length = int(seq_length)
         self.sample_limit = sample_limit
+        self.train_iters = train_iters
         self.next_step = int(first_step)      # the step packed next
         self.carried: int | None = None       # the first sample of the next step
         self.drawn = 0                        # samples drawn so far
@@ -148,7 +152,8 @@ class CurriculumPacking:
 
     def _take(self, iteration: int, count: int, draw: int) -> list[int]:
         self.drawn += count
-        if self.sample_limit is not None and self.drawn > self.sample_limit:
+        trained = self.train_iters is None or iteration < self.train_iters
+        if self.sample_limit is not None and trained and self.drawn > self.sample_limit:
             from megatron.errors import BadConfigError
             raise BadConfigError(
                 f"data_efficiency.data_sampling.num_epochs: step {iteration + 1} draws sample "

@@ -20,7 +20,9 @@ With token-budget batches (``dynamic_batching``) the runtime packs the training 
 from the analyzer's ``seqlen`` metric when the loader is built (``train_batch_sampler``),
 gives the packing to the planner, and draws each micro-batch from the step plan
 (``TokenBatchSampler``); ``prepare_microbatch`` checks the ids and cuts the micro-batch to
-the plan's length.
+the plan's length. With a curriculum beside it, the packing is of the curriculum's draws,
+step by step (``dynamic_batching.stream.CurriculumPacking``; its state is the sampler's in
+the checkpoint).
 
 With nothing configured it is the plain behaviour: Megatron's sampler, full sequences,
 every layer sees every token, ``global_batch_size * seq_length`` tokens a step.

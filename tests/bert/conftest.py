@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from bert_corpus import bert_data_paths, bert_index_path
+from tests.bert.bert_corpus import bert_data_paths, bert_index_path
 
 
 @pytest.fixture(scope="session")

@@ -151,7 +151,7 @@ def _dp_worker(rank: int, world_size: int, data: dict, configs: list[str]) -> li
 def two_rank_jobs(tmp_path_factory) -> dict:
     """The DP2 runs (in the session's shared 2-rank spawn, tests/conftest.py): the dataset
     packed once (random order) and the packing composed with the curriculum."""
-    from bert_corpus import bert_data_paths, bert_index_path
+    from tests.bert.bert_corpus import bert_data_paths, bert_index_path
     data, index = bert_data_paths(tmp_path_factory), bert_index_path(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("dynbatch_dp")
     configs = [_config(tmp, index, sequence_picking_order="random"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 UNITS = ("steps", "samples", "tokens")
 
@@ -129,6 +130,9 @@ class OptimizerParamScheduler:
     ``wd_mult``) on the optimizer's param groups as training progresses.
 
     ``override_on_load`` is ``--override-opt_param-scheduler`` (see ``load_state_dict``).
+    ``lr_rule`` (``step``'s argument, kept until the next ``step``): a function of the
+    schedule's LR giving the LR applied, e.g. token-budget batching's scaling to the
+    step's batch size (DeepSpeed's ``VariableBatchSizeLR``); None: the schedule's LR.
     """
 
     def __init__(self, optimizer, config: ScheduleConfig, override_on_load: bool = False) -> None:
@@ -138,6 +142,7 @@ class OptimizerParamScheduler:
         self.num_steps = 0
         self.num_samples = 0
         self.num_tokens = 0
+        self.lr_rule: Callable[[float], float] | None = None
         self.step(0, 0, 0)
 
     def progress_in(self, unit: str) -> float:
@@ -151,12 +156,16 @@ class OptimizerParamScheduler:
         return self.progress_in(self.config.unit)
 
     def get_lr(self) -> float:
-        return lr_at(self.progress, self.config,
-                     self.progress_in(self.config.warmup_progress_unit))
+        """The LR applied now: the schedule's at the progress, through ``lr_rule``."""
+        lr = lr_at(self.progress, self.config, self.progress_in(self.config.warmup_progress_unit))
+        return lr if self.lr_rule is None else self.lr_rule(lr)
 
     def step(self, increment_steps: int = 1, increment_samples: int = 0,
-             increment_tokens: int = 0) -> float:
-        """Advance progress and apply the new LR / WD; returns the LR."""
+             increment_tokens: int = 0,
+             lr_rule: Callable[[float], float] | None = None) -> float:
+        """Advance progress and apply the new LR / WD (through ``lr_rule``); returns the
+        LR."""
+        self.lr_rule = lr_rule
         self.num_steps += increment_steps
         self.num_samples += increment_samples
         self.num_tokens += increment_tokens

@@ -187,4 +187,8 @@ def resumed_data_efficiency_state(extra: dict, record: dict,
         _print_rank_0(" > the curriculum sampler starts its streams afresh at the resumed "
                       "iteration")
         de_state = {k: v for k, v in de_state.items() if k != "curriculum_sampler"}
+    if changed and "token_batches" in de_state:
+        _print_rank_0(" > dynamic batching: the new packing's batches from the resumed "
+                      "iteration on")
+        de_state = {k: v for k, v in de_state.items() if k != "token_batches"}
     return de_state

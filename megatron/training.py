@@ -114,6 +114,8 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     it = state.iteration
     optimizer.zero_grad()
     plan = runtime.plan_step(it)
+    if plan.lr_rule is not None:   # token-budget batches: this step's LR scaling
+        scheduler.step(0, 0, 0, plan.lr_rule)
     moe_monitor = moe_monitor or MoEMonitor(model, None)
     moe_monitor.begin_step(optimizer.get_loss_scale(), config.training.num_microbatches)
     with collective_context(it + 1):
@@ -130,11 +132,12 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
     if not ok:
         print(f" > iteration {it + 1}: skipped, inf/nan gradients under fp16 (loss scale now "
               f"{optimizer.get_loss_scale():.1f})", flush=True)
-    gbs, logging = config.training.global_batch_size, config.logging
-    if ok:
-        scheduler.step(1, gbs, plan.consumed_tokens)
+    logging = config.logging
+    if ok:   # the LR of the next step (scaled to its batch, as DeepSpeed's scheduler)
+        scheduler.step(1, plan.global_batch_size, plan.consumed_tokens,
+                       runtime.lr_rule(it + 1))
     state.iteration += 1
-    state.consumed_samples += gbs
+    state.consumed_samples += plan.global_batch_size
     state.consumed_tokens += plan.consumed_tokens
     if "lm loss" in losses:
         state.history.append((state.iteration, losses["lm loss"]))
@@ -142,7 +145,7 @@ def train_step(forward_step_func, train_iterator, model, optimizer, scheduler,
                   and state.iteration % logging.tensorboard_log_interval == 0 else {})
     return StepStats(iteration=state.iteration, consumed_samples=state.consumed_samples,
                      consumed_tokens=state.consumed_tokens, step_tokens=plan.consumed_tokens,
-                     learning_rate=scheduler.get_lr(), batch_size=gbs,
+                     learning_rate=scheduler.get_lr(), batch_size=plan.global_batch_size,
                      loss_scale=optimizer.get_loss_scale(), grad_norm=grad_norm,
                      skipped=not ok, losses=losses, plan=plan.scalars(),
                      flops=None if flops is None else flops.plan_flops(plan),

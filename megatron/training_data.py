@@ -14,6 +14,7 @@ from megatron.core.timers import NO_TIMERS, Timers
 from megatron.data.data_loader import build_pretraining_data_loader
 from megatron.data_efficiency.curriculum.transforms import BatchShape
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
+from megatron.errors import BadConfigError
 
 
 class MicrobatchFeed:
@@ -54,7 +55,8 @@ class MicrobatchFeed:
         seq, rows = self.seq_length, self.micro_batch_size
         if self.plan is not None and self.iterator is not None:
             batch, shape = self.runtime.prepare_microbatch(batch, self.plan,
-                                                           self.micro_batch_size)
+                                                           self.micro_batch_size,
+                                                           self.microbatch)
             self.observed.append(shape)
             seq, rows = shape.seq_length, shape.rows
         elif self.plan is not None:
@@ -146,6 +148,11 @@ def build_train_valid_test_data_iterators(provider: Callable, config: RunConfig,
     if train_ds is not None:
         sampler = runtime.train_batch_sampler(train_ds, mbs, iteration,
                                               data_efficiency_state, train_iters)
+        if runtime.config.dynamic_batching.enabled and config.data.dataloader_type != "single":
+            raise BadConfigError(f"--dataloader-type {config.data.dataloader_type}: "
+                                 f"dynamic_batching's sequence_picking_order orders the "
+                                 f"training samples; leave "
+                                 f"--dataloader-type single")
         train_iterator = _iterate(build_pretraining_data_loader(
             train_ds, consumed_samples, batch_sampler=sampler,
             dataloader_type=config.data.dataloader_type,

@@ -140,9 +140,10 @@ def _prepare(specs: dict[str, TaskSpec], argv: list[str] | None):
     config = initialize_megatron(flags.add_tasks_args, defaults, argv=argv)
     flags.check_against_checkpoint(config, saved, task.pretrained_checkpoint)
     de = config.data_efficiency
-    if de.curriculum.enabled or de.random_ltd.enabled:
-        raise BadConfigError("curriculum learning / random-LTD (a data_efficiency section of "
-                             "--deepspeed_config) are not supported in finetuning")
+    if de.curriculum.enabled or de.random_ltd.enabled or de.dynamic_batching.enabled:
+        raise BadConfigError("curriculum learning / random-LTD / dynamic_batching (a "
+                             "data_efficiency section of --deepspeed_config) are not supported "
+                             "in finetuning: a task's examples are not indexed by the analyzer")
     # merged after the groups exist (the merge builds a template model)
     full = None if resume else load_whole(task.pretrained_checkpoint, iteration)[3]
     return config, spec, train, (iteration, full), resume

@@ -42,12 +42,19 @@ def data_efficiency_record(config, run_seed: int) -> dict:
     """The schedule part of a ``DataEfficiencyConfig``: each enabled feature's settings
     (a disabled one is only ``{"enabled": false}``), and its seed when a feature is on and
     the seed is not the run's ``--seed`` (which the record holds itself). How the config
-    was given (flags or JSON) and the loader settings are not part of it."""
+    was given (flags or JSON) and the loader settings are not part of it; token-budget
+    batching's settings are, when it is on (not where its seqlen metric lies: the packing's
+    own fingerprint, in the sampler state, covers what it holds)."""
     curriculum = (_plain(config.curriculum) if config.curriculum.enabled
                   else {"enabled": False})
     ltd = _plain(config.random_ltd) if config.random_ltd.enabled else {"enabled": False}
     record = {"curriculum": curriculum, "random_ltd": ltd}
-    if (config.curriculum.enabled or config.random_ltd.enabled) and config.seed != run_seed:
+    batching = config.dynamic_batching
+    if batching.enabled:   # absent when off: records written before it existed stay equal
+        record["dynamic_batching"] = {k: v for k, v in _plain(batching).items()
+                                      if k not in ("metrics_path", "verbose")}
+    if (config.curriculum.enabled or config.random_ltd.enabled
+            or batching.enabled) and config.seed != run_seed:
         record["seed"] = int(config.seed)
     return record
 

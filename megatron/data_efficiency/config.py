@@ -29,8 +29,9 @@ project's analyzer folder: ``index_path`` (``DIR/<metric>``), or DeepSpeed's
 directly and checked to count the training set's samples. ``data_sampling.pin_memory``
 is the training loader's pinning (true needs CUDA); ``num_workers`` sets
 ``--num-workers`` when that flag was not given, else must equal it; ``num_epochs`` bounds the samples a run may draw, as DeepSpeed's
-sampler does; ``dynamic_batching`` is refused. ``schedule_config.custom_function``
-(``"module:function"``) is this project's addition for ``schedule_type: custom``.
+sampler does; ``dynamic_batching`` packs token-budget batches (``dynamic_batching/``).
+``schedule_config.custom_function`` (``"module:function"``) is this project's addition for
+``schedule_type: custom``.
 ``data_cluster_path`` is accepted and unused: no cluster file is ever written.
 ``difficulty_type: "percentile_window"`` (this project's addition, for pruning) takes
 ``min_difficulty`` / ``max_difficulty`` as ``[lo, hi]`` percentile pairs with the same
@@ -47,6 +48,8 @@ from dataclasses import dataclass, field
 
 from megatron.data_efficiency.analyzer.deepspeed_index import DeepSpeedIndexPaths
 from megatron.data_efficiency.curriculum.scheduler import SCHEDULE_TYPES, ScheduleConfig
+from megatron.data_efficiency.dynamic_batching.config import (DynamicBatchingConfig,
+                                                              dynamic_batching_from_dict)
 from megatron.data_efficiency.index_paths import index_dir
 from megatron.data_efficiency import deepspeed_keys as dsk
 from megatron.data_efficiency.json_keys import check_keys
@@ -127,6 +130,7 @@ class DataEfficiencyConfig:
     ``num_workers`` is ``data_sampling.num_workers`` (fills or is checked against ``--num-workers``),
     ``pin_memory`` the training loader's pinning (``loader_pin_memory``), ``num_epochs``
     the bound on the samples a run may draw (``check_num_epochs``); None: not given.
+    ``dynamic_batching``: token-budget batches (``dynamic_batching.config``).
     """
     enabled: bool = False
     seed: int = 1234
@@ -136,6 +140,7 @@ class DataEfficiencyConfig:
     source: str = "flags"
     pin_memory: bool | None = None
     num_epochs: float | None = None
+    dynamic_batching: DynamicBatchingConfig = field(default_factory=DynamicBatchingConfig)
 
     def loader_pin_memory(self, cuda_available: bool) -> bool:
         """The training DataLoader's ``pin_memory``: ``data_sampling.pin_memory`` when
@@ -307,11 +312,12 @@ def _legacy(cl: dict, where: str) -> CurriculumConfig:
 
 def _read_sampling(cfg: DataEfficiencyConfig, sampling: dict, where: str) -> None:
     """``data_sampling``'s own keys (not the curriculum): num_workers, pin_memory,
-    num_epochs; dynamic_batching is refused key by key (``deepspeed_keys``)."""
+    num_epochs, dynamic_batching."""
     dsk.check_section(sampling, dsk.SAMPLING, where)
     if "dynamic_batching" in sampling:
-        dsk.check_section(sampling["dynamic_batching"], dsk.BATCHING,
-                          f"{where}.dynamic_batching")
+        batching = dsk.check_section(sampling["dynamic_batching"], dsk.BATCHING,
+                                     f"{where}.dynamic_batching")
+        cfg.dynamic_batching = dynamic_batching_from_dict(batching, f"{where}.dynamic_batching")
     pin = sampling.get("pin_memory")
     if pin is not None and not isinstance(pin, bool):
         raise ValueError(f"{where}.pin_memory={pin!r}: expected true or false")
@@ -356,9 +362,10 @@ def config_from_dict(d: dict, source: str = "<dict>",
                              f"data_efficiency curriculum learning are enabled")
         if legacy.enabled:
             cfg.curriculum, cfg.enabled = legacy, True
-    if cfg.curriculum.enabled and not cfg.enabled:
-        raise ValueError(f"{where}.enabled is false but curriculum learning is enabled: "
-                         f"contradictory")
+    for what, on in (("curriculum learning", cfg.curriculum.enabled),
+                     ("data_sampling.dynamic_batching", cfg.dynamic_batching.enabled)):
+        if on and not cfg.enabled:
+            raise ValueError(f"{where}.enabled is false but {what} is enabled: contradictory")
     if "data_routing" in de:
         cfg.random_ltd = RandomLTDConfig.from_deepspeed_dict(
             {"data_routing": de["data_routing"]}, seq_length)

@@ -67,8 +67,6 @@ LTD_SCHEDULE = LTD + ".random_ltd_schedule"
 LTD_SCHEDULE_CONFIG = LTD_SCHEDULE + ".schedule_config"
 LTD_LR = LTD + ".layer_token_lr_schedule"
 
-_NOT_BUILT = ("refused: token-budget batching (DeepSpeed's dynamic_batching) is not yet "
-              "built here")
 _LAYER_TOKEN_LR = ("refused: the layer-token LR schedule is not built (DeepSpeed raises "
                    "'not yet support' when it is enabled); schedule the LR on consumed "
                    "tokens with --lr-warmup-tokens / --lr-decay-tokens")
@@ -169,20 +167,33 @@ KEYS: tuple[DeepSpeedKey, ...] = (
     _k("CURRICULUM_LEARNING_DATA_CLUSTER_CURRENT_POSITION", "", NOT_A_KEY, _SAMPLER_STATE),
     _k("CURRICULUM_LEARNING_NP_RNG_STATE", "", NOT_A_KEY, _SAMPLER_STATE),
     _k("DYNAMIC_BATCHING", BATCHING, SECTION,
-       "token-budget batching: every key in it is refused (not yet built)"),
-    _k("DYNAMIC_BATCHING_ENABLED", BATCHING + ".enabled", REFUSED, _NOT_BUILT,
-       allowed=(False,), deepspeed_default=False),
-    _k("DYNAMIC_BATCHING_METRICS_PATH", BATCHING + ".metrics_path", REFUSED, _NOT_BUILT),
-    _k("DYNAMIC_BATCHING_LR_SCALING_METHOD", BATCHING + ".lr_scaling_method", REFUSED,
-       _NOT_BUILT, deepspeed_default="linear"),
-    _k("DYNAMIC_BATCHING_MIN_BATCH_SIZE", BATCHING + ".min_batch_size", REFUSED, _NOT_BUILT,
-       deepspeed_default=1),
-    _k("DYNAMIC_BATCHING_MAX_BATCH_SIZE", BATCHING + ".max_batch_size", REFUSED, _NOT_BUILT,
-       deepspeed_default=None),
+       "token-budget batches (BERT; composed with a curriculum, dynamic_batching/stream.py; "
+       "refused for GPT, pipeline parallelism and random-LTD: see dynamic_batching/plan.py)"),
+    _k("DYNAMIC_BATCHING_ENABLED", BATCHING + ".enabled", ACTS,
+       "packs each step's batch to max_tokens per packing unit from the seqlen metric; "
+       "true beside data_efficiency.enabled false is refused as contradictory",
+       deepspeed_default=False),
+    _k("DYNAMIC_BATCHING_METRICS_PATH", BATCHING + ".metrics_path", ACTS,
+       "the analyzer's output folder: this project's seqlen index (checked against the "
+       "training samples) or DeepSpeed's seqlen/seqlen_sample_to_metric files (sample count "
+       "checked); required when enabled (DeepSpeed runs its analyzer when they are missing, "
+       "here the error names the analyzer command)"),
+    _k("DYNAMIC_BATCHING_LR_SCALING_METHOD", BATCHING + ".lr_scaling_method", ACTS,
+       "linear, sqrt or none: each step's LR scaled from the global batch size to the "
+       "step's samples", deepspeed_default="linear"),
+    _k("DYNAMIC_BATCHING_MIN_BATCH_SIZE", BATCHING + ".min_batch_size", ACTS,
+       "fewest samples of a packing unit", deepspeed_default=1),
+    _k("DYNAMIC_BATCHING_MAX_BATCH_SIZE", BATCHING + ".max_batch_size", ACTS,
+       "most samples of a packing unit (absent or 0: no bound)", deepspeed_default=None),
     _k("DYNAMIC_BATCHING_SEQUENCE_PICKING_ORDER", BATCHING + ".sequence_picking_order",
-       REFUSED, _NOT_BUILT, deepspeed_default="dataloader"),
-    _k("DYNAMIC_BATCHING_MAX_TOKENS", BATCHING + ".max_tokens", REFUSED, _NOT_BUILT),
-    _k("DYNAMIC_BATCHING_VERBOSE", BATCHING + ".verbose", REFUSED, _NOT_BUILT),
+       ACTS, "dataloader, seqlen or random (seeded by data_efficiency.seed); beside a "
+       "curriculum only dataloader (the curriculum's draws order the samples)",
+       deepspeed_default="dataloader"),
+    _k("DYNAMIC_BATCHING_MAX_TOKENS", BATCHING + ".max_tokens", ACTS,
+       "most summed seqlen of a packing unit; required when enabled"),
+    _k("DYNAMIC_BATCHING_VERBOSE", BATCHING + ".verbose", ACTS,
+       "prints every step's batch (samples, tokens, units) once packed, on rank 0 "
+       "(absent: false, as DeepSpeed reads it)"),
     _k("DATA_ROUTING", ROUTING, SECTION, "data routing"),
     _k("DATA_ROUTING_ENABLED", ROUTING + ".enabled", NO_OP,
        "DeepSpeed's engine never reads it either: random_ltd.enabled alone turns random-LTD "

@@ -16,6 +16,14 @@ no per-micro-batch check of sample ids is needed. What does need checking is whe
 sampler starts: ``train_batch_sampler`` positions it at the loop's iteration and refuses a
 checkpoint's sampler state of another step.
 
+With token-budget batches (``dynamic_batching``) the runtime packs the training set
+from the analyzer's ``seqlen`` metric when the loader is built (``train_batch_sampler``),
+gives the packing to the planner, and draws each micro-batch from the step plan
+(``TokenBatchSampler``); ``prepare_microbatch`` checks the ids and cuts the micro-batch to
+the plan's length. With a curriculum beside it, the packing is of the curriculum's draws,
+step by step (``dynamic_batching.stream.CurriculumPacking``; its state is the sampler's in
+the checkpoint).
+
 With nothing configured it is the plain behaviour: Megatron's sampler, full sequences,
 every layer sees every token, ``global_batch_size * seq_length`` tokens a step.
 
@@ -36,6 +44,10 @@ from megatron.data_efficiency.curriculum.sampler import (CurriculumSampler, Diff
                                                          SamplerMetric)
 from megatron.data_efficiency.curriculum.transforms import BatchShape
 from megatron.data_efficiency.data_family import DataFamily, GPTSamples, TrainingSamples
+from megatron.data_efficiency.dynamic_batching import data as token_data
+from megatron.data_efficiency.dynamic_batching.packing import BatchLR
+from megatron.data_efficiency.dynamic_batching.plan import cut_microbatch
+from megatron.data_efficiency.dynamic_batching.stream import CurriculumPacking, DatasetOrder
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.data_efficiency.step_plan import (RunShape, StepPlan, StepPlanner, batch_mismatch,
                                                 curriculum_step)
@@ -72,6 +84,8 @@ class DataEfficiencyRuntime:
         self.samples = samples
         self.family = family or GPTSamples()
         self.sampler: CurriculumSampler | None = None
+        self.token_sampler: token_data.TokenBatchSampler | None = None
+        self.packed_sampler: CurriculumSampler | None = None   # its draws packed per step
 
     @property
     def config(self) -> DataEfficiencyConfig:
@@ -86,17 +100,27 @@ class DataEfficiencyRuntime:
         """The plan of the optimizer step ``iteration`` (0-based); pure."""
         return self.planner.plan(iteration)
 
-    def prepare_microbatch(self, batch: dict, plan: StepPlan,
-                           micro_batch_size: int) -> tuple[dict, BatchShape]:
+    def prepare_microbatch(self, batch: dict, plan: StepPlan, micro_batch_size: int,
+                           microbatch: int = 0) -> tuple[dict, BatchShape]:
         """Transform one collated *training* micro-batch to the plan and check its shape
-        (its samples are the plan's by construction: the sampler draws from the plan).
+        (its samples are the plan's by construction: the sampler draws from the plan; a
+        token-budget micro-batch, number ``microbatch`` of the step on this rank, has its
+        ids checked and is cut to the plan's length).
 
         Returns:
             The batch (with ``seq_length``) and the rows / length it has.
 
         Raises:
-            RuntimeError: the batch has other rows / length than planned.
+            RuntimeError: the batch has other rows / length (or samples) than planned.
         """
+        if plan.step_batch is not None:
+            ids, length = plan.step_batch.microbatch(self.par.dp_rank, self.par.dp_size,
+                                                     microbatch, micro_batch_size)
+            batch, shape = cut_microbatch(batch, ids, length,
+                                          f"iteration {plan.iteration + 1}",
+                                          plan.step_batch.truncate)
+            batch["seq_length"] = shape.seq_length
+            return batch, shape
         if self.planner.transform is not None:
             batch, shape = self.planner.transform.apply(batch, plan.transform_difficulty,
                                                         self.par.dp_group)
@@ -109,6 +133,11 @@ class DataEfficiencyRuntime:
             raise RuntimeError(problem)
         batch["seq_length"] = shape.seq_length
         return batch, shape
+
+    def lr_rule(self, iteration: int) -> BatchLR | None:
+        """The LR scaling of step ``iteration`` (None: the schedule's LR), without planning
+        the step: the loop sets the next step's LR after an optimizer step."""
+        return self.planner.lr_rule(iteration)
 
     def token_drop_plan(self, plan: StepPlan, microbatch: int, batch_size: int,
                         seq_length: int, device: torch.device | str = "cpu"
@@ -132,7 +161,12 @@ class DataEfficiencyRuntime:
             local = sum(plan.tokens_for(s.rows, s.seq_length) for s in observed)
             longest = max((s.seq_length for s in observed), default=0)
             tokens, seq = _agree(local, longest, self.par)
-        return plan.measured(seq, tokens, sampled_values_histogram(self.sampler, plan.iteration))
+        if plan.step_batch is not None:     # a token-budget step of the sampler's draws
+            values = sampled_values_histogram(self.packed_sampler, plan.iteration,
+                                              plan.step_batch.sample_ids)
+        else:
+            values = sampled_values_histogram(self.sampler, plan.iteration)
+        return plan.measured(seq, tokens, values)
 
     def steps_for_tokens(self, train_tokens: int) -> int | None:
         """Steps needed to consume ``train_tokens`` (None: seqreo)."""
@@ -153,6 +187,9 @@ class DataEfficiencyRuntime:
                 another step than the loop.
             BadConfigError: the run draws more samples than ``num_epochs`` allows.
         """
+        if self.config.dynamic_batching.enabled:
+            return self._token_batch_sampler(dataset, micro_batch_size, first_iteration,
+                                             state, train_iters)
         if train_iters is not None:
             self.config.check_num_epochs(train_iters * self.shape.global_batch_size,
                                          len(dataset), micro_batch_size * self.par.dp_size)
@@ -161,17 +198,8 @@ class DataEfficiencyRuntime:
             return None
         fingerprint = (self.family.fingerprint(dataset, self.samples)
                        if self.samples is not None else None)
-        try:
-            self.sampler = build_sampler(cl, self.planner.difficulties,
-                                         self.shape.global_batch_size, micro_batch_size,
-                                         self.par.dp_rank, self.par.dp_size, self.shape.seed,
-                                         expected_fingerprint=fingerprint,
-                                         first_step=first_iteration,
-                                         num_samples=len(dataset))
-        except ValueError as err:
-            if self.samples is None or "fingerprint" not in str(err):
-                raise
-            raise self.family.mismatch(err, dataset, self.samples) from None
+        self.sampler = self._curriculum_sampler(dataset, micro_batch_size, fingerprint,
+                                                first_iteration)
         saved = (state or {}).get("curriculum_sampler")
         if saved is not None:
             if int(saved["step"]) != first_iteration:
@@ -179,6 +207,88 @@ class DataEfficiencyRuntime:
                                  f"the run resumes at iteration {first_iteration}")
             self.sampler.load_state_dict(saved)
         return self.sampler
+
+    def _token_batch_sampler(self, dataset, micro_batch_size: int, first_iteration: int,
+                             state: dict | None, train_iters: int | None):
+        """Pack the training set (every rank the same way), give the packing to the
+        planner and return the sampler of this rank's micro-batches."""
+        cfg = self.config.dynamic_batching
+        fingerprint = (self.family.fingerprint(dataset, self.samples)
+                       if self.samples is not None else None)
+        command = "" if self.samples is None else (
+            self.family.analyzer_command(self.samples).replace("--metrics ...", "--metrics seqlen")
+            .replace("--save-path DIR", f"--save-path {cfg.metrics_path}"))
+        try:
+            seqlens = token_data.load_seqlens(cfg.metrics_path, len(dataset), fingerprint,
+                                              command)
+        except ValueError as err:
+            if self.samples is None or "fingerprint" not in str(err):
+                raise
+            raise self.family.mismatch(err, dataset, self.samples) from None
+        if self.config.curriculum.enabled:
+            return self._curriculum_token_sampler(dataset, micro_batch_size, first_iteration,
+                                                  state, seqlens, fingerprint, train_iters)
+        batches = token_data.build_token_batches(
+            cfg, seqlens, self.shape.global_batch_size, self.config.seed,
+            log=(lambda line: print(line, flush=True)) if _rank0() else None)
+        if train_iters is not None:
+            token_data.check_num_epochs(self.config.num_epochs, train_iters,
+                                        batches.num_batches, self.config.source)
+        self.planner = self.planner.with_token_batches(batches)
+        self.token_sampler = token_data.TokenBatchSampler(
+            self.planner.step_batch, self.par.dp_rank, self.par.dp_size,
+            micro_batch_size, self.shape.num_microbatches, first_iteration,
+            batches.fingerprint())
+        saved = (state or {}).get("token_batches")
+        if saved is not None:
+            self.token_sampler.load_state_dict(saved)
+        return self.token_sampler
+
+    def _curriculum_token_sampler(self, dataset, micro_batch_size: int, first_iteration: int,
+                                  state: dict | None, seqlens, fingerprint: str | None,
+                                  train_iters: int | None):
+        """The curriculum chooses, the packing packs: the curriculum sampler's draws (or
+        the dataset's order under a truncation-only curriculum) packed step by step."""
+        cl, n = self.config.curriculum, len(dataset)
+        if cl.sampling_metrics:
+            draws = self.packed_sampler = self._curriculum_sampler(dataset, micro_batch_size,
+                                                                   fingerprint)
+        else:
+            draws = DatasetOrder(n)
+        epochs, cfg = self.config.num_epochs, self.config.dynamic_batching
+        log = (lambda line: print(line, flush=True)) if _rank0() else None
+        stream = CurriculumPacking(cfg, seqlens, draws, self.planner.truncation_length,
+                                   self.shape.global_batch_size, self.shape.seq_length,
+                                   sample_limit=None if epochs is None else int(epochs * n),
+                                   log=log, first_step=first_iteration, train_iters=train_iters)
+        if log is not None:
+            log(f" > dynamic batching: each step packs the curriculum's draws "
+                f"({'its sampler' if cl.sampling_metrics else 'the dataset order'}) into "
+                f"{self.shape.global_batch_size} units of at most {cfg.max_tokens} tokens "
+                f"(LR scaling {cfg.lr_scaling_method})")
+        self.planner = self.planner.with_token_batches(stream)
+        self.token_sampler = token_data.TokenBatchSampler(
+            self.planner.step_batch, self.par.dp_rank, self.par.dp_size, micro_batch_size,
+            self.shape.num_microbatches, first_iteration, stream.fingerprint(), stream)
+        saved = (state or {}).get("token_batches")
+        if saved is not None:
+            self.token_sampler.load_state_dict(saved)
+        return self.token_sampler
+
+    def _curriculum_sampler(self, dataset, micro_batch_size: int, fingerprint: str | None,
+                            first_step: int = 0) -> CurriculumSampler:
+        """The curriculum sampler over the config's indexes (checked against the
+        training samples: a mismatch names the analyzer command that indexes them)."""
+        try:
+            return build_sampler(self.config.curriculum, self.planner.difficulties,
+                                 self.shape.global_batch_size, micro_batch_size,
+                                 self.par.dp_rank, self.par.dp_size, self.shape.seed,
+                                 expected_fingerprint=fingerprint, first_step=first_step,
+                                 num_samples=len(dataset))
+        except ValueError as err:
+            if self.samples is None or "fingerprint" not in str(err):
+                raise
+            raise self.family.mismatch(err, dataset, self.samples) from None
 
     # -- checkpoint ----------------------------------------------------------------------
     def state_dict(self, iteration: int) -> dict:
@@ -189,6 +299,8 @@ class DataEfficiencyRuntime:
         state: dict = {}
         if self.sampler is not None:
             state["curriculum_sampler"] = self.sampler.state_dict(steps_consumed=iteration)
+        if self.token_sampler is not None:
+            state["token_batches"] = self.token_sampler.state_dict(iteration)
         return state
 
 
@@ -226,17 +338,23 @@ def _open_index(path, expected_fingerprint: str | None, num_samples: int | None)
     return MetricIndex.open(path, expected_fingerprint)
 
 
-def sampled_values_histogram(sampler: CurriculumSampler | None,
-                             iteration: int) -> dict[str, torch.Tensor]:
-    """Metric values of the global batch drawn for ``iteration`` (0-based), per metric,
-    for a TensorBoard histogram (empty when the sampler no longer keeps that batch)."""
+def sampled_values_histogram(sampler: CurriculumSampler | None, iteration: int,
+                             ids=None) -> dict[str, torch.Tensor]:
+    """Metric values of the global batch drawn for ``iteration`` (0-based), or of the
+    sample ``ids`` the step trained (a token-budget step of the sampler's draws), per
+    metric, for a TensorBoard histogram (empty when the sampler no longer keeps that
+    batch)."""
     if sampler is None:
         return {}
-    batch = sampler.global_batch(curriculum_step(iteration))
+    batch = sampler.global_batch(curriculum_step(iteration)) if ids is None else ids
     if batch is None:
         return {}
     return {f"curriculum/{k}_sampled": torch.from_numpy(v.astype("float64"))
             for k, v in sampler.metric_values(batch).items()}
+
+
+def _rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def _agree(local_tokens: int, longest: int, par: Parallelism) -> tuple[int, int]:

@@ -8,7 +8,11 @@ accounting, the LR scheduler and the logger all read that one value, and the cur
 sampler draws from its difficulties (``StepPlanner.difficulties``): the planner is the
 only thing that evaluates a pacing function; nobody recomputes a schedule. ``seqreo``
 (BERT) cuts each batch to its longest sample, so its plan is completed from what the
-batches showed (``StepPlan.measured``).
+batches showed (``StepPlan.measured``). With token-budget batches
+(``dynamic_batching``) the step's samples, tokens, micro-batches and LR rule come from the
+packing the runtime attaches (``with_token_batches``): still a pure function of the
+iteration, except with a curriculum: then each step is packed from the curriculum's draws
+after the steps before it (``CurriculumPacking``), once, in order.
 
 Iterations are 0-based here; the curriculum counts steps from 1 (DeepSpeed's
 convention): ``curriculum_step`` is the one place that converts. ``plan_run``
@@ -28,6 +32,9 @@ from megatron.data_efficiency.config import CurriculumConfig, DataEfficiencyConf
 from megatron.data_efficiency.curriculum import transforms
 from megatron.data_efficiency.curriculum.scheduler import CurriculumScheduler
 from megatron.data_efficiency.curriculum.transforms import BatchShape, shape_for_difficulty
+from megatron.data_efficiency.dynamic_batching import plan as token_plan
+from megatron.data_efficiency.dynamic_batching.packing import BatchLR, TokenBatches
+from megatron.data_efficiency.dynamic_batching.stream import CurriculumPacking
 from megatron.data_efficiency.random_ltd.plan import TokenDropPlan
 from megatron.data_efficiency.random_ltd.scheduler import RandomLTDScheduler
 from megatron.data_efficiency.token_accounting import tokens_per_step
@@ -79,6 +86,9 @@ class StepPlan:
         consumed_tokens: layer-weighted tokens of the step (``token_accounting``).
         ltd_seed: seed of the random-LTD draws.
         data_dependent: the shapes are measured from the batches (``seqreo``).
+        step_batch: the step's token-budget batch (``dynamic_batching``; None: off):
+            its samples are ``global_batch_size`` and ``rows``, its real tokens
+            ``consumed_tokens``, ``seq_length`` the longest micro-batch's length.
     """
     iteration: int
     rows: int
@@ -95,6 +105,12 @@ class StepPlan:
     ltd_seed: int = 0
     data_dependent: bool = False
     sampled_values: Mapping[str, torch.Tensor] = field(default_factory=dict, compare=False)
+    step_batch: token_plan.StepBatch | None = field(default=None, compare=False)
+
+    @property
+    def lr_rule(self) -> BatchLR | None:
+        """The step's LR scaling (``dynamic_batching``'s ``lr_scaling_method``), or None."""
+        return None if self.step_batch is None else self.step_batch.lr
 
     @property
     def curriculum_step(self) -> int:
@@ -135,29 +151,43 @@ class StepPlan:
         if self.dropping_layers:
             r = self.seq_length if self.kept_length is None else self.kept_length
             out["seqlen/random_ltd_reserved_length"] = float(min(r, self.seq_length))
+        if self.step_batch is not None:
+            out["batching/samples"] = float(self.step_batch.samples)
+            out["batching/tokens"] = float(self.step_batch.tokens)
+            out["batching/lr_scale"] = float(self.step_batch.lr(1.0))
         return out
 
 
 class StepPlanner:
-    """Computes ``StepPlan``s: pure functions of ``(config, iteration)``.
+    """Computes ``StepPlan``s: pure functions of ``(config, iteration)`` (except token-budget
+    batches composed with a curriculum: each step packed once, in order, from the draws).
 
     Args:
         config: the validated data-efficiency config (curriculum + random-LTD).
         shape: the run's sizes.
 
     Raises:
-        ValueError: a shape-changing transform (seqres, seqreo) with pipeline stages, or
-            a random-LTD ``model_type`` other than the model trained.
+        ValueError: a shape-changing transform (seqres, seqreo) with pipeline stages, a
+            random-LTD ``model_type`` other than the model trained, or token-budget
+            batches where they are refused (``dynamic_batching.plan.refusal``).
     """
 
-    def __init__(self, config: DataEfficiencyConfig, shape: RunShape) -> None:
+    def __init__(self, config: DataEfficiencyConfig, shape: RunShape,
+                 token_batches: TokenBatches | CurriculumPacking | None = None) -> None:
         ltd_model = {"decoder": "gpt", "encoder": "bert"}.get(config.random_ltd.model_type)
         if ltd_model is not None and ltd_model != shape.model:
             raise ValueError(f"data_routing.random_ltd.model_type "
                              f"{config.random_ltd.model_type!r} contradicts the {shape.model} "
                              f"model being trained")
+        batching = config.dynamic_batching
+        problem = token_plan.refusal(batching.enabled, shape.model, shape.pipeline_stages,
+                                     config.curriculum.enabled, config.random_ltd.enabled,
+                                     batching.sequence_picking_order)
+        if problem is not None:
+            raise ValueError(problem)
         self.config = config
         self.shape = shape
+        self.token_batches = token_batches
         self._recent: dict[int, Mapping[str, float]] = {}   # iteration -> difficulties
         cl = config.curriculum
         transform = CurriculumTransform(cl, shape.model) if cl.enabled else None
@@ -193,8 +223,46 @@ class StepPlanner:
             self._recent[iteration] = found
         return found
 
+    def truncation_length(self, iteration: int) -> int | None:
+        """The length a truncation curriculum (seqtru) cuts the samples of step
+        ``iteration`` to (BERT's rounding), or None."""
+        if self.kind != "seqtru":
+            return None
+        d = int(self.difficulties(iteration)[self.transform.name])
+        return transforms.bert_seqtru_length(d) if self.shape.model == "bert" else d
+
+    def with_token_batches(self, token_batches: TokenBatches | CurriculumPacking
+                           ) -> StepPlanner:
+        """This planner with the run's packing (built from the training data): the
+        dataset packed once, or with a curriculum the packing of its draws step by step
+        (which reads this planner's difficulties: the new planner shares them)."""
+        planner = StepPlanner(self.config, self.shape, token_batches)
+        planner._recent = self._recent
+        return planner
+
+    def step_batch(self, iteration: int) -> token_plan.StepBatch:
+        """Step ``iteration``'s token-budget batch (``plan(iteration).step_batch``; the
+        sampler draws it ahead of the loop): batch ``iteration % B`` of the packed
+        dataset, or the step packed from the curriculum's draws (packed once, in order).
+
+        Raises:
+            RuntimeError: no packing attached yet.
+        """
+        tb = self.token_batches
+        if tb is None:
+            raise RuntimeError("dynamic batching: the step plans need the packing of the "
+                               "training data (DataEfficiencyRuntime.train_batch_sampler)")
+        if isinstance(tb, CurriculumPacking):
+            return tb.step_batch(iteration)
+        index = iteration % tb.num_batches
+        lr = BatchLR(self.config.dynamic_batching.lr_scaling_method,
+                     self.shape.global_batch_size, tb.batch_samples(index))
+        return token_plan.StepBatch(tb, index, lr, self.shape.seq_length)
+
     def plan(self, iteration: int) -> StepPlan:
         """The plan of the optimizer step ``iteration`` (0-based)."""
+        if self.config.dynamic_batching.enabled:
+            return self._token_budget_plan(iteration)
         s, gbs = self.shape.seq_length, self.shape.global_batch_size
         difficulties = self.difficulties(iteration)
         d = difficulties[self.transform.name] if self.kind in ("seqtru", "seqres") else None
@@ -212,10 +280,31 @@ class StepPlanner:
                         ltd_seed=self.shape.seed, data_dependent=self.kind == "seqreo")
         return dataclasses.replace(plan, consumed_tokens=plan.tokens_for(rows, seq))
 
+    def lr_rule(self, iteration: int) -> BatchLR | None:
+        """The LR scaling of step ``iteration`` (``plan(iteration).lr_rule``, without
+        planning the step): token-budget batches scale the LR to the step's samples."""
+        if not self.config.dynamic_batching.enabled or self.token_batches is None:
+            return None
+        return self.step_batch(iteration).lr
+
+    def _token_budget_plan(self, iteration: int) -> StepPlan:
+        """The step's token-budget batch: its samples, real tokens, LR rule (and the
+        curriculum's difficulties in force, when one chooses the samples)."""
+        batch = self.step_batch(iteration)
+        difficulties = (self.difficulties(iteration) if self.config.curriculum.enabled
+                        else MappingProxyType({}))
+        return StepPlan(iteration=iteration, rows=batch.samples, seq_length=batch.longest,
+                        global_batch_size=batch.samples,
+                        num_microbatches=self.shape.num_microbatches, transform=None,
+                        transform_difficulty=None, difficulties=difficulties,
+                        kept_length=None, dropping_layers=frozenset(),
+                        num_layers=self.shape.num_layers, consumed_tokens=batch.tokens,
+                        ltd_seed=self.shape.seed, step_batch=batch)
+
     def steps_for_tokens(self, train_tokens: int, limit: int = 100_000_000) -> int | None:
-        """Steps needed to consume ``train_tokens`` (None: seqreo, whose steps depend on
-        the data). Pure: walks the plans, changes nothing."""
-        if self.kind == "seqreo":
+        """Steps needed to consume ``train_tokens`` (None: seqreo or token-budget
+        batches, whose steps depend on the data). Pure: walks the plans, changes nothing."""
+        if self.kind == "seqreo" or self.config.dynamic_batching.enabled:
             return None
         total, step = 0, 0
         while total < train_tokens and step < limit:

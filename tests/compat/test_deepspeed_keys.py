@@ -88,6 +88,10 @@ def _outcome(d: dict):
 
 BASE = _outcome(_base())
 
+_TRAINS = ("tests/bert/test_bert_dynamic_batching.py::"
+           "test_dynamic_batching_trains_bert_with_deepspeeds_batches_and_lrs")
+_DS_TABLE = ("tests/data_efficiency/compat/test_deepspeed_dynamic_batching.py::"
+             "test_stored_deepspeed_table")
 # "acts": a changed value and what it must do to the parsed config (or the error it gives),
 # and the test that proves the behaviour in training or in the part it drives.
 ACTS = {
@@ -167,6 +171,24 @@ ACTS = {
     "custom_function": ("math:isqrt", "contradicts schedule_type fixed_root, which",
                         "tests/data_efficiency/curriculum/test_curriculum_scheduler.py::"
                         "test_custom_function_by_import_path"),
+    "data_efficiency.data_sampling.dynamic_batching.enabled": (
+        True, "max_tokens: required when dynamic batching is enabled", _TRAINS),
+    "data_efficiency.data_sampling.dynamic_batching.metrics_path": (
+        "/an", lambda c: c.dynamic_batching.metrics_path == "/an", _TRAINS),
+    "data_efficiency.data_sampling.dynamic_batching.max_tokens": (
+        64, lambda c: c.dynamic_batching.max_tokens == 64, _DS_TABLE),
+    "data_efficiency.data_sampling.dynamic_batching.min_batch_size": (
+        2, lambda c: c.dynamic_batching.min_batch_size == 2, _DS_TABLE),
+    "data_efficiency.data_sampling.dynamic_batching.max_batch_size": (
+        3, lambda c: c.dynamic_batching.max_batch_size == 3, _DS_TABLE),
+    "data_efficiency.data_sampling.dynamic_batching.sequence_picking_order": (
+        "seqlen", lambda c: c.dynamic_batching.sequence_picking_order == "seqlen", _DS_TABLE),
+    "data_efficiency.data_sampling.dynamic_batching.lr_scaling_method": (
+        "sqrt", lambda c: c.dynamic_batching.lr_scaling_method == "sqrt", _DS_TABLE),
+    "data_efficiency.data_sampling.dynamic_batching.verbose": (
+        True, lambda c: c.dynamic_batching.verbose,
+        "tests/data_efficiency/test_dynamic_batching.py::"
+        "test_plans_are_the_packings_batches_and_each_dp_rank_takes_its_share"),
     "data_efficiency.data_routing.random_ltd.enabled": (
         False, lambda c: not c.random_ltd.enabled,
         "tests/compat/test_deepspeed_compat.py::test_recipe_shaped_config_is_read"),
@@ -263,13 +285,11 @@ def _assert_test_exists(node: str) -> None:
 
 def test_every_refused_key_is_refused_by_name():
     refused = [k for k in dsk.KEYS if k.status == dsk.REFUSED]
-    assert len(refused) == 12        # dynamic_batching 8, layer_token_lr_schedule 4
+    assert len(refused) == 4         # layer_token_lr_schedule
     for row in refused:
         value = REFUSED_VALUE.get(row.key, 1)
         kind, msg = _outcome(_set(_base(), row.path, value))
         assert kind == "error" and row.path.split(".", 1)[1] in msg and "refused" in msg, msg
-        assert ("dynamic_batching" not in row.path
-                or "not yet built" in msg), msg            # issue 25 item 2
         for ok in row.allowed:                             # the value that does nothing
             assert _outcome(_set(_base(), row.path, ok)) == BASE, row.path
 

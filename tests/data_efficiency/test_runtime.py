@@ -12,7 +12,6 @@ from megatron.data_efficiency.random_ltd import RandomLTDConfig, mslg_kept_lengt
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime
 from megatron.data_efficiency.step_plan import RunShape, StepPlanner
 from megatron.data_efficiency.token_accounting import tokens_per_step
-from tests.dist_utils import run_distributed
 
 GBS, SEQ, LAYERS = 8, 128, 6
 
@@ -143,11 +142,16 @@ def _seqreo_dp_rank(rank: int, world_size: int) -> tuple[int, int, int]:
     return cut.seq_length, done.consumed_tokens, done.seq_length
 
 
-def test_seqreo_agrees_across_data_parallel_ranks_and_sums_their_tokens():
+def two_rank_jobs(tmp_path_factory) -> dict:
+    """This module's job in the session's shared 2-rank spawn (tests/conftest.py)."""
+    return {"seqreo_dp": (_seqreo_dp_rank,)}
+
+
+def test_seqreo_agrees_across_data_parallel_ranks_and_sums_their_tokens(two_rank_spawn):
     """The seqreo cut is the longest real sample over DP ranks (rounded up to 8); the
     step's tokens are every DP rank's rows, summed (the step's length is the maximum),
     the same on every rank."""
-    assert run_distributed(_seqreo_dp_rank, 2) == [(24, 2 * 16 + 2 * 32, 32)] * 2
+    assert two_rank_spawn["seqreo_dp"] == [(24, 2 * 16 + 2 * 32, 32)] * 2
 
 
 def test_feed_check_refuses_a_batch_that_is_not_the_plans():

@@ -80,6 +80,18 @@ def test_pretraining_and_missing_task_flags_are_refused(glue_env):
         tasks_main.main(flags[:i] + flags[i + 2:] + ["--load", glue_env["ckpt"]])
 
 
+def test_dynamic_batching_is_refused_in_finetuning(glue_env, tmp_path):
+    """A task's examples have no analyzer seqlen metric: token-budget batches are refused."""
+    import json
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4,
+                              "data_efficiency": {"enabled": True, "data_sampling": {
+                                  "dynamic_batching": {"enabled": True, "max_tokens": 64,
+                                                       "metrics_path": "/idx"}}}}))
+    with pytest.raises(BadConfigError, match="dynamic_batching .* not supported in finetuning"):
+        tasks_main.main(glue_env["flags"]("--deepspeed", "--deepspeed_config", str(ds)))
+
+
 def test_load_of_a_pretraining_checkpoint_is_refused(glue_env):
     with pytest.raises(CheckpointError, match="not a finetuning run: give a pretrained BERT "
                                               "as --pretrained-checkpoint"):

@@ -165,20 +165,33 @@ class CurriculumSampler:
         self._history.append(self._snapshot())
         step = self.step + 1
         self._advance_difficulties(self.step)      # batch ``step`` is iteration ``step - 1``
-        cum = self._streams.cum
-        if not len(cum):
-            raise RuntimeError(
-                f"curriculum step {step}: no sample is admitted at difficulties "
-                f"{self.current_difficulties} (min_difficulty below every metric value?)")
-        draws = perm.uniform_ints(perm.derive_key(self.seed, 0xBA7C, step),
-                                  self.global_batch_size, int(cum[-1]))
-        slots = np.searchsorted(cum, draws, side="right")
-        batch = self._streams.take(slots)
+        batch = self._draw(step, perm.derive_key(self.seed, 0xBA7C, step),
+                           self.global_batch_size)
         self.step = step
         self._batches[step] = batch
         while len(self._batches) > self._history.maxlen:
             self._batches.popitem(last=False)
         return batch
+
+    def _draw(self, step: int, key: int, count: int) -> np.ndarray:
+        """``count`` ids: each slot goes to a cluster in proportion to its size, then
+        takes that cluster's next id.                                  # [count] int64"""
+        cum = self._streams.cum
+        if not len(cum):
+            raise RuntimeError(
+                f"curriculum step {step}: no sample is admitted at difficulties "
+                f"{self.current_difficulties} (min_difficulty below every metric value?)")
+        slots = np.searchsorted(cum, perm.uniform_ints(key, count, int(cum[-1])), side="right")
+        return self._streams.take(slots)
+
+    def draw(self, iteration: int, count: int, draw: int) -> np.ndarray:
+        """``count`` ids drawn at the plan's difficulties of ``iteration`` (0-based), the
+        ``draw``-th draw of that step: the token-budget packing takes as many samples a
+        step as its units hold (``dynamic_batching.stream``), from the same clusters and
+        slot rule as ``next_global_batch``.                            # [count] int64"""
+        self._advance_difficulties(iteration)
+        step = iteration + 1                    # 1-based, as ``next_global_batch``'s
+        return self._draw(step, perm.derive_key(self.seed, 0xD7BA, step, draw), count)
 
     def global_batch(self, step: int) -> np.ndarray | None:
         """The global batch drawn for 1-based ``step``, if still kept (the last
@@ -210,6 +223,10 @@ class CurriculumSampler:
         return (self.step, list(self._ends), dict(self.current_difficulties),
                 self._streams.snapshot())
 
+    def snapshot(self) -> tuple:
+        """A cheap copy of the state now (``state_of`` makes it a ``state_dict``)."""
+        return self._snapshot()
+
     def state_dict(self, steps_consumed: int | None = None) -> dict[str, Any]:
         """Small, JSON-able state; resuming from it draws exactly the same ids.
 
@@ -226,6 +243,10 @@ class CurriculumSampler:
                                  f"kept (sampler at step {self.step}, "
                                  f"{len(self._history)} steps of history)")
             snap = found[0]
+        return self.state_of(snap)
+
+    def state_of(self, snap: tuple) -> dict[str, Any]:
+        """The ``state_dict`` of a ``snapshot()``."""
         step, ends, diffs, streams = snap
         return {"version": 2, "seed": self.seed, "num_samples": self.num_samples,
                 "metrics": [m.name for m in self.metrics], "lows": list(self._lows),

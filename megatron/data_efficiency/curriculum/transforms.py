@@ -51,6 +51,11 @@ def _cut(batch: Batch, lengths: dict[int, int]) -> Batch:
     return out
 
 
+def cut_columns(batch: Batch, seq_length: int, length: int) -> Batch:
+    """Every ``[b, seq_length, ...]`` tensor of ``batch`` cut to ``[b, length, ...]``."""
+    return _cut(batch, {seq_length: length}) if length < seq_length else dict(batch)
+
+
 def seqtru(batch: Batch, difficulty: int, model: str = "gpt") -> tuple[Batch, BatchShape]:
     """Truncate every sample to ``difficulty`` input tokens (sample count unchanged).
 

@@ -11,8 +11,11 @@ checkpoint's run goes through :func:`saved_run_config`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
+from megatron.config_dict import from_plain, to_plain
 from megatron.config_from_flags import run_config_from_flags
+from megatron.data_efficiency.config import DataEfficiencyConfig
 from megatron.errors import CheckpointError
 from megatron.run_config import VERSION, RunConfig
 
@@ -64,5 +67,20 @@ def migrate_args_record(saved: dict) -> RunConfig:
         flags["train_iters"] = None
     if flags.get("orig_vocab_size") is None and flags.get("vocab_size") is not None:
         flags["orig_vocab_size"] = flags["vocab_size"]   # --vocab-size (no tokenizer)
+    if dataclasses.is_dataclass(flags.get("data_efficiency")):
+        # Pickled as an object then: unpickling restores only the fields it had, so a field
+        # added since (dynamic_batching) is missing; rebuilt from its values, new fields at
+        # their defaults.
+        flags["data_efficiency"] = from_plain(DataEfficiencyConfig,
+                                              _plain_of_pickled(flags["data_efficiency"]),
+                                              "the checkpoint's data_efficiency")
     extra = _bert_flags() if saved.get("model_type") == "bert" else ()
     return run_config_from_flags(flags, extra)
+
+
+def _plain_of_pickled(value):
+    """``to_plain`` of an unpickled dataclass that may lack fields added after it was saved."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = {f.name for f in dataclasses.fields(value)}
+        return {k: _plain_of_pickled(v) for k, v in vars(value).items() if k in names}
+    return to_plain(value)

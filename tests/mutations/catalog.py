@@ -81,8 +81,9 @@ MUTATIONS = [
              (RUNTIME, f"{DE}/compat", f"{CURRICULUM}/test_curriculum_transforms.py", GUARDS),
              "a kept length above the (truncated) length is counted as kept"),
     Mutation("lr-on-nominal-tokens", "megatron/training.py",
-             (("scheduler.step(1, gbs, plan.consumed_tokens)",
-               "scheduler.step(1, gbs, gbs * config.training.seq_length)"),),
+             (("scheduler.step(1, plan.global_batch_size, plan.consumed_tokens,",
+               "scheduler.step(1, plan.global_batch_size,"
+               " plan.global_batch_size * config.training.seq_length,"),),
              (GUARDS, PRETRAIN_DE),
              "the LR schedule advances by the nominal GBS x seq, not the consumed tokens"),
     Mutation("seqreo-tokens-max-over-dp", "megatron/data_efficiency/runtime.py",
@@ -107,8 +108,8 @@ MUTATIONS = [
              "the LR schedule's token counter is restored from the sample counter"),
     # -- curriculum sampler and index ----------------------------------------------------
     Mutation("sampler-cluster-edge", "megatron/data_efficiency/curriculum/sampler.py",
-             (('slots = np.searchsorted(cum, draws, side="right")',
-               'slots = np.searchsorted(cum, draws, side="left")'),),
+             (('slots = np.searchsorted(cum, perm.uniform_ints(key, count, int(cum[-1])), side="right")',
+               'slots = np.searchsorted(cum, perm.uniform_ints(key, count, int(cum[-1])), side="left")'),),
              (CURRICULUM,), "a slot on a cluster's first position goes to the cluster before"),
     Mutation("sampler-microbatch-order", "megatron/data_efficiency/curriculum/sampler.py",
              (("return [batch[m * mbs * dp + r * mbs: m * mbs * dp + (r + 1) * mbs].tolist()",

@@ -65,7 +65,7 @@ _LEGACY_KEYS = {"enabled", "curriculum_type", "min_difficulty", "max_difficulty"
                 "schedule_type", "schedule_config"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class CurriculumMetricConfig:
     """One curriculum metric.
 
@@ -93,7 +93,7 @@ class CurriculumMetricConfig:
         return self.kind == "index" and self.clustering_type == "schedule_based"
 
 
-@dataclass
+@dataclass(frozen=True)
 class CurriculumConfig:
     enabled: bool = False
     metrics: list[CurriculumMetricConfig] = field(default_factory=list)
@@ -119,7 +119,7 @@ class CurriculumConfig:
         return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataEfficiencyConfig:
     """Everything data efficiency reads, built once (in ``validate_args``) from the file
     or the flags, then passed in: the curriculum (sampling metrics and batch transform),
@@ -204,24 +204,25 @@ def _schedule(m: dict, where: str, d_min: float, d_max: float) -> ScheduleConfig
         raise ValueError(f"{where}.schedule_type={stype!r}: expected one of {SCHEDULE_TYPES}")
     sc = dsk.check_section(m.get("schedule_config", {}), dsk.SCHEDULE, f"{where}.schedule_config")
     sw = f"{where}.schedule_config"
-    cfg = ScheduleConfig(stype, d_min, d_max)
+    kw: dict = {}
     if stype in ("fixed_linear", "fixed_root"):
-        cfg.total_curriculum_step = int(_number(sc, "total_curriculum_step", sw))
-        cfg.difficulty_step = int(_number(sc, "difficulty_step", sw))
+        kw["total_curriculum_step"] = int(_number(sc, "total_curriculum_step", sw))
+        kw["difficulty_step"] = int(_number(sc, "difficulty_step", sw))
         if stype == "fixed_root":
-            cfg.root_degree = _number(sc, "root_degree", sw)
+            kw["root_degree"] = _number(sc, "root_degree", sw)
         elif sc.get("root_degree", 1) != 1:
             raise ValueError(f"{sw}.root_degree={sc['root_degree']}: contradicts "
                              f"schedule_type fixed_linear (root 1); use fixed_root")
     elif stype == "fixed_discrete":
-        cfg.difficulty = list(sc.get("difficulty", []))
-        cfg.max_step = [int(x) for x in sc.get("max_step", [])]
+        kw["difficulty"] = list(sc.get("difficulty", []))
+        kw["max_step"] = [int(x) for x in sc.get("max_step", [])]
     else:
-        cfg.custom_function = sc.get("custom_function")
+        kw["custom_function"] = sc.get("custom_function")
     unread = sorted(set(sc) - _SCHEDULE_READS[stype])
     if unread:   # DeepSpeed ignores them; a setting that does nothing is a mistake here
         raise ValueError(f"{sw}.{unread[0]}: contradicts schedule_type {stype}, which does "
                          f"not read it")
+    cfg = ScheduleConfig(stype, d_min, d_max, **kw)
     cfg.validate(where)
     return cfg
 
@@ -310,14 +311,16 @@ def _legacy(cl: dict, where: str) -> CurriculumConfig:
     return CurriculumConfig(True, [_metric("seqtru", m, where)])
 
 
-def _read_sampling(cfg: DataEfficiencyConfig, sampling: dict, where: str) -> None:
-    """``data_sampling``'s own keys (not the curriculum): num_workers, pin_memory,
-    num_epochs, dynamic_batching."""
+def _read_sampling(sampling: dict, where: str) -> dict:
+    """``data_sampling``'s own keys (not the curriculum) as ``DataEfficiencyConfig``
+    fields: num_workers, pin_memory, num_epochs, dynamic_batching."""
     dsk.check_section(sampling, dsk.SAMPLING, where)
+    fields: dict = {}
     if "dynamic_batching" in sampling:
         batching = dsk.check_section(sampling["dynamic_batching"], dsk.BATCHING,
                                      f"{where}.dynamic_batching")
-        cfg.dynamic_batching = dynamic_batching_from_dict(batching, f"{where}.dynamic_batching")
+        fields["dynamic_batching"] = dynamic_batching_from_dict(batching,
+                                                                f"{where}.dynamic_batching")
     pin = sampling.get("pin_memory")
     if pin is not None and not isinstance(pin, bool):
         raise ValueError(f"{where}.pin_memory={pin!r}: expected true or false")
@@ -330,7 +333,7 @@ def _read_sampling(cfg: DataEfficiencyConfig, sampling: dict, where: str) -> Non
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 0):
         raise ValueError(f"{where}.num_workers={workers!r}: expected an integer >= 0")
-    cfg.num_workers, cfg.pin_memory, cfg.num_epochs = workers, pin, epochs
+    return {**fields, "num_workers": workers, "pin_memory": pin, "num_epochs": epochs}
 
 
 def config_from_dict(d: dict, source: str = "<dict>",
@@ -345,34 +348,36 @@ def config_from_dict(d: dict, source: str = "<dict>",
     de = d.get("data_efficiency", {}) if whole else d
     where = f"{source}: data_efficiency"
     dsk.check_section(de, dsk.DE, where)
-    cfg = DataEfficiencyConfig(enabled=bool(de.get("enabled", False)),
-                               seed=int(de.get("seed", 1234)), source=source)
+    enabled = bool(de.get("enabled", False))
     sampling = de.get("data_sampling", {})
-    _read_sampling(cfg, sampling, f"{where}.data_sampling")
+    fields = _read_sampling(sampling, f"{where}.data_sampling")
+    curriculum = CurriculumConfig()
     if sampling.get("enabled", False) or "curriculum_learning" in sampling:
-        cfg.curriculum = _curriculum(sampling.get("curriculum_learning", {}),
-                                     f"{where}.data_sampling.curriculum_learning")
-        if cfg.curriculum.enabled and not sampling.get("enabled", False):
+        curriculum = _curriculum(sampling.get("curriculum_learning", {}),
+                                 f"{where}.data_sampling.curriculum_learning")
+        if curriculum.enabled and not sampling.get("enabled", False):
             raise ValueError(f"{where}.data_sampling.enabled is false but its "
                              f"curriculum_learning is enabled: contradictory")
     if whole and "curriculum_learning" in d:
         legacy = _legacy(d["curriculum_learning"], f"{source}: curriculum_learning")
-        if legacy.enabled and cfg.curriculum.enabled:
+        if legacy.enabled and curriculum.enabled:
             raise ValueError(f"{source}: both the legacy curriculum_learning section and "
                              f"data_efficiency curriculum learning are enabled")
         if legacy.enabled:
-            cfg.curriculum, cfg.enabled = legacy, True
-    for what, on in (("curriculum learning", cfg.curriculum.enabled),
-                     ("data_sampling.dynamic_batching", cfg.dynamic_batching.enabled)):
-        if on and not cfg.enabled:
+            curriculum, enabled = legacy, True
+    batching = fields.get("dynamic_batching")
+    for what, on in (("curriculum learning", curriculum.enabled),
+                     ("data_sampling.dynamic_batching", batching is not None and batching.enabled)):
+        if on and not enabled:
             raise ValueError(f"{where}.enabled is false but {what} is enabled: contradictory")
     if "data_routing" in de:
-        cfg.random_ltd = RandomLTDConfig.from_deepspeed_dict(
+        fields["random_ltd"] = RandomLTDConfig.from_deepspeed_dict(
             {"data_routing": de["data_routing"]}, seq_length)
-        if cfg.random_ltd.enabled and not cfg.enabled:
+        if fields["random_ltd"].enabled and not enabled:
             raise ValueError(f"{where}.enabled is false but data_routing.random_ltd is "
                              f"enabled: contradictory")
-    return cfg
+    return DataEfficiencyConfig(enabled=enabled, seed=int(de.get("seed", 1234)), source=source,
+                                curriculum=curriculum, **fields)
 
 
 def read_json_object(path: str, flag: str) -> dict:

@@ -7,6 +7,7 @@ written as that JSON and read by ``config_from_dict``, so both paths share every
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from megatron.data_efficiency.config import (TRANSFORM_ALIASES, DataEfficiencyConfig,
@@ -105,8 +106,8 @@ def config_from_args(args: argparse.Namespace) -> DataEfficiencyConfig:
         cfg.random_ltd.check_total_layers(args.num_layers)
         cfg.random_ltd.resolve_layer_ids(args.num_layers)
     else:
-        cfg.random_ltd = random_ltd_flags.config_from_args(args, args.num_layers,
-                                                           args.seq_length)
+        cfg = dataclasses.replace(cfg, random_ltd=random_ltd_flags.config_from_args(
+            args, args.num_layers, args.seq_length))
     if cfg.num_workers is not None and cfg.num_workers != args.num_workers:
         # explicit beats default: the file's value replaces the --num-workers default
         if was_given(args, "num_workers"):

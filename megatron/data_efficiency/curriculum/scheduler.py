@@ -33,7 +33,7 @@ from megatron.data_efficiency.pacing import paced_value
 SCHEDULE_TYPES = ("fixed_linear", "fixed_root", "fixed_discrete", "custom")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScheduleConfig:
     """Pacing settings of one curriculum metric (DeepSpeed's ``schedule_config`` + limits).
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizerConfig:
     """What ``get_megatron_optimizer`` needs; no global args are read below this."""
     optimizer: str = "adam"            # "adam" (AdamW) | "sgd"

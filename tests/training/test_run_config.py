@@ -54,6 +54,26 @@ def test_config_is_immutable_and_replace_makes_a_new_one():
     assert config.replace(model_type="gpt").model_type == "gpt" and config.model_type is None
 
 
+def test_every_part_of_the_config_at_every_depth_is_frozen():
+    """Not only the top: the model, MoE, curriculum metrics and their schedules, random-LTD."""
+    seen = []
+
+    def walk(value, where):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            assert type(value).__dataclass_params__.frozen, f"{where}: {type(value).__name__}"
+            seen.append(type(value).__name__)
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name), f"{where}.{f.name}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    walk(run_config(FLAGS), "config")
+    assert {"TransformerConfig", "MoEConfig", "DataEfficiencyConfig", "CurriculumConfig",
+            "CurriculumMetricConfig", "ScheduleConfig", "RandomLTDConfig",
+            "DynamicBatchingConfig"} <= set(seen)
+
+
 def test_a_record_of_another_version_or_schema_is_refused_naming_the_file():
     record = run_config(FLAGS).to_dict()
     with pytest.raises(CheckpointError, match=r"f\.pt: .*version 2 is newer"):

@@ -354,9 +354,13 @@ def _build_data_efficiency(args: argparse.Namespace) -> None:
         errors.append("curriculum metric seqres changes the micro-batch shape per batch, "
                       "which pipeline stages cannot agree on without reading data; use "
                       "seqtru with --pipeline-model-parallel-size > 1")
-    if cfg.curriculum.enabled and cfg.curriculum.sampling_metrics \
-            and args.dataloader_type != "single":
-        errors.append(f"--dataloader-type {args.dataloader_type}: the curriculum sampler "
+    # Each of these draws the training order itself, which Megatron's cyclic
+    # (reshuffle-every-epoch) sampler would silently replace.
+    orderers = [name for name, on in (
+        ("the curriculum sampler", cfg.curriculum.enabled and cfg.curriculum.sampling_metrics),
+        ("dynamic_batching's sequence_picking_order", cfg.dynamic_batching.enabled)) if on]
+    if orderers and args.dataloader_type != "single":
+        errors.append(f"--dataloader-type {args.dataloader_type}: {' and '.join(orderers)} "
                       "orders the training samples itself; leave --dataloader-type single")
     if errors:
         raise ArgumentValidationError("invalid arguments:\n  " + "\n  ".join(errors))

@@ -14,7 +14,6 @@ from megatron.core.timers import NO_TIMERS, Timers
 from megatron.data.data_loader import build_pretraining_data_loader
 from megatron.data_efficiency.curriculum.transforms import BatchShape
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, StepPlan
-from megatron.errors import BadConfigError
 
 
 class MicrobatchFeed:
@@ -148,11 +147,6 @@ def build_train_valid_test_data_iterators(provider: Callable, config: RunConfig,
     if train_ds is not None:
         sampler = runtime.train_batch_sampler(train_ds, mbs, iteration,
                                               data_efficiency_state, train_iters)
-        if runtime.config.dynamic_batching.enabled and config.data.dataloader_type != "single":
-            raise BadConfigError(f"--dataloader-type {config.data.dataloader_type}: "
-                                 f"dynamic_batching's sequence_picking_order orders the "
-                                 f"training samples; leave "
-                                 f"--dataloader-type single")
         train_iterator = _iterate(build_pretraining_data_loader(
             train_ds, consumed_samples, batch_sampler=sampler,
             dataloader_type=config.data.dataloader_type,

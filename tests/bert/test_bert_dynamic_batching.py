@@ -15,7 +15,7 @@ from megatron.data_efficiency.config import config_from_dict
 from megatron.data_efficiency.dynamic_batching.packing import pack, scaled_lr
 from megatron.data_efficiency.runtime import DataEfficiencyRuntime, Parallelism
 from megatron.data_efficiency.step_plan import RunShape, StepPlanner
-from megatron.errors import BadConfigError, CheckpointError
+from megatron.errors import CheckpointError
 from megatron.metrics_file import read_metrics
 from megatron.optimizer_param_scheduler import build_schedule_config, lr_at
 from megatron.tokenizer import build_tokenizer
@@ -83,9 +83,9 @@ def test_dynamic_batching_trains_bert_with_deepspeeds_batches_and_lrs(straight, 
         assert steps[i + 1]["plan"]["batching/samples"] == sizes[i % plan.num_batches]
 
 
-def test_cyclic_loader_and_a_seqlen_index_of_other_samples_are_refused(bert_data, straight):
-    with pytest.raises(BadConfigError, match="--dataloader-type cyclic: dynamic_batching"):
-        _run(bert_data, straight["config"], "--dataloader-type", "cyclic")
+def test_a_seqlen_index_of_other_samples_is_refused(bert_data, straight):
+    """(--dataloader-type cyclic beside dynamic_batching is refused with the flag checks:
+    tests/training/test_arguments.py.)"""
     with pytest.raises(ValueError, match="fingerprint") as info:   # another --seed's samples
         _run(bert_data, straight["config"], "--seed", "13")
     assert "python tools/analyze_data.py" in str(info.value) and "--model bert" in str(info.value)

@@ -1,4 +1,6 @@
 """Flag validation: bad combinations fail at start with messages naming the flags."""
+import json
+
 import pytest
 
 from megatron.arguments import ArgumentValidationError, parse_args, validate_args
@@ -109,3 +111,17 @@ def test_cyclic_dataloader_cannot_be_combined_with_the_curriculum_sampler(tmp_pa
                   "--data-efficiency-curriculum-learning", "--curriculum-metric", "voc",
                   "--curriculum-index-path", str(tmp_path), "--curriculum-min-difficulty", "1",
                   "--curriculum-max-difficulty", "100", "--curriculum-total-steps", "5")
+
+
+def test_cyclic_dataloader_cannot_be_combined_with_dynamic_batching(tmp_path):
+    """Refused with the other flag checks, before any dataset is built, and named together
+    with any other bad flag."""
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"data_efficiency": {"enabled": True, "data_sampling": {
+        "dynamic_batching": {"enabled": True, "max_tokens": 64,
+                             "metrics_path": str(tmp_path)}}}}))
+    with pytest.raises(ArgumentValidationError,
+                       match="--dataloader-type cyclic: dynamic_batching's") as info:
+        _validate("--train-iters", "5", "--dataloader-type", "cyclic",
+                  "--data-efficiency-config", str(config))
+    assert "leave --dataloader-type single" in str(info.value)

@@ -277,3 +277,20 @@ def test_padding_rows_take_no_part_in_the_loss():
         assert torch.equal(masked[..., :11], real) and torch.isinf(masked[..., 11:]).all()
     unmasked = tp.vocab_parallel_cross_entropy(torch.cat([real, torch.zeros(4, 2, 5)], -1), target)
     assert not torch.allclose(unmasked, ref, atol=1e-3)   # without vocab_size zeros do count
+
+
+def test_cross_entropy_leaves_the_callers_logits_untouched():
+    """The loss works in one fp32 copy changed in place; the logits handed in (fp32 or
+    bf16, in training or under no_grad, padding masked or not) keep their values, which
+    evaluation reads again for the accuracy."""
+    gen = torch.Generator().manual_seed(5)
+    target = torch.randint(0, 11, (4, 2), generator=gen)
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = (torch.randn(4, 2, 16, generator=gen) * 3).to(dtype)
+        before = logits.clone()
+        for vocab_size in (None, 11):
+            with torch.no_grad():
+                tp.vocab_parallel_cross_entropy(logits, target, vocab_size)
+            trained = logits.clone().requires_grad_()
+            tp.vocab_parallel_cross_entropy(trained, target, vocab_size).sum().backward()
+            assert torch.equal(logits, before) and torch.equal(trained.detach(), before)

@@ -39,34 +39,48 @@ def mask_padded_vocab(vocab_parallel_logits: torch.Tensor,
     Returns:
         A new tensor when something is masked, else the input itself.
     """
+    first = _first_padding_column(vocab_parallel_logits.size(-1), vocab_size)
+    if first is None:
+        return vocab_parallel_logits
+    masked = vocab_parallel_logits.clone()
+    masked[..., first:] = float("-inf")
+    return masked
+
+
+def _first_padding_column(per_partition: int, vocab_size: int | None) -> int | None:
+    """This rank's first column holding a padding id (global id >= ``vocab_size``); None
+    when the slice holds none (or ``vocab_size`` is None: nothing is padding)."""
     if vocab_size is None:
-        return vocab_parallel_logits
-    start, end = _local_vocab_range(vocab_parallel_logits.size(-1))
-    if end <= vocab_size:
-        return vocab_parallel_logits
-    padding = torch.arange(start, end, device=vocab_parallel_logits.device) >= vocab_size
-    return vocab_parallel_logits.masked_fill(padding, float("-inf"))
+        return None
+    start, end = _local_vocab_range(per_partition)
+    return None if end <= vocab_size else max(vocab_size - start, 0)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, vocab_size):
-        # Work in fp32 whatever the logits' dtype: the log-sum-exp needs the range.
-        # (mask_padded_vocab returns a new tensor, so the caller's logits stay untouched.)
-        logits32 = mask_padded_vocab(logits.float(), vocab_size)
-        logits_max = _all_reduce(logits32.max(dim=-1)[0], dist.ReduceOp.MAX)
-        shifted = logits32 - logits_max.unsqueeze(-1)
+        # Work in fp32 whatever the logits' dtype: the log-sum-exp needs the range. One fp32
+        # working copy of the logits, changed in place (shifted, exponentiated, normalised),
+        # as Megatron does: at a large vocabulary each [s, b, v] fp32 tensor is gigabytes.
+        # A copy even for fp32 logits, so the caller's stay untouched.
+        work = logits.to(torch.float32, copy=True)
+        first = _first_padding_column(logits.size(-1), vocab_size)
+        if first is not None:        # padding ids take no part in the softmax
+            work[..., first:] = float("-inf")
         start, end = _local_vocab_range(logits.size(-1))
+        logits_max = _all_reduce(work.max(dim=-1)[0], dist.ReduceOp.MAX)
+        work.sub_(logits_max.unsqueeze(-1))
         outside = (target < start) | (target >= end)
         local_target = (target - start).masked_fill(outside, 0)
-        predicted = shifted.gather(-1, local_target.unsqueeze(-1)).squeeze(-1)
+        predicted = work.gather(-1, local_target.unsqueeze(-1)).squeeze(-1)
         predicted = _all_reduce(predicted.masked_fill(outside, 0.0))
-        exp = shifted.exp()          # exactly 0 at padding ids
-        sum_exp = _all_reduce(exp.sum(dim=-1))
+        torch.exp(work, out=work)    # exactly 0 at padding ids
+        sum_exp = _all_reduce(work.sum(dim=-1))
         loss = torch.log(sum_exp) - predicted
-        softmax = exp.div_(sum_exp.unsqueeze(-1))
         ctx.in_dtype = logits.dtype
-        ctx.save_for_backward(softmax, local_target, outside)
+        if ctx.needs_input_grad[0]:  # evaluation (no grad) needs no softmax
+            softmax = work.div_(sum_exp.unsqueeze(-1))
+            ctx.save_for_backward(softmax, local_target, outside)
         return loss
 
     @staticmethod

@@ -114,8 +114,8 @@ def test_cyclic_dataloader_cannot_be_combined_with_the_curriculum_sampler(tmp_pa
 
 
 def test_cyclic_dataloader_cannot_be_combined_with_dynamic_batching(tmp_path):
-    """Refused with the other flag checks, before any dataset is built, and named together
-    with any other bad flag."""
+    """Refused by the flag checks, before any dataset is built (not when the training
+    loader is made, after the datasets)."""
     config = tmp_path / "ds.json"
     config.write_text(json.dumps({"data_efficiency": {"enabled": True, "data_sampling": {
         "dynamic_batching": {"enabled": True, "max_tokens": 64,

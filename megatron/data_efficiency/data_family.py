@@ -83,14 +83,16 @@ class DataFamily:
         """The fingerprint an analyzer index of ``dataset``'s samples carries."""
         raise NotImplementedError
 
-    def analyzer_command(self, samples: TrainingSamples) -> str:
-        """The analyzer run that indexes exactly this run's training samples."""
+    def analyzer_command(self, samples: TrainingSamples, metrics: str = "...",
+                         save_path: str = "DIR") -> str:
+        """The analyzer run that indexes exactly this run's training samples (``metrics``
+        and ``save_path`` left as placeholders unless given)."""
         flags = "".join(f"{flag} " for flag in self.analyzer_flags)
         data_path = samples.prefix if len(samples.data_path) < 2 else " ".join(samples.data_path)
         return (f"python tools/analyze_data.py --data-path {data_path} --granularity sample "
                 f"{flags}--split {samples.split} --seq-length {samples.seq_length} "
-                f"--seed {samples.seed} --train-samples {samples.train_samples} --metrics ... "
-                f"--save-path DIR")
+                f"--seed {samples.seed} --train-samples {samples.train_samples} --metrics {metrics} "
+                f"--save-path {save_path}")
 
     def mismatch(self, err: Exception, dataset: Any,
                  samples: TrainingSamples) -> IndexMismatchError:

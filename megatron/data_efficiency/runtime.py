@@ -215,9 +215,8 @@ class DataEfficiencyRuntime:
         cfg = self.config.dynamic_batching
         fingerprint = (self.family.fingerprint(dataset, self.samples)
                        if self.samples is not None else None)
-        command = "" if self.samples is None else (
-            self.family.analyzer_command(self.samples).replace("--metrics ...", "--metrics seqlen")
-            .replace("--save-path DIR", f"--save-path {cfg.metrics_path}"))
+        command = "" if self.samples is None else self.family.analyzer_command(
+            self.samples, metrics="seqlen", save_path=cfg.metrics_path)
         try:
             seqlens = token_data.load_seqlens(cfg.metrics_path, len(dataset), fingerprint,
                                               command)

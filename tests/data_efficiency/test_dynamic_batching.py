@@ -126,6 +126,27 @@ def test_seqlen_metric_is_read_from_deepspeeds_files_and_its_count_checked(tmp_p
         load_seqlens(str(tmp_path / "none"), 200, None, "tools/analyze_data.py --metrics seqlen")
 
 
+def test_a_missing_seqlen_metric_names_the_analyzer_run_that_writes_it(tmp_path):
+    """The runtime's refusal carries the analyzer command for this run's samples with the
+    metric and the folder filled in (not the generic placeholders)."""
+    from megatron.data_efficiency.data_family import GPTSamples, TrainingSamples
+    from megatron.data_efficiency.runtime import DataEfficiencyRuntime
+
+    class Family(GPTSamples):
+        def fingerprint(self, dataset, samples):
+            return "f"
+
+    missing = str(tmp_path / "none")
+    samples = TrainingSamples(("corpus_text_document",), "80,15,5", SEQ, 5, 40)
+    runtime = DataEfficiencyRuntime(_planner(_config(metrics_path=missing)), samples=samples,
+                                    family=Family())
+    with pytest.raises(ValueError) as info:
+        runtime.train_batch_sampler(list(range(40)), 2, 0)
+    assert (f"python tools/analyze_data.py --data-path corpus_text_document --granularity "
+            f"sample --split 80,15,5 --seq-length {SEQ} --seed 5 --train-samples 40 "
+            f"--metrics seqlen --save-path {missing}") in str(info.value)
+
+
 def test_num_epochs_bounds_the_steps_to_passes_over_the_packing():
     check_num_epochs(None, 10**6, 7, "ds.json")             # absent: no bound
     check_num_epochs(1.5, 10, 7, "ds.json")                 # 10 steps <= 1.5 passes of 7
